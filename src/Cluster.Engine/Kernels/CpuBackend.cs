@@ -1,0 +1,189 @@
+using System.Numerics.Tensors;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+
+namespace Cluster.Engine.Kernels;
+
+/// <summary>
+/// fp32 kernels on the host: matrix products through OpenBLAS (sgemv for one row, sgemm for
+/// several) or a managed SIMD fallback; the rest with System.Numerics.Tensors primitives.
+/// </summary>
+public sealed unsafe class CpuBackend : IComputeBackend
+{
+    private static int _fallbackNoticeShown;
+    private readonly bool _useBlas;
+    private readonly int _threads;
+
+    /// <param name="threads">Threads for matrix products and attention (default: all cores).</param>
+    /// <param name="useOpenBlas">False forces the managed fallback (tests compare the two).</param>
+    public CpuBackend(int? threads = null, bool useOpenBlas = true)
+    {
+        _threads = Math.Max(1, threads ?? Environment.ProcessorCount);
+        _useBlas = useOpenBlas && OpenBlas.IsAvailable;
+        if (_useBlas) OpenBlas.SetThreads(_threads);
+        else if (useOpenBlas && Interlocked.Exchange(ref _fallbackNoticeShown, 1) == 0)
+            Console.Error.WriteLine($"note: {OpenBlas.LoadError}; using the managed SIMD matrix product (slower)");
+    }
+
+    public string Name => _useBlas ? $"cpu (OpenBLAS, {_threads} threads)" : $"cpu (managed SIMD, {_threads} threads)";
+
+    public bool UsesOpenBlas => _useBlas;
+
+    public Tensor Allocate(long length) => CpuTensor.Allocate(length);
+
+    public Tensor LoadWeights(WeightData source)
+    {
+        // fp32 weights are used in place (zero copy from the memory map); others are widened once.
+        if (source.Type == WeightType.F32) return CpuTensor.Borrow((float*)source.Pointer, source.Elements);
+        var t = CpuTensor.Allocate(source.Elements);
+        source.CopyToFloat32(t.Span(0, checked((int)source.Elements)));
+        return t;
+    }
+
+    public void CopyFromHost(ReadOnlySpan<float> source, Tensor destination, long offset = 0) =>
+        source.CopyTo(Cpu(destination).Span(offset, source.Length));
+
+    public void CopyToHost(Tensor source, long offset, Span<float> destination) =>
+        Cpu(source).Span(offset, destination.Length).CopyTo(destination);
+
+    public void Embed(Tensor table, ReadOnlySpan<int> tokens, int dim, Tensor x)
+    {
+        var t = Cpu(table);
+        var vocab = t.Length / dim;
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if ((uint)tokens[i] >= vocab) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (0..{vocab - 1})");
+            t.Span((long)tokens[i] * dim, dim).CopyTo(Cpu(x).Span((long)i * dim, dim));
+        }
+    }
+
+    public void RmsNorm(Tensor x, Tensor weight, Tensor y, int rows, int dim, float eps)
+    {
+        var w = Cpu(weight).Span(0, dim);
+        for (int r = 0; r < rows; r++)
+        {
+            var xs = Cpu(x).Span((long)r * dim, dim);
+            var ys = Cpu(y).Span((long)r * dim, dim);
+            var scale = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xs) / dim + eps);
+            TensorPrimitives.Multiply(xs, scale, ys);
+            TensorPrimitives.Multiply(ys, w, ys);
+        }
+    }
+
+    public void MatMul(Tensor x, Tensor w, Tensor y, int rows, int inDim, int outDim, int xRowOffset = 0)
+    {
+        var xp = Cpu(x).Pointer + (long)xRowOffset * inDim;
+        var wp = Cpu(w).Pointer;
+        var yp = Cpu(y).Pointer;
+        if (!_useBlas) ManagedMatMul.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
+        else if (rows == 1) OpenBlas.MatVec(wp, xp, yp, outDim, inDim);
+        else OpenBlas.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
+    }
+
+    public void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope)
+    {
+        int hd = rope.HeadDim, half = hd / 2;
+        Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
+        for (int t = 0; t < positions.Length; t++)
+        {
+            rope.Angles(positions[t], cos, sin);
+            for (int h = 0; h < heads; h++) Rotate(Cpu(q).Pointer + ((long)t * heads + h) * hd, cos, sin, rope.Layout);
+            for (int h = 0; h < kvHeads; h++) Rotate(Cpu(k).Pointer + ((long)t * kvHeads + h) * hd, cos, sin, rope.Layout);
+        }
+    }
+
+    private static void Rotate(float* v, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, RopeLayout layout)
+    {
+        int half = cos.Length;
+        // Interleaved pairs (2i, 2i+1) or halves (i, i + d/2): the same rotation, different pairing.
+        int stride = layout == RopeLayout.Interleaved ? 2 : 1, partner = layout == RopeLayout.Interleaved ? 1 : half;
+        for (int i = 0; i < half; i++)
+        {
+            float* a = v + i * stride, b = a + partner;
+            float x0 = *a, x1 = *b;
+            *a = x0 * cos[i] - x1 * sin[i];
+            *b = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+
+    public void AppendKv(Tensor k, Tensor v, ReadOnlySpan<int> positions, KvCacheLayer layer)
+    {
+        int hd = layer.HeadDim, kvh = layer.KvHeads;
+        for (int h = 0; h < kvh; h++)
+        {
+            if (layer.Lengths[h] + positions.Length > layer.Capacity)
+                throw new InvalidOperationException($"KV cache head {h} is full ({layer.Capacity} slots): reserve before appending");
+            for (int t = 0; t < positions.Length; t++)
+            {
+                int slot = layer.Lengths[h] + t;
+                long src = ((long)t * kvh + h) * hd;
+                Cpu(k).Span(src, hd).CopyTo(Cpu(layer.K).Span(layer.Offset(h, slot), hd));
+                Cpu(v).Span(src, hd).CopyTo(Cpu(layer.V).Span(layer.Offset(h, slot), hd));
+                layer.Positions[h * layer.Capacity + slot] = positions[t];
+            }
+            layer.Lengths[h] += positions.Length;
+        }
+    }
+
+    public void Attention(Tensor q, KvCacheLayer cache, Tensor output, int tokens, int heads, int headDim)
+    {
+        int group = heads / cache.KvHeads;
+        float scale = 1f / MathF.Sqrt(headDim);
+        float* qp = Cpu(q).Pointer, op = Cpu(output).Pointer, kp = Cpu(cache.K).Pointer, vp = Cpu(cache.V).Pointer;
+        long work = (long)tokens * heads * cache.Lengths[0] * headDim;
+
+        void One(int index, float[] scores)
+        {
+            int t = index / heads, h = index % heads, g = h / group;
+            // Causal: this call's tokens are the last `tokens` slots of the head; token t sees up to its own.
+            int visible = cache.Lengths[g] - tokens + t + 1;
+            var qv = new ReadOnlySpan<float>(qp + ((long)t * heads + h) * headDim, headDim);
+            var s = scores.AsSpan(0, visible);
+            float* keys = kp + cache.Offset(g, 0), values = vp + cache.Offset(g, 0);
+            for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qv, new ReadOnlySpan<float>(keys + (long)j * headDim, headDim)) * scale;
+            TensorPrimitives.SoftMax(s, s);
+            var o = new Span<float>(op + ((long)t * heads + h) * headDim, headDim);
+            o.Clear();
+            for (int j = 0; j < visible; j++) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * headDim, headDim), s[j], o, o);
+        }
+
+        int count = tokens * heads, maxLen = cache.Lengths.Max();
+        if (work < 1 << 16 || _threads == 1)
+        {
+            var scores = new float[maxLen];
+            for (int i = 0; i < count; i++) One(i, scores);
+        }
+        else
+        {
+            Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = _threads },
+                () => new float[maxLen], (i, _, scores) => { One(i, scores); return scores; }, _ => { });
+        }
+    }
+
+    public void SwiGlu(Tensor gate, Tensor up, long length)
+    {
+        // silu(g) * u = g * sigmoid(g) * u, in chunks so the sigmoid scratch stays on the stack.
+        Span<float> sig = stackalloc float[1024];
+        for (long i = 0; i < length; i += sig.Length)
+        {
+            int n = (int)Math.Min(sig.Length, length - i);
+            var g = Cpu(gate).Span(i, n);
+            TensorPrimitives.Sigmoid(g, sig[..n]);
+            TensorPrimitives.Multiply(g, sig[..n], g);
+            TensorPrimitives.Multiply(g, Cpu(up).Span(i, n), g);
+        }
+    }
+
+    public void Add(Tensor x, Tensor y, long length)
+    {
+        for (long i = 0; i < length; i += int.MaxValue / 2)
+        {
+            int n = (int)Math.Min(int.MaxValue / 2, length - i);
+            TensorPrimitives.Add(Cpu(x).Span(i, n), Cpu(y).Span(i, n), Cpu(x).Span(i, n));
+        }
+    }
+
+    private static CpuTensor Cpu(Tensor t) => t as CpuTensor ?? throw new ArgumentException("tensor belongs to another backend");
+
+    public void Dispose() { }
+}

@@ -1,0 +1,50 @@
+using Cluster.Engine.Kernels;
+using Cluster.Engine.Model;
+
+namespace Cluster.Engine.Loaders;
+
+/// <summary>Opens a checkpoint by what the path is: a Hugging Face folder or a llama2.c file.</summary>
+public static class ModelLoader
+{
+    /// <summary>Reads only the configuration (cheap: no weights are touched).</summary>
+    public static LlamaConfig ReadConfig(string path)
+    {
+        using var reader = OpenReader(path, out var config);
+        return config;
+    }
+
+    /// <summary>Loads the model onto <paramref name="backend"/> (default: the CPU backend).</summary>
+    public static LlamaModel Load(string path, IComputeBackend? backend = null, int maxChunk = 256)
+    {
+        var reader = OpenReader(path, out var config);
+        try
+        {
+            backend ??= new CpuBackend();
+            var weights = LlamaWeights.Load(config, reader, backend);
+            return new LlamaModel(config, weights, backend, reader, maxChunk);
+        }
+        catch
+        {
+            reader.Dispose();
+            throw;
+        }
+    }
+
+    private static ICheckpointReader OpenReader(string path, out LlamaConfig config)
+    {
+        if (Directory.Exists(path))
+        {
+            var hf = HuggingFaceCheckpoint.Open(path);
+            config = hf.Config;
+            return hf;
+        }
+        if (File.Exists(path))
+        {
+            if (Path.GetFileName(path) == "config.json") return OpenReader(Path.GetDirectoryName(Path.GetFullPath(path))!, out config);
+            var l2c = Llama2cCheckpoint.Open(path);
+            config = l2c.Config;
+            return l2c;
+        }
+        throw new ModelFormatException(path, "not found (expected a llama2.c .bin file or a Hugging Face model folder)");
+    }
+}

@@ -1,0 +1,142 @@
+using Cluster.Engine.Kernels;
+using Cluster.Engine.KvCache;
+
+namespace Cluster.Engine.Model;
+
+/// <summary>
+/// A Llama-family decoder on one backend: RMSNorm, RoPE, grouped-query attention, SwiGLU, tied or
+/// untied classifier (Touvron et al. 2023). <see cref="Forward"/> runs a chunk of tokens of one
+/// sequence against its KV cache: several tokens (prefill) use matrix-matrix products, one token
+/// (decode) matrix-vector products. Not thread-safe: one forward at a time per model.
+/// </summary>
+public sealed class LlamaModel : IDisposable
+{
+    private readonly RunState _state;
+    private readonly IDisposable? _weightOwner;
+
+    /// <param name="weightOwner">Keeps memory-mapped checkpoint files open while weights point into them.</param>
+    public LlamaModel(LlamaConfig config, LlamaWeights weights, IComputeBackend backend, IDisposable? weightOwner = null, int maxChunk = 256)
+    {
+        Config = config;
+        Weights = weights;
+        Backend = backend;
+        _weightOwner = weightOwner;
+        Rope = new RopeTable(config.HeadDim, config.RopeTheta, config.RopeLayout, config.RopeScaling);
+        MaxChunk = maxChunk;
+        _state = new RunState(config, backend, maxChunk);
+    }
+
+    public LlamaConfig Config { get; }
+    public LlamaWeights Weights { get; }
+    public IComputeBackend Backend { get; }
+    public RopeTable Rope { get; }
+
+    /// <summary>Most tokens one pass of the layers takes; longer inputs are run chunk by chunk.</summary>
+    public int MaxChunk { get; }
+
+    /// <summary>A KV cache for one sequence, with room for <paramref name="capacity"/> tokens (it grows if needed).</summary>
+    public SequenceKvCache CreateCache(int capacity = 256) =>
+        new(Backend, Config.Layers, Config.KvHeads, Config.HeadDim, capacity);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> at positions cache.TokensSeen.. and appends their K/V to the cache.
+    /// Writes the logits of the last token ([vocab]) or, with <paramref name="allLogits"/>, of every
+    /// token ([T, vocab]) to <paramref name="logits"/>.
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> tokens, SequenceKvCache cache, Span<float> logits, bool allLogits = false)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
+        var vocab = Config.VocabSize;
+        var needed = allLogits ? (long)tokens.Length * vocab : vocab;
+        if (logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {needed}", nameof(logits));
+        cache.Reserve(tokens.Length);
+        for (int start = 0; start < tokens.Length; start += MaxChunk)
+        {
+            var chunk = tokens.Slice(start, Math.Min(MaxChunk, tokens.Length - start));
+            bool last = start + chunk.Length == tokens.Length;
+            if (allLogits) RunChunk(chunk, cache, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
+            else RunChunk(chunk, cache, last ? logits[..vocab] : [], allRows: false);
+        }
+    }
+
+    private void RunChunk(ReadOnlySpan<int> tokens, SequenceKvCache cache, Span<float> logits, bool allRows)
+    {
+        var c = Config;
+        var b = Backend;
+        var s = _state;
+        int T = tokens.Length;
+        Span<int> positions = stackalloc int[T];
+        for (int t = 0; t < T; t++) positions[t] = cache.TokensSeen + t;
+
+        b.Embed(Weights.TokenEmbedding, tokens, c.Dim, s.X);                       // x [T, dim]
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var w = Weights.Layers[l];
+            // Attention block: x += Wo · attention(RoPE(Wq·n), RoPE(Wk·n), Wv·n), n = RMSNorm(x).
+            b.RmsNorm(s.X, w.AttentionNorm, s.Xb, T, c.Dim, c.RmsNormEps);        // n [T, dim]
+            b.MatMul(s.Xb, w.Wq, s.Q, T, c.Dim, c.QueryDim);                        // q [T, heads*hd]
+            b.MatMul(s.Xb, w.Wk, s.K, T, c.Dim, c.KvDim);                           // k [T, kvHeads*hd]
+            b.MatMul(s.Xb, w.Wv, s.V, T, c.Dim, c.KvDim);                           // v [T, kvHeads*hd]
+            b.Rope(s.Q, s.K, positions, c.Heads, c.KvHeads, Rope);
+            b.AppendKv(s.K, s.V, positions, cache.Layers[l]);                       // the cache row is written once
+            b.Attention(s.Q, cache.Layers[l], s.Att, T, c.Heads, c.HeadDim);        // att [T, heads*hd]
+            b.MatMul(s.Att, w.Wo, s.Xb, T, c.QueryDim, c.Dim);                      // [T, dim]
+            b.Add(s.X, s.Xb, (long)T * c.Dim);
+            // Feed-forward block: x += W2 · (silu(W1·n) * W3·n), n = RMSNorm(x).
+            b.RmsNorm(s.X, w.FfnNorm, s.Xb, T, c.Dim, c.RmsNormEps);
+            b.MatMul(s.Xb, w.Gate, s.H1, T, c.Dim, c.HiddenDim);                    // [T, hidden]
+            b.MatMul(s.Xb, w.Up, s.H3, T, c.Dim, c.HiddenDim);                      // [T, hidden]
+            b.SwiGlu(s.H1, s.H3, (long)T * c.HiddenDim);
+            b.MatMul(s.H1, w.Down, s.Xb, T, c.HiddenDim, c.Dim);                    // [T, dim]
+            b.Add(s.X, s.Xb, (long)T * c.Dim);
+        }
+        cache.TokensSeen += T;
+        if (logits.IsEmpty) return;
+
+        // Classifier: only the rows whose logits are wanted (the last one while prefilling).
+        int rows = allRows ? T : 1, first = allRows ? 0 : T - 1;
+        b.RmsNorm(s.X, Weights.FinalNorm, s.Xb, T, c.Dim, c.RmsNormEps);
+        b.MatMul(s.Xb, Weights.Classifier, s.Logits, rows, c.Dim, c.VocabSize, xRowOffset: first);
+        b.CopyToHost(s.Logits, 0, logits[..(rows * c.VocabSize)]);
+    }
+
+    public void Dispose()
+    {
+        _state.Dispose();
+        Weights.Dispose();
+        Backend.Dispose();
+        _weightOwner?.Dispose();
+    }
+
+    /// <summary>Scratch activations for one chunk, allocated once so the decode loop allocates nothing.</summary>
+    private sealed class RunState : IDisposable
+    {
+        public RunState(LlamaConfig c, IComputeBackend b, int maxTokens)
+        {
+            X = b.Allocate((long)maxTokens * c.Dim);
+            Xb = b.Allocate((long)maxTokens * Math.Max(c.Dim, c.QueryDim));
+            Q = b.Allocate((long)maxTokens * c.QueryDim);
+            K = b.Allocate((long)maxTokens * c.KvDim);
+            V = b.Allocate((long)maxTokens * c.KvDim);
+            Att = b.Allocate((long)maxTokens * c.QueryDim);
+            H1 = b.Allocate((long)maxTokens * c.HiddenDim);
+            H3 = b.Allocate((long)maxTokens * c.HiddenDim);
+            Logits = b.Allocate((long)maxTokens * c.VocabSize);
+        }
+
+        public Tensor X { get; }
+        public Tensor Xb { get; }
+        public Tensor Q { get; }
+        public Tensor K { get; }
+        public Tensor V { get; }
+        public Tensor Att { get; }
+        public Tensor H1 { get; }
+        public Tensor H3 { get; }
+        public Tensor Logits { get; }
+
+        public void Dispose()
+        {
+            foreach (var t in new[] { X, Xb, Q, K, V, Att, H1, H3, Logits }) t.Dispose();
+        }
+    }
+}
