@@ -23,4 +23,7 @@ public interface ITokenizer
 
     /// <summary>Decodes a whole sequence; invalid UTF-8 becomes U+FFFD.</summary>
     string Decode(IEnumerable<int> ids);
+
+    /// <summary>The vocabulary's own string for <paramref name="id"/> (e.g. "▁Hello", "&lt;0x0A&gt;", "Ġworld"), for display.</summary>
+    string TokenText(int id);
 }
