@@ -92,17 +92,32 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
+    /// <summary>
+    /// Rotates one head and leaves it in the half-split layout (x[i] paired with x[i + d/2]) whatever
+    /// the checkpoint's layout: queries and cached keys then sum their dot products in the same order
+    /// for llama2.c and Hugging Face weights, and the KV cache has one layout (Hugging Face's, which
+    /// published Q-Filters assume).
+    /// </summary>
     private static void Rotate(float* v, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, RopeLayout layout)
     {
         int half = cos.Length;
-        // Interleaved pairs (2i, 2i+1) or halves (i, i + d/2): the same rotation, different pairing.
-        int stride = layout == RopeLayout.Interleaved ? 2 : 1, partner = layout == RopeLayout.Interleaved ? 1 : half;
+        if (layout == RopeLayout.Halves)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * cos[i] - x1 * sin[i];
+                v[i + half] = x0 * sin[i] + x1 * cos[i];
+            }
+            return;
+        }
+        Span<float> pairs = stackalloc float[2 * half];
+        new ReadOnlySpan<float>(v, 2 * half).CopyTo(pairs);
         for (int i = 0; i < half; i++)
         {
-            float* a = v + i * stride, b = a + partner;
-            float x0 = *a, x1 = *b;
-            *a = x0 * cos[i] - x1 * sin[i];
-            *b = x0 * sin[i] + x1 * cos[i];
+            float x0 = pairs[2 * i], x1 = pairs[2 * i + 1];
+            v[i] = x0 * cos[i] - x1 * sin[i];
+            v[i + half] = x0 * sin[i] + x1 * cos[i];
         }
     }
 

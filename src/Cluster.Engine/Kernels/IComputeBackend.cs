@@ -34,7 +34,8 @@ public interface IComputeBackend : IDisposable
     void MatMul(Tensor x, Tensor w, Tensor y, int rows, int inDim, int outDim, int xRowOffset = 0);
 
     /// <summary>Rotates each head of q [T, heads*headDim] and k [T, kvHeads*headDim] in place by the
-    /// angles of <paramref name="positions"/> (one per token), with the pair layout of <paramref name="rope"/>.</summary>
+    /// angles of <paramref name="positions"/> (one per token), reading pairs in the layout of
+    /// <paramref name="rope"/> and writing every head in the half-split layout (the KV cache's one layout).</summary>
     void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope);
 
     /// <summary>Appends T tokens' keys and values (k, v: [T, kvHeads*headDim], keys already rotated)

@@ -1,0 +1,21 @@
+using Cluster.Engine.Loaders;
+
+namespace LlmCtl;
+
+/// <summary>The one place where command failures become a message and an exit code: bad input is
+/// reported in one line (exit 2), never as a stack trace.</summary>
+internal static class CommandErrors
+{
+    public static int Run(Func<int> action)
+    {
+        try
+        {
+            return action();
+        }
+        catch (Exception e) when (e is ModelFormatException or ArgumentException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException or IOException or InvalidOperationException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+    }
+}

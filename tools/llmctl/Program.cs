@@ -1,0 +1,10 @@
+using System.CommandLine;
+using LlmCtl.Commands;
+
+var root = new RootCommand("llmctl: run, evaluate and benchmark LLM Cluster models from the command line");
+root.Subcommands.Add(GenerateCommand.Create());
+root.Subcommands.Add(PerplexityCommand.Create());
+root.Subcommands.Add(ConvertCommand.Create());
+root.Subcommands.Add(SynthCommand.Create());
+root.Subcommands.Add(BenchCommand.Create());
+return root.Parse(args).Invoke();
