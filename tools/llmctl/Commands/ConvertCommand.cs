@@ -19,9 +19,9 @@ internal static class ConvertCommand
             var path = r.GetValue(model)!;
             var outDir = r.GetValue(output)!;
             using var ckpt = Llama2cCheckpoint.Open(path);
+            ConsoleProgress? progress = null;
             HuggingFaceWriter.Write(outDir, ckpt.Config, ckpt, type,
-                (done, total) => Console.Error.Write($"\rwrote {done}/{total} tensors"));
-            Console.Error.WriteLine();
+                (done, total) => (progress ??= new ConsoleProgress("tensors written", total)).Report(done));
             // The tokenizer travels along: the folder loader finds tokenizer.bin.
             var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
             var tok = new[] { "tokenizer.bin", $"tok{ckpt.Config.VocabSize}.bin" }.Select(n => Path.Combine(dir, n)).FirstOrDefault(File.Exists);

@@ -28,9 +28,8 @@ internal static class PerplexityCommand
             var ids = TextPrefix.EncodeFirstTokens(tok, File.ReadAllText(r.GetValue(text)!), n);
             if (ids.Length < n) Console.Error.WriteLine($"note: the text holds only {ids.Length} tokens");
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            var result = PerplexityEvaluator.Evaluate(m, ids, r.GetValue(window), r.GetValue(stride),
-                scored => Console.Error.Write($"\rscored {scored}/{ids.Length - 1} tokens"));
-            Console.Error.WriteLine();
+            var progress = new ConsoleProgress("tokens scored", ids.Length - 1);
+            var result = PerplexityEvaluator.Evaluate(m, ids, r.GetValue(window), r.GetValue(stride), progress.Report);
             if (r.GetValue(json))
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {

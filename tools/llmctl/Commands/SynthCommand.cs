@@ -18,9 +18,9 @@ internal static class SynthCommand
         {
             var config = ModelPresets.Get(r.GetValue(preset)!);
             var type = ParseType(r.GetValue(dtype)!);
+            ConsoleProgress? progress = null;
             RandomCheckpoint.Write(r.GetValue(output)!, config, type, r.GetValue(seed),
-                (done, total) => Console.Error.Write($"\rwrote {done}/{total} tensors"));
-            Console.Error.WriteLine();
+                (done, total) => (progress ??= new ConsoleProgress("tensors written", total)).Report(done));
             Console.WriteLine($"wrote {r.GetValue(output)}: {r.GetValue(preset)} shape, {config.ParameterCount / 1e6:F1}M parameters, {type}, random weights");
             return 0;
         }));
