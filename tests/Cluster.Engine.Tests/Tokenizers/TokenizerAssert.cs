@@ -19,7 +19,8 @@ internal static class TokenizerAssert
         foreach (var id in ids)
         {
             var piece = decoder.Push(id);
-            Assert.DoesNotContain('\uFFFD', piece);
+            // Some corpus lines hold U+FFFD themselves (a damaged apostrophe in Moby Dick); elsewhere none may appear.
+            Assert.False(piece.Contains('\uFFFD') && !text.Contains('\uFFFD'), $"U+FFFD streamed for {Show(text)} at id {id}");
             streamed.Append(piece);
         }
         streamed.Append(decoder.Flush());
