@@ -23,8 +23,10 @@ public static class Llama2cTokenizer
         var count = 0;
         while (stream.Position + 8 <= stream.Length)
         {
-            reader.ReadSingle();
-            stream.Position += reader.ReadInt32();
+            reader.ReadSingle(); // score
+            var length = reader.ReadInt32();
+            if (length < 0) throw new InvalidDataException($"{path}: token {count} has length {length}");
+            stream.Position += length;
             count++;
         }
         return count;
