@@ -14,6 +14,24 @@ public static class Llama2cTokenizer
     /// <summary>llama2.c fixes these ids: 0 &lt;unk&gt;, 1 BOS, 2 EOS.</summary>
     public const int UnkId = 0, BosId = 1, EosId = 2;
 
+    /// <summary>How many token records the file holds (for a tokenizer.bin found without its model).</summary>
+    public static int CountTokens(string path)
+    {
+        using var reader = new BinaryReader(File.OpenRead(path));
+        var stream = reader.BaseStream;
+        stream.Position = 4;
+        var count = 0;
+        while (stream.Position + 8 <= stream.Length)
+        {
+            reader.ReadSingle(); // score
+            var length = reader.ReadInt32();
+            if (length < 0) throw new InvalidDataException($"{path}: token {count} has length {length}");
+            stream.Position += length;
+            count++;
+        }
+        return count;
+    }
+
     /// <exception cref="InvalidDataException">The file ends before <paramref name="vocabSize"/> tokens.</exception>
     public static SentencePieceBpeTokenizer Load(string path, int vocabSize)
     {
