@@ -42,6 +42,9 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
         _cts = _deadlineCts is null
             ? CancellationTokenSource.CreateLinkedTokenSource(options.CancellationToken)
             : CancellationTokenSource.CreateLinkedTokenSource(options.CancellationToken, _deadlineCts.Token);
+        // Cancellation or deadline must reach the server at once (RST_STREAM CANCEL), not when
+        // the caller gets round to disposing the call: disposing the response resets the stream.
+        _cts.Token.Register(static state => ((ClientCall<TRequest, TResponse>)state!)._response?.Dispose(), this);
     }
 
     public CancellationToken Token => _cts.Token;
@@ -79,6 +82,7 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
                     if (!GrpcProtocol.IsReservedHeader(e.Key)) request.Headers.TryAddWithoutValidation(e.Key, Metadata.WireValue(e));
 
             _response = await _channel.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, _cts.Token).ConfigureAwait(false);
+            if (_cts.IsCancellationRequested) _response.Dispose(); // cancelled while the headers arrived
             CheckResponseHeaders(_response);
             if (_finished) return;
             _reader = PipeReader.Create(await _response.Content.ReadAsStreamAsync(_cts.Token).ConfigureAwait(false));
