@@ -1,0 +1,98 @@
+using System.Net;
+using Cluster.Rpc.Server;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.Rpc.Hosting;
+
+/// <summary>
+/// A Kestrel host with two ports: gRPC on an HTTP/2-only port (Kestrel cannot serve cleartext
+/// HTTP/1.1 and HTTP/2 on one port: without TLS it falls back to HTTP/1.1) and /healthz plus
+/// /metrics on an HTTP/1.1 port. Services only register their methods.
+/// </summary>
+public sealed class RpcServerHost : IAsyncDisposable
+{
+    private readonly ListenOptions[] _listen = new ListenOptions[2];
+
+    private RpcServerHost(WebApplication app, RpcServiceRegistry registry)
+    {
+        App = app;
+        Registry = registry;
+    }
+
+    public WebApplication App { get; }
+
+    public RpcServiceRegistry Registry { get; }
+
+    /// <summary>The bound gRPC endpoint (the real port once started).</summary>
+    public IPEndPoint GrpcEndPoint => _listen[0].IPEndPoint!;
+
+    /// <summary>The bound HTTP/1.1 endpoint (the real port once started).</summary>
+    public IPEndPoint HttpEndPoint => _listen[1].IPEndPoint!;
+
+    /// <summary>"http://host:port" of the gRPC port, for a client channel.</summary>
+    public Uri GrpcAddress => new($"http://{GrpcEndPoint}");
+
+    /// <param name="register">Adds the methods; called once the host's services exist.</param>
+    /// <param name="configureServices">Adds the services the handlers need.</param>
+    public static RpcServerHost Create(RpcHostOptions options, Action<RpcServiceRegistry, IServiceProvider> register, Action<IServiceCollection>? configureServices = null)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.SetMinimumLevel(options.MinimumLogLevel);
+        configureServices?.Invoke(builder.Services);
+
+        ListenOptions? grpc = null, http = null;
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            // Per-call limits are lifted per request too; these are the server-wide defaults.
+            kestrel.Limits.MaxRequestBodySize = null;
+            kestrel.Limits.MinRequestBodyDataRate = null;
+            kestrel.Limits.MinResponseDataRate = null;
+            kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
+            kestrel.AddServerHeader = false;
+            kestrel.Listen(options.GrpcEndPoint, l => { l.Protocols = HttpProtocols.Http2; grpc = l; });
+            kestrel.Listen(options.HttpEndPoint, l => { l.Protocols = HttpProtocols.Http1; http = l; });
+        });
+
+        var app = builder.Build();
+        var registry = new RpcServiceRegistry(options.Server, app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Cluster.Rpc.Server"));
+        register(registry, app.Services);
+
+        // The gRPC port speaks only HTTP/2 and the other only HTTP/1.1, so the protocol tells
+        // which port a request came in on.
+        app.Use(next => context => HttpProtocol.IsHttp2(context.Request.Protocol) ? registry.DispatchAsync(context) : next(context));
+        app.MapGet("/healthz", () => options.IsHealthy() ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));
+        options.MapHttpEndpoints?.Invoke(app);
+
+        var host = new RpcServerHost(app, registry);
+        // ConfigureKestrel runs lazily; ListenOptions are captured when the server starts.
+        host._pending = () => { host._listen[0] = grpc!; host._listen[1] = http!; };
+        return host;
+    }
+
+    private Action? _pending;
+
+    public async Task StartAsync(CancellationToken cancellationToken = default)
+    {
+        await App.StartAsync(cancellationToken).ConfigureAwait(false);
+        _pending?.Invoke();
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken = default) => App.StopAsync(cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            await App.StopAsync(new CancellationTokenSource(TimeSpan.FromSeconds(5)).Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        await App.DisposeAsync().ConfigureAwait(false);
+    }
+}

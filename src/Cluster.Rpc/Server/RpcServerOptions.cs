@@ -1,0 +1,10 @@
+namespace Cluster.Rpc.Server;
+
+public sealed class RpcServerOptions
+{
+    /// <summary>Largest request message accepted, in bytes (decompressed). The gRPC default is 4 MiB.</summary>
+    public int MaxReceiveMessageSize { get; set; } = 4 * 1024 * 1024;
+
+    /// <summary>When true, INTERNAL statuses carry the exception's message (never its stack trace).</summary>
+    public bool EnableDetailedErrors { get; set; }
+}

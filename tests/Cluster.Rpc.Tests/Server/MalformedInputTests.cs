@@ -1,0 +1,170 @@
+using System.IO.Compression;
+using System.Net;
+using Cluster.Interop;
+using Cluster.Rpc.Client;
+using Cluster.Rpc.Tests.Interop;
+using Google.Protobuf;
+using Xunit;
+
+namespace Cluster.Rpc.Tests.Server;
+
+/// <summary>
+/// What a broken or hostile peer can send: each request gets the status the gRPC over HTTP/2
+/// spec prescribes, promptly, and the server goes on serving (checked after every case).
+/// </summary>
+public sealed class MalformedInputTests(OurServerFixture server) : IClassFixture<OurServerFixture>, IDisposable
+{
+    private const string Unary = "/cluster.interop.TestService/UnaryCall";
+    private readonly HttpClient _http = RawHttp2.CreateClient();
+
+    private static byte[] ValidRequest => new SimpleRequest { ResponseSize = 3 }.ToByteArray();
+
+    public static TheoryData<string, byte[], string> BadBodies => new()
+    {
+        // name, body, expected grpc-status
+        { "truncated frame: prefix says 100 bytes, 10 follow", [.. RawHttp2.Prefix(100), .. new byte[10]], "13" },
+        { "truncated prefix: 3 of 5 bytes", [0, 0, 0], "13" },
+        { "length prefix over the 4 MiB limit", RawHttp2.Prefix(5 << 20), "8" },
+        { "length prefix 0xFFFFFFFF", RawHttp2.Prefix(uint.MaxValue), "8" },
+        { "garbage: compressed flag 0xFF", [0xFF, 0xFE, 0x01, 0x02, 0x03, 0x04, 0x05], "13" },
+        { "garbage: payload is no protobuf", RawHttp2.Frame([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]), "13" },
+        { "compressed flag with no grpc-encoding", RawHttp2.Frame(ValidRequest, flag: 1), "13" },
+        { "no message for a unary method", [], "13" },
+        { "two messages for a unary method", [.. RawHttp2.Frame(ValidRequest), .. RawHttp2.Frame(ValidRequest)], "13" },
+    };
+
+    [Theory(Timeout = 30_000)]
+    [MemberData(nameof(BadBodies))]
+    public async Task Bad_body_gets_status_and_server_keeps_serving(string name, byte[] body, string grpcStatus)
+    {
+        var result = await RawHttp2.SendAsync(_http, server.Port, Unary, body);
+        Assert.True(result.HttpStatus == HttpStatusCode.OK, name);
+        Assert.True(grpcStatus == result.GrpcStatus, $"{name}: grpc-status {result.GrpcStatus} ({result.GrpcMessage})");
+        Assert.True(result.TrailersOnly, $"{name}: an immediate error is a trailers-only response");
+        await AssertStillServing();
+    }
+
+    [Fact(Timeout = 60_000)]
+    public async Task Random_bodies_never_crash_or_hang_the_server()
+    {
+        // A bounded fuzz loop with a fixed seed: every answer is a status, never a hang or a reset.
+        var random = new Random(6);
+        for (var i = 0; i < 200; i++)
+        {
+            var body = new byte[random.Next(0, 64)];
+            random.NextBytes(body);
+            if (i % 2 == 0 && body.Length > 0) body[0] = 0; // half of them pass the flag check
+            var result = await RawHttp2.SendAsync(_http, server.Port, Unary, body);
+            Assert.Equal(HttpStatusCode.OK, result.HttpStatus);
+            Assert.Contains(result.GrpcStatus, new[] { "0", "8", "13" });
+        }
+        await AssertStillServing();
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task Wrong_content_type_is_415()
+    {
+        var result = await RawHttp2.SendAsync(_http, server.Port, Unary, RawHttp2.Frame(ValidRequest), contentType: "application/json");
+        Assert.Equal(HttpStatusCode.UnsupportedMediaType, result.HttpStatus);
+        result = await RawHttp2.SendAsync(_http, server.Port, Unary, RawHttp2.Frame(ValidRequest), contentType: "application/grpc-web");
+        Assert.Equal(HttpStatusCode.UnsupportedMediaType, result.HttpStatus);
+        await AssertStillServing();
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task Non_post_is_405()
+    {
+        var result = await RawHttp2.SendAsync(_http, server.Port, Unary, [], method: HttpMethod.Get);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, result.HttpStatus);
+        result = await RawHttp2.SendAsync(_http, server.Port, Unary, RawHttp2.Frame(ValidRequest), method: HttpMethod.Put);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, result.HttpStatus);
+        await AssertStillServing();
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task Unknown_method_is_trailers_only_unimplemented()
+    {
+        var result = await RawHttp2.SendAsync(_http, server.Port, "/no.Such/Method", RawHttp2.Frame([]));
+        Assert.Equal(HttpStatusCode.OK, result.HttpStatus);
+        Assert.Equal("12", result.GrpcStatus);
+        Assert.True(result.TrailersOnly);
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task Gzip_message_is_accepted_and_unknown_encoding_is_unimplemented()
+    {
+        using var compressed = new MemoryStream();
+        using (var gzip = new GZipStream(compressed, CompressionLevel.Fastest, leaveOpen: true)) gzip.Write(ValidRequest);
+        var result = await RawHttp2.SendAsync(_http, server.Port, Unary, RawHttp2.Frame(compressed.ToArray(), flag: 1), headers: [("grpc-encoding", "gzip")]);
+        Assert.Equal("0", result.GrpcStatus);
+
+        result = await RawHttp2.SendAsync(_http, server.Port, Unary, RawHttp2.Frame(ValidRequest, flag: 1), headers: [("grpc-encoding", "br")]);
+        Assert.Equal("12", result.GrpcStatus);
+        Assert.Contains("gzip", result.Response.Headers.GetValues("grpc-accept-encoding").First());
+
+        // A gzip bomb: small on the wire, over the limit once inflated.
+        using var bomb = new MemoryStream();
+        using (var gzip = new GZipStream(bomb, CompressionLevel.SmallestSize, leaveOpen: true)) gzip.Write(new byte[5 << 20]);
+        result = await RawHttp2.SendAsync(_http, server.Port, Unary, RawHttp2.Frame(bomb.ToArray(), flag: 1), headers: [("grpc-encoding", "gzip")]);
+        Assert.Equal("8", result.GrpcStatus);
+        await AssertStillServing();
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task Malformed_grpc_timeout_is_ignored()
+    {
+        var result = await RawHttp2.SendAsync(_http, server.Port, Unary, RawHttp2.Frame(ValidRequest), headers: [("grpc-timeout", "soon")]);
+        Assert.Equal("0", result.GrpcStatus);
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task Client_that_vanishes_mid_message_leaves_server_serving()
+    {
+        // Half a frame, then the request is abandoned: the server must not wait on it forever.
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        var content = new StalledContent([.. RawHttp2.Prefix(1000), 1, 2, 3]).WithType();
+        var request = new HttpRequestMessage(HttpMethod.Post, $"http://127.0.0.1:{server.Port}{Unary}")
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Content = content,
+        };
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => _http.SendAsync(request, cts.Token));
+        await AssertStillServing();
+    }
+
+    private async Task AssertStillServing()
+    {
+        using var channel = new RpcChannel(new Uri($"http://127.0.0.1:{server.Port}"));
+        var response = await channel.UnaryAsync(TestServiceMethods.UnaryCall, new SimpleRequest { ResponseSize = 7 }, CallOptions.WithTimeout(TimeSpan.FromSeconds(10)));
+        Assert.Equal(7, response.Payload.Body.Length);
+    }
+
+    public void Dispose() => _http.Dispose();
+
+    /// <summary>Sends some bytes, then never finishes the body.</summary>
+    private sealed class StalledContent(byte[] head) : HttpContent
+    {
+        protected override async Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context, CancellationToken cancellationToken)
+        {
+            await stream.WriteAsync(head, cancellationToken);
+            await stream.FlushAsync(cancellationToken);
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+        }
+
+        protected override Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context) =>
+            SerializeToStreamAsync(stream, context, CancellationToken.None);
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = -1;
+            return false;
+        }
+
+        public StalledContent WithType()
+        {
+            Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/grpc");
+            return this;
+        }
+    }
+}
