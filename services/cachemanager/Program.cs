@@ -1,0 +1,3 @@
+using Cluster.Serving.Hosting;
+
+return await ServiceHost.RunAsync(ServiceRole.CacheManager, args, Cluster.CacheManager.CacheManagerService.CreateAsync);

@@ -1,0 +1,84 @@
+using System.Net;
+using Cluster.Rpc.Hosting;
+using Cluster.Telemetry;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.Serving.Hosting;
+
+/// <summary>
+/// Runs one service: parses its options, builds it, and serves gRPC plus /healthz and /metrics on
+/// the two ports until stopped. Bad options end the process with one line and exit code 2.
+/// </summary>
+public static class ServiceHost
+{
+    public delegate Task<IClusterService> Factory(ServiceOptions options, ILoggerFactory logging);
+
+    /// <summary>The entry point of a service executable (and of `llmctl serve`).</summary>
+    public static async Task<int> RunAsync(ServiceRole role, string[] args, Factory create)
+    {
+        ServiceOptions options;
+        try
+        {
+            options = ServiceOptions.Parse(role, args);
+        }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+        using var stop = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Cancel();
+        try
+        {
+            await using var running = await StartAsync(options, create, LogLevel.Information);
+            Console.WriteLine($"{role.Name()} serving gRPC on {running.GrpcAddress}, /healthz and /metrics on http://{running.Host.HttpEndPoint}");
+            await Task.Delay(Timeout.Infinite, stop.Token).ContinueWith(_ => { });
+            return 0;
+        }
+        catch (Exception e) when (e is ArgumentException or FileNotFoundException or IOException or InvalidOperationException or Cluster.Engine.Loaders.ModelFormatException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+    }
+
+    /// <summary>Builds and starts a service (tests and `llmctl up` use this directly).</summary>
+    public static async Task<RunningService> StartAsync(ServiceOptions options, Factory create, LogLevel logLevel = LogLevel.Warning)
+    {
+        using var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel));
+        var service = await create(options, logging);
+        var processMetrics = new ProcessMetrics(options.Role.Name());
+        var metrics = new MetricsRegistry([.. service.MeterNames, ProcessMetrics.MeterName]);
+        var address = IPAddress.Parse(options.Host);
+        var host = RpcServerHost.Create(new RpcHostOptions
+        {
+            GrpcEndPoint = new IPEndPoint(address, options.GrpcPort),
+            HttpEndPoint = new IPEndPoint(address, options.HttpPort),
+            IsHealthy = () => service.IsReady,
+            MapHttpEndpoints = endpoints => endpoints.MapPrometheusMetrics(metrics),
+            MinimumLogLevel = logLevel,
+        }, (registry, _) => service.Register(registry));
+        await host.StartAsync();
+        return new RunningService(host, service, metrics, processMetrics);
+    }
+}
+
+/// <summary>A started service; disposing stops it.</summary>
+public sealed class RunningService(RpcServerHost host, IClusterService service, MetricsRegistry metrics, ProcessMetrics processMetrics) : IAsyncDisposable
+{
+    public RpcServerHost Host { get; } = host;
+    public IClusterService Service { get; } = service;
+    public MetricsRegistry Metrics { get; } = metrics;
+
+    /// <summary>The gRPC address clients use ("http://127.0.0.1:port"; a 0.0.0.0 bind is reached on loopback).</summary>
+    public Uri GrpcAddress => new($"http://{(Host.GrpcEndPoint.Address.Equals(IPAddress.Any) ? IPAddress.Loopback : Host.GrpcEndPoint.Address)}:{Host.GrpcEndPoint.Port}");
+
+    public async ValueTask DisposeAsync()
+    {
+        await Host.DisposeAsync();
+        await Service.DisposeAsync();
+        metrics.Dispose();
+        processMetrics.Dispose();
+    }
+}
