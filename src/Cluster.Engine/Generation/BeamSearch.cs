@@ -40,6 +40,7 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
 
         var root = new Beam(model.CreateCache(Math.Min(prompt.Count + maxLength, c.MaxPositions)), new SamplingState(vocab, prompt, 0), new float[vocab], 0, []);
         model.Forward(prompt.ToArray(), root.Cache, root.Logits);
+        var stepTimes = new List<TimeSpan> { sw.Elapsed }; // [0]: prefill; [i]: the step that produced token i
         var live = new List<Beam> { root };
         bool aborted = false;
         try
@@ -47,6 +48,7 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
             for (int step = 0; step < maxLength && live.Count > 0; step++)
             {
                 if (cancel.IsCancellationRequested) { aborted = true; break; }
+                sw.Restart();
                 var proposals = new List<Proposal>();
                 for (int b = 0; b < live.Count; b++)
                 {
@@ -79,6 +81,7 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
                 if (finished.Count > width) finished.RemoveRange(width, finished.Count - width);
                 if (next.Count == 0 || IsDone(finished, next[0].Sum, step + 1, maxLength)) break;
                 live = Advance(live, next);
+                stepTimes.Add(sw.Elapsed);
             }
         }
         finally
@@ -89,9 +92,8 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
             foreach (var beam in live) finished.Add(new Hypothesis(beam.State.Generated, beam.Logprobs, beam.Sum, Score(beam.Sum, beam.State.Step), FinishReason.Abort));
 
         var best = finished.OrderByDescending(h => h.Score).Take(p.N).ToList();
-        var elapsed = sw.Elapsed;
         for (int i = 0; i < best.Count; i++)
-            foreach (var chunk in Chunks(i, best[i], prompt, elapsed)) yield return chunk;
+            foreach (var chunk in Chunks(i, best[i], prompt, stepTimes)) yield return chunk;
     }
 
     private bool IsDone(List<Hypothesis> finished, double bestLiveSum, int length, int maxLength)
@@ -132,7 +134,9 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
         return beams;
     }
 
-    private IEnumerable<GenerationChunk> Chunks(int index, Hypothesis h, IReadOnlyList<int> prompt, TimeSpan elapsed)
+    /// <summary>A finished output as chunks, once the search is over (beams cannot stream: any may still lose).
+    /// Each token carries the time of the search step that produced it, shared by all beams.</summary>
+    private IEnumerable<GenerationChunk> Chunks(int index, Hypothesis h, IReadOnlyList<int> prompt, List<TimeSpan> stepTimes)
     {
         var text = new OutputText(tokenizer, prompt, []);
         for (int i = 0; i < h.Ids.Count; i++)
@@ -142,9 +146,9 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
             var piece = ending ? "" : text.Push(h.Ids[i], canStop: false, out _);
             if (last) piece += text.Flush();
             yield return new GenerationChunk(index, h.Ids[i], piece, h.Logprobs[i], last ? h.Finish : null,
-                i == 0 ? elapsed : TimeSpan.Zero, last ? h.Score : null);
+                stepTimes[Math.Min(i, stepTimes.Count - 1)], last ? h.Score : null);
         }
-        if (h.Ids.Count == 0) yield return new GenerationChunk(index, null, "", null, h.Finish, elapsed, h.Score);
+        if (h.Ids.Count == 0) yield return new GenerationChunk(index, null, "", null, h.Finish, TimeSpan.Zero, h.Score);
     }
 
     private static void LogSoftmax(ReadOnlySpan<float> logits, Span<float> result)
