@@ -43,6 +43,8 @@ public sealed record GenerationOutput(
 /// <summary>
 /// Where to pick a stream up again: a cache holding the KV of the prompt and of some prefix of
 /// <paramref name="Generated"/> (at least all but the last token), and the tokens already generated
-/// for output <paramref name="Index"/>. The caller keeps ownership of the cache.
+/// for output <paramref name="Index"/>. The caller keeps ownership of the cache, which generation
+/// extends (and, when it already holds every token, truncates by one to recompute the last logits).
+/// This is also how a decode worker continues from a prefill worker's KV and first token.
 /// </summary>
 public sealed record GenerationResume(KvCache.SequenceKvCache Cache, IReadOnlyList<int> Generated, int Index = 0);
