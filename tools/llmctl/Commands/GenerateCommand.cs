@@ -1,11 +1,13 @@
 using System.CommandLine;
 using System.Text.Json;
 using Cluster.Engine.Generation;
+using Cluster.Engine.Sampling;
 using Cluster.Engine.Tokenizers;
 
 namespace LlmCtl.Commands;
 
-/// <summary>`llmctl generate`: greedy generation in this process, streaming text as it is produced.</summary>
+/// <summary>`llmctl generate`: generation in this process with every sampling control, streaming
+/// text as it is produced (one output) or printing each output when it ends (n &gt; 1, beam search).</summary>
 internal static class GenerateCommand
 {
     public static Command Create()
@@ -13,56 +15,88 @@ internal static class GenerateCommand
         var model = new Option<string?>("--model") { Description = "llama2.c .bin file or Hugging Face folder (default: a generated random-weight model)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer file (default: found beside the model)" };
         var prompt = new Option<string>("--prompt") { Description = "prompt text (empty: start from BOS alone)", DefaultValueFactory = _ => "" };
-        var maxTokens = new Option<int>("--max-tokens") { Description = "tokens to generate", DefaultValueFactory = _ => 256 };
-        var json = new Option<bool>("--json") { Description = "print one JSON object with ids, text and timings instead of streaming" };
+        var json = new Option<bool>("--json") { Description = "print one JSON object with ids, text, finish reasons, logprobs and timings instead of streaming" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
-        var cmd = new Command("generate", "generate text greedily from a prompt") { model, tokenizer, prompt, maxTokens, json, threads };
+        var sampling = new SamplingOptions();
+        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads };
+        sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
-            int max = r.GetValue(maxTokens);
-            if (max < 1) throw new ArgumentException($"--max-tokens must be at least 1, got {max}");
             var path = ModelSource.ResolvePath(r.GetValue(model));
             using var m = ModelSource.Load(path, r.GetValue(threads));
+            var p = sampling.Read(r, m.Config.VocabSize).WithResolvedSeed();
             var tok = ModelSource.LoadTokenizer(path, r.GetValue(tokenizer), m.Config);
-            var promptIds = tok.Encode(r.GetValue(prompt) ?? "", addBos: true);
+            var promptText = r.GetValue(prompt) ?? "";
+            var promptIds = tok.Encode(promptText, addBos: true);
             bool asJson = r.GetValue(json);
+            bool stream = !asJson && p.N == 1 && !p.IsBeamSearch;
 
-            var decoder = new IncrementalDecoder(tok);
-            var ids = new List<int>();
-            var text = new System.Text.StringBuilder();
-            foreach (var id in promptIds) decoder.Push(id); // so the first generated piece is decoded in context
-            if (!asJson) Console.Write(r.GetValue(prompt));
-            TimeSpan prefill = default, decode = default;
-            foreach (var t in GreedyGenerator.Generate(m, promptIds, max))
+            using var cancel = new CancellationTokenSource();
+            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); }; // Ctrl-C ends with finish reason abort
+            Console.CancelKeyPress += onCancel;
+            var chunks = new List<GenerationChunk>();
+            if (stream) Console.Write(promptText);
+            foreach (var chunk in new TextGenerator(m, tok).Generate(promptIds, p, cancel.Token))
             {
-                if (ids.Count == 0) prefill = t.Elapsed; else decode += t.Elapsed;
-                ids.Add(t.Id);
-                var piece = decoder.Push(t.Id);
-                text.Append(piece);
-                if (!asJson) Console.Write(piece);
+                chunks.Add(chunk);
+                if (stream) Console.Write(chunk.Text);
             }
-            text.Append(decoder.Flush());
-            double decodeRate = ids.Count > 1 ? (ids.Count - 1) / decode.TotalSeconds : 0;
-            if (asJson)
-            {
-                Console.WriteLine(JsonSerializer.Serialize(new
-                {
-                    prompt_ids = promptIds,
-                    ids,
-                    text = text.ToString(),
-                    prefill_seconds = prefill.TotalSeconds,
-                    decode_seconds = decode.TotalSeconds,
-                    decode_tokens_per_second = decodeRate,
-                    backend = m.Backend.Name,
-                }));
-            }
+            Console.CancelKeyPress -= onCancel;
+            var outputs = GenerationOutput.Collect(chunks);
+
+            if (asJson) Console.WriteLine(JsonSerializer.Serialize(Json(outputs, promptIds, p, tok, m.Backend.Name)));
             else
             {
-                Console.WriteLine();
-                Console.Error.WriteLine($"[{promptIds.Length} prompt tokens, time to first token {prefill.TotalMilliseconds:F1} ms; {ids.Count} generated, decode {decodeRate:F1} tokens/s; {m.Backend.Name}]");
+                if (stream) Console.WriteLine();
+                else
+                    foreach (var o in outputs)
+                        Console.WriteLine($"--- output {o.Index} ({o.Finish.ToApiName()}{(o.Score is double s ? $", score {s:F4}" : "")}) ---\n{promptText}{o.Text}");
+                var first = outputs[0];
+                int generated = outputs.Sum(o => o.Ids.Count);
+                var decode = outputs.Aggregate(TimeSpan.Zero, (t, o) => t + o.DecodeTime);
+                double rate = generated > outputs.Count ? (generated - outputs.Count) / decode.TotalSeconds : 0;
+                Console.Error.WriteLine($"[{promptIds.Length} prompt tokens, time to first token {first.TimeToFirstToken.TotalMilliseconds:F1} ms; " +
+                    $"{generated} generated, decode {rate:F1} tokens/s; finish {string.Join(",", outputs.Select(o => o.Finish.ToApiName()))}; seed {p.Seed}; {m.Backend.Name}]");
             }
             return 0;
         }));
         return cmd;
+    }
+
+    private static object Json(IReadOnlyList<GenerationOutput> outputs, int[] promptIds, SamplingParameters p, ITokenizer tok, string backend)
+    {
+        var first = outputs[0];
+        var decode = outputs.Aggregate(TimeSpan.Zero, (t, o) => t + o.DecodeTime);
+        int decoded = outputs.Sum(o => Math.Max(0, o.Ids.Count - 1));
+        object? Logprobs(GenerationOutput o) => o.Logprobs?.Select(l => new
+        {
+            id = l.Id,
+            token = tok.TokenText(l.Id),
+            logprob = l.Logprob,
+            top_logprobs = l.Top.Select(t => new { id = t.Id, token = tok.TokenText(t.Id), logprob = t.Logprob }),
+        });
+        return new
+        {
+            prompt_ids = promptIds,
+            seed = p.Seed,
+            // The first output's fields at the top level, for the common n = 1 case.
+            ids = first.Ids,
+            text = first.Text,
+            finish_reason = first.Finish.ToApiName(),
+            logprobs = Logprobs(first),
+            choices = outputs.Select(o => new
+            {
+                index = o.Index,
+                ids = o.Ids,
+                text = o.Text,
+                finish_reason = o.Finish.ToApiName(),
+                logprobs = Logprobs(o),
+                score = o.Score,
+            }),
+            prefill_seconds = first.TimeToFirstToken.TotalSeconds,
+            decode_seconds = decode.TotalSeconds,
+            decode_tokens_per_second = decoded > 0 ? decoded / decode.TotalSeconds : 0,
+            backend,
+        };
     }
 }

@@ -1,0 +1,96 @@
+using Cluster.Engine.Generation;
+using Cluster.Engine.Model;
+using Cluster.Engine.Sampling;
+using Xunit;
+
+namespace Cluster.Engine.Tests.Sampling;
+
+/// <summary>Beam search against brute force on a model whose every continuation can be listed.</summary>
+public sealed class BeamSearchTests
+{
+    private const int Eos = 2, Length = 3;
+    private static readonly int[] Prompt = [1];
+
+    /// <summary>Every output of at most 3 tokens (vocabulary 8): the ones ended by EOS and the ones cut by
+    /// max_tokens, each scored sum_logprobs / length^length_penalty.</summary>
+    private static List<(int[] Ids, double Score)> Enumerate(LlamaModel model, double lengthPenalty)
+    {
+        int vocab = model.Config.VocabSize;
+        var all = new List<(int[], double)>();
+        void Walk(List<int> prefix)
+        {
+            if (prefix.Count > 0 && (prefix[^1] == Eos || prefix.Count == Length))
+            {
+                all.Add((prefix.ToArray(), SumLogprobs(model, prefix) / Math.Pow(prefix.Count, lengthPenalty)));
+                return;
+            }
+            for (int t = 0; t < vocab; t++) Walk([.. prefix, t]);
+        }
+        Walk([]);
+        return [.. all.OrderByDescending(x => x.Item2)];
+    }
+
+    private static double SumLogprobs(LlamaModel model, List<int> output)
+    {
+        int vocab = model.Config.VocabSize;
+        int[] ids = [.. Prompt, .. output];
+        var logits = new float[ids.Length * vocab];
+        using (var cache = model.CreateCache()) model.Forward(ids, cache, logits, allLogits: true);
+        double sum = 0;
+        for (int i = 0; i < output.Count; i++)
+        {
+            var row = logits.AsSpan((Prompt.Length - 1 + i) * vocab, vocab).ToArray();
+            double max = row.Max();
+            sum += row[output[i]] - max - Math.Log(row.Sum(l => Math.Exp(l - max)));
+        }
+        return sum;
+    }
+
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(0.0)]
+    [InlineData(2.0)]
+    [InlineData(-0.5)]
+    public void Wide_enough_beams_return_the_best_scoring_continuations(double lengthPenalty)
+    {
+        using var model = SamplingModels.Vocab8();
+        var expected = Enumerate(model, lengthPenalty);
+        // 64 = 8^2 beams keep every live prefix, so beam search is exact here.
+        var p = new SamplingParameters { NumBeams = 64, N = 3, MaxTokens = Length, LengthPenalty = (float)lengthPenalty };
+        var outputs = GenerationOutput.Collect(new TextGenerator(model).Generate(Prompt, p));
+
+        Assert.Equal(3, outputs.Count);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(expected[i].Score, outputs[i].Score!.Value, 4);
+            if (expected[i].Score - expected[i + 1].Score > 1e-4) // distinct scores: the tokens are determined
+                Assert.Equal(expected[i].Ids, outputs[i].Ids);
+            Assert.Equal(outputs[i].Ids[^1] == Eos ? FinishReason.Eos : FinishReason.Length, outputs[i].Finish);
+        }
+        Assert.True(expected[0].Score - expected[1].Score > 1e-4, "the test model should have a unique best continuation");
+    }
+
+    [Fact]
+    public void Narrow_beams_return_a_valid_output_whose_score_is_its_own()
+    {
+        using var model = SamplingModels.Vocab8();
+        foreach (bool early in new[] { true, false })
+        {
+            var p = new SamplingParameters { NumBeams = 2, MaxTokens = Length, EarlyStopping = early };
+            var o = GenerationOutput.Collect(new TextGenerator(model).Generate(Prompt, p)).Single();
+            Assert.Equal(SumLogprobs(model, [.. o.Ids]) / o.Ids.Count, o.Score!.Value, 4);
+            Assert.True(o.Score <= Enumerate(model, 1.0)[0].Score + 1e-6);
+        }
+    }
+
+    [Fact]
+    public void Beam_search_with_ignore_eos_runs_to_max_tokens()
+    {
+        using var model = SamplingModels.Vocab8();
+        var p = new SamplingParameters { NumBeams = 4, N = 4, MaxTokens = 5, IgnoreEos = true };
+        var outputs = GenerationOutput.Collect(new TextGenerator(model).Generate(Prompt, p));
+        Assert.All(outputs, o => Assert.Equal(5, o.Ids.Count));
+        Assert.All(outputs, o => Assert.Equal(FinishReason.Length, o.Finish));
+        Assert.Equal(outputs.Select(o => o.Score), outputs.Select(o => o.Score).OrderDescending());
+    }
+}
