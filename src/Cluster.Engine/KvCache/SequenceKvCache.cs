@@ -20,6 +20,10 @@ public sealed class SequenceKvCache : IDisposable
 
     public KvCacheLayer[] Layers { get; }
 
+    /// <summary>The compression policy the model applies before each forward chunk; null keeps everything
+    /// with no context check (as before policies existed).</summary>
+    public Compression.KvCompressionPolicy? Policy { get; set; }
+
     /// <summary>Tokens seen so far: the original position of the next token.</summary>
     public int TokensSeen { get; internal set; }
 
@@ -27,6 +31,15 @@ public sealed class SequenceKvCache : IDisposable
     public int Length => Layers[0].Lengths[0];
 
     public int Capacity => Layers[0].Capacity;
+
+    /// <summary>Makes an empty cache start at original position <paramref name="position"/>, e.g. to run a
+    /// window of a longer text at the positions it has there.</summary>
+    public void StartAt(int position)
+    {
+        if (Layers.Any(l => l.Lengths.Any(n => n != 0))) throw new InvalidOperationException("StartAt needs an empty cache");
+        ArgumentOutOfRangeException.ThrowIfNegative(position);
+        TokensSeen = position;
+    }
 
     /// <summary>Makes sure every head of every layer can take <paramref name="extraTokens"/> more.</summary>
     public void Reserve(int extraTokens)
@@ -46,6 +59,7 @@ public sealed class SequenceKvCache : IDisposable
         var copy = new SequenceKvCache(_backend, Layers.Length, layer0.KvHeads, layer0.HeadDim, Capacity + extraCapacity)
         {
             TokensSeen = TokensSeen,
+            Policy = Policy,
         };
         for (int l = 0; l < Layers.Length; l++) Layers[l].CopyTo(_backend, copy.Layers[l]);
         return copy;
