@@ -50,7 +50,7 @@ public static partial class KvPolicyRegistry
 
     private static string Usage => string.Join(", ", Entries.Values.Select(e => e.Usage));
 
-    [GeneratedRegex(@"^\s*([a-z_]+)\s*(?:\(([^)]*)\))?\s*$")]
+    [GeneratedRegex(@"^\s*([A-Za-z0-9_]+)\s*(?:\(([^)]*)\))?\s*$")]
     private static partial Regex SpecPattern();
 }
 

@@ -41,13 +41,14 @@ public sealed class SequenceKvCache : IDisposable
         TokensSeen = position;
     }
 
-    /// <summary>Makes sure every head of every layer can take <paramref name="extraTokens"/> more.</summary>
-    public void Reserve(int extraTokens)
+    /// <summary>Makes sure every head of every layer can take <paramref name="extraTokens"/> more, growing by
+    /// doubling but never past <paramref name="limit"/> slots when one is given (a policy's budget).</summary>
+    public void Reserve(int extraTokens, int? limit = null)
     {
         foreach (var layer in Layers)
         {
             var needed = layer.Lengths.Max() + extraTokens;
-            if (needed > layer.Capacity) layer.Grow(_backend, Math.Max(needed, layer.Capacity * 2));
+            if (needed > layer.Capacity) layer.Grow(_backend, Math.Max(needed, Math.Min(layer.Capacity * 2, limit ?? int.MaxValue)));
         }
     }
 

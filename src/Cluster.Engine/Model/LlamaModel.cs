@@ -63,7 +63,7 @@ public sealed class LlamaModel : IDisposable
             if (cache.Policy is not null)
             {
                 cache.Policy.BeforeAppend(this, cache, chunk.Length);
-                cache.Reserve(chunk.Length);
+                cache.Reserve(chunk.Length, cache.Policy.Budget);
             }
             bool last = start + chunk.Length == tokens.Length;
             if (allLogits) RunChunk(chunk, cache, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);

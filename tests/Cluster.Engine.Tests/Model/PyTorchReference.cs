@@ -26,6 +26,17 @@ internal static class PyTorchReference
         return MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(outFile)).ToArray();
     }
 
+    /// <summary>StreamingLLM logits [T, vocab], one row per token fed one at a time (see llama_ref.py sink-window).</summary>
+    public static float[] SinkWindowLogits(string model, IReadOnlyList<int> ids, int sinks, int window)
+    {
+        using var dir = new TempDir();
+        var idsFile = dir.File("ids.txt");
+        File.WriteAllText(idsFile, string.Join(' ', ids));
+        var outFile = dir.File("logits.f32");
+        Run(["sink-window", "--model", model, "--tokens-file", idsFile, "--sinks", sinks.ToString(), "--window", window.ToString(), "--out", outFile]);
+        return MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(outFile)).ToArray();
+    }
+
     public static (double Perplexity, double NllSum, int Scored) Perplexity(string model, IReadOnlyList<int> ids)
     {
         using var dir = new TempDir();
