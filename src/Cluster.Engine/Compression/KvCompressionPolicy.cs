@@ -1,3 +1,4 @@
+using Cluster.Engine.Kernels;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
@@ -45,19 +46,21 @@ public abstract class KvCompressionPolicy
         if (Budget is not int budget) return;
         if (incoming > budget)
             throw new ArgumentException($"{Name}: a chunk of {incoming} tokens exceeds the budget of {budget}; prefill without a policy and call Compress, or feed fewer tokens per forward");
-        Evict(model, cache, budget - incoming, incoming);
+        Evict(model.Backend, model.Rope, cache, budget - incoming, incoming);
     }
 
     /// <summary>Compresses a cache (e.g. a long prompt's, prefilled densely) down to the budget at once.
     /// A policy with cache positions expects slot j to hold the key rotated at j, as a dense prefill leaves it.</summary>
-    public void Compress(LlamaModel model, SequenceKvCache cache)
+    public void Compress(LlamaModel model, SequenceKvCache cache) => Compress(model.Backend, model.Rope, cache);
+
+    /// <inheritdoc cref="Compress(LlamaModel, SequenceKvCache)"/>
+    public void Compress(IComputeBackend backend, RopeTable rope, SequenceKvCache cache)
     {
-        if (Budget is int budget) Evict(model, cache, budget, incoming: 0);
+        if (Budget is int budget) Evict(backend, rope, cache, budget, incoming: 0);
     }
 
-    private void Evict(LlamaModel model, SequenceKvCache cache, int keep, int incoming)
+    private void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int incoming)
     {
-        var backend = model.Backend;
         float[]? scores = null, keys = null;
         int[]? order = null, kept = null, deltas = null;
         for (int l = 0; l < cache.Layers.Length; l++)
@@ -85,7 +88,7 @@ public abstract class KvCompressionPolicy
                 {
                     // Slot j must hold the key rotated at j: turn each moved key back by how far it moved.
                     for (int j = 0; j < keep; j++) deltas![j] = j - keepSlots[j];
-                    backend.RotateKeys(layer, h, deltas.AsSpan(0, keep), model.Rope);
+                    backend.RotateKeys(layer, h, deltas.AsSpan(0, keep), rope);
                 }
             }
         }
