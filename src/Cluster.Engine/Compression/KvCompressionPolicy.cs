@@ -61,8 +61,7 @@ public abstract class KvCompressionPolicy
 
     private void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int incoming)
     {
-        float[]? scores = null, keys = null;
-        int[]? order = null, kept = null, deltas = null;
+        var scratch = _scratch ??= new Scratch();
         for (int l = 0; l < cache.Layers.Length; l++)
         {
             var layer = cache.Layers[l];
@@ -70,27 +69,37 @@ public abstract class KvCompressionPolicy
             {
                 int n = layer.Lengths[h];
                 if (n <= keep) continue;
-                if (scores is null || scores.Length < n)
-                {
-                    scores = new float[n];
-                    order = new int[n];
-                    kept = new int[n];
-                    deltas = new int[n];
-                    keys = ScoresKeys ? new float[(long)n * layer.HeadDim] : null;
-                }
-                if (keys is not null) backend.CopyToHost(layer.K, layer.Offset(h, 0), keys.AsSpan(0, n * layer.HeadDim));
-                var view = new SlotView(l, h, n, incoming, cache.TokensSeen, layer.Positions.AsSpan(h * layer.Capacity, n),
-                    keys is null ? default : keys.AsSpan(0, n * layer.HeadDim), layer.HeadDim);
-                Score(view, scores.AsSpan(0, n));
-                var keepSlots = TopSlots(scores.AsSpan(0, n), keep, order!, kept!);
+                scratch.Ensure(n, ScoresKeys ? n * layer.HeadDim : 0);
+                var keys = ScoresKeys ? scratch.Keys.AsSpan(0, n * layer.HeadDim) : default;
+                if (ScoresKeys) backend.CopyToHost(layer.K, layer.Offset(h, 0), keys);
+                var view = new SlotView(l, h, n, incoming, cache.TokensSeen, layer.Positions.AsSpan(h * layer.Capacity, n), keys, layer.HeadDim);
+                var scores = scratch.Scores.AsSpan(0, n);
+                Score(view, scores);
+                var keepSlots = TopSlots(scores, keep, scratch.Order, scratch.Kept);
                 backend.CompactKv(layer, h, keepSlots);
                 if (UsesCachePositions)
                 {
                     // Slot j must hold the key rotated at j: turn each moved key back by how far it moved.
-                    for (int j = 0; j < keep; j++) deltas![j] = j - keepSlots[j];
-                    backend.RotateKeys(layer, h, deltas.AsSpan(0, keep), rope);
+                    for (int j = 0; j < keep; j++) scratch.Deltas[j] = j - keepSlots[j];
+                    backend.RotateKeys(layer, h, scratch.Deltas.AsSpan(0, keep), rope);
                 }
             }
+        }
+    }
+
+    // Per-thread scratch, so that decoding allocates nothing per step while one policy object serves
+    // many sequences.
+    [ThreadStatic] private static Scratch? _scratch;
+
+    private sealed class Scratch
+    {
+        public float[] Scores = [], Keys = [];
+        public int[] Order = [], Kept = [], Deltas = [];
+
+        public void Ensure(int slots, int keyFloats)
+        {
+            if (Scores.Length < slots) (Scores, Order, Kept, Deltas) = (new float[slots], new int[slots], new int[slots], new int[slots]);
+            if (Keys.Length < keyFloats) Keys = new float[keyFloats];
         }
     }
 
