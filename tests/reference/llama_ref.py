@@ -479,6 +479,15 @@ def sink_window_logits(m: Model, ids: List[int], sinks: int, window: int) -> tor
     return torch.stack(out)
 
 
+def qfilter_of(queries: np.ndarray) -> np.ndarray:
+    """Q-Filters (Godey et al. 2025) for one head from its sampled queries [n, head_dim], by numpy's
+    SVD: v the first right singular vector, s = +1 when most entries of the first left singular
+    vector are positive (else -1), filter = -s * v (DESIGN.md)."""
+    u, _, vt = np.linalg.svd(queries.astype(np.float64), full_matrices=False)
+    s = 1.0 if (u[:, 0] > 0).sum() > queries.shape[0] / 2 else -1.0
+    return -s * vt[0]
+
+
 def greedy(m: Model, steps: int, prompt: Optional[List[int]] = None) -> List[int]:
     ids = list(prompt) if prompt else [BOS_ID]
     out = []
@@ -528,11 +537,20 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, required=True)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("qfilter", help="write the Q-Filter [head_dim] of a float32 query matrix [n, head_dim]")
+    p.add_argument("--queries", required=True)
+    p.add_argument("--head-dim", type=int, required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("greedy", help="print greedily generated ids starting from BOS")
     common(p)
     p.add_argument("--steps", type=int, required=True)
 
     a = ap.parse_args(argv)
+    if a.cmd == "qfilter":
+        q = np.fromfile(a.queries, dtype="<f4").reshape(-1, a.head_dim)
+        qfilter_of(q).astype("<f4").tofile(a.out)
+        return 0
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     m = load_model(a.model, torch.float64 if a.dtype == "float64" else torch.float32)
 

@@ -49,6 +49,18 @@ public sealed class CalibrationTests
         Assert.InRange(Math.Sqrt(System.Numerics.Tensors.TensorPrimitives.SumOfSquares(f)), 0.999, 1.001);
     }
 
+    [Theory]
+    [InlineData(0.9, 1)]
+    [InlineData(0.3, 2)]
+    [InlineData(0.5, 3)]    // no planted sign preference: the sign rule still has to agree
+    public void Filter_equals_numpy_svd_with_the_same_sign_rule(double positiveShare, int seed)
+    {
+        if (!PyTorchReference.Available()) return;
+        var (q, _) = Planted(positiveShare, seed);
+        var expected = PyTorchReference.QFilter(q, HeadDim);
+        Assert.Equal(expected, QFilterCalibration.FilterOf(q, Rows, HeadDim), new FloatTolerance(1e-4f));
+    }
+
     [Fact]
     public void Query_heads_sharing_a_kv_head_are_averaged()
     {

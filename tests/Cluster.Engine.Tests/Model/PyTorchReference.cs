@@ -37,6 +37,15 @@ internal static class PyTorchReference
         return MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(outFile)).ToArray();
     }
 
+    /// <summary>The Q-Filter of one head's queries [rows, headDim] by numpy's SVD (llama_ref.py qfilter).</summary>
+    public static float[] QFilter(float[] queries, int headDim)
+    {
+        using var dir = new TempDir();
+        File.WriteAllBytes(dir.File("q.f32"), MemoryMarshal.AsBytes(queries.AsSpan()).ToArray());
+        Run(["qfilter", "--queries", dir.File("q.f32"), "--head-dim", headDim.ToString(), "--out", dir.File("f.f32")]);
+        return MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(dir.File("f.f32"))).ToArray();
+    }
+
     public static (double Perplexity, double NllSum, int Scored) Perplexity(string model, IReadOnlyList<int> ids)
     {
         using var dir = new TempDir();
