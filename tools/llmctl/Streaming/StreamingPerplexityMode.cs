@@ -52,7 +52,7 @@ internal sealed class StreamingPerplexityMode
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
             results.Add(StreamingPerplexity.Evaluate(m, sequences, policy, edges,
-                n => Console.Error.Write($"\r{policy.Name}: {n}/{total} tokens")));
+                n => { if (n % 4096 == 0 || n == total) Console.Error.Write($"\r{policy.Name}: {n}/{total} tokens"); }));
             seconds.Add(sw.Elapsed.TotalSeconds);
             Console.Error.WriteLine($" ({sw.Elapsed.TotalSeconds:F1} s)");
         }
@@ -72,10 +72,11 @@ internal sealed class StreamingPerplexityMode
                 policies = results.Select((x, i) => new
                 {
                     policy = x.Policy,
-                    perplexity = x.Perplexity,
+                    perplexity = Finite(x.Perplexity),
+                    mean_nll = Finite(x.NllSum / x.Tokens),
                     tokens_scored = x.Tokens,
                     seconds = seconds[i],
-                    buckets = x.Buckets.Select(b => new { start = b.Start, end = b.End, perplexity = b.Perplexity, tokens = b.Tokens }),
+                    buckets = x.Buckets.Select(b => new { start = b.Start, end = b.End, perplexity = Finite(b.Perplexity), mean_nll = Finite(b.NllSum / b.Tokens), tokens = b.Tokens }),
                 }),
             }));
         else
@@ -99,5 +100,8 @@ internal sealed class StreamingPerplexityMode
         return w.ToString();
     }
 
-    private static string Format(double ppl) => ppl >= 1000 ? ppl.ToString("F0", CultureInfo.InvariantCulture) : ppl.ToString("F3", CultureInfo.InvariantCulture);
+    /// <summary>JSON has no infinity: a perplexity (or a mean NLL) past double's range, from a collapsed cache, is null.</summary>
+    private static double? Finite(double v) => double.IsFinite(v) ? v : null;
+
+    private static string Format(double ppl) => !double.IsFinite(ppl) ? "inf" : ppl >= 1000 ? ppl.ToString("F0", CultureInfo.InvariantCulture) : ppl.ToString("F3", CultureInfo.InvariantCulture);
 }
