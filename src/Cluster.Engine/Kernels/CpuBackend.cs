@@ -207,6 +207,9 @@ public sealed unsafe class CpuBackend : IComputeBackend
             var s = scores.AsSpan(0, visible);
             float* keys = kp + cache.Offset(g, 0), values = vp + cache.Offset(g, 0);
             for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qv, new ReadOnlySpan<float>(keys + (long)j * headDim, headDim)) * scale;
+            // TensorPrimitives.SoftMax exponentiates without subtracting the maximum, so scores past ~88
+            // (a cache run far beyond the training context) overflow to inf/inf = NaN: shift them first.
+            TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
             TensorPrimitives.SoftMax(s, s);
             var o = new Span<float>(op + ((long)t * heads + h) * headDim, headDim);
             o.Clear();
