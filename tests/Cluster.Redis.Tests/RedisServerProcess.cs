@@ -13,7 +13,8 @@ namespace Cluster.Redis.Tests;
 /// </summary>
 public sealed class RedisServerProcess : IAsyncDisposable
 {
-    private const string Binary = "/usr/bin/redis-server";
+    // LLMCLUSTER_REDIS_SERVER overrides the path (also a way to check the skip/fail path).
+    private static readonly string Binary = Environment.GetEnvironmentVariable("LLMCLUSTER_REDIS_SERVER") ?? "/usr/bin/redis-server";
     private readonly string _dir;
     private readonly string[] _extraArgs;
     private Process? _process;
