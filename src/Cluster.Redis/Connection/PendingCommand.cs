@@ -20,6 +20,9 @@ internal sealed class PendingCommand : TaskCompletionSource<RespValue>
     }
 
     public int Length { get; }
+    /// <summary>Stopwatch timestamp after which the sweeper fails the command with a timeout.</summary>
+    public long Deadline { get; set; }
+    public TimeSpan Timeout { get; set; }
     /// <summary>The command name, for error messages.</summary>
     public string Name { get; }
     public ReadOnlySpan<byte> Bytes => _buffer.AsSpan(0, Length);
@@ -39,6 +42,9 @@ internal sealed class PendingCommand : TaskCompletionSource<RespValue>
         var b = Interlocked.Exchange(ref _buffer, null);
         if (b is not null) ArrayPool<byte>.Shared.Return(b);
     }
+
+    public void TimeOut(RedisOptions endpoint) =>
+        TrySetException(new RedisTimeoutException($"{Name}: no reply from {endpoint} within {Timeout.TotalMilliseconds:0} ms"));
 
     /// <summary>Completes with the reply, turning an error reply into <see cref="RedisServerException"/>.</summary>
     public void Complete(RespValue reply)
