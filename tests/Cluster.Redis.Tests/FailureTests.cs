@@ -1,4 +1,4 @@
-using System.Text;
+using Cluster.Redis.Sessions;
 using Xunit;
 
 namespace Cluster.Redis.Tests;
@@ -120,5 +120,45 @@ public class FailureTests
         // appendfsync always: every acknowledged INCR survived the kill; a failed one may or may not have run.
         long counter = (await r.ExecuteAsync("GET", "counter")).AsInt64();
         Assert.True(counter >= ok && counter <= ok + failed, $"counter {counter}, ok {ok}, failed {failed}");
+    }
+
+    [Fact]
+    public async Task Session_store_loses_nothing_across_a_redis_restart_with_appendonly()
+    {
+        await using var server = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
+        if (server is null) return;
+        // Commands wait for a reconnect up to the command timeout; 5 s keeps the down phase short.
+        await using var r = await RedisClient.ConnectAsync(server.Options with { CommandTimeout = TimeSpan.FromSeconds(5) });
+        var store = new RedisSessionStore(r, TimeSpan.FromMinutes(10));
+        await store.TryCreateAsync(new SessionInfo { Id = "s1", Model = "m" });
+        for (int i = 0; i < 50; i++) Assert.True(await store.TryAppendTokenAsync("s1", new TokenEntry(i, i)));
+        server.Kill();
+        // While it is down an append fails with a clear error (it may or may not have landed)...
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.TryAppendTokenAsync("s1", new TokenEntry(50, 50)).WaitAsync(Bound));
+        await server.StartAsync();
+        // ...and the gateway's retry of the same index stores it exactly once.
+        var deadline = DateTime.UtcNow + Bound;
+        while (true)
+        {
+            try { await store.TryAppendTokenAsync("s1", new TokenEntry(50, 50)); break; }
+            catch (RedisException) when (DateTime.UtcNow < deadline) { await Task.Delay(100); }
+        }
+        Assert.False(await store.TryAppendTokenAsync("s1", new TokenEntry(50, 50)));
+        Assert.Equal("m", (await store.GetAsync("s1"))!.Model);
+        var page = await store.ReadTokensAsync("s1", -1, 100);
+        Assert.Equal(Enumerable.Range(0, 51).Select(i => (long)i), page.Entries.Select(e => e.Index));
+        Assert.Equal(["s1"], (await store.ListAsync(10)).Select(s => s.Id));
+    }
+
+    [Fact]
+    public async Task Resp3_push_messages_between_replies_are_not_taken_as_replies()
+    {
+        await using var fake = new FakeRedisServer(async (_, s, ct) =>
+        {
+            while (await FakeRedisServer.ReadCommandsAsync(s, 1, ct))
+                await s.WriteAsync(">2\r\n+invalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n"u8.ToArray(), ct);
+        });
+        await using var r = new RedisClient(fake.Options);
+        for (int i = 0; i < 3; i++) Assert.Equal("PONG", (await r.ExecuteAsync("PING").WaitAsync(Bound)).AsString());
     }
 }
