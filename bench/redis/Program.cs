@@ -27,8 +27,8 @@ var cases = new (string Name, Func<Task> Op)[]
     ("HGETALL 3 fields", () => redis.HGetAllAsync("bench:h")),
     ("XADD explicit id", () => redis.XAddAsync("bench:x", (Interlocked.Increment(ref streamId)).ToString(CultureInfo.InvariantCulture) + "-0", [new("i", "1"), new("t", "2")])),
     ("store.GetAsync (HGETALL + decode)", () => store.GetAsync("s")),
-    ("store.UpdateAsync (EVAL: HSET+PEXPIRE x2+ZADD)", () => store.UpdateAsync("s", new SessionUpdate { GeneratedTokens = 5 })),
-    ("store.TryAppendTokenAsync (XADD+PEXPIRE)", () => store.TryAppendTokenAsync("s", new TokenEntry(Interlocked.Increment(ref tokenIndex), 7, "x"))),
+    ("store.UpdateAsync (EVALSHA: HSET+PEXPIRE x2+ZADD)", () => store.UpdateAsync("s", new SessionUpdate { GeneratedTokens = 5 })),
+    ("store.TryAppendTokenAsync (EVALSHA: XADD+PEXPIRE x2+ZADD)", () => store.TryAppendTokenAsync("s", new TokenEntry(Interlocked.Increment(ref tokenIndex), 7, "x"))),
 };
 
 Console.WriteLine($"# load: {File.ReadAllText("/proc/loadavg").Trim()}  cores: {Environment.ProcessorCount}");

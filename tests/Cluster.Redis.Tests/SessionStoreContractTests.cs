@@ -191,6 +191,22 @@ public abstract class SessionStoreContract
     }
 
     [Fact]
+    public async Task Appends_keep_the_session_alive_past_its_ttl()
+    {
+        var store = await CreateStoreAsync(TimeSpan.FromMilliseconds(1500));
+        if (store is null) return;
+        await store.TryCreateAsync(NewSession("alive"));
+        for (int i = 0; i < 10; i++)
+        {
+            await Task.Delay(300);
+            Assert.True(await store.TryAppendTokenAsync("alive", new TokenEntry(i, i)));
+        }
+        Assert.NotNull(await store.GetAsync("alive"));            // 3 s after creation, TTL 1.5 s
+        Assert.Equal(["alive"], (await store.ListAsync(5)).Select(s => s.Id));
+        Assert.Equal(10, (await store.ReadTokensAsync("alive", -1, 100)).Entries.Count);
+    }
+
+    [Fact]
     public async Task List_shows_live_sessions_most_recently_active_first()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -265,5 +281,12 @@ public sealed class RedisSessionStoreTests(RedisFixture fixture) : SessionStoreC
         Assert.InRange(await r.PTtlAsync(p + "session:x"), 1, 600_000);
         Assert.InRange(await r.PTtlAsync(p + "tokens:x"), 1, 600_000);
         Assert.NotNull(await r.ZScoreAsync(p + "sessions", "x"));
+        // Scripts run by EVALSHA; an emptied script cache (as after a restart) falls back to EVAL.
+        await r.ExecuteAsync("SCRIPT", "FLUSH");
+        Assert.True(await store.TryAppendTokenAsync("x", new TokenEntry(2, 13)));
+        Assert.True(await store.UpdateAsync("x", new SessionUpdate { GeneratedTokens = 3 }));
+        // A log key holding the wrong type is a server error, not a silent "duplicate".
+        await r.SetAsync(p + "tokens:y", "not a stream");
+        await Assert.ThrowsAsync<RedisServerException>(() => store.TryAppendTokenAsync("y", new TokenEntry(0, 1)));
     }
 }

@@ -8,7 +8,8 @@ namespace Cluster.Redis.Sessions;
 /// stream <c>{prefix}tokens:{id}</c> with the token log; a sorted set <c>{prefix}sessions</c>
 /// indexes live sessions by expiry time (Unix ms), which orders the listing by last activity and
 /// lets expired members be dropped with one ZREMRANGEBYSCORE. All keys expire after the TTL
-/// without activity.
+/// without activity (create, update, append, complete); each of those is one Lua script, so the
+/// write, the TTL refresh of both keys and the index score change together.
 /// <para>
 /// Token entries get the explicit stream id <c>(index+1)-0</c>. Redis refuses an XADD whose id is
 /// not greater than the stream's last id, so a retried append of an index already logged is
@@ -22,8 +23,7 @@ public sealed class RedisSessionStore : ISessionStore
     private const string EndId = "18446744073709551615-0";
     private const int FollowPageSize = 512;
 
-    // Create and update are scripts so that "only if it (does not) exist" and the TTL refresh of
-    // both keys and the index are atomic. KEYS: hash, stream, index; ARGV: ttl ms, expiry score, id, field/value...
+    // KEYS: hash, stream, index. ARGV: ttl ms, expiry score (Unix ms), session id, then field/value pairs.
     private const string WriteBody = """
         redis.call('HSET', KEYS[1], unpack(ARGV, 4))
         redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -31,8 +31,23 @@ public sealed class RedisSessionStore : ISessionStore
         redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
         return 1
         """;
-    private const string CreateScript = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n" + WriteBody;
-    private const string UpdateScript = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n" + WriteBody;
+    private static readonly RedisScript CreateScript = new("if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n" + WriteBody);
+    private static readonly RedisScript UpdateScript = new("if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n" + WriteBody);
+
+    // Same KEYS; ARGV: ttl ms, expiry score, session id, entry id, then field/value pairs. Returns 0
+    // when XADD refuses the id as not greater than the last one (a retried or late append).
+    // Redis 7's refusal reads "ERR The ID specified in XADD is equal or smaller than the target
+    // stream top item"; other errors (e.g. WRONGTYPE) are passed on.
+    private static readonly RedisScript AppendScript = new("""
+        local r = redis.pcall('XADD', KEYS[2], ARGV[4], unpack(ARGV, 5))
+        if type(r) == 'table' and r.err then
+          if string.find(r.err, 'equal or smaller', 1, true) then return 0 end
+          return redis.error_reply(r.err)
+        end
+        redis.call('PEXPIRE', KEYS[2], ARGV[1])
+        if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
+        return 1
+        """);
 
     private readonly RedisClient _redis;
     private readonly TimeSpan _ttl;
@@ -72,15 +87,22 @@ public sealed class RedisSessionStore : ISessionStore
         return RunWriteScriptAsync(UpdateScript, sessionId, SessionHashCodec.ToFields(update, now), now, ct);
     }
 
-    private async Task<bool> RunWriteScriptAsync(string script, string id, List<KeyValuePair<string, string>> fields, DateTimeOffset now, CancellationToken ct)
+    private async Task<bool> RunWriteScriptAsync(RedisScript script, string id, List<KeyValuePair<string, string>> fields, DateTimeOffset now, CancellationToken ct)
     {
-        var args = new List<RedisArg>(8 + 2 * fields.Count)
+        var args = new List<RedisArg>(3 + 2 * fields.Count) { TtlMs, (now + _ttl).ToUnixTimeMilliseconds(), id };
+        foreach (var (k, v) in fields) { args.Add(k); args.Add(v); }
+        return (await _redis.EvalAsync(script, [HashKey(id), LogKey(id), IndexKey], args, ct).ConfigureAwait(false)).AsInt64() == 1;
+    }
+
+    /// <summary>XADD with an explicit id plus the TTL/index refresh; false when Redis refused the id.</summary>
+    private async Task<bool> RunAppendScriptAsync(string id, string entryId, List<KeyValuePair<string, string>> fields, CancellationToken ct)
+    {
+        var args = new List<RedisArg>(4 + 2 * fields.Count)
         {
-            "EVAL", script, 3, HashKey(id), LogKey(id), IndexKey,
-            TtlMs, (now + _ttl).ToUnixTimeMilliseconds(), id,
+            TtlMs, (DateTimeOffset.UtcNow + _ttl).ToUnixTimeMilliseconds(), id, entryId,
         };
         foreach (var (k, v) in fields) { args.Add(k); args.Add(v); }
-        return (await _redis.ExecuteAsync([.. args], ct).ConfigureAwait(false)).AsInt64() == 1;
+        return (await _redis.EvalAsync(AppendScript, [HashKey(id), LogKey(id), IndexKey], args, ct).ConfigureAwait(false)).AsInt64() == 1;
     }
 
     public async Task<bool> DeleteAsync(string sessionId, CancellationToken ct = default)
@@ -114,29 +136,13 @@ public sealed class RedisSessionStore : ISessionStore
     public async Task<bool> TryAppendTokenAsync(string sessionId, TokenEntry token, CancellationToken ct = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(token.Index);
-        string key = LogKey(sessionId);
         var fields = new List<KeyValuePair<string, string>>(3)
         {
             new("i", token.Index.ToString(CultureInfo.InvariantCulture)),
             new("t", token.TokenId.ToString(CultureInfo.InvariantCulture)),
         };
         if (token.Text is not null) fields.Add(new("s", token.Text));
-        // XADD and PEXPIRE are queued together and travel in one pipelined write.
-        var add = _redis.XAddAsync(key, EntryId(token.Index), fields, ct: ct);
-        var expire = _redis.PExpireAsync(key, TtlMs, ct);
-        try
-        {
-            await add.ConfigureAwait(false);
-            return true;
-        }
-        catch (RedisServerException ex) when (IsIdNotGreater(ex))
-        {
-            return false;
-        }
-        finally
-        {
-            await expire.ConfigureAwait(false);
-        }
+        return await RunAppendScriptAsync(sessionId, EntryId(token.Index), fields, ct).ConfigureAwait(false);
     }
 
     public async Task<TokenLogPage> ReadTokensAsync(string sessionId, long afterIndex, int maxCount, CancellationToken ct = default)
@@ -174,16 +180,8 @@ public sealed class RedisSessionStore : ISessionStore
     public async Task CompleteTokenLogAsync(string sessionId, string finishReason, CancellationToken ct = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(finishReason);
-        string key = LogKey(sessionId);
-        try
-        {
-            await _redis.XAddAsync(key, EndId, [new("end", finishReason)], ct: ct).ConfigureAwait(false);
-        }
-        catch (RedisServerException ex) when (IsIdNotGreater(ex))
-        {
-            return; // already complete: the first reason stands
-        }
-        await _redis.PExpireAsync(key, TtlMs, ct).ConfigureAwait(false);
+        // Refused when already complete: the first reason stands.
+        if (!await RunAppendScriptAsync(sessionId, EndId, [new("end", finishReason)], ct).ConfigureAwait(false)) return;
         await UpdateAsync(sessionId, new SessionUpdate { FinishReason = finishReason }, ct).ConfigureAwait(false);
     }
 
@@ -205,8 +203,4 @@ public sealed class RedisSessionStore : ISessionStore
         e["s"]);
 
     private static string EntryId(long index) => (index + 1).ToString(CultureInfo.InvariantCulture) + "-0";
-
-    // Redis 7: "ERR The ID specified in XADD is equal or smaller than the target stream top item".
-    private static bool IsIdNotGreater(RedisServerException ex) =>
-        ex.ServerMessage.Contains("equal or smaller", StringComparison.OrdinalIgnoreCase);
 }
