@@ -32,13 +32,13 @@ var cases = new (string Name, Func<Task> Op)[]
 };
 
 Console.WriteLine($"# load: {File.ReadAllText("/proc/loadavg").Trim()}  cores: {Environment.ProcessorCount}");
-Console.WriteLine($"{"case",-48} {"sequential ops/s",18} {"pipelined ops/s (" + Window + " in flight)",32}");
+Console.WriteLine($"{"case",-58} {"sequential ops/s",18} {"pipelined ops/s (" + Window + " in flight)",32}");
 foreach (var (name, op) in cases)
 {
     for (int i = 0; i < 2000; i++) await op(); // warm-up (JIT, pools)
     double seq = await Sequential(op, seconds);
     double pipe = await Pipelined(op, seconds);
-    Console.WriteLine($"{name,-48} {seq,18:N0} {pipe,32:N0}");
+    Console.WriteLine($"{name,-58} {seq,18:N0} {pipe,32:N0}");
 }
 Console.WriteLine($"# load: {File.ReadAllText("/proc/loadavg").Trim()}");
 
