@@ -89,6 +89,23 @@ public class FailureTests
     }
 
     [Fact]
+    public async Task Failed_connection_attempts_back_off_exponentially()
+    {
+        // Every attempt fails its AUTH (the peer hangs up), so the client keeps retrying; with
+        // delays of 100, 200, 400, 400 ... ms about 5 attempts fit in 1.5 s, not hundreds.
+        await using var fake = new FakeRedisServer((_, _, _) => Task.CompletedTask);
+        var options = fake.Options with
+        {
+            Password = "x", CommandTimeout = TimeSpan.FromMilliseconds(1500),
+            ReconnectMinDelay = TimeSpan.FromMilliseconds(100), ReconnectMaxDelay = TimeSpan.FromMilliseconds(400),
+        };
+        await using var r = new RedisClient(options);
+        var ex = await Assert.ThrowsAsync<RedisConnectionException>(() => r.ExecuteAsync("PING").WaitAsync(Bound));
+        Assert.Contains("last attempt", ex.Message);
+        Assert.InRange(fake.Connections, 2, 12);
+    }
+
+    [Fact]
     public async Task Redis_restarted_mid_run_the_client_reconnects_by_itself_and_keeps_aof_data()
     {
         await using var server = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);

@@ -88,6 +88,7 @@ public sealed class InMemorySessionStore : ISessionStore
 
     public Task<IReadOnlyList<SessionInfo>> ListAsync(int limit, CancellationToken ct = default)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(limit, 1);
         var now = _time.GetUtcNow();
         lock (_gate)
         {
