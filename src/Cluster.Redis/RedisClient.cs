@@ -87,6 +87,10 @@ public sealed partial class RedisClient : IAsyncDisposable
         {
             return await connecting.WaitAsync(wait, ct).ConfigureAwait(false);
         }
+        catch (OperationCanceledException) when (_disposed.IsCancellationRequested && !ct.IsCancellationRequested)
+        {
+            throw new ObjectDisposedException(nameof(RedisClient));
+        }
         catch (TimeoutException)
         {
             var last = Volatile.Read(ref _lastConnectError);
@@ -114,6 +118,12 @@ public sealed partial class RedisClient : IAsyncDisposable
                 {
                     _connection = conn;
                     if (dead is not null) Reconnects++;
+                }
+                if (_disposed.IsCancellationRequested)
+                {
+                    // DisposeAsync may have run between the connect and the assignment above.
+                    await conn.DisposeAsync().ConfigureAwait(false);
+                    throw new ObjectDisposedException(nameof(RedisClient));
                 }
                 Volatile.Write(ref _lastConnectError, null);
                 return conn;
