@@ -168,6 +168,39 @@ public class FailureTests
     }
 
     [Fact]
+    public async Task A_peer_sending_random_replies_never_hangs_or_crashes_the_client()
+    {
+        // Fuzz-style at the connection level: each command is answered with a valid reply, a
+        // mutated one, a truncated one or noise. Every call must finish, with a reply or a
+        // RedisException, within its timeout.
+        await using var fake = new FakeRedisServer(async (n, s, ct) =>
+        {
+            var rng = new Random(n);
+            byte[][] replies = ["+OK\r\n"u8.ToArray(), "$5\r\nhello\r\n"u8.ToArray(), "*2\r\n:1\r\n$-1\r\n"u8.ToArray(), "%1\r\n+a\r\n,1.5\r\n"u8.ToArray()];
+            while (await FakeRedisServer.ReadCommandsAsync(s, 1, ct))
+            {
+                var reply = (byte[])replies[rng.Next(replies.Length)].Clone();
+                switch (rng.Next(4))
+                {
+                    case 0: break;
+                    case 1: reply[rng.Next(reply.Length)] = (byte)rng.Next(256); break;
+                    case 2: reply = reply[..rng.Next(reply.Length)]; break;
+                    default: rng.NextBytes(reply); break;
+                }
+                await s.WriteAsync(reply, ct);
+            }
+        });
+        await using var r = new RedisClient(fake.Options with { CommandTimeout = TimeSpan.FromMilliseconds(200), ReconnectMinDelay = TimeSpan.FromMilliseconds(1) });
+        int replied = 0, failed = 0;
+        for (int i = 0; i < 60; i++)
+        {
+            try { await r.ExecuteAsync("GET", "k").WaitAsync(Bound); replied++; }
+            catch (RedisException) { failed++; }
+        }
+        Assert.True(replied > 0 && failed > 0, $"replied {replied}, failed {failed}");
+    }
+
+    [Fact]
     public async Task Resp3_push_messages_between_replies_are_not_taken_as_replies()
     {
         await using var fake = new FakeRedisServer(async (_, s, ct) =>
