@@ -121,7 +121,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
-    public void AppendKv(Tensor k, Tensor v, ReadOnlySpan<int> positions, KvCacheLayer layer)
+    public void AppendKv(Tensor k, Tensor v, int rowOffset, ReadOnlySpan<int> positions, KvCacheLayer layer)
     {
         int hd = layer.HeadDim, kvh = layer.KvHeads;
         for (int h = 0; h < kvh; h++)
@@ -131,7 +131,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
             for (int t = 0; t < positions.Length; t++)
             {
                 int slot = layer.Lengths[h] + t;
-                long src = ((long)t * kvh + h) * hd;
+                long src = ((long)(rowOffset + t) * kvh + h) * hd;
                 Cpu(k).Span(src, hd).CopyTo(Cpu(layer.K).Span(layer.Offset(h, slot), hd));
                 Cpu(v).Span(src, hd).CopyTo(Cpu(layer.V).Span(layer.Offset(h, slot), hd));
                 layer.Positions[h * layer.Capacity + slot] = positions[t];
@@ -191,43 +191,65 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
-    public void Attention(Tensor q, KvCacheLayer cache, Tensor output, int tokens, int heads, int headDim)
+    public void Attention(Tensor q, Tensor output, ReadOnlySpan<AttentionSegment> segments, int heads, int headDim)
     {
-        int group = heads / cache.KvHeads;
         float scale = 1f / MathF.Sqrt(headDim);
-        float* qp = Cpu(q).Pointer, op = Cpu(output).Pointer, kp = Cpu(cache.K).Pointer, vp = Cpu(cache.V).Pointer;
-        long work = (long)tokens * heads * cache.Lengths[0] * headDim;
+        float* qp = Cpu(q).Pointer, op = Cpu(output).Pointer;
+        // One work item per (segment, token, head), so a batch of short sequences splits across cores
+        // as well as one long prefill does.
+        var starts = new int[segments.Length];
+        long work = 0;
+        int count = 0, maxLen = 1;
+        for (int i = 0; i < segments.Length; i++)
+        {
+            starts[i] = count;
+            count += segments[i].Tokens * heads;
+            maxLen = Math.Max(maxLen, segments[i].Cache.Lengths.Max());
+            work += (long)segments[i].Tokens * heads * segments[i].Cache.Lengths[0] * headDim;
+        }
+        var segs = segments.ToArray();
 
         void One(int index, float[] scores)
         {
-            int t = index / heads, h = index % heads, g = h / group;
-            // Causal: this call's tokens are the last `tokens` slots of the head; token t sees up to its own.
-            int visible = cache.Lengths[g] - tokens + t + 1;
-            var qv = new ReadOnlySpan<float>(qp + ((long)t * heads + h) * headDim, headDim);
+            int si = Array.BinarySearch(starts, index);
+            if (si < 0) si = ~si - 1;
+            while (si + 1 < starts.Length && starts[si + 1] == index) si++; // skip empty segments
+            var seg = segs[si];
+            var cache = seg.Cache;
+            int local = index - starts[si], t = local / heads, h = local % heads, g = h / (heads / cache.KvHeads);
+            int row = seg.RowOffset + t;
+            // Causal: the segment's tokens are the last `Tokens` slots of the head; token t sees up to its own.
+            int visible = cache.Lengths[g] - seg.Tokens + t + 1;
+            var qv = new ReadOnlySpan<float>(qp + ((long)row * heads + h) * headDim, headDim);
             var s = scores.AsSpan(0, visible);
-            float* keys = kp + cache.Offset(g, 0), values = vp + cache.Offset(g, 0);
+            float* keys = Cpu(cache.K).Pointer + cache.Offset(g, 0), values = Cpu(cache.V).Pointer + cache.Offset(g, 0);
             for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qv, new ReadOnlySpan<float>(keys + (long)j * headDim, headDim)) * scale;
             // TensorPrimitives.SoftMax exponentiates without subtracting the maximum, so scores past ~88
             // (a cache run far beyond the training context) overflow to inf/inf = NaN: shift them first.
             TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
             TensorPrimitives.SoftMax(s, s);
-            var o = new Span<float>(op + ((long)t * heads + h) * headDim, headDim);
+            var o = new Span<float>(op + ((long)row * heads + h) * headDim, headDim);
             o.Clear();
             for (int j = 0; j < visible; j++) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * headDim, headDim), s[j], o, o);
         }
 
-        int count = tokens * heads, maxLen = cache.Lengths.Max();
         if (work < 1 << 16 || _threads == 1)
         {
-            var scores = new float[maxLen];
+            var scores = AttentionScratch(maxLen);
             for (int i = 0; i < count; i++) One(i, scores);
         }
         else
         {
             Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = _threads },
-                () => new float[maxLen], (i, _, scores) => { One(i, scores); return scores; }, _ => { });
+                () => AttentionScratch(maxLen), (i, _, scores) => { One(i, scores); return scores; }, _ => { });
         }
     }
+
+    // Score rows reused per thread: the decode loop should not allocate per step.
+    [ThreadStatic] private static float[]? _attentionScratch;
+
+    private static float[] AttentionScratch(int length) =>
+        _attentionScratch is { } s && s.Length >= length ? s : _attentionScratch = new float[Math.Max(length, 256) * 2];
 
     public void SwiGlu(Tensor gate, Tensor up, long length)
     {

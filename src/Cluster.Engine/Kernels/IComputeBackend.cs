@@ -39,8 +39,9 @@ public interface IComputeBackend : IDisposable
     void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope);
 
     /// <summary>Appends T tokens' keys and values (k, v: [T, kvHeads*headDim], keys already rotated)
-    /// to every head of <paramref name="layer"/> at its current length, recording their positions.</summary>
-    void AppendKv(Tensor k, Tensor v, ReadOnlySpan<int> positions, KvCacheLayer layer);
+    /// to every head of <paramref name="layer"/> at its current length, recording their positions.
+    /// Reads rows <paramref name="rowOffset"/>.. of k and v (one row per position).</summary>
+    void AppendKv(Tensor k, Tensor v, int rowOffset, ReadOnlySpan<int> positions, KvCacheLayer layer);
 
     /// <summary>Keeps only the slots <paramref name="keep"/> (ascending) of one head of <paramref name="layer"/>:
     /// their keys, values and positions move to slots 0..keep.Length-1 in that order and the head's
@@ -53,10 +54,10 @@ public interface IComputeBackend : IDisposable
     /// pre-RoPE values (StreamingLLM's in-cache positions).</summary>
     void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope);
 
-    /// <summary>Causal grouped-query attention of T queries [T, heads*headDim] over one layer of
-    /// <paramref name="cache"/>, whose last T entries per head are this call's own tokens; writes
-    /// [T, heads*headDim] to <paramref name="output"/>.</summary>
-    void Attention(Tensor q, KvCacheLayer cache, Tensor output, int tokens, int heads, int headDim);
+    /// <summary>Causal grouped-query attention for several sequences at once: each segment's queries
+    /// (rows RowOffset.. of q [rows, heads*headDim]) attend over its own cache layer, whose last Tokens
+    /// entries per head are the segment's own tokens; writes the same rows of <paramref name="output"/>.</summary>
+    void Attention(Tensor q, Tensor output, ReadOnlySpan<AttentionSegment> segments, int heads, int headDim);
 
     /// <summary>gate = silu(gate) * up, elementwise over <paramref name="length"/> floats.</summary>
     void SwiGlu(Tensor gate, Tensor up, long length);
@@ -64,3 +65,9 @@ public interface IComputeBackend : IDisposable
     /// <summary>x += y, elementwise over <paramref name="length"/> floats.</summary>
     void Add(Tensor x, Tensor y, long length);
 }
+
+/// <summary>One sequence's rows in a batched attention call.</summary>
+/// <param name="Cache">The sequence's cache layer.</param>
+/// <param name="RowOffset">First row of the sequence in q and the output.</param>
+/// <param name="Tokens">Rows of the sequence (its newest cache entries).</param>
+public readonly record struct AttentionSegment(KvCacheLayer Cache, int RowOffset, int Tokens);

@@ -57,21 +57,57 @@ public sealed class LlamaModel : IDisposable
         var needed = allLogits ? (long)tokens.Length * vocab : vocab;
         if (logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {needed}", nameof(logits));
         if (cache.Policy is null) cache.Reserve(tokens.Length);
+        SequenceKvCache[] caches = [cache];
         for (int start = 0; start < tokens.Length; start += MaxChunk)
         {
             var chunk = tokens.Slice(start, Math.Min(MaxChunk, tokens.Length - start));
-            if (cache.Policy is not null)
-            {
-                cache.Policy.BeforeAppend(this, cache, chunk.Length);
-                cache.Reserve(chunk.Length, cache.Policy.Budget);
-            }
+            MakeRoom(cache, chunk.Length);
             bool last = start + chunk.Length == tokens.Length;
-            if (allLogits) RunChunk(chunk, cache, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
-            else RunChunk(chunk, cache, last ? logits[..vocab] : [], allRows: false);
+            int[] lengths = [chunk.Length];
+            if (allLogits) RunSegments(chunk, caches, lengths, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
+            else RunSegments(chunk, caches, lengths, last ? logits[..vocab] : [], allRows: false);
         }
     }
 
-    private void RunChunk(ReadOnlySpan<int> tokens, SequenceKvCache cache, Span<float> logits, bool allRows)
+    /// <summary>
+    /// One decode step for a batch: token i continues the sequence of <paramref name="caches"/>[i],
+    /// and its logits go to row i of <paramref name="logits"/> [B, vocab]. The matrix products run once
+    /// for the whole batch, so weights are read from memory once per step instead of once per
+    /// sequence; attention runs per sequence over its own cache (continuous batching, Yu et al. 2022).
+    /// </summary>
+    public void ForwardBatch(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceKvCache> caches, Span<float> logits)
+    {
+        int batch = tokens.Length;
+        if (batch == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (caches.Count != batch) throw new ArgumentException($"{batch} tokens but {caches.Count} caches", nameof(caches));
+        if (batch > MaxChunk) throw new ArgumentException($"a batch of {batch} exceeds the model's {MaxChunk} rows per pass", nameof(tokens));
+        if (logits.Length < (long)batch * Config.VocabSize) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {(long)batch * Config.VocabSize}", nameof(logits));
+        if (caches.Distinct().Count() != batch) throw new ArgumentException("a sequence appears twice in one batch", nameof(caches));
+        foreach (var cache in caches)
+        {
+            if (cache.Policy is null) cache.Reserve(1);
+            MakeRoom(cache, 1);
+        }
+        var ones = new int[batch];
+        Array.Fill(ones, 1);
+        RunSegments(tokens, caches, ones, logits[..(batch * Config.VocabSize)], allRows: true);
+    }
+
+    /// <summary>A policy evicts before new tokens arrive so that the cache stays within its budget.</summary>
+    private void MakeRoom(SequenceKvCache cache, int incoming)
+    {
+        if (cache.Policy is null) return;
+        cache.Policy.BeforeAppend(this, cache, incoming);
+        cache.Reserve(incoming, cache.Policy.Budget);
+    }
+
+    /// <summary>
+    /// Runs the layers over consecutive segments of <paramref name="tokens"/>: segment i has
+    /// <paramref name="lengths"/>[i] tokens of the sequence of <paramref name="caches"/>[i]. A prefill
+    /// chunk is one segment; a decode batch is one single-token segment per sequence. Writes the
+    /// logits of every row (<paramref name="allRows"/>) or of the last row only.
+    /// </summary>
+    private void RunSegments(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceKvCache> caches, int[] lengths, Span<float> logits, bool allRows)
     {
         var c = Config;
         var b = Backend;
@@ -80,12 +116,19 @@ public sealed class LlamaModel : IDisposable
         // Original positions are recorded in the cache; RoPE uses them too, except under a policy that
         // assigns positions inside the cache (StreamingLLM), where the new tokens follow the cached ones.
         Span<int> positions = stackalloc int[T], ropePositions = stackalloc int[T];
-        int ropeStart = cache.Policy?.UsesCachePositions == true ? cache.Length : cache.TokensSeen;
-        for (int t = 0; t < T; t++)
+        Span<int> rowOffsets = stackalloc int[caches.Count];
+        for (int i = 0, row = 0; i < caches.Count; row += lengths[i], i++)
         {
-            positions[t] = cache.TokensSeen + t;
-            ropePositions[t] = ropeStart + t;
+            var cache = caches[i];
+            rowOffsets[i] = row;
+            int ropeStart = cache.Policy?.UsesCachePositions == true ? cache.Length : cache.TokensSeen;
+            for (int t = 0; t < lengths[i]; t++)
+            {
+                positions[row + t] = cache.TokensSeen + t;
+                ropePositions[row + t] = ropeStart + t;
+            }
         }
+        var segments = new AttentionSegment[caches.Count];
 
         b.Embed(Weights.TokenEmbedding, tokens, c.Dim, s.X);                       // x [T, dim]
         for (int l = 0; l < c.Layers; l++)
@@ -98,8 +141,13 @@ public sealed class LlamaModel : IDisposable
             b.MatMul(s.Xb, w.Wv, s.V, T, c.Dim, c.KvDim);                           // v [T, kvHeads*hd]
             b.Rope(s.Q, s.K, ropePositions, c.Heads, c.KvHeads, Rope);
             QueryTap?.Invoke(l, s.Q, positions);
-            b.AppendKv(s.K, s.V, positions, cache.Layers[l]);                       // the cache row is written once
-            b.Attention(s.Q, cache.Layers[l], s.Att, T, c.Heads, c.HeadDim);        // att [T, heads*hd]
+            for (int i = 0; i < caches.Count; i++)
+            {
+                // The cache row is written once, straight from the projection.
+                b.AppendKv(s.K, s.V, rowOffsets[i], positions.Slice(rowOffsets[i], lengths[i]), caches[i].Layers[l]);
+                segments[i] = new AttentionSegment(caches[i].Layers[l], rowOffsets[i], lengths[i]);
+            }
+            b.Attention(s.Q, s.Att, segments, c.Heads, c.HeadDim);                  // att [T, heads*hd]
             b.MatMul(s.Att, w.Wo, s.Xb, T, c.QueryDim, c.Dim);                      // [T, dim]
             b.Add(s.X, s.Xb, (long)T * c.Dim);
             // Feed-forward block: x += W2 · (silu(W1·n) * W3·n), n = RMSNorm(x).
@@ -110,7 +158,7 @@ public sealed class LlamaModel : IDisposable
             b.MatMul(s.H1, w.Down, s.Xb, T, c.HiddenDim, c.Dim);                    // [T, dim]
             b.Add(s.X, s.Xb, (long)T * c.Dim);
         }
-        cache.TokensSeen += T;
+        for (int i = 0; i < caches.Count; i++) caches[i].TokensSeen += lengths[i];
         if (logits.IsEmpty) return;
 
         // Classifier: only the rows whose logits are wanted (the last one while prefilling).

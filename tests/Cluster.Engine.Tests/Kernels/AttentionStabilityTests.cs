@@ -20,7 +20,7 @@ public sealed class AttentionStabilityTests
         using var q = backend.Allocate(hd);
         using var output = backend.Allocate(hd);
         backend.CopyFromHost([2f, 0, 0, 0], q); // score = 2 * k0 / sqrt(4) = k0
-        backend.Attention(q, layer, output, tokens: 1, heads: 1, headDim: hd);
+        backend.Attention(q, output, [new AttentionSegment(layer, 0, 1)], heads: 1, headDim: hd);
         var o = new float[hd];
         backend.CopyToHost(output, 0, o);
         double w1 = 1 / (1 + Math.Exp(-10));
