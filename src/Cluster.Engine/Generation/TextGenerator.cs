@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Cluster.Engine.Compression;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 using Cluster.Engine.Sampling;
@@ -21,11 +22,14 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
     /// </summary>
     /// <param name="resume">Continue a stream from a cache and the tokens it already produced; with
     /// the same seed the rest is the same as in the uninterrupted run.</param>
-    public IEnumerable<GenerationChunk> Generate(IReadOnlyList<int> prompt, SamplingParameters p, CancellationToken cancel = default, GenerationResume? resume = null)
+    /// <param name="policy">KV compression for sampled outputs: the prompt is prefilled densely, compressed to
+    /// the budget at once, and each step then evicts as the cache grows (what the cluster does on ingest).</param>
+    public IEnumerable<GenerationChunk> Generate(IReadOnlyList<int> prompt, SamplingParameters p, CancellationToken cancel = default, GenerationResume? resume = null, KvCompressionPolicy? policy = null)
     {
         Validate(prompt, p, resume);
+        if (policy is not null && p.IsBeamSearch) throw new ArgumentException("KV compression policies are not supported with beam search");
         p = p.WithResolvedSeed();
-        return p.IsBeamSearch ? new BeamSearch(model, tokenizer, p).Run(prompt, cancel) : Sample(prompt, p, cancel, resume);
+        return p.IsBeamSearch ? new BeamSearch(model, tokenizer, p).Run(prompt, cancel) : Sample(prompt, p, cancel, resume, policy);
     }
 
     private void Validate(IReadOnlyList<int> prompt, SamplingParameters p, GenerationResume? resume)
@@ -47,31 +51,34 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
             throw new ArgumentException($"the resume cache holds {resume.Cache.TokensSeen} tokens; expected between the prompt's {prompt.Count} and {total}");
     }
 
-    private IEnumerable<GenerationChunk> Sample(IReadOnlyList<int> prompt, SamplingParameters p, CancellationToken cancel, GenerationResume? resume)
+    private IEnumerable<GenerationChunk> Sample(IReadOnlyList<int> prompt, SamplingParameters p, CancellationToken cancel, GenerationResume? resume, KvCompressionPolicy? policy)
     {
         var c = model.Config;
-        var chain = SamplerChain.Build(p, c.EosIds);
-        var candidates = new TokenCandidates(c.VocabSize);
         var generated = resume?.Generated ?? [];
-        var outputs = new List<Output>();
+        var outputs = new List<SequenceGeneration>();
         try
         {
             // Prefill: the prompt (and, when resuming, what the cache lacks of the output so far).
             var sw = Stopwatch.StartNew();
-            var first = new Output(resume?.Index ?? 0, resume?.Cache ?? model.CreateCache(Math.Min(prompt.Count + p.MaxTokens, c.MaxPositions)), ownsCache: resume is null,
-                new SamplingState(c.VocabSize, prompt, p.Seed!.Value, resume?.Index ?? 0),
-                new OutputText(tokenizer, prompt, p.Stop), c.VocabSize);
+            var cache = resume?.Cache ?? model.CreateCache(Math.Min(prompt.Count + p.MaxTokens, c.MaxPositions));
+            var first = new SequenceGeneration(c, p, tokenizer, prompt, cache, resume?.Index ?? 0, ownsCache: resume is null);
             outputs.Add(first);
             int[] all = [.. prompt, .. generated];
-            if (first.Cache.TokensSeen == all.Length) first.Cache.Truncate(all.Length - 1); // re-run the last token for its logits
-            model.Forward(all.AsSpan(first.Cache.TokensSeen), first.Cache, first.Logits);
-            foreach (var id in generated)
+            if (cache.TokensSeen == all.Length) cache.Truncate(all.Length - 1); // re-run the last token for its logits
+            model.Forward(all.AsSpan(cache.TokensSeen), cache, first.Logits);
+            if (policy is not null && cache.Policy is null)
             {
-                first.Text.Push(id, canStop: first.State.Step >= p.MinTokens, out _); // already streamed: replay only the state
-                first.State.Accept(id);
+                cache.Policy = policy;
+                policy.Compress(model, cache);
             }
-            first.Elapsed = sw.Elapsed;
-            for (int j = 1; j < p.N; j++) outputs.Add(first.Fork(j, p, tokenizer, prompt));
+            foreach (var id in generated) first.Replay(id); // already streamed: replay only the state
+            var elapsed = new TimeSpan[Math.Max(p.N, first.Index + 1)];
+            elapsed[first.Index] = sw.Elapsed;
+            for (int j = 1; j < p.N; j++)
+            {
+                outputs.Add(first.Fork(j, tokenizer, prompt));
+                elapsed[j] = elapsed[first.Index];
+            }
 
             while (outputs.Any(o => !o.Done))
             {
@@ -80,66 +87,21 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
                     if (o.Done) continue;
                     if (cancel.IsCancellationRequested)
                     {
-                        o.Done = true;
-                        yield return new GenerationChunk(o.Index, null, o.Text.Flush(), null, FinishReason.Abort, TimeSpan.Zero);
+                        yield return o.Abort();
                         continue;
                     }
                     sw.Restart();
-                    int step = o.State.Step;
-                    int id = chain.Sample(o.Logits, candidates, o.State);
-                    var logprobs = p.Logprobs is int top ? TokenLogprobs.Compute(o.Logits, id, top) : null;
-                    o.State.Accept(id);
-                    var (text, finish) = Settle(o, id, step, p, prompt.Count);
-                    o.Done = finish is not null;
-                    yield return new GenerationChunk(o.Index, id, text, logprobs, finish, o.Elapsed + sw.Elapsed);
-                    if (o.Done) continue;
+                    yield return o.Step(elapsed[o.Index] + sw.Elapsed);
+                    if (o.Pending is not int next) continue;
                     sw.Restart();
-                    model.Forward([id], o.Cache, o.Logits);
-                    o.Elapsed = sw.Elapsed;
+                    model.Forward([next], o.Cache, o.Logits);
+                    elapsed[o.Index] = sw.Elapsed;
                 }
             }
         }
         finally
         {
-            foreach (var o in outputs) if (o.OwnsCache) o.Cache.Dispose();
-        }
-    }
-
-    /// <summary>The text token <paramref name="id"/> releases and whether it ends the output. EOS and
-    /// stop token ids end it without adding text; min_tokens holds every ending off.</summary>
-    private (string Text, FinishReason? Finish) Settle(Output o, int id, int step, SamplingParameters p, int promptLength)
-    {
-        bool mayEnd = step >= p.MinTokens;
-        if (mayEnd && !p.IgnoreEos && model.Config.EosIds.Contains(id)) return (o.Text.Flush(), FinishReason.Eos);
-        if (mayEnd && p.StopTokenIds.Contains(id)) return (o.Text.Flush(), FinishReason.Stop);
-        var text = o.Text.Push(id, mayEnd, out bool stopped);
-        if (stopped) return (text, FinishReason.Stop);
-        if (o.State.Step >= p.MaxTokens || promptLength + o.State.Step >= model.Config.MaxPositions) return (text + o.Text.Flush(), FinishReason.Length);
-        return (text, null);
-    }
-
-    /// <summary>One output in progress: its KV cache, the logits of its next token, and its state.</summary>
-    private sealed class Output(int index, SequenceKvCache cache, bool ownsCache, SamplingState state, OutputText text, int vocab)
-    {
-        public int Index { get; } = index;
-        public SequenceKvCache Cache { get; } = cache;
-        public bool OwnsCache { get; } = ownsCache;
-        public SamplingState State { get; } = state;
-        public OutputText Text { get; } = text;
-        public float[] Logits { get; } = new float[vocab];
-        public TimeSpan Elapsed { get; set; }
-        public bool Done { get; set; }
-
-        /// <summary>Another output from the same prompt: a copy of the prompt's KV and logits, its own random stream.</summary>
-        public Output Fork(int index, SamplingParameters p, ITokenizer? tokenizer, IReadOnlyList<int> prompt)
-        {
-            var copy = new Output(index, Cache.Clone(p.MaxTokens), ownsCache: true,
-                new SamplingState(Logits.Length, prompt, p.Seed!.Value, index), new OutputText(tokenizer, prompt, p.Stop), Logits.Length)
-            {
-                Elapsed = Elapsed,
-            };
-            Logits.CopyTo(copy.Logits, 0);
-            return copy;
+            foreach (var o in outputs) o.Dispose();
         }
     }
 }
