@@ -1,0 +1,201 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using Cluster.Engine.Generation;
+using Cluster.Engine.Model;
+
+namespace Cluster.Engine.Scheduling;
+
+/// <summary>
+/// Continuous batching (Orca, Yu et al. 2022): sequences join and leave between steps, and each step
+/// runs every running sequence's next token through one <see cref="LlamaModel.ForwardBatch"/>, so the
+/// weights are read once per step however many sequences share it. One thread owns the model;
+/// callers hand sequences in with <see cref="Add"/> and read their chunks from a channel. A sequence
+/// whose caller cancels is aborted and freed before the next step.
+/// </summary>
+public sealed class ContinuousBatcher : IDisposable
+{
+    private readonly LlamaModel _model;
+    private readonly int _maxBatch;
+    private readonly Channel<Entry> _incoming = Channel.CreateUnbounded<Entry>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly List<Entry> _running = [];
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Thread _thread;
+    private readonly float[] _logits;
+    private int _runningCount;
+
+    /// <param name="afterStep">Called on the batch thread after every step with the batch size and its
+    /// duration (metrics).</param>
+    /// <param name="afterToken">Called on the batch thread after a sequence accepted a token and before
+    /// that token runs, i.e. while its cache holds everything but <see cref="SequenceGeneration.Pending"/>
+    /// (the moment a checkpoint is consistent).</param>
+    public ContinuousBatcher(LlamaModel model, int maxBatch, Action<int, TimeSpan>? afterStep = null, Action<SequenceGeneration, object?>? afterToken = null)
+    {
+        if (maxBatch < 1 || maxBatch > model.MaxChunk) throw new ArgumentOutOfRangeException(nameof(maxBatch), $"max batch must be 1..{model.MaxChunk}, got {maxBatch}");
+        _model = model;
+        _maxBatch = maxBatch;
+        _afterStep = afterStep;
+        _afterToken = afterToken;
+        _logits = new float[(long)maxBatch * model.Config.VocabSize];
+        _thread = new Thread(Run) { IsBackground = true, Name = "decode-batch" };
+        _thread.Start();
+    }
+
+    private readonly Action<int, TimeSpan>? _afterStep;
+    private readonly Action<SequenceGeneration, object?>? _afterToken;
+
+    /// <summary>Sequences in the batch now (joined and not yet finished or aborted).</summary>
+    public int Running => Volatile.Read(ref _runningCount);
+
+    /// <summary>
+    /// Adds a sequence. The batch thread first runs <paramref name="feed"/> (tokens its cache lacks,
+    /// e.g. the token prefill sampled) to get its next logits, then samples it step by step. The
+    /// channel completes after the chunk with a finish reason, or with the exception that ended it.
+    /// </summary>
+    /// <param name="state">Passed back to the afterToken hook (e.g. the request it belongs to).</param>
+    public ChannelReader<GenerationChunk> Add(SequenceGeneration sequence, IReadOnlyList<int> feed, CancellationToken cancel, object? state = null)
+    {
+        var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true });
+        var entry = new Entry(sequence, feed.ToArray(), output, cancel, state);
+        if (!_incoming.Writer.TryWrite(entry)) throw new ObjectDisposedException(nameof(ContinuousBatcher));
+        return output.Reader;
+    }
+
+    private void Run()
+    {
+        var ct = _stop.Token;
+        try
+        {
+            while (!ct.IsCancellationRequested)
+            {
+                while (_incoming.Reader.TryRead(out var entry)) Admit(entry);
+                DropCancelled();
+                if (_running.Count == 0)
+                {
+                    // Idle: sleep until a sequence arrives.
+                    _incoming.Reader.WaitToReadAsync(ct).AsTask().Wait(ct);
+                    continue;
+                }
+                Step();
+            }
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+        }
+        foreach (var e in _running) Finish(e, e.Sequence.Abort());
+        while (_incoming.Reader.TryRead(out var e)) Finish(e, e.Sequence.Abort());
+    }
+
+    /// <summary>A joining sequence gets its first logits alone (its feed may be several tokens).</summary>
+    private void Admit(Entry e)
+    {
+        try
+        {
+            if (e.Cancel.IsCancellationRequested) { Finish(e, e.Sequence.Abort()); return; }
+            var sw = Stopwatch.StartNew();
+            if (e.Feed.Length > 0) _model.Forward(e.Feed, e.Sequence.Cache, e.Sequence.Logits);
+            if (Emit(e, e.Sequence.Step(sw.Elapsed))) return;
+            _running.Add(e);
+            Interlocked.Increment(ref _runningCount);
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
+        {
+            Fail(e, ex);
+        }
+    }
+
+    private void DropCancelled()
+    {
+        for (int i = _running.Count - 1; i >= 0; i--)
+        {
+            var e = _running[i];
+            if (!e.Cancel.IsCancellationRequested) continue;
+            Remove(i);
+            Finish(e, e.Sequence.Abort());
+        }
+    }
+
+    private void Step()
+    {
+        // Longer than the batch limit: run the first ones, then rotate them to the back (fairness).
+        int n = Math.Min(_maxBatch, _running.Count);
+        var batch = _running.GetRange(0, n);
+        if (_running.Count > n)
+        {
+            _running.RemoveRange(0, n);
+            _running.AddRange(batch);
+        }
+        var tokens = batch.Select(e => e.Sequence.Pending!.Value).ToArray();
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            _model.ForwardBatch(tokens, batch.Select(e => e.Sequence.Cache).ToList(), _logits);
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
+        {
+            // One bad sequence (e.g. past the context) must not take the batch down: fail them all
+            // with the reason rather than guess which one it was.
+            foreach (var e in batch)
+            {
+                _running.Remove(e);
+                Interlocked.Decrement(ref _runningCount);
+                Fail(e, ex);
+            }
+            return;
+        }
+        var elapsed = sw.Elapsed;
+        int vocab = _model.Config.VocabSize;
+        for (int i = 0; i < batch.Count; i++)
+        {
+            var e = batch[i];
+            _logits.AsSpan(i * vocab, vocab).CopyTo(e.Sequence.Logits);
+            if (Emit(e, e.Sequence.Step(elapsed)))
+            {
+                _running.Remove(e);
+                Interlocked.Decrement(ref _runningCount);
+            }
+        }
+        _afterStep?.Invoke(batch.Count, elapsed);
+    }
+
+    /// <summary>Writes a chunk; true when it ended the sequence (which is then completed and freed).</summary>
+    private bool Emit(Entry e, GenerationChunk chunk)
+    {
+        if (chunk.Finish is not null)
+        {
+            Finish(e, chunk);
+            return true;
+        }
+        e.Output.Writer.TryWrite(chunk);
+        _afterToken?.Invoke(e.Sequence, e.State);
+        return false;
+    }
+
+    private void Remove(int index)
+    {
+        _running.RemoveAt(index);
+        Interlocked.Decrement(ref _runningCount);
+    }
+
+    private static void Finish(Entry e, GenerationChunk last)
+    {
+        e.Output.Writer.TryWrite(last);
+        e.Output.Writer.TryComplete();
+        e.Sequence.Dispose();
+    }
+
+    private static void Fail(Entry e, Exception ex)
+    {
+        e.Output.Writer.TryComplete(ex);
+        e.Sequence.Dispose();
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _incoming.Writer.TryComplete();
+        _thread.Join();
+        _stop.Dispose();
+    }
+
+    private sealed record Entry(SequenceGeneration Sequence, int[] Feed, Channel<GenerationChunk> Output, CancellationToken Cancel, object? State);
+}

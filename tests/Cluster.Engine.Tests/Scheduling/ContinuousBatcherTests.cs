@@ -1,0 +1,76 @@
+using Cluster.Engine.Generation;
+using Cluster.Engine.Model;
+using Cluster.Engine.Sampling;
+using Cluster.Engine.Scheduling;
+using Cluster.Engine.Tests.Model;
+using Cluster.Tests;
+using Xunit;
+
+namespace Cluster.Engine.Tests.Scheduling;
+
+public sealed class ContinuousBatcherTests
+{
+    private static async Task<List<GenerationChunk>> Drain(System.Threading.Channels.ChannelReader<GenerationChunk> reader)
+    {
+        var list = new List<GenerationChunk>();
+        await foreach (var c in reader.ReadAllAsync()) list.Add(c);
+        return list;
+    }
+
+    /// <summary>Starts a sequence the way a decode worker does: prefill, sample the first token, then
+    /// hand it to the batcher with that token to feed.</summary>
+    private static (SequenceGeneration Seq, GenerationChunk First) Prefill(LlamaModel model, Cluster.Engine.Tokenizers.ITokenizer tok, int[] prompt, SamplingParameters p)
+    {
+        var cache = model.CreateCache(prompt.Length + p.MaxTokens);
+        var seq = new SequenceGeneration(model.Config, p, tok, prompt, cache);
+        model.Forward(prompt, cache, seq.Logits);
+        return (seq, seq.Step(TimeSpan.Zero));
+    }
+
+    [SharedDataFact]
+    public async Task Concurrent_streams_equal_their_local_runs()
+    {
+        using var model = TestModels.Load(TestModels.Stories260K);
+        var tok = TestModels.Stories260KTokenizer();
+        string[] prompts = ["Once upon a time", "The dog", "Lily and Ben went to the park", "One day", "A big red ball", "Tom", "The sun was hot", "She was sad"];
+        var ps = prompts.Select((_, i) => new SamplingParameters { Temperature = i % 2 == 0 ? 0 : 0.8f, TopP = 0.9f, Seed = 100 + i, MaxTokens = 20 + 7 * i }).ToArray();
+        var expected = prompts.Select((text, i) => GenerationOutput.Collect(new TextGenerator(model, tok).Generate(tok.Encode(text, true), ps[i])).Single()).ToList();
+
+        // The model is not thread-safe: prefill before the batch thread starts using it.
+        var prefilled = prompts.Select((text, i) => Prefill(model, tok, tok.Encode(text, true), ps[i])).ToList();
+        using var batcher = new ContinuousBatcher(model, maxBatch: 5); // fewer than the streams: rotation is exercised
+        var streams = prefilled.Select(x => (x.First, Tail: Drain(batcher.Add(x.Seq, [x.First.TokenId!.Value], CancellationToken.None)))).ToList();
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            var all = new List<GenerationChunk> { streams[i].First };
+            all.AddRange(await streams[i].Tail.WaitAsync(TimeSpan.FromMinutes(2)));
+            var got = GenerationOutput.Collect(all).Single();
+            Assert.Equal(expected[i].Ids, got.Ids);
+            Assert.Equal(expected[i].Text, got.Text);
+            Assert.Equal(expected[i].Finish, got.Finish);
+        }
+        Assert.Equal(0, batcher.Running);
+    }
+
+    [SharedDataFact]
+    public async Task Cancelled_sequence_is_aborted_and_freed_within_a_step()
+    {
+        using var model = TestModels.Load(TestModels.Stories260K);
+        var tok = TestModels.Stories260KTokenizer();
+        var p = new SamplingParameters { Temperature = 0, MaxTokens = 100_000, IgnoreEos = true, Seed = 1 };
+        int steps = 0;
+        var (seq, first) = Prefill(model, tok, tok.Encode("Once", true), p);
+        using var batcher = new ContinuousBatcher(model, 8, afterStep: (_, _) => Interlocked.Increment(ref steps));
+        using var cts = new CancellationTokenSource();
+        var reader = batcher.Add(seq, [first.TokenId!.Value], cts.Token);
+        for (int i = 0; i < 5; i++) await reader.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(1, batcher.Running);
+        cts.Cancel();
+        int stepsAtCancel = Volatile.Read(ref steps);
+        var rest = await Drain(reader).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(FinishReason.Abort, rest[^1].Finish);
+        Assert.Equal(0, batcher.Running);
+        // Chunks produced after the cancel: at most the step already under way.
+        Assert.InRange(Volatile.Read(ref steps) - stepsAtCancel, 0, 1);
+    }
+}
