@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Cluster.Serving.Hosting;
+using Cluster.Tests;
 using Xunit;
 
 namespace Cluster.Deploy.Tests;
@@ -124,5 +125,22 @@ public class ComposeAndDockerfileTests
         foreach (var name in new[] { "prometheus", "grafana" })
             foreach (var volume in services[name].At("volumes").Seq(name).Select(v => v.Text()!).Where(v => v.StartsWith("./")))
                 Assert.True(Path.Exists(Contract.Repo(volume.Split(':')[0])), $"{name} mounts missing {volume}");
+    }
+
+    [Fact]
+    public void Docker_compose_accepts_the_file_with_and_without_the_gpu_profile()
+    {
+        // Optional: docker-compose (apt) is not part of CI's tools (it pulls in a Docker engine), so
+        // this check runs only where a developer has it.
+        if (ExternalCommands.Find("docker-compose") is not { } compose)
+        {
+            Console.Error.WriteLine("SKIP: docker-compose missing; apt docker-compose validates docker-compose.yml");
+            return;
+        }
+        foreach (string[] args in new[] { new[] { "config", "-q" }, new[] { "--profile", "gpu", "config", "-q" } })
+        {
+            var (code, stdout, stderr) = ExternalTools.Run(compose, ["-f", Contract.Repo("docker-compose.yml"), .. args], TimeSpan.FromSeconds(60));
+            Assert.True(code == 0, $"docker-compose {string.Join(' ', args)}: {stdout}{stderr}");
+        }
     }
 }
