@@ -143,4 +143,16 @@ public class ComposeAndDockerfileTests
             Assert.True(code == 0, $"docker-compose {string.Join(' ', args)}: {stdout}{stderr}");
         }
     }
+
+    [Fact]
+    public void Every_deploy_yaml_file_parses()
+    {
+        // Helm templates are Go templates, not YAML, until rendered: HelmChartTests reads them as text.
+        var templates = Contract.Repo("deploy", "k8s", "helm", "llm-cluster", "templates");
+        var files = Directory.EnumerateFiles(Contract.Repo("deploy"), "*.*", SearchOption.AllDirectories)
+            .Where(f => f.EndsWith(".yaml") || f.EndsWith(".yml")).Where(f => !f.StartsWith(templates))
+            .Append(Contract.Repo("docker-compose.yml")).ToList();
+        Assert.True(files.Count >= 15, $"only {files.Count} YAML files found");
+        Assert.All(files, f => Assert.NotEmpty(Yaml.LoadAll(File.ReadAllText(f))));
+    }
 }
