@@ -436,6 +436,58 @@ def perplexity(m: Model, ids: List[int], window: Optional[int] = None, stride: O
     return {"perplexity": ppl, "nll_sum": nll_sum, "tokens_scored": scored}
 
 
+@torch.no_grad()
+def sink_window_logits(m: Model, ids: List[int], sinks: int, window: int) -> torch.Tensor:
+    """StreamingLLM (Xiao et al. 2023, section 3.2), token by token: logits [T, vocab].
+
+    Keeps the pre-RoPE keys and the values of the first `sinks` and the last
+    `window` tokens per layer, and at every step rotates the n cached keys by
+    their cache index 0..n-1 and the new query by n-1, recomputing attention
+    from those stored keys. Written independently of the engine, which
+    instead re-rotates post-RoPE keys in place when they move.
+    """
+    dt = m.tok_emb.dtype
+    group = m.n_heads // m.n_kv_heads
+    scale = 1.0 / math.sqrt(m.head_dim)
+    keys = [[] for _ in m.layers]  # per layer: list of [kv_heads, head_dim] pre-RoPE
+    values = [[] for _ in m.layers]
+    out = []
+    for token in ids:
+        x = m.tok_emb[token][None, :]
+        for li, lw in enumerate(m.layers):
+            n = rms_norm(x, lw.attn_norm, m.norm_eps)
+            q = (n @ lw.wq.T).view(1, m.n_heads, m.head_dim)
+            keys[li].append((n @ lw.wk.T).view(m.n_kv_heads, m.head_dim))
+            values[li].append((n @ lw.wv.T).view(m.n_kv_heads, m.head_dim))
+            if len(keys[li]) > sinks + window:
+                del keys[li][sinks]
+                del values[li][sinks]
+            cached = len(keys[li])
+            angles = torch.arange(cached, dtype=torch.float64)[:, None] * m.inv_freq[None, :]
+            cos, sin = torch.cos(angles).to(dt), torch.sin(angles).to(dt)
+            k = apply_rope(torch.stack(keys[li]), cos, sin, m.rope_style)  # [n, kv, hd]
+            q = apply_rope(q, cos[-1:], sin[-1:], m.rope_style)
+            v = torch.stack(values[li])
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+            probs = torch.softmax(torch.einsum("hd,shd->hs", q[0], k) * scale, dim=-1)
+            att = torch.einsum("hs,shd->hd", probs, v).reshape(1, m.n_heads * m.head_dim)
+            x = x + att @ lw.wo.T
+            n = rms_norm(x, lw.ffn_norm, m.norm_eps)
+            x = x + (torch.nn.functional.silu(n @ lw.w1.T) * (n @ lw.w3.T)) @ lw.w2.T
+        out.append((rms_norm(x, m.final_norm, m.norm_eps) @ m.classifier.T)[0])
+    return torch.stack(out)
+
+
+def qfilter_of(queries: np.ndarray) -> np.ndarray:
+    """Q-Filters (Godey et al. 2025) for one head from its sampled queries [n, head_dim], by numpy's
+    SVD: v the first right singular vector, s = +1 when most entries of the first left singular
+    vector are positive (else -1), filter = -s * v (DESIGN.md)."""
+    u, _, vt = np.linalg.svd(queries.astype(np.float64), full_matrices=False)
+    s = 1.0 if (u[:, 0] > 0).sum() > queries.shape[0] / 2 else -1.0
+    return -s * vt[0]
+
+
 def greedy(m: Model, steps: int, prompt: Optional[List[int]] = None) -> List[int]:
     ids = list(prompt) if prompt else [BOS_ID]
     out = []
@@ -478,11 +530,27 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=None)
     p.add_argument("--stride", type=int, default=None)
 
+    p = sub.add_parser("sink-window", help="write float32 logits [T, vocab] of StreamingLLM token by token")
+    common(p)
+    p.add_argument("--tokens-file", required=True)
+    p.add_argument("--sinks", type=int, required=True)
+    p.add_argument("--window", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("qfilter", help="write the Q-Filter [head_dim] of a float32 query matrix [n, head_dim]")
+    p.add_argument("--queries", required=True)
+    p.add_argument("--head-dim", type=int, required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("greedy", help="print greedily generated ids starting from BOS")
     common(p)
     p.add_argument("--steps", type=int, required=True)
 
     a = ap.parse_args(argv)
+    if a.cmd == "qfilter":
+        q = np.fromfile(a.queries, dtype="<f4").reshape(-1, a.head_dim)
+        qfilter_of(q).astype("<f4").tofile(a.out)
+        return 0
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     m = load_model(a.model, torch.float64 if a.dtype == "float64" else torch.float32)
 
@@ -492,6 +560,9 @@ def main(argv=None) -> int:
         logits.astype("<f4").tofile(a.out)
     elif a.cmd == "perplexity":
         print(json.dumps(perplexity(m, read_ids(a.tokens_file), a.window, a.stride)))
+    elif a.cmd == "sink-window":
+        logits = sink_window_logits(m, read_ids(a.tokens_file), a.sinks, a.window)
+        logits.to(torch.float32).numpy().astype("<f4").tofile(a.out)
     elif a.cmd == "greedy":
         print(" ".join(str(i) for i in greedy(m, a.steps)))
     return 0

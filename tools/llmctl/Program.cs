@@ -7,4 +7,5 @@ root.Subcommands.Add(PerplexityCommand.Create());
 root.Subcommands.Add(ConvertCommand.Create());
 root.Subcommands.Add(SynthCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(CalibrateCommand.Create());
 return root.Parse(args).Invoke();

@@ -140,6 +140,57 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
+    public void CompactKv(KvCacheLayer layer, int head, ReadOnlySpan<int> keep)
+    {
+        int hd = layer.HeadDim, n = layer.Lengths[head];
+        float* k = Cpu(layer.K).Pointer + layer.Offset(head, 0), v = Cpu(layer.V).Pointer + layer.Offset(head, 0);
+        var positions = layer.Positions.AsSpan(head * layer.Capacity, layer.Capacity);
+        for (int i = 0; i < keep.Length; i++)
+        {
+            int from = keep[i];
+            if (from < i || from >= n || (i > 0 && from <= keep[i - 1]))
+                throw new ArgumentException($"slots to keep must be ascending and below the head's length {n}", nameof(keep));
+            if (from == i) continue;
+            // from > i: the destination was already read, so an in-place forward copy is safe.
+            new Span<float>(k + (long)from * hd, hd).CopyTo(new Span<float>(k + (long)i * hd, hd));
+            new Span<float>(v + (long)from * hd, hd).CopyTo(new Span<float>(v + (long)i * hd, hd));
+            positions[i] = positions[from];
+        }
+        layer.Lengths[head] = keep.Length;
+    }
+
+    public void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope)
+    {
+        int hd = layer.HeadDim, half = hd / 2;
+        float* k = Cpu(layer.K).Pointer + layer.Offset(head, 0);
+        // Angles and products in double: a key in StreamingLLM's window is re-rotated once per step,
+        // so the rounding of each rotation should be only that of the stored float.
+        Span<double> cos = stackalloc double[half], sin = stackalloc double[half];
+        int angleOf = 0;
+        for (int i = 0; i < deltas.Length; i++)
+        {
+            int d = deltas[i];
+            if (d == 0) continue;
+            if (d != angleOf)
+            {
+                for (int j = 0; j < half; j++)
+                {
+                    var a = d * rope.InverseFrequencies[j];
+                    cos[j] = Math.Cos(a);
+                    sin[j] = Math.Sin(a);
+                }
+                angleOf = d;
+            }
+            float* x = k + (long)i * hd;
+            for (int j = 0; j < half; j++)
+            {
+                double x0 = x[j], x1 = x[j + half];
+                x[j] = (float)(x0 * cos[j] - x1 * sin[j]);
+                x[j + half] = (float)(x0 * sin[j] + x1 * cos[j]);
+            }
+        }
+    }
+
     public void Attention(Tensor q, KvCacheLayer cache, Tensor output, int tokens, int heads, int headDim)
     {
         int group = heads / cache.KvHeads;
@@ -156,6 +207,9 @@ public sealed unsafe class CpuBackend : IComputeBackend
             var s = scores.AsSpan(0, visible);
             float* keys = kp + cache.Offset(g, 0), values = vp + cache.Offset(g, 0);
             for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qv, new ReadOnlySpan<float>(keys + (long)j * headDim, headDim)) * scale;
+            // TensorPrimitives.SoftMax exponentiates without subtracting the maximum, so scores past ~88
+            // (a cache run far beyond the training context) overflow to inf/inf = NaN: shift them first.
+            TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
             TensorPrimitives.SoftMax(s, s);
             var o = new Span<float>(op + ((long)t * heads + h) * headDim, headDim);
             o.Clear();

@@ -42,6 +42,17 @@ public interface IComputeBackend : IDisposable
     /// to every head of <paramref name="layer"/> at its current length, recording their positions.</summary>
     void AppendKv(Tensor k, Tensor v, ReadOnlySpan<int> positions, KvCacheLayer layer);
 
+    /// <summary>Keeps only the slots <paramref name="keep"/> (ascending) of one head of <paramref name="layer"/>:
+    /// their keys, values and positions move to slots 0..keep.Length-1 in that order and the head's
+    /// length becomes keep.Length. The compaction step of every KV-cache compression policy.</summary>
+    void CompactKv(KvCacheLayer layer, int head, ReadOnlySpan<int> keep);
+
+    /// <summary>Rotates the cached keys of slots 0..deltas.Length-1 of one head by deltas[i] positions
+    /// (half-split layout). RoPE rotations compose, so a key rotated at position p and then by d equals
+    /// the key rotated at p + d up to rounding: this moves keys to new positions without their
+    /// pre-RoPE values (StreamingLLM's in-cache positions).</summary>
+    void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope);
+
     /// <summary>Causal grouped-query attention of T queries [T, heads*headDim] over one layer of
     /// <paramref name="cache"/>, whose last T entries per head are this call's own tokens; writes
     /// [T, heads*headDim] to <paramref name="output"/>.</summary>

@@ -20,6 +20,10 @@ public sealed class SequenceKvCache : IDisposable
 
     public KvCacheLayer[] Layers { get; }
 
+    /// <summary>The compression policy the model applies before each forward chunk; null keeps everything
+    /// with no context check (as before policies existed).</summary>
+    public Compression.KvCompressionPolicy? Policy { get; set; }
+
     /// <summary>Tokens seen so far: the original position of the next token.</summary>
     public int TokensSeen { get; internal set; }
 
@@ -28,13 +32,23 @@ public sealed class SequenceKvCache : IDisposable
 
     public int Capacity => Layers[0].Capacity;
 
-    /// <summary>Makes sure every head of every layer can take <paramref name="extraTokens"/> more.</summary>
-    public void Reserve(int extraTokens)
+    /// <summary>Makes an empty cache start at original position <paramref name="position"/>, e.g. to run a
+    /// window of a longer text at the positions it has there.</summary>
+    public void StartAt(int position)
+    {
+        if (Layers.Any(l => l.Lengths.Any(n => n != 0))) throw new InvalidOperationException("StartAt needs an empty cache");
+        ArgumentOutOfRangeException.ThrowIfNegative(position);
+        TokensSeen = position;
+    }
+
+    /// <summary>Makes sure every head of every layer can take <paramref name="extraTokens"/> more, growing by
+    /// doubling but never past <paramref name="limit"/> slots when one is given (a policy's budget).</summary>
+    public void Reserve(int extraTokens, int? limit = null)
     {
         foreach (var layer in Layers)
         {
             var needed = layer.Lengths.Max() + extraTokens;
-            if (needed > layer.Capacity) layer.Grow(_backend, Math.Max(needed, layer.Capacity * 2));
+            if (needed > layer.Capacity) layer.Grow(_backend, Math.Max(needed, Math.Min(layer.Capacity * 2, limit ?? int.MaxValue)));
         }
     }
 
@@ -46,6 +60,7 @@ public sealed class SequenceKvCache : IDisposable
         var copy = new SequenceKvCache(_backend, Layers.Length, layer0.KvHeads, layer0.HeadDim, Capacity + extraCapacity)
         {
             TokensSeen = TokensSeen,
+            Policy = Policy,
         };
         for (int l = 0; l < Layers.Length; l++) Layers[l].CopyTo(_backend, copy.Layers[l]);
         return copy;

@@ -1,3 +1,4 @@
+using Cluster.Engine.Compression;
 using Cluster.Engine.Kernels;
 using Cluster.Engine.KvCache;
 
@@ -34,13 +35,19 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Most tokens one pass of the layers takes; longer inputs are run chunk by chunk.</summary>
     public int MaxChunk { get; }
 
-    /// <summary>A KV cache for one sequence, with room for <paramref name="capacity"/> tokens (it grows if needed).</summary>
-    public SequenceKvCache CreateCache(int capacity = 256) =>
-        new(Backend, Config.Layers, Config.KvHeads, Config.HeadDim, capacity);
+    /// <summary>Called after RoPE in every layer with the chunk's queries [T, heads*headDim] and their
+    /// original positions (Q-Filters calibration samples them); null for none.</summary>
+    public QueryTap? QueryTap { get; set; }
+
+    /// <summary>A KV cache for one sequence, with room for <paramref name="capacity"/> tokens (it grows if
+    /// needed), managed by <paramref name="policy"/> when given (a bounded policy never grows it past its budget).</summary>
+    public SequenceKvCache CreateCache(int capacity = 256, KvCompressionPolicy? policy = null) =>
+        new(Backend, Config.Layers, Config.KvHeads, Config.HeadDim, policy?.Budget is int b ? Math.Min(capacity, b) : capacity) { Policy = policy };
 
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.TokensSeen.. and appends their K/V to the cache.
-    /// Writes the logits of the last token ([vocab]) or, with <paramref name="allLogits"/>, of every
+    /// A cache with a compression policy is compressed before each chunk so that it holds at most the
+    /// budget with the chunk (see <see cref="KvCompressionPolicy.BeforeAppend"/>). Writes the logits of the last token ([vocab]) or, with <paramref name="allLogits"/>, of every
     /// token ([T, vocab]) to <paramref name="logits"/>.
     /// </summary>
     public void Forward(ReadOnlySpan<int> tokens, SequenceKvCache cache, Span<float> logits, bool allLogits = false)
@@ -49,10 +56,15 @@ public sealed class LlamaModel : IDisposable
         var vocab = Config.VocabSize;
         var needed = allLogits ? (long)tokens.Length * vocab : vocab;
         if (logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {needed}", nameof(logits));
-        cache.Reserve(tokens.Length);
+        if (cache.Policy is null) cache.Reserve(tokens.Length);
         for (int start = 0; start < tokens.Length; start += MaxChunk)
         {
             var chunk = tokens.Slice(start, Math.Min(MaxChunk, tokens.Length - start));
+            if (cache.Policy is not null)
+            {
+                cache.Policy.BeforeAppend(this, cache, chunk.Length);
+                cache.Reserve(chunk.Length, cache.Policy.Budget);
+            }
             bool last = start + chunk.Length == tokens.Length;
             if (allLogits) RunChunk(chunk, cache, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
             else RunChunk(chunk, cache, last ? logits[..vocab] : [], allRows: false);
@@ -65,8 +77,15 @@ public sealed class LlamaModel : IDisposable
         var b = Backend;
         var s = _state;
         int T = tokens.Length;
-        Span<int> positions = stackalloc int[T];
-        for (int t = 0; t < T; t++) positions[t] = cache.TokensSeen + t;
+        // Original positions are recorded in the cache; RoPE uses them too, except under a policy that
+        // assigns positions inside the cache (StreamingLLM), where the new tokens follow the cached ones.
+        Span<int> positions = stackalloc int[T], ropePositions = stackalloc int[T];
+        int ropeStart = cache.Policy?.UsesCachePositions == true ? cache.Length : cache.TokensSeen;
+        for (int t = 0; t < T; t++)
+        {
+            positions[t] = cache.TokensSeen + t;
+            ropePositions[t] = ropeStart + t;
+        }
 
         b.Embed(Weights.TokenEmbedding, tokens, c.Dim, s.X);                       // x [T, dim]
         for (int l = 0; l < c.Layers; l++)
@@ -77,7 +96,8 @@ public sealed class LlamaModel : IDisposable
             b.MatMul(s.Xb, w.Wq, s.Q, T, c.Dim, c.QueryDim);                        // q [T, heads*hd]
             b.MatMul(s.Xb, w.Wk, s.K, T, c.Dim, c.KvDim);                           // k [T, kvHeads*hd]
             b.MatMul(s.Xb, w.Wv, s.V, T, c.Dim, c.KvDim);                           // v [T, kvHeads*hd]
-            b.Rope(s.Q, s.K, positions, c.Heads, c.KvHeads, Rope);
+            b.Rope(s.Q, s.K, ropePositions, c.Heads, c.KvHeads, Rope);
+            QueryTap?.Invoke(l, s.Q, positions);
             b.AppendKv(s.K, s.V, positions, cache.Layers[l]);                       // the cache row is written once
             b.Attention(s.Q, cache.Layers[l], s.Att, T, c.Heads, c.HeadDim);        // att [T, heads*hd]
             b.MatMul(s.Att, w.Wo, s.Xb, T, c.QueryDim, c.Dim);                      // [T, dim]
@@ -140,3 +160,7 @@ public sealed class LlamaModel : IDisposable
         }
     }
 }
+
+/// <summary>Observes one layer's post-RoPE queries [T, heads*headDim] (a backend tensor) and the
+/// tokens' original positions.</summary>
+public delegate void QueryTap(int layer, Tensor queries, ReadOnlySpan<int> positions);

@@ -26,6 +26,26 @@ internal static class PyTorchReference
         return MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(outFile)).ToArray();
     }
 
+    /// <summary>StreamingLLM logits [T, vocab], one row per token fed one at a time (see llama_ref.py sink-window).</summary>
+    public static float[] SinkWindowLogits(string model, IReadOnlyList<int> ids, int sinks, int window)
+    {
+        using var dir = new TempDir();
+        var idsFile = dir.File("ids.txt");
+        File.WriteAllText(idsFile, string.Join(' ', ids));
+        var outFile = dir.File("logits.f32");
+        Run(["sink-window", "--model", model, "--tokens-file", idsFile, "--sinks", sinks.ToString(), "--window", window.ToString(), "--out", outFile]);
+        return MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(outFile)).ToArray();
+    }
+
+    /// <summary>The Q-Filter of one head's queries [rows, headDim] by numpy's SVD (llama_ref.py qfilter).</summary>
+    public static float[] QFilter(float[] queries, int headDim)
+    {
+        using var dir = new TempDir();
+        File.WriteAllBytes(dir.File("q.f32"), MemoryMarshal.AsBytes(queries.AsSpan()).ToArray());
+        Run(["qfilter", "--queries", dir.File("q.f32"), "--head-dim", headDim.ToString(), "--out", dir.File("f.f32")]);
+        return MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(dir.File("f.f32"))).ToArray();
+    }
+
     public static (double Perplexity, double NllSum, int Scored) Perplexity(string model, IReadOnlyList<int> ids)
     {
         using var dir = new TempDir();

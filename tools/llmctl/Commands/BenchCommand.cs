@@ -19,6 +19,7 @@ internal static class BenchCommand
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound") { model, promptTokens, decodeTokens, threads, json };
+        cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int p = r.GetValue(promptTokens), d = r.GetValue(decodeTokens);

@@ -1,10 +1,12 @@
 using System.CommandLine;
 using System.Text.Json;
 using Cluster.Engine.Evaluation;
+using LlmCtl.Streaming;
 
 namespace LlmCtl.Commands;
 
-/// <summary>`llmctl perplexity`: perplexity of a model on the first N tokens of a text file.</summary>
+/// <summary>`llmctl perplexity`: perplexity of a model on the first N tokens of a text file, over strided
+/// windows, or with --policy streamed token by token through compressed caches (<see cref="StreamingPerplexityMode"/>).</summary>
 internal static class PerplexityCommand
 {
     public static Command Create()
@@ -17,9 +19,11 @@ internal static class PerplexityCommand
         var stride = new Option<int?>("--stride") { Description = "tokens between window starts (default: window/2)" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
-        var cmd = new Command("perplexity", "perplexity over strided windows, each token scored once") { model, tokenizer, text, tokens, window, stride, json, threads };
+        var cmd = new Command("perplexity", "perplexity over strided windows, each token scored once; with --policy, streamed token by token per KV-cache policy") { model, tokenizer, text, tokens, window, stride, json, threads };
+        var streaming = StreamingPerplexityMode.AddOptions(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
+            if (streaming.Requested(r)) return streaming.Run(r, r.GetValue(model), r.GetValue(tokenizer), r.GetValue(text)!, r.GetValue(tokens), r.GetValue(json), r.GetValue(threads));
             int n = r.GetValue(tokens);
             if (n < 2) throw new ArgumentException($"--tokens must be at least 2, got {n}");
             var path = ModelSource.ResolvePath(r.GetValue(model));

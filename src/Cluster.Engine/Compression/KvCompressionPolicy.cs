@@ -1,0 +1,144 @@
+using Cluster.Engine.Kernels;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+
+namespace Cluster.Engine.Compression;
+
+/// <summary>
+/// A KV-cache compression policy (DESIGN.md, "KV cache and compression contract"). The base class
+/// owns the keep-top-n mechanics, as kvpress's ScorerPress does: per layer and KV head it asks
+/// <see cref="Score"/> for one number per cached slot, keeps the highest-scoring slots in cache
+/// order, and compacts the head with the backend. A policy is one small subclass that only scores.
+/// Every head keeps the same number of slots (the budget), so all heads keep one length even when
+/// they keep different tokens. Stateless: one policy object may serve many sequences.
+/// </summary>
+public abstract class KvCompressionPolicy
+{
+    /// <summary>Most tokens a head keeps (the new ones included), or null for no bound.</summary>
+    public abstract int? Budget { get; }
+
+    /// <summary>The canonical spec string, e.g. "sink_window(4,252)"; parsed back by <see cref="KvPolicyRegistry"/>.</summary>
+    public abstract string Name { get; }
+
+    /// <summary>
+    /// False: keys keep the RoPE rotation of their original position and queries use the original
+    /// position. True (StreamingLLM, Xiao et al. 2023, section 3.2): positions are assigned inside the
+    /// cache, the key in slot j is rotated by j and the new token's query by the cache length, so a
+    /// stream never reaches positions the model was not trained on.
+    /// </summary>
+    public virtual bool UsesCachePositions => false;
+
+    /// <summary>Whether <see cref="Score"/> reads the keys (they are then copied to the host).</summary>
+    protected virtual bool ScoresKeys => false;
+
+    /// <summary>
+    /// Fills <paramref name="scores"/> [slots] for one head; the highest are kept. Slots are in cache
+    /// order (oldest first); <paramref name="incoming"/> tokens are about to be appended after them.
+    /// </summary>
+    protected abstract void Score(in SlotView view, Span<float> scores);
+
+    /// <summary>Called by the model before it appends <paramref name="incoming"/> tokens: evicts so that
+    /// the cache holds at most the budget afterwards (one token in, at most one out once full).</summary>
+    /// <exception cref="ArgumentException">The chunk alone exceeds the budget: prefill densely and
+    /// call <see cref="Compress"/>, or feed fewer tokens at a time.</exception>
+    public virtual void BeforeAppend(LlamaModel model, SequenceKvCache cache, int incoming)
+    {
+        if (Budget is not int budget) return;
+        if (incoming > budget)
+            throw new ArgumentException($"{Name}: a chunk of {incoming} tokens exceeds the budget of {budget}; prefill without a policy and call Compress, or feed fewer tokens per forward");
+        Evict(model.Backend, model.Rope, cache, budget - incoming, incoming);
+    }
+
+    /// <summary>Compresses a cache (e.g. a long prompt's, prefilled densely) down to the budget at once.
+    /// A policy with cache positions expects slot j to hold the key rotated at j, as a dense prefill leaves it.</summary>
+    public void Compress(LlamaModel model, SequenceKvCache cache) => Compress(model.Backend, model.Rope, cache);
+
+    /// <inheritdoc cref="Compress(LlamaModel, SequenceKvCache)"/>
+    public void Compress(IComputeBackend backend, RopeTable rope, SequenceKvCache cache)
+    {
+        if (Budget is int budget) Evict(backend, rope, cache, budget, incoming: 0);
+    }
+
+    private void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int incoming)
+    {
+        var scratch = _scratch ??= new Scratch();
+        for (int l = 0; l < cache.Layers.Length; l++)
+        {
+            var layer = cache.Layers[l];
+            for (int h = 0; h < layer.KvHeads; h++)
+            {
+                int n = layer.Lengths[h];
+                if (n <= keep) continue;
+                scratch.Ensure(n, ScoresKeys ? n * layer.HeadDim : 0);
+                var keys = ScoresKeys ? scratch.Keys.AsSpan(0, n * layer.HeadDim) : default;
+                if (ScoresKeys) backend.CopyToHost(layer.K, layer.Offset(h, 0), keys);
+                var view = new SlotView(l, h, n, incoming, cache.TokensSeen, layer.Positions.AsSpan(h * layer.Capacity, n), keys, layer.HeadDim);
+                var scores = scratch.Scores.AsSpan(0, n);
+                Score(view, scores);
+                var keepSlots = TopSlots(scores, keep, scratch.Order, scratch.Kept);
+                backend.CompactKv(layer, h, keepSlots);
+                if (UsesCachePositions)
+                {
+                    // Slot j must hold the key rotated at j: turn each moved key back by how far it moved.
+                    for (int j = 0; j < keep; j++) scratch.Deltas[j] = j - keepSlots[j];
+                    backend.RotateKeys(layer, h, scratch.Deltas.AsSpan(0, keep), rope);
+                }
+            }
+        }
+    }
+
+    // Per-thread scratch, so that decoding allocates nothing per step while one policy object serves
+    // many sequences.
+    [ThreadStatic] private static Scratch? _scratch;
+
+    private sealed class Scratch
+    {
+        public float[] Scores = [], Keys = [];
+        public int[] Order = [], Kept = [], Deltas = [];
+
+        public void Ensure(int slots, int keyFloats)
+        {
+            if (Scores.Length < slots) (Scores, Order, Kept, Deltas) = (new float[slots], new int[slots], new int[slots], new int[slots]);
+            if (Keys.Length < keyFloats) Keys = new float[keyFloats];
+        }
+    }
+
+    /// <summary>The <paramref name="keep"/> highest-scoring slots, ascending. <paramref name="order"/> and
+    /// <paramref name="kept"/> are scratch of at least scores.Length; scores are overwritten.</summary>
+    internal static ReadOnlySpan<int> TopSlots(Span<float> scores, int keep, int[] order, int[] kept)
+    {
+        int n = scores.Length;
+        for (int i = 0; i < n; i++)
+        {
+            order[i] = i;
+            scores[i] = -scores[i]; // ascending sort of the negated scores = highest first
+        }
+        scores.Sort(order.AsSpan(0, n));
+        Array.Copy(order, kept, keep);
+        Array.Sort(kept, 0, keep);
+        return kept.AsSpan(0, keep);
+    }
+}
+
+/// <summary>What a policy may look at to score the slots of one KV head.</summary>
+/// <param name="Keys">Post-RoPE keys [slots, headDim] in the half-split layout; empty unless the policy scores keys.</param>
+/// <param name="TokensSeen">Original position of the next token.</param>
+public readonly ref struct SlotView(int layer, int head, int slots, int incoming, int tokensSeen, ReadOnlySpan<int> positions, ReadOnlySpan<float> keys, int headDim)
+{
+    public int Layer { get; } = layer;
+    public int Head { get; } = head;
+    public int Slots { get; } = slots;
+    public int Incoming { get; } = incoming;
+    public int TokensSeen { get; } = tokensSeen;
+
+    /// <summary>Original position of each slot.</summary>
+    public ReadOnlySpan<int> Positions { get; } = positions;
+
+    public ReadOnlySpan<float> Keys { get; } = keys;
+    public int HeadDim { get; } = headDim;
+
+    public ReadOnlySpan<float> Key(int slot) => Keys.Slice(slot * HeadDim, HeadDim);
+
+    /// <summary>Whether a slot is among the last <paramref name="window"/> tokens once the incoming ones are appended.</summary>
+    public bool InRecentWindow(int slot, int window) => slot >= Slots - (window - Incoming);
+}

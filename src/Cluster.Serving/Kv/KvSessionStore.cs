@@ -1,0 +1,142 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.Kernels;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+
+namespace Cluster.Serving.Kv;
+
+/// <summary>One session's KV as the cache manager holds it.</summary>
+public sealed record StoredKv(
+    string SessionId, KvLayerBlock[] Layers, int TokensSeen, string Policy, long Version,
+    bool Checkpoint, int OutputIndex, int TokensReceived)
+{
+    public long Bytes => Layers.Sum(l => l.DataBytes);
+    public int KeptTokens => Layers.Length == 0 ? 0 : Layers[0].Positions.Max(p => p.Length);
+}
+
+/// <summary>Why a put was refused.</summary>
+public sealed class KvStoreFullException(string message) : Exception(message);
+
+/// <summary>
+/// The cache manager's store: the KV of each session, compressed by the session's policy when it
+/// arrives over budget, within a memory budget. Rule when full: sessions idle for longer than the
+/// TTL are dropped first (oldest first); if that is not enough the put is refused
+/// (<see cref="KvStoreFullException"/>), so a live session is never evicted or corrupted. A put
+/// replaces the session's KV as a whole and raises its version. Thread-safe.
+/// </summary>
+public sealed class KvSessionStore : IDisposable
+{
+    private readonly object _lock = new();
+    private readonly Dictionary<string, (StoredKv Kv, DateTime LastUsed)> _sessions = [];
+    private readonly LlamaConfig _model;
+    private readonly RopeTable _rope;
+    private readonly PolicyOptions _policyOptions;
+    private readonly TimeProvider _time;
+    private readonly CpuBackend _backend = new(threads: 1);
+    private long _bytes;
+
+    public KvSessionStore(LlamaConfig model, long budgetBytes, TimeSpan ttl, PolicyOptions? policyOptions = null, TimeProvider? time = null)
+    {
+        _model = model;
+        // Cached keys are in the half-split layout whatever the checkpoint's (CpuBackend.Rope).
+        _rope = new RopeTable(model.HeadDim, model.RopeTheta, RopeLayout.Halves, model.RopeScaling);
+        BudgetBytes = budgetBytes;
+        Ttl = ttl;
+        _policyOptions = policyOptions ?? new PolicyOptions();
+        _time = time ?? TimeProvider.System;
+    }
+
+    public long BudgetBytes { get; }
+    public TimeSpan Ttl { get; }
+    public long Bytes { get { lock (_lock) return _bytes; } }
+    public int Sessions { get { lock (_lock) return _sessions.Count; } }
+
+    /// <summary>Applies <paramref name="policy"/> to the blocks and stores them for the session.</summary>
+    /// <exception cref="ArgumentException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
+    /// <exception cref="KvStoreFullException">The budget cannot hold them even after dropping expired sessions.</exception>
+    public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, string policy, int tokensSeen, IReadOnlyList<KvLayerBlock> blocks, bool checkpoint, int outputIndex)
+    {
+        if (string.IsNullOrEmpty(sessionId)) throw new ArgumentException("session_id is empty");
+        var parsed = KvPolicyRegistry.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
+        var layers = Validate(blocks);
+        int received = layers[0].Positions.Max(p => p.Length);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        if (parsed.Budget is int budget && layers.Any(l => l.Positions.Any(p => p.Length > budget)))
+            layers = Compress(parsed, tokensSeen, layers);
+        var elapsed = sw.Elapsed;
+
+        lock (_lock)
+        {
+            long version = _sessions.TryGetValue(sessionId, out var old) ? old.Kv.Version + 1 : 1;
+            var kv = new StoredKv(sessionId, layers, tokensSeen, parsed.Name, version, checkpoint, outputIndex, received);
+            long freed = old.Kv?.Bytes ?? 0;
+            MakeRoom(kv.Bytes - freed, sessionId);
+            _bytes += kv.Bytes - freed;
+            _sessions[sessionId] = (kv, _time.GetUtcNow().UtcDateTime);
+            return (kv, elapsed);
+        }
+    }
+
+    /// <summary>The session's KV, or null; reading counts as use for the TTL.</summary>
+    public StoredKv? Get(string sessionId)
+    {
+        lock (_lock)
+        {
+            if (!_sessions.TryGetValue(sessionId, out var e)) return null;
+            _sessions[sessionId] = (e.Kv, _time.GetUtcNow().UtcDateTime);
+            return e.Kv;
+        }
+    }
+
+    public bool Release(string sessionId)
+    {
+        lock (_lock)
+        {
+            if (!_sessions.Remove(sessionId, out var e)) return false;
+            _bytes -= e.Kv.Bytes;
+            return true;
+        }
+    }
+
+    private void MakeRoom(long extra, string keep)
+    {
+        if (_bytes + extra <= BudgetBytes) return;
+        var now = _time.GetUtcNow().UtcDateTime;
+        foreach (var (id, e) in _sessions.Where(s => s.Key != keep && now - s.Value.LastUsed > Ttl).OrderBy(s => s.Value.LastUsed).ToList())
+        {
+            _sessions.Remove(id);
+            _bytes -= e.Kv.Bytes;
+            if (_bytes + extra <= BudgetBytes) return;
+        }
+        throw new KvStoreFullException($"KV store full: {_bytes + extra} bytes needed, budget {BudgetBytes} (no session idle past the {Ttl.TotalSeconds:F0} s TTL to drop)");
+    }
+
+    private KvLayerBlock[] Validate(IReadOnlyList<KvLayerBlock> blocks)
+    {
+        if (blocks.Count != _model.Layers) throw new ArgumentException($"expected {_model.Layers} layer blocks, got {blocks.Count}");
+        var layers = new KvLayerBlock[_model.Layers];
+        foreach (var b in blocks)
+        {
+            if ((uint)b.Layer >= layers.Length || layers[b.Layer] is not null) throw new ArgumentException($"layer {b.Layer} is out of range or sent twice");
+            if (b.Positions.Length != _model.KvHeads) throw new ArgumentException($"layer {b.Layer} has {b.Positions.Length} KV heads, the model {_model.KvHeads}");
+            layers[b.Layer] = b;
+        }
+        return layers;
+    }
+
+    /// <summary>Runs the policy's bulk compression on a host cache built from the blocks.</summary>
+    private KvLayerBlock[] Compress(KvCompressionPolicy policy, int tokensSeen, KvLayerBlock[] layers)
+    {
+        int most = layers.Max(l => l.Positions.Max(p => p.Length));
+        using var cache = new SequenceKvCache(_backend, _model.Layers, _model.KvHeads, _model.HeadDim, most);
+        lock (_backend)
+        {
+            foreach (var b in layers) KvCacheSnapshot.Restore(_backend, cache, b);
+            KvCacheSnapshot.SetTokensSeen(cache, tokensSeen);
+            policy.Compress(_backend, _rope, cache);
+            return Enumerable.Range(0, _model.Layers).Select(l => KvCacheSnapshot.Capture(_backend, cache, l)).ToArray();
+        }
+    }
+
+    public void Dispose() => _backend.Dispose();
+}

@@ -1,0 +1,74 @@
+using System.Runtime.InteropServices;
+using Cluster.Engine.KvCache;
+using Cluster.Rpc;
+using Google.Protobuf;
+using LlmCluster.V1;
+
+namespace Cluster.Serving.Kv;
+
+/// <summary>
+/// KV blocks on the wire: a <see cref="KvBlockHeader"/> (layer, per-head original positions, byte
+/// count) followed by <see cref="KvChunk"/>s of at most 1 MiB (DESIGN.md) holding the block's K then V
+/// as little-endian fp32, head after head.
+/// </summary>
+public static class KvWire
+{
+    public static KvBlockHeader Header(KvLayerBlock block)
+    {
+        var header = new KvBlockHeader { Layer = block.Layer, DataBytes = block.DataBytes };
+        foreach (var p in block.Positions) header.Heads.Add(new HeadTokens { Positions = { p } });
+        return header;
+    }
+
+    /// <summary>The block's data cut into chunks of at most <see cref="CacheManagerMethods.MaxChunkBytes"/>.</summary>
+    public static IEnumerable<KvChunk> Chunks(KvLayerBlock block)
+    {
+        foreach (var part in new[] { block.Keys, block.Values })
+        {
+            var bytes = MemoryMarshal.AsBytes(part.AsSpan()).ToArray();
+            for (int offset = 0; offset < bytes.Length; offset += CacheManagerMethods.MaxChunkBytes)
+                yield return new KvChunk { Data = ByteString.CopyFrom(bytes, offset, Math.Min(CacheManagerMethods.MaxChunkBytes, bytes.Length - offset)) };
+        }
+    }
+
+    /// <summary>
+    /// Reassembles one block from its header and chunks. Throws <see cref="RpcException"/>
+    /// (INVALID_ARGUMENT) for a header whose byte count does not match its positions, and for chunks
+    /// that overrun it, so a peer's bad data never reaches a cache.
+    /// </summary>
+    public sealed class BlockAssembler
+    {
+        private readonly KvBlockHeader _header;
+        private readonly byte[] _data;
+        private int _filled;
+
+        public BlockAssembler(KvBlockHeader header, int headDim)
+        {
+            long tokens = header.Heads.Sum(h => (long)h.Positions.Count);
+            long expected = tokens * headDim * sizeof(float) * 2;
+            if (header.DataBytes != expected)
+                throw new RpcException(StatusCode.InvalidArgument, $"KV block for layer {header.Layer}: data_bytes {header.DataBytes} but {tokens} tokens x head_dim {headDim} x K,V fp32 need {expected}");
+            if (expected > int.MaxValue) throw new RpcException(StatusCode.ResourceExhausted, $"KV block for layer {header.Layer} of {expected} bytes is too large");
+            _header = header;
+            _data = new byte[expected];
+        }
+
+        public bool IsComplete => _filled == _data.Length;
+
+        public void Add(KvChunk chunk)
+        {
+            if (_filled + chunk.Data.Length > _data.Length)
+                throw new RpcException(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: chunks exceed its data_bytes ({_data.Length})");
+            chunk.Data.Span.CopyTo(_data.AsSpan(_filled));
+            _filled += chunk.Data.Length;
+        }
+
+        public KvLayerBlock Build()
+        {
+            if (!IsComplete) throw new RpcException(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: {_filled} of {_data.Length} bytes arrived");
+            var floats = MemoryMarshal.Cast<byte, float>(_data.AsSpan());
+            int half = floats.Length / 2;
+            return new KvLayerBlock(_header.Layer, _header.Heads.Select(h => h.Positions.ToArray()).ToArray(), floats[..half].ToArray(), floats[half..].ToArray());
+        }
+    }
+}

@@ -1,0 +1,58 @@
+using System.Text.Json;
+using Cluster.Engine.Compression.Calibration;
+using Cluster.Engine.Tests.Model;
+using Cluster.Tests;
+using Xunit;
+
+namespace Cluster.Engine.Tests.Compression;
+
+/// <summary>`llmctl calibrate` and `llmctl perplexity --policy` as a user runs them, on stories260K.</summary>
+public sealed class LlmctlCompressionTests
+{
+    private static string Text => SharedData.Path_("corpus", "tinystories_valid_head.txt");
+
+    [SharedDataFact]
+    public void Calibrate_writes_filters_that_load_back_and_drive_qfilters_in_perplexity()
+    {
+        using var dir = new TempDir();
+        var filters = dir.File("filters.safetensors");
+        var (code, stdout, stderr) = Llmctl.Run("calibrate", "--model", TestModels.Stories260K, "--text", Text, "--out", filters,
+            "--sequences", "2", "--seq-len", "256", "--samples", "300", "--offset-tokens", "5000", "--threads", "1");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("q_filters [5, 4, 8]", stdout);
+        Assert.Contains("2/2 sequences", stderr);                     // progress
+        var loaded = QFilters.Load(filters, 5, 4, 8);
+        Assert.All(loaded.Data, v => Assert.True(float.IsFinite(v)));
+
+        var svg = dir.File("plot.svg");
+        (code, stdout, stderr) = Llmctl.Run("perplexity", "--model", TestModels.Stories260K, "--text", Text, "--tokens", "600",
+            "--policy", "dense", "--policy", "sink_window(4,60)", "--policy", "qfilters(64,16)", "--policy", "knorm(64,16)", "--policy", "window(64)",
+            "--filters", filters, "--extrapolate", "--svg", svg, "--json", "--threads", "1");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var policies = doc.RootElement.GetProperty("policies").EnumerateArray().ToList();
+        Assert.Equal(["dense", "sink_window(4,60)", "qfilters(64,16)", "knorm(64,16)", "window(64)"], policies.Select(p => p.GetProperty("policy").GetString()));
+        foreach (var p in policies)
+        {
+            var buckets = p.GetProperty("buckets").EnumerateArray().ToList();
+            Assert.Equal([0, 256, 512], buckets.Select(b => b.GetProperty("start").GetInt32()));
+            Assert.Equal(599, buckets.Sum(b => b.GetProperty("tokens").GetInt32()));
+            Assert.InRange(p.GetProperty("perplexity").GetDouble(), 1.5, 50);
+        }
+        var plot = File.ReadAllText(svg);
+        Assert.StartsWith("<svg", plot);
+        Assert.Equal(5, plot.Split("<polyline").Length - 1);
+    }
+
+    [SharedDataFact]
+    public void Dense_past_the_context_is_refused_with_a_clear_message()
+    {
+        var (code, _, stderr) = Llmctl.Run("perplexity", "--model", TestModels.Stories260K, "--text", Text, "--tokens", "600", "--policy", "dense");
+        Assert.Equal(2, code);
+        Assert.Contains("past the model's context of 512", stderr);
+        Assert.Contains("--extrapolate", stderr);
+        (code, _, stderr) = Llmctl.Run("perplexity", "--model", TestModels.Stories260K, "--text", Text, "--tokens", "600", "--policy", "qfilters(64,16)");
+        Assert.Equal(2, code);
+        Assert.Contains("--filters", stderr);
+    }
+}

@@ -1,0 +1,54 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.Compression.Calibration;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+
+namespace Cluster.Engine.Tests.Compression;
+
+/// <summary>Shared helpers: every registered policy at a given budget, and token-by-token streaming.</summary>
+internal static class PolicyFixtures
+{
+    /// <summary>One spec per registered policy with total budget <paramref name="budget"/>.</summary>
+    public static IEnumerable<string> EverySpec(int budget) =>
+        KvPolicyRegistry.Names.Select(name => name switch
+        {
+            "dense" => "dense",
+            "window" => $"window({budget})",
+            "sink_window" => $"sink_window(4,{budget - 4})",
+            "qfilters" => $"qfilters({budget},{budget / 4})",
+            "knorm" => $"knorm({budget},{budget / 4})",
+            _ => throw new InvalidOperationException($"add policy '{name}' to PolicyFixtures.EverySpec"),
+        });
+
+    /// <summary>Random unit filters (the tests only need some direction per head).</summary>
+    public static QFilters RandomFilters(LlamaConfig c, int seed = 11)
+    {
+        var rng = new Random(seed);
+        var data = new float[c.Layers * c.KvHeads * c.HeadDim];
+        for (int i = 0; i < data.Length; i++) data[i] = (float)(rng.NextDouble() * 2 - 1);
+        return new QFilters(c.Layers, c.KvHeads, c.HeadDim, data);
+    }
+
+    public static KvCompressionPolicy Parse(string spec, LlamaConfig c) =>
+        KvPolicyRegistry.Parse(spec, new PolicyOptions(RandomFilters(c), AllowExtrapolation: true));
+
+    /// <summary>Feeds <paramref name="ids"/> one token at a time; returns the logits of every step [T, vocab].</summary>
+    public static float[] Stream(LlamaModel model, int[] ids, SequenceKvCache cache)
+    {
+        int vocab = model.Config.VocabSize;
+        var all = new float[ids.Length * vocab];
+        for (int t = 0; t < ids.Length; t++) model.Forward([ids[t]], cache, all.AsSpan(t * vocab, vocab));
+        return all;
+    }
+
+    /// <summary>A layer's cached K or V of one head as host floats [length, headDim].</summary>
+    public static float[] HeadRows(LlamaModel model, KvCacheLayer layer, int head, bool keys)
+    {
+        var rows = new float[layer.Lengths[head] * layer.HeadDim];
+        model.Backend.CopyToHost(keys ? layer.K : layer.V, layer.Offset(head, 0), rows);
+        return rows;
+    }
+
+    public static int[] HeadPositions(KvCacheLayer layer, int head) =>
+        layer.Positions.AsSpan(head * layer.Capacity, layer.Lengths[head]).ToArray();
+}
