@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using Cluster.Serving.Hosting;
 using Xunit;
 
@@ -123,4 +124,26 @@ public class KubernetesManifestTests
         var components = monitor.At("spec", "selector", "matchExpressions").Seq("matchExpressions").Single().At("values").Seq("values").Select(v => v.Text());
         Assert.Equal(Contract.Roles.Select(r => r.Name()).Order(), components.Order());
     }
+
+    [Fact]
+    public void Manifests_use_the_helm_charts_default_settings_and_resources()
+    {
+        if (Kubernetes.Render() is not { } k8s) return;
+        var chart = Contract.Repo("deploy", "k8s", "helm", "llm-cluster");
+        var values = Yaml.LoadFile(Path.Combine(chart, "values.yaml"));
+        // The chart's ConfigMap template says which value each key comes from.
+        var keys = Regex.Matches(File.ReadAllText(Path.Combine(chart, "templates", "configmap.yaml")), @"^  ([a-z-]+): \{\{ \.Values\.([\w.]+) \| quote \}\}", RegexOptions.Multiline)
+            .ToDictionary(m => m.Groups[1].Value, m => values.At(m.Groups[2].Value.Split('.')).Text());
+        var data = k8s.Get("ConfigMap", "llm-cluster-config")["data"].Map("data");
+        foreach (var (key, value) in data)
+            Assert.True(keys.TryGetValue(key, out var expected) && expected == value.Text(), $"manifests ConfigMap {key}={value.Text()}, chart default {expected ?? "missing"}");
+        foreach (var role in Contract.Roles)
+            Assert.Equal(Flatten(values.At(role.Name(), "resources")), Flatten(Kubernetes.Container(k8s.Deployment(role)).At("resources")));
+    }
+
+    private static string Flatten(object? node) => node switch
+    {
+        Dictionary<string, object?> m => "{" + string.Join(",", m.OrderBy(kv => kv.Key).Select(kv => kv.Key + ":" + Flatten(kv.Value))) + "}",
+        _ => node.Text() ?? "",
+    };
 }
