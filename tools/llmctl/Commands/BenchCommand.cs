@@ -18,7 +18,8 @@ internal static class BenchCommand
         var decodeTokens = new Option<int>("--decode-tokens") { Description = "tokens to decode", DefaultValueFactory = _ => 128 };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
-        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound") { model, promptTokens, decodeTokens, threads, json };
+        var batch = new Option<int>("--batch") { Description = "also measure batched decode of this many sequences (continuous batching's step)", DefaultValueFactory = _ => 16 };
+        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound") { model, promptTokens, decodeTokens, threads, json, batch };
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
@@ -57,6 +58,8 @@ internal static class BenchCommand
             }
             Array.Sort(steps);
             double median = steps[d / 2], mean = steps.Average();
+            int b = r.GetValue(batch);
+            double batchRate = b > 1 ? BatchedDecodeTokensPerSecond(m, prompt, b, d) : 0;
             long weightBytes = DecodeBytesPerToken(m.Config);
             double bound = bandwidth / weightBytes;
             var result = new
@@ -70,6 +73,9 @@ internal static class BenchCommand
                 decode_tokens_per_s = 1 / mean,
                 decode_median_step_ms = median * 1e3,
                 decode_fraction_of_bound = 1 / mean / bound,
+                batch_size = b,
+                batch_decode_tokens_per_s = batchRate,
+                batch_speedup = batchRate * mean,
                 prefill_tokens = p,
                 prefill_tokens_per_s = p / prefillSeconds,
             };
@@ -81,11 +87,37 @@ internal static class BenchCommand
                 Console.WriteLine($"memory bandwidth        {result.memory_bandwidth_gb_per_s:F1} GB/s (read, {t} threads)");
                 Console.WriteLine($"decode bound            {bound:F1} tokens/s (bandwidth / weight bytes)");
                 Console.WriteLine($"decode                  {result.decode_tokens_per_s:F1} tokens/s (median step {result.decode_median_step_ms:F2} ms) = {result.decode_fraction_of_bound:P0} of the bound");
+                if (b > 1) Console.WriteLine($"batched decode          {batchRate:F1} tokens/s with {b} sequences = {result.batch_speedup:F1}x one sequence");
                 Console.WriteLine($"prefill                 {result.prefill_tokens_per_s:F1} tokens/s ({p}-token prompt)");
             }
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>Tokens/s summed over <paramref name="batch"/> sequences decoding together (one
+    /// ForwardBatch per step), each after its own prefill of the prompt.</summary>
+    private static double BatchedDecodeTokensPerSecond(LlamaModel m, int[] prompt, int batch, int steps)
+    {
+        Console.Error.WriteLine($"batched decode: {batch} sequences x {steps} steps ...");
+        var caches = Enumerable.Range(0, batch).Select(_ => m.CreateCache(prompt.Length + steps + 1)).ToList();
+        var logits = new float[(long)batch * m.Config.VocabSize];
+        try
+        {
+            foreach (var c in caches) m.Forward(prompt, c, logits.AsSpan(0, m.Config.VocabSize));
+            var tokens = new int[batch];
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++)
+            {
+                m.ForwardBatch(tokens, caches, logits);
+                for (int j = 0; j < batch; j++) tokens[j] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(j * m.Config.VocabSize, m.Config.VocabSize));
+            }
+            return (double)batch * steps / sw.Elapsed.TotalSeconds;
+        }
+        finally
+        {
+            foreach (var c in caches) c.Dispose();
+        }
     }
 
     /// <summary>fp32 bytes of every weight a decode step reads: all layer matrices and norms, the
