@@ -124,6 +124,14 @@ public sealed class PolicyTests : IDisposable
     }
 
     [Fact]
+    public void Rerotated_window_equals_sink_window_without_sinks()
+    {
+        using var rerotated = _model.CreateCache(8, PolicyFixtures.Parse("rerotate(window(20))", _model.Config));
+        using var sinkless = _model.CreateCache(8, new SinkWindowPolicy(0, 20));
+        Assert.Equal(PolicyFixtures.Stream(_model, _ids, sinkless), PolicyFixtures.Stream(_model, _ids, rerotated));
+    }
+
+    [Fact]
     public void Dense_past_the_context_is_refused_unless_extrapolation_is_allowed()
     {
         int context = _model.Config.MaxPositions;
@@ -187,6 +195,7 @@ public sealed class PolicyTests : IDisposable
     [InlineData("sink_window(252)", "sink_window(4,252)")]
     [InlineData("qfilters(256,32)", "qfilters(256,32)")]
     [InlineData("knorm(256,32)", "knorm(256,32)")]
+    [InlineData("rerotate( knorm(256,32) )", "rerotate(knorm(256,32))")]
     public void Specs_parse_to_their_canonical_name(string spec, string name) =>
         Assert.Equal(name, PolicyFixtures.Parse(spec, _model.Config).Name);
 
@@ -198,6 +207,9 @@ public sealed class PolicyTests : IDisposable
     [InlineData("window(a)", "not an integer")]
     [InlineData("knorm(16,32)", "at least the window")]   // window larger than the budget
     [InlineData("sink_window(1,2,3)", "expected sink_window")]
+    [InlineData("rerotate(dense)", "bounded policy")]           // nothing to re-rotate
+    [InlineData("rerotate(window(0))", "at least 1")]
+    [InlineData("wrap(window(8))", "unknown policy")]
     public void Bad_specs_name_what_is_wrong(string spec, string message)
     {
         var e = Assert.Throws<ArgumentException>(() => PolicyFixtures.Parse(spec, _model.Config));
