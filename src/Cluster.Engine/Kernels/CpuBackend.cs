@@ -219,7 +219,8 @@ public sealed unsafe class CpuBackend : IComputeBackend
         int count = tokens * heads, maxLen = cache.Lengths.Max();
         if (work < 1 << 16 || _threads == 1)
         {
-            var scores = new float[maxLen];
+            // One score row per thread, reused: the single-threaded decode step then allocates nothing.
+            var scores = _scoreRow is { } row && row.Length >= maxLen ? row : _scoreRow = new float[Math.Max(maxLen, 256)];
             for (int i = 0; i < count; i++) One(i, scores);
         }
         else
@@ -228,6 +229,8 @@ public sealed unsafe class CpuBackend : IComputeBackend
                 () => new float[maxLen], (i, _, scores) => { One(i, scores); return scores; }, _ => { });
         }
     }
+
+    [ThreadStatic] private static float[]? _scoreRow;
 
     public void SwiGlu(Tensor gate, Tensor up, long length)
     {
