@@ -16,4 +16,8 @@ $L perplexity --model "$M" --text "$T" --tokens 4096 --sequences 4 --threads 1 \
   --policy dense --policy "window(64)" --policy "sink_window(4,60)" --policy "qfilters(64,16)" --policy "knorm(64,16)" \
   --policy "window(256)" --policy "sink_window(4,252)" --policy "qfilters(256,32)" --policy "knorm(256,32)" \
   > bench/kv/perplexity_stories260K.json
+$L perplexity --model "$M" --text "$T" --tokens 4096 --sequences 4 --threads 1 \
+  --filters bench/kv/stories260K_qfilters.safetensors \
+  --policy "rerotate(qfilters(64,16))" --policy "rerotate(knorm(64,16))" \
+  --policy "rerotate(qfilters(256,32))" --policy "rerotate(knorm(256,32))" > bench/kv/perplexity_rerotate.md
 $L bench streaming --model "$M" --threads 1 --steps 16 --stream-tokens 100000 > bench/kv/streaming.md

@@ -37,6 +37,11 @@ public abstract class KvCompressionPolicy
     /// </summary>
     protected abstract void Score(in SlotView view, Span<float> scores);
 
+    /// <summary><see cref="Score"/> for a wrapper such as <see cref="RerotatedPolicy"/>.</summary>
+    internal void ScoreSlots(in SlotView view, Span<float> scores) => Score(view, scores);
+
+    internal bool ReadsKeys => ScoresKeys;
+
     /// <summary>Called by the model before it appends <paramref name="incoming"/> tokens: evicts so that
     /// the cache holds at most the budget afterwards (one token in, at most one out once full).</summary>
     /// <exception cref="ArgumentException">The chunk alone exceeds the budget: prefill densely and

@@ -6,7 +6,8 @@ namespace Cluster.Engine.Compression;
 
 /// <summary>
 /// Parses policy specs ("dense", "window(256)", "sink_window(4,252)", "qfilters(256,32)",
-/// "knorm(256,32)"): one entry per policy, so a new policy is one file plus one line here.
+/// "knorm(256,32)"): one entry per policy, so a new policy is one file plus one line here. A wrapper
+/// such as "rerotate(knorm(256,32))" takes a policy spec as its argument.
 /// </summary>
 public static partial class KvPolicyRegistry
 {
@@ -23,12 +24,20 @@ public static partial class KvPolicyRegistry
         ["knorm"] = new(2, 2, "knorm(budget,W)", (a, _) => new KNormPolicy(a[0], a[1])),
     };
 
-    /// <summary>The registered policy names.</summary>
-    public static IReadOnlyCollection<string> Names => Entries.Keys;
+    private static readonly Dictionary<string, Func<KvCompressionPolicy, KvCompressionPolicy>> Wrappers = new()
+    {
+        ["rerotate"] = inner => new RerotatedPolicy(inner),
+    };
+
+    /// <summary>The registered policy names, then the wrapper names.</summary>
+    public static IReadOnlyCollection<string> Names => [.. Entries.Keys, .. Wrappers.Keys];
 
     /// <summary>Parses a spec; throws <see cref="ArgumentException"/> naming what is wrong.</summary>
     public static KvCompressionPolicy Parse(string spec, PolicyOptions? options = null)
     {
+        var w = CallPattern().Match(spec ?? "");
+        if (w.Success && Wrappers.TryGetValue(w.Groups[1].Value, out var wrap)) return wrap(Parse(w.Groups[2].Value, options));
+        if (w.Success && !Entries.ContainsKey(w.Groups[1].Value)) throw new ArgumentException($"unknown policy '{w.Groups[1].Value}'; known: {Usage}");
         var m = SpecPattern().Match(spec ?? "");
         if (!m.Success) throw new ArgumentException($"policy '{spec}' is not of the form name or name(n,...); known: {Usage}");
         var name = m.Groups[1].Value;
@@ -48,7 +57,10 @@ public static partial class KvPolicyRegistry
         }
     }
 
-    private static string Usage => string.Join(", ", Entries.Values.Select(e => e.Usage));
+    private static string Usage => string.Join(", ", Entries.Values.Select(e => e.Usage).Concat(Wrappers.Keys.Select(k => $"{k}(policy)")));
+
+    [GeneratedRegex(@"^\s*([A-Za-z0-9_]+)\s*\((.*)\)\s*$")]
+    private static partial Regex CallPattern();
 
     [GeneratedRegex(@"^\s*([A-Za-z0-9_]+)\s*(?:\(([^)]*)\))?\s*$")]
     private static partial Regex SpecPattern();

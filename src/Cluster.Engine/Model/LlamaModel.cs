@@ -47,8 +47,9 @@ public sealed class LlamaModel : IDisposable
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.TokensSeen.. and appends their K/V to the cache.
     /// A cache with a compression policy is compressed before each chunk so that it holds at most the
-    /// budget with the chunk (see <see cref="KvCompressionPolicy.BeforeAppend"/>). Writes the logits of the last token ([vocab]) or, with <paramref name="allLogits"/>, of every
-    /// token ([T, vocab]) to <paramref name="logits"/>.
+    /// budget with the chunk (see <see cref="KvCompressionPolicy.BeforeAppend"/>). Writes the logits of
+    /// the last token ([vocab]) or, with <paramref name="allLogits"/>, of every token ([T, vocab]) to
+    /// <paramref name="logits"/>.
     /// </summary>
     public void Forward(ReadOnlySpan<int> tokens, SequenceKvCache cache, Span<float> logits, bool allLogits = false)
     {

@@ -55,4 +55,20 @@ public sealed class LlmctlCompressionTests
         Assert.Equal(2, code);
         Assert.Contains("--filters", stderr);
     }
+
+    [SharedDataFact]
+    public void Bench_streaming_reports_every_size_and_a_flat_cache_over_the_stream()
+    {
+        var (code, stdout, stderr) = Llmctl.Run("bench", "streaming", "--model", TestModels.Stories260K, "--sizes", "16,32",
+            "--steps", "2", "--stream-tokens", "600", "--threads", "1", "--json");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var sizes = doc.RootElement.GetProperty("sizes").EnumerateArray().ToList();
+        Assert.Equal([16, 32], sizes.Select(x => x.GetProperty("cache").GetInt32()));
+        Assert.All(sizes, x => Assert.True(x.GetProperty("speedup").GetDouble() > 0));
+        var stream = doc.RootElement.GetProperty("stream").EnumerateArray().ToList();
+        Assert.Equal(600, stream[^1].GetProperty("tokens").GetInt32());
+        // The cache grows by doubling up to the budget of 4 + 252 slots and never past it.
+        Assert.All(stream.Where(p => p.GetProperty("tokens").GetInt32() >= 256), p => Assert.Equal(256, p.GetProperty("capacity").GetInt32()));
+    }
 }

@@ -17,6 +17,7 @@ internal static class PolicyFixtures
             "sink_window" => $"sink_window(4,{budget - 4})",
             "qfilters" => $"qfilters({budget},{budget / 4})",
             "knorm" => $"knorm({budget},{budget / 4})",
+            "rerotate" => $"rerotate(knorm({budget},{budget / 4}))",
             _ => throw new InvalidOperationException($"add policy '{name}' to PolicyFixtures.EverySpec"),
         });
 

@@ -29,9 +29,12 @@ public sealed class PolicyTests : IDisposable
 
     public static TheoryData<string> Specs(int budget) => new(PolicyFixtures.EverySpec(budget));
 
+    /// <summary>The bounded policies only (dense has no budget, so it would repeat a test case).</summary>
+    public static TheoryData<string> BoundedSpecs(int budget) => new(PolicyFixtures.EverySpec(budget).Where(s => s != "dense"));
+
     [Theory]
     [MemberData(nameof(Specs), 96)]
-    [MemberData(nameof(Specs), 200)]
+    [MemberData(nameof(BoundedSpecs), 200)]
     public void Budget_at_least_the_length_gives_the_dense_logits_exactly(string spec)
     {
         using var dense = _model.CreateCache(8, new DensePolicy());
@@ -121,6 +124,14 @@ public sealed class PolicyTests : IDisposable
     }
 
     [Fact]
+    public void Rerotated_window_equals_sink_window_without_sinks()
+    {
+        using var rerotated = _model.CreateCache(8, PolicyFixtures.Parse("rerotate(window(20))", _model.Config));
+        using var sinkless = _model.CreateCache(8, new SinkWindowPolicy(0, 20));
+        Assert.Equal(PolicyFixtures.Stream(_model, _ids, sinkless), PolicyFixtures.Stream(_model, _ids, rerotated));
+    }
+
+    [Fact]
     public void Dense_past_the_context_is_refused_unless_extrapolation_is_allowed()
     {
         int context = _model.Config.MaxPositions;
@@ -184,6 +195,7 @@ public sealed class PolicyTests : IDisposable
     [InlineData("sink_window(252)", "sink_window(4,252)")]
     [InlineData("qfilters(256,32)", "qfilters(256,32)")]
     [InlineData("knorm(256,32)", "knorm(256,32)")]
+    [InlineData("rerotate( knorm(256,32) )", "rerotate(knorm(256,32))")]
     public void Specs_parse_to_their_canonical_name(string spec, string name) =>
         Assert.Equal(name, PolicyFixtures.Parse(spec, _model.Config).Name);
 
@@ -195,6 +207,9 @@ public sealed class PolicyTests : IDisposable
     [InlineData("window(a)", "not an integer")]
     [InlineData("knorm(16,32)", "at least the window")]   // window larger than the budget
     [InlineData("sink_window(1,2,3)", "expected sink_window")]
+    [InlineData("rerotate(dense)", "bounded policy")]           // nothing to re-rotate
+    [InlineData("rerotate(window(0))", "at least 1")]
+    [InlineData("wrap(window(8))", "unknown policy")]
     public void Bad_specs_name_what_is_wrong(string spec, string message)
     {
         var e = Assert.Throws<ArgumentException>(() => PolicyFixtures.Parse(spec, _model.Config));

@@ -76,14 +76,16 @@ internal static class BenchStreamingCommand
         // sink_window: fill the cache, then each step evicts one token and re-rotates the window's keys.
         using var cache = m.CreateCache(size, new SinkWindowPolicy(sinks, size - sinks));
         m.Forward(history.AsSpan(0, size), cache, logits);
-        // Decode steps are cheap, so they are repeated over the same tokens (after a warm-up pass that
-        // gets the JIT to its final code) to make the median robust to other load on the machine.
+        // Decode steps are cheap, so they are repeated over the same tokens (after a warm-up long enough
+        // for tiered JIT to reach its final code) to make the median robust to other load on the machine.
+        var warm = Stopwatch.StartNew();
+        for (int i = 0; i < 200 || warm.ElapsedMilliseconds < 500; i++) m.Forward(history.AsSpan(size + i % steps, 1), cache, logits);
         var sink = new double[steps * 8];
-        for (int i = -steps; i < sink.Length; i++)
+        for (int i = 0; i < sink.Length; i++)
         {
             var sw = Stopwatch.StartNew();
-            m.Forward(history.AsSpan(size + (i + steps) % steps, 1), cache, logits);
-            if (i >= 0) sink[i] = sw.Elapsed.TotalMilliseconds;
+            m.Forward(history.AsSpan(size + i % steps, 1), cache, logits);
+            sink[i] = sw.Elapsed.TotalMilliseconds;
         }
 
         // Re-computation: every step runs the last `size` tokens from an empty cache of the same size.

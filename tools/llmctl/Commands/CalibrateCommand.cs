@@ -27,6 +27,8 @@ internal static class CalibrateCommand
             using var m = ModelSource.Load(path, r.GetValue(threads));
             var tok = ModelSource.LoadTokenizer(path, r.GetValue(tokenizer), m.Config);
             int n = r.GetValue(sequences);
+            if (r.GetValue(length) > m.Config.MaxPositions)
+                Console.Error.WriteLine($"note: --seq-len {r.GetValue(length)} is past the model's context of {m.Config.MaxPositions}: queries there are extrapolated (pass --seq-len {m.Config.MaxPositions} to stay inside)");
             var seqs = TextSequences.Take(tok, File.ReadAllText(r.GetValue(text)!), r.GetValue(offset), n, r.GetValue(length));
             var sw = System.Diagnostics.Stopwatch.StartNew();
             var filters = QFilterCalibration.Calibrate(m, seqs, r.GetValue(samples), r.GetValue(seed),
