@@ -59,6 +59,8 @@ public sealed class HfBpeTokenizer : ITokenizer
     private readonly int[] _byteIds = new int[256];
     private readonly int _unkId = -1;
     private readonly bool _splitAtSpaces;
+    private readonly WordCache _cache = new();
+    [ThreadStatic] private static Scratch? t_scratch;
 
     public HfBpeTokenizer(HfBpeConfig config)
     {
@@ -106,19 +108,17 @@ public sealed class HfBpeTokenizer : ITokenizer
     {
         var ids = new List<int>(text.Length / 3 + 2);
         if (addBos && BosId >= 0) ids.Add(BosId);
-        var cache = new Dictionary<string, int[]>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
-        var scratch = new Scratch();
+        var scratch = t_scratch ??= new Scratch();
         var segments = _added.IsEmpty ? [(0, text.Length, -1)] : _added.Split(text);
         foreach (var (start, length, addedId) in segments)
         {
             if (addedId >= 0) ids.Add(addedId);
-            else if (length > 0) EncodeSegment(text.AsSpan(start, length), start == 0, ids, cache, scratch);
+            else if (length > 0) EncodeSegment(text.AsSpan(start, length), start == 0, ids, scratch);
         }
         return [.. ids];
     }
 
-    private void EncodeSegment(ReadOnlySpan<char> segment, bool atTextStart, List<int> ids,
-        Dictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> cache, Scratch scratch)
+    private void EncodeSegment(ReadOnlySpan<char> segment, bool atTextStart, List<int> ids, Scratch scratch)
     {
         string prepared;
         if (_config.ByteLevel)
@@ -127,7 +127,7 @@ public sealed class HfBpeTokenizer : ITokenizer
             var withPrefix = _config.AddPrefixSpace && segment[0] != ' ' ? " " + segment.ToString() : segment.ToString();
             scratch.Words.Clear();
             ByteLevel.Split(withPrefix, _config.Split, scratch.Words);
-            foreach (var (start, length) in scratch.Words) EncodeWordCached(ByteLevel.Encode(withPrefix.AsSpan(start, length)), ids, cache, scratch);
+            foreach (var (start, length) in scratch.Words) EncodeWordCached(ByteLevel.Encode(withPrefix.AsSpan(start, length)), ids, scratch);
             return;
         }
         prepared = segment.ToString().Replace(' ', Metaspace);
@@ -141,28 +141,28 @@ public sealed class HfBpeTokenizer : ITokenizer
         if (prepend) prepared = Metaspace + prepared;
         if (!_splitAtSpaces)
         {
-            EncodeWordCached(prepared, ids, cache, scratch);
+            EncodeWordCached(prepared, ids, scratch);
             return;
         }
         for (var start = 0; start < prepared.Length;)
         {
             var end = start + 1;
             while (end < prepared.Length && !(prepared[end] == Metaspace && prepared[end - 1] != Metaspace)) end++;
-            EncodeWordCached(prepared.AsSpan(start, end - start), ids, cache, scratch);
+            EncodeWordCached(prepared.AsSpan(start, end - start), ids, scratch);
             start = end;
         }
     }
 
-    private void EncodeWordCached(ReadOnlySpan<char> word, List<int> ids, Dictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> cache, Scratch scratch)
+    private void EncodeWordCached(ReadOnlySpan<char> word, List<int> ids, Scratch scratch)
     {
-        if (cache.TryGetValue(word, out var cached))
+        if (_cache.TryGet(word, out var cached))
         {
             ids.AddRange(cached);
             return;
         }
         var before = ids.Count;
         EncodeWord(word, ids, scratch);
-        cache[word] = ids.GetRange(before, ids.Count - before).ToArray();
+        _cache.Add(word, ids.GetRange(before, ids.Count - before).ToArray());
     }
 
     /// <summary>HF BPE merge_word: one symbol per character (or per byte of a character missing from the

@@ -19,6 +19,8 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     private readonly int[] _byteIds = new int[256];
     private readonly byte[][] _bytes, _bytesAtStart;
     private readonly bool _splitAtSpaces;
+    private readonly WordCache _cache = new();
+    [ThreadStatic] private static Scratch? t_scratch;
     private static readonly byte[] UnknownSurface = Encoding.UTF8.GetBytes(" \u2047 "); // SentencePiece's default unk_surface
 
     public SentencePieceBpeTokenizer(SentencePieceVocab vocab, SentencePieceOptions options)
@@ -65,7 +67,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
         if (addBos && BosId >= 0) ids.Add(BosId);
         var normalized = Normalize(text);
         if (normalized.Length == 0) return [.. ids];
-        var scratch = new Scratch();
+        var scratch = t_scratch ??= new Scratch();
         if (!_splitAtSpaces)
         {
             EncodeWord(normalized, ids, scratch);
@@ -73,7 +75,6 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
         }
         // No piece holds a space after another character, so no merge crosses the start of a word
         // (a run of spaces and what follows it): words merge independently and repeated words are cached.
-        var cache = new Dictionary<string, int[]>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
         var span = normalized.AsSpan();
         var space = _options.SpaceSymbol;
         for (var start = 0; start < span.Length;)
@@ -81,11 +82,11 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             var end = start + 1;
             while (end < span.Length && !(span[end] == space && span[end - 1] != space)) end++;
             var word = span[start..end];
-            if (!cache.TryGetValue(word, out var wordIds))
+            if (!_cache.TryGet(word, out var wordIds))
             {
                 var before = ids.Count;
                 EncodeWord(word, ids, scratch);
-                cache[word] = ids.GetRange(before, ids.Count - before).ToArray();
+                _cache.Add(word, ids.GetRange(before, ids.Count - before).ToArray());
             }
             else ids.AddRange(wordIds);
             start = end;
@@ -178,7 +179,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
         }
     }
 
-    /// <summary>Per-call buffers, so that the tokenizer itself stays immutable and thread-safe.</summary>
+    /// <summary>Per-thread buffers, so that the tokenizer itself stays immutable and thread-safe.</summary>
     private sealed class Scratch
     {
         private BpeSymbol[] _symbols = new BpeSymbol[64];
