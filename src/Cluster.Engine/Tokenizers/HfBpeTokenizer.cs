@@ -27,6 +27,11 @@ public sealed record HfBpeConfig
     public IReadOnlyList<AddedToken> AddedTokens { get; init; } = [];
     public bool ByteLevel { get; init; }
     public ByteLevelSplit Split { get; init; } = ByteLevelSplit.None;
+    /// <summary>HF Digits(individual_digits=true) before the byte-level split (SmolLM2): every ASCII digit is its own word.</summary>
+    public bool SplitDigits { get; init; }
+    /// <summary>HF NFC normalizer (Qwen2). string.Normalize does it where ICU is loaded; under
+    /// InvariantGlobalization .NET leaves the text as it is, which is exact for text already in NFC.</summary>
+    public bool Nfc { get; init; }
     public bool AddPrefixSpace { get; init; }
     public SpacePrefix SpacePrefix { get; init; } = SpacePrefix.None;
     public bool ByteFallback { get; init; }
@@ -87,7 +92,7 @@ public sealed class HfBpeTokenizer : ITokenizer
         // As in SentencePieceBpeTokenizer: words can be merged one at a time when no token joins a
         // character to the "▁" that starts the next word.
         _splitAtSpaces = config.SpacePrefix != SpacePrefix.None
-            && !config.Vocab.Keys.Any(t => t.AsSpan(1).IndexOf(Metaspace) >= 0 && Enumerable.Range(1, t.Length - 1).Any(i => t[i] == Metaspace && t[i - 1] != Metaspace));
+            && !config.Vocab.Keys.Any(t => SentencePieceBpeTokenizer.SpansWordStart(t, Metaspace));
     }
 
     public int VocabSize => _tokens.Length;
@@ -120,17 +125,24 @@ public sealed class HfBpeTokenizer : ITokenizer
 
     private void EncodeSegment(ReadOnlySpan<char> segment, bool atTextStart, List<int> ids, Scratch scratch)
     {
-        string prepared;
+        if (_config.Nfc) segment = segment.ToString().Normalize(NormalizationForm.FormC);
         if (_config.ByteLevel)
         {
-            // HF ByteLevel pre-tokenizer: optional prefix space, split regex, then bytes as chars per word.
-            var withPrefix = _config.AddPrefixSpace && segment[0] != ' ' ? " " + segment.ToString() : segment.ToString();
-            scratch.Words.Clear();
-            ByteLevel.Split(withPrefix, _config.Split, scratch.Words);
-            foreach (var (start, length) in scratch.Words) EncodeWordCached(ByteLevel.Encode(withPrefix.AsSpan(start, length)), ids, scratch);
+            if (!_config.SplitDigits)
+            {
+                EncodeByteLevelPiece(segment, ids, scratch);
+                return;
+            }
+            for (var start = 0; start < segment.Length;)
+            {
+                var end = start + 1;
+                if (!char.IsAsciiDigit(segment[start])) while (end < segment.Length && !char.IsAsciiDigit(segment[end])) end++;
+                EncodeByteLevelPiece(segment[start..end], ids, scratch);
+                start = end;
+            }
             return;
         }
-        prepared = segment.ToString().Replace(' ', Metaspace);
+        var prepared = segment.ToString().Replace(' ', Metaspace);
         var prepend = _config.SpacePrefix switch
         {
             SpacePrefix.EverySegment => true,
@@ -151,6 +163,17 @@ public sealed class HfBpeTokenizer : ITokenizer
             EncodeWordCached(prepared.AsSpan(start, end - start), ids, scratch);
             start = end;
         }
+    }
+
+    /// <summary>HF ByteLevel pre-tokenizer on one piece: optional prefix space, split regex, then each word's
+    /// UTF-8 bytes as chars.</summary>
+    private void EncodeByteLevelPiece(ReadOnlySpan<char> piece, List<int> ids, Scratch scratch)
+    {
+        var text = _config.AddPrefixSpace && piece[0] != ' ' ? " " + piece.ToString() : piece.ToString();
+        var words = scratch.Words;
+        words.Clear();
+        ByteLevel.Split(text, _config.Split, words);
+        foreach (var (start, length) in words) EncodeWordCached(ByteLevel.Encode(text.AsSpan(start, length)), ids, scratch);
     }
 
     private void EncodeWordCached(ReadOnlySpan<char> word, List<int> ids, Scratch scratch)

@@ -154,7 +154,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
 
     /// <summary>True when <paramref name="piece"/> holds a space symbol right after another character:
     /// such a piece can join a word to the spaces that start the next one.</summary>
-    private static bool SpansWordStart(string piece, char space)
+    internal static bool SpansWordStart(string piece, char space)
     {
         for (var i = 1; i < piece.Length; i++)
             if (piece[i] == space && piece[i - 1] != space) return true;
