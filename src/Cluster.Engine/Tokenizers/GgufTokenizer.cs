@@ -34,7 +34,7 @@ public static class GgufTokenizer
                 {
                     AddDummyPrefix = meta.GetBool("tokenizer.ggml.add_space_prefix", true),
                     MergeIntoAnyPiece = true,
-                });
+                }, meta.Get<string>("tokenizer.chat_template"));
             case "gpt2":
                 var merges = (meta.Get<string[]>("tokenizer.ggml.merges") ?? [])
                     .Select(m => { var s = m.IndexOf(' ', 1); return (m[..s], m[(s + 1)..]); }).ToList();

@@ -23,8 +23,9 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     [ThreadStatic] private static Scratch? t_scratch;
     private static readonly byte[] UnknownSurface = Encoding.UTF8.GetBytes(" \u2047 "); // SentencePiece's default unk_surface
 
-    public SentencePieceBpeTokenizer(SentencePieceVocab vocab, SentencePieceOptions options)
+    public SentencePieceBpeTokenizer(SentencePieceVocab vocab, SentencePieceOptions options, string? chatTemplate = null)
     {
+        ChatTemplate = chatTemplate;
         _vocab = vocab;
         _options = options;
         var any = new Dictionary<string, int>(vocab.Count, StringComparer.Ordinal);
@@ -51,6 +52,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     public int BosId => _vocab.BosId;
     public int EosId => _vocab.EosId;
     public SentencePieceVocab Vocab => _vocab;
+    public string? ChatTemplate { get; }
 
     public string TokenText(int id) => _vocab.Pieces[id];
 
