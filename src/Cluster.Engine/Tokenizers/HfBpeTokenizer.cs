@@ -142,7 +142,8 @@ public sealed class HfBpeTokenizer : ITokenizer
             }
             return;
         }
-        var prepared = segment.ToString().Replace(' ', Metaspace);
+        // Spaces become "▁" only where the file says so (Replace normalizer or Metaspace); a plain BPE keeps them.
+        var prepared = _config.SpacePrefix == SpacePrefix.None ? segment.ToString() : segment.ToString().Replace(' ', Metaspace);
         var prepend = _config.SpacePrefix switch
         {
             SpacePrefix.EverySegment => true,
