@@ -174,7 +174,19 @@ public sealed class HfBpeTokenizer : ITokenizer
         var words = scratch.Words;
         words.Clear();
         ByteLevel.Split(text, _config.Split, words);
-        foreach (var (start, length) in words) EncodeWordCached(ByteLevel.Encode(text.AsSpan(start, length)), ids, scratch);
+        foreach (var (start, length) in words)
+        {
+            // Cached by the word as written, so a hit costs no byte-to-char mapping.
+            var word = text.AsSpan(start, length);
+            if (_cache.TryGet(word, out var cached))
+            {
+                ids.AddRange(cached);
+                continue;
+            }
+            var before = ids.Count;
+            EncodeWord(ByteLevel.Encode(word), ids, scratch);
+            _cache.Add(word, ids.GetRange(before, ids.Count - before).ToArray());
+        }
     }
 
     private void EncodeWordCached(ReadOnlySpan<char> word, List<int> ids, Scratch scratch)
