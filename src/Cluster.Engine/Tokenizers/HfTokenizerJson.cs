@@ -38,6 +38,7 @@ public static class HfTokenizerJson
             {
                 var s = m.GetString()!;
                 var space = s.IndexOf(' ', 1); // "a b"; a token never holds a plain space in these models
+                if (space < 0) throw new InvalidDataException($"{tokenizerJsonPath}: merge '{s}' is not a pair");
                 merges.Add((s[..space], s[(space + 1)..]));
             }
         }
