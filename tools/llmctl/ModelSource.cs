@@ -25,19 +25,7 @@ internal static class ModelSource
 
     public static LlamaModel Load(string path, int? threads) => ModelLoader.Load(path, new CpuBackend(threads));
 
-    /// <summary>The tokenizer named by --tokenizer, else one found beside the model: tokenizer.bin in
-    /// a model folder, or tokenizer.bin / tok{vocab}.bin next to a llama2.c file.</summary>
-    public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath, LlamaConfig config)
-    {
-        var path = tokenizerPath ?? FindTokenizer(modelPath, config)
-            ?? throw new FileNotFoundException($"no tokenizer found beside {modelPath}; pass --tokenizer PATH");
-        if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer {path} not found");
-        return Llama2cTokenizer.Load(path, config.VocabSize);
-    }
-
-    private static string? FindTokenizer(string modelPath, LlamaConfig config)
-    {
-        var folder = Directory.Exists(modelPath) ? modelPath : Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
-        return new[] { "tokenizer.bin", $"tok{config.VocabSize}.bin" }.Select(n => Path.Combine(folder, n)).FirstOrDefault(File.Exists);
-    }
+    /// <summary>The tokenizer named by --tokenizer, else the one that belongs to the model.</summary>
+    public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath, LlamaConfig config) =>
+        ModelLoader.LoadTokenizer(modelPath, config, tokenizerPath);
 }

@@ -8,4 +8,5 @@ root.Subcommands.Add(ConvertCommand.Create());
 root.Subcommands.Add(SynthCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(CalibrateCommand.Create());
+root.Subcommands.Add(TokenizeCommand.Create());
 return root.Parse(args).Invoke();

@@ -1,5 +1,6 @@
 using Cluster.Engine.Kernels;
 using Cluster.Engine.Model;
+using Cluster.Engine.Tokenizers;
 
 namespace Cluster.Engine.Loaders;
 
@@ -28,6 +29,25 @@ public static class ModelLoader
             reader.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The tokenizer named by <paramref name="tokenizerPath"/>, else the one that belongs to the model:
+    /// what its folder holds (tokenizer.json, tokenizer.model, tokenizer.bin, ...), or tokenizer.bin /
+    /// tok{vocab}.bin beside a llama2.c file. Throws when none is found or its vocabulary is larger
+    /// than the model's.
+    /// </summary>
+    public static ITokenizer LoadTokenizer(string modelPath, LlamaConfig config, string? tokenizerPath = null)
+    {
+        string path = tokenizerPath ?? (Directory.Exists(modelPath)
+            ? modelPath
+            : new[] { "tokenizer.bin", $"tok{config.VocabSize}.bin" }
+                .Select(n => Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath))!, n))
+                .FirstOrDefault(File.Exists) ?? throw new FileNotFoundException($"no tokenizer.bin or tok{config.VocabSize}.bin beside {modelPath}; pass a tokenizer path"));
+        var tokenizer = TokenizerLoader.Load(path, config.VocabSize);
+        if (tokenizer.VocabSize > config.VocabSize)
+            throw new ModelFormatException(path, $"tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary is {config.VocabSize}");
+        return tokenizer;
     }
 
     private static ICheckpointReader OpenReader(string path, out LlamaConfig config)

@@ -24,21 +24,23 @@ internal struct BpeSymbol
 /// </summary>
 internal sealed class BpeMerger
 {
-    private readonly struct Candidate(int left, int leftLength, int rightLength, int id, float priority)
+    private readonly struct Candidate(int left, int leftLength, int rightLength, int id)
     {
         public readonly int Left = left, LeftLength = leftLength, RightLength = rightLength, Id = id;
-        public readonly float Priority = priority;
     }
 
-    /// <summary>Higher priority first; on equal priority the pair that starts first (the leftmost).</summary>
-    private sealed class Order : IComparer<(float Priority, int Start)>
+    private readonly PriorityQueue<Candidate, long> _heap = new();
+
+    /// <summary>The heap order as one ascending long: higher priority first, then the pair that starts first
+    /// (the leftmost). The float's bits are made to sort as integers (flip all bits of negatives, the sign
+    /// bit of the rest), then inverted so that a higher priority gives a smaller key; the final xor makes
+    /// the unsigned order of (priority, start) the signed order the heap compares.</summary>
+    internal static long HeapKey(float priority, int start)
     {
-        public static readonly Order Instance = new();
-        public int Compare((float Priority, int Start) a, (float Priority, int Start) b) =>
-            a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.Start.CompareTo(b.Start);
+        var bits = BitConverter.SingleToInt32Bits(priority);
+        var ascending = (uint)(bits < 0 ? ~bits : bits | int.MinValue);
+        return (long)(((ulong)~ascending << 32 | (uint)start) ^ 0x8000_0000_0000_0000UL);
     }
-
-    private readonly PriorityQueue<Candidate, (float, int)> _heap = new(Order.Instance);
 
     /// <summary>Merges <paramref name="symbols"/> (a linked list in array order, index 0 first) in place.
     /// Merged-away symbols get Length 0; walk the result with <see cref="BpeSymbol.Next"/> from 0.</summary>
@@ -69,6 +71,6 @@ internal sealed class BpeMerger
         if (left.Next < 0) return;
         ref readonly var right = ref symbols[left.Next];
         if (rule.TryMerge(text, left, right, out var id, out var priority))
-            _heap.Enqueue(new Candidate(leftIndex, left.Length, right.Length, id, priority), (priority, left.Start));
+            _heap.Enqueue(new Candidate(leftIndex, left.Length, right.Length, id), HeapKey(priority, left.Start));
     }
 }

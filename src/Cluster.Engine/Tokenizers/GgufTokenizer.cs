@@ -20,7 +20,8 @@ public static class GgufTokenizer
         var bos = (int)meta.GetInteger("tokenizer.ggml.bos_token_id", -1);
         var eos = (int)meta.GetInteger("tokenizer.ggml.eos_token_id", -1);
         var unk = (int)meta.GetInteger("tokenizer.ggml.unknown_token_id", -1);
-        if (!meta.GetBool("tokenizer.ggml.add_bos_token", true)) bos = -1;
+        // Without the key, SentencePiece vocabularies (Llama) start with BOS and byte-level ones (GPT-2) do not.
+        if (!meta.GetBool("tokenizer.ggml.add_bos_token", model == "llama")) bos = -1;
         var kinds = new PieceKind[tokens.Length];
         for (var i = 0; i < tokens.Length; i++)
             kinds[i] = types is not null && i < types.Length && types[i] is >= 1 and <= 6 ? (PieceKind)types[i] : PieceKind.Normal;
@@ -34,10 +35,14 @@ public static class GgufTokenizer
                 {
                     AddDummyPrefix = meta.GetBool("tokenizer.ggml.add_space_prefix", true),
                     MergeIntoAnyPiece = true,
-                });
+                }, meta.Get<string>("tokenizer.chat_template"));
             case "gpt2":
                 var merges = (meta.Get<string[]>("tokenizer.ggml.merges") ?? [])
-                    .Select(m => { var s = m.IndexOf(' ', 1); return (m[..s], m[(s + 1)..]); }).ToList();
+                    .Select(m =>
+                    {
+                        var s = m.IndexOf(' ', 1);
+                        return s > 0 ? (m[..s], m[(s + 1)..]) : throw new InvalidDataException($"{name}: merge '{m}' is not a pair");
+                    }).ToList();
                 var map = new Dictionary<string, int>(tokens.Length, StringComparer.Ordinal);
                 var added = new List<AddedToken>();
                 for (var i = 0; i < tokens.Length; i++)

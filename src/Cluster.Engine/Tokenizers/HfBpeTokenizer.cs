@@ -27,6 +27,11 @@ public sealed record HfBpeConfig
     public IReadOnlyList<AddedToken> AddedTokens { get; init; } = [];
     public bool ByteLevel { get; init; }
     public ByteLevelSplit Split { get; init; } = ByteLevelSplit.None;
+    /// <summary>HF Digits(individual_digits=true) before the byte-level split (SmolLM2): every ASCII digit is its own word.</summary>
+    public bool SplitDigits { get; init; }
+    /// <summary>HF NFC normalizer (Qwen2). string.Normalize does it where ICU is loaded; under
+    /// InvariantGlobalization .NET leaves the text as it is, which is exact for text already in NFC.</summary>
+    public bool Nfc { get; init; }
     public bool AddPrefixSpace { get; init; }
     public SpacePrefix SpacePrefix { get; init; } = SpacePrefix.None;
     public bool ByteFallback { get; init; }
@@ -59,6 +64,8 @@ public sealed class HfBpeTokenizer : ITokenizer
     private readonly int[] _byteIds = new int[256];
     private readonly int _unkId = -1;
     private readonly bool _splitAtSpaces;
+    private readonly WordCache _cache = new();
+    [ThreadStatic] private static Scratch? t_scratch;
 
     public HfBpeTokenizer(HfBpeConfig config)
     {
@@ -85,7 +92,7 @@ public sealed class HfBpeTokenizer : ITokenizer
         // As in SentencePieceBpeTokenizer: words can be merged one at a time when no token joins a
         // character to the "▁" that starts the next word.
         _splitAtSpaces = config.SpacePrefix != SpacePrefix.None
-            && !config.Vocab.Keys.Any(t => t.AsSpan(1).IndexOf(Metaspace) >= 0 && Enumerable.Range(1, t.Length - 1).Any(i => t[i] == Metaspace && t[i - 1] != Metaspace));
+            && !config.Vocab.Keys.Any(t => SentencePieceBpeTokenizer.SpansWordStart(t, Metaspace));
     }
 
     public int VocabSize => _tokens.Length;
@@ -106,31 +113,37 @@ public sealed class HfBpeTokenizer : ITokenizer
     {
         var ids = new List<int>(text.Length / 3 + 2);
         if (addBos && BosId >= 0) ids.Add(BosId);
-        var cache = new Dictionary<string, int[]>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
-        var scratch = new Scratch();
+        var scratch = t_scratch ??= new Scratch();
         var segments = _added.IsEmpty ? [(0, text.Length, -1)] : _added.Split(text);
         foreach (var (start, length, addedId) in segments)
         {
             if (addedId >= 0) ids.Add(addedId);
-            else if (length > 0) EncodeSegment(text.AsSpan(start, length), start == 0, ids, cache, scratch);
+            else if (length > 0) EncodeSegment(text.AsSpan(start, length), start == 0, ids, scratch);
         }
         return [.. ids];
     }
 
-    private void EncodeSegment(ReadOnlySpan<char> segment, bool atTextStart, List<int> ids,
-        Dictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> cache, Scratch scratch)
+    private void EncodeSegment(ReadOnlySpan<char> segment, bool atTextStart, List<int> ids, Scratch scratch)
     {
-        string prepared;
+        if (_config.Nfc) segment = segment.ToString().Normalize(NormalizationForm.FormC);
         if (_config.ByteLevel)
         {
-            // HF ByteLevel pre-tokenizer: optional prefix space, split regex, then bytes as chars per word.
-            var withPrefix = _config.AddPrefixSpace && segment[0] != ' ' ? " " + segment.ToString() : segment.ToString();
-            scratch.Words.Clear();
-            ByteLevel.Split(withPrefix, _config.Split, scratch.Words);
-            foreach (var (start, length) in scratch.Words) EncodeWordCached(ByteLevel.Encode(withPrefix.AsSpan(start, length)), ids, cache, scratch);
+            if (!_config.SplitDigits)
+            {
+                EncodeByteLevelPiece(segment, ids, scratch);
+                return;
+            }
+            for (var start = 0; start < segment.Length;)
+            {
+                var end = start + 1;
+                if (!char.IsAsciiDigit(segment[start])) while (end < segment.Length && !char.IsAsciiDigit(segment[end])) end++;
+                EncodeByteLevelPiece(segment[start..end], ids, scratch);
+                start = end;
+            }
             return;
         }
-        prepared = segment.ToString().Replace(' ', Metaspace);
+        // Spaces become "▁" only where the file says so (Replace normalizer or Metaspace); a plain BPE keeps them.
+        var prepared = _config.SpacePrefix == SpacePrefix.None ? segment.ToString() : segment.ToString().Replace(' ', Metaspace);
         var prepend = _config.SpacePrefix switch
         {
             SpacePrefix.EverySegment => true,
@@ -141,28 +154,51 @@ public sealed class HfBpeTokenizer : ITokenizer
         if (prepend) prepared = Metaspace + prepared;
         if (!_splitAtSpaces)
         {
-            EncodeWordCached(prepared, ids, cache, scratch);
+            EncodeWordCached(prepared, ids, scratch);
             return;
         }
         for (var start = 0; start < prepared.Length;)
         {
             var end = start + 1;
             while (end < prepared.Length && !(prepared[end] == Metaspace && prepared[end - 1] != Metaspace)) end++;
-            EncodeWordCached(prepared.AsSpan(start, end - start), ids, cache, scratch);
+            EncodeWordCached(prepared.AsSpan(start, end - start), ids, scratch);
             start = end;
         }
     }
 
-    private void EncodeWordCached(ReadOnlySpan<char> word, List<int> ids, Dictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> cache, Scratch scratch)
+    /// <summary>HF ByteLevel pre-tokenizer on one piece: optional prefix space, split regex, then each word's
+    /// UTF-8 bytes as chars.</summary>
+    private void EncodeByteLevelPiece(ReadOnlySpan<char> piece, List<int> ids, Scratch scratch)
     {
-        if (cache.TryGetValue(word, out var cached))
+        var text = _config.AddPrefixSpace && piece[0] != ' ' ? " " + piece.ToString() : piece.ToString();
+        var words = scratch.Words;
+        words.Clear();
+        ByteLevel.Split(text, _config.Split, words);
+        foreach (var (start, length) in words)
+        {
+            // Cached by the word as written, so a hit costs no byte-to-char mapping.
+            var word = text.AsSpan(start, length);
+            if (_cache.TryGet(word, out var cached))
+            {
+                ids.AddRange(cached);
+                continue;
+            }
+            var before = ids.Count;
+            EncodeWord(ByteLevel.Encode(word), ids, scratch);
+            _cache.Add(word, ids.GetRange(before, ids.Count - before).ToArray());
+        }
+    }
+
+    private void EncodeWordCached(ReadOnlySpan<char> word, List<int> ids, Scratch scratch)
+    {
+        if (_cache.TryGet(word, out var cached))
         {
             ids.AddRange(cached);
             return;
         }
         var before = ids.Count;
         EncodeWord(word, ids, scratch);
-        cache[word] = ids.GetRange(before, ids.Count - before).ToArray();
+        _cache.Add(word, ids.GetRange(before, ids.Count - before).ToArray());
     }
 
     /// <summary>HF BPE merge_word: one symbol per character (or per byte of a character missing from the

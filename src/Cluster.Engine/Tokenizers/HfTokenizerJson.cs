@@ -38,6 +38,7 @@ public static class HfTokenizerJson
             {
                 var s = m.GetString()!;
                 var space = s.IndexOf(' ', 1); // "a b"; a token never holds a plain space in these models
+                if (space < 0) throw new InvalidDataException($"{tokenizerJsonPath}: merge '{s}' is not a pair");
                 merges.Add((s[..space], s[(space + 1)..]));
             }
         }
@@ -53,13 +54,7 @@ public static class HfTokenizerJson
         pipeline.Decoder(root.TryGetProperty("decoder", out var d) ? d : default);
 
         var config = configDoc?.RootElement;
-        int TokenId(string? content) => content is not null && vocab.TryGetValue(content, out var id) ? id
-            : added.FirstOrDefault(t => t.Content == content)?.Id ?? -1;
-        var bos = TokenId(SpecialTokenContent(config, "bos_token") ?? TemplateBos(root));
-        var eos = TokenId(SpecialTokenContent(config, "eos_token") ?? added.FirstOrDefault(t => t.Content is "</s>" or "<|endoftext|>" or "<|end_of_text|>")?.Content);
-        // add_bos_token=false in the config, or a post-processor that adds no BOS, means "never add one".
-        if (config is { } c && c.TryGetProperty("add_bos_token", out var addBos) && addBos.ValueKind == JsonValueKind.False) bos = -1;
-
+        var (bos, eos) = SpecialIds(config, vocab, added, TemplateBos(root));
         return new HfBpeTokenizer(new HfBpeConfig
         {
             Vocab = vocab,
@@ -67,6 +62,8 @@ public static class HfTokenizerJson
             AddedTokens = added,
             ByteLevel = pipeline.ByteLevel,
             Split = pipeline.Split,
+            SplitDigits = pipeline.SplitDigits,
+            Nfc = pipeline.Nfc,
             AddPrefixSpace = pipeline.AddPrefixSpace,
             SpacePrefix = pipeline.SpacePrefix,
             StripLeadingSpace = pipeline.StripLeadingSpace,
@@ -76,14 +73,46 @@ public static class HfTokenizerJson
             UnkToken = Str(model, "unk_token"),
             BosId = bos,
             EosId = eos,
-            ChatTemplate = config is { } cfg && cfg.TryGetProperty("chat_template", out var ct) ? ct.ToString() : null,
+            ChatTemplate = ChatTemplate(config),
         });
+    }
+
+    /// <summary>BOS is the token that encoding with special tokens puts first: the config's bos_token when its
+    /// add_bos_token is true, else the post-processor template's first special token; -1 when neither (GPT-2,
+    /// Phi-2, Qwen2). EOS is the config's eos_token, else a conventional end token among the added tokens.</summary>
+    internal static (int Bos, int Eos) SpecialIds(JsonElement? config, Dictionary<string, int> vocab, List<AddedToken> added, string? templateBos)
+    {
+        int TokenId(string? content) => content is null ? -1
+            : added.FirstOrDefault(t => t.Content == content)?.Id ?? vocab.GetValueOrDefault(content, -1);
+        var addBos = config is { } c && c.TryGetProperty("add_bos_token", out var a) && a.ValueKind is JsonValueKind.True or JsonValueKind.False
+            ? a.GetBoolean() : (bool?)null;
+        var bos = addBos switch
+        {
+            true => TokenId(SpecialTokenContent(config, "bos_token") ?? templateBos),
+            false => -1,
+            null => TokenId(templateBos),
+        };
+        var eos = TokenId(SpecialTokenContent(config, "eos_token")
+            ?? added.FirstOrDefault(t => t.Content is "</s>" or "<|endoftext|>" or "<|end_of_text|>")?.Content);
+        return (bos, eos);
+    }
+
+    /// <summary>tokenizer_config.json's chat_template: a Jinja string, or a list of {name, template} of which
+    /// the one named "default" (else the first) is returned.</summary>
+    internal static string? ChatTemplate(JsonElement? config)
+    {
+        if (config is not { } c || !c.TryGetProperty("chat_template", out var t)) return null;
+        if (t.ValueKind == JsonValueKind.String) return t.GetString();
+        if (t.ValueKind != JsonValueKind.Array) return null;
+        var named = t.EnumerateArray().ToList();
+        var chosen = named.FirstOrDefault(e => Str(e, "name") == "default");
+        return Str(chosen.ValueKind == JsonValueKind.Object ? chosen : named.FirstOrDefault(), "template");
     }
 
     /// <summary>The parts of the normalizer / pre-tokenizer / decoder chain that change ids or bytes.</summary>
     private sealed class Pipeline
     {
-        public bool ByteLevel, AddPrefixSpace, StripLeadingSpace;
+        public bool ByteLevel, AddPrefixSpace, StripLeadingSpace, SplitDigits, Nfc;
         public ByteLevelSplit Split = ByteLevelSplit.None;
         public SpacePrefix SpacePrefix = SpacePrefix.None;
 
@@ -94,6 +123,9 @@ public static class HfTokenizerJson
             {
                 case "Sequence":
                     foreach (var item in n.GetProperty("normalizers").EnumerateArray()) Normalizer(item, path);
+                    break;
+                case "NFC":
+                    Nfc = true;
                     break;
                 case "Prepend" when Str(n, "prepend") == "\u2581":
                     SpacePrefix = SpacePrefix.EverySegment;
@@ -129,6 +161,9 @@ public static class HfTokenizerJson
                         _ => throw new NotSupportedException($"{path}: Split pattern {regex}"),
                     };
                     break;
+                case "Digits" when Bool(p, "individual_digits"):
+                    SplitDigits = true;
+                    break;
                 case "Metaspace":
                     SpacePrefix = Str(p, "prepend_scheme") switch
                     {
@@ -162,7 +197,7 @@ public static class HfTokenizerJson
     }
 
     /// <summary>bos_token in tokenizer_config.json is a string or an AddedToken object {"content": ...}.</summary>
-    private static string? SpecialTokenContent(JsonElement? config, string name)
+    internal static string? SpecialTokenContent(JsonElement? config, string name)
     {
         if (config is not { } c || !c.TryGetProperty(name, out var v)) return null;
         return v.ValueKind switch
@@ -181,9 +216,9 @@ public static class HfTokenizerJson
         return first.TryGetProperty("SpecialToken", out var st) ? Str(st, "id") : null;
     }
 
-    private static string? Str(JsonElement e, string name) =>
+    internal static string? Str(JsonElement e, string name) =>
         e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
-    private static bool Bool(JsonElement e, string name, bool fallback = false) =>
+    internal static bool Bool(JsonElement e, string name, bool fallback = false) =>
         e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : fallback;
 }

@@ -26,4 +26,8 @@ public interface ITokenizer
 
     /// <summary>The vocabulary's own string for <paramref name="id"/> (e.g. "▁Hello", "&lt;0x0A&gt;", "Ġworld"), for display.</summary>
     string TokenText(int id);
+
+    /// <summary>The Jinja chat template that came with the vocabulary (tokenizer_config.json's chat_template,
+    /// GGUF's tokenizer.chat_template), or null.</summary>
+    string? ChatTemplate => null;
 }

@@ -18,11 +18,14 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _mergeable;
     private readonly int[] _byteIds = new int[256];
     private readonly byte[][] _bytes, _bytesAtStart;
-    private readonly bool _splitAtSpaces;
+    private readonly bool _splitAtSpaces, _hasUnused;
+    private readonly WordCache _cache = new();
+    [ThreadStatic] private static Scratch? t_scratch;
     private static readonly byte[] UnknownSurface = Encoding.UTF8.GetBytes(" \u2047 "); // SentencePiece's default unk_surface
 
-    public SentencePieceBpeTokenizer(SentencePieceVocab vocab, SentencePieceOptions options)
+    public SentencePieceBpeTokenizer(SentencePieceVocab vocab, SentencePieceOptions options, string? chatTemplate = null)
     {
+        ChatTemplate = chatTemplate;
         _vocab = vocab;
         _options = options;
         var any = new Dictionary<string, int>(vocab.Count, StringComparer.Ordinal);
@@ -35,7 +38,8 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             var piece = vocab.Pieces[id];
             var kind = vocab.Kinds[id];
             any.TryAdd(piece, id); // first id wins on duplicates, as a sorted lookup of the first match would
-            if (options.MergeIntoAnyPiece || kind is PieceKind.Normal or PieceKind.UserDefined) mergeable.TryAdd(piece, id);
+            if (options.MergeIntoAnyPiece || kind is PieceKind.Normal or PieceKind.UserDefined or PieceKind.Unused) mergeable.TryAdd(piece, id);
+            _hasUnused |= kind == PieceKind.Unused && !options.MergeIntoAnyPiece;
             var isByte = SentencePieceVocab.TryParseByte(piece, out var b) && kind == PieceKind.Byte;
             if (isByte && _byteIds[b] < 0) _byteIds[b] = id;
             (_bytes[id], _bytesAtStart[id]) = Surface(piece, kind, b);
@@ -49,6 +53,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     public int BosId => _vocab.BosId;
     public int EosId => _vocab.EosId;
     public SentencePieceVocab Vocab => _vocab;
+    public string? ChatTemplate { get; }
 
     public string TokenText(int id) => _vocab.Pieces[id];
 
@@ -65,7 +70,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
         if (addBos && BosId >= 0) ids.Add(BosId);
         var normalized = Normalize(text);
         if (normalized.Length == 0) return [.. ids];
-        var scratch = new Scratch();
+        var scratch = t_scratch ??= new Scratch();
         if (!_splitAtSpaces)
         {
             EncodeWord(normalized, ids, scratch);
@@ -73,7 +78,6 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
         }
         // No piece holds a space after another character, so no merge crosses the start of a word
         // (a run of spaces and what follows it): words merge independently and repeated words are cached.
-        var cache = new Dictionary<string, int[]>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
         var span = normalized.AsSpan();
         var space = _options.SpaceSymbol;
         for (var start = 0; start < span.Length;)
@@ -81,11 +85,11 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             var end = start + 1;
             while (end < span.Length && !(span[end] == space && span[end - 1] != space)) end++;
             var word = span[start..end];
-            if (!cache.TryGetValue(word, out var wordIds))
+            if (!_cache.TryGet(word, out var wordIds))
             {
                 var before = ids.Count;
                 EncodeWord(word, ids, scratch);
-                cache[word] = ids.GetRange(before, ids.Count - before).ToArray();
+                _cache.Add(word, ids.GetRange(before, ids.Count - before).ToArray());
             }
             else ids.AddRange(wordIds);
             start = end;
@@ -116,13 +120,30 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             i += length;
         }
         symbols[n - 1].Next = -1;
-        var rule = new ScoreRule(_mergeable, _vocab.Scores, _vocab.Kinds);
+        Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>>? splits = _hasUnused ? scratch.UnusedSplits : null;
+        if (_hasUnused) scratch.UnusedSplits.Dictionary.Clear();
+        var rule = new ScoreRule(_mergeable, _vocab.Scores, _vocab.Kinds, splits);
         scratch.Merger.Merge(word, symbols[..n], ref rule);
         for (var k = 0; k >= 0; k = symbols[k].Next)
         {
             ref readonly var s = ref symbols[k];
-            if (s.Id >= 0) ids.Add(s.Id);
-            else AddFallback(word.Slice(s.Start, s.Length), ids);
+            if (s.Id < 0) AddFallback(word.Slice(s.Start, s.Length), ids);
+            else if (splits is { } unusedSplits && _vocab.Kinds[s.Id] == PieceKind.Unused) Resegment(word.Slice(s.Start, s.Length), unusedSplits, ids);
+            else ids.Add(s.Id);
+        }
+    }
+
+    /// <summary>SentencePiece bpe_model.cc: an UNUSED piece may be merged through but never emitted; it is split
+    /// back, recursively, the way it was formed (the split last proposed for that piece string).</summary>
+    private void Resegment(ReadOnlySpan<char> piece, Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> splits, List<int> ids)
+    {
+        var id = Lookup(piece);
+        if (id < 0) AddFallback(piece, ids);
+        else if (_vocab.Kinds[id] != PieceKind.Unused || !splits.TryGetValue(piece, out var leftLength)) ids.Add(id);
+        else
+        {
+            Resegment(piece[..leftLength], splits, ids);
+            Resegment(piece[leftLength..], splits, ids);
         }
     }
 
@@ -153,7 +174,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
 
     /// <summary>True when <paramref name="piece"/> holds a space symbol right after another character:
     /// such a piece can join a word to the spaces that start the next one.</summary>
-    private static bool SpansWordStart(string piece, char space)
+    internal static bool SpansWordStart(string piece, char space)
     {
         for (var i = 1; i < piece.Length; i++)
             if (piece[i] == space && piece[i - 1] != space) return true;
@@ -161,28 +182,34 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     }
 
     /// <summary>Merge rule: the concatenation must be a (mergeable) piece; its score is the priority.
-    /// User-defined pieces are frozen, as SentencePiece's prefix matcher marks them.</summary>
-    private readonly struct ScoreRule(Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> pieces, float[] scores, PieceKind[] kinds) : IMergeRule
+    /// User-defined pieces are frozen, as SentencePiece's prefix matcher marks them. When
+    /// <paramref name="unusedSplits"/> is given, each proposed UNUSED piece records its left part's length.</summary>
+    private readonly struct ScoreRule(Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> pieces, float[] scores, PieceKind[] kinds,
+        Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>>? unusedSplits) : IMergeRule
     {
         public bool TryMerge(ReadOnlySpan<char> text, in BpeSymbol left, in BpeSymbol right, out int id, out float priority)
         {
             priority = 0;
+            var merged = text.Slice(left.Start, left.Length + right.Length);
             if ((left.Id >= 0 && kinds[left.Id] == PieceKind.UserDefined) || (right.Id >= 0 && kinds[right.Id] == PieceKind.UserDefined)
-                || !pieces.TryGetValue(text.Slice(left.Start, left.Length + right.Length), out id))
+                || !pieces.TryGetValue(merged, out id))
             {
                 id = -1;
                 return false;
             }
+            if (unusedSplits is { } splits && kinds[id] == PieceKind.Unused) splits[merged] = left.Length;
             priority = scores[id];
             return true;
         }
     }
 
-    /// <summary>Per-call buffers, so that the tokenizer itself stays immutable and thread-safe.</summary>
+    /// <summary>Per-thread buffers, so that the tokenizer itself stays immutable and thread-safe.</summary>
     private sealed class Scratch
     {
         private BpeSymbol[] _symbols = new BpeSymbol[64];
         public readonly BpeMerger Merger = new();
+        public readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> UnusedSplits =
+            new Dictionary<string, int>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
 
         public Span<BpeSymbol> Symbols(int count)
         {

@@ -10,6 +10,7 @@ namespace Cluster.Engine.Tokenizers;
 /// TrainerSpec { 3 model_type (1 UNIGRAM, 2 BPE); 35 byte_fallback; 40 unk_id; 41 bos_id; 42 eos_id },
 /// NormalizerSpec { 1 name; 2 precompiled_charsmap; 3 add_dummy_prefix = true; 4 remove_extra_whitespaces = true;
 /// 5 escape_whitespaces = true }.
+/// Not covered: Unigram models and character-map normalizers (nmt_nfkc).
 /// </summary>
 public static class SentencePieceModelFile
 {

@@ -51,7 +51,7 @@ public sealed record SentencePieceOptions
     /// <summary>Emit the UTF-8 bytes of an unknown character as &lt;0xXX&gt; pieces instead of UNK.</summary>
     public bool ByteFallback { get; init; } = true;
 
-    /// <summary>Merge into any piece (llama2.c, llama.cpp) rather than only normal and user-defined pieces
-    /// (SentencePiece's bpe_model.cc looks merges up in its normal-piece table).</summary>
+    /// <summary>Merge into any piece (llama2.c, llama.cpp) rather than only normal, user-defined and unused
+    /// pieces, re-splitting the unused ones afterwards (SentencePiece's bpe_model.cc).</summary>
     public bool MergeIntoAnyPiece { get; init; }
 }

@@ -85,3 +85,22 @@ public class HfTokenizerJsonTests
         }
     }
 }
+
+/// <summary>tokenizer_config.json beside a tokenizer.json: TinyLlama-Chat's (Llama 2 vocabulary, Zephyr chat template).</summary>
+public sealed class HfTokenizerConfigTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("tinyllama").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [SharedDataFact]
+    public void Reads_bos_eos_and_chat_template()
+    {
+        File.Copy(SharedData.Path_("models", "tokenizers", "llama2", "tokenizer.json"), Path.Combine(_dir, "tokenizer.json"));
+        File.Copy(SharedData.Path_("models", "tokenizers", "tinyllama-1.1b-chat-v1.0", "tokenizer_config.json"), Path.Combine(_dir, "tokenizer_config.json"));
+        ITokenizer tok = TokenizerLoader.Load(_dir);
+        Assert.Equal((1, 2), (tok.BosId, tok.EosId));
+        Assert.Contains("<|assistant|>", tok.ChatTemplate);
+        Assert.Equal([1, 529, 29989, 1792, 29989, 29958, 13, 18567, 2], tok.Encode("<|user|>\nHi</s>", addBos: true));
+    }
+}
