@@ -1,22 +1,150 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.Compression.Calibration;
+using Cluster.Engine.KvCache;
+using Cluster.Rpc;
 using Cluster.Rpc.Server;
 using Cluster.Serving.Hosting;
+using Cluster.Serving.Kv;
+using Cluster.Serving.Mapping;
+using LlmCluster.V1;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.CacheManager;
 
-/// <summary>The cachemanager service (skeleton: its gRPC methods arrive with the cluster issue).</summary>
+/// <summary>
+/// Stores each session's KV blocks, compressed by the session's policy on the way in
+/// (<see cref="KvSessionStore"/>), and serves them to decode workers. It needs no model: the layout
+/// that comes with the blocks describes their shape and RoPE frequencies.
+/// </summary>
 public sealed class CacheManagerService : IClusterService
 {
     public const string MeterName = "LlmCluster.CacheManager";
+    private readonly KvSessionStore _store;
+    private readonly CacheManagerMetrics _metrics;
 
-    public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging) =>
-        Task.FromResult<IClusterService>(new CacheManagerService());
+    private CacheManagerService(KvSessionStore store)
+    {
+        _store = store;
+        _metrics = new CacheManagerMetrics(store);
+    }
 
-    public void Register(RpcServiceRegistry registry) { }
+    public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
+    {
+        // Q-Filters (Godey et al. 2025) are calibrated per model; their shape is checked on use.
+        var filters = string.IsNullOrEmpty(options.QFilters) ? null : QFilters.Load(options.QFilters);
+        var store = new KvSessionStore((long)options.MemoryMb << 20, TimeSpan.FromSeconds(options.SessionTtl), new PolicyOptions(filters));
+        return Task.FromResult<IClusterService>(new CacheManagerService(store));
+    }
 
     public bool IsReady => true;
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    public void Register(RpcServiceRegistry registry) => registry
+        .AddClientStreaming(CacheManagerMethods.PutBlocks, PutBlocks)
+        .AddServerStreaming(CacheManagerMethods.GetBlocks, GetBlocks)
+        .AddUnary(CacheManagerMethods.GetCheckpoint, GetCheckpoint)
+        .AddUnary(CacheManagerMethods.Release, (request, _) => Task.FromResult(new ReleaseResponse { Released = _store.Release(request.SessionId) }));
+
+    private async Task<PutBlocksResponse> PutBlocks(IAsyncEnumerable<PutBlocksRequest> requests, ServerCallContext context)
+    {
+        PutHeader? header = null;
+        KvWire.BlockAssembler? current = null;
+        var blocks = new List<KvLayerBlock>();
+        await foreach (var item in requests.WithCancellation(context.CancellationToken))
+        {
+            switch (item.ItemCase)
+            {
+                case PutBlocksRequest.ItemOneofCase.Header when header is null:
+                    header = item.Header;
+                    if (header.Layout is null || header.Layout.HeadDim <= 0 || header.Layout.RopeInverseFrequencies.Count * 2 != header.Layout.HeadDim)
+                        throw new RpcException(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies");
+                    break;
+                case PutBlocksRequest.ItemOneofCase.Block when header is not null:
+                    if (current is not null) blocks.Add(current.Build());
+                    current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim);
+                    break;
+                case PutBlocksRequest.ItemOneofCase.Chunk when current is not null:
+                    current.Add(item.Chunk);
+                    break;
+                default:
+                    throw new RpcException(StatusCode.InvalidArgument, $"PutBlocks: unexpected {item.ItemCase} (a stream is one header, then per block a block header and its chunks)");
+            }
+        }
+        if (header is null) throw new RpcException(StatusCode.InvalidArgument, "PutBlocks: no header");
+        if (current is not null) blocks.Add(current.Build());
+
+        var layout = header.Layout;
+        var shape = new KvShape(layout.NumLayers, layout.NumKvHeads, layout.HeadDim, KvLayoutMapping.Rope(layout));
+        var policy = PolicyMapping.ToSpec(header.Policy) ?? "dense";
+        StoredKv kv;
+        TimeSpan elapsed;
+        try
+        {
+            (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
+        }
+        catch (KvStoreFullException e)
+        {
+            throw new RpcException(StatusCode.ResourceExhausted, e.Message);
+        }
+        catch (ArgumentException e)
+        {
+            throw new RpcException(StatusCode.InvalidArgument, e.Message);
+        }
+        var policyTag = new KeyValuePair<string, object?>("policy", kv.Policy.Split('(')[0]);
+        _metrics.CompressionSeconds.Record(elapsed.TotalSeconds, policyTag);
+        if (kv.TokensReceived > 0) _metrics.CompressionRatio.Record((double)kv.KeptTokens / kv.TokensReceived, policyTag);
+        return new PutBlocksResponse { Kv = Handle(kv, layout, header.Policy), KeptTokens = kv.KeptTokens };
+    }
+
+    private async Task GetBlocks(GetBlocksRequest request, IServerStreamWriter<GetBlocksResponse> responses, ServerCallContext context)
+    {
+        var kv = _store.Get(request.SessionId);
+        if (kv is null)
+        {
+            _metrics.Misses.Add(1);
+            throw new RpcException(StatusCode.NotFound, $"no KV for session '{request.SessionId}' (never stored, released, or dropped after its TTL)");
+        }
+        if (request.Version != 0 && request.Version != kv.Version)
+            throw new RpcException(StatusCode.FailedPrecondition, $"session '{request.SessionId}' holds KV version {kv.Version}, not {request.Version}");
+        _metrics.Hits.Add(1);
+        await responses.WriteAsync(new GetBlocksResponse { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)) });
+        foreach (var block in kv.Layers.Where(b => request.Layers.Count == 0 || request.Layers.Contains(b.Layer)))
+        {
+            await responses.WriteAsync(new GetBlocksResponse { Block = KvWire.Header(block) });
+            foreach (var chunk in KvWire.Chunks(block)) await responses.WriteAsync(new GetBlocksResponse { Chunk = chunk });
+        }
+    }
+
+    private Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
+    {
+        var kv = _store.Get(request.SessionId) ?? throw new RpcException(StatusCode.NotFound, $"no KV for session '{request.SessionId}'");
+        return Task.FromResult(new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex });
+    }
+
+    private static KvLayout LayoutOf(StoredKv kv) => new()
+    {
+        NumLayers = kv.Shape.Layers,
+        NumKvHeads = kv.Shape.KvHeads,
+        HeadDim = kv.Shape.HeadDim,
+        Dtype = KvDtype.F32,
+        KeysPostRope = true,
+        RopeInverseFrequencies = { kv.Shape.Rope.InverseFrequencies },
+    };
+
+    private static KvHandle Handle(StoredKv kv, KvLayout layout, KvPolicy? policy) => new()
+    {
+        SessionId = kv.SessionId,
+        Layout = layout,
+        TokenCount = kv.TokensSeen,
+        Version = kv.Version,
+        Policy = policy ?? PolicyMapping.ToWire(kv.Policy),
+    };
+
+    public ValueTask DisposeAsync()
+    {
+        _metrics.Dispose();
+        _store.Dispose();
+        return ValueTask.CompletedTask;
+    }
 }

@@ -44,3 +44,11 @@ public static class CacheManagerMethods
     public static readonly Method<GetCheckpointRequest, Checkpoint> GetCheckpoint = new(MethodType.Unary, Service, "GetCheckpoint", GetCheckpointRequest.Parser, Checkpoint.Parser);
     public static readonly Method<ReleaseRequest, ReleaseResponse> Release = new(MethodType.Unary, Service, "Release", ReleaseRequest.Parser, ReleaseResponse.Parser);
 }
+
+/// <summary>The standard gRPC health service (grpc/health/v1/health.proto), on every service.</summary>
+public static class HealthMethods
+{
+    public const string Service = "grpc.health.v1.Health";
+    public static readonly Method<Grpc.Health.V1.HealthCheckRequest, Grpc.Health.V1.HealthCheckResponse> Check =
+        new(MethodType.Unary, Service, "Check", Grpc.Health.V1.HealthCheckRequest.Parser, Grpc.Health.V1.HealthCheckResponse.Parser);
+}

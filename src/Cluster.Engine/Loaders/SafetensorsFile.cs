@@ -73,6 +73,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
 
     public bool Contains(string name) => _entries.ContainsKey(name);
 
+    /// <summary>The stored shape of <paramref name="name"/>, or null when absent.</summary>
+    public long[]? Shape(string name) => _entries.TryGetValue(name, out var e) ? e.Shape : null;
+
     /// <summary>The tensor as stored; throws when missing, of another shape, or of an unsupported dtype.</summary>
     public WeightData Read(string name, long[] shape)
     {

@@ -30,6 +30,15 @@ public sealed class RopeTable
         }
     }
 
+    /// <summary>A table from explicit per-pair frequencies (e.g. sent with a KV block), [headDim/2].</summary>
+    public RopeTable(double[] inverseFrequencies, RopeLayout layout)
+    {
+        if (inverseFrequencies.Length == 0) throw new ArgumentException("no RoPE frequencies", nameof(inverseFrequencies));
+        HeadDim = inverseFrequencies.Length * 2;
+        Layout = layout;
+        InverseFrequencies = inverseFrequencies;
+    }
+
     public int HeadDim { get; }
     public RopeLayout Layout { get; }
 

@@ -58,7 +58,14 @@ public static class ServiceHost
             IsHealthy = () => service.IsReady,
             MapHttpEndpoints = endpoints => endpoints.MapPrometheusMetrics(metrics),
             MinimumLogLevel = logLevel,
-        }, (registry, _) => service.Register(registry));
+        }, (registry, _) =>
+        {
+            service.Register(registry);
+            registry.AddUnary(LlmCluster.V1.HealthMethods.Check, (_, _) => Task.FromResult(new Grpc.Health.V1.HealthCheckResponse
+            {
+                Status = service.IsReady ? Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving : Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.NotServing,
+            }));
+        });
         await host.StartAsync();
         return new RunningService(host, service, metrics, processMetrics);
     }

@@ -5,9 +5,12 @@ using Cluster.Engine.Model;
 
 namespace Cluster.Serving.Kv;
 
+/// <summary>The shape of a model's KV, as a put's layout describes it, and its RoPE table (sink_window re-rotates keys).</summary>
+public sealed record KvShape(int Layers, int KvHeads, int HeadDim, RopeTable Rope);
+
 /// <summary>One session's KV as the cache manager holds it.</summary>
 public sealed record StoredKv(
-    string SessionId, KvLayerBlock[] Layers, int TokensSeen, string Policy, long Version,
+    string SessionId, KvShape Shape, KvLayerBlock[] Layers, int TokensSeen, string Policy, long Version,
     bool Checkpoint, int OutputIndex, int TokensReceived)
 {
     public long Bytes => Layers.Sum(l => l.DataBytes);
@@ -28,18 +31,13 @@ public sealed class KvSessionStore : IDisposable
 {
     private readonly object _lock = new();
     private readonly Dictionary<string, (StoredKv Kv, DateTime LastUsed)> _sessions = [];
-    private readonly LlamaConfig _model;
-    private readonly RopeTable _rope;
     private readonly PolicyOptions _policyOptions;
     private readonly TimeProvider _time;
     private readonly CpuBackend _backend = new(threads: 1);
     private long _bytes;
 
-    public KvSessionStore(LlamaConfig model, long budgetBytes, TimeSpan ttl, PolicyOptions? policyOptions = null, TimeProvider? time = null)
+    public KvSessionStore(long budgetBytes, TimeSpan ttl, PolicyOptions? policyOptions = null, TimeProvider? time = null)
     {
-        _model = model;
-        // Cached keys are in the half-split layout whatever the checkpoint's (CpuBackend.Rope).
-        _rope = new RopeTable(model.HeadDim, model.RopeTheta, RopeLayout.Halves, model.RopeScaling);
         BudgetBytes = budgetBytes;
         Ttl = ttl;
         _policyOptions = policyOptions ?? new PolicyOptions();
@@ -50,25 +48,29 @@ public sealed class KvSessionStore : IDisposable
     public TimeSpan Ttl { get; }
     public long Bytes { get { lock (_lock) return _bytes; } }
     public int Sessions { get { lock (_lock) return _sessions.Count; } }
+    public int Blocks { get { lock (_lock) return _sessions.Values.Sum(s => s.Kv.Layers.Length); } }
 
     /// <summary>Applies <paramref name="policy"/> to the blocks and stores them for the session.</summary>
     /// <exception cref="ArgumentException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
     /// <exception cref="KvStoreFullException">The budget cannot hold them even after dropping expired sessions.</exception>
-    public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, string policy, int tokensSeen, IReadOnlyList<KvLayerBlock> blocks, bool checkpoint, int outputIndex)
+    public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<KvLayerBlock> blocks, bool checkpoint, int outputIndex)
     {
         if (string.IsNullOrEmpty(sessionId)) throw new ArgumentException("session_id is empty");
+        if (shape.Rope.HeadDim != shape.HeadDim) throw new ArgumentException($"the layout's RoPE table covers head_dim {shape.Rope.HeadDim}, not {shape.HeadDim}");
         var parsed = KvPolicyRegistry.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
-        var layers = Validate(blocks);
+        if (parsed is QFiltersPolicy { Filters: var f } && (f.Layers, f.KvHeads, f.HeadDim) != (shape.Layers, shape.KvHeads, shape.HeadDim))
+            throw new ArgumentException($"the Q-Filters are [{f.Layers}, {f.KvHeads}, {f.HeadDim}] but this KV is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}]: calibrate for this model");
+        var layers = Validate(shape, blocks);
         int received = layers[0].Positions.Max(p => p.Length);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         if (parsed.Budget is int budget && layers.Any(l => l.Positions.Any(p => p.Length > budget)))
-            layers = Compress(parsed, tokensSeen, layers);
+            layers = Compress(shape, parsed, tokensSeen, layers);
         var elapsed = sw.Elapsed;
 
         lock (_lock)
         {
             long version = _sessions.TryGetValue(sessionId, out var old) ? old.Kv.Version + 1 : 1;
-            var kv = new StoredKv(sessionId, layers, tokensSeen, parsed.Name, version, checkpoint, outputIndex, received);
+            var kv = new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, version, checkpoint, outputIndex, received);
             long freed = old.Kv?.Bytes ?? 0;
             MakeRoom(kv.Bytes - freed, sessionId);
             _bytes += kv.Bytes - freed;
@@ -111,30 +113,31 @@ public sealed class KvSessionStore : IDisposable
         throw new KvStoreFullException($"KV store full: {_bytes + extra} bytes needed, budget {BudgetBytes} (no session idle past the {Ttl.TotalSeconds:F0} s TTL to drop)");
     }
 
-    private KvLayerBlock[] Validate(IReadOnlyList<KvLayerBlock> blocks)
+    private static KvLayerBlock[] Validate(KvShape shape, IReadOnlyList<KvLayerBlock> blocks)
     {
-        if (blocks.Count != _model.Layers) throw new ArgumentException($"expected {_model.Layers} layer blocks, got {blocks.Count}");
-        var layers = new KvLayerBlock[_model.Layers];
+        if (blocks.Count != shape.Layers) throw new ArgumentException($"expected {shape.Layers} layer blocks, got {blocks.Count}");
+        var layers = new KvLayerBlock[shape.Layers];
         foreach (var b in blocks)
         {
             if ((uint)b.Layer >= layers.Length || layers[b.Layer] is not null) throw new ArgumentException($"layer {b.Layer} is out of range or sent twice");
-            if (b.Positions.Length != _model.KvHeads) throw new ArgumentException($"layer {b.Layer} has {b.Positions.Length} KV heads, the model {_model.KvHeads}");
+            if (b.Positions.Length != shape.KvHeads) throw new ArgumentException($"layer {b.Layer} has {b.Positions.Length} KV heads, the layout {shape.KvHeads}");
+            if (b.Positions.Select(p => p.Length).Distinct().Count() > 1) throw new ArgumentException($"layer {b.Layer}: heads hold different token counts");
             layers[b.Layer] = b;
         }
         return layers;
     }
 
     /// <summary>Runs the policy's bulk compression on a host cache built from the blocks.</summary>
-    private KvLayerBlock[] Compress(KvCompressionPolicy policy, int tokensSeen, KvLayerBlock[] layers)
+    private KvLayerBlock[] Compress(KvShape shape, KvCompressionPolicy policy, int tokensSeen, KvLayerBlock[] layers)
     {
         int most = layers.Max(l => l.Positions.Max(p => p.Length));
-        using var cache = new SequenceKvCache(_backend, _model.Layers, _model.KvHeads, _model.HeadDim, most);
+        using var cache = new SequenceKvCache(_backend, shape.Layers, shape.KvHeads, shape.HeadDim, most);
         lock (_backend)
         {
             foreach (var b in layers) KvCacheSnapshot.Restore(_backend, cache, b);
             KvCacheSnapshot.SetTokensSeen(cache, tokensSeen);
-            policy.Compress(_backend, _rope, cache);
-            return Enumerable.Range(0, _model.Layers).Select(l => KvCacheSnapshot.Capture(_backend, cache, l)).ToArray();
+            policy.Compress(_backend, shape.Rope, cache);
+            return Enumerable.Range(0, shape.Layers).Select(l => KvCacheSnapshot.Capture(_backend, cache, l)).ToArray();
         }
     }
 

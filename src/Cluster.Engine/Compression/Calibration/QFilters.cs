@@ -31,6 +31,15 @@ public sealed class QFilters
     public void Save(string path) =>
         SafetensorsWriter.Write(path, [new SafetensorsWriter.TensorSpec(TensorName, [Layers, KvHeads, HeadDim], d => Data.CopyTo(d))], WeightType.F32);
 
+    /// <summary>Loads <c>q_filters</c> with the shape it was stored with (checked against each use's layout).</summary>
+    public static QFilters Load(string path)
+    {
+        long[] shape;
+        using (var file = SafetensorsFile.Open(path))
+            shape = file.Shape(TensorName) is { Length: 3 } s ? s : throw new ModelFormatException(path, $"has no 3-dimensional '{TensorName}' tensor");
+        return Load(path, (int)shape[0], (int)shape[1], (int)shape[2]);
+    }
+
     /// <summary>Loads F32/F16/BF16 <c>q_filters</c>; throws <see cref="ModelFormatException"/> when it is
     /// missing or not [layers, kvHeads, headDim] for the model it is meant for.</summary>
     public static QFilters Load(string path, int layers, int kvHeads, int headDim)
