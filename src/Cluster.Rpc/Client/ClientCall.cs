@@ -16,6 +16,8 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
     where TRequest : class, IMessage<TRequest>
     where TResponse : class, IMessage<TResponse>
 {
+    private static readonly StreamPipeReaderOptions ReaderOptions = new(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024);
+
     private readonly RpcChannel _channel;
     private readonly Method<TRequest, TResponse> _method;
     private readonly CallOptions _options;
@@ -85,7 +87,8 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
             if (_cts.IsCancellationRequested) _response.Dispose(); // cancelled while the headers arrived
             CheckResponseHeaders(_response);
             if (_finished) return;
-            _reader = PipeReader.Create(await _response.Content.ReadAsStreamAsync(_cts.Token).ConfigureAwait(false));
+            // 64 KiB reads instead of the 4 KiB default: messages run to MiBs (KV chunks).
+            _reader = PipeReader.Create(await _response.Content.ReadAsStreamAsync(_cts.Token).ConfigureAwait(false), ReaderOptions);
         }
         catch (Exception ex)
         {

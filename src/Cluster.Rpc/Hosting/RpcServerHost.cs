@@ -53,6 +53,8 @@ public sealed class RpcServerHost : IAsyncDisposable
             kestrel.Limits.MinRequestBodyDataRate = null;
             kestrel.Limits.MinResponseDataRate = null;
             kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
+            kestrel.Limits.Http2.InitialStreamWindowSize = options.Http2StreamWindowSize;
+            kestrel.Limits.Http2.InitialConnectionWindowSize = Math.Max(options.Http2ConnectionWindowSize, options.Http2StreamWindowSize);
             kestrel.AddServerHeader = false;
             kestrel.Listen(options.GrpcEndPoint, l => { l.Protocols = HttpProtocols.Http2; grpc = l; });
             kestrel.Listen(options.HttpEndPoint, l => { l.Protocols = HttpProtocols.Http1; http = l; });
