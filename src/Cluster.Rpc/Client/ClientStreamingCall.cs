@@ -67,7 +67,8 @@ public sealed class ClientStreamingCall<TRequest, TResponse> : IDisposable
     {
         try
         {
-            await _call.SendAsync(_content).ConfigureAwait(false);
+            // No retry: the body is written by the caller as it goes and cannot be replayed.
+            await _call.SendAsync(() => _content, canRetry: false).ConfigureAwait(false);
             return await _call.ReadSingleAsync().ConfigureAwait(false);
         }
         finally
