@@ -1,6 +1,8 @@
 // Loopback benchmark of Cluster.Rpc.
 //   server                      serve TestService on 127.0.0.1 (prints "PORT n"; stops when stdin closes)
 //   client PORT SECONDS         measure against a TestService server, print one line per metric
+//   inproc ROUNDS               client and server in this process; prints process CPU time per
+//                               workload, which a busy shared machine disturbs less than wall time
 using System.Diagnostics;
 using Cluster.Interop;
 using Cluster.Rpc.Client;
@@ -14,9 +16,14 @@ if (args is ["server"])
     await Console.In.ReadToEndAsync();
     return 0;
 }
+if (args is ["inproc", var roundsText])
+{
+    await InProcess.RunAsync(int.Parse(roundsText));
+    return 0;
+}
 if (args is not ["client", var portText, var secondsText])
 {
-    Console.Error.WriteLine("usage: server | client PORT SECONDS");
+    Console.Error.WriteLine("usage: server | client PORT SECONDS | inproc ROUNDS");
     return 2;
 }
 
