@@ -16,6 +16,8 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
     where TRequest : class, IMessage<TRequest>
     where TResponse : class, IMessage<TResponse>
 {
+    private static readonly StreamPipeReaderOptions ReaderOptions = new(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024);
+
     private readonly RpcChannel _channel;
     private readonly Method<TRequest, TResponse> _method;
     private readonly CallOptions _options;
@@ -60,38 +62,73 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
         try { _cts.Cancel(); } catch (ObjectDisposedException) { }
     }
 
-    /// <summary>Sends the request and waits for the response headers; throws for trailers-only errors.</summary>
-    public async Task SendAsync(HttpContent content)
+    /// <summary>
+    /// Sends the request and waits for the response headers; throws for trailers-only errors.
+    /// <paramref name="content"/> is called once per attempt: a stream the server refused
+    /// (REFUSED_STREAM, e.g. over its concurrent-stream limit before the client learnt it) was
+    /// not processed, so a body that can be rebuilt is sent again (gRPC's transparent retry).
+    /// </summary>
+    public async Task SendAsync(Func<HttpContent> content, bool canRetry)
     {
         try
         {
-            _cts.Token.ThrowIfCancellationRequested();
-            var request = new HttpRequestMessage(HttpMethod.Post, new Uri(_channel.Address, _method.FullName))
+            for (var attempt = 1; ; attempt++)
             {
-                Version = HttpVersion.Version20,
-                VersionPolicy = HttpVersionPolicy.RequestVersionExact, // h2c with prior knowledge
-                Content = content,
-            };
-            request.Headers.TE.Add(new TransferCodingWithQualityHeaderValue("trailers"));
-            request.Headers.TryAddWithoutValidation("user-agent", "cluster-rpc/1.0");
-            request.Headers.TryAddWithoutValidation(GrpcProtocol.AcceptEncodingHeader, GrpcProtocol.SupportedEncodings);
-            if (_options.Deadline is { } deadline)
-                request.Headers.TryAddWithoutValidation(GrpcProtocol.TimeoutHeader, GrpcTimeout.Format(deadline.ToUniversalTime() - DateTime.UtcNow));
-            if (_options.Headers is { } headers)
-                foreach (var e in headers)
-                    if (!GrpcProtocol.IsReservedHeader(e.Key)) request.Headers.TryAddWithoutValidation(e.Key, Metadata.WireValue(e));
-
-            _response = await _channel.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, _cts.Token).ConfigureAwait(false);
+                _cts.Token.ThrowIfCancellationRequested();
+                try
+                {
+                    _response = await _channel.Http.SendAsync(CreateRequest(content()), HttpCompletionOption.ResponseHeadersRead, _cts.Token).ConfigureAwait(false);
+                    break;
+                }
+                catch (HttpRequestException ex) when (canRetry && attempt < MaxAttempts && IsRefusedStream(ex))
+                {
+                    await Task.Delay(attempt * 5, _cts.Token).ConfigureAwait(false);
+                }
+            }
             if (_cts.IsCancellationRequested) _response.Dispose(); // cancelled while the headers arrived
             CheckResponseHeaders(_response);
             if (_finished) return;
-            _reader = PipeReader.Create(await _response.Content.ReadAsStreamAsync(_cts.Token).ConfigureAwait(false));
+            // 64 KiB reads instead of the 4 KiB default: messages run to MiBs (KV chunks).
+            _reader = PipeReader.Create(await _response.Content.ReadAsStreamAsync(_cts.Token).ConfigureAwait(false), ReaderOptions);
         }
         catch (Exception ex)
         {
             throw ToRpcException(ex);
         }
     }
+
+    private const int MaxAttempts = 5;
+
+    private HttpRequestMessage CreateRequest(HttpContent content)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, new Uri(_channel.Address, _method.FullName))
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact, // h2c with prior knowledge
+            Content = content,
+        };
+        request.Headers.TE.Add(new TransferCodingWithQualityHeaderValue("trailers"));
+        request.Headers.TryAddWithoutValidation("user-agent", "cluster-rpc/1.0");
+        request.Headers.TryAddWithoutValidation(GrpcProtocol.AcceptEncodingHeader, GrpcProtocol.SupportedEncodings);
+        if (_options.Deadline is { } deadline)
+            request.Headers.TryAddWithoutValidation(GrpcProtocol.TimeoutHeader, GrpcTimeout.Format(deadline.ToUniversalTime() - DateTime.UtcNow));
+        if (_options.Headers is { } headers)
+            foreach (var e in headers)
+                if (!GrpcProtocol.IsReservedHeader(e.Key)) request.Headers.TryAddWithoutValidation(e.Key, Metadata.WireValue(e));
+        return request;
+    }
+
+    private static bool IsRefusedStream(Exception ex) => FindHttp2Error(ex) == RefusedStream;
+
+    /// <summary>The HTTP/2 error code (RST_STREAM/GOAWAY) behind an exception, if any.</summary>
+    private static long? FindHttp2Error(Exception? ex)
+    {
+        for (; ex is not null; ex = ex.InnerException)
+            if (ex is HttpProtocolException http) return http.ErrorCode;
+        return null;
+    }
+
+    private const long RefusedStream = 0x7;
 
     /// <summary>The next response message, or null at the end of the stream (after an OK status).</summary>
     public async ValueTask<TResponse?> ReadNextAsync()
@@ -182,7 +219,7 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
         {
             RpcException rpc => rpc,
             InvalidProtocolBufferException => new RpcException(StatusCode.Internal, "Failed to deserialize response message", inner: ex),
-            HttpProtocolException http => new RpcException(FromHttp2ErrorCode(http.ErrorCode), $"HTTP/2 error {http.ErrorCode}: {http.Message}", inner: ex),
+            _ when FindHttp2Error(ex) is { } code => new RpcException(FromHttp2ErrorCode(code), $"HTTP/2 error {code}: {ex.Message}", inner: ex),
             // Connection refused or lost, DNS, TLS, IO: the transport is unavailable (spec).
             HttpRequestException or IOException or System.Net.Sockets.SocketException => new RpcException(StatusCode.Unavailable, ex.Message, inner: ex),
             OperationCanceledException => new RpcException(StatusCode.Cancelled, "Call cancelled", inner: ex),

@@ -46,11 +46,16 @@ public sealed class ClientStreamingCall<TRequest, TResponse> : IDisposable
             await stream.WriteAsync(_buffer.WrittenMemory, _call.Token).ConfigureAwait(false);
             await stream.FlushAsync(_call.Token).ConfigureAwait(false);
         }
-        catch (Exception) when (ResponseAsync.IsCompleted || _call.Token.IsCancellationRequested)
+        catch (Exception ex)
         {
-            // The write failed because the call ended; its status says why.
-            await ResponseAsync.ConfigureAwait(false);
-            throw new RpcException(StatusCode.Internal, "Cannot write: the call already completed");
+            // A broken request stream means the call is ending; its status says why. The wait is
+            // bounded in case the response side has not noticed yet.
+            if (await Task.WhenAny(ResponseAsync, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false) == ResponseAsync)
+            {
+                await ResponseAsync.ConfigureAwait(false);
+                throw new RpcException(StatusCode.Internal, "Cannot write: the call already completed", inner: ex);
+            }
+            throw new RpcException(StatusCode.Unavailable, $"Request stream failed: {ex.Message}", inner: ex);
         }
     }
 
@@ -67,7 +72,8 @@ public sealed class ClientStreamingCall<TRequest, TResponse> : IDisposable
     {
         try
         {
-            await _call.SendAsync(_content).ConfigureAwait(false);
+            // No retry: the body is written by the caller as it goes and cannot be replayed.
+            await _call.SendAsync(() => _content, canRetry: false).ConfigureAwait(false);
             return await _call.ReadSingleAsync().ConfigureAwait(false);
         }
         finally

@@ -43,7 +43,7 @@ public sealed class RpcChannel : IDisposable
         where TResponse : class, IMessage<TResponse>
     {
         using var call = new ClientCall<TRequest, TResponse>(this, method, options);
-        await call.SendAsync(RequestContent.Single(request)).ConfigureAwait(false);
+        await call.SendAsync(() => RequestContent.Single(request), canRetry: true).ConfigureAwait(false);
         return await call.ReadSingleAsync().ConfigureAwait(false);
     }
 
@@ -53,7 +53,7 @@ public sealed class RpcChannel : IDisposable
         where TResponse : class, IMessage<TResponse>
     {
         var call = new ClientCall<TRequest, TResponse>(this, method, options);
-        return new ServerStreamingCall<TResponse>(call.SendAsync(RequestContent.Single(request)), call.ReadNextAsync, call);
+        return new ServerStreamingCall<TResponse>(call.SendAsync(() => RequestContent.Single(request), canRetry: true), call.ReadNextAsync, call);
     }
 
     /// <summary>Starts a client-streaming call: write requests, complete, then await the response.</summary>

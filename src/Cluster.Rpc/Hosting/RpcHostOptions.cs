@@ -20,6 +20,15 @@ public sealed class RpcHostOptions
     /// </summary>
     public int MaxStreamsPerConnection { get; set; } = 1000;
 
+    /// <summary>
+    /// HTTP/2 receive window per stream, in bytes (Kestrel's default is 768 KiB). KV blocks move
+    /// as 1 MiB messages; a window smaller than a message stalls the sender once per message.
+    /// </summary>
+    public int Http2StreamWindowSize { get; set; } = 768 * 1024;
+
+    /// <summary>HTTP/2 receive window per connection, in bytes (at least the stream window).</summary>
+    public int Http2ConnectionWindowSize { get; set; } = 1024 * 1024;
+
     /// <summary>Answer of /healthz: 200 "ok" when it returns true, 503 otherwise.</summary>
     public Func<bool> IsHealthy { get; set; } = () => true;
 

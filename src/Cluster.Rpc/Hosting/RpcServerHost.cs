@@ -16,12 +16,15 @@ namespace Cluster.Rpc.Hosting;
 /// </summary>
 public sealed class RpcServerHost : IAsyncDisposable
 {
-    private readonly ListenOptions[] _listen = new ListenOptions[2];
+    // [0] gRPC, [1] HTTP/1.1; filled when Kestrel applies its options, and once the server is
+    // started their IPEndPoint holds the bound port (port 0 resolved).
+    private readonly ListenOptions?[] _listen;
 
-    private RpcServerHost(WebApplication app, RpcServiceRegistry registry)
+    private RpcServerHost(WebApplication app, RpcServiceRegistry registry, ListenOptions?[] listen)
     {
         App = app;
         Registry = registry;
+        _listen = listen;
     }
 
     public WebApplication App { get; }
@@ -29,10 +32,10 @@ public sealed class RpcServerHost : IAsyncDisposable
     public RpcServiceRegistry Registry { get; }
 
     /// <summary>The bound gRPC endpoint (the real port once started).</summary>
-    public IPEndPoint GrpcEndPoint => _listen[0].IPEndPoint!;
+    public IPEndPoint GrpcEndPoint => _listen[0]?.IPEndPoint ?? throw NotStarted();
 
     /// <summary>The bound HTTP/1.1 endpoint (the real port once started).</summary>
-    public IPEndPoint HttpEndPoint => _listen[1].IPEndPoint!;
+    public IPEndPoint HttpEndPoint => _listen[1]?.IPEndPoint ?? throw NotStarted();
 
     /// <summary>"http://host:port" of the gRPC port, for a client channel.</summary>
     public Uri GrpcAddress => new($"http://{GrpcEndPoint}");
@@ -45,7 +48,7 @@ public sealed class RpcServerHost : IAsyncDisposable
         builder.Logging.SetMinimumLevel(options.MinimumLogLevel);
         configureServices?.Invoke(builder.Services);
 
-        ListenOptions? grpc = null, http = null;
+        var listen = new ListenOptions?[2];
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             // Per-call limits are lifted per request too; these are the server-wide defaults.
@@ -53,9 +56,11 @@ public sealed class RpcServerHost : IAsyncDisposable
             kestrel.Limits.MinRequestBodyDataRate = null;
             kestrel.Limits.MinResponseDataRate = null;
             kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
+            kestrel.Limits.Http2.InitialStreamWindowSize = options.Http2StreamWindowSize;
+            kestrel.Limits.Http2.InitialConnectionWindowSize = Math.Max(options.Http2ConnectionWindowSize, options.Http2StreamWindowSize);
             kestrel.AddServerHeader = false;
-            kestrel.Listen(options.GrpcEndPoint, l => { l.Protocols = HttpProtocols.Http2; grpc = l; });
-            kestrel.Listen(options.HttpEndPoint, l => { l.Protocols = HttpProtocols.Http1; http = l; });
+            kestrel.Listen(options.GrpcEndPoint, l => { l.Protocols = HttpProtocols.Http2; listen[0] = l; });
+            kestrel.Listen(options.HttpEndPoint, l => { l.Protocols = HttpProtocols.Http1; listen[1] = l; });
         });
 
         var app = builder.Build();
@@ -68,19 +73,10 @@ public sealed class RpcServerHost : IAsyncDisposable
         app.MapGet("/healthz", () => options.IsHealthy() ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));
         options.MapHttpEndpoints?.Invoke(app);
 
-        var host = new RpcServerHost(app, registry);
-        // ConfigureKestrel runs lazily; ListenOptions are captured when the server starts.
-        host._pending = () => { host._listen[0] = grpc!; host._listen[1] = http!; };
-        return host;
+        return new RpcServerHost(app, registry, listen);
     }
 
-    private Action? _pending;
-
-    public async Task StartAsync(CancellationToken cancellationToken = default)
-    {
-        await App.StartAsync(cancellationToken).ConfigureAwait(false);
-        _pending?.Invoke();
-    }
+    public Task StartAsync(CancellationToken cancellationToken = default) => App.StartAsync(cancellationToken);
 
     public Task StopAsync(CancellationToken cancellationToken = default) => App.StopAsync(cancellationToken);
 
@@ -88,11 +84,14 @@ public sealed class RpcServerHost : IAsyncDisposable
     {
         try
         {
-            await App.StopAsync(new CancellationTokenSource(TimeSpan.FromSeconds(5)).Token).ConfigureAwait(false);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            await App.StopAsync(timeout.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
         }
         await App.DisposeAsync().ConfigureAwait(false);
     }
+
+    private static InvalidOperationException NotStarted() => new("The host is not started yet");
 }

@@ -138,15 +138,11 @@ internal abstract class ServerCallHandler
     private static void DisablePerRequestLimits(HttpContext http)
     {
         if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = null;
-        try
-        {
-            if (http.Features.Get<IHttpMinRequestBodyDataRateFeature>() is { } rate) rate.MinDataRate = null;
-            if (http.Features.Get<IHttpMinResponseDataRateFeature>() is { } responseRate) responseRate.MinDataRate = null;
-        }
-        catch (NotSupportedException)
-        {
-            // Kestrel's HTTP/2 streams accept only null here, and some builds refuse even that.
-        }
+        // Kestrel's HTTP/2 streams accept only null for these (and the host sets null server-wide).
+        try { if (http.Features.Get<IHttpMinRequestBodyDataRateFeature>() is { } rate) rate.MinDataRate = null; }
+        catch (NotSupportedException) { }
+        try { if (http.Features.Get<IHttpMinResponseDataRateFeature>() is { } rate) rate.MinDataRate = null; }
+        catch (NotSupportedException) { }
     }
 
     private static Metadata ReadMetadata(IHeaderDictionary headers)

@@ -17,7 +17,7 @@ public static class ClientCases
     [
         "empty_unary", "large_unary", "custom_metadata", "status_code_and_message", "special_status_message",
         "server_streaming_10k", "server_streaming_64mib", "client_streaming_64mib",
-        "error_before_messages", "error_after_messages", "timeout_on_sleeping_server",
+        "error_before_messages", "error_after_messages", "timeout_on_sleeping_server", "deadline_mid_stream",
         "cancel_after_first_response", "unimplemented_method",
     ];
 
@@ -40,6 +40,7 @@ public static class ClientCases
         "error_before_messages" => ErrorInStream(channel, 0),
         "error_after_messages" => ErrorInStream(channel, 5),
         "timeout_on_sleeping_server" => Timeout(channel),
+        "deadline_mid_stream" => DeadlineMidStream(channel),
         "cancel_after_first_response" => CancelAfterFirstResponse(channel, cancelledSeen),
         "unimplemented_method" => Unimplemented(channel),
         _ => throw new ArgumentException($"unknown case {name}", nameof(name)),
@@ -125,6 +126,16 @@ public static class ClientCases
         var ex = await Assert.ThrowsAsync<RpcException>(() => channel.UnaryAsync(TestServiceMethods.UnaryCall, new SimpleRequest { SleepMs = 20_000 }, CallOptions.WithTimeout(TimeSpan.FromMilliseconds(300))));
         Assert.Equal(StatusCode.DeadlineExceeded, ex.StatusCode);
         Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(5), "the deadline fired late");
+    }
+
+    private static async Task DeadlineMidStream(RpcChannel channel)
+    {
+        // 1000 messages 10 ms apart cannot finish in 500 ms: some arrive, then DEADLINE_EXCEEDED.
+        using var call = channel.ServerStreaming(TestServiceMethods.StreamingOutputCall, new StreamingOutputCallRequest { Count = 1000, Size = 8, IntervalMs = 10 }, CallOptions.WithTimeout(TimeSpan.FromMilliseconds(500)));
+        var received = 0;
+        var ex = await Assert.ThrowsAsync<RpcException>(async () => { await foreach (var _ in call.ReadAllAsync()) received++; });
+        Assert.Equal(StatusCode.DeadlineExceeded, ex.StatusCode);
+        Assert.InRange(received, 1, 999);
     }
 
     private static async Task CancelAfterFirstResponse(RpcChannel channel, Func<string, Task> cancelledSeen)

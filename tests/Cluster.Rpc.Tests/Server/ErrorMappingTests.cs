@@ -15,6 +15,8 @@ public sealed class ErrorMappingTests : IAsyncLifetime
     private static readonly Method<Empty, Empty> IgnoresDeadline = new(MethodType.Unary, "test.Errors", "IgnoresDeadline", Empty.Parser, Empty.Parser);
     private static readonly Method<Empty, Empty> StreamCrash = new(MethodType.ServerStreaming, "test.Errors", "StreamCrash", Empty.Parser, Empty.Parser);
 
+    private static readonly Method<StreamingInputCallRequest, StreamingInputCallResponse> StopsEarly = new(MethodType.ClientStreaming, "test.Errors", "StopsEarly", StreamingInputCallRequest.Parser, StreamingInputCallResponse.Parser);
+
     private RpcServerHost _host = null!;
     private RpcChannel _channel = null!;
 
@@ -25,6 +27,11 @@ public sealed class ErrorMappingTests : IAsyncLifetime
             .AddUnary(BadArgument, (_, _) => throw new ArgumentException("must be positive", "max_tokens"))
             .AddUnary(Rpc, (_, _) => throw new RpcException(StatusCode.NotFound, "no such session", new Metadata().Add("session", "s1")))
             .AddUnary(IgnoresDeadline, async (_, _) => { await Task.Delay(500); return new Empty(); })
+            .AddClientStreaming(StopsEarly, async (requests, _) =>
+            {
+                await foreach (var request in requests) throw new RpcException(StatusCode.FailedPrecondition, "enough");
+                return new StreamingInputCallResponse();
+            })
             .AddServerStreaming(StreamCrash, async (_, stream, _) =>
             {
                 await stream.WriteAsync(new Empty());
@@ -58,6 +65,22 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Equal(1, n);
         Assert.Equal(StatusCode.Internal, ex.StatusCode);
         Assert.DoesNotContain("boom", ex.Detail);
+    }
+
+    [Fact(Timeout = 30_000)]
+    public async Task Client_stream_writer_gets_the_status_of_a_server_that_stopped_early()
+    {
+        using var call = _channel.ClientStreaming(StopsEarly, CallOptions.WithTimeout(TimeSpan.FromSeconds(20)));
+        var chunk = new StreamingInputCallRequest { Payload = new Payload { Body = Google.Protobuf.ByteString.CopyFrom(new byte[64 * 1024]) } };
+        var ex = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            // Far more than the flow-control windows hold: the writer must notice the call ended.
+            for (var i = 0; i < 1000; i++) await call.WriteAsync(chunk);
+            await call.CompleteAsync();
+            await call.ResponseAsync;
+        });
+        Assert.Equal(StatusCode.FailedPrecondition, ex.StatusCode);
+        Assert.Equal("enough", ex.Detail);
     }
 
     [Fact(Timeout = 30_000)]

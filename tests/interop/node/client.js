@@ -99,6 +99,11 @@ const cases = {
     await expectError(unary('UnaryCall', { sleep_ms: 20000 }, new grpc.Metadata(), deadline(300)), grpc.status.DEADLINE_EXCEEDED);
     assert.ok(Date.now() - t < 5000);
   },
+  async deadline_mid_stream() {
+    const { messages, status } = await stream({ count: 1000, size: 8, interval_ms: 10 }, new grpc.Metadata(), deadline(500));
+    assert.equal(status.code, grpc.status.DEADLINE_EXCEEDED);
+    assert.ok(messages.length >= 1 && messages.length < 1000, `${messages.length} messages`);
+  },
   async cancel_after_first_response() {
     const md = new grpc.Metadata();
     md.set('call-id', callId);

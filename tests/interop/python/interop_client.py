@@ -76,6 +76,11 @@ def run(stub, case, call_id):
         t = time.monotonic()
         expect_error(lambda: stub.UnaryCall(pb.SimpleRequest(sleep_ms=20000), timeout=0.3), grpc.StatusCode.DEADLINE_EXCEEDED)
         assert time.monotonic() - t < 5
+    elif case == "deadline_mid_stream":
+        got = []
+        call = stub.StreamingOutputCall(pb.StreamingOutputCallRequest(count=1000, size=8, interval_ms=10), timeout=0.5)
+        expect_error(lambda: got.extend(call), grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert 1 <= len(got) < 1000, len(got)
     elif case == "cancel_after_first_response":
         call = stub.StreamingOutputCall(pb.StreamingOutputCallRequest(count=10000, size=8, interval_ms=10),
                                         metadata=(("call-id", call_id),), timeout=60)

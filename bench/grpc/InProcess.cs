@@ -1,0 +1,50 @@
+using System.Diagnostics;
+using Cluster.Interop;
+using Cluster.Rpc.Client;
+using Cluster.Rpc.Hosting;
+
+/// <summary>
+/// Our client and server in one process: CPU milliseconds (user + system, both sides together)
+/// and wall milliseconds per workload. CPU time shows the layer's own cost even when other
+/// processes compete for the 2 cores.
+/// </summary>
+internal static class InProcess
+{
+    public static async Task RunAsync(int rounds)
+    {
+        await using var host = RpcServerHost.Create(new RpcHostOptions(), (registry, _) => new InteropService().Register(registry));
+        await host.StartAsync();
+        using var channel = new RpcChannel(host.GrpcAddress, new RpcChannelOptions { MaxReceiveMessageSize = 8 << 20 });
+        var chunk = new StreamingInputCallRequest { Payload = new Payload { Body = InteropService.MakeBody(1 << 20, 0) } };
+
+        for (var round = 0; round < rounds; round++)
+        {
+            await Measure("up_256mib", async () =>
+            {
+                using var call = channel.ClientStreaming(TestServiceMethods.StreamingInputCall);
+                for (var i = 0; i < 256; i++) await call.WriteAsync(chunk);
+                await call.CompleteAsync();
+                await call.ResponseAsync;
+            });
+            await Measure("down_256mib", async () =>
+            {
+                using var call = channel.ServerStreaming(TestServiceMethods.StreamingOutputCall, new StreamingOutputCallRequest { Count = 256, Size = 1 << 20 });
+                await foreach (var _ in call.ReadAllAsync()) { }
+            });
+            await Measure("unary_seq_5000", async () =>
+            {
+                for (var i = 0; i < 5000; i++) await channel.UnaryAsync(TestServiceMethods.EmptyCall, new Empty());
+            });
+        }
+    }
+
+    private static async Task Measure(string name, Func<Task> work)
+    {
+        var process = Process.GetCurrentProcess();
+        var cpu = process.TotalProcessorTime;
+        var wall = Stopwatch.StartNew();
+        await work();
+        process.Refresh();
+        Console.WriteLine($"{name} cpu_ms {(process.TotalProcessorTime - cpu).TotalMilliseconds:F0} wall_ms {wall.Elapsed.TotalMilliseconds:F0}");
+    }
+}
