@@ -1,22 +1,226 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Cluster.Engine.Generation;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Scheduling;
+using Cluster.Rpc;
 using Cluster.Rpc.Server;
 using Cluster.Serving.Hosting;
+using Cluster.Serving.Kv;
+using Cluster.Serving.Mapping;
+using Cluster.Serving.Routing;
+using LlmCluster.V1;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Decode;
 
-/// <summary>The decode service (skeleton: its gRPC methods arrive with the cluster issue).</summary>
+/// <summary>
+/// Continues sequences from their KV in the cache manager: each Decode call pulls the blocks, replays
+/// the tokens already streamed, joins the continuous batch (<see cref="ContinuousBatcher"/>) and
+/// streams tokens; the KV is checkpointed to the cache manager every N tokens and at the end, so a
+/// stream can be restarted elsewhere. A call that is cancelled leaves the batch before the next step.
+/// </summary>
 public sealed class DecodeService : IClusterService
 {
     public const string MeterName = "LlmCluster.Decode";
+    private readonly ModelHost _host;
+    private readonly ServiceOptions _options;
+    private readonly ContinuousBatcher _batcher;
+    private readonly ChannelCache _channels = new();
+    private readonly DecodeMetrics _metrics;
+    private readonly ConcurrentDictionary<DecodeCall, byte> _calls = new();
+    private readonly ILogger _logger;
 
-    public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging) =>
-        Task.FromResult<IClusterService>(new DecodeService());
+    private DecodeService(ModelHost host, ServiceOptions options, ILogger logger)
+    {
+        _host = host;
+        _options = options;
+        _logger = logger;
+        _metrics = new DecodeMetrics(() => _batcher!.Running, KvUsage, 4 * host.Config.ParameterCount);
+        _batcher = new ContinuousBatcher(host.Model!, Math.Min(options.MaxBatch, host.Model!.MaxChunk),
+            afterStep: (size, elapsed) =>
+            {
+                _metrics.BatchSize.Record(size);
+                _metrics.StepSeconds.Record(elapsed.TotalSeconds);
+                _metrics.Tokens.Add(size);
+            },
+            afterToken: (seq, chunk, state) => ((DecodeCall)state!).AfterToken(seq, chunk));
+    }
 
-    public void Register(RpcServiceRegistry registry) { }
+    public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
+    {
+        var logger = logging.CreateLogger("decode");
+        return Task.FromResult<IClusterService>(new DecodeService(ModelHost.Load(options, logger, weights: true), options, logger));
+    }
 
     public bool IsReady => true;
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    /// <summary>Sequences in the batch (tests read it to see that an abort freed its sequence).</summary>
+    public int Running => _batcher.Running;
+
+    public void Register(RpcServiceRegistry registry) => registry.AddServerStreaming(DecodeMethods.Decode, Decode);
+
+    private (long Used, long Allocated) KvUsage()
+    {
+        long used = 0, allocated = 0;
+        foreach (var call in _calls.Keys)
+        {
+            var cache = call.Cache;
+            if (cache is null) continue;
+            used += cache.Layers.Sum(l => (long)l.Lengths.Sum() * l.HeadDim * 8);
+            allocated += cache.Layers.Sum(l => (long)l.KvHeads * l.Capacity * l.HeadDim * 8);
+        }
+        return (used, allocated);
+    }
+
+    private async Task Decode(DecodeRequest request, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
+    {
+        var model = _host.Model!;
+        var c = model.Config;
+        if (request.Kv is null || string.IsNullOrEmpty(request.Kv.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "kv.session_id is required");
+        if (request.Sampling is null || !request.Sampling.HasSeed) throw new RpcException(StatusCode.InvalidArgument, "sampling.seed is required (the gateway fixes it so that every worker draws the same tokens)");
+        var p = SamplingMapping.ToEngine(request.Sampling, c.VocabSize);
+        var prompt = request.PromptTokenIds.ToArray();
+        var generated = request.GeneratedTokenIds.ToArray();
+        RequestChecks.Prompt(prompt, c, "prompt_token_ids");
+        if (generated.Length == 0) throw new RpcException(StatusCode.InvalidArgument, "generated_token_ids is empty: decode continues after the first token from prefill");
+
+        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
+        var fetch = Stopwatch.StartNew();
+        var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, context.CancellationToken);
+        var get = new KeyValuePair<string, object?>("direction", "get");
+        _metrics.TransferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
+        _metrics.TransferBytes.Add(bytes, get);
+        int cached = handle.TokenCount - prompt.Length;
+        // The cache must lack at least the newest token: its logits come from running it (a compressed
+        // cache cannot be rolled back to recompute them).
+        if (cached < 0 || cached >= generated.Length)
+            throw new RpcException(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the prompt's {prompt.Length} plus fewer than the {generated.Length} generated");
+        if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
+            throw new RpcException(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model");
+
+        var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
+        var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+        int most = blocks.Max(b => b.Positions.Max(x => x.Length));
+        var cache = model.CreateCache(Math.Max(most + 1, Math.Min(handle.TokenCount + p.MaxTokens, policy?.Budget ?? c.MaxPositions)));
+        foreach (var b in blocks) KvCacheSnapshot.Restore(model.Backend, cache, b);
+        KvCacheSnapshot.SetTokensSeen(cache, handle.TokenCount);
+        cache.Policy = policy;
+
+        var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex);
+        foreach (var id in generated) seq.Replay(id);
+        int every = request.CheckpointEvery > 0 ? request.CheckpointEvery : _options.CheckpointEvery;
+        var call = new DecodeCall(this, cacheManager, handle, every) { Cache = cache };
+        _calls[call] = 0;
+        try
+        {
+            // The tokens the cache lacks (at least the newest one) run when the sequence joins the batch.
+            var reader = _batcher.Add(seq, generated[cached..], context.CancellationToken, call);
+            var started = Stopwatch.StartNew();
+            int produced = 0;
+            await foreach (var chunk in reader.ReadAllAsync(CancellationToken.None))
+            {
+                await call.FlushCheckpoints(responses);
+                if (chunk.TokenId is int id)
+                {
+                    var dc = new DecodeChunk { TokenIds = { id }, OutputIndex = generated.Length + produced, Text = chunk.Text };
+                    if (SamplingMapping.ToWire(chunk.Logprobs) is { } lp) dc.Logprobs.Add(lp);
+                    await responses.WriteAsync(new DecodeResponse { Chunk = dc });
+                    produced++;
+                }
+                else if (chunk.Text.Length > 0)
+                {
+                    await responses.WriteAsync(new DecodeResponse { Chunk = new DecodeChunk { OutputIndex = generated.Length + produced, Text = chunk.Text } });
+                }
+                if (chunk.Finish is { } finish)
+                {
+                    if (finish != Engine.Sampling.FinishReason.Abort)
+                    {
+                        await call.WaitForCheckpoints();
+                        await call.FlushCheckpoints(responses);
+                    }
+                    await responses.WriteAsync(new DecodeResponse
+                    {
+                        Complete = new DecodeComplete
+                        {
+                            FinishReason = SamplingMapping.ToWire(finish),
+                            GeneratedTokens = produced,
+                            TpotSeconds = produced > 1 ? started.Elapsed.TotalSeconds / produced : 0,
+                        },
+                    });
+                }
+            }
+            context.CancellationToken.ThrowIfCancellationRequested();
+        }
+        finally
+        {
+            _calls.TryRemove(call, out _);
+        }
+    }
+
+    /// <summary>One Decode call's checkpoint bookkeeping. Checkpoints are captured on the batch thread
+    /// (a copy, so the sequence can go on) and written to the cache manager one after another, so a
+    /// newer one never lands before an older one.</summary>
+    private sealed class DecodeCall(DecodeService service, Rpc.Client.RpcChannel cacheManager, KvHandle handle, int every)
+    {
+        private readonly ConcurrentQueue<KvHandle> _written = new();
+        private Task _chain = Task.CompletedTask;
+        private int _sinceCheckpoint;
+
+        public SequenceKvCache? Cache { get; init; }
+
+        /// <summary>Batch thread: after each token; captures a checkpoint every N tokens and at the end.</summary>
+        public void AfterToken(SequenceGeneration seq, GenerationChunk chunk)
+        {
+            if (chunk.Finish == Engine.Sampling.FinishReason.Abort) return; // the client is gone: free at once
+            if (++_sinceCheckpoint < every && chunk.Finish is null) return;
+            _sinceCheckpoint = 0;
+            var model = service._host.Model!;
+            var blocks = Enumerable.Range(0, model.Config.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
+            var header = new PutHeader
+            {
+                SessionId = handle.SessionId,
+                Layout = handle.Layout,
+                Policy = handle.Policy,
+                TokenCount = seq.Cache.TokensSeen,
+                Checkpoint = true,
+                OutputIndex = seq.Generated.Count,
+            };
+            _chain = _chain.ContinueWith(async _ =>
+            {
+                var sw = Stopwatch.StartNew();
+                try
+                {
+                    var (response, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
+                    var put = new KeyValuePair<string, object?>("direction", "put");
+                    service._metrics.TransferSeconds.Record(sw.Elapsed.TotalSeconds, put);
+                    service._metrics.TransferBytes.Add(bytes, put);
+                    _written.Enqueue(response.Kv);
+                }
+                catch (Exception e) when (e is RpcException or OperationCanceledException)
+                {
+                    // A lost checkpoint costs only re-computation on a restart; the stream goes on.
+                    service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", handle.SessionId, e.Message);
+                }
+            }, TaskScheduler.Default).Unwrap();
+        }
+
+        public Task WaitForCheckpoints() => _chain;
+
+        public async Task FlushCheckpoints(IServerStreamWriter<DecodeResponse> responses)
+        {
+            while (_written.TryDequeue(out var kv)) await responses.WriteAsync(new DecodeResponse { Checkpoint = kv });
+        }
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _batcher.Dispose();
+        _channels.Dispose();
+        _metrics.Dispose();
+        _host.Dispose();
+        return ValueTask.CompletedTask;
+    }
 }

@@ -1,22 +1,151 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
+using Cluster.Engine.Compression;
+using Cluster.Redis;
+using Cluster.Redis.Sessions;
+using Cluster.Rpc;
+using Cluster.Rpc.Client;
 using Cluster.Rpc.Server;
 using Cluster.Serving.Hosting;
+using Cluster.Serving.Routing;
+using Grpc.Health.V1;
+using LlmCluster.V1;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Gateway;
 
-/// <summary>The gateway service (skeleton: its gRPC methods arrive with the cluster issue).</summary>
+/// <summary>
+/// The public entry point: validates and tokenizes requests, routes them to a prefill worker and
+/// then a decode worker (least outstanding requests among healthy ones), and streams tokens to the
+/// client, logging each one in the session store before it is sent so that Resume can replay it.
+/// </summary>
 public sealed class GatewayService : IClusterService
 {
     public const string MeterName = "LlmCluster.Gateway";
+    private static readonly TimeSpan HealthInterval = TimeSpan.FromSeconds(2);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _healthLoop;
 
-    public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging) =>
-        Task.FromResult<IClusterService>(new GatewayService());
+    private GatewayService(ServiceOptions options, ModelHost host, ISessionStore sessions, IAsyncDisposable? sessionOwner, ILogger logger)
+    {
+        Options = options;
+        Host = host;
+        Sessions = sessions;
+        _sessionOwner = sessionOwner;
+        Logger = logger;
+        Prefill = new WorkerPool("prefill", ServiceOptions.Addresses(options.Prefill, "--prefill"));
+        Decode = new WorkerPool("decode", ServiceOptions.Addresses(options.Decode, "--decode"));
+        Metrics = new GatewayMetrics(WorkersUp);
+        _healthLoop = Task.Run(() => HealthLoop(_stop.Token));
+    }
 
-    public void Register(RpcServiceRegistry registry) { }
+    private readonly IAsyncDisposable? _sessionOwner;
 
-    public bool IsReady => true;
+    internal ServiceOptions Options { get; }
+    internal ModelHost Host { get; }
+    internal ISessionStore Sessions { get; }
+    internal ILogger Logger { get; }
+    internal WorkerPool Prefill { get; }
+    internal WorkerPool Decode { get; }
+    internal GatewayMetrics Metrics { get; }
+
+    /// <summary>Requests in flight by session id, for Abort.</summary>
+    internal ConcurrentDictionary<string, CancellationTokenSource> Live { get; } = new();
+
+    public static async Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
+    {
+        var logger = logging.CreateLogger("gateway");
+        var host = ModelHost.Load(options, logger, weights: false);
+        // The policy every request falls back to must parse before the first request arrives.
+        Serving.Mapping.PolicyMapping.Parse(options.Policy, host.Policies);
+        var ttl = TimeSpan.FromSeconds(Math.Max(1, options.SessionTtl));
+        if (string.IsNullOrEmpty(options.Redis))
+            return new GatewayService(options, host, new InMemorySessionStore(ttl), null, logger);
+        var redis = await RedisClient.ConnectAsync(RedisOptions.Parse(options.Redis));
+        logger.LogInformation("session store: redis at {Redis}", options.Redis);
+        return new GatewayService(options, host, new RedisSessionStore(redis, ttl), redis, logger);
+    }
+
+    /// <summary>Ready while at least one prefill and one decode worker pass health checks.</summary>
+    public bool IsReady => Prefill.Workers.Any(w => w.Healthy) && Decode.Workers.Any(w => w.Healthy);
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    public void Register(RpcServiceRegistry registry) => registry
+        .AddServerStreaming(GatewayMethods.Generate, (request, responses, context) => new GenerateCall(this, request, responses, context).RunAsync())
+        .AddServerStreaming(GatewayMethods.Resume, (request, responses, context) => new ResumeCall(this, request, responses, context).RunAsync())
+        .AddUnary(GatewayMethods.Abort, Abort)
+        .AddUnary(GatewayMethods.GetModelInfo, GetModelInfo)
+        .AddUnary(GatewayMethods.Health, Health);
+
+    private Task<AbortResponse> Abort(AbortRequest request, ServerCallContext context)
+    {
+        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "session_id is required");
+        bool found = Live.TryGetValue(request.SessionId, out var cts);
+        cts?.Cancel();
+        return Task.FromResult(new AbortResponse { Aborted = found });
+    }
+
+    private Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
+    {
+        var c = Host.Config;
+        var info = new ModelInfo
+        {
+            Name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Host.Path)),
+            Architecture = "llama",
+            VocabSize = c.VocabSize,
+            ContextLength = c.MaxPositions,
+            KvLayout = new KvLayout { NumLayers = c.Layers, NumKvHeads = c.KvHeads, HeadDim = c.HeadDim, Dtype = KvDtype.F32, KeysPostRope = true },
+            EosTokenIds = { c.EosIds },
+            BosTokenId = c.BosId,
+            KvPolicies = { KvPolicyRegistry.Names },
+        };
+        return Task.FromResult(info);
+    }
+
+    private Task<HealthResponse> Health(HealthRequest request, ServerCallContext context)
+    {
+        var response = new HealthResponse { Status = IsReady ? HealthResponse.Types.ServingStatus.Serving : HealthResponse.Types.ServingStatus.NotServing };
+        foreach (var pool in new[] { Prefill, Decode })
+            foreach (var w in pool.Workers) response.Components[$"{pool.Role}:{w.Address}"] = w.Healthy ? "up" : "down";
+        return Task.FromResult(response);
+    }
+
+    private IEnumerable<Measurement<int>> WorkersUp() =>
+        new[] { Prefill, Decode }.SelectMany(pool => pool.Workers.Select(w => new Measurement<int>(w.Healthy ? 1 : 0,
+            new KeyValuePair<string, object?>("role", pool.Role), new KeyValuePair<string, object?>("worker", w.Address.Authority))));
+
+    /// <summary>Takes workers that stop answering the standard health check out of rotation and puts
+    /// them back when they answer again.</summary>
+    private async Task HealthLoop(CancellationToken ct)
+    {
+        static async Task Probe(Worker w, CancellationToken token)
+        {
+            var r = await w.Channel.UnaryAsync(HealthMethods.Check, new HealthCheckRequest(), new CallOptions(CancellationToken: token));
+            if (r.Status != HealthCheckResponse.Types.ServingStatus.Serving) throw new RpcException(StatusCode.Unavailable, "not serving");
+        }
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                await Prefill.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
+                await Decode.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
+                await Task.Delay(HealthInterval, ct);
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+            }
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        await _healthLoop;
+        Prefill.Dispose();
+        Decode.Dispose();
+        Metrics.Dispose();
+        if (_sessionOwner is not null) await _sessionOwner.DisposeAsync();
+        Host.Dispose();
+    }
 }

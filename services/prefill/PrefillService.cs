@@ -1,22 +1,120 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Cluster.Engine.Generation;
+using Cluster.Engine.KvCache;
+using Cluster.Rpc;
 using Cluster.Rpc.Server;
 using Cluster.Serving.Hosting;
+using Cluster.Serving.Kv;
+using Cluster.Serving.Mapping;
+using Cluster.Serving.Routing;
+using Cluster.Telemetry;
+using LlmCluster.V1;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Prefill;
 
-/// <summary>The prefill service (skeleton: its gRPC methods arrive with the cluster issue).</summary>
+/// <summary>
+/// Runs a prompt through the model (chunked prefill, dense), samples the first token, and writes the
+/// prompt's KV to the cache manager, which compresses it to the session's policy. One prompt at a
+/// time per worker: prefill is compute-bound, so a second one would only halve the speed of both.
+/// </summary>
 public sealed class PrefillService : IClusterService
 {
     public const string MeterName = "LlmCluster.Prefill";
+    private readonly ModelHost _host;
+    private readonly ServiceOptions _options;
+    private readonly ChannelCache _channels = new();
+    private readonly SemaphoreSlim _model = new(1, 1);
+    private readonly Meter _meter = new(MeterName);
+    private readonly Histogram<double> _prefillSeconds, _transferSeconds;
+    private readonly Counter<long> _tokens, _transferBytes;
+
+    private PrefillService(ModelHost host, ServiceOptions options)
+    {
+        _host = host;
+        _options = options;
+        _prefillSeconds = _meter.CreateLatencyHistogram("llm_prefill_seconds", "Prompt forward pass");
+        _transferSeconds = _meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "KV blocks to/from the cache manager");
+        _tokens = _meter.CreateCounter<long>("llm_prefill_tokens", description: "Prompt tokens processed");
+        _transferBytes = _meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV bytes sent/received");
+        var model = host.Model!;
+        _meter.CreateObservableGauge("llm_model_weights_bytes", () => new Measurement<long>(4 * model.Config.ParameterCount, new KeyValuePair<string, object?>("device", "cpu")), "By", "Weights resident");
+    }
 
     public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging) =>
-        Task.FromResult<IClusterService>(new PrefillService());
-
-    public void Register(RpcServiceRegistry registry) { }
+        Task.FromResult<IClusterService>(new PrefillService(ModelHost.Load(options, logging.CreateLogger("prefill"), weights: true), options));
 
     public bool IsReady => true;
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    public void Register(RpcServiceRegistry registry) => registry.AddUnary(PrefillMethods.Prefill, Prefill);
+
+    private async Task<PrefillResponse> Prefill(PrefillRequest request, ServerCallContext context)
+    {
+        var model = _host.Model!;
+        var c = model.Config;
+        var prompt = request.PromptTokenIds.ToArray();
+        RequestChecks.Prompt(prompt, c);
+        var p = SamplingMapping.ToEngine(request.Sampling, c.VocabSize).WithResolvedSeed();
+        var policy = PolicyMapping.ToSpec(request.KvPolicy) ?? "dense";
+
+        var queued = Stopwatch.StartNew();
+        await _model.WaitAsync(context.CancellationToken);
+        var queue = queued.Elapsed;
+        GenerationChunk first;
+        List<KvLayerBlock> blocks;
+        int tokensSeen;
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            // Dense prefill: the cache manager applies the policy to what it stores (compressed on ingest).
+            using var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, model.CreateCache(prompt.Length));
+            model.Forward(prompt, seq.Cache, seq.Logits);
+            first = seq.Step(sw.Elapsed);
+            tokensSeen = seq.Cache.TokensSeen;
+            blocks = Enumerable.Range(0, c.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
+        }
+        finally
+        {
+            _model.Release();
+        }
+        var prefill = sw.Elapsed;
+        _prefillSeconds.Record(prefill.TotalSeconds);
+        _tokens.Add(prompt.Length);
+
+        var put = Stopwatch.StartNew();
+        var header = new PutHeader
+        {
+            SessionId = request.SessionId,
+            Layout = KvLayoutMapping.For(model),
+            Policy = request.KvPolicy ?? PolicyMapping.ToWire(policy),
+            TokenCount = tokensSeen,
+        };
+        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
+        var (stored, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, context.CancellationToken);
+        var direction = new KeyValuePair<string, object?>("direction", "put");
+        _transferSeconds.Record(put.Elapsed.TotalSeconds, direction);
+        _transferBytes.Add(bytes, direction);
+
+        return new PrefillResponse
+        {
+            FirstTokenId = first.TokenId!.Value,
+            FirstLogprob = SamplingMapping.ToWire(first.Logprobs),
+            Kv = stored.Kv,
+            Timings = new Timings { QueueSeconds = queue.TotalSeconds, PrefillSeconds = prefill.TotalSeconds },
+            Finished = first.Finish is not null,
+            FinishReason = SamplingMapping.ToWire(first.Finish),
+            Text = first.Text,
+        };
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _channels.Dispose();
+        _meter.Dispose();
+        _host.Dispose();
+        return ValueTask.CompletedTask;
+    }
 }

@@ -12,6 +12,11 @@ internal static class CommandErrors
         {
             return action();
         }
+        catch (Cluster.Rpc.RpcException e)
+        {
+            Console.Error.WriteLine($"error: {e.StatusCode}: {e.Message}");
+            return 3;
+        }
         catch (Exception e) when (e is ModelFormatException or ArgumentException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException or IOException or InvalidOperationException)
         {
             Console.Error.WriteLine($"error: {e.Message}");

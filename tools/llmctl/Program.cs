@@ -9,4 +9,6 @@ root.Subcommands.Add(SynthCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(CalibrateCommand.Create());
 root.Subcommands.Add(TokenizeCommand.Create());
+root.Subcommands.Add(ServeCommand.Create());
+root.Subcommands.Add(UpCommand.Create());
 return root.Parse(args).Invoke();

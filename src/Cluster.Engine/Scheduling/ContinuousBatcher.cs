@@ -25,10 +25,10 @@ public sealed class ContinuousBatcher : IDisposable
 
     /// <param name="afterStep">Called on the batch thread after every step with the batch size and its
     /// duration (metrics).</param>
-    /// <param name="afterToken">Called on the batch thread after a sequence accepted a token and before
-    /// that token runs, i.e. while its cache holds everything but <see cref="SequenceGeneration.Pending"/>
-    /// (the moment a checkpoint is consistent).</param>
-    public ContinuousBatcher(LlamaModel model, int maxBatch, Action<int, TimeSpan>? afterStep = null, Action<SequenceGeneration, object?>? afterToken = null)
+    /// <param name="afterToken">Called on the batch thread after each sampled chunk is written, the last
+    /// one included, and before that token runs or the sequence is freed: the cache then holds every
+    /// token but the newest (the moment a checkpoint is consistent).</param>
+    public ContinuousBatcher(LlamaModel model, int maxBatch, Action<int, TimeSpan>? afterStep = null, Action<SequenceGeneration, GenerationChunk, object?>? afterToken = null)
     {
         if (maxBatch < 1 || maxBatch > model.MaxChunk) throw new ArgumentOutOfRangeException(nameof(maxBatch), $"max batch must be 1..{model.MaxChunk}, got {maxBatch}");
         _model = model;
@@ -41,7 +41,7 @@ public sealed class ContinuousBatcher : IDisposable
     }
 
     private readonly Action<int, TimeSpan>? _afterStep;
-    private readonly Action<SequenceGeneration, object?>? _afterToken;
+    private readonly Action<SequenceGeneration, GenerationChunk, object?>? _afterToken;
 
     /// <summary>Sequences in the batch now (joined and not yet finished or aborted).</summary>
     public int Running => Volatile.Read(ref _runningCount);
@@ -160,14 +160,12 @@ public sealed class ContinuousBatcher : IDisposable
     /// <summary>Writes a chunk; true when it ended the sequence (which is then completed and freed).</summary>
     private bool Emit(Entry e, GenerationChunk chunk)
     {
-        if (chunk.Finish is not null)
-        {
-            Finish(e, chunk);
-            return true;
-        }
         e.Output.Writer.TryWrite(chunk);
-        _afterToken?.Invoke(e.Sequence, e.State);
-        return false;
+        _afterToken?.Invoke(e.Sequence, chunk, e.State);
+        if (chunk.Finish is null) return false;
+        e.Output.Writer.TryComplete();
+        e.Sequence.Dispose();
+        return true;
     }
 
     private void Remove(int index)

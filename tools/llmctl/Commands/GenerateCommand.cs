@@ -17,11 +17,20 @@ internal static class GenerateCommand
         var prompt = new Option<string>("--prompt") { Description = "prompt text (empty: start from BOS alone)", DefaultValueFactory = _ => "" };
         var json = new Option<bool>("--json") { Description = "print one JSON object with ids, text, finish reasons, logprobs and timings instead of streaming" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
+        var endpoint = new Option<string?>("--endpoint") { Description = "generate through a running cluster's gateway (e.g. http://127.0.0.1:50051) instead of in this process" };
+        var local = new Option<bool>("--local") { Description = "generate in this process (the default without --endpoint)" };
+        var policy = new Option<string?>("--policy") { Description = "KV compression policy, e.g. sink_window(4,252) (default: dense locally, the gateway's default remotely)" };
+        var qfilters = new Option<string?>("--qfilters") { Description = "q_filters safetensors file for the qfilters policy (local)" };
         var sampling = new SamplingOptions();
-        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads };
+        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters };
         sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
+            if (r.GetValue(endpoint) is { } url)
+            {
+                if (r.GetValue(local)) throw new ArgumentException("--local and --endpoint exclude each other");
+                return RemoteGenerate.Run(url, r.GetValue(prompt) ?? "", vocab => sampling.Read(r, vocab).WithResolvedSeed(), r.GetValue(policy), r.GetValue(json));
+            }
             var path = ModelSource.ResolvePath(r.GetValue(model));
             using var m = ModelSource.Load(path, r.GetValue(threads));
             var p = sampling.Read(r, m.Config.VocabSize).WithResolvedSeed();
@@ -36,7 +45,11 @@ internal static class GenerateCommand
             Console.CancelKeyPress += onCancel;
             var chunks = new List<GenerationChunk>();
             if (stream) Console.Write(promptText);
-            foreach (var chunk in new TextGenerator(m, tok).Generate(promptIds, p, cancel.Token))
+            var kvPolicy = r.GetValue(policy) is { } spec && spec != "dense"
+                ? Cluster.Engine.Compression.KvPolicyRegistry.Parse(spec, new Cluster.Engine.Compression.PolicyOptions(
+                    r.GetValue(qfilters) is { } f ? Cluster.Engine.Compression.Calibration.QFilters.Load(f) : null))
+                : null;
+            foreach (var chunk in new TextGenerator(m, tok).Generate(promptIds, p, cancel.Token, policy: kvPolicy))
             {
                 chunks.Add(chunk);
                 if (stream) Console.Write(chunk.Text);

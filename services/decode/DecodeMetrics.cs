@@ -1,0 +1,34 @@
+using System.Diagnostics.Metrics;
+using Cluster.Telemetry;
+
+namespace Cluster.Decode;
+
+/// <summary>The decode worker's instruments (docs/METRICS.md).</summary>
+internal sealed class DecodeMetrics : IDisposable
+{
+    private readonly Meter _meter = new(DecodeService.MeterName);
+
+    public DecodeMetrics(Func<int> running, Func<(long Used, long Allocated)> kv, long weightBytes)
+    {
+        BatchSize = _meter.CreateHistogram("llm_decode_batch_size", "{sequence}", "Sequences in each decode step", tags: null,
+            new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128] });
+        StepSeconds = _meter.CreateLatencyHistogram("llm_decode_step_seconds", "One batched decode step");
+        Tokens = _meter.CreateCounter<long>("llm_generation_tokens", description: "Tokens generated");
+        TransferSeconds = _meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "KV blocks to/from the cache manager");
+        TransferBytes = _meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV bytes sent/received");
+        Evictions = _meter.CreateCounter<long>("llm_kv_evictions", description: "Tokens evicted by the compression policy");
+        _meter.CreateObservableGauge("llm_decode_sequences_running", running, "{sequence}", "Sequences in the batch");
+        _meter.CreateObservableGauge("llm_kv_cache_usage_ratio", () => kv() is var (used, all) && all > 0 ? (double)used / all : 0, "1", "KV slots in use / slots allocated");
+        _meter.CreateObservableGauge("llm_kv_cache_bytes", () => new Measurement<long>(kv().Allocated, new KeyValuePair<string, object?>("device", "cpu")), "By", "KV memory allocated");
+        _meter.CreateObservableGauge("llm_model_weights_bytes", () => new Measurement<long>(weightBytes, new KeyValuePair<string, object?>("device", "cpu")), "By", "Weights resident");
+    }
+
+    public Histogram<double> BatchSize { get; }
+    public Histogram<double> StepSeconds { get; }
+    public Counter<long> Tokens { get; }
+    public Histogram<double> TransferSeconds { get; }
+    public Counter<long> TransferBytes { get; }
+    public Counter<long> Evictions { get; }
+
+    public void Dispose() => _meter.Dispose();
+}
