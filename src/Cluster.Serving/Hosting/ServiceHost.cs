@@ -81,8 +81,12 @@ public sealed class RunningService(RpcServerHost host, IClusterService service, 
     /// <summary>The gRPC address clients use ("http://127.0.0.1:port"; a 0.0.0.0 bind is reached on loopback).</summary>
     public Uri GrpcAddress => new($"http://{(Host.GrpcEndPoint.Address.Equals(IPAddress.Any) ? IPAddress.Loopback : Host.GrpcEndPoint.Address)}:{Host.GrpcEndPoint.Port}");
 
+    private int _disposed;
+
+    /// <summary>Stops the service (once; later calls do nothing, so a test may stop one early).</summary>
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         await Host.DisposeAsync();
         await Service.DisposeAsync();
         metrics.Dispose();

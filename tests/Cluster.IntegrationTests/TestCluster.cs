@@ -1,0 +1,75 @@
+using Cluster.Rpc.Client;
+using Cluster.Serving.Hosting;
+using LlmCluster.V1;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>
+/// The four services in this process on free loopback ports, wired as `llmctl up` wires its
+/// processes (each service has its own model instance, as separate processes would).
+/// </summary>
+public sealed class TestCluster : IAsyncDisposable
+{
+    private TestCluster() { }
+
+    public RunningService CacheManager { get; private set; } = null!;
+    public RunningService Prefill { get; private set; } = null!;
+    public RunningService Decode { get; private set; } = null!;
+    public RunningService Gateway { get; private set; } = null!;
+    public RpcChannel Client { get; private set; } = null!;
+
+    public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
+
+    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8)
+    {
+        var c = new TestCluster();
+        ServiceOptions Options(ServiceRole role, params string[] args) =>
+            ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
+        string[] Q(string[] args) => qfilters is null ? args : [.. args, "--qfilters", qfilters];
+        c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        var cm = c.CacheManager.GrpcAddress.ToString();
+        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, "--model", model, "--cache-manager", cm), Cluster.Prefill.PrefillService.CreateAsync);
+        c.Decode = await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync);
+        c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, Q(["--model", model, "--cache-manager", cm,
+            "--prefill", c.Prefill.GrpcAddress.ToString(), "--decode", c.Decode.GrpcAddress.ToString(), "--policy", policy])), Cluster.Gateway.GatewayService.CreateAsync);
+        c.Client = new RpcChannel(c.Gateway.GrpcAddress);
+        return c;
+    }
+
+    /// <summary>Runs a request to the end and gathers what the client saw.</summary>
+    public async Task<Streamed> GenerateAsync(GenerateRequest request, CallOptions options = default)
+    {
+        using var call = Client.ServerStreaming(GatewayMethods.Generate, request, options);
+        var s = new Streamed();
+        await foreach (var r in call.ReadAllAsync(options.CancellationToken))
+        {
+            switch (r.ResponseCase)
+            {
+                case GenerateResponse.ResponseOneofCase.Started: s.SessionId = r.Started.SessionId; break;
+                case GenerateResponse.ResponseOneofCase.Chunk:
+                    Xunit.Assert.Equal(s.Ids.Count, r.Chunk.TokenOffset);
+                    s.Ids.AddRange(r.Chunk.TokenIds);
+                    s.Text += r.Chunk.Text;
+                    break;
+                case GenerateResponse.ResponseOneofCase.Complete: s.Finish = r.Complete.FinishReason; s.Complete = r.Complete; break;
+            }
+        }
+        return s;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Client.Dispose();
+        foreach (var s in new[] { Gateway, Decode, Prefill, CacheManager })
+            if (s is not null) await s.DisposeAsync();
+    }
+}
+
+public sealed class Streamed
+{
+    public string SessionId { get; set; } = "";
+    public List<int> Ids { get; } = [];
+    public string Text { get; set; } = "";
+    public FinishReason Finish { get; set; }
+    public Complete? Complete { get; set; }
+}
