@@ -99,14 +99,14 @@ public sealed class CacheManagerService : IClusterService
 
     private async Task GetBlocks(GetBlocksRequest request, IServerStreamWriter<GetBlocksResponse> responses, ServerCallContext context)
     {
-        var kv = _store.Get(request.SessionId);
+        var kv = _store.Get(request.SessionId, request.Version, request.MaxTokenCount);
         if (kv is null)
         {
             _metrics.Misses.Add(1);
-            throw new RpcException(StatusCode.NotFound, $"no KV for session '{request.SessionId}' (never stored, released, or dropped after its TTL)");
+            throw new RpcException(StatusCode.NotFound, $"no KV for session '{request.SessionId}'" +
+                (request.Version != 0 ? $" at version {request.Version}" : request.MaxTokenCount > 0 ? $" holding at most {request.MaxTokenCount} tokens" : "") +
+                " (never stored, released, superseded, or dropped after its TTL)");
         }
-        if (request.Version != 0 && request.Version != kv.Version)
-            throw new RpcException(StatusCode.FailedPrecondition, $"session '{request.SessionId}' holds KV version {kv.Version}, not {request.Version}");
         _metrics.Hits.Add(1);
         await responses.WriteAsync(new GetBlocksResponse { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)) });
         foreach (var block in kv.Layers.Where(b => request.Layers.Count == 0 || request.Layers.Contains(b.Layer)))

@@ -89,7 +89,9 @@ public sealed class DecodeService : IClusterService
 
         var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
         var fetch = Stopwatch.StartNew();
-        var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, context.CancellationToken);
+        // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
+        int maxTokens = request.Kv.Version == 0 ? prompt.Length + generated.Length - 1 : 0;
+        var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, context.CancellationToken, maxTokens);
         var get = new KeyValuePair<string, object?>("direction", "get");
         _metrics.TransferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
         _metrics.TransferBytes.Add(bytes, get);
@@ -112,7 +114,7 @@ public sealed class DecodeService : IClusterService
         var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex);
         foreach (var id in generated) seq.Replay(id);
         int every = request.CheckpointEvery > 0 ? request.CheckpointEvery : _options.CheckpointEvery;
-        var call = new DecodeCall(this, cacheManager, handle, every) { Cache = cache };
+        var call = new DecodeCall(this, cacheManager, handle, every, generated.Length, context.CancellationToken) { Cache = cache };
         _calls[call] = 0;
         try
         {
@@ -129,6 +131,7 @@ public sealed class DecodeService : IClusterService
                     if (SamplingMapping.ToWire(chunk.Logprobs) is { } lp) dc.Logprobs.Add(lp);
                     await responses.WriteAsync(new DecodeResponse { Chunk = dc });
                     produced++;
+                    call.Written(generated.Length + produced);
                 }
                 else if (chunk.Text.Length > 0)
                 {
@@ -160,14 +163,38 @@ public sealed class DecodeService : IClusterService
         }
     }
 
-    /// <summary>One Decode call's checkpoint bookkeeping. Checkpoints are captured on the batch thread
-    /// (a copy, so the sequence can go on) and written to the cache manager one after another, so a
-    /// newer one never lands before an older one.</summary>
-    private sealed class DecodeCall(DecodeService service, Rpc.Client.RpcChannel cacheManager, KvHandle handle, int every)
+    /// <summary>
+    /// One Decode call's checkpoint bookkeeping. Checkpoints are captured on the batch thread (a copy,
+    /// so the sequence can go on) and written to the cache manager one after another, so a newer one
+    /// never lands before an older one. A checkpoint is written only once every token it covers has
+    /// been written to the gateway's stream, which keeps checkpoints from running ahead of the client;
+    /// a restart still asks the cache manager for a version not ahead of what the gateway received
+    /// (GetBlocksRequest.max_token_count), since written is not yet received when a worker dies.
+    /// </summary>
+    private sealed class DecodeCall(DecodeService service, Rpc.Client.RpcChannel cacheManager, KvHandle handle, int every, int delivered, CancellationToken callAborted)
     {
         private readonly ConcurrentQueue<KvHandle> _written = new();
         private Task _chain = Task.CompletedTask;
         private int _sinceCheckpoint;
+        private int _delivered = delivered;
+        private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.</summary>
+        public void Written(int tokens)
+        {
+            Volatile.Write(ref _delivered, tokens);
+            Interlocked.Exchange(ref _progress, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+        }
+
+        private async Task WaitDelivered(int tokens)
+        {
+            while (Volatile.Read(ref _delivered) < tokens)
+            {
+                var progress = Volatile.Read(ref _progress);
+                if (Volatile.Read(ref _delivered) >= tokens) break;
+                await progress.Task.WaitAsync(callAborted);
+            }
+        }
 
         public SequenceKvCache? Cache { get; init; }
 
@@ -188,11 +215,13 @@ public sealed class DecodeService : IClusterService
                 Checkpoint = true,
                 OutputIndex = seq.Generated.Count,
             };
+            int covered = seq.Generated.Count - 1; // every generated token but the newest is in the cache
             _chain = _chain.ContinueWith(async _ =>
             {
                 var sw = Stopwatch.StartNew();
                 try
                 {
+                    await WaitDelivered(covered);
                     var (response, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
                     var put = new KeyValuePair<string, object?>("direction", "put");
                     service._metrics.TransferSeconds.Record(sw.Elapsed.TotalSeconds, put);

@@ -72,7 +72,7 @@ public sealed class GatewayService : IClusterService
     public IReadOnlyList<string> MeterNames => [MeterName];
 
     public void Register(RpcServiceRegistry registry) => registry
-        .AddServerStreaming(GatewayMethods.Generate, (request, responses, context) => new GenerateCall(this, request, responses, context).RunAsync())
+        .AddServerStreaming(GatewayMethods.Generate, (request, responses, context) => new GenerateCall(this, responses, context).RunAsync(request))
         .AddServerStreaming(GatewayMethods.Resume, (request, responses, context) => new ResumeCall(this, request, responses, context).RunAsync())
         .AddUnary(GatewayMethods.Abort, Abort)
         .AddUnary(GatewayMethods.GetModelInfo, GetModelInfo)

@@ -14,86 +14,114 @@ namespace Cluster.Gateway;
 /// on one worker, stream its first token, then decode on another and stream the rest. Every token is
 /// appended to the session's token log before it is sent.
 /// </summary>
-internal sealed class GenerateCall(GatewayService gateway, GenerateRequest request, IServerStreamWriter<GenerateResponse> responses, ServerCallContext context)
+internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<GenerateResponse> responses, ServerCallContext context)
 {
     private readonly Stopwatch _clock = Stopwatch.StartNew(); // TTFT and e2e count from arrival
     private readonly GatewayMetrics _metrics = gateway.Metrics;
     private TimeSpan? _firstToken, _lastToken;
-    private int _generated;
+    private int _generated, _promptTokens;
     private string _sessionId = "";
+    private bool _waiting;
 
-    public async Task RunAsync()
+    /// <summary>A new request: validate, open the session, prefill, then decode.</summary>
+    public Task RunAsync(GenerateRequest request) => StreamAsync(async (options, cts) =>
+    {
+        var (prompt, p, wireSampling, policy) = Validate(request);
+        _sessionId = string.IsNullOrEmpty(request.SessionId) ? Guid.NewGuid().ToString("N") : request.SessionId;
+        _promptTokens = prompt.Length;
+        if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, prompt, wireSampling, policy, p.MaxTokens), context.CancellationToken))
+            throw new RpcException(StatusCode.AlreadyExists, $"session '{_sessionId}' exists; continuing a session with a new prompt is not supported yet (omit session_id for a new one)");
+        gateway.Live[_sessionId] = cts;
+        _metrics.PromptTokens.Add(prompt.Length);
+        await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = _sessionId, PromptTokens = prompt.Length } });
+        Started();
+
+        PrefillResponse first;
+        using (var lease = gateway.Prefill.Acquire())
+        {
+            await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
+            first = await Call(lease, w => w.Channel.UnaryAsync(PrefillMethods.Prefill, new PrefillRequest
+            {
+                SessionId = _sessionId,
+                PromptTokenIds = { prompt },
+                Sampling = wireSampling,
+                KvPolicy = PolicyMapping.ToWire(policy),
+                CacheManager = gateway.Options.CacheManager,
+            }, options));
+        }
+        await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
+        return first.Finished ? first.FinishReason : await DecodeAsync(first.Kv, prompt, [first.FirstTokenId], wireSampling, options);
+    });
+
+    /// <summary>
+    /// Continues a session whose stream stopped without finishing (its client went away, or its
+    /// gateway died): decode restarts from the latest checkpoint with every logged token, and the new
+    /// tokens go to the log and to this client.
+    /// </summary>
+    public Task ContinueAsync(SessionRecord session, List<int> logged) => StreamAsync(async (options, cts) =>
+    {
+        _sessionId = session.Id;
+        _promptTokens = session.Prompt.Length;
+        _generated = logged.Count;
+        if (!gateway.Live.TryAdd(_sessionId, cts)) throw new RpcException(StatusCode.FailedPrecondition, $"session '{_sessionId}' is streaming already");
+        await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { Status = SessionStatus.Running }, options.CancellationToken);
+        Started();
+        return await DecodeAsync(new KvHandle { SessionId = _sessionId }, session.Prompt, logged, session.Sampling, options);
+    });
+
+    private void Started()
+    {
+        _metrics.QueueTime.Record(_clock.Elapsed.TotalSeconds);
+        _metrics.Waiting.Add(-1);
+        _waiting = false;
+    }
+
+    /// <summary>What both paths share: the live-request registration (Abort), cancellation, errors and metrics.</summary>
+    private async Task StreamAsync(Func<CallOptions, CancellationTokenSource, Task<LlmCluster.V1.FinishReason>> body)
     {
         _metrics.Waiting.Add(1);
-        bool waiting = true, running = false;
-        CancellationTokenSource? cts = null;
+        _waiting = true;
+        _metrics.Running.Add(1);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
         try
         {
-            var (prompt, p, wireSampling, policy) = Validate();
-            _sessionId = string.IsNullOrEmpty(request.SessionId) ? Guid.NewGuid().ToString("N") : request.SessionId;
-            var session = new SessionInfo
-            {
-                Id = _sessionId,
-                Model = gateway.Host.Path,
-                KvPolicy = policy,
-                PromptTokens = prompt.Length,
-                Parameters = new Dictionary<string, string> { ["seed"] = p.Seed!.Value.ToString(), ["max_tokens"] = p.MaxTokens.ToString() },
-            };
-            if (!await gateway.Sessions.TryCreateAsync(session, context.CancellationToken))
-                throw new RpcException(StatusCode.AlreadyExists, $"session '{_sessionId}' exists; continuing a session with a new prompt is not supported yet (omit session_id for a new one)");
-            cts = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
-            gateway.Live[_sessionId] = cts;
-            _metrics.PromptTokens.Add(prompt.Length);
-            await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = _sessionId, PromptTokens = prompt.Length } });
-
-            var options = new CallOptions(Deadline: context.Deadline, CancellationToken: cts.Token);
-            _metrics.QueueTime.Record(_clock.Elapsed.TotalSeconds);
-            _metrics.Waiting.Add(-1);
-            waiting = false;
-            _metrics.Running.Add(1);
-            running = true;
-
-            PrefillResponse first;
-            using (var lease = gateway.Prefill.Acquire())
-            {
-                await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, cts.Token);
-                first = await Call(lease, w => w.Channel.UnaryAsync(PrefillMethods.Prefill, new PrefillRequest
-                {
-                    SessionId = _sessionId,
-                    PromptTokenIds = { prompt },
-                    Sampling = wireSampling,
-                    KvPolicy = PolicyMapping.ToWire(policy),
-                    CacheManager = gateway.Options.CacheManager,
-                }, options));
-            }
-            await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
-
-            var finish = first.Finished ? first.FinishReason : await DecodeAsync(first, prompt, wireSampling, options);
-            await CompleteAsync(finish, prompt.Length);
+            var finish = await body(new CallOptions(Deadline: context.Deadline, CancellationToken: cts.Token), cts);
+            await CompleteAsync(finish);
         }
-        catch (Exception e) when (e is OperationCanceledException || cts?.IsCancellationRequested == true && e is RpcException { StatusCode: StatusCode.Cancelled })
+        catch (Exception e) when (cts.IsCancellationRequested && (e is OperationCanceledException || e is RpcException { StatusCode: StatusCode.Cancelled }))
         {
-            // The client went away (nothing to send) or Abort was called (tell the client).
-            await MarkAsync(SessionStatus.Aborted, "abort");
-            if (!context.CancellationToken.IsCancellationRequested && _sessionId.Length > 0)
-                await CompleteAsync(LlmCluster.V1.FinishReason.Abort, 0);
+            if (context.CancellationToken.IsCancellationRequested)
+            {
+                // The client went away: decode stops, the log stays open, and Resume can continue it.
+                await MarkAsync(SessionStatus.Aborted, finish: null);
+            }
+            else
+            {
+                // Abort: the output ends here, and the client is told so.
+                await CompleteAsync(LlmCluster.V1.FinishReason.Abort);
+            }
         }
         catch (RpcException e)
         {
             _metrics.Errors.Add(1, new KeyValuePair<string, object?>("code", e.StatusCode.ToString()));
-            await MarkAsync(SessionStatus.Failed, null);
+            await MarkAsync(SessionStatus.Failed, finish: null);
             throw;
+        }
+        catch (Exception e) when (e is Cluster.Redis.RedisConnectionException or Cluster.Redis.RedisTimeoutException)
+        {
+            // The token log cannot be written, so no token may be sent: fail clearly rather than stream unlogged.
+            _metrics.Errors.Add(1, new KeyValuePair<string, object?>("code", StatusCode.Unavailable.ToString()));
+            throw new RpcException(StatusCode.Unavailable, $"session store unavailable: {e.Message}");
         }
         finally
         {
-            if (waiting) _metrics.Waiting.Add(-1);
-            if (running) _metrics.Running.Add(-1);
-            if (_sessionId.Length > 0) gateway.Live.TryRemove(_sessionId, out _);
-            cts?.Dispose();
+            if (_waiting) _metrics.Waiting.Add(-1);
+            _metrics.Running.Add(-1);
+            if (_sessionId.Length > 0) gateway.Live.TryRemove(new KeyValuePair<string, CancellationTokenSource>(_sessionId, cts));
         }
     }
 
-    private (int[] Prompt, Engine.Sampling.SamplingParameters P, SamplingParams Wire, string Policy) Validate()
+    private (int[] Prompt, Engine.Sampling.SamplingParameters P, SamplingParams Wire, string Policy) Validate(GenerateRequest request)
     {
         var host = gateway.Host;
         int[] prompt = request.PromptCase switch
@@ -112,44 +140,72 @@ internal sealed class GenerateCall(GatewayService gateway, GenerateRequest reque
         return (prompt, p, SamplingMapping.WithSeed(request.Sampling, p.Seed!.Value), policy);
     }
 
-    private async Task<LlmCluster.V1.FinishReason> DecodeAsync(PrefillResponse first, int[] prompt, SamplingParams sampling, CallOptions options)
+    /// <summary>
+    /// Streams the rest of the output from a decode worker. If the worker dies mid-stream, decode
+    /// restarts on another one from the latest KV in the cache manager with every token already sent:
+    /// the new worker replays them (sampling step i still draws with (seed, i)) and runs the ones the
+    /// checkpoint lacks, so the client sees each token exactly once and the same tokens as without
+    /// the failure.
+    /// </summary>
+    private async Task<LlmCluster.V1.FinishReason> DecodeAsync(KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
     {
-        using var lease = gateway.Decode.Acquire();
-        await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { DecodeWorker = lease.Worker.Address.Authority }, options.CancellationToken);
-        var finish = LlmCluster.V1.FinishReason.Unspecified;
-        await Call(lease, async w =>
+        const int maxRestarts = 2;
+        Uri? failed = null;
+        for (int attempt = 0; ; attempt++)
         {
-            using var call = w.Channel.ServerStreaming(DecodeMethods.Decode, new DecodeRequest
+            using var lease = gateway.Decode.Acquire(except: failed);
+            await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { DecodeWorker = lease.Worker.Address.Authority }, options.CancellationToken);
+            try
             {
-                Kv = first.Kv,
-                Sampling = sampling,
-                PromptTokenIds = { prompt },
-                GeneratedTokenIds = { first.FirstTokenId },
-                CacheManager = gateway.Options.CacheManager,
-            }, options);
-            await foreach (var r in call.ReadAllAsync(options.CancellationToken))
-            {
-                switch (r.ResponseCase)
-                {
-                    case DecodeResponse.ResponseOneofCase.Chunk:
-                        await EmitAsync(r.Chunk.TokenIds, r.Chunk.Text, r.Chunk.Logprobs);
-                        break;
-                    case DecodeResponse.ResponseOneofCase.Checkpoint:
-                        await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate
-                        {
-                            CheckpointId = r.Checkpoint.Version.ToString(),
-                            CheckpointTokenIndex = r.Checkpoint.TokenCount - prompt.Length,
-                        }, CancellationToken.None);
-                        break;
-                    case DecodeResponse.ResponseOneofCase.Complete:
-                        finish = r.Complete.FinishReason;
-                        break;
-                }
+                return await DecodeOnAsync(lease, kv, prompt, generated, sampling, options);
             }
-            return 0;
-        });
+            catch (RpcException e) when (attempt < maxRestarts && IsWorkerLoss(e) && !options.CancellationToken.IsCancellationRequested)
+            {
+                WorkerPool.ReportFailure(lease.Worker, new RpcException(StatusCode.Unavailable, e.Message));
+                failed = lease.Worker.Address;
+                kv = new KvHandle { SessionId = _sessionId }; // version 0: the latest checkpoint
+                gateway.Logger.LogDecodeRestart(_sessionId, lease.Worker.Address.Authority, generated.Count, e.Message);
+            }
+        }
+    }
+
+    /// <summary>A failure of the worker or the connection to it, as opposed to a verdict on the request.</summary>
+    private static bool IsWorkerLoss(RpcException e) =>
+        e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown or StatusCode.Aborted or StatusCode.Cancelled;
+
+    private async Task<LlmCluster.V1.FinishReason> DecodeOnAsync(WorkerLease lease, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
+    {
+        var finish = LlmCluster.V1.FinishReason.Unspecified;
+        using var call = lease.Worker.Channel.ServerStreaming(DecodeMethods.Decode, new DecodeRequest
+        {
+            Kv = kv,
+            Sampling = sampling,
+            PromptTokenIds = { prompt },
+            GeneratedTokenIds = { generated },
+            CacheManager = gateway.Options.CacheManager,
+        }, options);
+        await foreach (var r in call.ReadAllAsync(options.CancellationToken))
+        {
+            switch (r.ResponseCase)
+            {
+                case DecodeResponse.ResponseOneofCase.Chunk:
+                    generated.AddRange(r.Chunk.TokenIds);
+                    await EmitAsync(r.Chunk.TokenIds, r.Chunk.Text, r.Chunk.Logprobs);
+                    break;
+                case DecodeResponse.ResponseOneofCase.Checkpoint:
+                    await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate
+                    {
+                        CheckpointId = r.Checkpoint.Version.ToString(),
+                        CheckpointTokenIndex = r.Checkpoint.TokenCount - prompt.Length,
+                    }, CancellationToken.None);
+                    break;
+                case DecodeResponse.ResponseOneofCase.Complete:
+                    finish = r.Complete.FinishReason;
+                    break;
+            }
+        }
         return finish == LlmCluster.V1.FinishReason.Unspecified
-            ? throw new RpcException(StatusCode.Internal, "decode worker ended the stream without a completion")
+            ? throw new RpcException(StatusCode.Unavailable, "decode worker ended the stream without a completion")
             : finish;
     }
 
@@ -197,8 +253,9 @@ internal sealed class GenerateCall(GatewayService gateway, GenerateRequest reque
         }
     }
 
-    private async Task CompleteAsync(LlmCluster.V1.FinishReason finish, int promptTokens)
+    private async Task CompleteAsync(LlmCluster.V1.FinishReason finish)
     {
+        int promptTokens = _promptTokens;
         var reason = finish.ToString().ToLowerInvariant().Replace("finishreason", "");
         var e2e = _clock.Elapsed;
         double ttft = _firstToken?.TotalSeconds ?? 0;

@@ -1,3 +1,4 @@
+using Cluster.Redis.Sessions;
 using Cluster.Rpc;
 using Cluster.Rpc.Server;
 using LlmCluster.V1;
@@ -5,9 +6,10 @@ using LlmCluster.V1;
 namespace Cluster.Gateway;
 
 /// <summary>
-/// Gateway.Resume: replays the session's token log after <c>after_index</c>, then follows the live
-/// stream until the log completes, so a client that lost its connection misses nothing and sees
-/// nothing twice.
+/// Gateway.Resume: replays the session's token log after <c>after_index</c>, then goes on live: it
+/// follows the stream if it is still running here, or, if it stopped unfinished (its client went
+/// away, or its decode worker or gateway died), continues it from the latest KV checkpoint. The
+/// client sees every token exactly once.
 /// </summary>
 internal sealed class ResumeCall(GatewayService gateway, ResumeRequest request, IServerStreamWriter<GenerateResponse> responses, ServerCallContext context)
 {
@@ -15,34 +17,68 @@ internal sealed class ResumeCall(GatewayService gateway, ResumeRequest request, 
     {
         if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "session_id is required");
         if (request.AfterIndex < -1) throw new RpcException(StatusCode.InvalidArgument, $"after_index must be -1 (from the start) or a token index, got {request.AfterIndex}");
-        var session = await gateway.Sessions.GetAsync(request.SessionId, context.CancellationToken)
+        var ct = context.CancellationToken;
+        var session = await gateway.Sessions.GetAsync(request.SessionId, ct)
             ?? throw new RpcException(StatusCode.NotFound, $"no session '{request.SessionId}' (unknown, or expired after its TTL)");
         gateway.Metrics.Resumes.Add(1);
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = session.Id, PromptTokens = session.PromptTokens } });
-        int count = 0;
-        await foreach (var entry in gateway.Sessions.FollowTokensAsync(request.SessionId, request.AfterIndex, context.CancellationToken))
+
+        // A call whose client just left is still winding down: wait for it rather than follow a
+        // stream that will stop.
+        for (int i = 0; i < 500 && gateway.Live.TryGetValue(session.Id, out var old) && old.IsCancellationRequested; i++)
+            await Task.Delay(10, ct);
+        if (gateway.Live.ContainsKey(session.Id))
         {
-            await responses.WriteAsync(new GenerateResponse
-            {
-                Chunk = new Chunk { Index = 0, TokenIds = { entry.TokenId }, Text = entry.Text ?? "", TokenOffset = (int)entry.Index },
-            });
-            count++;
+            await foreach (var entry in gateway.Sessions.FollowTokensAsync(session.Id, request.AfterIndex, ct)) await SendAsync(entry);
+            await CompleteAsync((await gateway.Sessions.GetAsync(session.Id, ct)) ?? session);
+            return;
         }
-        session = await gateway.Sessions.GetAsync(request.SessionId, context.CancellationToken) ?? session;
-        await responses.WriteAsync(new GenerateResponse
+
+        // Not streaming anywhere here: replay the whole log, then finish or continue it.
+        var logged = new List<int>();
+        var page = await ReadAllAsync(session.Id, logged, ct);
+        if (page.IsComplete)
         {
-            Complete = new Complete
-            {
-                FinishReason = session.FinishReason switch
-                {
-                    "stop" => LlmCluster.V1.FinishReason.Stop,
-                    "length" => LlmCluster.V1.FinishReason.Length,
-                    "eos" => LlmCluster.V1.FinishReason.Eos,
-                    "abort" => LlmCluster.V1.FinishReason.Abort,
-                    _ => LlmCluster.V1.FinishReason.Unspecified,
-                },
-                Usage = new Usage { PromptTokens = session.PromptTokens, CompletionTokens = session.GeneratedTokens },
-            },
-        });
+            await CompleteAsync((await gateway.Sessions.GetAsync(session.Id, ct)) ?? session);
+            return;
+        }
+        var record = SessionRecord.From(session) ?? throw new RpcException(StatusCode.FailedPrecondition, $"session '{session.Id}' did not finish and lacks what continuing it needs");
+        await new GenerateCall(gateway, responses, context).ContinueAsync(record, logged);
     }
+
+    /// <summary>Sends the log after after_index and collects every logged token id (the continuation replays them).</summary>
+    private async Task<TokenLogPage> ReadAllAsync(string sessionId, List<int> logged, CancellationToken ct)
+    {
+        while (true)
+        {
+            var page = await gateway.Sessions.ReadTokensAsync(sessionId, logged.Count - 1, 4096, ct);
+            foreach (var entry in page.Entries)
+            {
+                logged.Add(entry.TokenId);
+                if (entry.Index > request.AfterIndex) await SendAsync(entry);
+            }
+            if (page.Entries.Count == 0 || page.IsComplete) return page;
+        }
+    }
+
+    private Task SendAsync(TokenEntry entry) => responses.WriteAsync(new GenerateResponse
+    {
+        Chunk = new Chunk { Index = 0, TokenIds = { entry.TokenId }, Text = entry.Text ?? "", TokenOffset = (int)entry.Index },
+    });
+
+    private Task CompleteAsync(SessionInfo session) => responses.WriteAsync(new GenerateResponse
+    {
+        Complete = new Complete
+        {
+            FinishReason = session.FinishReason switch
+            {
+                "stop" => LlmCluster.V1.FinishReason.Stop,
+                "length" => LlmCluster.V1.FinishReason.Length,
+                "eos" => LlmCluster.V1.FinishReason.Eos,
+                "abort" => LlmCluster.V1.FinishReason.Abort,
+                _ => LlmCluster.V1.FinishReason.Unspecified,
+            },
+            Usage = new Usage { PromptTokens = session.PromptTokens, CompletionTokens = session.GeneratedTokens },
+        },
+    });
 }

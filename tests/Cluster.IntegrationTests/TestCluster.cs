@@ -14,13 +14,14 @@ public sealed class TestCluster : IAsyncDisposable
 
     public RunningService CacheManager { get; private set; } = null!;
     public RunningService Prefill { get; private set; } = null!;
-    public RunningService Decode { get; private set; } = null!;
+    public RunningService Decode => Decodes[0];
+    public List<RunningService> Decodes { get; } = [];
     public RunningService Gateway { get; private set; } = null!;
     public RpcChannel Client { get; private set; } = null!;
 
     public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
 
-    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8)
+    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null)
     {
         var c = new TestCluster();
         ServiceOptions Options(ServiceRole role, params string[] args) =>
@@ -29,27 +30,39 @@ public sealed class TestCluster : IAsyncDisposable
         c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync);
         var cm = c.CacheManager.GrpcAddress.ToString();
         c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, "--model", model, "--cache-manager", cm), Cluster.Prefill.PrefillService.CreateAsync);
-        c.Decode = await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync);
-        c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, Q(["--model", model, "--cache-manager", cm,
-            "--prefill", c.Prefill.GrpcAddress.ToString(), "--decode", c.Decode.GrpcAddress.ToString(), "--policy", policy])), Cluster.Gateway.GatewayService.CreateAsync);
+        for (int i = 0; i < decodeWorkers; i++)
+            c.Decodes.Add(await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync));
+        string[] gatewayArgs = Q(["--model", model, "--cache-manager", cm, "--prefill", c.Prefill.GrpcAddress.ToString(),
+            "--decode", string.Join(',', c.Decodes.Select(d => d.GrpcAddress.ToString())), "--policy", policy]);
+        if (redis is not null) gatewayArgs = [.. gatewayArgs, "--redis", redis];
+        c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, gatewayArgs), Cluster.Gateway.GatewayService.CreateAsync);
         c.Client = new RpcChannel(c.Gateway.GrpcAddress);
         return c;
     }
 
     /// <summary>Runs a request to the end and gathers what the client saw.</summary>
-    public async Task<Streamed> GenerateAsync(GenerateRequest request, CallOptions options = default)
+    public Task<Streamed> GenerateAsync(GenerateRequest request, CallOptions options = default, Func<Streamed, Task>? onChunk = null) =>
+        ReadAsync(Client.ServerStreaming(GatewayMethods.Generate, request, options), options.CancellationToken, onChunk);
+
+    /// <summary>Resumes a session after a token index and gathers the rest.</summary>
+    public Task<Streamed> ResumeAsync(string sessionId, long afterIndex, Func<Streamed, Task>? onChunk = null) =>
+        ReadAsync(Client.ServerStreaming(GatewayMethods.Resume, new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }), default, onChunk, firstOffset: (int)afterIndex + 1);
+
+    /// <summary>Reads a stream; asserts that token offsets run on without gap or repeat.</summary>
+    private static async Task<Streamed> ReadAsync(ServerStreamingCall<GenerateResponse> call, CancellationToken ct, Func<Streamed, Task>? onChunk, int firstOffset = 0)
     {
-        using var call = Client.ServerStreaming(GatewayMethods.Generate, request, options);
+        using var _ = call;
         var s = new Streamed();
-        await foreach (var r in call.ReadAllAsync(options.CancellationToken))
+        await foreach (var r in call.ReadAllAsync(ct))
         {
             switch (r.ResponseCase)
             {
                 case GenerateResponse.ResponseOneofCase.Started: s.SessionId = r.Started.SessionId; break;
                 case GenerateResponse.ResponseOneofCase.Chunk:
-                    Xunit.Assert.Equal(s.Ids.Count, r.Chunk.TokenOffset);
+                    Xunit.Assert.Equal(firstOffset + s.Ids.Count, r.Chunk.TokenOffset);
                     s.Ids.AddRange(r.Chunk.TokenIds);
                     s.Text += r.Chunk.Text;
+                    if (onChunk is not null) await onChunk(s);
                     break;
                 case GenerateResponse.ResponseOneofCase.Complete: s.Finish = r.Complete.FinishReason; s.Complete = r.Complete; break;
             }
@@ -60,7 +73,7 @@ public sealed class TestCluster : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         Client.Dispose();
-        foreach (var s in new[] { Gateway, Decode, Prefill, CacheManager })
+        foreach (var s in new[] { Gateway, Prefill, CacheManager }.Concat(Decodes))
             if (s is not null) await s.DisposeAsync();
     }
 }

@@ -85,14 +85,16 @@ public sealed class ContinuousBatcher : IDisposable
         while (_incoming.Reader.TryRead(out var e)) Finish(e, e.Sequence.Abort());
     }
 
-    /// <summary>A joining sequence gets its first logits alone (its feed may be several tokens).</summary>
+    /// <summary>A joining sequence gets its first logits alone. Its feed (several tokens when restarting
+    /// from a checkpoint) runs one token at a time, as the original decode ran them, so that a policy
+    /// evicts exactly as it did then and the restarted stream is the same token for token.</summary>
     private void Admit(Entry e)
     {
         try
         {
             if (e.Cancel.IsCancellationRequested) { Finish(e, e.Sequence.Abort()); return; }
             var sw = Stopwatch.StartNew();
-            if (e.Feed.Length > 0) _model.Forward(e.Feed, e.Sequence.Cache, e.Sequence.Logits);
+            foreach (var token in e.Feed) _model.Forward([token], e.Sequence.Cache, e.Sequence.Logits);
             if (Emit(e, e.Sequence.Step(sw.Elapsed))) return;
             _running.Add(e);
             Interlocked.Increment(ref _runningCount);

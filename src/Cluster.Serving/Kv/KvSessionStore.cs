@@ -22,7 +22,9 @@ public sealed class KvStoreFullException(string message) : Exception(message);
 
 /// <summary>
 /// The cache manager's store: the KV of each session, compressed by the session's policy when it
-/// arrives over budget, within a memory budget. Rule when full: sessions idle for longer than the
+/// arrives over budget, within a memory budget. The last <see cref="VersionsKept"/> versions of a
+/// session are kept, so that a restart can pick the newest one that is not ahead of what its client
+/// received. Rule when full: sessions idle for longer than the
 /// TTL are dropped first (oldest first); if that is not enough the put is refused
 /// (<see cref="KvStoreFullException"/>), so a live session is never evicted or corrupted. A put
 /// replaces the session's KV as a whole and raises its version. Thread-safe.
@@ -30,7 +32,10 @@ public sealed class KvStoreFullException(string message) : Exception(message);
 public sealed class KvSessionStore : IDisposable
 {
     private readonly object _lock = new();
-    private readonly Dictionary<string, (StoredKv Kv, DateTime LastUsed)> _sessions = [];
+    /// <summary>Versions of a session kept (newest last); older ones are dropped as new ones arrive.</summary>
+    public const int VersionsKept = 3;
+
+    private readonly Dictionary<string, (List<StoredKv> Versions, DateTime LastUsed)> _sessions = [];
     private readonly PolicyOptions _policyOptions;
     private readonly TimeProvider _time;
     private readonly CpuBackend _backend = new(threads: 1);
@@ -48,7 +53,7 @@ public sealed class KvSessionStore : IDisposable
     public TimeSpan Ttl { get; }
     public long Bytes { get { lock (_lock) return _bytes; } }
     public int Sessions { get { lock (_lock) return _sessions.Count; } }
-    public int Blocks { get { lock (_lock) return _sessions.Values.Sum(s => s.Kv.Layers.Length); } }
+    public int Blocks { get { lock (_lock) return _sessions.Values.Sum(s => s.Versions.Sum(v => v.Layers.Length)); } }
 
     /// <summary>Applies <paramref name="policy"/> to the blocks and stores them for the session.</summary>
     /// <exception cref="ArgumentException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
@@ -69,24 +74,31 @@ public sealed class KvSessionStore : IDisposable
 
         lock (_lock)
         {
-            long version = _sessions.TryGetValue(sessionId, out var old) ? old.Kv.Version + 1 : 1;
-            var kv = new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, version, checkpoint, outputIndex, received);
-            long freed = old.Kv?.Bytes ?? 0;
+            var versions = _sessions.TryGetValue(sessionId, out var old) ? old.Versions : [];
+            var kv = new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, versions.Count > 0 ? versions[^1].Version + 1 : 1, checkpoint, outputIndex, received);
+            long freed = versions.Count >= VersionsKept ? versions[0].Bytes : 0;
             MakeRoom(kv.Bytes - freed, sessionId);
+            if (versions.Count >= VersionsKept) versions.RemoveAt(0);
+            versions.Add(kv);
             _bytes += kv.Bytes - freed;
-            _sessions[sessionId] = (kv, _time.GetUtcNow().UtcDateTime);
+            _sessions[sessionId] = (versions, _time.GetUtcNow().UtcDateTime);
             return (kv, elapsed);
         }
     }
 
-    /// <summary>The session's KV, or null; reading counts as use for the TTL.</summary>
-    public StoredKv? Get(string sessionId)
+    /// <summary>
+    /// A version of the session's KV, or null: <paramref name="version"/> exactly, or with 0 the newest
+    /// holding at most <paramref name="maxTokens"/> tokens (0: any). Reading counts as use for the TTL.
+    /// </summary>
+    public StoredKv? Get(string sessionId, long version = 0, int maxTokens = 0)
     {
         lock (_lock)
         {
             if (!_sessions.TryGetValue(sessionId, out var e)) return null;
-            _sessions[sessionId] = (e.Kv, _time.GetUtcNow().UtcDateTime);
-            return e.Kv;
+            _sessions[sessionId] = (e.Versions, _time.GetUtcNow().UtcDateTime);
+            return version != 0
+                ? e.Versions.FirstOrDefault(v => v.Version == version)
+                : e.Versions.LastOrDefault(v => maxTokens <= 0 || v.TokensSeen <= maxTokens);
         }
     }
 
@@ -95,7 +107,7 @@ public sealed class KvSessionStore : IDisposable
         lock (_lock)
         {
             if (!_sessions.Remove(sessionId, out var e)) return false;
-            _bytes -= e.Kv.Bytes;
+            _bytes -= e.Versions.Sum(v => v.Bytes);
             return true;
         }
     }
@@ -107,7 +119,7 @@ public sealed class KvSessionStore : IDisposable
         foreach (var (id, e) in _sessions.Where(s => s.Key != keep && now - s.Value.LastUsed > Ttl).OrderBy(s => s.Value.LastUsed).ToList())
         {
             _sessions.Remove(id);
-            _bytes -= e.Kv.Bytes;
+            _bytes -= e.Versions.Sum(v => v.Bytes);
             if (_bytes + extra <= BudgetBytes) return;
         }
         throw new KvStoreFullException($"KV store full: {_bytes + extra} bytes needed, budget {BudgetBytes} (no session idle past the {Ttl.TotalSeconds:F0} s TTL to drop)");

@@ -28,9 +28,9 @@ public static class KvTransfer
     }
 
     /// <summary>Fetches a session's blocks (version 0: the latest). NOT_FOUND when the cache manager has none.</summary>
-    public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(RpcChannel cacheManager, string sessionId, long version, CancellationToken ct)
+    public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(RpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0)
     {
-        using var call = cacheManager.ServerStreaming(CacheManagerMethods.GetBlocks, new GetBlocksRequest { SessionId = sessionId, Version = version }, new CallOptions(CancellationToken: ct));
+        using var call = cacheManager.ServerStreaming(CacheManagerMethods.GetBlocks, new GetBlocksRequest { SessionId = sessionId, Version = version, MaxTokenCount = maxTokens }, new CallOptions(CancellationToken: ct));
         KvHandle? handle = null;
         var blocks = new List<KvLayerBlock>();
         KvWire.BlockAssembler? current = null;

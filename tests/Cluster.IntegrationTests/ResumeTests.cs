@@ -1,0 +1,158 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.Generation;
+using Cluster.Engine.Loaders;
+using Cluster.Engine.Sampling;
+using Cluster.Redis.Tests;
+using Cluster.Rpc;
+using Cluster.Rpc.Client;
+using Cluster.Serving.Hosting;
+using Cluster.Serving.Mapping;
+using Cluster.Tests;
+using LlmCluster.V1;
+using FinishReason = LlmCluster.V1.FinishReason;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>Sessions in Redis and resumable streams (issue 8): every token reaches the client exactly
+/// once, and the text equals an uninterrupted run with the same seed.</summary>
+public sealed class ResumeTests
+{
+    private const string Prompt = "Once upon a time, there was a little girl named Lily.";
+    private const string Policy = "sink_window(4,28)"; // a compressed cache: restarts cannot lean on recomputing everything
+    private static string ModelPath => SharedData.Path_("models", "stories260K", "stories260K.bin");
+
+    private static SamplingParameters Params(int maxTokens) => new() { Temperature = 0.8f, TopP = 0.95f, Seed = 4242, MaxTokens = maxTokens, IgnoreEos = true };
+
+    private static GenerateRequest Request(int maxTokens) => new()
+    {
+        Text = Prompt,
+        Sampling = SamplingWire.FromEngine(Params(maxTokens)),
+        KvPolicy = PolicyMapping.ToWire(Policy),
+    };
+
+    /// <summary>The uninterrupted run, computed in this process.</summary>
+    private static GenerationOutput Uninterrupted(int maxTokens)
+    {
+        using var model = ModelLoader.Load(ModelPath);
+        var tok = ModelLoader.LoadTokenizer(ModelPath, model.Config);
+        return GenerationOutput.Collect(new TextGenerator(model, tok).Generate(tok.Encode(Prompt, true), Params(maxTokens), policy: KvPolicyRegistry.Parse(Policy))).Single();
+    }
+
+    [SharedDataFact]
+    public async Task Killing_the_decode_worker_midway_loses_and_repeats_no_token()
+    {
+        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
+        if (redis is null) return;
+        const int tokens = 1500;
+        var expected = Uninterrupted(tokens);
+
+        await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        string cmAddress = cm.GrpcAddress.ToString();
+        await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        using var decodeA = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1");
+        using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1");
+        await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", ModelPath, "--cache-manager", cmAddress,
+            "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}", "--redis", $"127.0.0.1:{redis.Port}"), Cluster.Gateway.GatewayService.CreateAsync);
+        using var client = new RpcChannel(gateway.GrpcAddress);
+
+        ServiceProcess? killed = null;
+        var got = await ReadAll(client.ServerStreaming(GatewayMethods.Generate, Request(tokens)), async s =>
+        {
+            if (killed is not null || s.Ids.Count < 100) return;
+            // Kill whichever worker is decoding this stream, mid-stream.
+            killed = await decodeA.GaugeAsync("llm_decode_sequences_running") > 0 ? decodeA : decodeB;
+            killed.Kill();
+        });
+        Assert.NotNull(killed);
+        Assert.Equal(FinishReason.Length, got.Finish);
+        Assert.Equal(expected.Ids, got.Ids); // every token once (offsets are checked as they arrive), none lost
+        Assert.Equal(expected.Text, got.Text);
+    }
+
+    [SharedDataTheory]
+    [InlineData(1)]
+    [InlineData(17)]
+    [InlineData(90)]
+    [InlineData(-1)] // after the stream has finished
+    public async Task A_client_that_disconnects_and_resumes_gets_the_missed_then_the_live_tokens(int receivedBeforeLeaving)
+    {
+        const int tokens = 400;
+        var expected = Uninterrupted(tokens);
+        await using var cluster = await TestCluster.StartAsync(ModelPath, checkpointEvery: 16);
+        using var cts = new CancellationTokenSource();
+        var first = new Streamed();
+        if (receivedBeforeLeaving < 0)
+        {
+            first = await cluster.GenerateAsync(Request(tokens));
+            receivedBeforeLeaving = 250;
+            first.Ids.RemoveRange(receivedBeforeLeaving, first.Ids.Count - receivedBeforeLeaving);
+        }
+        else
+        {
+            try
+            {
+                await cluster.GenerateAsync(Request(tokens), new CallOptions(CancellationToken: cts.Token), s =>
+                {
+                    first = s;
+                    if (s.Ids.Count >= receivedBeforeLeaving) cts.Cancel(); // the client goes away
+                    return Task.CompletedTask;
+                });
+            }
+            catch (Exception e) when (e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled })
+            {
+            }
+            receivedBeforeLeaving = first.Ids.Count;
+        }
+        var rest = await cluster.ResumeAsync(first.SessionId, receivedBeforeLeaving - 1);
+        Assert.Equal(expected.Ids, first.Ids.Concat(rest.Ids).ToList());
+        Assert.Equal(FinishReason.Length, rest.Finish);
+    }
+
+    [SharedDataFact]
+    public async Task Redis_restarted_mid_run_loses_no_session_and_nothing_hangs()
+    {
+        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
+        if (redis is null) return;
+        await using var cluster = await TestCluster.StartAsync(ModelPath, redis: $"127.0.0.1:{redis.Port}");
+        var done = await cluster.GenerateAsync(Request(40));
+        Assert.Equal(40, done.Ids.Count);
+
+        // A long stream in flight while Redis goes down and comes back: it completes or fails with a clear status.
+        var inFlight = cluster.GenerateAsync(Request(100_000), new CallOptions(Deadline: DateTime.UtcNow.AddSeconds(60)));
+        await Task.Delay(300);
+        redis.Kill();
+        await redis.StartAsync(); // same port and folder: appendonly reloads the data
+        var outcome = await Record.ExceptionAsync(() => inFlight.WaitAsync(TimeSpan.FromSeconds(90)));
+        if (outcome is not null)
+        {
+            var e = Assert.IsType<RpcException>(outcome);
+            Assert.Contains(e.StatusCode, new[] { StatusCode.Unavailable, StatusCode.DeadlineExceeded });
+        }
+
+        // The finished session survived the restart, and the gateway reconnected by itself.
+        var replay = await cluster.ResumeAsync(done.SessionId, -1);
+        Assert.Equal(done.Ids, replay.Ids);
+        Assert.Equal(12, (await cluster.GenerateAsync(Request(12))).Ids.Count);
+    }
+
+    private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
+        ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
+
+    private static async Task<Streamed> ReadAll(ServerStreamingCall<GenerateResponse> call, Func<Streamed, Task> onChunk)
+    {
+        using var _ = call;
+        var s = new Streamed();
+        await foreach (var r in call.ReadAllAsync())
+        {
+            if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Started) s.SessionId = r.Started.SessionId;
+            if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) s.Finish = r.Complete.FinishReason;
+            if (r.ResponseCase != GenerateResponse.ResponseOneofCase.Chunk) continue;
+            Assert.Equal(s.Ids.Count, r.Chunk.TokenOffset);
+            s.Ids.AddRange(r.Chunk.TokenIds);
+            s.Text += r.Chunk.Text;
+            await onChunk(s);
+        }
+        return s;
+    }
+}

@@ -1,0 +1,77 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>A service executable (copied beside the tests by the project reference) running as its own
+/// process, so a test can kill it with SIGKILL as a crash would.</summary>
+public sealed class ServiceProcess : IDisposable
+{
+    private readonly Process _process;
+    private static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(2) };
+
+    private ServiceProcess(Process process, int grpc, int http)
+    {
+        _process = process;
+        GrpcAddress = $"http://127.0.0.1:{grpc}";
+        HttpAddress = $"http://127.0.0.1:{http}";
+    }
+
+    public string GrpcAddress { get; }
+    public string HttpAddress { get; }
+
+    public static async Task<ServiceProcess> StartAsync(string assembly, params string[] args)
+    {
+        int grpc = FreePort(), http = FreePort();
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, assembly), "--host", "127.0.0.1", "--grpc-port", grpc.ToString(), "--http-port", http.ToString() }.Concat(args))
+            psi.ArgumentList.Add(a);
+        var process = Process.Start(psi)!;
+        process.OutputDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, _) => { };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        var service = new ServiceProcess(process, grpc, http);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (true)
+        {
+            if (process.HasExited) throw new InvalidOperationException($"{assembly} exited with {process.ExitCode}");
+            try
+            {
+                if ((await Http.GetAsync($"{service.HttpAddress}/healthz")).IsSuccessStatusCode) return service;
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException) { }
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"{assembly} not healthy within 60 s");
+            await Task.Delay(100);
+        }
+    }
+
+    /// <summary>The value of an unlabelled gauge on its /metrics page.</summary>
+    public async Task<double> GaugeAsync(string name)
+    {
+        var text = await Http.GetStringAsync($"{HttpAddress}/metrics");
+        var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(name + " ", StringComparison.Ordinal));
+        return line is null ? 0 : double.Parse(line.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>SIGKILL, as a crash: no shutdown, open streams are cut.</summary>
+    public void Kill()
+    {
+        if (!_process.HasExited) _process.Kill(entireProcessTree: true);
+        _process.WaitForExit(10_000);
+    }
+
+    private static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    public void Dispose()
+    {
+        Kill();
+        _process.Dispose();
+    }
+}
