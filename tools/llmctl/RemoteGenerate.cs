@@ -22,12 +22,28 @@ internal static class RemoteGenerate
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
+        if (!json) Console.Write(prompt);
+        return Print(channel.ServerStreaming(GatewayMethods.Generate, request, new CallOptions(CancellationToken: cancel.Token)), cancel, onCancel, json, p.Seed);
+    }
+
+    /// <summary>`--resume SESSION`: Gateway.Resume, printed like a generation.</summary>
+    public static int Resume(string endpoint, string sessionId, long afterIndex, bool json)
+    {
+        using var channel = new RpcChannel(new Uri(endpoint));
+        using var cancel = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
+        Console.CancelKeyPress += onCancel;
+        return Print(channel.ServerStreaming(GatewayMethods.Resume, new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }, new CallOptions(CancellationToken: cancel.Token)),
+            cancel, onCancel, json, seed: null);
+    }
+
+    private static int Print(ServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed)
+    {
+        using var _ = call;
         var ids = new List<int>();
         var text = new System.Text.StringBuilder();
         string session = "", finish = "";
         Timings? timings = null;
-        using var call = channel.ServerStreaming(GatewayMethods.Generate, request, new CallOptions(CancellationToken: cancel.Token));
-        if (!json) Console.Write(prompt);
         try
         {
             foreach (var r in call.ReadAllAsync(cancel.Token).ToBlockingEnumerable())
@@ -57,7 +73,7 @@ internal static class RemoteGenerate
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 session_id = session,
-                seed = p.Seed,
+                seed,
                 ids,
                 text = text.ToString(),
                 finish_reason = finish,
@@ -68,7 +84,7 @@ internal static class RemoteGenerate
         else
         {
             Console.WriteLine();
-            Console.Error.WriteLine($"[session {session}; {ids.Count} generated; finish {finish}; TTFT {timings?.TtftSeconds * 1e3:F1} ms, TPOT {timings?.TpotSeconds * 1e3:F1} ms; seed {p.Seed}]");
+            Console.Error.WriteLine($"[session {session}; {ids.Count} generated; finish {finish}; TTFT {timings?.TtftSeconds * 1e3:F1} ms, TPOT {timings?.TpotSeconds * 1e3:F1} ms{(seed is null ? "" : $"; seed {seed}")}]");
         }
         return 0;
     }

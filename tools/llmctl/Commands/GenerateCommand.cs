@@ -21,16 +21,20 @@ internal static class GenerateCommand
         var local = new Option<bool>("--local") { Description = "generate in this process (the default without --endpoint)" };
         var policy = new Option<string?>("--policy") { Description = "KV compression policy, e.g. sink_window(4,252) (default: dense locally, the gateway's default remotely)" };
         var qfilters = new Option<string?>("--qfilters") { Description = "q_filters safetensors file for the qfilters policy (local)" };
+        var resume = new Option<string?>("--resume") { Description = "with --endpoint: resume this session (replays its tokens, then goes on live)" };
+        var after = new Option<long>("--after") { Description = "with --resume: the last token index already received (-1: from the start)", DefaultValueFactory = _ => -1 };
         var sampling = new SamplingOptions();
-        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters };
+        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters, resume, after };
         sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             if (r.GetValue(endpoint) is { } url)
             {
                 if (r.GetValue(local)) throw new ArgumentException("--local and --endpoint exclude each other");
+                if (r.GetValue(resume) is { } session) return RemoteGenerate.Resume(url, session, r.GetValue(after), r.GetValue(json));
                 return RemoteGenerate.Run(url, r.GetValue(prompt) ?? "", vocab => sampling.Read(r, vocab).WithResolvedSeed(), r.GetValue(policy), r.GetValue(json));
             }
+            if (r.GetValue(resume) is not null) throw new ArgumentException("--resume needs --endpoint (sessions live in a cluster)");
             var path = ModelSource.ResolvePath(r.GetValue(model));
             using var m = ModelSource.Load(path, r.GetValue(threads));
             var p = sampling.Read(r, m.Config.VocabSize).WithResolvedSeed();

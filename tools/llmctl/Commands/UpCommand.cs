@@ -17,7 +17,7 @@ internal static class UpCommand
         var prefill = new Option<int>("--prefill") { Description = "prefill workers", DefaultValueFactory = _ => 1 };
         var decode = new Option<int>("--decode") { Description = "decode workers", DefaultValueFactory = _ => 1 };
         var policy = new Option<string>("--policy") { Description = "default KV policy", DefaultValueFactory = _ => "dense" };
-        var redis = new Option<string?>("--redis") { Description = "host:port of Redis for sessions (default: in-process store)" };
+        var redis = new Option<string?>("--redis") { Description = "host:port of Redis for sessions, or 'start' to launch a local redis-server (default: in-process store)" };
         var qfilters = new Option<string?>("--qfilters") { Description = "q_filters file for the qfilters policy" };
         var port = new Option<int>("--port") { Description = "gateway gRPC port", DefaultValueFactory = _ => ServiceRole.Gateway.DefaultGrpcPort() };
         var threads = new Option<int?>("--threads") { Description = "CPU threads per worker" };
@@ -48,7 +48,7 @@ internal static class UpCommand
                 "--decode", string.Join(',', decodes.Select(d => d.Grpc)),
                 "--policy", r.GetValue(policy)!,
             };
-            if (r.GetValue(redis) is { } rd) gatewayArgs.AddRange(["--redis", rd]);
+            if (r.GetValue(redis) is { } rd) gatewayArgs.AddRange(["--redis", rd == "start" ? cluster.StartRedis() : rd]);
             var gateway = cluster.Start(ServiceRole.Gateway, [.. gatewayArgs], r.GetValue(port));
             cluster.WaitHealthy(TimeSpan.FromMinutes(2), stop.Token);
 
@@ -77,6 +77,24 @@ internal sealed class LocalCluster : IDisposable
     public sealed record Service(ServiceRole Role, Process Process, string Grpc, string Http);
 
     public List<Service> Services { get; } = [];
+    private Process? _redis;
+
+    /// <summary>Launches redis-server (apt redis-server) on a free loopback port with append-only
+    /// persistence in a temp folder; returns its host:port.</summary>
+    public string StartRedis()
+    {
+        var binary = new[] { "/usr/bin/redis-server", "/usr/local/bin/redis-server" }.FirstOrDefault(File.Exists)
+            ?? throw new FileNotFoundException("--redis start needs redis-server (apt install redis-server)");
+        int port = FreePort();
+        var dir = Directory.CreateTempSubdirectory("llmcluster-redis-").FullName;
+        var psi = new ProcessStartInfo(binary) { UseShellExecute = false, RedirectStandardOutput = true };
+        foreach (var a in new[] { "--port", port.ToString(), "--bind", "127.0.0.1", "--appendonly", "yes", "--dir", dir, "--save", "" }) psi.ArgumentList.Add(a);
+        _redis = Process.Start(psi)!;
+        _redis.OutputDataReceived += (_, _) => { };
+        _redis.BeginOutputReadLine();
+        Console.WriteLine($"redis-server on 127.0.0.1:{port} (data in {dir})");
+        return $"127.0.0.1:{port}";
+    }
 
     public Service Start(ServiceRole role, string[] args, int? grpcPort = null)
     {
@@ -137,6 +155,7 @@ internal sealed class LocalCluster : IDisposable
 
     public void Dispose()
     {
+        if (_redis is { HasExited: false }) _redis.Kill();
         foreach (var s in Services)
         {
             try { if (!s.Process.HasExited) s.Process.Kill(entireProcessTree: true); s.Process.WaitForExit(5000); }
