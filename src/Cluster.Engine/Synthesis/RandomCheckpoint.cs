@@ -47,15 +47,17 @@ public static class RandomCheckpoint
     }
 
     /// <summary>
-    /// A model with exactly 259 tokens gets a llama2.c tokenizer.bin of byte pieces (ids 0-2
-    /// &lt;unk&gt;, &lt;s&gt;, &lt;/s&gt;; id b+3 is byte b), so the embedded default model can take text.
+    /// A llama2.c tokenizer.bin of byte pieces (ids 0-2 &lt;unk&gt;, &lt;s&gt;, &lt;/s&gt;; id b+3 is byte b;
+    /// ids past 258 are unused "&lt;extra_N&gt;" pieces that no text encodes to), so that a random
+    /// model of any real shape takes text: the embedded default, and the synthetic benchmark models.
     /// </summary>
     private static void WriteByteTokenizerIfFits(string folder, LlamaConfig config)
     {
-        if (config.VocabSize != 259) return;
+        if (config.VocabSize < 259) return;
         using var w = new BinaryWriter(File.Create(Path.Combine(folder, "tokenizer.bin")));
-        w.Write(6); // max token length: "<0xFF>"
-        foreach (var piece in new[] { "<unk>", "\n<s>\n", "\n</s>\n" }.Concat(Enumerable.Range(0, 256).Select(b => $"<0x{b:X2}>")))
+        w.Write(16); // max token length
+        var bytePieces = new[] { "<unk>", "\n<s>\n", "\n</s>\n" }.Concat(Enumerable.Range(0, 256).Select(b => $"<0x{b:X2}>"));
+        foreach (var piece in bytePieces.Concat(Enumerable.Range(259, config.VocabSize - 259).Select(i => $"<extra_{i}>")))
         {
             var bytes = System.Text.Encoding.UTF8.GetBytes(piece);
             w.Write(0f);

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 7 benchmark: TTFT and TPOT through the cluster (`llmctl up`, four processes on loopback)
+# against the in-process engine (`llmctl generate --local`) on the same checkpoint and prompt, and the
+# KV transfer time and bytes per request from the workers' own metrics.
+# Usage: bash bench/cluster/run.sh [MODEL_DIR] [REQUESTS]   (default: a synthetic smollm2-135m)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+model=${1:-/tmp/llmcluster-bench/smollm2-135m}
+requests=${2:-5}
+dotnet build tools/llmctl -c Release -v q -nologo >/dev/null
+llmctl="dotnet tools/llmctl/bin/Release/net10.0/llmctl.dll"
+[ -f "$model/config.json" ] || $llmctl synth --preset smollm2-135m --out "$model" --dtype bf16 >/dev/null
+prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * 3)")
+args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
+
+echo "== in-process engine, warm (llmctl bench: best of 3 prefills, median decode step)"
+$llmctl bench --model "$model" --prompt-tokens 236 --decode-tokens 64 --batch 1 --json 2>/dev/null | python3 -c 'import json,sys
+r=json.load(sys.stdin)
+print("prompt tokens %d; TTFT %.1f ms; TPOT median %.2f ms" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["decode_median_step_ms"]))'
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log=$(mktemp)
+$llmctl up --model "$model" --port "$port" >"$log" 2>&1 &
+up=$!
+trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log"' EXIT
+for _ in $(seq 120); do grep -q "cluster up" "$log" && break; sleep 1; done
+echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up"
+$llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
+for i in $(seq "$requests"); do $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}"; done \
+  | python3 -c 'import json,sys,statistics as st
+rows=[json.loads(l) for l in sys.stdin]
+print("TTFT median %.1f ms; TPOT median %.2f ms" % (st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3))'
+for role in prefill decode; do
+  url=$(grep -E "^ +$role +gRPC" "$log" | awk '{print $5}')
+  curl -s "$url" | python3 -c "
+import sys
+v={}
+for l in sys.stdin:
+    if l.startswith('llm_kv_transfer_'):
+        name, value = l.rsplit(' ', 1); v[name] = float(value)
+for d in ('put','get'):
+    n=v.get('llm_kv_transfer_seconds_count{direction=\"%s\"}'%d, 0)
+    if n:
+        secs = v['llm_kv_transfer_seconds_sum{direction=\"%s\"}' % d] / n
+        mb = v['llm_kv_transfer_bytes_total{direction=\"%s\"}' % d] / n / 1e6
+        print('$role KV %s: %d transfers, mean %.1f ms, mean %.2f MB' % (d, n, secs * 1e3, mb))
+"
+done
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
