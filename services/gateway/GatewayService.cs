@@ -128,6 +128,8 @@ public sealed class GatewayService : IClusterService
         {
             try
             {
+                await Prefill.RefreshAsync(ct);
+                await Decode.RefreshAsync(ct);
                 await Prefill.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
                 await Decode.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
                 await Task.Delay(HealthInterval, ct);
