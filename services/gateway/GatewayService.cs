@@ -130,8 +130,8 @@ public sealed class GatewayService : IClusterService
             {
                 await Prefill.RefreshAsync(ct);
                 await Decode.RefreshAsync(ct);
-                await Prefill.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
-                await Decode.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
+                await Prefill.CheckHealthAsync(Probe, TimeSpan.FromSeconds(2), ct);
+                await Decode.CheckHealthAsync(Probe, TimeSpan.FromSeconds(2), ct);
                 await Task.Delay(HealthInterval, ct);
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested)

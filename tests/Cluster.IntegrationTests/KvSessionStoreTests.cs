@@ -63,11 +63,13 @@ public sealed class KvSessionStoreTests
     public void Versions_go_up_and_a_restart_gets_the_newest_not_ahead_of_its_client()
     {
         using var store = new KvSessionStore(BytesOf(1000), TimeSpan.FromHours(1));
-        foreach (var n in new[] { 10, 20, 30, 40 }) store.Put("s", Shape, "dense", n, Blocks(n), true, n);
-        Assert.Equal(4, store.Get("s")!.Version);
-        Assert.Equal(30, store.Get("s", maxTokens: 39)!.TokensSeen);
-        Assert.Null(store.Get("s", maxTokens: 15)); // version 1 (10 tokens) was superseded: only the last 3 are kept
-        Assert.Equal(BytesOf(20) + BytesOf(30) + BytesOf(40), store.Bytes);
+        foreach (var n in new[] { 10, 20, 30, 40, 50 }) store.Put("s", Shape, "dense", n, Blocks(n), true, n);
+        Assert.Equal(5, store.Get("s")!.Version);
+        Assert.Equal(40, store.Get("s", maxTokens: 49)!.TokensSeen);
+        // Version 2 (20 tokens) was superseded; the first (10 tokens, the prompt's) stays to fall back on.
+        Assert.Equal(10, store.Get("s", maxTokens: 29)!.TokensSeen);
+        Assert.Null(store.Get("s", maxTokens: 9));
+        Assert.Equal(BytesOf(10) + BytesOf(30) + BytesOf(40) + BytesOf(50), store.Bytes);
         Assert.True(store.Release("s"));
         Assert.Equal(0, store.Bytes);
     }

@@ -13,8 +13,11 @@ public sealed class Worker(Uri address, RpcChannel channel)
     public RpcChannel Channel { get; } = channel;
     public int Outstanding => Volatile.Read(ref _outstanding);
 
-    /// <summary>False after a failed health check or a transport failure, until a check passes again.</summary>
+    /// <summary>False after two failed health checks in a row or a transport failure, until a check passes again.</summary>
     public bool Healthy { get; internal set; } = true;
+
+    /// <summary>Health checks failed in a row: one slow probe on a busy machine must not take a worker out.</summary>
+    internal int FailedChecks { get; set; }
 
     internal void Enter() => Interlocked.Increment(ref _outstanding);
     internal void Leave() => Interlocked.Decrement(ref _outstanding);
@@ -116,12 +119,13 @@ public sealed class WorkerPool : IDisposable
             try
             {
                 await probe(w, cts.Token);
+                w.FailedChecks = 0;
                 w.Healthy = true;
             }
             catch (Exception e) when (e is RpcException or OperationCanceledException or HttpRequestException)
             {
                 if (ct.IsCancellationRequested) throw;
-                w.Healthy = false;
+                if (++w.FailedChecks >= 2) w.Healthy = false;
             }
         }));
     }
