@@ -20,18 +20,18 @@ public sealed class TestCluster : IAsyncDisposable
 
     public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
 
-    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8)
+    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null)
     {
         var c = new TestCluster();
         ServiceOptions Options(ServiceRole role, params string[] args) =>
             ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
         string[] Q(string[] args) => qfilters is null ? args : [.. args, "--qfilters", qfilters];
-        c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync, tracing: tracing);
         var cm = c.CacheManager.GrpcAddress.ToString();
-        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, "--model", model, "--cache-manager", cm), Cluster.Prefill.PrefillService.CreateAsync);
-        c.Decode = await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync);
+        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, "--model", model, "--cache-manager", cm), Cluster.Prefill.PrefillService.CreateAsync, tracing: tracing);
+        c.Decode = await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync, tracing: tracing);
         c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, Q(["--model", model, "--cache-manager", cm,
-            "--prefill", c.Prefill.GrpcAddress.ToString(), "--decode", c.Decode.GrpcAddress.ToString(), "--policy", policy])), Cluster.Gateway.GatewayService.CreateAsync);
+            "--prefill", c.Prefill.GrpcAddress.ToString(), "--decode", c.Decode.GrpcAddress.ToString(), "--policy", policy])), Cluster.Gateway.GatewayService.CreateAsync, tracing: tracing);
         c.Client = new RpcChannel(c.Gateway.GrpcAddress);
         return c;
     }
