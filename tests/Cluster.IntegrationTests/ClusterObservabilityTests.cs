@@ -35,7 +35,7 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
         };
         await using var prometheus = await PrometheusServer.StartAsync(services.ToDictionary(s => s.Key, s => (IEnumerable<string>)[s.Value.Host.HttpEndPoint.ToString()]));
 
-        await WaitUntilWorkersUp(cluster);
+        await cluster.WaitUntilWorkersUpAsync();
         // Prometheus's first scrape comes seconds after it is ready; rate() over a run it did not see
         // start would be 0 and every rate-based panel NaN.
         await prometheus.WaitForAsync("count(up == 1)", TimeSpan.FromSeconds(30), v => v == services.Count);
@@ -124,20 +124,6 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
         using var miss = cacheManager.ServerStreaming(CacheManagerMethods.GetBlocks, new GetBlocksRequest { SessionId = "no-such-session" });
         var missed = await Assert.ThrowsAsync<RpcException>(async () => { await foreach (var _ in miss.ReadAllAsync()) { } });
         Assert.Equal(StatusCode.NotFound, missed.StatusCode);
-    }
-
-    /// <summary>
-    /// The gateway takes a worker out of rotation when a 1 s health probe fails, which happens on a
-    /// loaded 2-core machine while four services start; load before they are back fails UNAVAILABLE.
-    /// </summary>
-    private static async Task WaitUntilWorkersUp(TestCluster cluster)
-    {
-        for (var deadline = DateTime.UtcNow.AddSeconds(30); ; await Task.Delay(200))
-        {
-            var health = await cluster.Client.UnaryAsync(GatewayMethods.Health, new HealthRequest());
-            if (health.Components.Count > 0 && health.Components.Values.All(v => v == "up")) return;
-            Assert.True(DateTime.UtcNow < deadline, "workers not up: " + health.Components);
-        }
     }
 
     /// <summary>Index of the histogram bucket (upper bound inclusive, as Prometheus's `le`) holding <paramref name="seconds"/>.</summary>

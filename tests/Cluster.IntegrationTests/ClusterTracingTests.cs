@@ -17,6 +17,7 @@ public sealed class ClusterTracingTests
         var model = SharedData.Path_("models", "stories260K", "stories260K.bin");
         await using var cluster = await TestCluster.StartAsync(model, tracing: b => b.AddProcessor(new SimpleActivityExportProcessor(spans)));
 
+        await cluster.WaitUntilWorkersUpAsync();
         var done = await cluster.GenerateAsync(new GenerateRequest { Text = "Once upon a time", Sampling = new SamplingParams { MaxTokens = 12 } });
         Assert.Equal(12, done.Ids.Count);
 

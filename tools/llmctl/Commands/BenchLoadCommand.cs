@@ -31,7 +31,6 @@ internal static class BenchLoadCommand
         {
             var options = new LoadOptions(r.GetValue(concurrency), r.GetValue(requests), r.GetValue(promptTokens), r.GetValue(maxTokens),
                 r.GetValue(ttftSlo) / 1e3, r.GetValue(tpotSlo) / 1e3);
-            options.Validate();
             using var channel = new RpcChannel(new Uri(r.GetValue(endpoint)!));
             var report = Run(channel, options);
             if (r.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(ToJson(report), new JsonSerializerOptions { WriteIndented = true }));
