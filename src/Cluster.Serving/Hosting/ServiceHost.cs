@@ -50,7 +50,17 @@ public static class ServiceHost
         // Lives as long as the service: the trace-id logger writes through it after start.
         var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel));
         var traces = new ServiceTracing(options.Role.Name(), options.OtlpEndpoint, logging.CreateLogger("Cluster.Tracing"), tracing);
-        var service = await create(options, logging);
+        IClusterService service;
+        try
+        {
+            service = await create(options, logging);
+        }
+        catch
+        {
+            traces.Dispose();
+            logging.Dispose();
+            throw;
+        }
         var processMetrics = new ProcessMetrics(options.Role.Name());
         var metrics = new MetricsRegistry([.. service.MeterNames, ProcessMetrics.MeterName]);
         var address = IPAddress.Parse(options.Host);
