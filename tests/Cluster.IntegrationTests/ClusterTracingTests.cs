@@ -8,6 +8,7 @@ using Xunit;
 namespace Cluster.IntegrationTests;
 
 /// <summary>Issue 9: one trace per request across gateway -> prefill -> cachemanager -> decode.</summary>
+[Collection(nameof(ClusterObservabilityTests))] // not beside other clusters starting: the gateway's 1 s health probes time out
 public sealed class ClusterTracingTests
 {
     [SharedDataFact]
@@ -31,6 +32,7 @@ public sealed class ClusterTracingTests
 
         var trace = spans.Spans.Where(s => s.TraceId == root.TraceId).ToList();
         var services = trace.Select(s => s.Source.Name).ToHashSet();
+        Assert.True(services.Count == 4, "spans: " + string.Join("\n", spans.Spans.Select(s => $"{s.Source.Name} {s.DisplayName} {s.TraceId} {s.SpanId} parent {s.ParentSpanId} recorded {s.Recorded}")));
         Assert.Equal(["LlmCluster.cachemanager", "LlmCluster.decode", "LlmCluster.gateway", "LlmCluster.prefill"], services.Order());
         Assert.Contains(trace, s => s.DisplayName == "/llmcluster.v1.Prefill/Prefill");
         Assert.Contains(trace, s => s.DisplayName == "/llmcluster.v1.Decode/Decode");

@@ -9,6 +9,7 @@ using Xunit;
 namespace Cluster.IntegrationTests;
 
 /// <summary>With --otlp-endpoint a service posts its spans as OTLP/HTTP protobuf to {endpoint}/v1/traces.</summary>
+[Collection(nameof(ClusterObservabilityTests))]
 public sealed class OtlpExportTests
 {
     [Fact]
