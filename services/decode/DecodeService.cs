@@ -110,6 +110,7 @@ public sealed class DecodeService : IClusterService
         foreach (var b in blocks) KvCacheSnapshot.Restore(model.Backend, cache, b);
         KvCacheSnapshot.SetTokensSeen(cache, handle.TokenCount);
         cache.Policy = policy;
+        int evictedBefore = cache.TokensSeen - cache.Length; // by the cache manager's policy, before this worker
 
         var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex);
         foreach (var id in generated) seq.Replay(id);
@@ -160,6 +161,8 @@ public sealed class DecodeService : IClusterService
         finally
         {
             _calls.TryRemove(call, out _);
+            // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
+            if (policy is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
         }
     }
 

@@ -21,23 +21,37 @@ public sealed class TestCluster : IAsyncDisposable
 
     public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
 
-    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null)
+    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null)
     {
         var c = new TestCluster();
         ServiceOptions Options(ServiceRole role, params string[] args) =>
             ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
         string[] Q(string[] args) => qfilters is null ? args : [.. args, "--qfilters", qfilters];
-        c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync, tracing: tracing);
         var cm = c.CacheManager.GrpcAddress.ToString();
-        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, "--model", model, "--cache-manager", cm), Cluster.Prefill.PrefillService.CreateAsync);
+        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, "--model", model, "--cache-manager", cm), Cluster.Prefill.PrefillService.CreateAsync, tracing: tracing);
         for (int i = 0; i < decodeWorkers; i++)
-            c.Decodes.Add(await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync));
+            c.Decodes.Add(await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync, tracing: tracing));
         string[] gatewayArgs = Q(["--model", model, "--cache-manager", cm, "--prefill", c.Prefill.GrpcAddress.ToString(),
             "--decode", string.Join(',', c.Decodes.Select(d => d.GrpcAddress.ToString())), "--policy", policy]);
         if (redis is not null) gatewayArgs = [.. gatewayArgs, "--redis", redis];
-        c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, gatewayArgs), Cluster.Gateway.GatewayService.CreateAsync);
+        c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, gatewayArgs), Cluster.Gateway.GatewayService.CreateAsync, tracing: tracing);
         c.Client = new RpcChannel(c.Gateway.GrpcAddress);
         return c;
+    }
+
+    /// <summary>
+    /// Waits until the gateway sees every worker healthy (health checks run every 2 s; a worker is out
+    /// after two failed probes in a row, which a heavily loaded machine can produce while services start).
+    /// </summary>
+    public async Task WaitUntilWorkersUpAsync()
+    {
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); ; await Task.Delay(200))
+        {
+            var health = await Client.UnaryAsync(GatewayMethods.Health, new HealthRequest());
+            if (health.Components.Count > 0 && health.Components.Values.All(v => v == "up")) return;
+            Xunit.Assert.True(DateTime.UtcNow < deadline, "workers not up: " + health.Components);
+        }
     }
 
     /// <summary>Runs a request to the end and gathers what the client saw.</summary>

@@ -24,7 +24,11 @@ public sealed class PrometheusServer : IAsyncDisposable
 
     public Uri Address { get; }
 
-    public static async Task<PrometheusServer> StartAsync(IEnumerable<string> targets, CancellationToken ct = default)
+    public static Task<PrometheusServer> StartAsync(IEnumerable<string> targets, CancellationToken ct = default) =>
+        StartAsync(new Dictionary<string, IEnumerable<string>> { ["test"] = targets }, ct);
+
+    /// <summary>One scrape job per entry (job name to targets), as deploy/prometheus/prometheus.yml has one per service.</summary>
+    public static async Task<PrometheusServer> StartAsync(IReadOnlyDictionary<string, IEnumerable<string>> jobs, CancellationToken ct = default)
     {
         var folder = Path.Combine(Path.GetTempPath(), "llmcluster-prom-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(folder);
@@ -34,9 +38,7 @@ public sealed class PrometheusServer : IAsyncDisposable
               scrape_interval: 1s
               evaluation_interval: 1s
             scrape_configs:
-              - job_name: test
-                static_configs:
-                  - targets: [{string.Join(", ", targets.Select(t => $"'{t}'"))}]
+            {string.Concat(jobs.Select(j => $"  - job_name: {j.Key}\n    static_configs:\n      - targets: [{string.Join(", ", j.Value.Select(t => $"'{t}'"))}]\n"))}
             """);
         int port = FreePort();
         var psi = new ProcessStartInfo(ExternalCommands.Find("prometheus") ?? "prometheus")

@@ -115,6 +115,7 @@ internal sealed class ClientCall<TRequest, TResponse> : IClientCallControl
         if (_options.Headers is { } headers)
             foreach (var e in headers)
                 if (!GrpcProtocol.IsReservedHeader(e.Key)) request.Headers.TryAddWithoutValidation(e.Key, Metadata.WireValue(e));
+        TraceContext.Inject(request.Headers);
         return request;
     }
 

@@ -26,6 +26,8 @@ public sealed class RpcChannel : IDisposable
             AutomaticDecompression = DecompressionMethods.None,
             UseCookies = false,
             UseProxy = false,
+            // Trace context is written by TraceContext.Inject only (HttpClient's own would add a second traceparent).
+            ActivityHeadersPropagator = null,
         };
         // HttpClient.Timeout (100 s by default) would kill long streams; deadlines are per call.
         Http = new HttpClient(handler) { Timeout = Timeout.InfiniteTimeSpan };

@@ -7,4 +7,7 @@ public sealed class RpcServerOptions
 
     /// <summary>When true, INTERNAL statuses carry the exception's message (never its stack trace).</summary>
     public bool EnableDetailedErrors { get; set; }
+
+    /// <summary>Source of the per-call server activities (see <see cref="TraceContext"/>); null: no tracing.</summary>
+    public System.Diagnostics.ActivitySource? ActivitySource { get; set; }
 }

@@ -52,6 +52,7 @@ internal abstract class ServerCallHandler
             cts.CancelAfter(timeout);
         }
 
+        using var activity = TraceContext.StartServerActivity(Options.ActivitySource, Method, request.Headers);
         var context = new ServerCallContext(http, Method, deadline, ReadMetadata(request.Headers), cts.Token);
         http.Response.ContentType = GrpcProtocol.ContentType;
 
@@ -68,6 +69,8 @@ internal abstract class ServerCallHandler
         {
             (code, detail, trailers) = ToStatus(ex, http, cts);
         }
+        activity?.SetTag("rpc.grpc.status_code", (int)code);
+        if (code != StatusCode.OK) activity?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, code.ToString());
 
         if (http.RequestAborted.IsCancellationRequested)
         {

@@ -44,10 +44,23 @@ public static class ServiceHost
     }
 
     /// <summary>Builds and starts a service (tests and `llmctl up` use this directly).</summary>
-    public static async Task<RunningService> StartAsync(ServiceOptions options, Factory create, LogLevel logLevel = LogLevel.Warning)
+    /// <param name="tracing">Extra tracer configuration (tests add an in-memory exporter).</param>
+    public static async Task<RunningService> StartAsync(ServiceOptions options, Factory create, LogLevel logLevel = LogLevel.Warning, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null)
     {
-        using var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel));
-        var service = await create(options, logging);
+        // Lives as long as the service: the trace-id logger writes through it after start.
+        var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel));
+        var traces = new ServiceTracing(options.Role.Name(), options.OtlpEndpoint, logging.CreateLogger("Cluster.Tracing"), tracing);
+        IClusterService service;
+        try
+        {
+            service = await create(options, logging);
+        }
+        catch
+        {
+            traces.Dispose();
+            logging.Dispose();
+            throw;
+        }
         var processMetrics = new ProcessMetrics(options.Role.Name());
         var metrics = new MetricsRegistry([.. service.MeterNames, ProcessMetrics.MeterName]);
         var address = IPAddress.Parse(options.Host);
@@ -58,6 +71,7 @@ public static class ServiceHost
             IsHealthy = () => service.IsReady,
             MapHttpEndpoints = endpoints => endpoints.MapPrometheusMetrics(metrics),
             MinimumLogLevel = logLevel,
+            Server = { ActivitySource = traces.Source },
         }, (registry, _) =>
         {
             service.Register(registry);
@@ -67,12 +81,12 @@ public static class ServiceHost
             }));
         });
         await host.StartAsync();
-        return new RunningService(host, service, metrics, processMetrics);
+        return new RunningService(host, service, metrics, processMetrics, traces, logging);
     }
 }
 
 /// <summary>A started service; disposing stops it.</summary>
-public sealed class RunningService(RpcServerHost host, IClusterService service, MetricsRegistry metrics, ProcessMetrics processMetrics) : IAsyncDisposable
+public sealed class RunningService(RpcServerHost host, IClusterService service, MetricsRegistry metrics, ProcessMetrics processMetrics, ServiceTracing traces, ILoggerFactory logging) : IAsyncDisposable
 {
     public RpcServerHost Host { get; } = host;
     public IClusterService Service { get; } = service;
@@ -91,5 +105,7 @@ public sealed class RunningService(RpcServerHost host, IClusterService service, 
         await Service.DisposeAsync();
         metrics.Dispose();
         processMetrics.Dispose();
+        traces.Dispose();
+        logging.Dispose();
     }
 }

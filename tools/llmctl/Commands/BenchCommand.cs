@@ -21,6 +21,7 @@ internal static class BenchCommand
         var batch = new Option<int>("--batch") { Description = "also measure batched decode of this many sequences (continuous batching's step)", DefaultValueFactory = _ => 16 };
         var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound") { model, promptTokens, decodeTokens, threads, json, batch };
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
+        cmd.Subcommands.Add(BenchLoadCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int p = r.GetValue(promptTokens), d = r.GetValue(decodeTokens);

@@ -21,7 +21,8 @@ internal static class UpCommand
         var qfilters = new Option<string?>("--qfilters") { Description = "q_filters file for the qfilters policy" };
         var port = new Option<int>("--port") { Description = "gateway gRPC port", DefaultValueFactory = _ => ServiceRole.Gateway.DefaultGrpcPort() };
         var threads = new Option<int?>("--threads") { Description = "CPU threads per worker" };
-        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it") { model, prefill, decode, policy, redis, qfilters, port, threads };
+        var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
+        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it") { model, prefill, decode, policy, redis, qfilters, port, threads, otlp };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int np = r.GetValue(prefill), nd = r.GetValue(decode);
@@ -36,6 +37,7 @@ internal static class UpCommand
                 if (role != ServiceRole.CacheManager) a.AddRange(["--model", modelPath]);
                 if (r.GetValue(threads) is int t && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--threads", t.ToString()]);
                 if (r.GetValue(qfilters) is { } q && role is not ServiceRole.Prefill) a.AddRange(["--qfilters", q]);
+                if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
                 return [.. a];
             }
             var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager));

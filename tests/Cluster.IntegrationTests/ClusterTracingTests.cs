@@ -1,0 +1,44 @@
+using System.Diagnostics;
+using Cluster.Tests;
+using LlmCluster.V1;
+using OpenTelemetry;
+using OpenTelemetry.Trace;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>Issue 9: one trace per request across gateway -> prefill -> cachemanager -> decode.</summary>
+[Collection(nameof(ClusterObservabilityTests))] // not beside other clusters starting: the gateway's 1 s health probes time out
+public sealed class ClusterTracingTests
+{
+    [SharedDataFact]
+    public async Task A_requests_spans_from_all_four_services_share_one_trace_id()
+    {
+        var spans = new SpanCollector();
+        var model = SharedData.Path_("models", "stories260K", "stories260K.bin");
+        await using var cluster = await TestCluster.StartAsync(model, tracing: b => b.AddProcessor(new SimpleActivityExportProcessor(spans)));
+
+        await cluster.WaitUntilWorkersUpAsync();
+        var done = await cluster.GenerateAsync(new GenerateRequest { Text = "Once upon a time", Sampling = new SamplingParams { MaxTokens = 12 } });
+        Assert.Equal(12, done.Ids.Count);
+
+        // The gateway's server span ends just after the last response is written; wait for it.
+        Activity? root = null;
+        for (int i = 0; i < 100 && root is null; i++, await Task.Delay(50))
+            root = spans.Spans.FirstOrDefault(s => s.DisplayName == "/llmcluster.v1.Gateway/Generate");
+        Assert.NotNull(root);
+        Assert.Equal(default, root!.ParentSpanId); // the gateway starts the trace
+        Assert.Equal("LlmCluster.gateway", root.Source.Name);
+
+        var trace = spans.Spans.Where(s => s.TraceId == root.TraceId).ToList();
+        var services = trace.Select(s => s.Source.Name).ToHashSet();
+        Assert.True(services.Count == 4, "spans: " + string.Join("\n", spans.Spans.Select(s => $"{s.Source.Name} {s.DisplayName} {s.TraceId} {s.SpanId} parent {s.ParentSpanId} recorded {s.Recorded}")));
+        Assert.Equal(["LlmCluster.cachemanager", "LlmCluster.decode", "LlmCluster.gateway", "LlmCluster.prefill"], services.Order());
+        Assert.Contains(trace, s => s.DisplayName == "/llmcluster.v1.Prefill/Prefill");
+        Assert.Contains(trace, s => s.DisplayName == "/llmcluster.v1.Decode/Decode");
+        // Every span but the root has its parent in the same trace: the context went hop by hop.
+        var ids = trace.Select(s => s.SpanId).ToHashSet();
+        Assert.All(trace.Where(s => s != root), s => Assert.Contains(s.ParentSpanId, ids));
+        Assert.All(trace, s => Assert.Equal(ActivityKind.Server, s.Kind));
+    }
+}
