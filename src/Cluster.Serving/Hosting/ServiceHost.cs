@@ -27,11 +27,12 @@ public static class ServiceHost
             return 2;
         }
         using var stop = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Cancel();
         try
         {
             await using var running = await StartAsync(options, create, LogLevel.Information);
+            // The web host's console lifetime turns SIGTERM and Ctrl-C into "stopping" (and cancels the
+            // default termination): follow it, or the process would wait forever after shutting down.
+            using var stopping = running.Host.App.Lifetime.ApplicationStopping.Register(stop.Cancel);
             Console.WriteLine($"{role.Name()} serving gRPC on {running.GrpcAddress}, /healthz and /metrics on http://{running.Host.HttpEndPoint}");
             await Task.Delay(Timeout.Infinite, stop.Token).ContinueWith(_ => { });
             return 0;

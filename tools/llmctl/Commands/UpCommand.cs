@@ -30,6 +30,8 @@ internal static class UpCommand
             var modelPath = ModelSource.ResolvePath(r.GetValue(model)); // generated once here, not by each service
             using var stop = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
+            // SIGTERM too stops the children (LocalCluster.Dispose) instead of orphaning them.
+            using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
             using var cluster = new LocalCluster();
             string[] Common(ServiceRole role)
             {
