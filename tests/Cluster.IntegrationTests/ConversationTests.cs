@@ -1,0 +1,89 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.Generation;
+using Cluster.Engine.Model;
+using Cluster.Engine.Sampling;
+using Cluster.Engine.Tokenizers;
+using Cluster.Rpc;
+using Cluster.Rpc.Client;
+using Cluster.Serving.Hosting;
+using Cluster.Serving.Mapping;
+using Cluster.Tests;
+using LlmCluster.V1;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>Multi-turn sessions (issue 12): each turn sends only its new tokens, the cluster continues
+/// on the session's stored KV, and the tokens equal a local <see cref="Conversation"/> turn for turn.</summary>
+public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterFixture>
+{
+    private static readonly string[] Lines =
+    [
+        "Once upon a time, there was a little girl named Lily.", "She went to the park.", "Then what happened?",
+        "The dog was happy.", "Tom said hello.", "They played all day.", "What did mom say?", "The sun was big and warm.",
+    ];
+
+    /// <summary>Turn t's prompt: BOS only on the first turn, as a chat client sends it.</summary>
+    public static int[] TurnPrompt(ITokenizer tokenizer, int turn) => tokenizer.Encode(Lines[turn % Lines.Length], addBos: turn == 0);
+
+    public static SamplingParameters TurnParams(int turn, int maxTokens = 12) => new() { Temperature = 0.8f, TopP = 0.95f, Seed = 1000 + turn, MaxTokens = maxTokens };
+
+    public static GenerateRequest TurnRequest(string session, int[] prompt, SamplingParameters p, string policy) => new()
+    {
+        SessionId = session,
+        TokenIds = new TokenIds { Ids = { prompt } },
+        Sampling = SamplingWire.FromEngine(p),
+        KvPolicy = PolicyMapping.ToWire(policy),
+    };
+
+    private KvCompressionPolicy? LocalPolicy(string policy) => policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
+
+    [SharedDataTheory]
+    [InlineData("sink_window(4,252)", 30)]
+    [InlineData("sink_window(4,60)", 30)]
+    [InlineData("qfilters(64,16)", 20)]
+    public async Task Every_turn_equals_the_local_conversation(string policy, int turns)
+    {
+        using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; t < turns; t++)
+        {
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
+            var got = await f.Cluster.GenerateAsync(TurnRequest(session, prompt, TurnParams(t), policy));
+            Assert.Equal(session, got.SessionId);
+            Assert.Equal(t == 0 ? session : $"{session}/{t}", got.TurnId);
+            Assert.True(expected.Ids.SequenceEqual(got.Ids), $"turn {t}: expected [{string.Join(',', expected.Ids)}], got [{string.Join(',', got.Ids)}]");
+            Assert.Equal(expected.Text, got.Text);
+        }
+        Assert.True(local.TokensSeen > 256, $"the conversation must outgrow the budget ({local.TokensSeen} tokens)");
+    }
+
+    [SharedDataFact]
+    public async Task Dense_refuses_the_turn_that_would_pass_the_context_with_a_clear_error()
+    {
+        using var local = new Conversation(f.Local, null, f.Tokenizer);
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; ; t++)
+        {
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var p = TurnParams(t, maxTokens: 40);
+            var request = TurnRequest(session, prompt, p, "dense");
+            List<GenerationChunk> chunks;
+            try
+            {
+                chunks = local.Turn(prompt, p.WithResolvedSeed());
+            }
+            catch (ContextExceededException)
+            {
+                var e = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.GenerateAsync(request));
+                Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+                Assert.Contains("context exhausted", e.Message);
+                Assert.True(t > 3 && local.TokensSeen + prompt.Length + 1 + p.MaxTokens > f.Local.Config.MaxPositions, $"refused at turn {t}, {local.TokensSeen} tokens");
+                return;
+            }
+            var got = await f.Cluster.GenerateAsync(request);
+            Assert.Equal(GenerationOutput.Collect(chunks).Single().Ids, got.Ids);
+        }
+    }
+}
