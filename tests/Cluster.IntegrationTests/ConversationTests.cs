@@ -55,9 +55,51 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
             Assert.Equal(t == 0 ? session : $"{session}/{t}", got.TurnId);
             Assert.True(expected.Ids.SequenceEqual(got.Ids), $"turn {t}: expected [{string.Join(',', expected.Ids)}], got [{string.Join(',', got.Ids)}]");
             Assert.Equal(expected.Text, got.Text);
+            if (t == 2) Assert.Equal(got.Ids, (await f.Cluster.ResumeAsync(got.TurnId, -1)).Ids); // each turn keeps its own log
         }
         Assert.True(local.TokensSeen > 256, $"the conversation must outgrow the budget ({local.TokensSeen} tokens)");
     }
+
+    [SharedDataFact]
+    public async Task A_session_continues_after_the_decode_worker_of_its_last_turn_was_killed()
+    {
+        const string policy = "sink_window(4,60)";
+        const int turns = 8, killAfter = 4;
+        await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        string cmAddress = cm.GrpcAddress.ToString();
+        await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", f.ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        using var decodeA = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", f.ModelPath, "--cache-manager", cmAddress, "--threads", "1");
+        using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", f.ModelPath, "--cache-manager", cmAddress, "--threads", "1");
+        await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", f.ModelPath, "--cache-manager", cmAddress,
+            "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}"), Cluster.Gateway.GatewayService.CreateAsync);
+        using var client = new RpcChannel(gateway.GrpcAddress);
+
+        using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; t < turns; t++)
+        {
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
+            double before = t == killAfter ? await decodeA.GaugeAsync("llm_generation_tokens_total") : 0;
+            var got = await Collect(client.ServerStreaming(GatewayMethods.Generate, TurnRequest(session, prompt, TurnParams(t), policy)));
+            Assert.Equal(expected.Ids, got);
+            if (t != killAfter) continue;
+            // SIGKILL the worker that decoded this turn: the next turns must not need it.
+            (await decodeA.GaugeAsync("llm_generation_tokens_total") > before ? decodeA : decodeB).Kill();
+        }
+    }
+
+    private static async Task<List<int>> Collect(ServerStreamingCall<GenerateResponse> call)
+    {
+        using var _ = call;
+        var ids = new List<int>();
+        await foreach (var r in call.ReadAllAsync(default))
+            if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) ids.AddRange(r.Chunk.TokenIds);
+        return ids;
+    }
+
+    private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
+        ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
 
     [SharedDataFact]
     public async Task Dense_refuses_the_turn_that_would_pass_the_context_with_a_clear_error()
