@@ -89,6 +89,26 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         }
     }
 
+    [SharedDataFact]
+    public async Task Sessions_are_listed_with_their_turns_and_deleting_one_releases_its_KV()
+    {
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; t < 3; t++)
+            await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, t), TurnParams(t), "sink_window(4,60)"));
+        var listed = await f.Cluster.Client.UnaryAsync(GatewayMethods.ListSessions, new ListSessionsRequest());
+        var mine = Assert.Single(listed.Sessions, s => s.SessionId == session);
+        Assert.Equal(3, mine.Turns);
+        Assert.DoesNotContain(listed.Sessions, s => s.SessionId.StartsWith(session + "/", StringComparison.Ordinal));
+
+        var deleted = await f.Cluster.Client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = session });
+        Assert.True(deleted.Deleted);
+        Assert.True(deleted.KvReleased);
+        Assert.DoesNotContain((await f.Cluster.Client.UnaryAsync(GatewayMethods.ListSessions, new ListSessionsRequest())).Sessions, s => s.SessionId == session);
+        var replay = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.ResumeAsync($"{session}/2", -1));
+        Assert.Equal(StatusCode.NotFound, replay.StatusCode);
+        Assert.False((await f.Cluster.Client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = session })).Deleted);
+    }
+
     private static async Task<List<int>> Collect(ServerStreamingCall<GenerateResponse> call)
     {
         using var _ = call;
