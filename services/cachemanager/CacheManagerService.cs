@@ -122,15 +122,7 @@ public sealed class CacheManagerService : IClusterService
         return Task.FromResult(new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex });
     }
 
-    private static KvLayout LayoutOf(StoredKv kv) => new()
-    {
-        NumLayers = kv.Shape.Layers,
-        NumKvHeads = kv.Shape.KvHeads,
-        HeadDim = kv.Shape.HeadDim,
-        Dtype = KvDtype.F32,
-        KeysPostRope = true,
-        RopeInverseFrequencies = { kv.Shape.Rope.InverseFrequencies },
-    };
+    private static KvLayout LayoutOf(StoredKv kv) => KvLayoutMapping.For(kv.Shape.Layers, kv.Shape.KvHeads, kv.Shape.HeadDim, kv.Shape.Rope);
 
     private static KvHandle Handle(StoredKv kv, KvLayout layout, KvPolicy? policy) => new()
     {

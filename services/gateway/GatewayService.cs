@@ -132,8 +132,10 @@ public sealed class GatewayService : IClusterService
         {
             try
             {
-                await Prefill.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
-                await Decode.CheckHealthAsync(Probe, TimeSpan.FromSeconds(1), ct);
+                await Prefill.RefreshAsync(ct);
+                await Decode.RefreshAsync(ct);
+                await Prefill.CheckHealthAsync(Probe, TimeSpan.FromSeconds(2), ct);
+                await Decode.CheckHealthAsync(Probe, TimeSpan.FromSeconds(2), ct);
                 await Task.Delay(HealthInterval, ct);
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested)

@@ -22,9 +22,10 @@ public sealed class KvStoreFullException(string message) : Exception(message);
 
 /// <summary>
 /// The cache manager's store: the KV of each session, compressed by the session's policy when it
-/// arrives over budget, within a memory budget. The last <see cref="VersionsKept"/> versions of a
-/// session are kept, so that a restart can pick the newest one that is not ahead of what its client
-/// received. Rule when full: sessions idle for longer than the
+/// arrives over budget, within a memory budget. The first version of a session (the prompt's KV) and
+/// its last <see cref="VersionsKept"/> are kept, so that a restart can pick the newest one not ahead
+/// of what its client received; the first is always there to fall back on (a restart then recomputes
+/// the output token by token, evicting exactly as the original run did). Rule when full: sessions idle for longer than the
 /// TTL are dropped first (oldest first); if that is not enough the put is refused
 /// (<see cref="KvStoreFullException"/>), so a live session is never evicted or corrupted. A put
 /// replaces the session's KV as a whole and raises its version. Thread-safe.
@@ -76,9 +77,11 @@ public sealed class KvSessionStore : IDisposable
         {
             var versions = _sessions.TryGetValue(sessionId, out var old) ? old.Versions : [];
             var kv = new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, versions.Count > 0 ? versions[^1].Version + 1 : 1, checkpoint, outputIndex, received);
-            long freed = versions.Count >= VersionsKept ? versions[0].Bytes : 0;
+            // Drop the oldest checkpoint beyond the limit, never the first version (index 0).
+            bool drop = versions.Count > VersionsKept;
+            long freed = drop ? versions[1].Bytes : 0;
             MakeRoom(kv.Bytes - freed, sessionId);
-            if (versions.Count >= VersionsKept) versions.RemoveAt(0);
+            if (drop) versions.RemoveAt(1);
             versions.Add(kv);
             _bytes += kv.Bytes - freed;
             _sessions[sessionId] = (versions, _time.GetUtcNow().UtcDateTime);

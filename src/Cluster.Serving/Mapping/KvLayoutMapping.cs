@@ -7,14 +7,16 @@ public static class KvLayoutMapping
 {
     /// <summary>The layout of a model's KV cache: fp32, keys after RoPE in the half-split layout,
     /// with the RoPE frequencies so that a holder of the blocks can re-rotate keys.</summary>
-    public static KvLayout For(LlamaModel model) => new()
+    public static KvLayout For(LlamaModel model) => For(model.Config.Layers, model.Config.KvHeads, model.Config.HeadDim, model.Rope);
+
+    public static KvLayout For(int layers, int kvHeads, int headDim, RopeTable rope) => new()
     {
-        NumLayers = model.Config.Layers,
-        NumKvHeads = model.Config.KvHeads,
-        HeadDim = model.Config.HeadDim,
+        NumLayers = layers,
+        NumKvHeads = kvHeads,
+        HeadDim = headDim,
         Dtype = KvDtype.F32,
         KeysPostRope = true,
-        RopeInverseFrequencies = { model.Rope.InverseFrequencies },
+        RopeInverseFrequencies = { rope.InverseFrequencies },
     };
 
     /// <summary>The RoPE table a layout describes (half-split pairs, as the cache stores keys).</summary>

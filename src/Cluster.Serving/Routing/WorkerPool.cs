@@ -1,3 +1,4 @@
+using System.Net;
 using Cluster.Rpc;
 using Cluster.Rpc.Client;
 
@@ -12,8 +13,11 @@ public sealed class Worker(Uri address, RpcChannel channel)
     public RpcChannel Channel { get; } = channel;
     public int Outstanding => Volatile.Read(ref _outstanding);
 
-    /// <summary>False after a failed health check or a transport failure, until a check passes again.</summary>
+    /// <summary>False after two failed health checks in a row or a transport failure, until a check passes again.</summary>
     public bool Healthy { get; internal set; } = true;
+
+    /// <summary>Health checks failed in a row: one slow probe on a busy machine must not take a worker out.</summary>
+    internal int FailedChecks { get; set; }
 
     internal void Enter() => Interlocked.Increment(ref _outstanding);
     internal void Leave() => Interlocked.Decrement(ref _outstanding);
@@ -22,37 +26,79 @@ public sealed class Worker(Uri address, RpcChannel channel)
 /// <summary>
 /// Workers of one role. <see cref="Acquire"/> picks the healthy worker with the fewest calls in
 /// flight (least outstanding requests); a worker that fails a health check or a call with
-/// UNAVAILABLE is taken out until <see cref="CheckHealthAsync"/> finds it answering again.
+/// UNAVAILABLE is taken out until <see cref="CheckHealthAsync"/> finds it answering again. A
+/// configured host name (e.g. a Kubernetes headless Service) stands for every address it resolves
+/// to, re-resolved by <see cref="RefreshAsync"/>: a gRPC client keeps its HTTP/2 connections, so one
+/// name behind one connection pool would pin every call to a single worker.
 /// </summary>
 public sealed class WorkerPool : IDisposable
 {
-    private readonly Worker[] _workers;
+    private readonly Uri[] _configured;
+    private readonly RpcChannelOptions? _options;
+    private readonly Dictionary<Uri, Worker> _all = [];
+    private volatile Worker[] _workers;
     private int _roundRobin;
 
     public WorkerPool(string role, IEnumerable<Uri> addresses, RpcChannelOptions? options = null)
     {
         Role = role;
-        _workers = addresses.Select(a => new Worker(a, new RpcChannel(a, options))).ToArray();
-        if (_workers.Length == 0) throw new ArgumentException($"no {role} workers configured");
+        _options = options;
+        _configured = addresses.ToArray();
+        if (_configured.Length == 0) throw new ArgumentException($"no {role} workers configured");
+        _workers = _configured.Select(Get).ToArray();
     }
 
     public string Role { get; }
     public IReadOnlyList<Worker> Workers => _workers;
 
+    /// <summary>Re-resolves configured host names; workers whose address disappeared leave the rotation.</summary>
+    public async Task RefreshAsync(CancellationToken ct)
+    {
+        var next = new List<Worker>();
+        foreach (var uri in _configured)
+        {
+            if (uri.HostNameType != UriHostNameType.Dns || uri.IsLoopback)
+            {
+                next.Add(Get(uri));
+                continue;
+            }
+            try
+            {
+                var ips = await Dns.GetHostAddressesAsync(uri.DnsSafeHost, ct);
+                next.AddRange(ips.Select(ip => Get(new UriBuilder(uri) { Host = ip.ToString() }.Uri)));
+            }
+            catch (System.Net.Sockets.SocketException)
+            {
+                next.AddRange(_workers.Where(w => w.Address.Port == uri.Port)); // keep what we had until DNS answers
+            }
+        }
+        if (next.Count > 0) _workers = next.Distinct().ToArray();
+    }
+
+    private Worker Get(Uri address)
+    {
+        lock (_all)
+        {
+            if (!_all.TryGetValue(address, out var w)) _all[address] = w = new Worker(address, new RpcChannel(address, _options));
+            return w;
+        }
+    }
+
     /// <summary>A lease on the least-loaded healthy worker; dispose it when the call ends. Throws
     /// UNAVAILABLE (fail fast, never queue) when no worker of this role is healthy.</summary>
     public WorkerLease Acquire(Uri? except = null)
     {
+        var workers = _workers;
         // Ties go round-robin so that idle workers share the load.
         int start = Interlocked.Increment(ref _roundRobin);
         Worker? best = null;
-        for (int i = 0; i < _workers.Length; i++)
+        for (int i = 0; i < workers.Length; i++)
         {
-            var w = _workers[(int)((uint)(start + i) % _workers.Length)];
+            var w = workers[(int)((uint)(start + i) % workers.Length)];
             if (!w.Healthy || w.Address == except) continue;
             if (best is null || w.Outstanding < best.Outstanding) best = w;
         }
-        if (best is null) throw new RpcException(StatusCode.Unavailable, $"no healthy {Role} worker (of {_workers.Length} configured)");
+        if (best is null) throw new RpcException(StatusCode.Unavailable, $"no healthy {Role} worker (of {workers.Length} known)");
         best.Enter();
         return new WorkerLease(best);
     }
@@ -73,19 +119,21 @@ public sealed class WorkerPool : IDisposable
             try
             {
                 await probe(w, cts.Token);
+                w.FailedChecks = 0;
                 w.Healthy = true;
             }
             catch (Exception e) when (e is RpcException or OperationCanceledException or HttpRequestException)
             {
                 if (ct.IsCancellationRequested) throw;
-                w.Healthy = false;
+                if (++w.FailedChecks >= 2) w.Healthy = false;
             }
         }));
     }
 
     public void Dispose()
     {
-        foreach (var w in _workers) w.Channel.Dispose();
+        lock (_all)
+            foreach (var w in _all.Values) w.Channel.Dispose();
     }
 }
 
