@@ -180,6 +180,9 @@ public sealed class DecodeService : IClusterService
         private int _sinceCheckpoint;
         private int _delivered = delivered;
         private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Set once the final checkpoint is chained: the batcher writes a chunk before it calls
+        // AfterToken, so the handler can see the last chunk before that checkpoint is scheduled.
+        private readonly TaskCompletionSource _finalScheduled = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.</summary>
         public void Written(int tokens)
@@ -236,9 +239,16 @@ public sealed class DecodeService : IClusterService
                     service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", handle.SessionId, e.Message);
                 }
             }, TaskScheduler.Default).Unwrap();
+            if (chunk.Finish is not null) _finalScheduled.TrySetResult();
         }
 
-        public Task WaitForCheckpoints() => _chain;
+        /// <summary>Waits for every checkpoint, the final one included (the next turn of a
+        /// conversation starts from it).</summary>
+        public async Task WaitForCheckpoints()
+        {
+            await _finalScheduled.Task.WaitAsync(callAborted);
+            await _chain;
+        }
 
         public async Task FlushCheckpoints(IServerStreamWriter<DecodeResponse> responses)
         {
