@@ -85,7 +85,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         int[] fed = [tail.Entries[0].TokenId, .. prompt];
         int history = previous.History + previous.Prompt.Length + lastInfo.GeneratedTokens - 1;
         var c = gateway.Host.Config;
-        if (previous.Policy == "dense" && Engine.Generation.ConversationTurn.ContextExhausted(history, fed.Length, p.MaxTokens, c.MaxPositions, new Engine.Compression.DensePolicy()) is { } why)
+        if (previous.Policy == "dense" && Engine.Generation.ConversationTurn.ContextExhausted(history, fed.Length, p.MaxTokens, c.MaxPositions, policy: null) is { } why)
             throw new RpcException(StatusCode.FailedPrecondition, why);
         RequestChecks.Prompt(fed, c);
 
