@@ -85,9 +85,10 @@ public sealed class GatewayService : IClusterService
     private Task<AbortResponse> Abort(AbortRequest request, ServerCallContext context)
     {
         if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "session_id is required");
-        bool found = Live.TryGetValue(request.SessionId, out var cts);
-        cts?.Cancel();
-        return Task.FromResult(new AbortResponse { Aborted = found });
+        // A conversation's later turns stream under "<session>/<turn>": the session's id stops them too.
+        var running = Live.Where(e => e.Key == request.SessionId || e.Key.StartsWith(request.SessionId + "/", StringComparison.Ordinal)).ToList();
+        foreach (var (_, cts) in running) cts.Cancel();
+        return Task.FromResult(new AbortResponse { Aborted = running.Count > 0 });
     }
 
     private Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)

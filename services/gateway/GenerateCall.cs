@@ -76,14 +76,18 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         var lastInfo = last == 0 ? conversation : await gateway.Sessions.GetAsync(lastId, ct);
         var previous = lastInfo is null ? null : SessionRecord.From(lastInfo);
         if (lastInfo is null || previous is null) throw new RpcException(StatusCode.FailedPrecondition, $"turn '{lastId}' of session '{conversation.Id}' expired or lacks its record");
-        if (lastInfo.Status != SessionStatus.Finished || lastInfo.GeneratedTokens < 1)
+        if (lastInfo.FinishReason is null || lastInfo.GeneratedTokens < 1 || gateway.Live.ContainsKey(lastId))
             throw new RpcException(StatusCode.FailedPrecondition, $"turn '{lastId}' has not finished ({lastInfo.Status.ToString().ToLowerInvariant()}): resume it (Gateway.Resume) before the next turn");
-        var tail = await gateway.Sessions.ReadTokensAsync(lastId, lastInfo.GeneratedTokens - 2, 1, ct);
-        if (tail.Entries.Count != 1 || tail.Entries[0].Index != lastInfo.GeneratedTokens - 1)
-            throw new RpcException(StatusCode.FailedPrecondition, $"the token log of '{lastId}' lacks its last token");
+        // The newest checkpoint the gateway saw covers the turn's first `covered` tokens: after a
+        // finished turn all but the last one (the final checkpoint), after an Abort perhaps fewer.
+        // The rest of the turn's output is fed before the new prompt.
+        int generated = lastInfo.GeneratedTokens, covered = (int)Math.Clamp(lastInfo.CheckpointTokenIndex, 0, generated - 1);
+        var tail = await gateway.Sessions.ReadTokensAsync(lastId, covered - 1, generated - covered, ct);
+        if (tail.Entries.Count != generated - covered || tail.Entries[0].Index != covered)
+            throw new RpcException(StatusCode.FailedPrecondition, $"the token log of '{lastId}' lacks tokens {covered}..{generated - 1}");
 
-        int[] fed = [tail.Entries[0].TokenId, .. prompt];
-        int history = previous.History + previous.Prompt.Length + lastInfo.GeneratedTokens - 1;
+        int[] fed = [.. tail.Entries.Select(e => e.TokenId), .. prompt];
+        int history = previous.History + previous.Prompt.Length + covered;
         var c = gateway.Host.Config;
         if (previous.Policy == "dense" && Engine.Generation.ConversationTurn.ContextExhausted(history, fed.Length, p.MaxTokens, c.MaxPositions, policy: null) is { } why)
             throw new RpcException(StatusCode.FailedPrecondition, why);

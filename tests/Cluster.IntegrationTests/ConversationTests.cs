@@ -9,6 +9,7 @@ using Cluster.Serving.Hosting;
 using Cluster.Serving.Mapping;
 using Cluster.Tests;
 using LlmCluster.V1;
+using FinishReason = LlmCluster.V1.FinishReason;
 using Xunit;
 
 namespace Cluster.IntegrationTests;
@@ -107,6 +108,38 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         var replay = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.ResumeAsync($"{session}/2", -1));
         Assert.Equal(StatusCode.NotFound, replay.StatusCode);
         Assert.False((await f.Cluster.Client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = session })).Deleted);
+    }
+
+    [SharedDataFact]
+    public async Task Abort_by_the_session_id_stops_a_later_turn_and_the_next_turn_runs_or_is_refused_clearly()
+    {
+        const string policy = "sink_window(4,60)";
+        string session = Guid.NewGuid().ToString("N");
+        await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 0), TurnParams(0), policy));
+        var longTurn = TurnParams(1, maxTokens: 100_000) with { IgnoreEos = true };
+        bool aborted = false;
+        var stopped = await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 1), longTurn, policy), onChunk: async s =>
+        {
+            if (aborted || s.Ids.Count < 40) return;
+            aborted = true;
+            Assert.True((await f.Cluster.Client.UnaryAsync(GatewayMethods.Abort, new AbortRequest { SessionId = session })).Aborted); // by the session's id
+        });
+        Assert.Equal(FinishReason.Abort, stopped.Finish);
+        // The next turn feeds the aborted turn's tokens after the newest checkpoint the gateway logged.
+        // Checkpoints written after the gateway stopped reading can push that version out of the cache
+        // manager's last three; the turn is then refused clearly, never run on the wrong KV.
+        try
+        {
+            var next = await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 2), TurnParams(2), policy));
+            Assert.Equal($"{session}/2", next.TurnId);
+            Assert.NotEmpty(next.Ids);
+            Assert.NotEqual(FinishReason.Abort, next.Finish);
+        }
+        catch (RpcException e)
+        {
+            Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+            Assert.Contains("stored KV holds", e.Message);
+        }
     }
 
     private static async Task<List<int>> Collect(ServerStreamingCall<GenerateResponse> call)
