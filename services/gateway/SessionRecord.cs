@@ -11,7 +11,8 @@ namespace Cluster.Gateway;
 /// the sampling parameters with the resolved seed, stored in the session's metadata (and so in Redis).
 /// A conversation keeps one record per turn, each with its own token log (indices from 0 per turn):
 /// turn 0 is the session itself, turn t &gt; 0 is "<c>{session}/{t}</c>", whose prompt is the fed
-/// tokens (the previous turn's last token, then the new prompt), and whose KV lives under the session
+/// tokens (the previous turn's tokens the KV lacks, after a finished turn its last one, then the new
+/// prompt), and whose KV lives under the session
 /// (<see cref="KvSession"/>) after <see cref="History"/> earlier tokens. The session's own record
 /// points at its latest turn (<see cref="TurnsKey"/>).
 /// </summary>

@@ -30,8 +30,8 @@ public static class ConversationTurn
     /// Runs the turn's tokens on <paramref name="seq"/>'s cache (which holds the history, policy set,
     /// or none for dense) and samples the first token of the turn.
     /// </summary>
-    /// <param name="fed">The previous turn's last generated token (sampled but never run) followed by
-    /// the new prompt's tokens.</param>
+    /// <param name="fed">The previous turn's tokens that the cache lacks (after a finished turn its last
+    /// generated token, sampled but never run) followed by the new prompt's tokens.</param>
     /// <exception cref="ContextExceededException">A dense cache has no room for the turn.</exception>
     public static GenerationChunk Start(LlamaModel model, SequenceGeneration seq, ReadOnlySpan<int> fed, int maxTokens, TimeSpan elapsed = default)
     {
