@@ -1,6 +1,5 @@
 using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
-using Cluster.Engine.Model;
 using Cluster.Engine.Sampling;
 using Cluster.Engine.Tokenizers;
 using Cluster.Rpc;

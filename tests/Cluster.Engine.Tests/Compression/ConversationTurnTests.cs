@@ -1,6 +1,5 @@
 using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
-using Cluster.Engine.KvCache;
 using Cluster.Engine.Sampling;
 using Cluster.Engine.Tests.Model;
 using Cluster.Tests;
