@@ -90,16 +90,18 @@ public sealed class DecodeService : IClusterService
         var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
         var fetch = Stopwatch.StartNew();
         // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
-        int maxTokens = request.Kv.Version == 0 ? prompt.Length + generated.Length - 1 : 0;
+        int history = request.HistoryTokenCount; // earlier turns of a conversation, before this turn's prompt
+        if (history < 0) throw new RpcException(StatusCode.InvalidArgument, $"history_token_count must be >= 0, got {history}");
+        int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + generated.Length - 1 : 0;
         var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, context.CancellationToken, maxTokens);
         var get = new KeyValuePair<string, object?>("direction", "get");
         _metrics.TransferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
         _metrics.TransferBytes.Add(bytes, get);
-        int cached = handle.TokenCount - prompt.Length;
+        int cached = handle.TokenCount - history - prompt.Length;
         // The cache must lack at least the newest token: its logits come from running it (a compressed
         // cache cannot be rolled back to recompute them).
         if (cached < 0 || cached >= generated.Length)
-            throw new RpcException(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the prompt's {prompt.Length} plus fewer than the {generated.Length} generated");
+            throw new RpcException(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the history's {history} and the prompt's {prompt.Length} plus fewer than the {generated.Length} generated");
         if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
             throw new RpcException(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model");
 
@@ -181,6 +183,9 @@ public sealed class DecodeService : IClusterService
         private int _sinceCheckpoint;
         private int _delivered = delivered;
         private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Set once the final checkpoint is chained: the batcher writes a chunk before it calls
+        // AfterToken, so the handler can see the last chunk before that checkpoint is scheduled.
+        private readonly TaskCompletionSource _finalScheduled = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.</summary>
         public void Written(int tokens)
@@ -237,9 +242,16 @@ public sealed class DecodeService : IClusterService
                     service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", handle.SessionId, e.Message);
                 }
             }, TaskScheduler.Default).Unwrap();
+            if (chunk.Finish is not null) _finalScheduled.TrySetResult();
         }
 
-        public Task WaitForCheckpoints() => _chain;
+        /// <summary>Waits for every checkpoint, the final one included (the next turn of a
+        /// conversation starts from it).</summary>
+        public async Task WaitForCheckpoints()
+        {
+            await _finalScheduled.Task.WaitAsync(callAborted);
+            await _chain;
+        }
 
         public async Task FlushCheckpoints(IServerStreamWriter<DecodeResponse> responses)
         {

@@ -36,10 +36,12 @@ public sealed class GatewayService : IClusterService
         Prefill = new WorkerPool("prefill", ServiceOptions.Addresses(options.Prefill, "--prefill"));
         Decode = new WorkerPool("decode", ServiceOptions.Addresses(options.Decode, "--decode"));
         Metrics = new GatewayMetrics(WorkersUp);
+        _sessionCalls = new SessionCalls(this);
         _healthLoop = Task.Run(() => HealthLoop(_stop.Token));
     }
 
     private readonly IAsyncDisposable? _sessionOwner;
+    private readonly SessionCalls _sessionCalls;
 
     internal ServiceOptions Options { get; }
     internal ModelHost Host { get; }
@@ -76,14 +78,17 @@ public sealed class GatewayService : IClusterService
         .AddServerStreaming(GatewayMethods.Resume, (request, responses, context) => new ResumeCall(this, request, responses, context).RunAsync())
         .AddUnary(GatewayMethods.Abort, Abort)
         .AddUnary(GatewayMethods.GetModelInfo, GetModelInfo)
-        .AddUnary(GatewayMethods.Health, Health);
+        .AddUnary(GatewayMethods.Health, Health)
+        .AddUnary(GatewayMethods.ListSessions, _sessionCalls.List)
+        .AddUnary(GatewayMethods.DeleteSession, _sessionCalls.Delete);
 
     private Task<AbortResponse> Abort(AbortRequest request, ServerCallContext context)
     {
         if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "session_id is required");
-        bool found = Live.TryGetValue(request.SessionId, out var cts);
-        cts?.Cancel();
-        return Task.FromResult(new AbortResponse { Aborted = found });
+        // A conversation's later turns stream under "<session>/<turn>": the session's id stops them too.
+        var running = Live.Where(e => e.Key == request.SessionId || e.Key.StartsWith(request.SessionId + "/", StringComparison.Ordinal)).ToList();
+        foreach (var (_, cts) in running) cts.Cancel();
+        return Task.FromResult(new AbortResponse { Aborted = running.Count > 0 });
     }
 
     private Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
@@ -147,6 +152,7 @@ public sealed class GatewayService : IClusterService
         Prefill.Dispose();
         Decode.Dispose();
         Metrics.Dispose();
+        _sessionCalls.Dispose();
         if (_sessionOwner is not null) await _sessionOwner.DisposeAsync();
         Host.Dispose();
     }

@@ -20,20 +20,25 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private readonly GatewayMetrics _metrics = gateway.Metrics;
     private TimeSpan? _firstToken, _lastToken;
     private int _generated, _promptTokens;
-    private string _sessionId = "";
+    private string _sessionId = ""; // this turn's record and token log
+    private string _kvSession = ""; // whose KV the cache manager holds (the conversation's)
+    private int _history; // KV tokens of earlier turns, before this turn's prompt
     private bool _waiting;
 
-    /// <summary>A new request: validate, open the session, prefill, then decode.</summary>
+    /// <summary>A new request: validate, open the session, prefill, then decode. With the id of an
+    /// existing session: the conversation's next turn (<see cref="NextTurnAsync"/>).</summary>
     public Task RunAsync(GenerateRequest request) => StreamAsync(async (options, cts) =>
     {
-        var (prompt, p, wireSampling, policy) = Validate(request);
-        _sessionId = string.IsNullOrEmpty(request.SessionId) ? Guid.NewGuid().ToString("N") : request.SessionId;
+        if (!string.IsNullOrEmpty(request.SessionId) && await gateway.Sessions.GetAsync(request.SessionId, context.CancellationToken) is { } existing)
+            return await NextTurnAsync(existing, request, options, cts);
+        var (prompt, p, wireSampling, policy) = Validate(request, addBos: true);
+        _sessionId = _kvSession = string.IsNullOrEmpty(request.SessionId) ? Guid.NewGuid().ToString("N") : request.SessionId;
         _promptTokens = prompt.Length;
         if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, prompt, wireSampling, policy, p.MaxTokens), context.CancellationToken))
-            throw new RpcException(StatusCode.AlreadyExists, $"session '{_sessionId}' exists; continuing a session with a new prompt is not supported yet (omit session_id for a new one)");
+            throw new RpcException(StatusCode.AlreadyExists, $"session '{_sessionId}' was created by a concurrent request");
         gateway.Live[_sessionId] = cts;
         _metrics.PromptTokens.Add(prompt.Length);
-        await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = _sessionId, PromptTokens = prompt.Length } });
+        await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = _sessionId, TurnId = _sessionId, PromptTokens = prompt.Length } });
         Started();
 
         PrefillResponse first;
@@ -54,6 +59,79 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     });
 
     /// <summary>
+    /// The next turn of a conversation (StreamingLLM's multi-round chat, Xiao et al. 2023): only the
+    /// new tokens are prefilled, on top of the KV the previous turn left in the cache manager (which
+    /// lacks that turn's last token: it is fed first). The prefill worker makes room per the session's
+    /// policy (<see cref="Engine.Generation.ConversationTurn"/>); a dense session whose turn would pass
+    /// the model's context is refused with FAILED_PRECONDITION before anything runs.
+    /// </summary>
+    private async Task<LlmCluster.V1.FinishReason> NextTurnAsync(Redis.Sessions.SessionInfo conversation, GenerateRequest request, CallOptions options, CancellationTokenSource cts)
+    {
+        var ct = context.CancellationToken;
+        var head = SessionRecord.From(conversation) ?? throw new RpcException(StatusCode.FailedPrecondition, $"session '{conversation.Id}' lacks what continuing it needs");
+        if (head.Turn != 0) throw new RpcException(StatusCode.InvalidArgument, $"'{conversation.Id}' is turn {head.Turn} of session '{head.KvSession}': continue the conversation by the session's id");
+        var (prompt, p, wireSampling, _) = Validate(request, addBos: false);
+        int last = SessionRecord.LatestTurn(conversation);
+        string lastId = SessionRecord.TurnId(conversation.Id, last);
+        var lastInfo = last == 0 ? conversation : await gateway.Sessions.GetAsync(lastId, ct);
+        var previous = lastInfo is null ? null : SessionRecord.From(lastInfo);
+        if (lastInfo is null || previous is null) throw new RpcException(StatusCode.FailedPrecondition, $"turn '{lastId}' of session '{conversation.Id}' expired or lacks its record");
+        if (lastInfo.FinishReason is null || lastInfo.GeneratedTokens < 1 || gateway.Live.ContainsKey(lastId))
+            throw new RpcException(StatusCode.FailedPrecondition, $"turn '{lastId}' has not finished ({lastInfo.Status.ToString().ToLowerInvariant()}): resume it (Gateway.Resume) before the next turn");
+        // The newest checkpoint the gateway saw covers the turn's first `covered` tokens: after a
+        // finished turn all but the last one (the final checkpoint), after an Abort perhaps fewer.
+        // The rest of the turn's output is fed before the new prompt.
+        int generated = lastInfo.GeneratedTokens, covered = (int)Math.Clamp(lastInfo.CheckpointTokenIndex, 0, generated - 1);
+        var tail = await gateway.Sessions.ReadTokensAsync(lastId, covered - 1, generated - covered, ct);
+        if (tail.Entries.Count != generated - covered || tail.Entries[0].Index != covered)
+            throw new RpcException(StatusCode.FailedPrecondition, $"the token log of '{lastId}' lacks tokens {covered}..{generated - 1}");
+
+        int[] fed = [.. tail.Entries.Select(e => e.TokenId), .. prompt];
+        int history = previous.History + previous.Prompt.Length + covered;
+        var c = gateway.Host.Config;
+        if (previous.Policy == "dense" && Engine.Generation.ConversationTurn.ContextExhausted(history, fed.Length, p.MaxTokens, c.MaxPositions, policy: null) is { } why)
+            throw new RpcException(StatusCode.FailedPrecondition, why);
+        RequestChecks.Prompt(fed, c);
+
+        int turn = last + 1;
+        _sessionId = SessionRecord.TurnId(conversation.Id, turn);
+        _kvSession = conversation.Id;
+        _history = history;
+        _promptTokens = prompt.Length;
+        if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, fed, wireSampling, previous.Policy, p.MaxTokens, _kvSession, history, turn), ct))
+            throw new RpcException(StatusCode.AlreadyExists, $"turn {turn} of session '{conversation.Id}' was started by a concurrent request");
+        gateway.Live[_sessionId] = cts;
+        _metrics.PromptTokens.Add(prompt.Length);
+        await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = conversation.Id, TurnId = _sessionId, PromptTokens = prompt.Length } });
+        Started();
+
+        PrefillResponse first;
+        try
+        {
+            using var lease = gateway.Prefill.Acquire();
+            await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
+            first = await Call(lease, w => w.Channel.UnaryAsync(PrefillMethods.Prefill, new PrefillRequest
+            {
+                SessionId = _kvSession,
+                PromptTokenIds = { fed },
+                Sampling = wireSampling,
+                KvPolicy = PolicyMapping.ToWire(previous.Policy),
+                CacheManager = gateway.Options.CacheManager,
+                Continuation = new PrefillContinuation { HistoryTokenCount = history },
+            }, options));
+        }
+        catch
+        {
+            // Nothing was streamed: the turn never happened, and the conversation stays where it was.
+            await gateway.Sessions.DeleteAsync(_sessionId, CancellationToken.None);
+            throw;
+        }
+        await gateway.Sessions.UpdateAsync(conversation.Id, new SessionUpdate { Parameters = new Dictionary<string, string> { [SessionRecord.TurnsKey] = turn.ToString() } }, CancellationToken.None);
+        await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
+        return first.Finished ? first.FinishReason : await DecodeAsync(first.Kv, fed, [first.FirstTokenId], wireSampling, options);
+    }
+
+    /// <summary>
     /// Continues a session whose stream stopped without finishing (its client went away, or its
     /// gateway died): decode restarts from the latest checkpoint with every logged token, and the new
     /// tokens go to the log and to this client.
@@ -61,12 +139,14 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     public Task ContinueAsync(SessionRecord session, List<int> logged) => StreamAsync(async (options, cts) =>
     {
         _sessionId = session.Id;
+        _kvSession = session.KvSession;
+        _history = session.History;
         _promptTokens = session.Prompt.Length;
         _generated = logged.Count;
         if (!gateway.Live.TryAdd(_sessionId, cts)) throw new RpcException(StatusCode.FailedPrecondition, $"session '{_sessionId}' is streaming already");
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { Status = SessionStatus.Running }, options.CancellationToken);
         Started();
-        return await DecodeAsync(new KvHandle { SessionId = _sessionId }, session.Prompt, logged, session.Sampling, options);
+        return await DecodeAsync(new KvHandle { SessionId = _kvSession }, session.Prompt, logged, session.Sampling, options);
     });
 
     private void Started()
@@ -121,12 +201,12 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         }
     }
 
-    private (int[] Prompt, Engine.Sampling.SamplingParameters P, SamplingParams Wire, string Policy) Validate(GenerateRequest request)
+    private (int[] Prompt, Engine.Sampling.SamplingParameters P, SamplingParams Wire, string Policy) Validate(GenerateRequest request, bool addBos)
     {
         var host = gateway.Host;
         int[] prompt = request.PromptCase switch
         {
-            GenerateRequest.PromptOneofCase.Text when request.Text.Length > 0 => host.Tokenizer.Encode(request.Text, addBos: true),
+            GenerateRequest.PromptOneofCase.Text when request.Text.Length > 0 => host.Tokenizer.Encode(request.Text, addBos),
             GenerateRequest.PromptOneofCase.TokenIds when request.TokenIds.Ids.Count > 0 => request.TokenIds.Ids.ToArray(),
             _ => throw new RpcException(StatusCode.InvalidArgument, "prompt is empty: set text or token_ids"),
         };
@@ -163,7 +243,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             {
                 WorkerPool.ReportFailure(lease.Worker, new RpcException(StatusCode.Unavailable, e.Message));
                 failed = lease.Worker.Address;
-                kv = new KvHandle { SessionId = _sessionId }; // version 0: the latest checkpoint
+                kv = new KvHandle { SessionId = _kvSession }; // version 0: the latest checkpoint
                 gateway.Logger.LogDecodeRestart(_sessionId, lease.Worker.Address.Authority, generated.Count, e.Message);
             }
         }
@@ -183,6 +263,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             PromptTokenIds = { prompt },
             GeneratedTokenIds = { generated },
             CacheManager = gateway.Options.CacheManager,
+            HistoryTokenCount = _history,
         }, options);
         await foreach (var r in call.ReadAllAsync(options.CancellationToken))
         {
@@ -196,7 +277,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
                     await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate
                     {
                         CheckpointId = r.Checkpoint.Version.ToString(),
-                        CheckpointTokenIndex = r.Checkpoint.TokenCount - prompt.Length,
+                        CheckpointTokenIndex = r.Checkpoint.TokenCount - _history - prompt.Length,
                     }, CancellationToken.None);
                     break;
                 case DecodeResponse.ResponseOneofCase.Complete:

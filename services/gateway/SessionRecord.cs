@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.InteropServices;
 using Cluster.Redis.Sessions;
 using Google.Protobuf;
@@ -8,12 +9,24 @@ namespace Cluster.Gateway;
 /// <summary>
 /// What a session must keep so that any gateway can continue its stream: the prompt's token ids and
 /// the sampling parameters with the resolved seed, stored in the session's metadata (and so in Redis).
+/// A conversation keeps one record per turn, each with its own token log (indices from 0 per turn):
+/// turn 0 is the session itself, turn t &gt; 0 is "<c>{session}/{t}</c>", whose prompt is the fed
+/// tokens (the previous turn's tokens the KV lacks, after a finished turn its last one, then the new
+/// prompt), and whose KV lives under the session
+/// (<see cref="KvSession"/>) after <see cref="History"/> earlier tokens. The session's own record
+/// points at its latest turn (<see cref="TurnsKey"/>).
 /// </summary>
-internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sampling, string Policy)
+internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sampling, string Policy, string KvSession, int History, int Turn)
 {
-    private const string PromptKey = "prompt_ids", SamplingKey = "sampling";
+    private const string PromptKey = "prompt_ids", SamplingKey = "sampling", KvSessionKey = "kv_session", HistoryKey = "history", TurnKey = "turn";
 
-    public static SessionInfo Create(string id, string model, int[] prompt, SamplingParams sampling, string policy, int maxTokens) => new()
+    /// <summary>In the session's record: the number of its latest turn (absent: 0, the first).</summary>
+    public const string TurnsKey = "turns";
+
+    public static string TurnId(string session, int turn) => turn == 0 ? session : $"{session}/{turn}";
+
+    public static SessionInfo Create(string id, string model, int[] prompt, SamplingParams sampling, string policy, int maxTokens,
+        string? kvSession = null, int history = 0, int turn = 0) => new()
     {
         Id = id,
         Model = model,
@@ -25,6 +38,9 @@ internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sam
             [SamplingKey] = Convert.ToBase64String(sampling.ToByteArray()),
             ["seed"] = sampling.Seed.ToString(),
             ["max_tokens"] = maxTokens.ToString(),
+            [KvSessionKey] = kvSession ?? id,
+            [HistoryKey] = history.ToString(CultureInfo.InvariantCulture),
+            [TurnKey] = turn.ToString(CultureInfo.InvariantCulture),
         },
     };
 
@@ -35,6 +51,14 @@ internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sam
         return new SessionRecord(info.Id,
             MemoryMarshal.Cast<byte, int>(Convert.FromBase64String(prompt)).ToArray(),
             SamplingParams.Parser.ParseFrom(Convert.FromBase64String(sampling)),
-            info.KvPolicy);
+            info.KvPolicy,
+            info.Parameters.GetValueOrDefault(KvSessionKey, info.Id),
+            Int(info, HistoryKey), Int(info, TurnKey));
     }
+
+    /// <summary>The number of the session's latest turn.</summary>
+    public static int LatestTurn(SessionInfo session) => Int(session, TurnsKey);
+
+    private static int Int(SessionInfo info, string key) =>
+        info.Parameters.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : 0;
 }

@@ -60,6 +60,9 @@ public sealed class PrefillService : IClusterService
         var p = SamplingMapping.ToEngine(request.Sampling, c.VocabSize).WithResolvedSeed();
         var policy = PolicyMapping.ToSpec(request.KvPolicy) ?? "dense";
 
+        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
+        // A later turn of a conversation starts from the session's stored KV, fetched before the model is taken.
+        var history = request.Continuation is { } cont ? await FetchHistoryAsync(cacheManager, request.SessionId, cont, policy, p.MaxTokens, context.CancellationToken) : null;
         var queued = Stopwatch.StartNew();
         await _model.WaitAsync(context.CancellationToken);
         var queue = queued.Elapsed;
@@ -70,11 +73,22 @@ public sealed class PrefillService : IClusterService
         try
         {
             // Dense prefill: the cache manager applies the policy to what it stores (compressed on ingest).
-            using var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, model.CreateCache(prompt.Length));
-            model.Forward(prompt, seq.Cache, seq.Logits);
-            first = seq.Step(sw.Elapsed);
+            using var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, history ?? model.CreateCache(prompt.Length));
+            if (history is null)
+            {
+                model.Forward(prompt, seq.Cache, seq.Logits);
+                first = seq.Step(sw.Elapsed);
+            }
+            else
+            {
+                first = ConversationTurn.Start(model, seq, prompt, p.MaxTokens, sw.Elapsed);
+            }
             tokensSeen = seq.Cache.TokensSeen;
             blocks = Enumerable.Range(0, c.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
+        }
+        catch (Engine.Compression.ContextExceededException e)
+        {
+            throw new RpcException(StatusCode.FailedPrecondition, e.Message);
         }
         finally
         {
@@ -92,7 +106,6 @@ public sealed class PrefillService : IClusterService
             Policy = request.KvPolicy ?? PolicyMapping.ToWire(policy),
             TokenCount = tokensSeen,
         };
-        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
         var (stored, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, context.CancellationToken);
         var direction = new KeyValuePair<string, object?>("direction", "put");
         _transferSeconds.Record(put.Elapsed.TotalSeconds, direction);
@@ -108,6 +121,32 @@ public sealed class PrefillService : IClusterService
             FinishReason = SamplingMapping.ToWire(first.Finish),
             Text = first.Text,
         };
+    }
+
+    /// <summary>
+    /// The conversation's KV as the previous turn left it (history_token_count tokens seen), restored
+    /// into a cache managed by the session's policy (none for dense), with room for the turn.
+    /// </summary>
+    private async Task<SequenceKvCache> FetchHistoryAsync(Rpc.Client.RpcChannel cacheManager, string sessionId, PrefillContinuation cont, string spec, int maxTokens, CancellationToken ct)
+    {
+        var model = _host.Model!;
+        var c = model.Config;
+        var fetch = Stopwatch.StartNew();
+        var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, sessionId, cont.KvVersion, ct, cont.KvVersion == 0 ? cont.HistoryTokenCount : 0);
+        var get = new KeyValuePair<string, object?>("direction", "get");
+        _transferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
+        _transferBytes.Add(bytes, get);
+        if (handle.TokenCount != cont.HistoryTokenCount)
+            throw new RpcException(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}");
+        if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
+            throw new RpcException(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model");
+        var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+        int most = blocks.Max(b => b.Positions.Max(x => x.Length));
+        var cache = model.CreateCache(Math.Max(most + 1, Math.Min(handle.TokenCount + maxTokens, policy?.Budget ?? c.MaxPositions)));
+        foreach (var b in blocks) KvCacheSnapshot.Restore(model.Backend, cache, b);
+        KvCacheSnapshot.SetTokensSeen(cache, handle.TokenCount);
+        cache.Policy = policy;
+        return cache;
     }
 
     public ValueTask DisposeAsync()

@@ -15,6 +15,8 @@ public static class GatewayMethods
     public static readonly Method<AbortRequest, AbortResponse> Abort = new(MethodType.Unary, Service, "Abort", AbortRequest.Parser, AbortResponse.Parser);
     public static readonly Method<GetModelInfoRequest, ModelInfo> GetModelInfo = new(MethodType.Unary, Service, "GetModelInfo", GetModelInfoRequest.Parser, ModelInfo.Parser);
     public static readonly Method<HealthRequest, HealthResponse> Health = new(MethodType.Unary, Service, "Health", HealthRequest.Parser, HealthResponse.Parser);
+    public static readonly Method<ListSessionsRequest, ListSessionsResponse> ListSessions = new(MethodType.Unary, Service, "ListSessions", ListSessionsRequest.Parser, ListSessionsResponse.Parser);
+    public static readonly Method<DeleteSessionRequest, DeleteSessionResponse> DeleteSession = new(MethodType.Unary, Service, "DeleteSession", DeleteSessionRequest.Parser, DeleteSessionResponse.Parser);
 }
 
 /// <summary>Internal prefill worker API (prefill.proto).</summary>

@@ -29,7 +29,7 @@ public sealed class TestCluster : IAsyncDisposable
         string[] Q(string[] args) => qfilters is null ? args : [.. args, "--qfilters", qfilters];
         c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync, tracing: tracing);
         var cm = c.CacheManager.GrpcAddress.ToString();
-        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, "--model", model, "--cache-manager", cm), Cluster.Prefill.PrefillService.CreateAsync, tracing: tracing);
+        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, Q(["--model", model, "--cache-manager", cm])), Cluster.Prefill.PrefillService.CreateAsync, tracing: tracing);
         for (int i = 0; i < decodeWorkers; i++)
             c.Decodes.Add(await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync, tracing: tracing));
         string[] gatewayArgs = Q(["--model", model, "--cache-manager", cm, "--prefill", c.Prefill.GrpcAddress.ToString(),
@@ -71,7 +71,7 @@ public sealed class TestCluster : IAsyncDisposable
         {
             switch (r.ResponseCase)
             {
-                case GenerateResponse.ResponseOneofCase.Started: s.SessionId = r.Started.SessionId; break;
+                case GenerateResponse.ResponseOneofCase.Started: s.SessionId = r.Started.SessionId; s.TurnId = r.Started.TurnId; break;
                 case GenerateResponse.ResponseOneofCase.Chunk:
                     Xunit.Assert.Equal(firstOffset + s.Ids.Count, r.Chunk.TokenOffset);
                     s.Ids.AddRange(r.Chunk.TokenIds);
@@ -95,6 +95,8 @@ public sealed class TestCluster : IAsyncDisposable
 public sealed class Streamed
 {
     public string SessionId { get; set; } = "";
+    /// <summary>This turn's token log (Started.turn_id).</summary>
+    public string TurnId { get; set; } = "";
     public List<int> Ids { get; } = [];
     public string Text { get; set; } = "";
     public FinishReason Finish { get; set; }

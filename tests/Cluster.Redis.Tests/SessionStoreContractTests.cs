@@ -51,6 +51,18 @@ public abstract class SessionStoreContract
     }
 
     [Fact]
+    public async Task Update_merges_parameters_and_keeps_the_others()
+    {
+        var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
+        if (store is null) return;
+        Assert.True(await store.TryCreateAsync(NewSession("p")));
+        Assert.True(await store.UpdateAsync("p", new SessionUpdate { Parameters = new Dictionary<string, string> { ["turns"] = "3", ["seed"] = "7" } }));
+        var got = await store.GetAsync("p");
+        Assert.Equal(("3", "7", "0.8"), (got!.Parameters["turns"], got.Parameters["seed"], got.Parameters["temperature"]));
+        Assert.Equal(3, got.Parameters.Count);
+    }
+
+    [Fact]
     public async Task Append_then_read_after_an_index()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));

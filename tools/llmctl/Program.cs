@@ -11,4 +11,6 @@ root.Subcommands.Add(CalibrateCommand.Create());
 root.Subcommands.Add(TokenizeCommand.Create());
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(UpCommand.Create());
+root.Subcommands.Add(ChatCommand.Create());
+root.Subcommands.Add(SessionsCommand.Create());
 return root.Parse(args).Invoke();

@@ -54,6 +54,23 @@ public abstract class KvCompressionPolicy
         Evict(model.Backend, model.Rope, cache, budget - incoming, incoming);
     }
 
+    /// <summary>
+    /// Evicts so that the budget leaves room for <paramref name="space"/> tokens about to come (a new
+    /// turn of a conversation: its prompt and its output), as StreamingLLM's chat demo does with
+    /// evict_for_space before each round (Xiao et al. 2023). Never evicts below <see cref="MinKept"/>
+    /// slots, so a turn longer than the budget still keeps e.g. the sinks; the per-chunk
+    /// <see cref="BeforeAppend"/> then evicts the rest as the tokens arrive.
+    /// </summary>
+    public void MakeRoom(LlamaModel model, SequenceKvCache cache, int space)
+    {
+        if (Budget is not int budget) return;
+        int keep = Math.Max(budget - space, Math.Min(MinKept, budget));
+        Evict(model.Backend, model.Rope, cache, keep, incoming: budget - keep);
+    }
+
+    /// <summary>Slots that <see cref="MakeRoom"/> always keeps (the sinks of sink_window).</summary>
+    protected virtual int MinKept => 0;
+
     /// <summary>Compresses a cache (e.g. a long prompt's, prefilled densely) down to the budget at once.
     /// A policy with cache positions expects slot j to hold the key rotated at j, as a dense prefill leaves it.</summary>
     public void Compress(LlamaModel model, SequenceKvCache cache) => Compress(model.Backend, model.Rope, cache);

@@ -29,6 +29,8 @@ public sealed class SinkWindowPolicy : KvCompressionPolicy
 
     public override bool UsesCachePositions => true;
 
+    protected override int MinKept => Sinks;
+
     protected override void Score(in SlotView view, Span<float> scores)
     {
         for (int i = 0; i < scores.Length; i++) scores[i] = view.Positions[i] < Sinks ? float.PositiveInfinity : i;

@@ -41,6 +41,8 @@ internal static class SessionHashCodec
         if (u.CheckpointId is { } ci) f.Add(new("checkpoint_id", ci));
         if (u.CheckpointTokenIndex is { } cx) f.Add(new("checkpoint_index", Num(cx)));
         if (u.FinishReason is { } fr) f.Add(new("finish_reason", fr));
+        if (u.Parameters is { } ps)
+            foreach (var (k, v) in ps) f.Add(new(ParamPrefix + k, v));
         return f;
     }
 

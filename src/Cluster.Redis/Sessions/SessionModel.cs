@@ -38,7 +38,16 @@ public sealed record SessionUpdate
     public string? DecodeWorker { get; init; }
     public string? CheckpointId { get; init; }
     public long? CheckpointTokenIndex { get; init; }
+    /// <summary>Parameters to set (merged into the session's; the others stay).</summary>
+    public IReadOnlyDictionary<string, string>? Parameters { get; init; }
     internal string? FinishReason { get; init; }
+
+    private static Dictionary<string, string> Merge(IReadOnlyDictionary<string, string> old, IReadOnlyDictionary<string, string> set)
+    {
+        var merged = new Dictionary<string, string>(old, StringComparer.Ordinal);
+        foreach (var (k, v) in set) merged[k] = v;
+        return merged;
+    }
 
     internal SessionInfo ApplyTo(SessionInfo s, DateTimeOffset now) => s with
     {
@@ -50,6 +59,7 @@ public sealed record SessionUpdate
         CheckpointId = CheckpointId ?? s.CheckpointId,
         CheckpointTokenIndex = CheckpointTokenIndex ?? s.CheckpointTokenIndex,
         FinishReason = FinishReason ?? s.FinishReason,
+        Parameters = Parameters is null ? s.Parameters : Merge(s.Parameters, Parameters),
         UpdatedAt = now,
     };
 }

@@ -76,7 +76,7 @@ public sealed class ServiceOptions
     [Option("--session-ttl", "seconds a finished session's KV and metadata are kept", ServiceRole.CacheManager, ServiceRole.Gateway)]
     public int SessionTtl { get; set; } = 3600;
 
-    [Option("--qfilters", "q_filters safetensors file for the qfilters policy", ServiceRole.Gateway, ServiceRole.Decode, ServiceRole.CacheManager)]
+    [Option("--qfilters", "q_filters safetensors file for the qfilters policy", ServiceRole.Gateway, ServiceRole.Prefill, ServiceRole.Decode, ServiceRole.CacheManager)]
     public string? QFilters { get; set; }
 
     [Option("--otlp-endpoint", "OTLP/HTTP endpoint for traces (default: trace ids are logged)")]

@@ -1,0 +1,65 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+using Cluster.Engine.Sampling;
+using Cluster.Engine.Tokenizers;
+
+namespace Cluster.Engine.Generation;
+
+/// <summary>
+/// A multi-turn conversation in one process, the reference for what the cluster does with a session:
+/// the first turn is prefilled densely and compressed to the budget at once (as the cache manager does
+/// on ingest); every later turn starts with <see cref="ConversationTurn.Start"/> on the KV the last one
+/// left; each turn then decodes with per-step eviction. Between turns the cache holds everything but
+/// the last generated token, which the next turn feeds first (as the cluster's final checkpoint).
+/// Not thread-safe, like the model.
+/// </summary>
+public sealed class Conversation(LlamaModel model, KvCompressionPolicy? policy, ITokenizer? tokenizer = null) : IDisposable
+{
+    private SequenceKvCache? _cache;
+    private int _last = -1;
+
+    /// <summary>Tokens the KV has seen so far (original positions; the evicted ones included).</summary>
+    public int TokensSeen => _cache?.TokensSeen ?? 0;
+
+    /// <summary>Kept slots per head.</summary>
+    public int Kept => _cache?.Length ?? 0;
+
+    /// <summary>Runs one turn to its end and returns its chunks.</summary>
+    /// <param name="prompt">The turn's tokens (with BOS on the first turn only).</param>
+    /// <param name="p">Sampling of this turn, seed resolved.</param>
+    public List<GenerationChunk> Turn(IReadOnlyList<int> prompt, SamplingParameters p)
+    {
+        if (p.Seed is null) throw new ArgumentException("resolve the seed first", nameof(p));
+        var c = model.Config;
+        var chunks = new List<GenerationChunk>();
+        SequenceGeneration seq;
+        if (_cache is null)
+        {
+            _cache = model.CreateCache(Math.Min(prompt.Count + p.MaxTokens, c.MaxPositions));
+            seq = new SequenceGeneration(c, p, tokenizer, prompt, _cache, ownsCache: false);
+            model.Forward(prompt.ToArray(), _cache, seq.Logits);
+            if (policy is not null)
+            {
+                _cache.Policy = policy;
+                policy.Compress(model, _cache);
+            }
+            chunks.Add(seq.Step(TimeSpan.Zero));
+        }
+        else
+        {
+            int[] fed = [_last, .. prompt];
+            seq = new SequenceGeneration(c, p, tokenizer, fed, _cache, ownsCache: false);
+            chunks.Add(ConversationTurn.Start(model, seq, fed, p.MaxTokens));
+        }
+        while (seq.Pending is int next)
+        {
+            model.Forward([next], _cache, seq.Logits);
+            chunks.Add(seq.Step(TimeSpan.Zero));
+        }
+        _last = seq.Generated[^1];
+        return chunks;
+    }
+
+    public void Dispose() => _cache?.Dispose();
+}

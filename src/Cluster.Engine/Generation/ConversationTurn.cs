@@ -1,0 +1,50 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+
+namespace Cluster.Engine.Generation;
+
+/// <summary>
+/// The start of a later turn of a conversation on the KV that the earlier turns left: make room per
+/// the cache's policy, feed the new tokens, sample the turn's first token. The cluster's prefill
+/// worker and the local <see cref="Conversation"/> both run exactly this, so a conversation yields the
+/// same tokens wherever it runs. The history is never recomputed: that is StreamingLLM's multi-round
+/// chat (Xiao et al. 2023), where the model keeps the dialogue's KV and evicts for space before each
+/// round.
+/// </summary>
+public static class ConversationTurn
+{
+    /// <summary>
+    /// Null when a turn fits, else why not: only a cache without a budget (dense) can run out, when the
+    /// history, the fed tokens and the turn's max_tokens would pass the model's context.
+    /// </summary>
+    /// <param name="history">Tokens already in the KV (original positions, the evicted ones included).</param>
+    public static string? ContextExhausted(int history, int fed, int maxTokens, int context, KvCompressionPolicy? policy)
+    {
+        if (policy?.Budget is not null || history + fed + maxTokens <= context) return null;
+        return $"context exhausted: the conversation holds {history} tokens, this turn adds {fed} and up to {maxTokens} more, " +
+               $"past the model's context of {context} with the dense policy; start a new session or use a bounded policy such as sink_window(4,252)";
+    }
+
+    /// <summary>
+    /// Runs the turn's tokens on <paramref name="seq"/>'s cache (which holds the history, policy set,
+    /// or none for dense) and samples the first token of the turn.
+    /// </summary>
+    /// <param name="fed">The previous turn's tokens that the cache lacks (after a finished turn its last
+    /// generated token, sampled but never run) followed by the new prompt's tokens.</param>
+    /// <exception cref="ContextExceededException">A dense cache has no room for the turn.</exception>
+    public static GenerationChunk Start(LlamaModel model, SequenceGeneration seq, ReadOnlySpan<int> fed, int maxTokens, TimeSpan elapsed = default)
+    {
+        if (fed.IsEmpty) throw new ArgumentException("a turn feeds at least one token", nameof(fed));
+        var cache = seq.Cache;
+        var policy = cache.Policy;
+        if (ContextExhausted(cache.TokensSeen, fed.Length, maxTokens, model.Config.MaxPositions, policy) is { } why)
+            throw new ContextExceededException(why);
+        policy?.MakeRoom(model, cache, fed.Length + maxTokens);
+        // Chunks never exceed the budget (BeforeAppend refuses a chunk larger than it).
+        int chunk = policy?.Budget is int budget ? Math.Max(1, Math.Min(model.MaxChunk, budget / 2)) : fed.Length;
+        for (int start = 0; start < fed.Length; start += chunk)
+            model.Forward(fed.Slice(start, Math.Min(chunk, fed.Length - start)), cache, seq.Logits);
+        return seq.Step(elapsed);
+    }
+}

@@ -1,0 +1,183 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.Generation;
+using Cluster.Engine.Sampling;
+using Cluster.Engine.Tokenizers;
+using Cluster.Rpc;
+using Cluster.Rpc.Client;
+using Cluster.Serving.Hosting;
+using Cluster.Serving.Mapping;
+using Cluster.Tests;
+using LlmCluster.V1;
+using FinishReason = LlmCluster.V1.FinishReason;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>Multi-turn sessions (issue 12): each turn sends only its new tokens, the cluster continues
+/// on the session's stored KV, and the tokens equal a local <see cref="Conversation"/> turn for turn.</summary>
+public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterFixture>
+{
+    private static readonly string[] Lines =
+    [
+        "Once upon a time, there was a little girl named Lily.", "She went to the park.", "Then what happened?",
+        "The dog was happy.", "Tom said hello.", "They played all day.", "What did mom say?", "The sun was big and warm.",
+    ];
+
+    /// <summary>Turn t's prompt: BOS only on the first turn, as a chat client sends it.</summary>
+    public static int[] TurnPrompt(ITokenizer tokenizer, int turn) => tokenizer.Encode(Lines[turn % Lines.Length], addBos: turn == 0);
+
+    public static SamplingParameters TurnParams(int turn, int maxTokens = 12) => new() { Temperature = 0.8f, TopP = 0.95f, Seed = 1000 + turn, MaxTokens = maxTokens };
+
+    public static GenerateRequest TurnRequest(string session, int[] prompt, SamplingParameters p, string policy) => new()
+    {
+        SessionId = session,
+        TokenIds = new TokenIds { Ids = { prompt } },
+        Sampling = SamplingWire.FromEngine(p),
+        KvPolicy = PolicyMapping.ToWire(policy),
+    };
+
+    private KvCompressionPolicy? LocalPolicy(string policy) => policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
+
+    [SharedDataTheory]
+    [InlineData("sink_window(4,252)", 30)]
+    [InlineData("sink_window(4,60)", 30)]
+    [InlineData("qfilters(64,16)", 20)]
+    public async Task Every_turn_equals_the_local_conversation(string policy, int turns)
+    {
+        using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; t < turns; t++)
+        {
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
+            var got = await f.Cluster.GenerateAsync(TurnRequest(session, prompt, TurnParams(t), policy));
+            Assert.Equal(session, got.SessionId);
+            Assert.Equal(t == 0 ? session : $"{session}/{t}", got.TurnId);
+            Assert.True(expected.Ids.SequenceEqual(got.Ids), $"turn {t}: expected [{string.Join(',', expected.Ids)}], got [{string.Join(',', got.Ids)}]");
+            Assert.Equal(expected.Text, got.Text);
+            if (t == 2) Assert.Equal(got.Ids, (await f.Cluster.ResumeAsync(got.TurnId, -1)).Ids); // each turn keeps its own log
+        }
+        Assert.True(local.TokensSeen > 256, $"the conversation must outgrow the budget ({local.TokensSeen} tokens)");
+    }
+
+    [SharedDataFact]
+    public async Task A_session_continues_after_the_decode_worker_of_its_last_turn_was_killed()
+    {
+        const string policy = "sink_window(4,60)";
+        const int turns = 8, killAfter = 4;
+        await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        string cmAddress = cm.GrpcAddress.ToString();
+        await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", f.ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        using var decodeA = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", f.ModelPath, "--cache-manager", cmAddress, "--threads", "1");
+        using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", f.ModelPath, "--cache-manager", cmAddress, "--threads", "1");
+        await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", f.ModelPath, "--cache-manager", cmAddress,
+            "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}"), Cluster.Gateway.GatewayService.CreateAsync);
+        using var client = new RpcChannel(gateway.GrpcAddress);
+
+        using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; t < turns; t++)
+        {
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
+            double before = t == killAfter ? await decodeA.GaugeAsync("llm_generation_tokens_total") : 0;
+            var got = await Collect(client.ServerStreaming(GatewayMethods.Generate, TurnRequest(session, prompt, TurnParams(t), policy)));
+            Assert.Equal(expected.Ids, got);
+            if (t != killAfter) continue;
+            // SIGKILL the worker that decoded this turn: the next turns must not need it.
+            (await decodeA.GaugeAsync("llm_generation_tokens_total") > before ? decodeA : decodeB).Kill();
+        }
+    }
+
+    [SharedDataFact]
+    public async Task Sessions_are_listed_with_their_turns_and_deleting_one_releases_its_KV()
+    {
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; t < 3; t++)
+            await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, t), TurnParams(t), "sink_window(4,60)"));
+        var listed = await f.Cluster.Client.UnaryAsync(GatewayMethods.ListSessions, new ListSessionsRequest());
+        var mine = Assert.Single(listed.Sessions, s => s.SessionId == session);
+        Assert.Equal(3, mine.Turns);
+        Assert.DoesNotContain(listed.Sessions, s => s.SessionId.StartsWith(session + "/", StringComparison.Ordinal));
+
+        var deleted = await f.Cluster.Client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = session });
+        Assert.True(deleted.Deleted);
+        Assert.True(deleted.KvReleased);
+        Assert.DoesNotContain((await f.Cluster.Client.UnaryAsync(GatewayMethods.ListSessions, new ListSessionsRequest())).Sessions, s => s.SessionId == session);
+        var replay = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.ResumeAsync($"{session}/2", -1));
+        Assert.Equal(StatusCode.NotFound, replay.StatusCode);
+        Assert.False((await f.Cluster.Client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = session })).Deleted);
+    }
+
+    [SharedDataFact]
+    public async Task Abort_by_the_session_id_stops_a_later_turn_and_the_next_turn_runs_or_is_refused_clearly()
+    {
+        const string policy = "sink_window(4,60)";
+        string session = Guid.NewGuid().ToString("N");
+        await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 0), TurnParams(0), policy));
+        var longTurn = TurnParams(1, maxTokens: 100_000) with { IgnoreEos = true };
+        bool aborted = false;
+        var stopped = await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 1), longTurn, policy), onChunk: async s =>
+        {
+            if (aborted || s.Ids.Count < 40) return;
+            aborted = true;
+            Assert.True((await f.Cluster.Client.UnaryAsync(GatewayMethods.Abort, new AbortRequest { SessionId = session })).Aborted); // by the session's id
+        });
+        Assert.Equal(FinishReason.Abort, stopped.Finish);
+        // The next turn feeds the aborted turn's tokens after the newest checkpoint the gateway logged.
+        // Checkpoints written after the gateway stopped reading can push that version out of the cache
+        // manager's last three; the turn is then refused clearly, never run on the wrong KV.
+        try
+        {
+            var next = await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 2), TurnParams(2), policy));
+            Assert.Equal($"{session}/2", next.TurnId);
+            Assert.NotEmpty(next.Ids);
+            Assert.NotEqual(FinishReason.Abort, next.Finish);
+        }
+        catch (RpcException e)
+        {
+            Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+            Assert.Contains("stored KV holds", e.Message);
+        }
+    }
+
+    private static async Task<List<int>> Collect(ServerStreamingCall<GenerateResponse> call)
+    {
+        using var _ = call;
+        var ids = new List<int>();
+        await foreach (var r in call.ReadAllAsync(default))
+            if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) ids.AddRange(r.Chunk.TokenIds);
+        return ids;
+    }
+
+    private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
+        ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
+
+    [SharedDataFact]
+    public async Task Dense_refuses_the_turn_that_would_pass_the_context_with_a_clear_error()
+    {
+        using var local = new Conversation(f.Local, null, f.Tokenizer);
+        string session = Guid.NewGuid().ToString("N");
+        for (int t = 0; ; t++)
+        {
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var p = TurnParams(t, maxTokens: 40);
+            var request = TurnRequest(session, prompt, p, "dense");
+            List<GenerationChunk> chunks;
+            try
+            {
+                chunks = local.Turn(prompt, p.WithResolvedSeed());
+            }
+            catch (ContextExceededException)
+            {
+                var e = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.GenerateAsync(request));
+                Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+                Assert.Contains("context exhausted", e.Message);
+                Assert.True(t > 3 && local.TokensSeen + prompt.Length + 1 + p.MaxTokens > f.Local.Config.MaxPositions, $"refused at turn {t}, {local.TokensSeen} tokens");
+                return;
+            }
+            var got = await f.Cluster.GenerateAsync(request);
+            Assert.Equal(GenerationOutput.Collect(chunks).Single().Ids, got.Ids);
+        }
+    }
+}

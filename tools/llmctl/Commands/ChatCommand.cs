@@ -1,0 +1,54 @@
+using System.CommandLine;
+using Cluster.Rpc.Client;
+using Cluster.Serving.Mapping;
+using LlmCluster.V1;
+
+namespace LlmCtl.Commands;
+
+/// <summary>
+/// <c>llmctl chat --endpoint URL [--policy P] [--session ID]</c>: one session for the whole
+/// conversation. Each line read from standard input is one turn; only that line goes to the gateway,
+/// which continues the session on its stored KV (issue 12). TTFT and TPOT of each turn go to stderr.
+/// Turns are sent as plain text (no chat template).
+/// </summary>
+internal static class ChatCommand
+{
+    public static Command Create()
+    {
+        var endpoint = new Option<string>("--endpoint") { Description = "the cluster's gateway, e.g. http://127.0.0.1:50051", Required = true };
+        var policy = new Option<string?>("--policy") { Description = "KV policy of a new session, e.g. sink_window(4,252) (default: the gateway's)" };
+        var session = new Option<string?>("--session") { Description = "continue this session (default: a new one)" };
+        var sampling = new SamplingOptions();
+        var cmd = new Command("chat", "a conversation through a cluster: one line of standard input per turn, one session for all") { endpoint, policy, session };
+        sampling.AddTo(cmd);
+        cmd.SetAction(r => CommandErrors.Run(() =>
+        {
+            using var channel = new RpcChannel(new Uri(r.GetValue(endpoint)!));
+            var info = channel.UnaryAsync(GatewayMethods.GetModelInfo, new GetModelInfoRequest()).GetAwaiter().GetResult();
+            string id = r.GetValue(session) ?? Guid.NewGuid().ToString("N");
+            KvPolicy? wirePolicy = r.GetValue(policy) is { } spec
+                ? PolicyMapping.ToWire(spec) is { PolicyCase: not KvPolicy.PolicyOneofCase.None } w ? w : throw new ArgumentException($"--policy '{spec}' has no wire form")
+                : null;
+            Console.Error.WriteLine($"[session {id}; one line per turn; end with Ctrl-D]");
+            for (int turn = 0; Console.ReadLine() is { } line; turn++)
+            {
+                if (line.Length == 0) { turn--; continue; }
+                var p = sampling.Read(r, info.VocabSize).WithResolvedSeed();
+                var request = new GenerateRequest { SessionId = id, Text = line, Sampling = SamplingWire.FromEngine(p) };
+                if (wirePolicy is not null) request.KvPolicy = wirePolicy;
+                using var call = channel.ServerStreaming(GatewayMethods.Generate, request);
+                Complete? done = null;
+                foreach (var response in call.ReadAllAsync(default).ToBlockingEnumerable())
+                {
+                    if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) Console.Write(response.Chunk.Text);
+                    else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) done = response.Complete;
+                }
+                Console.WriteLine();
+                var t = done?.Timings;
+                Console.Error.WriteLine($"[turn {turn}: {done?.Usage.PromptTokens} prompt + {done?.Usage.CompletionTokens} generated; finish {done?.FinishReason.ToString().ToLowerInvariant()}; TTFT {t?.TtftSeconds * 1e3:F1} ms, TPOT {t?.TpotSeconds * 1e3:F1} ms]");
+            }
+            return 0;
+        }));
+        return cmd;
+    }
+}
