@@ -30,4 +30,20 @@ public sealed class ChatTemplate
         };
         return TemplateEvaluator.Render(_nodes, globals);
     }
+
+    /// <summary>
+    /// The text a continuing turn adds to a conversation whose <paramref name="history"/> is already in the KV cache:
+    /// Render(history + turn) less its prefix Render(history) without a generation prompt. Multi-turn sessions feed
+    /// only this part, so the history is never re-rendered or recomputed.
+    /// </summary>
+    /// <exception cref="ChatTemplateException">The template renders the history differently once more messages follow
+    /// (it is not append-only), so no continuation exists.</exception>
+    public string RenderContinuation(IReadOnlyList<ChatMessage> history, IReadOnlyList<ChatMessage> turn, bool addGenerationPrompt, string bosToken, string eosToken)
+    {
+        var before = Render(history, false, bosToken, eosToken);
+        var whole = Render([.. history, .. turn], addGenerationPrompt, bosToken, eosToken);
+        if (!whole.StartsWith(before, StringComparison.Ordinal))
+            throw new ChatTemplateException("the chat template is not append-only: it renders earlier messages differently when more follow");
+        return whole[before.Length..];
+    }
 }

@@ -51,14 +51,23 @@ public class ChatTemplateTests
         Assert.Equal(reference, new ChatTemplate(template).Render(MessagesFor(name), addGenerationPrompt, "<s>", "</s>"));
     }
 
-    [Fact]
-    public void Continuing_turn_renders_as_suffix_of_whole_conversation()
+    [Theory]
+    [InlineData("Zephyr", "<|user|>\nHow are you?</s>\n<|assistant|>\n")]
+    [InlineData("ChatMl", "<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n")]
+    [InlineData("Llama2", "<s>[INST] How are you? [/INST]")]
+    public void Continuation_is_only_the_new_turn(string name, string expected)
     {
-        // The gateway encodes only the new part of a continuing session; that works when the template is append-only.
-        var t = new ChatTemplate(Templates.ChatMl);
-        var first = t.Render(WithSystem[..2], false, "", "");
-        var whole = t.Render(WithSystem, false, "", "");
-        Assert.StartsWith(first, whole);
+        var template = name switch { "Zephyr" => Templates.Zephyr, "ChatMl" => Templates.ChatMl, _ => Templates.Llama2 };
+        var continuation = new ChatTemplate(template).RenderContinuation(WithSystem, [new("user", "How are you?")], true, "<s>", "</s>");
+        Assert.Equal(expected, continuation);
+    }
+
+    [Fact]
+    public void Continuation_of_a_template_that_rewrites_history_throws()
+    {
+        var t = new ChatTemplate("{% for m in messages %}{% if loop.last %}>{% endif %}{{ m.content }}{% endfor %}");
+        var e = Assert.Throws<ChatTemplateException>(() => t.RenderContinuation(WithSystem, [new("user", "more")], true, "", ""));
+        Assert.Contains("not append-only", e.Message);
     }
 
     [Theory]
