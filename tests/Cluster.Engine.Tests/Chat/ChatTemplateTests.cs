@@ -110,6 +110,22 @@ public class ChatTemplateTests
             Assert.Equal(expected, ReferenceRender(template, WithSystem, false));
     }
 
+    [Theory]
+    [InlineData("ChatMl")]
+    [InlineData("Zephyr")]
+    [InlineData("Llama2")]
+    public void Longer_conversations_match_jinja2(string name)
+    {
+        if (!ExternalTools.EnsurePythonModule("jinja2")) return;
+        var template = name switch { "Zephyr" => Templates.Zephyr, "ChatMl" => Templates.ChatMl, _ => Templates.Llama2 };
+        // Qwen's tool results (role "tool") take the branch that groups consecutive ones under one user turn.
+        ChatMessage[] messages = name == "ChatMl"
+            ? [new("user", "Weather?"), new("assistant", "Checking."), new("tool", "sunny"), new("tool", "22C"), new("user", "  Thanks  ")]
+            : [new("system", " Be terse. "), new("user", "Hi\nthere"), new("assistant", " Hello! "), new("user", "Bye")];
+        foreach (var add in new[] { false, true })
+            Assert.Equal(ReferenceRender(template, messages, add), new ChatTemplate(template).Render(messages, add, "<s>", "</s>"));
+    }
+
     // Hugging Face's apply_chat_template environment: sandboxed, trim_blocks, lstrip_blocks, raise_exception.
     private const string Script = """
         import json, sys
