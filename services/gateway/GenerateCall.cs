@@ -208,7 +208,8 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         {
             GenerateRequest.PromptOneofCase.Text when request.Text.Length > 0 => host.Tokenizer.Encode(request.Text, addBos),
             GenerateRequest.PromptOneofCase.TokenIds when request.TokenIds.Ids.Count > 0 => request.TokenIds.Ids.ToArray(),
-            _ => throw new RpcException(StatusCode.InvalidArgument, "prompt is empty: set text or token_ids"),
+            GenerateRequest.PromptOneofCase.Chat when request.Chat.Messages.Count > 0 => ChatPrompts.Encode(host.Tokenizer, request.Chat, continuing: !addBos),
+            _ => throw new RpcException(StatusCode.InvalidArgument, "prompt is empty: set text, token_ids or chat messages"),
         };
         RequestChecks.Prompt(prompt, host.Config);
         var p = SamplingMapping.ToEngine(request.Sampling, host.Config.VocabSize);

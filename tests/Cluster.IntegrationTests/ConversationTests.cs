@@ -180,4 +180,13 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
             Assert.Equal(GenerationOutput.Collect(chunks).Single().Ids, got.Ids);
         }
     }
+
+    [SharedDataFact]
+    public async Task Chat_messages_for_a_model_without_a_template_are_refused_clearly()
+    {
+        var request = new GenerateRequest { Chat = new ChatPrompt { Messages = { new ChatMessage { Role = "user", Content = "Hi" } } } };
+        var e = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.GenerateAsync(request));
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.Contains("no chat_template", e.Message);
+    }
 }

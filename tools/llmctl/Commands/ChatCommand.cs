@@ -9,7 +9,8 @@ namespace LlmCtl.Commands;
 /// <c>llmctl chat --endpoint URL [--policy P] [--session ID]</c>: one session for the whole
 /// conversation. Each line read from standard input is one turn; only that line goes to the gateway,
 /// which continues the session on its stored KV (issue 12). TTFT and TPOT of each turn go to stderr.
-/// Turns are sent as plain text (no chat template).
+/// Turns are sent as plain text, or with <c>--template</c> as chat messages that the gateway formats with the
+/// model's chat template; the conversation so far then goes along as history (the gateway renders only the new part).
 /// </summary>
 internal static class ChatCommand
 {
@@ -18,8 +19,10 @@ internal static class ChatCommand
         var endpoint = new Option<string>("--endpoint") { Description = "the cluster's gateway, e.g. http://127.0.0.1:50051", Required = true };
         var policy = new Option<string?>("--policy") { Description = "KV policy of a new session, e.g. sink_window(4,252) (default: the gateway's)" };
         var session = new Option<string?>("--session") { Description = "continue this session (default: a new one)" };
+        var template = new Option<bool>("--template") { Description = "send turns as chat messages formatted with the model's chat template" };
+        var system = new Option<string?>("--system") { Description = "with --template: a system message before the first turn" };
         var sampling = new SamplingOptions();
-        var cmd = new Command("chat", "a conversation through a cluster: one line of standard input per turn, one session for all") { endpoint, policy, session };
+        var cmd = new Command("chat", "a conversation through a cluster: one line of standard input per turn, one session for all") { endpoint, policy, session, template, system };
         sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
@@ -29,21 +32,38 @@ internal static class ChatCommand
             KvPolicy? wirePolicy = r.GetValue(policy) is { } spec
                 ? PolicyMapping.ToWire(spec) is { PolicyCase: not KvPolicy.PolicyOneofCase.None } w ? w : throw new ArgumentException($"--policy '{spec}' has no wire form")
                 : null;
+            bool chat = r.GetValue(template);
+            var history = new List<ChatMessage>();
+            var pending = new List<ChatMessage>();
+            if (r.GetValue(system) is { } sys) pending.Add(new ChatMessage { Role = "system", Content = sys });
             Console.Error.WriteLine($"[session {id}; one line per turn; end with Ctrl-D]");
             for (int turn = 0; Console.ReadLine() is { } line; turn++)
             {
                 if (line.Length == 0) { turn--; continue; }
                 var p = sampling.Read(r, info.VocabSize).WithResolvedSeed();
-                var request = new GenerateRequest { SessionId = id, Text = line, Sampling = SamplingWire.FromEngine(p) };
+                var request = new GenerateRequest { SessionId = id, Sampling = SamplingWire.FromEngine(p) };
+                if (chat)
+                {
+                    pending.Add(new ChatMessage { Role = "user", Content = line });
+                    request.Chat = new ChatPrompt { Messages = { pending }, History = { history } };
+                }
+                else request.Text = line;
                 if (wirePolicy is not null) request.KvPolicy = wirePolicy;
                 using var call = channel.ServerStreaming(GatewayMethods.Generate, request);
                 Complete? done = null;
+                var reply = new System.Text.StringBuilder();
                 foreach (var response in call.ReadAllAsync(default).ToBlockingEnumerable())
                 {
-                    if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) Console.Write(response.Chunk.Text);
+                    if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) { Console.Write(response.Chunk.Text); reply.Append(response.Chunk.Text); }
                     else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) done = response.Complete;
                 }
                 Console.WriteLine();
+                if (chat)
+                {
+                    history.AddRange(pending);
+                    history.Add(new ChatMessage { Role = "assistant", Content = reply.ToString() });
+                    pending.Clear();
+                }
                 var t = done?.Timings;
                 Console.Error.WriteLine($"[turn {turn}: {done?.Usage.PromptTokens} prompt + {done?.Usage.CompletionTokens} generated; finish {done?.FinishReason.ToString().ToLowerInvariant()}; TTFT {t?.TtftSeconds * 1e3:F1} ms, TPOT {t?.TpotSeconds * 1e3:F1} ms]");
             }
