@@ -5,7 +5,7 @@
 // match. At the turns given by --compare the stateless way is timed too: a new session re-sending the
 // whole history (its last context - max_tokens - 1 tokens when longer than that, BOS first: the most
 // a stateless request can send to a 512-token model).
-// Usage: dotnet run -c Release -- MODEL OUT_DIR [--turns 300] [--policy sink_window(4,252)] [--compare 10,100,300]
+// Usage: dotnet run -c Release -- MODEL OUT_DIR [--turns 300] [--policy sink_window(4,252)] [--compare 10,100,300] [--qfilters FILE]
 using System.Diagnostics;
 using System.Globalization;
 using Cluster.Engine.Compression;
@@ -20,6 +20,8 @@ using LlmCluster.V1;
 string model = args[0], outDir = args[1];
 int turns = Arg("--turns", 300);
 string policy = args.SkipWhile(a => a != "--policy").Skip(1).FirstOrDefault() ?? "sink_window(4,252)";
+string? qfilters = args.SkipWhile(a => a != "--qfilters").Skip(1).FirstOrDefault(); // for the qfilters policy
+string[] Q(params string[] a) => qfilters is null ? a : [.. a, "--qfilters", qfilters];
 var compare = (args.SkipWhile(a => a != "--compare").Skip(1).FirstOrDefault() ?? "10,100,300").Split(',').Select(int.Parse).ToHashSet();
 const int maxTokens = 12, repeats = 5;
 string[] lines =
@@ -31,18 +33,19 @@ Directory.CreateDirectory(outDir);
 
 ServiceOptions Opts(ServiceRole role, params string[] a) =>
     ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. a], new Dictionary<string, string?>());
-await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager, Q()), Cluster.CacheManager.CacheManagerService.CreateAsync);
 string cmAddress = cm.GrpcAddress.ToString();
-await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", model, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
-await using var decode = await ServiceHost.StartAsync(Opts(ServiceRole.Decode, "--model", model, "--cache-manager", cmAddress), Cluster.Decode.DecodeService.CreateAsync);
-await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", model, "--cache-manager", cmAddress,
-    "--prefill", prefill.GrpcAddress.ToString(), "--decode", decode.GrpcAddress.ToString()), Cluster.Gateway.GatewayService.CreateAsync);
+await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, Q("--model", model, "--cache-manager", cmAddress)), Cluster.Prefill.PrefillService.CreateAsync);
+await using var decode = await ServiceHost.StartAsync(Opts(ServiceRole.Decode, Q("--model", model, "--cache-manager", cmAddress)), Cluster.Decode.DecodeService.CreateAsync);
+await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, Q("--model", model, "--cache-manager", cmAddress,
+    "--prefill", prefill.GrpcAddress.ToString(), "--decode", decode.GrpcAddress.ToString())), Cluster.Gateway.GatewayService.CreateAsync);
 using var client = new RpcChannel(gateway.GrpcAddress);
 await Task.Delay(2500); // the gateway's first health round
 
 using var local = ModelLoader.Load(model);
 var tok = ModelLoader.LoadTokenizer(model, local.Config);
-using var reference = new Conversation(local, KvPolicyRegistry.Parse(policy), tok);
+using var reference = new Conversation(local, KvPolicyRegistry.Parse(policy,
+    new PolicyOptions(qfilters is null ? null : Cluster.Engine.Compression.Calibration.QFilters.Load(qfilters))), tok);
 string session = Guid.NewGuid().ToString("N");
 var history = new List<int>();
 using var csv = new StreamWriter(Path.Combine(outDir, "turns.csv"));
