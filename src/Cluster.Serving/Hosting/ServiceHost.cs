@@ -104,7 +104,7 @@ public sealed class RunningService(RpcServerHost host, IClusterService service, 
         if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         await Host.DisposeAsync();
         await Service.DisposeAsync();
-        metrics.Dispose();
+        Metrics.Dispose();
         processMetrics.Dispose();
         traces.Dispose();
         logging.Dispose();
