@@ -31,8 +31,8 @@ public class ServiceStartTests
 
     private static async Task StartAllAsync(string source, Dictionary<ServiceRole, Dictionary<string, string?>> deployed)
     {
-        var ports = Contract.Roles.ToDictionary(r => r, _ => (Grpc: FreePort(), Http: FreePort()));
-        var redisPort = FreePort();
+        var ports = Contract.Roles.ToDictionary(r => r, _ => (Grpc: FreePorts.Next(), Http: FreePorts.Next()));
+        var redisPort = FreePorts.Next();
         var processes = new List<(ServiceRole Role, Process Process, StringBuilder Output)>();
         Process? redis = null;
         try
@@ -115,10 +115,4 @@ public class ServiceStartTests
         return process;
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }

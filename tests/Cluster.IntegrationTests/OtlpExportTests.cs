@@ -15,7 +15,7 @@ public sealed class OtlpExportTests
     [Fact]
     public async Task A_service_with_an_otlp_endpoint_posts_its_spans_to_v1_traces()
     {
-        int port = PrometheusServer.FreePort();
+        int port = FreePorts.Next();
         using var collector = new HttpListener();
         collector.Prefixes.Add($"http://127.0.0.1:{port}/");
         collector.Start();

@@ -57,7 +57,7 @@ public sealed class ResumeTests
         using var client = new RpcChannel(gateway.GrpcAddress);
 
         ServiceProcess? killed = null;
-        var got = await ReadAll(client.ServerStreaming(GatewayMethods.Generate, Request(tokens)), async s =>
+        var got = await TestCluster.ReadAsync(client.ServerStreaming(GatewayMethods.Generate, Request(tokens)), default, async s =>
         {
             if (killed is not null || s.Ids.Count < 100) return;
             // Kill whichever worker is decoding this stream, mid-stream.
@@ -138,21 +138,4 @@ public sealed class ResumeTests
 
     private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
         ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
-
-    private static async Task<Streamed> ReadAll(ServerStreamingCall<GenerateResponse> call, Func<Streamed, Task> onChunk)
-    {
-        using var _ = call;
-        var s = new Streamed();
-        await foreach (var r in call.ReadAllAsync())
-        {
-            if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Started) s.SessionId = r.Started.SessionId;
-            if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) s.Finish = r.Complete.FinishReason;
-            if (r.ResponseCase != GenerateResponse.ResponseOneofCase.Chunk) continue;
-            Assert.Equal(s.Ids.Count, r.Chunk.TokenOffset);
-            s.Ids.AddRange(r.Chunk.TokenIds);
-            s.Text += r.Chunk.Text;
-            await onChunk(s);
-        }
-        return s;
-    }
 }

@@ -1,3 +1,4 @@
+using Cluster.Tests;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -23,7 +24,7 @@ public sealed class ServiceProcess : IDisposable
 
     public static async Task<ServiceProcess> StartAsync(string assembly, params string[] args)
     {
-        int grpc = FreePort(), http = FreePort();
+        int grpc = FreePorts.Next(), http = FreePorts.Next();
         var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, assembly), "--host", "127.0.0.1", "--grpc-port", grpc.ToString(), "--http-port", http.ToString() }.Concat(args))
             psi.ArgumentList.Add(a);
@@ -60,13 +61,6 @@ public sealed class ServiceProcess : IDisposable
     {
         if (!_process.HasExited) _process.Kill(entireProcessTree: true);
         _process.WaitForExit(10_000);
-    }
-
-    private static int FreePort()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 
     public void Dispose()

@@ -63,7 +63,7 @@ public sealed class TestCluster : IAsyncDisposable
         ReadAsync(Client.ServerStreaming(GatewayMethods.Resume, new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }), default, onChunk, firstOffset: (int)afterIndex + 1);
 
     /// <summary>Reads a stream; asserts that token offsets run on without gap or repeat.</summary>
-    private static async Task<Streamed> ReadAsync(ServerStreamingCall<GenerateResponse> call, CancellationToken ct, Func<Streamed, Task>? onChunk, int firstOffset = 0)
+    public static async Task<Streamed> ReadAsync(ServerStreamingCall<GenerateResponse> call, CancellationToken ct, Func<Streamed, Task>? onChunk, int firstOffset = 0)
     {
         using var _ = call;
         var s = new Streamed();

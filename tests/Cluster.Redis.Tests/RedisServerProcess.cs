@@ -40,7 +40,7 @@ public sealed class RedisServerProcess : IAsyncDisposable
         }
         var dir = Directory.CreateTempSubdirectory("redis-test-").FullName;
         string[] args = appendOnly ? ["--appendonly", "yes", "--appendfsync", "always", .. extraArgs] : ["--appendonly", "no", .. extraArgs];
-        var server = new RedisServerProcess(FreePort(), dir, args);
+        var server = new RedisServerProcess(FreePorts.Next(), dir, args);
         await server.StartAsync();
         return server;
     }
@@ -84,15 +84,6 @@ public sealed class RedisServerProcess : IAsyncDisposable
             p.Kill();
             p.WaitForExit(10_000);
         }
-    }
-
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
     }
 
     public ValueTask DisposeAsync()

@@ -25,7 +25,7 @@ public sealed class RealPrometheusScrapeTests
         for (int i = 0; i < 90; i++) latency.Record(0.008);
         for (int i = 0; i < 10; i++) latency.Record(0.45);
 
-        int port = PrometheusServer.FreePort();
+        int port = FreePorts.Next();
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.WebHost.UseUrls($"http://127.0.0.1:{port}");

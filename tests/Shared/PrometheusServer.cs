@@ -40,7 +40,7 @@ public sealed class PrometheusServer : IAsyncDisposable
             scrape_configs:
             {string.Concat(jobs.Select(j => $"  - job_name: {j.Key}\n    static_configs:\n      - targets: [{string.Join(", ", j.Value.Select(t => $"'{t}'"))}]\n"))}
             """);
-        int port = FreePort();
+        int port = FreePorts.Next();
         var psi = new ProcessStartInfo(ExternalCommands.Find("prometheus") ?? "prometheus")
         {
             RedirectStandardOutput = true,
@@ -113,13 +113,6 @@ public sealed class PrometheusServer : IAsyncDisposable
         "NaN" => double.NaN,
         _ => double.Parse(s, System.Globalization.CultureInfo.InvariantCulture),
     };
-
-    public static int FreePort()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
-    }
 
     public async ValueTask DisposeAsync()
     {

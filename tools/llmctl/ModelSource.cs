@@ -19,8 +19,4 @@ internal static class ModelSource
     }
 
     public static LlamaModel Load(string path, int? threads) => ModelLoader.Load(path, new CpuBackend(threads));
-
-    /// <summary>The tokenizer named by --tokenizer, else the one that belongs to the model.</summary>
-    public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath, LlamaConfig config) =>
-        ModelLoader.LoadTokenizer(modelPath, config, tokenizerPath);
 }

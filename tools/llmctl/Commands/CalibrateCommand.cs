@@ -1,3 +1,4 @@
+using Cluster.Engine.Loaders;
 using System.CommandLine;
 using Cluster.Engine.Compression.Calibration;
 
@@ -25,7 +26,7 @@ internal static class CalibrateCommand
             if (r.GetValue(samples) < 1) throw new ArgumentException($"--samples must be at least 1, got {r.GetValue(samples)}");
             var path = ModelSource.ResolvePath(r.GetValue(model));
             using var m = ModelSource.Load(path, r.GetValue(threads));
-            var tok = ModelSource.LoadTokenizer(path, r.GetValue(tokenizer), m.Config);
+            var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             int n = r.GetValue(sequences);
             if (r.GetValue(length) > m.Config.MaxPositions)
                 Console.Error.WriteLine($"note: --seq-len {r.GetValue(length)} is past the model's context of {m.Config.MaxPositions}: queries there are extrapolated (pass --seq-len {m.Config.MaxPositions} to stay inside)");

@@ -1,3 +1,4 @@
+using Cluster.Engine.Loaders;
 using System.CommandLine;
 using System.Text.Json;
 using Cluster.Engine.Generation;
@@ -38,7 +39,7 @@ internal static class GenerateCommand
             var path = ModelSource.ResolvePath(r.GetValue(model));
             using var m = ModelSource.Load(path, r.GetValue(threads));
             var p = sampling.Read(r, m.Config.VocabSize).WithResolvedSeed();
-            var tok = ModelSource.LoadTokenizer(path, r.GetValue(tokenizer), m.Config);
+            var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             var promptText = r.GetValue(prompt) ?? "";
             var promptIds = tok.Encode(promptText, addBos: true);
             bool asJson = r.GetValue(json);

@@ -1,3 +1,4 @@
+using Cluster.Engine.Loaders;
 using System.CommandLine;
 using System.Text.Json;
 using Cluster.Engine.Evaluation;
@@ -28,7 +29,7 @@ internal static class PerplexityCommand
             if (n < 2) throw new ArgumentException($"--tokens must be at least 2, got {n}");
             var path = ModelSource.ResolvePath(r.GetValue(model));
             using var m = ModelSource.Load(path, r.GetValue(threads));
-            var tok = ModelSource.LoadTokenizer(path, r.GetValue(tokenizer), m.Config);
+            var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             var ids = TextPrefix.EncodeFirstTokens(tok, File.ReadAllText(r.GetValue(text)!), n);
             if (ids.Length < n) Console.Error.WriteLine($"note: the text holds only {ids.Length} tokens");
             var sw = System.Diagnostics.Stopwatch.StartNew();

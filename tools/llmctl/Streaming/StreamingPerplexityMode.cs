@@ -1,3 +1,4 @@
+using Cluster.Engine.Loaders;
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
@@ -41,7 +42,7 @@ internal sealed class StreamingPerplexityMode
         foreach (var p in policies.OfType<DensePolicy>())
             if (!p.AllowExtrapolation && length > c.MaxPositions)
                 throw new ArgumentException($"dense cannot stream {length} tokens past the model's context of {c.MaxPositions}; pass --extrapolate to measure it anyway");
-        var tok = ModelSource.LoadTokenizer(path, tokenizerOption, c);
+        var tok = ModelLoader.LoadTokenizer(path, c, tokenizerOption);
         var sequences = TextSequences.Take(tok, File.ReadAllText(textPath), r.GetValue(_offset), r.GetValue(_sequences), length);
         var edges = StreamingPerplexity.DefaultEdges(length);
 
