@@ -60,10 +60,18 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
                 // (ITL) time seen a little later: the call's start precedes the gateway's arrival
                 // clock, and each chunk reaches the client after the gateway records it, with jitter
                 // that lengthens one gap and shortens the next. That shift is sub-millisecond to a few
-                // ms on loopback, but buckets near 1 ms are 1.5 ms wide, so a sample can cross one
-                // boundary (either way for ITL): the same or an adjacent bucket is what holds.
-                Assert.True(Math.Abs(serverBucket - clientBucket) <= 1,
-                    $"{metric} q{q}: PromQL {server} s is in bucket {serverBucket}, the client's {measured} s in bucket {clientBucket}");
+                // ms on loopback (more on a loaded 2-core machine), while buckets below 10 ms are
+                // 1.5-2.5 ms wide: there the shift can cross more than one boundary. So the client's
+                // value must be in the same or an adjacent bucket (wide buckets, where the client's
+                // earlier TTFT start weighs) or within the bucket widened by the delivery jitter
+                // allowed (narrow buckets); a real disagreement fails both.
+                const double jitter = 0.005;
+                double lo = serverBucket == 0 ? 0 : Buckets.LatencySeconds[serverBucket - 1];
+                double hi = serverBucket < Buckets.LatencySeconds.Length ? Buckets.LatencySeconds[serverBucket] : double.PositiveInfinity;
+                bool adjacent = Math.Abs(serverBucket - clientBucket) <= 1;
+                bool withinJitter = measured >= lo - jitter && measured <= hi + jitter;
+                Assert.True(adjacent || withinJitter,
+                    $"{metric} q{q}: PromQL {server} s is in bucket ({lo}, {hi}] (index {serverBucket}); the client's {measured} s is in bucket {clientBucket}, neither adjacent nor within {jitter} s of it");
             }
 
         await ProduceRareSeries(cluster);
