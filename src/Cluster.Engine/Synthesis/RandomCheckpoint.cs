@@ -15,7 +15,7 @@ public static class RandomCheckpoint
     {
         HuggingFaceWriter.Write(folder, config with { RopeLayout = RopeLayout.Halves }, (name, shape, dst) =>
         {
-            var rng = new Random(HashCode.Combine(seed, StableHash(name)));
+            var rng = new Random(unchecked(seed * 16777619 ^ StableHash(name))); // not HashCode.Combine: it is randomized per process
             if (shape.Length == 1)
                 for (int i = 0; i < dst.Length; i++) dst[i] = 1f + 0.2f * (rng.NextSingle() - 0.5f);
             else
