@@ -57,7 +57,7 @@ public static class LoadGenerator
     /// <summary>A random prompt of token ids (no tokenizer on the client) and exactly MaxTokens out: EOS is ignored so every request does the same work.</summary>
     private static GenerateRequest Request(LoadOptions o, int vocab, int index)
     {
-        var rng = new Random(unchecked(o.Seed * 16777619 ^ index)); // not HashCode.Combine: it is randomized per process
+        var rng = new Random(unchecked((int)(o.Seed * 16777619UL ^ (ulong)index))); // not HashCode.Combine: it is randomized per process
         var request = new GenerateRequest
         {
             TokenIds = new TokenIds(),
