@@ -1,3 +1,5 @@
+using Cluster.Serving.Routing;
+using Grpc.Net.Client;
 // Endless conversations (issue 12): one session of N short turns through an in-process cluster
 // (four services on loopback), each turn sending only its new tokens; per turn the gateway's TTFT,
 // the KV tokens seen and the cache manager's llm_kv_stored_bytes go to a CSV, plotted as an SVG.
@@ -12,7 +14,7 @@ using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Loaders;
 using Cluster.Engine.Sampling;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Mapping;
 using LlmCluster.V1;
@@ -39,7 +41,7 @@ await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill,
 await using var decode = await ServiceHost.StartAsync(Opts(ServiceRole.Decode, Q("--model", model, "--cache-manager", cmAddress)), Cluster.Decode.DecodeService.CreateAsync);
 await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, Q("--model", model, "--cache-manager", cmAddress,
     "--prefill", prefill.GrpcAddress.ToString(), "--decode", decode.GrpcAddress.ToString())), Cluster.Gateway.GatewayService.CreateAsync);
-using var client = new RpcChannel(gateway.GrpcAddress);
+using var client = GrpcChannels.Create(gateway.GrpcAddress);
 await Task.Delay(2500); // the gateway's first health round
 
 using var local = ModelLoader.Load(model);
@@ -77,7 +79,7 @@ for (int t = 0; t < turns; t++)
             var once = await Generate("", resent, p);
             if (r >= 0) stateless.Add(once.Timings.TtftSeconds * 1e3);
             // Released at once, so that llm_kv_stored_bytes shows the conversation's KV alone.
-            await client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = once.Session });
+            await new LlmCluster.V1.Gateway.GatewayClient(client).DeleteSessionAsync(new DeleteSessionRequest { SessionId = once.Session });
         }
         // Continuing: the median over this turn and the four before it.
         double cont = Median(ttfts.Skip(Math.Max(0, ttfts.Count - 5)).ToList()), whole = Median(stateless);
@@ -98,11 +100,11 @@ return mismatches == 0 ? 0 : 1;
 async Task<(List<int> Ids, Timings Timings, string Session)> Generate(string id, int[] prompt, SamplingParameters p)
 {
     var request = new GenerateRequest { SessionId = id, TokenIds = new TokenIds { Ids = { prompt } }, Sampling = SamplingWire.FromEngine(p), KvPolicy = PolicyMapping.ToWire(policy) };
-    using var call = client.ServerStreaming(GatewayMethods.Generate, request);
+    using var call = new LlmCluster.V1.Gateway.GatewayClient(client).Generate(request);
     var ids = new List<int>();
     Timings? timings = null;
     string started = "";
-    await foreach (var r in call.ReadAllAsync(default))
+    await foreach (var r in call.ResponseStream.ReadAllAsync(default))
     {
         if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Started) started = r.Started.SessionId;
         else if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) ids.AddRange(r.Chunk.TokenIds);

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using Cluster.Interop;
-using Cluster.Rpc.Client;
-using Cluster.Rpc.Hosting;
+using Grpc.Core;
 
 /// <summary>
 /// Our client and server in one process: CPU milliseconds (user + system, both sides together)

@@ -5,8 +5,7 @@
 //                               workload, which a busy shared machine disturbs less than wall time
 using System.Diagnostics;
 using Cluster.Interop;
-using Cluster.Rpc.Client;
-using Cluster.Rpc.Hosting;
+using Grpc.Core;
 
 if (args is ["server"])
 {

@@ -1,12 +1,13 @@
 using Cluster.Engine.Compression;
 using Cluster.Engine.Compression.Calibration;
 using Cluster.Engine.KvCache;
-using Cluster.Rpc;
-using Cluster.Rpc.Server;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Kv;
 using Cluster.Serving.Mapping;
 using LlmCluster.V1;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.CacheManager;
@@ -16,7 +17,7 @@ namespace Cluster.CacheManager;
 /// (<see cref="KvSessionStore"/>), and serves them to decode workers. It needs no model: the layout
 /// that comes with the blocks describes their shape and RoPE frequencies.
 /// </summary>
-public sealed class CacheManagerService : IClusterService
+public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManagerBase, IClusterService
 {
     public const string MeterName = "LlmCluster.CacheManager";
     private readonly KvSessionStore _store;
@@ -40,25 +41,24 @@ public sealed class CacheManagerService : IClusterService
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
-    public void Register(RpcServiceRegistry registry) => registry
-        .AddClientStreaming(CacheManagerMethods.PutBlocks, PutBlocks)
-        .AddServerStreaming(CacheManagerMethods.GetBlocks, GetBlocks)
-        .AddUnary(CacheManagerMethods.GetCheckpoint, GetCheckpoint)
-        .AddUnary(CacheManagerMethods.Release, (request, _) => Task.FromResult(new ReleaseResponse { Released = _store.Release(request.SessionId) }));
+    public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<CacheManagerService>();
 
-    private async Task<PutBlocksResponse> PutBlocks(IAsyncEnumerable<PutBlocksRequest> requests, ServerCallContext context)
+    public override Task<ReleaseResponse> Release(ReleaseRequest request, ServerCallContext context) =>
+        Task.FromResult(new ReleaseResponse { Released = _store.Release(request.SessionId) });
+
+    public override async Task<PutBlocksResponse> PutBlocks(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context)
     {
         PutHeader? header = null;
         KvWire.BlockAssembler? current = null;
         var blocks = new List<KvLayerBlock>();
-        await foreach (var item in requests.WithCancellation(context.CancellationToken))
+        await foreach (var item in requests.ReadAllAsync(context.CancellationToken))
         {
             switch (item.ItemCase)
             {
                 case PutBlocksRequest.ItemOneofCase.Header when header is null:
                     header = item.Header;
                     if (header.Layout is null || header.Layout.HeadDim <= 0 || header.Layout.RopeInverseFrequencies.Count * 2 != header.Layout.HeadDim)
-                        throw new RpcException(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies");
+                        throw new RpcException(new Status(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies"));
                     break;
                 case PutBlocksRequest.ItemOneofCase.Block when header is not null:
                     if (current is not null) blocks.Add(current.Build());
@@ -68,44 +68,31 @@ public sealed class CacheManagerService : IClusterService
                     current.Add(item.Chunk);
                     break;
                 default:
-                    throw new RpcException(StatusCode.InvalidArgument, $"PutBlocks: unexpected {item.ItemCase} (a stream is one header, then per block a block header and its chunks)");
+                    throw new RpcException(new Status(StatusCode.InvalidArgument, $"PutBlocks: unexpected {item.ItemCase} (a stream is one header, then per block a block header and its chunks)"));
             }
         }
-        if (header is null) throw new RpcException(StatusCode.InvalidArgument, "PutBlocks: no header");
+        if (header is null) throw new RpcException(new Status(StatusCode.InvalidArgument, "PutBlocks: no header"));
         if (current is not null) blocks.Add(current.Build());
 
         var layout = header.Layout;
         var shape = new KvShape(layout.NumLayers, layout.NumKvHeads, layout.HeadDim, KvLayoutMapping.Rope(layout));
         var policy = PolicyMapping.ToSpec(header.Policy) ?? "dense";
-        StoredKv kv;
-        TimeSpan elapsed;
-        try
-        {
-            (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
-        }
-        catch (KvStoreFullException e)
-        {
-            throw new RpcException(StatusCode.ResourceExhausted, e.Message);
-        }
-        catch (ArgumentException e)
-        {
-            throw new RpcException(StatusCode.InvalidArgument, e.Message);
-        }
+        var (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
         var policyTag = new KeyValuePair<string, object?>("policy", kv.Policy.Split('(')[0]);
         _metrics.CompressionSeconds.Record(elapsed.TotalSeconds, policyTag);
         if (kv.TokensReceived > 0) _metrics.CompressionRatio.Record((double)kv.KeptTokens / kv.TokensReceived, policyTag);
         return new PutBlocksResponse { Kv = Handle(kv, layout, header.Policy), KeptTokens = kv.KeptTokens };
     }
 
-    private async Task GetBlocks(GetBlocksRequest request, IServerStreamWriter<GetBlocksResponse> responses, ServerCallContext context)
+    public override async Task GetBlocks(GetBlocksRequest request, IServerStreamWriter<GetBlocksResponse> responses, ServerCallContext context)
     {
         var kv = _store.Get(request.SessionId, request.Version, request.MaxTokenCount);
         if (kv is null)
         {
             _metrics.Misses.Add(1);
-            throw new RpcException(StatusCode.NotFound, $"no KV for session '{request.SessionId}'" +
+            throw new RpcException(new Status(StatusCode.NotFound, $"no KV for session '{request.SessionId}'" +
                 (request.Version != 0 ? $" at version {request.Version}" : request.MaxTokenCount > 0 ? $" holding at most {request.MaxTokenCount} tokens" : "") +
-                " (never stored, released, superseded, or dropped after its TTL)");
+                " (never stored, released, superseded, or dropped after its TTL)"));
         }
         _metrics.Hits.Add(1);
         await responses.WriteAsync(new GetBlocksResponse { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)) });
@@ -116,9 +103,9 @@ public sealed class CacheManagerService : IClusterService
         }
     }
 
-    private Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
+    public override Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
     {
-        var kv = _store.Get(request.SessionId) ?? throw new RpcException(StatusCode.NotFound, $"no KV for session '{request.SessionId}'");
+        var kv = _store.Get(request.SessionId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"no KV for session '{request.SessionId}'"));
         return Task.FromResult(new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex });
     }
 

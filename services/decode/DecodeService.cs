@@ -3,13 +3,15 @@ using System.Diagnostics;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Scheduling;
-using Cluster.Rpc;
-using Cluster.Rpc.Server;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Kv;
 using Cluster.Serving.Mapping;
 using Cluster.Serving.Routing;
 using LlmCluster.V1;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Decode;
@@ -20,7 +22,7 @@ namespace Cluster.Decode;
 /// streams tokens; the KV is checkpointed to the cache manager every N tokens and at the end, so a
 /// stream can be restarted elsewhere. A call that is cancelled leaves the batch before the next step.
 /// </summary>
-public sealed class DecodeService : IClusterService
+public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterService
 {
     public const string MeterName = "LlmCluster.Decode";
     private readonly ModelHost _host;
@@ -60,7 +62,7 @@ public sealed class DecodeService : IClusterService
     /// <summary>Sequences in the batch (tests read it to see that an abort freed its sequence).</summary>
     public int Running => _batcher.Running;
 
-    public void Register(RpcServiceRegistry registry) => registry.AddServerStreaming(DecodeMethods.Decode, Decode);
+    public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<DecodeService>();
 
     private (long Used, long Allocated) KvUsage()
     {
@@ -75,23 +77,23 @@ public sealed class DecodeService : IClusterService
         return (used, allocated);
     }
 
-    private async Task Decode(DecodeRequest request, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
+    public override async Task Decode(DecodeRequest request, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
     {
         var model = _host.Model!;
         var c = model.Config;
-        if (request.Kv is null || string.IsNullOrEmpty(request.Kv.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "kv.session_id is required");
-        if (request.Sampling is null || !request.Sampling.HasSeed) throw new RpcException(StatusCode.InvalidArgument, "sampling.seed is required (the gateway fixes it so that every worker draws the same tokens)");
+        if (request.Kv is null || string.IsNullOrEmpty(request.Kv.SessionId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "kv.session_id is required"));
+        if (request.Sampling is null || !request.Sampling.HasSeed) throw new RpcException(new Status(StatusCode.InvalidArgument, "sampling.seed is required (the gateway fixes it so that every worker draws the same tokens)"));
         var p = SamplingMapping.ToEngine(request.Sampling, c.VocabSize);
         var prompt = request.PromptTokenIds.ToArray();
         var generated = request.GeneratedTokenIds.ToArray();
         RequestChecks.Prompt(prompt, c, "prompt_token_ids");
-        if (generated.Length == 0) throw new RpcException(StatusCode.InvalidArgument, "generated_token_ids is empty: decode continues after the first token from prefill");
+        if (generated.Length == 0) throw new RpcException(new Status(StatusCode.InvalidArgument, "generated_token_ids is empty: decode continues after the first token from prefill"));
 
         var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
         var fetch = Stopwatch.StartNew();
         // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
         int history = request.HistoryTokenCount; // earlier turns of a conversation, before this turn's prompt
-        if (history < 0) throw new RpcException(StatusCode.InvalidArgument, $"history_token_count must be >= 0, got {history}");
+        if (history < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"history_token_count must be >= 0, got {history}"));
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + generated.Length - 1 : 0;
         var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, context.CancellationToken, maxTokens);
         var get = new KeyValuePair<string, object?>("direction", "get");
@@ -101,9 +103,9 @@ public sealed class DecodeService : IClusterService
         // The cache must lack at least the newest token: its logits come from running it (a compressed
         // cache cannot be rolled back to recompute them).
         if (cached < 0 || cached >= generated.Length)
-            throw new RpcException(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the history's {history} and the prompt's {prompt.Length} plus fewer than the {generated.Length} generated");
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the history's {history} and the prompt's {prompt.Length} plus fewer than the {generated.Length} generated"));
         if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
-            throw new RpcException(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model");
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model"));
 
         var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
         var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
@@ -176,7 +178,7 @@ public sealed class DecodeService : IClusterService
     /// a restart still asks the cache manager for a version not ahead of what the gateway received
     /// (GetBlocksRequest.max_token_count), since written is not yet received when a worker dies.
     /// </summary>
-    private sealed class DecodeCall(DecodeService service, Rpc.Client.RpcChannel cacheManager, KvHandle handle, int every, int delivered, CancellationToken callAborted)
+    private sealed class DecodeCall(DecodeService service, GrpcChannel cacheManager, KvHandle handle, int every, int delivered, CancellationToken callAborted)
     {
         private readonly ConcurrentQueue<KvHandle> _written = new();
         private Task _chain = Task.CompletedTask;

@@ -1,6 +1,6 @@
 using Cluster.Engine.Chat;
 using Cluster.Engine.Tokenizers;
-using Cluster.Rpc;
+using Grpc.Core;
 using LlmCluster.V1;
 using EngineMessage = Cluster.Engine.Chat.ChatMessage;
 
@@ -19,7 +19,7 @@ public static class ChatPrompts
     public static int[] Encode(ITokenizer tokenizer, ChatPrompt chat, bool continuing)
     {
         var source = tokenizer.ChatTemplate
-            ?? throw new RpcException(StatusCode.FailedPrecondition, "the model has no chat_template: send text or token_ids");
+            ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, "the model has no chat_template: send text or token_ids"));
         string bos = tokenizer.BosId >= 0 ? tokenizer.TokenText(tokenizer.BosId) : "";
         string eos = tokenizer.EosId >= 0 ? tokenizer.TokenText(tokenizer.EosId) : "";
         string text;
@@ -34,7 +34,7 @@ public static class ChatPrompts
         }
         catch (ChatTemplateException e)
         {
-            throw new RpcException(StatusCode.InvalidArgument, $"chat template: {e.Message}");
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"chat template: {e.Message}"));
         }
         // A leading bos_token is the BOS id, not its spelling; ordinary text encoding could split "<s>" into pieces.
         if (bos.Length > 0 && text.StartsWith(bos, StringComparison.Ordinal))

@@ -3,13 +3,13 @@ using System.Diagnostics.Metrics;
 using Cluster.Engine.Compression;
 using Cluster.Redis;
 using Cluster.Redis.Sessions;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
-using Cluster.Rpc.Server;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Routing;
 using Grpc.Health.V1;
 using LlmCluster.V1;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Gateway;
@@ -19,7 +19,7 @@ namespace Cluster.Gateway;
 /// then a decode worker (least outstanding requests among healthy ones), and streams tokens to the
 /// client, logging each one in the session store before it is sent so that Resume can replay it.
 /// </summary>
-public sealed class GatewayService : IClusterService
+public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, IClusterService
 {
     public const string MeterName = "LlmCluster.Gateway";
     private static readonly TimeSpan HealthInterval = TimeSpan.FromSeconds(2);
@@ -73,25 +73,28 @@ public sealed class GatewayService : IClusterService
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
-    public void Register(RpcServiceRegistry registry) => registry
-        .AddServerStreaming(GatewayMethods.Generate, (request, responses, context) => new GenerateCall(this, responses, context).RunAsync(request))
-        .AddServerStreaming(GatewayMethods.Resume, (request, responses, context) => new ResumeCall(this, request, responses, context).RunAsync())
-        .AddUnary(GatewayMethods.Abort, Abort)
-        .AddUnary(GatewayMethods.GetModelInfo, GetModelInfo)
-        .AddUnary(GatewayMethods.Health, Health)
-        .AddUnary(GatewayMethods.ListSessions, _sessionCalls.List)
-        .AddUnary(GatewayMethods.DeleteSession, _sessionCalls.Delete);
+    public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<GatewayService>();
 
-    private Task<AbortResponse> Abort(AbortRequest request, ServerCallContext context)
+    public override Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
+        new GenerateCall(this, responseStream, context).RunAsync(request);
+
+    public override Task Resume(ResumeRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
+        new ResumeCall(this, request, responseStream, context).RunAsync();
+
+    public override Task<ListSessionsResponse> ListSessions(ListSessionsRequest request, ServerCallContext context) => _sessionCalls.List(request, context);
+
+    public override Task<DeleteSessionResponse> DeleteSession(DeleteSessionRequest request, ServerCallContext context) => _sessionCalls.Delete(request, context);
+
+    public override Task<AbortResponse> Abort(AbortRequest request, ServerCallContext context)
     {
-        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "session_id is required");
+        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "session_id is required"));
         // A conversation's later turns stream under "<session>/<turn>": the session's id stops them too.
         var running = Live.Where(e => e.Key == request.SessionId || e.Key.StartsWith(request.SessionId + "/", StringComparison.Ordinal)).ToList();
         foreach (var (_, cts) in running) cts.Cancel();
         return Task.FromResult(new AbortResponse { Aborted = running.Count > 0 });
     }
 
-    private Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
+    public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
     {
         var c = Host.Config;
         var info = new ModelInfo
@@ -108,7 +111,7 @@ public sealed class GatewayService : IClusterService
         return Task.FromResult(info);
     }
 
-    private Task<HealthResponse> Health(HealthRequest request, ServerCallContext context)
+    public override Task<HealthResponse> Health(HealthRequest request, ServerCallContext context)
     {
         var response = new HealthResponse { Status = IsReady ? HealthResponse.Types.ServingStatus.Serving : HealthResponse.Types.ServingStatus.NotServing };
         foreach (var pool in new[] { Prefill, Decode })
@@ -126,8 +129,8 @@ public sealed class GatewayService : IClusterService
     {
         static async Task Probe(Worker w, CancellationToken token)
         {
-            var r = await w.Channel.UnaryAsync(HealthMethods.Check, new HealthCheckRequest(), new CallOptions(CancellationToken: token));
-            if (r.Status != HealthCheckResponse.Types.ServingStatus.Serving) throw new RpcException(StatusCode.Unavailable, "not serving");
+            var r = await new Grpc.Health.V1.Health.HealthClient(w.Channel).CheckAsync(new HealthCheckRequest(), cancellationToken: token);
+            if (r.Status != HealthCheckResponse.Types.ServingStatus.Serving) throw new RpcException(new Status(StatusCode.Unavailable, "not serving"));
         }
         while (!ct.IsCancellationRequested)
         {

@@ -1,8 +1,6 @@
 using System.Diagnostics;
 using Cluster.Redis.Sessions;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
-using Cluster.Rpc.Server;
+using Grpc.Core;
 using Cluster.Serving.Mapping;
 using Cluster.Serving.Routing;
 using LlmCluster.V1;
@@ -35,7 +33,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         _sessionId = _kvSession = string.IsNullOrEmpty(request.SessionId) ? Guid.NewGuid().ToString("N") : request.SessionId;
         _promptTokens = prompt.Length;
         if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, prompt, wireSampling, policy, p.MaxTokens), context.CancellationToken))
-            throw new RpcException(StatusCode.AlreadyExists, $"session '{_sessionId}' was created by a concurrent request");
+            throw new RpcException(new Status(StatusCode.AlreadyExists, $"session '{_sessionId}' was created by a concurrent request"));
         gateway.Live[_sessionId] = cts;
         _metrics.PromptTokens.Add(prompt.Length);
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = _sessionId, TurnId = _sessionId, PromptTokens = prompt.Length } });
@@ -45,14 +43,14 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         using (var lease = gateway.Prefill.Acquire())
         {
             await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
-            first = await Call(lease, w => w.Channel.UnaryAsync(PrefillMethods.Prefill, new PrefillRequest
+            first = await Call(lease, w => new LlmCluster.V1.Prefill.PrefillClient(w.Channel).PrefillAsync(new PrefillRequest
             {
                 SessionId = _sessionId,
                 PromptTokenIds = { prompt },
                 Sampling = wireSampling,
                 KvPolicy = PolicyMapping.ToWire(policy),
                 CacheManager = gateway.Options.CacheManager,
-            }, options));
+            }, options).ResponseAsync);
         }
         await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
         return first.Finished ? first.FinishReason : await DecodeAsync(first.Kv, prompt, [first.FirstTokenId], wireSampling, options);
@@ -68,29 +66,29 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private async Task<LlmCluster.V1.FinishReason> NextTurnAsync(Redis.Sessions.SessionInfo conversation, GenerateRequest request, CallOptions options, CancellationTokenSource cts)
     {
         var ct = context.CancellationToken;
-        var head = SessionRecord.From(conversation) ?? throw new RpcException(StatusCode.FailedPrecondition, $"session '{conversation.Id}' lacks what continuing it needs");
-        if (head.Turn != 0) throw new RpcException(StatusCode.InvalidArgument, $"'{conversation.Id}' is turn {head.Turn} of session '{head.KvSession}': continue the conversation by the session's id");
+        var head = SessionRecord.From(conversation) ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{conversation.Id}' lacks what continuing it needs"));
+        if (head.Turn != 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"'{conversation.Id}' is turn {head.Turn} of session '{head.KvSession}': continue the conversation by the session's id"));
         var (prompt, p, wireSampling, _) = Validate(request, addBos: false);
         int last = SessionRecord.LatestTurn(conversation);
         string lastId = SessionRecord.TurnId(conversation.Id, last);
         var lastInfo = last == 0 ? conversation : await gateway.Sessions.GetAsync(lastId, ct);
         var previous = lastInfo is null ? null : SessionRecord.From(lastInfo);
-        if (lastInfo is null || previous is null) throw new RpcException(StatusCode.FailedPrecondition, $"turn '{lastId}' of session '{conversation.Id}' expired or lacks its record");
+        if (lastInfo is null || previous is null) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"turn '{lastId}' of session '{conversation.Id}' expired or lacks its record"));
         if (lastInfo.FinishReason is null || lastInfo.GeneratedTokens < 1 || gateway.Live.ContainsKey(lastId))
-            throw new RpcException(StatusCode.FailedPrecondition, $"turn '{lastId}' has not finished ({lastInfo.Status.ToString().ToLowerInvariant()}): resume it (Gateway.Resume) before the next turn");
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"turn '{lastId}' has not finished ({lastInfo.Status.ToString().ToLowerInvariant()}): resume it (Gateway.Resume) before the next turn"));
         // The newest checkpoint the gateway saw covers the turn's first `covered` tokens: after a
         // finished turn all but the last one (the final checkpoint), after an Abort perhaps fewer.
         // The rest of the turn's output is fed before the new prompt.
         int generated = lastInfo.GeneratedTokens, covered = (int)Math.Clamp(lastInfo.CheckpointTokenIndex, 0, generated - 1);
         var tail = await gateway.Sessions.ReadTokensAsync(lastId, covered - 1, generated - covered, ct);
         if (tail.Entries.Count != generated - covered || tail.Entries[0].Index != covered)
-            throw new RpcException(StatusCode.FailedPrecondition, $"the token log of '{lastId}' lacks tokens {covered}..{generated - 1}");
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"the token log of '{lastId}' lacks tokens {covered}..{generated - 1}"));
 
         int[] fed = [.. tail.Entries.Select(e => e.TokenId), .. prompt];
         int history = previous.History + previous.Prompt.Length + covered;
         var c = gateway.Host.Config;
         if (previous.Policy == "dense" && Engine.Generation.ConversationTurn.ContextExhausted(history, fed.Length, p.MaxTokens, c.MaxPositions, policy: null) is { } why)
-            throw new RpcException(StatusCode.FailedPrecondition, why);
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, why));
         RequestChecks.Prompt(fed, c);
 
         int turn = last + 1;
@@ -99,7 +97,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         _history = history;
         _promptTokens = prompt.Length;
         if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, fed, wireSampling, previous.Policy, p.MaxTokens, _kvSession, history, turn), ct))
-            throw new RpcException(StatusCode.AlreadyExists, $"turn {turn} of session '{conversation.Id}' was started by a concurrent request");
+            throw new RpcException(new Status(StatusCode.AlreadyExists, $"turn {turn} of session '{conversation.Id}' was started by a concurrent request"));
         gateway.Live[_sessionId] = cts;
         _metrics.PromptTokens.Add(prompt.Length);
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = conversation.Id, TurnId = _sessionId, PromptTokens = prompt.Length } });
@@ -110,7 +108,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         {
             using var lease = gateway.Prefill.Acquire();
             await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
-            first = await Call(lease, w => w.Channel.UnaryAsync(PrefillMethods.Prefill, new PrefillRequest
+            first = await Call(lease, w => new LlmCluster.V1.Prefill.PrefillClient(w.Channel).PrefillAsync(new PrefillRequest
             {
                 SessionId = _kvSession,
                 PromptTokenIds = { fed },
@@ -118,7 +116,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
                 KvPolicy = PolicyMapping.ToWire(previous.Policy),
                 CacheManager = gateway.Options.CacheManager,
                 Continuation = new PrefillContinuation { HistoryTokenCount = history },
-            }, options));
+            }, options).ResponseAsync);
         }
         catch
         {
@@ -143,7 +141,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         _history = session.History;
         _promptTokens = session.Prompt.Length;
         _generated = logged.Count;
-        if (!gateway.Live.TryAdd(_sessionId, cts)) throw new RpcException(StatusCode.FailedPrecondition, $"session '{_sessionId}' is streaming already");
+        if (!gateway.Live.TryAdd(_sessionId, cts)) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{_sessionId}' is streaming already"));
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { Status = SessionStatus.Running }, options.CancellationToken);
         Started();
         return await DecodeAsync(new KvHandle { SessionId = _kvSession }, session.Prompt, logged, session.Sampling, options);
@@ -165,7 +163,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
         try
         {
-            var finish = await body(new CallOptions(Deadline: context.Deadline, CancellationToken: cts.Token), cts);
+            var finish = await body(new CallOptions(deadline: context.Deadline, cancellationToken: cts.Token), cts);
             await CompleteAsync(finish);
         }
         catch (Exception e) when (cts.IsCancellationRequested && (e is OperationCanceledException || e is RpcException { StatusCode: StatusCode.Cancelled }))
@@ -187,11 +185,11 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             await MarkAsync(SessionStatus.Failed, finish: null);
             throw;
         }
-        catch (Exception e) when (e is Cluster.Redis.RedisConnectionException or Cluster.Redis.RedisTimeoutException)
+        catch (Exception e) when (Serving.Hosting.StatusMapping.IsUnreachable(e))
         {
             // The token log cannot be written, so no token may be sent: fail clearly rather than stream unlogged.
             _metrics.Errors.Add(1, new KeyValuePair<string, object?>("code", StatusCode.Unavailable.ToString()));
-            throw new RpcException(StatusCode.Unavailable, $"session store unavailable: {e.Message}");
+            throw new RpcException(new Status(StatusCode.Unavailable, $"session store unavailable: {e.Message}"));
         }
         finally
         {
@@ -209,12 +207,12 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             GenerateRequest.PromptOneofCase.Text when request.Text.Length > 0 => host.Tokenizer.Encode(request.Text, addBos),
             GenerateRequest.PromptOneofCase.TokenIds when request.TokenIds.Ids.Count > 0 => request.TokenIds.Ids.ToArray(),
             GenerateRequest.PromptOneofCase.Chat when request.Chat.Messages.Count > 0 => ChatPrompts.Encode(host.Tokenizer, request.Chat, continuing: !addBos),
-            _ => throw new RpcException(StatusCode.InvalidArgument, "prompt is empty: set text, token_ids or chat messages"),
+            _ => throw new RpcException(new Status(StatusCode.InvalidArgument, "prompt is empty: set text, token_ids or chat messages")),
         };
         RequestChecks.Prompt(prompt, host.Config);
         var p = SamplingMapping.ToEngine(request.Sampling, host.Config.VocabSize);
         if (p.N != 1 || p.IsBeamSearch)
-            throw new RpcException(StatusCode.Unimplemented, "n > 1 and beam search are not served by the cluster yet (llmctl generate --n/--num-beams runs them locally)");
+            throw new RpcException(new Status(StatusCode.Unimplemented, "n > 1 and beam search are not served by the cluster yet (llmctl generate --n/--num-beams runs them locally)"));
         p = p.WithResolvedSeed(); // fixed here so that every worker, and a restarted one, draws the same tokens
         var policy = PolicyMapping.ToSpec(request.KvPolicy) ?? gateway.Options.Policy;
         PolicyMapping.Parse(policy, host.Policies);
@@ -242,7 +240,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             }
             catch (RpcException e) when (attempt < maxRestarts && IsWorkerLoss(e) && !options.CancellationToken.IsCancellationRequested)
             {
-                WorkerPool.ReportFailure(lease.Worker, new RpcException(StatusCode.Unavailable, e.Message));
+                WorkerPool.ReportFailure(lease.Worker, new RpcException(new Status(StatusCode.Unavailable, e.Message)));
                 failed = lease.Worker.Address;
                 kv = new KvHandle { SessionId = _kvSession }; // version 0: the latest checkpoint
                 gateway.Logger.LogDecodeRestart(_sessionId, lease.Worker.Address.Authority, generated.Count, e.Message);
@@ -257,7 +255,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private async Task<LlmCluster.V1.FinishReason> DecodeOnAsync(WorkerLease lease, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
     {
         var finish = LlmCluster.V1.FinishReason.Unspecified;
-        using var call = lease.Worker.Channel.ServerStreaming(DecodeMethods.Decode, new DecodeRequest
+        using var call = new LlmCluster.V1.Decode.DecodeClient(lease.Worker.Channel).Decode(new DecodeRequest
         {
             Kv = kv,
             Sampling = sampling,
@@ -266,7 +264,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             CacheManager = gateway.Options.CacheManager,
             HistoryTokenCount = _history,
         }, options);
-        await foreach (var r in call.ReadAllAsync(options.CancellationToken))
+        await foreach (var r in call.ResponseStream.ReadAllAsync(options.CancellationToken))
         {
             switch (r.ResponseCase)
             {
@@ -287,7 +285,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             }
         }
         return finish == LlmCluster.V1.FinishReason.Unspecified
-            ? throw new RpcException(StatusCode.Unavailable, "decode worker ended the stream without a completion")
+            ? throw new RpcException(new Status(StatusCode.Unavailable, "decode worker ended the stream without a completion"))
             : finish;
     }
 
@@ -302,7 +300,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         {
             WorkerPool.ReportFailure(lease.Worker, e);
             throw e.StatusCode == StatusCode.Unavailable
-                ? new RpcException(StatusCode.Unavailable, $"{lease.Worker.Address.Authority} unavailable: {e.Message}")
+                ? new RpcException(new Status(StatusCode.Unavailable, $"{lease.Worker.Address.Authority} unavailable: {e.Message}"))
                 : e;
         }
     }

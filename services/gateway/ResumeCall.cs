@@ -1,6 +1,5 @@
 using Cluster.Redis.Sessions;
-using Cluster.Rpc;
-using Cluster.Rpc.Server;
+using Grpc.Core;
 using LlmCluster.V1;
 
 namespace Cluster.Gateway;
@@ -15,11 +14,11 @@ internal sealed class ResumeCall(GatewayService gateway, ResumeRequest request, 
 {
     public async Task RunAsync()
     {
-        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "session_id is required");
-        if (request.AfterIndex < -1) throw new RpcException(StatusCode.InvalidArgument, $"after_index must be -1 (from the start) or a token index, got {request.AfterIndex}");
+        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "session_id is required"));
+        if (request.AfterIndex < -1) throw new RpcException(new Status(StatusCode.InvalidArgument, $"after_index must be -1 (from the start) or a token index, got {request.AfterIndex}"));
         var ct = context.CancellationToken;
         var session = await gateway.Sessions.GetAsync(request.SessionId, ct)
-            ?? throw new RpcException(StatusCode.NotFound, $"no session '{request.SessionId}' (unknown, or expired after its TTL)");
+            ?? throw new RpcException(new Status(StatusCode.NotFound, $"no session '{request.SessionId}' (unknown, or expired after its TTL)"));
         gateway.Metrics.Resumes.Add(1);
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = session.Id, PromptTokens = session.PromptTokens } });
 
@@ -42,7 +41,7 @@ internal sealed class ResumeCall(GatewayService gateway, ResumeRequest request, 
             await CompleteAsync((await gateway.Sessions.GetAsync(session.Id, ct)) ?? session);
             return;
         }
-        var record = SessionRecord.From(session) ?? throw new RpcException(StatusCode.FailedPrecondition, $"session '{session.Id}' did not finish and lacks what continuing it needs");
+        var record = SessionRecord.From(session) ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{session.Id}' did not finish and lacks what continuing it needs"));
         await new GenerateCall(gateway, responses, context).ContinueAsync(record, logged);
     }
 

@@ -1,5 +1,4 @@
-using Cluster.Rpc;
-using Cluster.Rpc.Server;
+using Grpc.Core;
 using Cluster.Serving.Routing;
 using LlmCluster.V1;
 
@@ -13,7 +12,7 @@ internal sealed class SessionCalls(GatewayService gateway) : IDisposable
 
     public async Task<ListSessionsResponse> List(ListSessionsRequest request, ServerCallContext context)
     {
-        if (request.Limit < 0) throw new RpcException(StatusCode.InvalidArgument, $"limit must be >= 0, got {request.Limit}");
+        if (request.Limit < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"limit must be >= 0, got {request.Limit}"));
         int limit = request.Limit == 0 ? 100 : request.Limit;
         var response = new ListSessionsResponse();
         // Turn records are listed by the store too; ask for more and keep the conversations.
@@ -35,20 +34,20 @@ internal sealed class SessionCalls(GatewayService gateway) : IDisposable
 
     public async Task<DeleteSessionResponse> Delete(DeleteSessionRequest request, ServerCallContext context)
     {
-        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(StatusCode.InvalidArgument, "session_id is required");
+        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "session_id is required"));
         var ct = context.CancellationToken;
         var session = await gateway.Sessions.GetAsync(request.SessionId, ct);
         if (session is null) return new DeleteSessionResponse();
         if (SessionRecord.From(session) is { Turn: > 0 } turn)
-            throw new RpcException(StatusCode.InvalidArgument, $"'{session.Id}' is turn {turn.Turn} of session '{turn.KvSession}': delete the session");
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"'{session.Id}' is turn {turn.Turn} of session '{turn.KvSession}': delete the session"));
         int turns = SessionRecord.LatestTurn(session);
         for (int t = 0; t <= turns; t++)
             if (gateway.Live.ContainsKey(SessionRecord.TurnId(session.Id, t)))
-                throw new RpcException(StatusCode.FailedPrecondition, $"session '{session.Id}' is streaming: Abort it first");
+                throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{session.Id}' is streaming: Abort it first"));
         for (int t = turns; t >= 1; t--) await gateway.Sessions.DeleteAsync(SessionRecord.TurnId(session.Id, t), ct);
         bool deleted = await gateway.Sessions.DeleteAsync(session.Id, ct);
         var cacheManager = _channels.Get(gateway.Options.CacheManager);
-        var released = await cacheManager.UnaryAsync(CacheManagerMethods.Release, new ReleaseRequest { SessionId = session.Id }, new Rpc.Client.CallOptions(CancellationToken: ct));
+        var released = await new CacheManager.CacheManagerClient(cacheManager).ReleaseAsync(new ReleaseRequest { SessionId = session.Id }, cancellationToken: ct);
         return new DeleteSessionResponse { Deleted = deleted, KvReleased = released.Released };
     }
 

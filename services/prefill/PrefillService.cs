@@ -2,14 +2,16 @@ using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
-using Cluster.Rpc;
-using Cluster.Rpc.Server;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Kv;
 using Cluster.Serving.Mapping;
 using Cluster.Serving.Routing;
 using Cluster.Telemetry;
 using LlmCluster.V1;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Prefill;
@@ -19,7 +21,7 @@ namespace Cluster.Prefill;
 /// prompt's KV to the cache manager, which compresses it to the session's policy. One prompt at a
 /// time per worker: prefill is compute-bound, so a second one would only halve the speed of both.
 /// </summary>
-public sealed class PrefillService : IClusterService
+public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, IClusterService
 {
     public const string MeterName = "LlmCluster.Prefill";
     private readonly ModelHost _host;
@@ -49,9 +51,9 @@ public sealed class PrefillService : IClusterService
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
-    public void Register(RpcServiceRegistry registry) => registry.AddUnary(PrefillMethods.Prefill, Prefill);
+    public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<PrefillService>();
 
-    private async Task<PrefillResponse> Prefill(PrefillRequest request, ServerCallContext context)
+    public override async Task<PrefillResponse> Prefill(PrefillRequest request, ServerCallContext context)
     {
         var model = _host.Model!;
         var c = model.Config;
@@ -85,10 +87,6 @@ public sealed class PrefillService : IClusterService
             }
             tokensSeen = seq.Cache.TokensSeen;
             blocks = Enumerable.Range(0, c.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
-        }
-        catch (Engine.Compression.ContextExceededException e)
-        {
-            throw new RpcException(StatusCode.FailedPrecondition, e.Message);
         }
         finally
         {
@@ -127,7 +125,7 @@ public sealed class PrefillService : IClusterService
     /// The conversation's KV as the previous turn left it (history_token_count tokens seen), restored
     /// into a cache managed by the session's policy (none for dense), with room for the turn.
     /// </summary>
-    private async Task<SequenceKvCache> FetchHistoryAsync(Rpc.Client.RpcChannel cacheManager, string sessionId, PrefillContinuation cont, string spec, int maxTokens, CancellationToken ct)
+    private async Task<SequenceKvCache> FetchHistoryAsync(GrpcChannel cacheManager, string sessionId, PrefillContinuation cont, string spec, int maxTokens, CancellationToken ct)
     {
         var model = _host.Model!;
         var c = model.Config;
@@ -137,9 +135,9 @@ public sealed class PrefillService : IClusterService
         _transferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
         _transferBytes.Add(bytes, get);
         if (handle.TokenCount != cont.HistoryTokenCount)
-            throw new RpcException(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}");
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}"));
         if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
-            throw new RpcException(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model");
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model"));
         var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
         int most = blocks.Max(b => b.Positions.Max(x => x.Length));
         var cache = model.CreateCache(Math.Max(most + 1, Math.Min(handle.TokenCount + maxTokens, policy?.Budget ?? c.MaxPositions)));

@@ -8,23 +8,19 @@ using OpenTelemetry.Trace;
 namespace Cluster.Telemetry;
 
 /// <summary>
-/// One service's traces: its own <see cref="ActivitySource"/> (named per service, so that four
-/// services in one process each export only their own spans) and a tracer provider that sends
-/// them over OTLP/HTTP when an endpoint is configured and logs their trace ids otherwise.
+/// One service's traces: its own <see cref="ActivitySource"/> (named per service, "LlmCluster.gateway",
+/// so a span says which service ran it even when four services share a process) for the span of each
+/// gRPC call, and where they go: OTLP/HTTP when an endpoint is configured, otherwise their trace ids
+/// in the log.
 /// </summary>
-public sealed partial class ServiceTracing : IDisposable
+public sealed partial class ServiceTracing(string service, string? otlpEndpoint, ILogger logger) : IDisposable
 {
-    private readonly TracerProvider _provider;
+    public ActivitySource Source { get; } = new("LlmCluster." + service);
 
-    /// <param name="service">Service name, e.g. "gateway" (OTel resource `service.name`).</param>
-    /// <param name="otlpEndpoint">Collector base URL (e.g. http://127.0.0.1:4318); null: log trace ids.</param>
-    /// <param name="configure">Extra processors or exporters (tests collect spans in memory).</param>
-    public ServiceTracing(string service, string? otlpEndpoint, ILogger logger, Action<TracerProviderBuilder>? configure = null)
+    /// <summary>Adds the source, the resource and the exporter to a tracer provider.</summary>
+    public void Configure(TracerProviderBuilder builder)
     {
-        Source = new ActivitySource("LlmCluster." + service);
-        var builder = Sdk.CreateTracerProviderBuilder()
-            .SetResourceBuilder(ResourceBuilder.CreateDefault().AddService("llm-" + service))
-            .AddSource(Source.Name);
+        builder.SetResourceBuilder(ResourceBuilder.CreateDefault().AddService("llm-" + service)).AddSource(Source.Name);
         if (otlpEndpoint is not null)
             builder.AddOtlpExporter(o =>
             {
@@ -33,32 +29,21 @@ public sealed partial class ServiceTracing : IDisposable
                 o.Endpoint = new Uri(new Uri(otlpEndpoint.TrimEnd('/') + "/"), "v1/traces");
             });
         else
-            builder.AddProcessor(new TraceIdLogger(logger));
-        configure?.Invoke(builder);
-        _provider = builder.Build();
+            builder.AddProcessor(new TraceIdLogger(Source.Name, logger));
     }
 
-    public ActivitySource Source { get; }
-
-    public void Dispose()
-    {
-        _provider.Dispose(); // flushes the exporter
-        Source.Dispose();
-    }
+    public void Dispose() => Source.Dispose();
 
     /// <summary>Without a collector the trace id is still worth having in the log, to find a request's lines in every service.</summary>
-    private sealed partial class TraceIdLogger(ILogger logger) : BaseProcessor<Activity>
+    private sealed partial class TraceIdLogger(string source, ILogger logger) : BaseProcessor<Activity>
     {
         public override void OnEnd(Activity a)
         {
-            if (a.Parent is null && a.ParentSpanId == default) Root(logger, a.TraceId.ToString(), a.DisplayName, a.Duration.TotalMilliseconds);
-            else Span(logger, a.TraceId.ToString(), a.DisplayName, a.Duration.TotalMilliseconds);
+            if (a.Source.Name != source) return; // the instrumentations' spans are in every service's provider
+            Span(logger, a.TraceId.ToString(), a.DisplayName, a.Duration.TotalMilliseconds);
         }
 
-        [LoggerMessage(EventId = 900, Level = LogLevel.Information, Message = "trace {TraceId} {Span} {Milliseconds:F1} ms")]
-        private static partial void Root(ILogger logger, string traceId, string span, double milliseconds);
-
-        [LoggerMessage(EventId = 901, Level = LogLevel.Debug, Message = "trace {TraceId} {Span} {Milliseconds:F1} ms")]
+        [LoggerMessage(EventId = 900, Level = LogLevel.Debug, Message = "trace {TraceId} {Span} {Milliseconds:F1} ms")]
         private static partial void Span(ILogger logger, string traceId, string span, double milliseconds);
     }
 }

@@ -1,6 +1,6 @@
 using Cluster.Engine.Tokenizers;
 using Cluster.Gateway;
-using Cluster.Rpc;
+using Grpc.Core;
 using Cluster.Tests;
 using LlmCluster.V1;
 using Xunit;

@@ -1,6 +1,5 @@
 using System.Diagnostics;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Tests;
 using LlmCluster.V1;
 using Xunit;
@@ -31,9 +30,9 @@ public sealed class ClusterFailureTests(ClusterFixture f) : IClassFixture<Cluste
     public async Task Client_cancellation_frees_the_sequence_on_the_decode_worker()
     {
         using var cts = new CancellationTokenSource();
-        using var call = f.Cluster.Client.ServerStreaming(GatewayMethods.Generate, Endless(), new CallOptions(CancellationToken: cts.Token));
+        using var call = new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).Generate(Endless(), new CallOptions(cancellationToken: cts.Token));
         int chunks = 0;
-        await foreach (var r in call.ReadAllAsync(cts.Token))
+        await foreach (var r in call.ResponseStream.ReadAllAsync(cts.Token))
             if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk && ++chunks == 20) break;
         Assert.Equal(1, f.Cluster.DecodeService.Running);
         cts.Cancel();
@@ -45,26 +44,26 @@ public sealed class ClusterFailureTests(ClusterFixture f) : IClassFixture<Cluste
     [SharedDataFact]
     public async Task Abort_ends_the_stream_with_finish_reason_abort_and_frees_the_sequence()
     {
-        using var call = f.Cluster.Client.ServerStreaming(GatewayMethods.Generate, Endless());
+        using var call = new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).Generate(Endless());
         string session = "";
         FinishReason? finish = null;
         int chunks = 0;
-        await foreach (var r in call.ReadAllAsync())
+        await foreach (var r in call.ResponseStream.ReadAllAsync())
         {
             if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Started) session = r.Started.SessionId;
             if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk && ++chunks == 10)
-                Assert.True((await f.Cluster.Client.UnaryAsync(GatewayMethods.Abort, new AbortRequest { SessionId = session })).Aborted);
+                Assert.True((await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).AbortAsync(new AbortRequest { SessionId = session })).Aborted);
             if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) finish = r.Complete.FinishReason;
         }
         Assert.Equal(FinishReason.Abort, finish);
         await WaitUntil(() => f.Cluster.DecodeService.Running == 0, TimeSpan.FromSeconds(5));
-        Assert.False((await f.Cluster.Client.UnaryAsync(GatewayMethods.Abort, new AbortRequest { SessionId = session })).Aborted);
+        Assert.False((await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).AbortAsync(new AbortRequest { SessionId = session })).Aborted);
     }
 
     [SharedDataFact]
     public async Task A_deadline_gives_deadline_exceeded()
     {
-        var e = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.GenerateAsync(Endless(), new CallOptions(Deadline: DateTime.UtcNow.AddMilliseconds(300))));
+        var e = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.GenerateAsync(Endless(), new CallOptions(deadline: DateTime.UtcNow.AddMilliseconds(300))));
         Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
         await WaitUntil(() => f.Cluster.DecodeService.Running == 0, TimeSpan.FromSeconds(5));
     }
@@ -117,7 +116,7 @@ public sealed class DeadServiceTests
         await (victim switch { "cachemanager" => cluster.CacheManager, "decode" => cluster.Decode, _ => cluster.Prefill }).DisposeAsync();
 
         var sw = Stopwatch.StartNew();
-        var e = await Assert.ThrowsAsync<RpcException>(() => cluster.GenerateAsync(request, new CallOptions(Deadline: DateTime.UtcNow.AddSeconds(30))));
+        var e = await Assert.ThrowsAsync<RpcException>(() => cluster.GenerateAsync(request, new CallOptions(deadline: DateTime.UtcNow.AddSeconds(30))));
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.False(string.IsNullOrWhiteSpace(e.Message));
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");

@@ -1,7 +1,8 @@
+using Cluster.Serving.Routing;
+using Grpc.Net.Client;
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Serving.Mapping;
 using Cluster.Telemetry;
 using Cluster.Tests;
@@ -34,7 +35,7 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
         {
             ["gateway"] = cluster.Gateway, ["prefill"] = cluster.Prefill, ["decode"] = cluster.Decode, ["cachemanager"] = cluster.CacheManager,
         };
-        await using var prometheus = await PrometheusServer.StartAsync(services.ToDictionary(s => s.Key, s => (IEnumerable<string>)[s.Value.Host.HttpEndPoint.ToString()]));
+        await using var prometheus = await PrometheusServer.StartAsync(services.ToDictionary(s => s.Key, s => (IEnumerable<string>)[s.Value.HttpEndPoint.ToString()]));
 
         await cluster.WaitUntilWorkersUpAsync();
         // Prometheus's first scrape comes seconds after it is ready; rate() over a run it did not see
@@ -83,7 +84,7 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
         foreach (var (name, service) in services)
         {
             using var http = new HttpClient();
-            var text = await http.GetStringAsync($"http://{service.Host.HttpEndPoint}/metrics");
+            var text = await http.GetStringAsync($"http://{service.HttpEndPoint}/metrics");
             var (code, stdout, stderr) = ExternalCommands.RunWithInput("promtool", ["check", "metrics"], text, TimeSpan.FromSeconds(30));
             Assert.True(code == 0, $"promtool check metrics on {name}: {stdout}{stderr}");
         }
@@ -129,12 +130,12 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
             KvPolicy = PolicyMapping.ToWire("window(8)"),
             Sampling = new SamplingParams { MaxTokens = 24, IgnoreEos = true },
         });
-        using (var resume = cluster.Client.ServerStreaming(GatewayMethods.Resume, new ResumeRequest { SessionId = windowed.SessionId, AfterIndex = -1 }))
-            await foreach (var _ in resume.ReadAllAsync()) { }
+        using (var resume = new LlmCluster.V1.Gateway.GatewayClient(cluster.Client).Resume(new ResumeRequest { SessionId = windowed.SessionId, AfterIndex = -1 }))
+            await foreach (var _ in resume.ResponseStream.ReadAllAsync()) { }
 
-        using var cacheManager = new RpcChannel(cluster.CacheManager.GrpcAddress);
-        using var miss = cacheManager.ServerStreaming(CacheManagerMethods.GetBlocks, new GetBlocksRequest { SessionId = "no-such-session" });
-        var missed = await Assert.ThrowsAsync<RpcException>(async () => { await foreach (var _ in miss.ReadAllAsync()) { } });
+        using var cacheManager = GrpcChannels.Create(cluster.CacheManager.GrpcAddress);
+        using var miss = new LlmCluster.V1.CacheManager.CacheManagerClient(cacheManager).GetBlocks(new GetBlocksRequest { SessionId = "no-such-session" });
+        var missed = await Assert.ThrowsAsync<RpcException>(async () => { await foreach (var _ in miss.ResponseStream.ReadAllAsync()) { } });
         Assert.Equal(StatusCode.NotFound, missed.StatusCode);
     }
 

@@ -1,9 +1,10 @@
+using Cluster.Serving.Routing;
+using Grpc.Net.Client;
 using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Sampling;
 using Cluster.Engine.Tokenizers;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Mapping;
 using Cluster.Tests;
@@ -72,7 +73,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", f.ModelPath, "--cache-manager", cmAddress, "--threads", "1");
         await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", f.ModelPath, "--cache-manager", cmAddress,
             "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}"), Cluster.Gateway.GatewayService.CreateAsync);
-        using var client = new RpcChannel(gateway.GrpcAddress);
+        using var client = GrpcChannels.Create(gateway.GrpcAddress);
 
         using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
         string session = Guid.NewGuid().ToString("N");
@@ -81,7 +82,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
             var prompt = TurnPrompt(f.Tokenizer, t);
             var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
             double before = t == killAfter ? await decodeA.GaugeAsync("llm_generation_tokens_total") : 0;
-            var got = await Collect(client.ServerStreaming(GatewayMethods.Generate, TurnRequest(session, prompt, TurnParams(t), policy)));
+            var got = await Collect(new LlmCluster.V1.Gateway.GatewayClient(client).Generate(TurnRequest(session, prompt, TurnParams(t), policy)));
             Assert.Equal(expected.Ids, got);
             if (t != killAfter) continue;
             // SIGKILL the worker that decoded this turn: the next turns must not need it.
@@ -95,18 +96,18 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         string session = Guid.NewGuid().ToString("N");
         for (int t = 0; t < 3; t++)
             await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, t), TurnParams(t), "sink_window(4,60)"));
-        var listed = await f.Cluster.Client.UnaryAsync(GatewayMethods.ListSessions, new ListSessionsRequest());
+        var listed = await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).ListSessionsAsync(new ListSessionsRequest());
         var mine = Assert.Single(listed.Sessions, s => s.SessionId == session);
         Assert.Equal(3, mine.Turns);
         Assert.DoesNotContain(listed.Sessions, s => s.SessionId.StartsWith(session + "/", StringComparison.Ordinal));
 
-        var deleted = await f.Cluster.Client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = session });
+        var deleted = await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).DeleteSessionAsync(new DeleteSessionRequest { SessionId = session });
         Assert.True(deleted.Deleted);
         Assert.True(deleted.KvReleased);
-        Assert.DoesNotContain((await f.Cluster.Client.UnaryAsync(GatewayMethods.ListSessions, new ListSessionsRequest())).Sessions, s => s.SessionId == session);
+        Assert.DoesNotContain((await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).ListSessionsAsync(new ListSessionsRequest())).Sessions, s => s.SessionId == session);
         var replay = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.ResumeAsync($"{session}/2", -1));
         Assert.Equal(StatusCode.NotFound, replay.StatusCode);
-        Assert.False((await f.Cluster.Client.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = session })).Deleted);
+        Assert.False((await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).DeleteSessionAsync(new DeleteSessionRequest { SessionId = session })).Deleted);
     }
 
     [SharedDataFact]
@@ -121,7 +122,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         {
             if (aborted || s.Ids.Count < 40) return;
             aborted = true;
-            Assert.True((await f.Cluster.Client.UnaryAsync(GatewayMethods.Abort, new AbortRequest { SessionId = session })).Aborted); // by the session's id
+            Assert.True((await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).AbortAsync(new AbortRequest { SessionId = session })).Aborted); // by the session's id
         });
         Assert.Equal(FinishReason.Abort, stopped.Finish);
         // The next turn feeds the aborted turn's tokens after the newest checkpoint the gateway logged.
@@ -141,11 +142,11 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         }
     }
 
-    private static async Task<List<int>> Collect(ServerStreamingCall<GenerateResponse> call)
+    private static async Task<List<int>> Collect(AsyncServerStreamingCall<GenerateResponse> call)
     {
         using var _ = call;
         var ids = new List<int>();
-        await foreach (var r in call.ReadAllAsync(default))
+        await foreach (var r in call.ResponseStream.ReadAllAsync(default))
             if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) ids.AddRange(r.Chunk.TokenIds);
         return ids;
     }

@@ -1,6 +1,7 @@
+using Cluster.Serving.Routing;
+using Grpc.Net.Client;
 using System.Net;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Tests;
 using LlmCluster.V1;
@@ -24,9 +25,9 @@ public sealed class OtlpExportTests
         var options = ServiceOptions.Parse(ServiceRole.CacheManager,
             ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--otlp-endpoint", $"http://127.0.0.1:{port}"], new Dictionary<string, string?>());
         var service = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
-        using (var channel = new RpcChannel(service.GrpcAddress))
+        using (var channel = GrpcChannels.Create(service.GrpcAddress))
         {
-            var e = await Assert.ThrowsAsync<RpcException>(() => channel.UnaryAsync(CacheManagerMethods.GetCheckpoint, new GetCheckpointRequest { SessionId = "none" }));
+            var e = await Assert.ThrowsAsync<RpcException>(() => new LlmCluster.V1.CacheManager.CacheManagerClient(channel).GetCheckpointAsync(new GetCheckpointRequest { SessionId = "none" }).ResponseAsync);
             Assert.NotEqual(StatusCode.Unavailable, e.StatusCode);
         }
         await service.DisposeAsync(); // the batch exporter flushes on dispose

@@ -1,10 +1,11 @@
+using Cluster.Serving.Routing;
+using Grpc.Net.Client;
 using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Loaders;
 using Cluster.Engine.Sampling;
 using Cluster.Redis.Tests;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Mapping;
 using Cluster.Tests;
@@ -54,10 +55,10 @@ public sealed class ResumeTests
         using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1");
         await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", ModelPath, "--cache-manager", cmAddress,
             "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}", "--redis", $"127.0.0.1:{redis.Port}"), Cluster.Gateway.GatewayService.CreateAsync);
-        using var client = new RpcChannel(gateway.GrpcAddress);
+        using var client = GrpcChannels.Create(gateway.GrpcAddress);
 
         ServiceProcess? killed = null;
-        var got = await TestCluster.ReadAsync(client.ServerStreaming(GatewayMethods.Generate, Request(tokens)), default, async s =>
+        var got = await TestCluster.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(client).Generate(Request(tokens)), default, async s =>
         {
             if (killed is not null || s.Ids.Count < 100) return;
             // Kill whichever worker is decoding this stream, mid-stream.
@@ -92,7 +93,7 @@ public sealed class ResumeTests
         {
             try
             {
-                await cluster.GenerateAsync(Request(tokens), new CallOptions(CancellationToken: cts.Token), s =>
+                await cluster.GenerateAsync(Request(tokens), new CallOptions(cancellationToken: cts.Token), s =>
                 {
                     first = s;
                     if (s.Ids.Count >= receivedBeforeLeaving) cts.Cancel(); // the client goes away
@@ -119,7 +120,7 @@ public sealed class ResumeTests
         Assert.Equal(40, done.Ids.Count);
 
         // A long stream in flight while Redis goes down and comes back: it completes or fails with a clear status.
-        var inFlight = cluster.GenerateAsync(Request(3000), new CallOptions(Deadline: DateTime.UtcNow.AddSeconds(30)));
+        var inFlight = cluster.GenerateAsync(Request(3000), new CallOptions(deadline: DateTime.UtcNow.AddSeconds(30)));
         await Task.Delay(300);
         redis.Kill();
         await redis.StartAsync(); // same port and folder: appendonly reloads the data

@@ -1,4 +1,6 @@
-using Cluster.Rpc.Client;
+using Cluster.Serving.Routing;
+using Grpc.Net.Client;
+using Grpc.Core;
 using Cluster.Serving.Hosting;
 using LlmCluster.V1;
 
@@ -17,7 +19,7 @@ public sealed class TestCluster : IAsyncDisposable
     public RunningService Decode => Decodes[0];
     public List<RunningService> Decodes { get; } = [];
     public RunningService Gateway { get; private set; } = null!;
-    public RpcChannel Client { get; private set; } = null!;
+    public GrpcChannel Client { get; private set; } = null!;
 
     public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
 
@@ -36,7 +38,7 @@ public sealed class TestCluster : IAsyncDisposable
             "--decode", string.Join(',', c.Decodes.Select(d => d.GrpcAddress.ToString())), "--policy", policy]);
         if (redis is not null) gatewayArgs = [.. gatewayArgs, "--redis", redis];
         c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, gatewayArgs), Cluster.Gateway.GatewayService.CreateAsync, tracing: tracing);
-        c.Client = new RpcChannel(c.Gateway.GrpcAddress);
+        c.Client = GrpcChannels.Create(c.Gateway.GrpcAddress);
         return c;
     }
 
@@ -48,7 +50,7 @@ public sealed class TestCluster : IAsyncDisposable
     {
         for (var deadline = DateTime.UtcNow.AddSeconds(30); ; await Task.Delay(200))
         {
-            var health = await Client.UnaryAsync(GatewayMethods.Health, new HealthRequest());
+            var health = await new LlmCluster.V1.Gateway.GatewayClient(Client).HealthAsync(new HealthRequest());
             if (health.Components.Count > 0 && health.Components.Values.All(v => v == "up")) return;
             Xunit.Assert.True(DateTime.UtcNow < deadline, "workers not up: " + health.Components);
         }
@@ -56,18 +58,18 @@ public sealed class TestCluster : IAsyncDisposable
 
     /// <summary>Runs a request to the end and gathers what the client saw.</summary>
     public Task<Streamed> GenerateAsync(GenerateRequest request, CallOptions options = default, Func<Streamed, Task>? onChunk = null) =>
-        ReadAsync(Client.ServerStreaming(GatewayMethods.Generate, request, options), options.CancellationToken, onChunk);
+        ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(Client).Generate(request, options), options.CancellationToken, onChunk);
 
     /// <summary>Resumes a session after a token index and gathers the rest.</summary>
     public Task<Streamed> ResumeAsync(string sessionId, long afterIndex, Func<Streamed, Task>? onChunk = null) =>
-        ReadAsync(Client.ServerStreaming(GatewayMethods.Resume, new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }), default, onChunk, firstOffset: (int)afterIndex + 1);
+        ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(Client).Resume(new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }), default, onChunk, firstOffset: (int)afterIndex + 1);
 
     /// <summary>Reads a stream; asserts that token offsets run on without gap or repeat.</summary>
-    public static async Task<Streamed> ReadAsync(ServerStreamingCall<GenerateResponse> call, CancellationToken ct, Func<Streamed, Task>? onChunk, int firstOffset = 0)
+    public static async Task<Streamed> ReadAsync(AsyncServerStreamingCall<GenerateResponse> call, CancellationToken ct, Func<Streamed, Task>? onChunk, int firstOffset = 0)
     {
         using var _ = call;
         var s = new Streamed();
-        await foreach (var r in call.ReadAllAsync(ct))
+        await foreach (var r in call.ResponseStream.ReadAllAsync(ct))
         {
             switch (r.ResponseCase)
             {

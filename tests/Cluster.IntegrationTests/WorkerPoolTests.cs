@@ -1,4 +1,4 @@
-using Cluster.Rpc;
+using Grpc.Core;
 using Cluster.Serving.Routing;
 using Xunit;
 
@@ -24,7 +24,7 @@ public sealed class WorkerPoolTests
     public void A_failed_worker_leaves_the_rotation_and_none_left_fails_fast()
     {
         using var pool = Pool(2);
-        using (var a = pool.Acquire()) WorkerPool.ReportFailure(a.Worker, new RpcException(StatusCode.Unavailable, "gone"));
+        using (var a = pool.Acquire()) WorkerPool.ReportFailure(a.Worker, new RpcException(new Status(StatusCode.Unavailable, "gone")));
         var down = pool.Workers.Single(w => !w.Healthy);
         for (int i = 0; i < 5; i++)
             using (var l = pool.Acquire()) Assert.NotSame(down, l.Worker);
@@ -38,7 +38,7 @@ public sealed class WorkerPoolTests
     public void A_request_verdict_does_not_take_a_worker_out()
     {
         using var pool = Pool(1);
-        using (var l = pool.Acquire()) WorkerPool.ReportFailure(l.Worker, new RpcException(StatusCode.InvalidArgument, "bad prompt"));
+        using (var l = pool.Acquire()) WorkerPool.ReportFailure(l.Worker, new RpcException(new Status(StatusCode.InvalidArgument, "bad prompt")));
         Assert.True(pool.Workers[0].Healthy);
     }
 }

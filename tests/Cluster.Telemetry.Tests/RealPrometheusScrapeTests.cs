@@ -1,8 +1,5 @@
 using System.Diagnostics.Metrics;
 using Cluster.Tests;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.Extensions.Logging;
 using Xunit;
 
 namespace Cluster.Telemetry.Tests;
@@ -15,7 +12,6 @@ public sealed class RealPrometheusScrapeTests
     {
         if (!ExternalCommands.Ensure("prometheus", "prometheus")) return;
         var meterName = "LlmCluster.Test." + Guid.NewGuid().ToString("N");
-        using var registry = new MetricsRegistry(meterName);
         using var meter = new Meter(meterName);
         var counter = meter.CreateCounter<long>("llm_request_success", description: "Finished requests");
         var latency = meter.CreateLatencyHistogram("llm_e2e_request_latency_seconds", "End-to-end latency");
@@ -25,15 +21,9 @@ public sealed class RealPrometheusScrapeTests
         for (int i = 0; i < 90; i++) latency.Record(0.008);
         for (int i = 0; i < 10; i++) latency.Record(0.45);
 
-        int port = FreePorts.Next();
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls($"http://127.0.0.1:{port}");
-        await using var app = builder.Build();
-        app.MapPrometheusMetrics(registry);
-        await app.StartAsync();
+        await using var app = await TelemetryApp.StartAsync(meterName);
 
-        await using var prometheus = await PrometheusServer.StartAsync([$"127.0.0.1:{port}"]);
+        await using var prometheus = await PrometheusServer.StartAsync([$"127.0.0.1:{app.HttpPort}"]);
         var total = await prometheus.WaitForAsync("llm_request_success_total", TimeSpan.FromSeconds(60));
         Assert.Equal(42, total.Single().Value);
         Assert.Equal("stop", total.Single().Labels["finished_reason"]);
@@ -41,6 +31,5 @@ public sealed class RealPrometheusScrapeTests
         var p99 = (await prometheus.QueryAsync("histogram_quantile(0.99, llm_e2e_request_latency_seconds_bucket)")).Single().Value;
         Assert.InRange(p50, 0.0075, 0.01);
         Assert.InRange(p99, 0.4, 0.5);
-        await app.StopAsync();
     }
 }

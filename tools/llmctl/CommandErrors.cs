@@ -12,9 +12,9 @@ internal static class CommandErrors
         {
             return action();
         }
-        catch (Cluster.Rpc.RpcException e)
+        catch (Grpc.Core.RpcException e)
         {
-            Console.Error.WriteLine($"error: {e.StatusCode}: {e.Message}");
+            Console.Error.WriteLine($"error: {e.StatusCode}: {e.Status.Detail}");
             return 3;
         }
         catch (Exception e) when (e is ModelFormatException or ArgumentException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException or IOException or InvalidOperationException)

@@ -1,7 +1,8 @@
 using System.Text.Json;
 using Cluster.Engine.Sampling;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Serving.Mapping;
+using Cluster.Serving.Routing;
 using LlmCluster.V1;
 
 namespace LlmCtl;
@@ -11,8 +12,9 @@ internal static class RemoteGenerate
 {
     public static int Run(string endpoint, string prompt, Func<int, SamplingParameters> sampling, string? policy, bool json)
     {
-        using var channel = new RpcChannel(new Uri(endpoint));
-        var info = channel.UnaryAsync(GatewayMethods.GetModelInfo, new GetModelInfoRequest()).GetAwaiter().GetResult();
+        using var channel = GrpcChannels.Create(endpoint);
+        var client = new Gateway.GatewayClient(channel);
+        var info = client.GetModelInfo(new GetModelInfoRequest());
         var p = sampling(info.VocabSize);
         var request = new GenerateRequest { Text = prompt, Sampling = SamplingWire.FromEngine(p) };
         if (policy is not null) request.KvPolicy = PolicyMapping.ToWire(policy) is { PolicyCase: not KvPolicy.PolicyOneofCase.None } wire
@@ -23,21 +25,21 @@ internal static class RemoteGenerate
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
         if (!json) Console.Write(prompt);
-        return Print(channel.ServerStreaming(GatewayMethods.Generate, request, new CallOptions(CancellationToken: cancel.Token)), cancel, onCancel, json, p.Seed);
+        return Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed);
     }
 
     /// <summary>`--resume SESSION`: Gateway.Resume, printed like a generation.</summary>
     public static int Resume(string endpoint, string sessionId, long afterIndex, bool json)
     {
-        using var channel = new RpcChannel(new Uri(endpoint));
+        using var channel = GrpcChannels.Create(endpoint);
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
-        return Print(channel.ServerStreaming(GatewayMethods.Resume, new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }, new CallOptions(CancellationToken: cancel.Token)),
+        return Print(new Gateway.GatewayClient(channel).Resume(new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }, cancellationToken: cancel.Token),
             cancel, onCancel, json, seed: null);
     }
 
-    private static int Print(ServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed)
+    private static int Print(AsyncServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed)
     {
         using var _ = call;
         var ids = new List<int>();
@@ -46,7 +48,7 @@ internal static class RemoteGenerate
         Timings? timings = null;
         try
         {
-            foreach (var r in call.ReadAllAsync(cancel.Token).ToBlockingEnumerable())
+            foreach (var r in call.ResponseStream.ReadAllAsync(cancel.Token).ToBlockingEnumerable())
             {
                 switch (r.ResponseCase)
                 {

@@ -1,16 +1,22 @@
-using Cluster.Rpc.Server;
+using Microsoft.AspNetCore.Routing;
+using OpenTelemetry.Trace;
 
 namespace Cluster.Serving.Hosting;
 
-/// <summary>What a service project supplies to <see cref="ServiceHost"/>: its gRPC methods, its
+/// <summary>What a service project supplies to <see cref="ServiceHost"/>: its gRPC services, its
 /// readiness, and the meters it records into.</summary>
 public interface IClusterService : IAsyncDisposable
 {
-    void Register(RpcServiceRegistry registry);
+    /// <summary>Maps the service's generated gRPC service(s), e.g. <c>endpoints.MapGrpcService&lt;GatewayService&gt;()</c>;
+    /// the host registers this instance in the container, so the mapped type resolves to it.</summary>
+    void MapGrpcServices(IEndpointRouteBuilder endpoints);
 
-    /// <summary>/healthz answers 200 while true.</summary>
+    /// <summary>grpc.health.v1 answers SERVING and /healthz 200 while true (false while loading or draining).</summary>
     bool IsReady { get; }
 
     /// <summary>OpenTelemetry meter names exported on /metrics.</summary>
     IReadOnlyList<string> MeterNames { get; }
+
+    /// <summary>Adds what the service's own connections need to its tracer (the gateway's Redis).</summary>
+    void ConfigureTracing(TracerProviderBuilder tracing) { }
 }

@@ -1,13 +1,23 @@
 using System.Net;
-using Cluster.Rpc.Hosting;
+using Cluster.Serving.Routing;
 using Cluster.Telemetry;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Trace;
 
 namespace Cluster.Serving.Hosting;
 
 /// <summary>
-/// Runs one service: parses its options, builds it, and serves gRPC plus /healthz and /metrics on
-/// the two ports until stopped. Bad options end the process with one line and exit code 2.
+/// Runs one service as a plain ASP.NET Core app: its Grpc.AspNetCore services on an HTTP/2-only port
+/// (Kestrel cannot serve cleartext HTTP/1.1 and HTTP/2 on one port: without TLS it falls back to
+/// HTTP/1.1), with grpc.health.v1 and server reflection beside them, and /healthz plus /metrics on an
+/// HTTP/1.1 port. Bad options end the process with one line and exit code 2.
 /// </summary>
 public static class ServiceHost
 {
@@ -26,15 +36,12 @@ public static class ServiceHost
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
-        using var stop = new CancellationTokenSource();
         try
         {
             await using var running = await StartAsync(options, create, LogLevel.Information);
-            // The web host's console lifetime turns SIGTERM and Ctrl-C into "stopping" (and cancels the
-            // default termination): follow it, or the process would wait forever after shutting down.
-            using var stopping = running.Host.App.Lifetime.ApplicationStopping.Register(stop.Cancel);
-            Console.WriteLine($"{role.Name()} serving gRPC on {running.GrpcAddress}, /healthz and /metrics on http://{running.Host.HttpEndPoint}");
-            await Task.Delay(Timeout.Infinite, stop.Token).ContinueWith(_ => { });
+            Console.WriteLine($"{role.Name()} serving gRPC on {running.GrpcAddress}, /healthz and /metrics on http://{running.HttpEndPoint}");
+            // The console lifetime turns SIGTERM and Ctrl-C into "stopping".
+            await running.App.WaitForShutdownAsync();
             return 0;
         }
         catch (Exception e) when (e is ArgumentException or FileNotFoundException or IOException or InvalidOperationException or Cluster.Engine.Loaders.ModelFormatException)
@@ -46,11 +53,11 @@ public static class ServiceHost
 
     /// <summary>Builds and starts a service (tests and `llmctl up` use this directly).</summary>
     /// <param name="tracing">Extra tracer configuration (tests add an in-memory exporter).</param>
-    public static async Task<RunningService> StartAsync(ServiceOptions options, Factory create, LogLevel logLevel = LogLevel.Warning, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null)
+    public static async Task<RunningService> StartAsync(ServiceOptions options, Factory create, LogLevel logLevel = LogLevel.Warning, Action<TracerProviderBuilder>? tracing = null)
     {
-        // Lives as long as the service: the trace-id logger writes through it after start.
+        // Lives as long as the service: the service and the trace-id logger write through it after start.
         var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel));
-        var traces = new ServiceTracing(options.Role.Name(), options.OtlpEndpoint, logging.CreateLogger("Cluster.Tracing"), tracing);
+        var traces = new ServiceTracing(options.Role.Name(), options.OtlpEndpoint, logging.CreateLogger("Cluster.Tracing"));
         IClusterService service;
         try
         {
@@ -63,50 +70,66 @@ public static class ServiceHost
             throw;
         }
         var processMetrics = new ProcessMetrics(options.Role.Name());
-        var metrics = new MetricsRegistry([.. service.MeterNames, ProcessMetrics.MeterName]);
-        var address = IPAddress.Parse(options.Host);
-        var host = RpcServerHost.Create(new RpcHostOptions
+        try
         {
-            GrpcEndPoint = new IPEndPoint(address, options.GrpcPort),
-            HttpEndPoint = new IPEndPoint(address, options.HttpPort),
-            IsHealthy = () => service.IsReady,
-            MapHttpEndpoints = endpoints => endpoints.MapPrometheusMetrics(metrics),
-            MinimumLogLevel = logLevel,
-            Server = { ActivitySource = traces.Source },
-        }, (registry, _) =>
+            var app = Build(options, service, traces, logLevel, tracing);
+            await app.StartAsync();
+            return new RunningService(app, service, processMetrics, traces, logging);
+        }
+        catch
         {
-            service.Register(registry);
-            registry.AddUnary(LlmCluster.V1.HealthMethods.Check, (_, _) => Task.FromResult(new Grpc.Health.V1.HealthCheckResponse
-            {
-                Status = service.IsReady ? Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving : Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.NotServing,
-            }));
-        });
-        await host.StartAsync();
-        return new RunningService(host, service, metrics, processMetrics, traces, logging);
+            processMetrics.Dispose();
+            await service.DisposeAsync();
+            traces.Dispose();
+            logging.Dispose();
+            throw;
+        }
     }
-}
 
-/// <summary>A started service; disposing stops it.</summary>
-public sealed class RunningService(RpcServerHost host, IClusterService service, MetricsRegistry metrics, ProcessMetrics processMetrics, ServiceTracing traces, ILoggerFactory logging) : IAsyncDisposable
-{
-    public RpcServerHost Host { get; } = host;
-    public IClusterService Service { get; } = service;
-    public MetricsRegistry Metrics { get; } = metrics;
-
-    /// <summary>The gRPC address clients use ("http://127.0.0.1:port"; a 0.0.0.0 bind is reached on loopback).</summary>
-    public Uri GrpcAddress => new($"http://{(Host.GrpcEndPoint.Address.Equals(IPAddress.Any) ? IPAddress.Loopback : Host.GrpcEndPoint.Address)}:{Host.GrpcEndPoint.Port}");
-
-    private int _disposed;
-
-    /// <summary>Stops the service (once; later calls do nothing, so a test may stop one early).</summary>
-    public async ValueTask DisposeAsync()
+    private static WebApplication Build(ServiceOptions options, IClusterService service, ServiceTracing traces, LogLevel logLevel, Action<TracerProviderBuilder>? tracing)
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
-        await Host.DisposeAsync();
-        await Service.DisposeAsync();
-        Metrics.Dispose();
-        processMetrics.Dispose();
-        traces.Dispose();
-        logging.Dispose();
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.SetMinimumLevel(logLevel);
+        var address = IPAddress.Parse(options.Host);
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            // Long streams and large KV messages: no body size cap or minimum data rates server-wide
+            // (each gRPC message is bounded by MaxReceiveMessageSize instead), and more than the
+            // default 100 concurrent streams per connection.
+            kestrel.Limits.MaxRequestBodySize = null;
+            kestrel.Limits.MinRequestBodyDataRate = null;
+            kestrel.Limits.MinResponseDataRate = null;
+            kestrel.Limits.Http2.MaxStreamsPerConnection = 1000;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 1 << 20;
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 2 << 20;
+            kestrel.AddServerHeader = false;
+            kestrel.Listen(address, options.GrpcPort, l => l.Protocols = HttpProtocols.Http2);
+            kestrel.Listen(address, options.HttpPort, l => l.Protocols = HttpProtocols.Http1);
+        });
+
+        builder.Services.AddSingleton(service.GetType(), service);
+        builder.Services.AddSingleton(traces.Source);
+        builder.Services.AddGrpc(o =>
+        {
+            o.Interceptors.Add<ServerCallInterceptor>();
+            o.MaxReceiveMessageSize = GrpcChannels.MaxMessageBytes;
+            o.MaxSendMessageSize = GrpcChannels.MaxMessageBytes;
+        });
+        builder.Services.AddGrpcReflection();
+        builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
+            .AddCheck("ready", () => service.IsReady ? HealthCheckResult.Healthy() : HealthCheckResult.Unhealthy("loading or draining"));
+        builder.Services.AddServiceTelemetry(service.MeterNames, traces, b =>
+        {
+            service.ConfigureTracing(b);
+            tracing?.Invoke(b);
+        });
+
+        var app = builder.Build();
+        app.UseMetricsEndpoint();
+        service.MapGrpcServices(app);
+        app.MapGrpcHealthChecksService();
+        app.MapGrpcReflectionService();
+        app.MapGet("/healthz", () => service.IsReady ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));
+        return app;
     }
 }

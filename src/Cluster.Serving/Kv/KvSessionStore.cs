@@ -1,3 +1,4 @@
+using Cluster.Serving.Hosting;
 using Cluster.Engine.Compression;
 using Cluster.Engine.Kernels;
 using Cluster.Engine.KvCache;
@@ -61,11 +62,11 @@ public sealed class KvSessionStore : IDisposable
     /// <exception cref="KvStoreFullException">The budget cannot hold them even after dropping expired sessions.</exception>
     public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<KvLayerBlock> blocks, bool checkpoint, int outputIndex)
     {
-        if (string.IsNullOrEmpty(sessionId)) throw new ArgumentException("session_id is empty");
-        if (shape.Rope.HeadDim != shape.HeadDim) throw new ArgumentException($"the layout's RoPE table covers head_dim {shape.Rope.HeadDim}, not {shape.HeadDim}");
+        if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
+        if (shape.Rope.HeadDim != shape.HeadDim) throw new InvalidRequestException($"the layout's RoPE table covers head_dim {shape.Rope.HeadDim}, not {shape.HeadDim}");
         var parsed = KvPolicyRegistry.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
         if (parsed is QFiltersPolicy { Filters: var f } && (f.Layers, f.KvHeads, f.HeadDim) != (shape.Layers, shape.KvHeads, shape.HeadDim))
-            throw new ArgumentException($"the Q-Filters are [{f.Layers}, {f.KvHeads}, {f.HeadDim}] but this KV is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}]: calibrate for this model");
+            throw new InvalidRequestException($"the Q-Filters are [{f.Layers}, {f.KvHeads}, {f.HeadDim}] but this KV is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}]: calibrate for this model");
         var layers = Validate(shape, blocks);
         int received = layers[0].Positions.Max(p => p.Length);
         var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -130,13 +131,13 @@ public sealed class KvSessionStore : IDisposable
 
     private static KvLayerBlock[] Validate(KvShape shape, IReadOnlyList<KvLayerBlock> blocks)
     {
-        if (blocks.Count != shape.Layers) throw new ArgumentException($"expected {shape.Layers} layer blocks, got {blocks.Count}");
+        if (blocks.Count != shape.Layers) throw new InvalidRequestException($"expected {shape.Layers} layer blocks, got {blocks.Count}");
         var layers = new KvLayerBlock[shape.Layers];
         foreach (var b in blocks)
         {
-            if ((uint)b.Layer >= layers.Length || layers[b.Layer] is not null) throw new ArgumentException($"layer {b.Layer} is out of range or sent twice");
-            if (b.Positions.Length != shape.KvHeads) throw new ArgumentException($"layer {b.Layer} has {b.Positions.Length} KV heads, the layout {shape.KvHeads}");
-            if (b.Positions.Select(p => p.Length).Distinct().Count() > 1) throw new ArgumentException($"layer {b.Layer}: heads hold different token counts");
+            if ((uint)b.Layer >= layers.Length || layers[b.Layer] is not null) throw new InvalidRequestException($"layer {b.Layer} is out of range or sent twice");
+            if (b.Positions.Length != shape.KvHeads) throw new InvalidRequestException($"layer {b.Layer} has {b.Positions.Length} KV heads, the layout {shape.KvHeads}");
+            if (b.Positions.Select(p => p.Length).Distinct().Count() > 1) throw new InvalidRequestException($"layer {b.Layer}: heads hold different token counts");
             layers[b.Layer] = b;
         }
         return layers;

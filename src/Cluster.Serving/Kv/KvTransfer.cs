@@ -1,6 +1,6 @@
 using Cluster.Engine.KvCache;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
+using Grpc.Net.Client;
 using LlmCluster.V1;
 
 namespace Cluster.Serving.Kv;
@@ -9,33 +9,33 @@ namespace Cluster.Serving.Kv;
 public static class KvTransfer
 {
     /// <summary>Streams the blocks after <paramref name="header"/>; returns the stored handle and the bytes sent.</summary>
-    public static async Task<(PutBlocksResponse Response, long Bytes)> PutAsync(RpcChannel cacheManager, PutHeader header, IReadOnlyList<KvLayerBlock> blocks, CancellationToken ct)
+    public static async Task<(PutBlocksResponse Response, long Bytes)> PutAsync(GrpcChannel cacheManager, PutHeader header, IReadOnlyList<KvLayerBlock> blocks, CancellationToken ct)
     {
-        using var call = cacheManager.ClientStreaming(CacheManagerMethods.PutBlocks, new CallOptions(CancellationToken: ct));
+        using var call = new CacheManager.CacheManagerClient(cacheManager).PutBlocks(cancellationToken: ct);
         long bytes = 0;
-        await call.WriteAsync(new PutBlocksRequest { Header = header });
+        await call.RequestStream.WriteAsync(new PutBlocksRequest { Header = header });
         foreach (var block in blocks)
         {
-            await call.WriteAsync(new PutBlocksRequest { Block = KvWire.Header(block) });
+            await call.RequestStream.WriteAsync(new PutBlocksRequest { Block = KvWire.Header(block) });
             foreach (var chunk in KvWire.Chunks(block))
             {
-                await call.WriteAsync(new PutBlocksRequest { Chunk = chunk });
+                await call.RequestStream.WriteAsync(new PutBlocksRequest { Chunk = chunk });
                 bytes += chunk.Data.Length;
             }
         }
-        await call.CompleteAsync();
+        await call.RequestStream.CompleteAsync();
         return (await call.ResponseAsync, bytes);
     }
 
     /// <summary>Fetches a session's blocks (version 0: the latest). NOT_FOUND when the cache manager has none.</summary>
-    public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(RpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0)
+    public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0)
     {
-        using var call = cacheManager.ServerStreaming(CacheManagerMethods.GetBlocks, new GetBlocksRequest { SessionId = sessionId, Version = version, MaxTokenCount = maxTokens }, new CallOptions(CancellationToken: ct));
+        using var call = new CacheManager.CacheManagerClient(cacheManager).GetBlocks(new GetBlocksRequest { SessionId = sessionId, Version = version, MaxTokenCount = maxTokens }, cancellationToken: ct);
         KvHandle? handle = null;
         var blocks = new List<KvLayerBlock>();
         KvWire.BlockAssembler? current = null;
         long bytes = 0;
-        await foreach (var item in call.ReadAllAsync(ct))
+        await foreach (var item in call.ResponseStream.ReadAllAsync(ct))
         {
             switch (item.ItemCase)
             {
@@ -43,18 +43,18 @@ public static class KvTransfer
                     handle = item.Kv;
                     break;
                 case GetBlocksResponse.ItemOneofCase.Block:
-                    if (handle is null) throw new RpcException(StatusCode.Internal, "cache manager sent a block before the KV handle");
-                    if (current is { IsComplete: false }) throw new RpcException(StatusCode.Internal, "cache manager started a block before finishing the last");
+                    if (handle is null) throw new RpcException(new Status(StatusCode.Internal, "cache manager sent a block before the KV handle"));
+                    if (current is { IsComplete: false }) throw new RpcException(new Status(StatusCode.Internal, "cache manager started a block before finishing the last"));
                     if (current is not null) blocks.Add(current.Build());
                     current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim);
                     break;
                 case GetBlocksResponse.ItemOneofCase.Chunk:
-                    (current ?? throw new RpcException(StatusCode.Internal, "cache manager sent data before a block header")).Add(item.Chunk);
+                    (current ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent data before a block header"))).Add(item.Chunk);
                     bytes += item.Chunk.Data.Length;
                     break;
             }
         }
         if (current is not null) blocks.Add(current.Build());
-        return (handle ?? throw new RpcException(StatusCode.Internal, "cache manager sent no KV handle"), blocks, bytes);
+        return (handle ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent no KV handle")), blocks, bytes);
     }
 }

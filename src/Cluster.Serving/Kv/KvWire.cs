@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using Cluster.Engine.KvCache;
-using Cluster.Rpc;
+using Grpc.Core;
 using Google.Protobuf;
 using LlmCluster.V1;
 
@@ -13,6 +13,9 @@ namespace Cluster.Serving.Kv;
 /// </summary>
 public static class KvWire
 {
+    /// <summary>Largest KvChunk.data, in bytes (DESIGN.md: blocks travel as chunks of at most 1 MiB).</summary>
+    public const int MaxChunkBytes = 1 << 20;
+
     public static KvBlockHeader Header(KvLayerBlock block)
     {
         var header = new KvBlockHeader { Layer = block.Layer, DataBytes = block.DataBytes };
@@ -20,14 +23,14 @@ public static class KvWire
         return header;
     }
 
-    /// <summary>The block's data cut into chunks of at most <see cref="CacheManagerMethods.MaxChunkBytes"/>.</summary>
+    /// <summary>The block's data cut into chunks of at most <see cref="MaxChunkBytes"/>.</summary>
     public static IEnumerable<KvChunk> Chunks(KvLayerBlock block)
     {
         foreach (var part in new[] { block.Keys, block.Values })
         {
             var bytes = MemoryMarshal.AsBytes(part.AsSpan()).ToArray();
-            for (int offset = 0; offset < bytes.Length; offset += CacheManagerMethods.MaxChunkBytes)
-                yield return new KvChunk { Data = ByteString.CopyFrom(bytes, offset, Math.Min(CacheManagerMethods.MaxChunkBytes, bytes.Length - offset)) };
+            for (int offset = 0; offset < bytes.Length; offset += MaxChunkBytes)
+                yield return new KvChunk { Data = ByteString.CopyFrom(bytes, offset, Math.Min(MaxChunkBytes, bytes.Length - offset)) };
         }
     }
 
@@ -47,8 +50,8 @@ public static class KvWire
             long tokens = header.Heads.Sum(h => (long)h.Positions.Count);
             long expected = tokens * headDim * sizeof(float) * 2;
             if (header.DataBytes != expected)
-                throw new RpcException(StatusCode.InvalidArgument, $"KV block for layer {header.Layer}: data_bytes {header.DataBytes} but {tokens} tokens x head_dim {headDim} x K,V fp32 need {expected}");
-            if (expected > int.MaxValue) throw new RpcException(StatusCode.ResourceExhausted, $"KV block for layer {header.Layer} of {expected} bytes is too large");
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {header.Layer}: data_bytes {header.DataBytes} but {tokens} tokens x head_dim {headDim} x K,V fp32 need {expected}"));
+            if (expected > int.MaxValue) throw new RpcException(new Status(StatusCode.ResourceExhausted, $"KV block for layer {header.Layer} of {expected} bytes is too large"));
             _header = header;
             _data = new byte[expected];
         }
@@ -58,14 +61,14 @@ public static class KvWire
         public void Add(KvChunk chunk)
         {
             if (_filled + chunk.Data.Length > _data.Length)
-                throw new RpcException(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: chunks exceed its data_bytes ({_data.Length})");
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: chunks exceed its data_bytes ({_data.Length})"));
             chunk.Data.Span.CopyTo(_data.AsSpan(_filled));
             _filled += chunk.Data.Length;
         }
 
         public KvLayerBlock Build()
         {
-            if (!IsComplete) throw new RpcException(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: {_filled} of {_data.Length} bytes arrived");
+            if (!IsComplete) throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: {_filled} of {_data.Length} bytes arrived"));
             var floats = MemoryMarshal.Cast<byte, float>(_data.AsSpan());
             int half = floats.Length / 2;
             return new KvLayerBlock(_header.Layer, _header.Heads.Select(h => h.Positions.ToArray()).ToArray(), floats[..half].ToArray(), floats[half..].ToArray());

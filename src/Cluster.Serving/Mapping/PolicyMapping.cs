@@ -1,5 +1,5 @@
 using Cluster.Engine.Compression;
-using Cluster.Rpc;
+using Grpc.Core;
 using LlmCluster.V1;
 
 namespace Cluster.Serving.Mapping;
@@ -28,7 +28,7 @@ public static class PolicyMapping
         }
         catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
         {
-            throw new RpcException(StatusCode.InvalidArgument, $"kv_policy '{spec}': {e.Message}");
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"kv_policy '{spec}': {e.Message}"));
         }
     }
 

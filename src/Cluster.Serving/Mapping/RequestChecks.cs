@@ -1,5 +1,5 @@
 using Cluster.Engine.Model;
-using Cluster.Rpc;
+using Grpc.Core;
 
 namespace Cluster.Serving.Mapping;
 
@@ -8,11 +8,11 @@ public static class RequestChecks
 {
     public static void Prompt(IReadOnlyList<int> prompt, LlamaConfig config, string field = "prompt")
     {
-        if (prompt.Count == 0) throw new RpcException(StatusCode.InvalidArgument, $"{field} is empty");
+        if (prompt.Count == 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"{field} is empty"));
         for (int i = 0; i < prompt.Count; i++)
             if ((uint)prompt[i] >= config.VocabSize)
-                throw new RpcException(StatusCode.InvalidArgument, $"{field} token {i} is {prompt[i]}, outside the vocabulary [0, {config.VocabSize})");
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"{field} token {i} is {prompt[i]}, outside the vocabulary [0, {config.VocabSize})"));
         if (prompt.Count >= config.MaxPositions)
-            throw new RpcException(StatusCode.InvalidArgument, $"{field} has {prompt.Count} tokens; the model's context is {config.MaxPositions} (prefill runs the whole prompt before any policy compresses it)");
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"{field} has {prompt.Count} tokens; the model's context is {config.MaxPositions} (prefill runs the whole prompt before any policy compresses it)"));
     }
 }

@@ -1,6 +1,6 @@
 using Cluster.Engine.Generation;
 using Cluster.Engine.Sampling;
-using Cluster.Rpc;
+using Grpc.Core;
 using LlmCluster.V1;
 using EngineFinish = Cluster.Engine.Sampling.FinishReason;
 using WireFinish = LlmCluster.V1.FinishReason;
@@ -46,7 +46,7 @@ public static class SamplingMapping
         }
         catch (ArgumentException e)
         {
-            throw new RpcException(StatusCode.InvalidArgument, e.Message);
+            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
         }
         return p;
     }

@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
+using Grpc.Net.Client;
 
 namespace Cluster.Serving.Routing;
 
@@ -8,16 +8,21 @@ namespace Cluster.Serving.Routing;
 /// call would open a connection per call).</summary>
 public sealed class ChannelCache : IDisposable
 {
-    private readonly ConcurrentDictionary<string, RpcChannel> _channels = new();
+    private readonly ConcurrentDictionary<Uri, GrpcChannel> _channels = new();
 
-    public RpcChannel Get(string address) => _channels.GetOrAdd(Normalize(address), a => new RpcChannel(new Uri(a)));
-
-    private static string Normalize(string address)
+    /// <summary>The channel for an address a request named; INVALID_ARGUMENT when it is not one.</summary>
+    public GrpcChannel Get(string address)
     {
-        var a = address.Contains("://") ? address : "http://" + address;
-        return Uri.TryCreate(a, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"
-            ? u.GetLeftPart(UriPartial.Authority)
-            : throw new RpcException(StatusCode.InvalidArgument, $"'{address}' is not a host:port or http:// address");
+        Uri uri;
+        try
+        {
+            uri = GrpcChannels.ParseAddress(address);
+        }
+        catch (ArgumentException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message));
+        }
+        return _channels.GetOrAdd(uri, u => GrpcChannels.Create(u));
     }
 
     public void Dispose()

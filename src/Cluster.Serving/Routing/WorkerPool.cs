@@ -1,16 +1,16 @@
 using System.Net;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
+using Grpc.Net.Client;
 
 namespace Cluster.Serving.Routing;
 
 /// <summary>One worker the gateway can route to: its channel, calls in flight and health.</summary>
-public sealed class Worker(Uri address, RpcChannel channel)
+public sealed class Worker(Uri address, GrpcChannel channel)
 {
     private int _outstanding;
 
     public Uri Address { get; } = address;
-    public RpcChannel Channel { get; } = channel;
+    public GrpcChannel Channel { get; } = channel;
     public int Outstanding => Volatile.Read(ref _outstanding);
 
     /// <summary>False after two failed health checks in a row or a transport failure, until a check passes again.</summary>
@@ -34,15 +34,15 @@ public sealed class Worker(Uri address, RpcChannel channel)
 public sealed class WorkerPool : IDisposable
 {
     private readonly Uri[] _configured;
-    private readonly RpcChannelOptions? _options;
+    private readonly TimeSpan? _connectTimeout;
     private readonly Dictionary<Uri, Worker> _all = [];
     private volatile Worker[] _workers;
     private int _roundRobin;
 
-    public WorkerPool(string role, IEnumerable<Uri> addresses, RpcChannelOptions? options = null)
+    public WorkerPool(string role, IEnumerable<Uri> addresses, TimeSpan? connectTimeout = null)
     {
         Role = role;
-        _options = options;
+        _connectTimeout = connectTimeout;
         _configured = addresses.ToArray();
         if (_configured.Length == 0) throw new ArgumentException($"no {role} workers configured");
         _workers = _configured.Select(Get).ToArray();
@@ -79,7 +79,7 @@ public sealed class WorkerPool : IDisposable
     {
         lock (_all)
         {
-            if (!_all.TryGetValue(address, out var w)) _all[address] = w = new Worker(address, new RpcChannel(address, _options));
+            if (!_all.TryGetValue(address, out var w)) _all[address] = w = new Worker(address, GrpcChannels.Create(address, _connectTimeout));
             return w;
         }
     }
@@ -98,7 +98,7 @@ public sealed class WorkerPool : IDisposable
             if (!w.Healthy || w.Address == except) continue;
             if (best is null || w.Outstanding < best.Outstanding) best = w;
         }
-        if (best is null) throw new RpcException(StatusCode.Unavailable, $"no healthy {Role} worker (of {workers.Length} known)");
+        if (best is null) throw new RpcException(new Status(StatusCode.Unavailable, $"no healthy {Role} worker (of {workers.Length} known)"));
         best.Enter();
         return new WorkerLease(best);
     }

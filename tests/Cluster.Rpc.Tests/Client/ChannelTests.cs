@@ -30,7 +30,7 @@ public sealed class ChannelTests : IAsyncLifetime
             {
                 // The remaining time as the server sees it, sent back as the status message.
                 var ms = context.Deadline is { } d ? (d - DateTime.UtcNow).TotalMilliseconds : -1;
-                throw new RpcException(StatusCode.FailedPrecondition, ms.ToString("F0", CultureInfo.InvariantCulture));
+                throw new RpcException(new Status(StatusCode.FailedPrecondition, ms.ToString("F0", CultureInfo.InvariantCulture)));
             }));
         await _host.StartAsync();
     }

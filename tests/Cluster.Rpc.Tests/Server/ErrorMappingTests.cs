@@ -25,11 +25,11 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         _host = RpcServerHost.Create(new RpcHostOptions { MinimumLogLevel = Microsoft.Extensions.Logging.LogLevel.None }, (r, _) => r
             .AddUnary(Crash, (_, _) => throw new InvalidOperationException("secret detail at C:\\src\\x.cs:line 42"))
             .AddUnary(BadArgument, (_, _) => throw new ArgumentException("must be positive", "max_tokens"))
-            .AddUnary(Rpc, (_, _) => throw new RpcException(StatusCode.NotFound, "no such session", new Metadata().Add("session", "s1")))
+            .AddUnary(Rpc, (_, _) => throw new RpcException(new Status(StatusCode.NotFound, "no such session", new Metadata().Add("session", "s1"))))
             .AddUnary(IgnoresDeadline, async (_, _) => { await Task.Delay(500); return new Empty(); })
             .AddClientStreaming(StopsEarly, async (requests, _) =>
             {
-                await foreach (var request in requests) throw new RpcException(StatusCode.FailedPrecondition, "enough");
+                await foreach (var request in requests) throw new RpcException(new Status(StatusCode.FailedPrecondition, "enough"));
                 return new StreamingInputCallResponse();
             })
             .AddServerStreaming(StreamCrash, async (_, stream, _) =>

@@ -1,6 +1,8 @@
+using Grpc.Net.Client;
+using Cluster.Serving.Routing;
 using System.CommandLine;
 using System.Text.Json;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using LlmCtl.Load;
 using Spectre.Console;
 
@@ -31,7 +33,7 @@ internal static class BenchLoadCommand
         {
             var options = new LoadOptions(r.GetValue(concurrency), r.GetValue(requests), r.GetValue(promptTokens), r.GetValue(maxTokens),
                 r.GetValue(ttftSlo) / 1e3, r.GetValue(tpotSlo) / 1e3);
-            using var channel = new RpcChannel(new Uri(r.GetValue(endpoint)!));
+            using var channel = GrpcChannels.Create(r.GetValue(endpoint)!);
             var report = Run(channel, options);
             if (r.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(ToJson(report), new JsonSerializerOptions { WriteIndented = true }));
             else Print(report);
@@ -41,7 +43,7 @@ internal static class BenchLoadCommand
     }
 
     /// <summary>A live bar on a terminal; on a pipe or file, ConsoleProgress's few plain lines.</summary>
-    private static LoadReport Run(RpcChannel channel, LoadOptions options)
+    private static LoadReport Run(GrpcChannel channel, LoadOptions options)
     {
         if (Console.IsErrorRedirected)
         {

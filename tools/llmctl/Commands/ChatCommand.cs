@@ -1,5 +1,6 @@
+using Cluster.Serving.Routing;
 using System.CommandLine;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using Cluster.Serving.Mapping;
 using LlmCluster.V1;
 
@@ -26,8 +27,9 @@ internal static class ChatCommand
         sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
-            using var channel = new RpcChannel(new Uri(r.GetValue(endpoint)!));
-            var info = channel.UnaryAsync(GatewayMethods.GetModelInfo, new GetModelInfoRequest()).GetAwaiter().GetResult();
+            using var channel = GrpcChannels.Create(r.GetValue(endpoint)!);
+            var client = new Gateway.GatewayClient(channel);
+            var info = client.GetModelInfo(new GetModelInfoRequest());
             string id = r.GetValue(session) ?? Guid.NewGuid().ToString("N");
             KvPolicy? wirePolicy = r.GetValue(policy) is { } spec
                 ? PolicyMapping.ToWire(spec) is { PolicyCase: not KvPolicy.PolicyOneofCase.None } w ? w : throw new ArgumentException($"--policy '{spec}' has no wire form")
@@ -49,10 +51,10 @@ internal static class ChatCommand
                 }
                 else request.Text = line;
                 if (wirePolicy is not null) request.KvPolicy = wirePolicy;
-                using var call = channel.ServerStreaming(GatewayMethods.Generate, request);
+                using var call = client.Generate(request);
                 Complete? done = null;
                 var reply = new System.Text.StringBuilder();
-                foreach (var response in call.ReadAllAsync(default).ToBlockingEnumerable())
+                foreach (var response in call.ResponseStream.ReadAllAsync().ToBlockingEnumerable())
                 {
                     if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) { Console.Write(response.Chunk.Text); reply.Append(response.Chunk.Text); }
                     else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) done = response.Complete;

@@ -1,5 +1,6 @@
+using Cluster.Serving.Routing;
 using System.CommandLine;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using LlmCluster.V1;
 
 namespace LlmCtl.Commands;
@@ -16,14 +17,15 @@ internal static class SessionsCommand
         var cmd = new Command("sessions", "list a cluster's sessions, or delete one") { endpoint, delete, limit };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
-            using var channel = new RpcChannel(new Uri(r.GetValue(endpoint)!));
+            using var channel = GrpcChannels.Create(r.GetValue(endpoint)!);
+            var client = new Gateway.GatewayClient(channel);
             if (r.GetValue(delete) is { } id)
             {
-                var deleted = channel.UnaryAsync(GatewayMethods.DeleteSession, new DeleteSessionRequest { SessionId = id }).GetAwaiter().GetResult();
+                var deleted = client.DeleteSession(new DeleteSessionRequest { SessionId = id });
                 Console.WriteLine(deleted.Deleted ? $"deleted {id}{(deleted.KvReleased ? " and its KV" : " (no KV was stored)")}" : $"no session {id}");
                 return deleted.Deleted ? 0 : 1;
             }
-            var list = channel.UnaryAsync(GatewayMethods.ListSessions, new ListSessionsRequest { Limit = r.GetValue(limit) }).GetAwaiter().GetResult();
+            var list = client.ListSessions(new ListSessionsRequest { Limit = r.GetValue(limit) });
             Console.WriteLine($"{"session",-34} {"turns",5} {"status",-9} {"policy",-20} updated");
             foreach (var s in list.Sessions)
                 Console.WriteLine($"{s.SessionId,-34} {s.Turns,5} {s.Status,-9} {s.KvPolicy,-20} {DateTimeOffset.FromUnixTimeMilliseconds(s.UpdatedUnixMs):u}");

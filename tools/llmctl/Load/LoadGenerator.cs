@@ -1,6 +1,6 @@
+using Grpc.Net.Client;
 using System.Diagnostics;
-using Cluster.Rpc;
-using Cluster.Rpc.Client;
+using Grpc.Core;
 using LlmCluster.V1;
 
 namespace LlmCtl.Load;
@@ -35,10 +35,11 @@ public sealed record RequestSample(double TtftSeconds, double E2eSeconds, double
 public static class LoadGenerator
 {
     /// <param name="progress">Called with the number of finished requests after each one.</param>
-    public static async Task<LoadReport> RunAsync(RpcChannel gateway, LoadOptions options, Action<int>? progress = null, CancellationToken ct = default)
+    public static async Task<LoadReport> RunAsync(GrpcChannel channel, LoadOptions options, Action<int>? progress = null, CancellationToken ct = default)
     {
         options.Validate();
-        var info = await gateway.UnaryAsync(GatewayMethods.GetModelInfo, new GetModelInfoRequest(), new CallOptions(CancellationToken: ct));
+        var gateway = new Gateway.GatewayClient(channel);
+        var info = await gateway.GetModelInfoAsync(new GetModelInfoRequest(), cancellationToken: ct);
         var samples = new RequestSample[options.Requests];
         int next = -1, finished = 0;
         var clock = Stopwatch.StartNew();
@@ -67,7 +68,7 @@ public static class LoadGenerator
         return request;
     }
 
-    private static async Task<RequestSample> OneAsync(RpcChannel gateway, GenerateRequest request, CancellationToken ct)
+    private static async Task<RequestSample> OneAsync(Gateway.GatewayClient gateway, GenerateRequest request, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
         double? first = null, last = null;
@@ -75,8 +76,8 @@ public static class LoadGenerator
         int tokens = 0;
         try
         {
-            using var call = gateway.ServerStreaming(GatewayMethods.Generate, request, new CallOptions(CancellationToken: ct));
-            await foreach (var r in call.ReadAllAsync(ct))
+            using var call = gateway.Generate(request, cancellationToken: ct);
+            await foreach (var r in call.ResponseStream.ReadAllAsync(ct))
             {
                 if (r.ResponseCase != GenerateResponse.ResponseOneofCase.Chunk || r.Chunk.TokenIds.Count == 0) continue;
                 double now = clock.Elapsed.TotalSeconds;
