@@ -116,8 +116,10 @@ public static class ServiceHost
             o.MaxSendMessageSize = GrpcChannels.MaxMessageBytes;
         });
         builder.Services.AddGrpcReflection();
+        var readiness = new Readiness(service);
+        builder.Services.AddSingleton(readiness);
         builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
-            .AddCheck("ready", () => service.IsReady ? HealthCheckResult.Healthy() : HealthCheckResult.Unhealthy("loading or draining"));
+            .AddCheck("ready", () => readiness.IsReady ? HealthCheckResult.Healthy() : HealthCheckResult.Unhealthy(readiness.IsDraining ? "draining" : "loading"));
         builder.Services.AddServiceTelemetry(service.MeterNames, traces, b =>
         {
             service.ConfigureTracing(b);
@@ -125,11 +127,12 @@ public static class ServiceHost
         });
 
         var app = builder.Build();
+        app.Lifetime.ApplicationStopping.Register(readiness.StartDraining);
         app.UseMetricsEndpoint();
         service.MapGrpcServices(app);
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
-        app.MapGet("/healthz", () => service.IsReady ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));
+        app.MapGet("/healthz", () => readiness.IsReady ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));
         return app;
     }
 }
