@@ -6,10 +6,10 @@ using Cluster.Redis.Sessions;
 using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Routing;
-using Grpc.Health.V1;
 using LlmCluster.V1;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Gateway;
@@ -22,9 +22,6 @@ namespace Cluster.Gateway;
 public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, IClusterService
 {
     public const string MeterName = "LlmCluster.Gateway";
-    private static readonly TimeSpan HealthInterval = TimeSpan.FromSeconds(2);
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Task _healthLoop;
 
     private GatewayService(ServiceOptions options, ModelHost host, ISessionStore sessions, IAsyncDisposable? sessionOwner, ILogger logger)
     {
@@ -37,7 +34,6 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
         Decode = new WorkerPool("decode", ServiceOptions.Addresses(options.Decode, "--decode"));
         Metrics = new GatewayMetrics(WorkersUp);
         _sessionCalls = new SessionCalls(this);
-        _healthLoop = Task.Run(() => HealthLoop(_stop.Token));
     }
 
     private readonly IAsyncDisposable? _sessionOwner;
@@ -74,6 +70,8 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
     public IReadOnlyList<string> MeterNames => [MeterName];
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<GatewayService>();
+
+    public void ConfigureServices(IServiceCollection services) => services.AddHostedService(_ => new WorkerHealthMonitor(Prefill, Decode));
 
     public override Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
         new GenerateCall(this, responseStream, context).RunAsync(request);
@@ -123,35 +121,8 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
         new[] { Prefill, Decode }.SelectMany(pool => pool.Workers.Select(w => new Measurement<int>(w.Healthy ? 1 : 0,
             new KeyValuePair<string, object?>("role", pool.Role), new KeyValuePair<string, object?>("worker", w.Address.Authority))));
 
-    /// <summary>Takes workers that stop answering the standard health check out of rotation and puts
-    /// them back when they answer again.</summary>
-    private async Task HealthLoop(CancellationToken ct)
-    {
-        static async Task Probe(Worker w, CancellationToken token)
-        {
-            var r = await new Grpc.Health.V1.Health.HealthClient(w.Channel).CheckAsync(new HealthCheckRequest(), cancellationToken: token);
-            if (r.Status != HealthCheckResponse.Types.ServingStatus.Serving) throw new RpcException(new Status(StatusCode.Unavailable, "not serving"));
-        }
-        while (!ct.IsCancellationRequested)
-        {
-            try
-            {
-                await Prefill.RefreshAsync(ct);
-                await Decode.RefreshAsync(ct);
-                await Prefill.CheckHealthAsync(Probe, TimeSpan.FromSeconds(2), ct);
-                await Decode.CheckHealthAsync(Probe, TimeSpan.FromSeconds(2), ct);
-                await Task.Delay(HealthInterval, ct);
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-            }
-        }
-    }
-
     public async ValueTask DisposeAsync()
     {
-        _stop.Cancel();
-        await _healthLoop;
         Prefill.Dispose();
         Decode.Dispose();
         Metrics.Dispose();

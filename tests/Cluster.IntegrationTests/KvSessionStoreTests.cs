@@ -78,8 +78,8 @@ public sealed class KvSessionStoreTests
     public void Blocks_that_are_not_one_whole_cache_are_refused()
     {
         using var store = new KvSessionStore(BytesOf(1000), TimeSpan.FromHours(1));
-        Assert.Throws<ArgumentException>(() => store.Put("s", Shape, "dense", 5, Blocks(5).Take(1).ToList(), false, 0));
-        Assert.Throws<ArgumentException>(() => store.Put("s", Shape, "nonsense(1)", 5, Blocks(5), false, 0));
+        Assert.Throws<Cluster.Serving.Hosting.InvalidRequestException>(() => store.Put("s", Shape, "dense", 5, Blocks(5).Take(1).ToList(), false, 0));
+        Assert.Throws<Cluster.Serving.Hosting.InvalidRequestException>(() => store.Put("s", Shape, "nonsense(1)", 5, Blocks(5), false, 0));
         Assert.Equal(0, store.Bytes);
     }
 

@@ -1,4 +1,5 @@
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
 using OpenTelemetry.Trace;
 
 namespace Cluster.Serving.Hosting;
@@ -16,6 +17,9 @@ public interface IClusterService : IAsyncDisposable
 
     /// <summary>OpenTelemetry meter names exported on /metrics.</summary>
     IReadOnlyList<string> MeterNames { get; }
+
+    /// <summary>Adds the service's background work (hosted services) to its app.</summary>
+    void ConfigureServices(IServiceCollection services) { }
 
     /// <summary>Adds what the service's own connections need to its tracer (the gateway's Redis).</summary>
     void ConfigureTracing(TracerProviderBuilder tracing) { }

@@ -108,6 +108,7 @@ public static class ServiceHost
         });
 
         builder.Services.AddSingleton(service.GetType(), service);
+        service.ConfigureServices(builder.Services);
         builder.Services.AddSingleton(traces.Source);
         builder.Services.AddGrpc(o =>
         {

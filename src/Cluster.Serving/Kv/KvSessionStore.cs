@@ -58,13 +58,13 @@ public sealed class KvSessionStore : IDisposable
     public int Blocks { get { lock (_lock) return _sessions.Values.Sum(s => s.Versions.Sum(v => v.Layers.Length)); } }
 
     /// <summary>Applies <paramref name="policy"/> to the blocks and stores them for the session.</summary>
-    /// <exception cref="ArgumentException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
+    /// <exception cref="InvalidRequestException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
     /// <exception cref="KvStoreFullException">The budget cannot hold them even after dropping expired sessions.</exception>
     public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<KvLayerBlock> blocks, bool checkpoint, int outputIndex)
     {
         if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
         if (shape.Rope.HeadDim != shape.HeadDim) throw new InvalidRequestException($"the layout's RoPE table covers head_dim {shape.Rope.HeadDim}, not {shape.HeadDim}");
-        var parsed = KvPolicyRegistry.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
+        var parsed = Mapping.PolicyMapping.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
         if (parsed is QFiltersPolicy { Filters: var f } && (f.Layers, f.KvHeads, f.HeadDim) != (shape.Layers, shape.KvHeads, shape.HeadDim))
             throw new InvalidRequestException($"the Q-Filters are [{f.Layers}, {f.KvHeads}, {f.HeadDim}] but this KV is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}]: calibrate for this model");
         var layers = Validate(shape, blocks);

@@ -1,3 +1,4 @@
+using Cluster.Serving.Hosting;
 using Cluster.Engine.Compression;
 using Grpc.Core;
 using LlmCluster.V1;
@@ -28,7 +29,7 @@ public static class PolicyMapping
         }
         catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
         {
-            throw new RpcException(new Status(StatusCode.InvalidArgument, $"kv_policy '{spec}': {e.Message}"));
+            throw new InvalidRequestException($"kv_policy '{spec}': {e.Message}");
         }
     }
 
