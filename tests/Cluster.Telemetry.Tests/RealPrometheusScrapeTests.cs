@@ -13,6 +13,8 @@ public sealed class RealPrometheusScrapeTests
         if (!ExternalCommands.Ensure("prometheus", "prometheus")) return;
         var meterName = "LlmCluster.Test." + Guid.NewGuid().ToString("N");
         using var meter = new Meter(meterName);
+        // The exporter sees only what is recorded after its provider subscribed to the meter.
+        await using var app = await TelemetryApp.StartAsync(meterName);
         var counter = meter.CreateCounter<long>("llm_request_success", description: "Finished requests");
         var latency = meter.CreateLatencyHistogram("llm_e2e_request_latency_seconds", "End-to-end latency");
         counter.Add(42, new KeyValuePair<string, object?>("finished_reason", "stop"));
@@ -20,8 +22,6 @@ public sealed class RealPrometheusScrapeTests
         // p99 in (0.4 s, 0.5 s], so Prometheus's interpolated quantiles must land inside those buckets.
         for (int i = 0; i < 90; i++) latency.Record(0.008);
         for (int i = 0; i < 10; i++) latency.Record(0.45);
-
-        await using var app = await TelemetryApp.StartAsync(meterName);
 
         await using var prometheus = await PrometheusServer.StartAsync([$"127.0.0.1:{app.HttpPort}"]);
         var total = await prometheus.WaitForAsync("llm_request_success_total", TimeSpan.FromSeconds(60));
