@@ -17,6 +17,7 @@ internal sealed class DecodeMetrics : IDisposable
         TransferSeconds = _meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "KV blocks to/from the cache manager");
         TransferBytes = _meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV bytes sent/received");
         Evictions = _meter.CreateCounter<long>("llm_kv_evictions", description: "Tokens evicted by the compression policy");
+        Rebuilds = _meter.CreateCounter<long>("llm_kv_rebuilds", description: "Sequences whose KV the cache manager lacked, rebuilt from the prompt");
         _meter.CreateObservableGauge("llm_decode_sequences_running", running, "{sequence}", "Sequences in the batch");
         _meter.CreateObservableGauge("llm_kv_cache_usage_ratio", () => kv() is var (used, all) && all > 0 ? (double)used / all : 0, "1", "KV slots in use / slots allocated");
         _meter.CreateObservableGauge("llm_kv_cache_bytes", () => new Measurement<long>(kv().Allocated, new KeyValuePair<string, object?>("device", "cpu")), "By", "KV memory allocated");
@@ -29,6 +30,7 @@ internal sealed class DecodeMetrics : IDisposable
     public Histogram<double> TransferSeconds { get; }
     public Counter<long> TransferBytes { get; }
     public Counter<long> Evictions { get; }
+    public Counter<long> Rebuilds { get; }
 
     public void Dispose() => _meter.Dispose();
 }

@@ -95,25 +95,13 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
         int history = request.HistoryTokenCount; // earlier turns of a conversation, before this turn's prompt
         if (history < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"history_token_count must be >= 0, got {history}"));
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + generated.Length - 1 : 0;
-        var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, context.CancellationToken, maxTokens);
-        var get = new KeyValuePair<string, object?>("direction", "get");
-        _metrics.TransferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
-        _metrics.TransferBytes.Add(bytes, get);
+        var (handle, cache, policy, spec) = await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
+        _metrics.TransferSeconds.Record(fetch.Elapsed.TotalSeconds, new KeyValuePair<string, object?>("direction", "get"));
         int cached = handle.TokenCount - history - prompt.Length;
         // The cache must lack at least the newest token: its logits come from running it (a compressed
         // cache cannot be rolled back to recompute them).
         if (cached < 0 || cached >= generated.Length)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the history's {history} and the prompt's {prompt.Length} plus fewer than the {generated.Length} generated"));
-        if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model"));
-
-        var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
-        var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-        int most = blocks.Max(b => b.Positions.Max(x => x.Length));
-        var cache = model.CreateCache(Math.Max(most + 1, Math.Min(handle.TokenCount + p.MaxTokens, policy?.Budget ?? c.MaxPositions)));
-        foreach (var b in blocks) KvCacheSnapshot.Restore(model.Backend, cache, b);
-        KvCacheSnapshot.SetTokensSeen(cache, handle.TokenCount);
-        cache.Policy = policy;
         int evictedBefore = cache.TokensSeen - cache.Length; // by the cache manager's policy, before this worker
 
         var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex);
@@ -167,6 +155,46 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
             _calls.TryRemove(call, out _);
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
             if (policy is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
+        }
+    }
+
+    /// <summary>
+    /// The sequence's KV from the cache manager; when the cache manager has lost it (NOT_FOUND) or cannot
+    /// be reached (UNAVAILABLE), the KV prefill stored, rebuilt from the prompt (<see cref="KvRebuild"/>):
+    /// a restart of the cache manager costs recomputation, never the stream. A conversation's later turn
+    /// (history &gt; 0) needs the earlier turns' tokens, which this request does not carry: it still fails.
+    /// </summary>
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec)> LoadOrRebuildAsync(
+        DecodeRequest request, GrpcChannel cacheManager, int[] prompt, int history, int maxTokens, int maxNewTokens, CancellationToken ct)
+    {
+        var model = _host.Model!;
+        var c = model.Config;
+        try
+        {
+            var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
+            _metrics.TransferBytes.Add(bytes, new KeyValuePair<string, object?>("direction", "get"));
+            if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
+                throw new RpcException(new Status(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model"));
+            var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
+            var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+            int most = blocks.Max(b => b.Positions.Max(x => x.Length));
+            var cache = model.CreateCache(Math.Max(most + 1, Math.Min(handle.TokenCount + maxNewTokens, policy?.Budget ?? c.MaxPositions)));
+            foreach (var b in blocks) KvCacheSnapshot.Restore(model.Backend, cache, b);
+            KvCacheSnapshot.SetTokensSeen(cache, handle.TokenCount);
+            cache.Policy = policy;
+            return (handle, cache, policy, spec);
+        }
+        catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && history == 0
+            && request.Kv.Policy is not null && !ct.IsCancellationRequested)
+        {
+            var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
+            var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+            _logger.LogWarning("KV of session {Session} not in the cache manager ({Code}); rebuilding it from the prompt", request.Kv.SessionId, e.StatusCode);
+            _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable"));
+            var cache = KvRebuild.FromPrompt(model, prompt, policy, Math.Min(prompt.Length + maxNewTokens, policy?.Budget ?? c.MaxPositions));
+            cache.Policy = policy;
+            var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = prompt.Length, Version = 0 };
+            return (handle, cache, policy, spec);
         }
     }
 

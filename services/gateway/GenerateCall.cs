@@ -20,6 +20,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private int _generated, _promptTokens;
     private string _sessionId = ""; // this turn's record and token log
     private string _kvSession = ""; // whose KV the cache manager holds (the conversation's)
+    private string _policy = "dense"; // the session's KV policy: a decode worker that must rebuild the KV needs it
     private int _history; // KV tokens of earlier turns, before this turn's prompt
     private bool _waiting;
 
@@ -31,6 +32,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             return await NextTurnAsync(existing, request, options, cts);
         var (prompt, p, wireSampling, policy) = Validate(request, addBos: true);
         _sessionId = _kvSession = string.IsNullOrEmpty(request.SessionId) ? Guid.NewGuid().ToString("N") : request.SessionId;
+        _policy = policy;
         _promptTokens = prompt.Length;
         if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, prompt, wireSampling, policy, p.MaxTokens), context.CancellationToken))
             throw new RpcException(new Status(StatusCode.AlreadyExists, $"session '{_sessionId}' was created by a concurrent request"));
@@ -94,6 +96,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         int turn = last + 1;
         _sessionId = SessionRecord.TurnId(conversation.Id, turn);
         _kvSession = conversation.Id;
+        _policy = previous.Policy;
         _history = history;
         _promptTokens = prompt.Length;
         if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, fed, wireSampling, previous.Policy, p.MaxTokens, _kvSession, history, turn), ct))
@@ -138,13 +141,14 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     {
         _sessionId = session.Id;
         _kvSession = session.KvSession;
+        _policy = session.Policy;
         _history = session.History;
         _promptTokens = session.Prompt.Length;
         _generated = logged.Count;
         if (!gateway.Live.TryAdd(_sessionId, cts)) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{_sessionId}' is streaming already"));
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { Status = SessionStatus.Running }, options.CancellationToken);
         Started();
-        return await DecodeAsync(new KvHandle { SessionId = _kvSession }, session.Prompt, logged, session.Sampling, options);
+        return await DecodeAsync(LatestKv(), session.Prompt, logged, session.Sampling, options);
     });
 
     private void Started()
@@ -242,11 +246,14 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             {
                 WorkerPool.ReportFailure(lease.Worker, new RpcException(new Status(StatusCode.Unavailable, e.Message)));
                 failed = lease.Worker.Address;
-                kv = new KvHandle { SessionId = _kvSession }; // version 0: the latest checkpoint
+                kv = LatestKv();
                 gateway.Logger.LogDecodeRestart(_sessionId, lease.Worker.Address.Authority, generated.Count, e.Message);
             }
         }
     }
+
+    /// <summary>The session's newest KV (version 0), with its policy so that a worker can rebuild it.</summary>
+    private KvHandle LatestKv() => new() { SessionId = _kvSession, Policy = PolicyMapping.ToWire(_policy) };
 
     /// <summary>A failure of the worker or the connection to it, as opposed to a verdict on the request.</summary>
     private static bool IsWorkerLoss(RpcException e) =>

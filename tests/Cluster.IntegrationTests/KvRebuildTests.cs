@@ -1,0 +1,76 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.Generation;
+using Cluster.Engine.Sampling;
+using Cluster.Serving.Mapping;
+using Cluster.Serving.Routing;
+using Cluster.Tests;
+using Grpc.Core;
+using LlmCluster.V1;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>
+/// The cache manager is a cache (DESIGN.md): a decode worker asked to continue a session whose KV the
+/// cache manager lost (NOT_FOUND) or cannot serve (UNAVAILABLE) rebuilds the KV from the prompt and
+/// streams exactly the tokens of the uninterrupted local run.
+/// </summary>
+public sealed class KvRebuildTests(ClusterFixture f) : IClassFixture<ClusterFixture>
+{
+    private const string Prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends.";
+
+    [SharedDataTheory]
+    [InlineData("dense", 0f)]
+    [InlineData("sink_window(4,20)", 0.8f)]
+    [InlineData("qfilters(24,8)", 0.8f)]
+    [InlineData("window(16)", 0f)]
+    public async Task Decode_rebuilds_the_kv_of_a_session_the_cache_manager_lost(string policy, float temperature)
+    {
+        var (prompt, p, expected) = LocalRun(policy, temperature);
+        var got = await DecodeDirectlyAsync(f.Cluster, "lost-" + Guid.NewGuid().ToString("N"), prompt, p, policy, expected[0]);
+        Assert.Equal(expected[1..], got);
+        var metrics = await new HttpClient().GetStringAsync($"http://{f.Cluster.Decode.HttpEndPoint}/metrics");
+        Assert.Contains(metrics.Split('\n'), l => l.StartsWith("llm_kv_rebuilds_total{") && l.Contains("reason=\"not_found\""));
+    }
+
+    [SharedDataFact]
+    public async Task Decode_streams_on_when_the_cache_manager_is_down()
+    {
+        const string policy = "sink_window(4,20)";
+        var (prompt, p, expected) = LocalRun(policy, 0.7f);
+        await using var cluster = await TestCluster.StartAsync(f.ModelPath, policy);
+        await cluster.CacheManager.DisposeAsync();
+        // Checkpoints fail too (logged, retried never): the stream does not depend on them.
+        var got = await DecodeDirectlyAsync(cluster, "down-" + Guid.NewGuid().ToString("N"), prompt, p, policy, expected[0]);
+        Assert.Equal(expected[1..], got);
+    }
+
+    private (int[] Prompt, SamplingParameters P, List<int> Expected) LocalRun(string policy, float temperature)
+    {
+        var p = new SamplingParameters { Temperature = temperature, Seed = 77, MaxTokens = 40 }.WithResolvedSeed();
+        var prompt = f.Tokenizer.Encode(Prompt, addBos: true);
+        var localPolicy = policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
+        var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: localPolicy)).Single().Ids;
+        Assert.True(expected.Count > 10);
+        return (prompt, p, [.. expected]);
+    }
+
+    /// <summary>What the gateway sends a decode worker after prefill's first token, for a session the
+    /// cache manager does not hold.</summary>
+    private static async Task<List<int>> DecodeDirectlyAsync(TestCluster cluster, string session, int[] prompt, SamplingParameters p, string policy, int first)
+    {
+        using var channel = GrpcChannels.Create(cluster.Decode.GrpcAddress);
+        using var call = new LlmCluster.V1.Decode.DecodeClient(channel).Decode(new DecodeRequest
+        {
+            Kv = new KvHandle { SessionId = session, Policy = PolicyMapping.ToWire(policy) },
+            Sampling = SamplingWire.FromEngine(p),
+            PromptTokenIds = { prompt },
+            GeneratedTokenIds = { first },
+            CheckpointEvery = 8,
+        }, deadline: DateTime.UtcNow.AddMinutes(2));
+        var ids = new List<int>();
+        await foreach (var r in call.ResponseStream.ReadAllAsync())
+            if (r.ResponseCase == DecodeResponse.ResponseOneofCase.Chunk) ids.AddRange(r.Chunk.TokenIds);
+        return ids;
+    }
+}
