@@ -1,8 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using Cluster.Engine.Compression;
-using Cluster.Redis;
-using Cluster.Redis.Sessions;
+using Cluster.Sessions;
 using Cluster.Rpc;
 using Cluster.Rpc.Client;
 using Cluster.Rpc.Server;
@@ -63,9 +62,10 @@ public sealed class GatewayService : IClusterService
         var ttl = TimeSpan.FromSeconds(Math.Max(1, options.SessionTtl));
         if (string.IsNullOrEmpty(options.Redis))
             return new GatewayService(options, host, new InMemorySessionStore(ttl), null, logger);
-        var redis = await RedisClient.ConnectAsync(RedisOptions.Parse(options.Redis));
+        // The process's one multiplexer; the gateway owns it and disposes it with the store.
+        var redis = await RedisConnector.ConnectAsync(options.Redis);
         logger.LogInformation("session store: redis at {Redis}", options.Redis);
-        return new GatewayService(options, host, new RedisSessionStore(redis, ttl), redis, logger);
+        return new GatewayService(options, host, new RedisSessionStore(redis, ttl, logger: logging.CreateLogger<RedisSessionStore>()), redis, logger);
     }
 
     /// <summary>Ready while at least one prefill and one decode worker pass health checks.</summary>

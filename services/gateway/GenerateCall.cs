@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Cluster.Redis.Sessions;
+using Cluster.Sessions;
 using Cluster.Rpc;
 using Cluster.Rpc.Client;
 using Cluster.Rpc.Server;
@@ -65,7 +65,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     /// policy (<see cref="Engine.Generation.ConversationTurn"/>); a dense session whose turn would pass
     /// the model's context is refused with FAILED_PRECONDITION before anything runs.
     /// </summary>
-    private async Task<LlmCluster.V1.FinishReason> NextTurnAsync(Redis.Sessions.SessionInfo conversation, GenerateRequest request, CallOptions options, CancellationTokenSource cts)
+    private async Task<LlmCluster.V1.FinishReason> NextTurnAsync(Sessions.SessionInfo conversation, GenerateRequest request, CallOptions options, CancellationTokenSource cts)
     {
         var ct = context.CancellationToken;
         var head = SessionRecord.From(conversation) ?? throw new RpcException(StatusCode.FailedPrecondition, $"session '{conversation.Id}' lacks what continuing it needs");
@@ -187,7 +187,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             await MarkAsync(SessionStatus.Failed, finish: null);
             throw;
         }
-        catch (Exception e) when (e is Cluster.Redis.RedisConnectionException or Cluster.Redis.RedisTimeoutException)
+        catch (Exception e) when (e is StackExchange.Redis.RedisConnectionException or StackExchange.Redis.RedisTimeoutException)
         {
             // The token log cannot be written, so no token may be sent: fail clearly rather than stream unlogged.
             _metrics.Errors.Add(1, new KeyValuePair<string, object?>("code", StatusCode.Unavailable.ToString()));

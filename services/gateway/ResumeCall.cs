@@ -1,4 +1,4 @@
-using Cluster.Redis.Sessions;
+using Cluster.Sessions;
 using Cluster.Rpc;
 using Cluster.Rpc.Server;
 using LlmCluster.V1;

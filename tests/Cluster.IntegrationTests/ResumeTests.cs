@@ -2,7 +2,7 @@ using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Loaders;
 using Cluster.Engine.Sampling;
-using Cluster.Redis.Tests;
+using Cluster.Sessions.Tests;
 using Cluster.Rpc;
 using Cluster.Rpc.Client;
 using Cluster.Serving.Hosting;
