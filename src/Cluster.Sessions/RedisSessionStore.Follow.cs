@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.CompilerServices;
 using StackExchange.Redis;
 
@@ -31,7 +32,7 @@ public sealed partial class RedisSessionStore
         Action<RedisChannel, RedisValue> onNotified = (_, _) => wake.Set();
         var subscriber = _redis.GetSubscriber();
         // Subscribed before the first read: an append that read misses publishes after it, to us.
-        await RetryWhileUnreachableAsync(sessionId, afterIndex.ToString(), () => subscriber.SubscribeAsync(channel, onNotified), ct).ConfigureAwait(false);
+        await RetryWhileUnreachableAsync(sessionId, afterIndex.ToString(CultureInfo.InvariantCulture), () => subscriber.SubscribeAsync(channel, onNotified), ct).ConfigureAwait(false);
         try
         {
             RedisValue lastId = afterIndex < 0 ? "0-0" : EntryId(afterIndex);
@@ -70,7 +71,7 @@ public sealed partial class RedisSessionStore
     /// </summary>
     private async Task<T> RetryWhileUnreachableAsync<T>(string sessionId, string lastId, Func<Task<T>> read, CancellationToken ct)
     {
-        DateTime? since = null;
+        DateTime? since = null; // start of the current outage
         while (true)
         {
             try
@@ -80,9 +81,11 @@ public sealed partial class RedisSessionStore
                 return result;
             }
             catch (Exception e) when (e is RedisConnectionException or RedisTimeoutException
-                && (since ??= DateTime.UtcNow) + FollowOutageLimit > DateTime.UtcNow)
+                && (since ?? DateTime.UtcNow) + FollowOutageLimit > DateTime.UtcNow)
             {
-                RedisSessionStoreLog.FollowRetrying(_logger, sessionId, e.Message, lastId);
+                // Once per outage, not once per retry.
+                if (since is null) RedisSessionStoreLog.FollowRetrying(_logger, sessionId, e.Message, lastId);
+                since ??= DateTime.UtcNow;
                 await Task.Delay(FollowPollInterval, ct).ConfigureAwait(false);
             }
         }
