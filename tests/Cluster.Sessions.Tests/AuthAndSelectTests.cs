@@ -19,9 +19,9 @@ public class AuthAndSelectTests
         var session = new SessionInfo { Id = "a", Model = "m" };
 
         // No password: the store's commands fail (never connected), they do not hang.
-        await using (var noAuth = await RedisConnector.ConnectAsync(server.Configuration + ",connectTimeout=2000,asyncTimeout=2000"))
+        await using (var noAuth = await RedisConnector.ConnectAsync(server.Configuration + ",connectTimeout=1000,asyncTimeout=1000,syncTimeout=1000"))
             await FailureTests.FailsClearlyAsync(() => new RedisSessionStore(noAuth, TimeSpan.FromMinutes(1)).TryCreateAsync(session));
-        await using (var wrong = await RedisConnector.ConnectAsync(server.Configuration + ",password=nope,connectTimeout=2000,asyncTimeout=2000"))
+        await using (var wrong = await RedisConnector.ConnectAsync(server.Configuration + ",password=nope,connectTimeout=1000,asyncTimeout=1000,syncTimeout=1000"))
             await FailureTests.FailsClearlyAsync(() => new RedisSessionStore(wrong, TimeSpan.FromMinutes(1)).GetAsync("a"));
 
         await using (var admin = await RedisConnector.ConnectAsync(server.Configuration + ",password=s3cret,defaultDatabase=3"))

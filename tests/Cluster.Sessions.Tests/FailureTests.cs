@@ -18,9 +18,10 @@ public class FailureTests
         int free = ((IPEndPoint)port.LocalEndpoint).Port;
         port.Stop();
         // The connector does not fail the start (Redis may come up later)...
-        await using var redis = await RedisConnector.ConnectAsync($"127.0.0.1:{free},connectTimeout=500,asyncTimeout=1000").WaitAsync(Bound);
+        await using var redis = await RedisConnector.ConnectAsync($"127.0.0.1:{free},connectTimeout=500,asyncTimeout=1000,syncTimeout=1000").WaitAsync(Bound);
         Assert.False(redis.IsConnected);
-        // ...but every command fails clearly while nothing listens.
+        // ...but every command fails clearly while nothing listens: it waits in the multiplexer's
+        // backlog until its timeout (checked on the 1 s heartbeat), about 2 s here.
         var store = new RedisSessionStore(redis, TimeSpan.FromMinutes(1)) { FollowOutageLimit = TimeSpan.FromSeconds(1) };
         await FailsClearlyAsync(() => store.TryAppendTokenAsync("s", new TokenEntry(0, 1)));
         await FailsClearlyAsync(() => store.GetAsync("s"));
