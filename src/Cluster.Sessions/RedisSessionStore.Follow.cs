@@ -31,10 +31,11 @@ public sealed partial class RedisSessionStore
         var wake = new WakeSignal();
         Action<RedisChannel, RedisValue> onNotified = (_, _) => wake.Set();
         var subscriber = _redis.GetSubscriber();
-        // Subscribed before the first read: an append that read misses publishes after it, to us.
-        await RetryWhileUnreachableAsync(sessionId, afterIndex.ToString(CultureInfo.InvariantCulture), () => subscriber.SubscribeAsync(channel, onNotified), ct).ConfigureAwait(false);
         try
         {
+            // Subscribed before the first read: an append that read misses publishes after it, to us.
+            // Inside the try: a subscribe that fails may still have registered the handler locally.
+            await RetryWhileUnreachableAsync(sessionId, afterIndex.ToString(CultureInfo.InvariantCulture), () => subscriber.SubscribeAsync(channel, onNotified), ct).ConfigureAwait(false);
             RedisValue lastId = afterIndex < 0 ? "0-0" : EntryId(afterIndex);
             while (true)
             {
