@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts a private redis-server on 127.0.0.1, runs our client benchmark and redis-benchmark
+# Starts a private redis-server on 127.0.0.1, runs the StackExchange.Redis + store benchmark and redis-benchmark
 # (apt redis-tools) on the same commands, one connection each, sequential and -P 100. Usage:
 #   bash bench/redis/run.sh [SECONDS_PER_CASE]
 set -euo pipefail
@@ -11,7 +11,7 @@ redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$d
 pid=$!
 trap 'kill $pid; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-echo "## ours ($(redis-server --version | cut -d' ' -f3))"
+echo "## StackExchange.Redis + our store ($(redis-server --version | cut -d' ' -f3))"
 dotnet run -c Release --project bench/redis -- "$port" "$secs"
 echo "## redis-benchmark, 1 connection (-c 1), sequential (-P 1) and pipelined (-P 100)"
 echo "# load: $(cat /proc/loadavg)"

@@ -1,8 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using Cluster.Engine.Compression;
-using Cluster.Redis;
-using Cluster.Redis.Sessions;
+using Cluster.Sessions;
 using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Routing;
@@ -12,6 +11,7 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
+
 namespace Cluster.Gateway;
 
 /// <summary>
@@ -19,7 +19,7 @@ namespace Cluster.Gateway;
 /// then a decode worker (least outstanding requests among healthy ones), and streams tokens to the
 /// client, logging each one in the session store before it is sent so that Resume can replay it.
 /// </summary>
-public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, IClusterService
+public sealed partial class GatewayService : LlmCluster.V1.Gateway.GatewayBase, IClusterService
 {
     public const string MeterName = "LlmCluster.Gateway";
 
@@ -59,9 +59,10 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
         var ttl = TimeSpan.FromSeconds(Math.Max(1, options.SessionTtl));
         if (string.IsNullOrEmpty(options.Redis))
             return new GatewayService(options, host, new InMemorySessionStore(ttl), null, logger);
-        var redis = await RedisClient.ConnectAsync(RedisOptions.Parse(options.Redis));
+        // The process's one multiplexer; the gateway owns it and disposes it with the store.
+        var redis = await RedisConnector.ConnectAsync(options.Redis);
         logger.LogInformation("session store: redis at {Redis}", options.Redis);
-        return new GatewayService(options, host, new RedisSessionStore(redis, ttl), redis, logger);
+        return new GatewayService(options, host, new RedisSessionStore(redis, ttl, logger: logging.CreateLogger<RedisSessionStore>()), redis, logger);
     }
 
     /// <summary>Ready while at least one prefill and one decode worker pass health checks.</summary>
@@ -72,6 +73,7 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<GatewayService>();
 
     public void ConfigureServices(IServiceCollection services) => services.AddHostedService(_ => new WorkerHealthMonitor(Prefill, Decode));
+
 
     public override Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
         new GenerateCall(this, responseStream, context).RunAsync(request);

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Cluster.Redis.Sessions;
+using Cluster.Sessions;
 using Grpc.Core;
 using Cluster.Serving.Mapping;
 using Cluster.Serving.Routing;
@@ -65,7 +65,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     /// policy (<see cref="Engine.Generation.ConversationTurn"/>); a dense session whose turn would pass
     /// the model's context is refused with FAILED_PRECONDITION before anything runs.
     /// </summary>
-    private async Task<LlmCluster.V1.FinishReason> NextTurnAsync(Redis.Sessions.SessionInfo conversation, GenerateRequest request, CallOptions options, CancellationTokenSource cts)
+    private async Task<LlmCluster.V1.FinishReason> NextTurnAsync(Sessions.SessionInfo conversation, GenerateRequest request, CallOptions options, CancellationTokenSource cts)
     {
         var ct = context.CancellationToken;
         var head = SessionRecord.From(conversation) ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{conversation.Id}' lacks what continuing it needs"));

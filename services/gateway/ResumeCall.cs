@@ -1,4 +1,4 @@
-using Cluster.Redis.Sessions;
+using Cluster.Sessions;
 using Grpc.Core;
 using LlmCluster.V1;
 

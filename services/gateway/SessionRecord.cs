@@ -1,6 +1,6 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
-using Cluster.Redis.Sessions;
+using Cluster.Sessions;
 using Google.Protobuf;
 using LlmCluster.V1;
 

@@ -45,4 +45,27 @@ public sealed class ClusterTracingTests
         Assert.All(trace.Where(s => s.ParentSpanId != default), s => Assert.Contains(s.ParentSpanId, ids));
         Assert.Contains(trace, s => s.Kind == ActivityKind.Client); // Grpc.Net.Client / HttpClient spans
     }
+
+    [SharedDataFact]
+    public async Task The_session_stores_redis_commands_are_spans_of_the_request()
+    {
+        await using var redis = await Cluster.Sessions.Tests.RedisServerProcess.StartOrSkipAsync();
+        if (redis is null) return;
+        var spans = new SpanCollector();
+        var model = SharedData.Path_("models", "stories260K", "stories260K.bin");
+        await using var cluster = await TestCluster.StartAsync(model, redis: redis.Configuration, tracing: b => b.AddProcessor(new SimpleActivityExportProcessor(spans)));
+        await cluster.WaitUntilWorkersUpAsync();
+        await cluster.GenerateAsync(new GenerateRequest { Text = "Once upon a time", Sampling = new SamplingParams { MaxTokens = 6 } });
+
+        Activity? root = null;
+        for (int i = 0; i < 100 && root is null; i++, await Task.Delay(50))
+            root = spans.Spans.FirstOrDefault(s => s.DisplayName == "/llmcluster.v1.Gateway/Generate");
+        Assert.NotNull(root);
+        // The instrumentation drains its profiling sessions on an interval: wait for the commands.
+        List<Activity> commands = [];
+        for (int i = 0; i < 100 && commands.Count == 0; i++, await Task.Delay(100))
+            commands = spans.Spans.Where(s => s.Source.Name.Contains("StackExchangeRedis") && s.TraceId == root!.TraceId).ToList();
+        Assert.NotEmpty(commands);
+        Assert.All(commands, c => Assert.Equal(ActivityKind.Client, c.Kind));
+    }
 }

@@ -4,7 +4,7 @@ using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Loaders;
 using Cluster.Engine.Sampling;
-using Cluster.Redis.Tests;
+using Cluster.Sessions.Tests;
 using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Mapping;

@@ -1,4 +1,4 @@
-namespace Cluster.Redis.Sessions;
+namespace Cluster.Sessions;
 
 /// <summary>
 /// Session metadata and per-session token logs, shared by gateways so that a stream can be resumed

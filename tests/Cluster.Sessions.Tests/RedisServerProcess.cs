@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Cluster.Tests;
 
-namespace Cluster.Redis.Tests;
+namespace Cluster.Sessions.Tests;
 
 /// <summary>
 /// A private redis-server (apt redis-server) on a free 127.0.0.1 port, stopped on dispose. With no
@@ -27,7 +27,8 @@ public sealed class RedisServerProcess : IAsyncDisposable
     }
 
     public int Port { get; }
-    public RedisOptions Options => new() { Host = "127.0.0.1", Port = Port, CommandTimeout = TimeSpan.FromSeconds(20), ConnectTimeout = TimeSpan.FromSeconds(10) };
+    /// <summary>A StackExchange.Redis configuration string for this server (append ",password=..." and the like as needed).</summary>
+    public string Configuration => $"127.0.0.1:{Port}";
 
     /// <summary>Starts a server, or returns null (test should return) when redis-server is not installed.</summary>
     public static async Task<RedisServerProcess?> StartOrSkipAsync(bool appendOnly = false, params string[] extraArgs)

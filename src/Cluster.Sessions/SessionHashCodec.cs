@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace Cluster.Redis.Sessions;
+namespace Cluster.Sessions;
 
 /// <summary>
 /// Maps <see cref="SessionInfo"/> to the fields of its Redis hash and back. Parameters become

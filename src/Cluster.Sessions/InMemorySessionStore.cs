@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
 
-namespace Cluster.Redis.Sessions;
+namespace Cluster.Sessions;
 
 /// <summary>
 /// The in-process session store used when no Redis is configured: same contract as

@@ -1,7 +1,7 @@
-using Cluster.Redis.Sessions;
+using StackExchange.Redis;
 using Xunit;
 
-namespace Cluster.Redis.Tests;
+namespace Cluster.Sessions.Tests;
 
 /// <summary>
 /// The one contract every <see cref="ISessionStore"/> keeps; run against the in-memory and the
@@ -258,47 +258,55 @@ public sealed class InMemorySessionStoreTests : SessionStoreContract
     }
 }
 
-public sealed class RedisSessionStoreTests(RedisFixture fixture) : SessionStoreContract, IClassFixture<RedisFixture>, IAsyncLifetime
+public sealed class RedisSessionStoreTests(RedisFixture fixture) : SessionStoreContract, IClassFixture<RedisFixture>
 {
-    private readonly List<RedisClient> _clients = new();
-
-    protected override async Task<ISessionStore?> CreateStoreAsync(TimeSpan ttl)
-    {
-        if (fixture.Server is null) return null;
-        var client = await RedisClient.ConnectAsync(fixture.Server.Options);
-        _clients.Add(client);
-        return new RedisSessionStore(client, ttl, RedisFixture.Prefix());
-    }
-
-    public Task InitializeAsync() => Task.CompletedTask;
-
-    public async Task DisposeAsync()
-    {
-        foreach (var c in _clients) await c.DisposeAsync();
-    }
+    protected override Task<ISessionStore?> CreateStoreAsync(TimeSpan ttl) =>
+        Task.FromResult<ISessionStore?>(fixture.Redis is null ? null : new RedisSessionStore(fixture.Redis, ttl, RedisFixture.Prefix()));
 
     [Fact]
     public async Task Layout_explicit_entry_ids_and_expiry_on_every_key()
     {
-        if (fixture.Server is null) return;
-        await using var r = await RedisClient.ConnectAsync(fixture.Server.Options);
+        if (fixture.Redis is null) return;
+        var r = fixture.Redis.GetDatabase();
         string p = RedisFixture.Prefix();
-        var store = new RedisSessionStore(r, TimeSpan.FromMinutes(10), p);
+        var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMinutes(10), p);
         await store.TryCreateAsync(new SessionInfo { Id = "x", Model = "m" });
         await store.TryAppendTokenAsync("x", new TokenEntry(0, 11, "a"));
         await store.TryAppendTokenAsync("x", new TokenEntry(1, 12));
         Assert.False(await store.TryAppendTokenAsync("x", new TokenEntry(1, 12)));
-        Assert.Equal(["1-0", "2-0"], (await r.XRangeAsync(p + "tokens:x")).Select(e => e.Id));
-        Assert.Equal("running", await r.HGetAsync(p + "session:x", "status"));
-        Assert.InRange(await r.PTtlAsync(p + "session:x"), 1, 600_000);
-        Assert.InRange(await r.PTtlAsync(p + "tokens:x"), 1, 600_000);
-        Assert.NotNull(await r.ZScoreAsync(p + "sessions", "x"));
-        // Scripts run by EVALSHA; an emptied script cache (as after a restart) falls back to EVAL.
+        Assert.Equal(["1-0", "2-0"], (await r.StreamRangeAsync(p + "tokens:x")).Select(e => (string)e.Id!));
+        Assert.Equal("running", (string?)await r.HashGetAsync(p + "session:x", "status"));
+        Assert.InRange((await r.KeyTimeToLiveAsync(p + "session:x"))!.Value.TotalMilliseconds, 1, 600_000);
+        Assert.InRange((await r.KeyTimeToLiveAsync(p + "tokens:x"))!.Value.TotalMilliseconds, 1, 600_000);
+        Assert.NotNull(await r.SortedSetScoreAsync(p + "sessions", "x"));
+        // An emptied script cache (as after a restart) is refilled: the next write still runs.
         await r.ExecuteAsync("SCRIPT", "FLUSH");
         Assert.True(await store.TryAppendTokenAsync("x", new TokenEntry(2, 13)));
         Assert.True(await store.UpdateAsync("x", new SessionUpdate { GeneratedTokens = 3 }));
         // A log key holding the wrong type is a server error, not a silent "duplicate".
-        await r.SetAsync(p + "tokens:y", "not a stream");
+        await r.StringSetAsync(p + "tokens:y", "not a stream");
         await Assert.ThrowsAsync<RedisServerException>(() => store.TryAppendTokenAsync("y", new TokenEntry(0, 1)));
+    }
+
+    [Fact]
+    public async Task Every_append_and_the_delete_notify_the_session_channel()
+    {
+        if (fixture.Redis is null) return;
+        string p = RedisFixture.Prefix();
+        var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMinutes(10), p);
+        var heard = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var queue = await fixture.Redis.GetSubscriber().SubscribeAsync(RedisChannel.Literal(p + "appended:n"));
+        queue.OnMessage(m => heard.Enqueue(m.Message!));
+        await store.TryCreateAsync(new SessionInfo { Id = "n", Model = "m" });
+        await store.TryAppendTokenAsync("n", new TokenEntry(0, 1));
+        Assert.False(await store.TryAppendTokenAsync("n", new TokenEntry(0, 1))); // refused: no notification
+        await store.TryAppendTokenAsync("n", new TokenEntry(1, 2));
+        await store.CompleteTokenLogAsync("n", "stop");
+        await store.DeleteAsync("n");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        while (heard.Count < 4 && DateTime.UtcNow < deadline) await Task.Delay(10);
+        await Task.Delay(100); // and nothing more arrives
+        await queue.UnsubscribeAsync();
+        Assert.Equal(["1-0", "2-0", "18446744073709551615-0", "deleted"], heard);
     }
 }

@@ -1,4 +1,4 @@
-namespace Cluster.Redis.Sessions;
+namespace Cluster.Sessions;
 
 public enum SessionStatus { Running, Finished, Aborted, Failed }
 
