@@ -1,6 +1,6 @@
 using Cluster.Tests;
 
-namespace Cluster.Rpc.Tests.Interop;
+namespace Cluster.Grpc.Tests.Interop;
 
 /// <summary>
 /// Python stubs for protos/test/interop.proto, generated once per test run into a temp folder

@@ -1,7 +1,7 @@
 using Cluster.Tests;
 using Xunit;
 
-namespace Cluster.Rpc.Tests.Interop;
+namespace Cluster.Grpc.Tests.Interop;
 
 /// <summary>
 /// grpc-js (Node) runs each interop case against our server. Its packages come from
