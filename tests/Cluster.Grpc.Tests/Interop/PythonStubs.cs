@@ -3,8 +3,11 @@ using Cluster.Tests;
 namespace Cluster.Grpc.Tests.Interop;
 
 /// <summary>
-/// Python stubs for protos/test/interop.proto, generated once per test run into a temp folder
-/// with apt's grpc_tools (Grpc.Tools' protoc writes Python that Debian's protobuf cannot import).
+/// Python stubs for protos/test/interop.proto and the standard grpc.health.v1 and
+/// grpc.reflection.v1alpha protos, generated once per test run into a temp folder with apt's
+/// grpc_tools (Grpc.Tools' protoc writes Python that Debian's protobuf cannot import). Each proto is
+/// compiled from its own folder so the modules are top-level (health_pb2, not grpc/health/...: a
+/// "grpc" package there would shadow grpcio).
 /// </summary>
 public static class PythonStubs
 {
@@ -19,11 +22,15 @@ public static class PythonStubs
     {
         if (!ExternalTools.EnsurePythonModule("grpc") || !ExternalTools.EnsurePythonModule("grpc_tools")) return null;
         var dir = Directory.CreateTempSubdirectory("interop-stubs-").FullName;
-        var protoDir = Path.Combine(ExternalTools.RepoRoot, "protos", "test");
-        var (code, stdout, stderr) = ExternalTools.Run(ExternalTools.Python,
-            ["-m", "grpc_tools.protoc", "-I", protoDir, "--python_out=" + dir, "--grpc_python_out=" + dir, Path.Combine(protoDir, "interop.proto")],
-            TimeSpan.FromSeconds(60));
-        if (code != 0) throw new InvalidOperationException($"grpc_tools.protoc failed: {stdout}{stderr}");
+        var protos = Path.Combine(ExternalTools.RepoRoot, "protos");
+        foreach (var proto in new[] { "test/interop.proto", "grpc/health/v1/health.proto", "grpc/reflection/v1alpha/reflection.proto" })
+        {
+            var file = Path.Combine(protos, proto);
+            var (code, stdout, stderr) = ExternalTools.Run(ExternalTools.Python,
+                ["-m", "grpc_tools.protoc", "-I", Path.GetDirectoryName(file)!, "--python_out=" + dir, "--grpc_python_out=" + dir, file],
+                TimeSpan.FromSeconds(60));
+            if (code != 0) throw new InvalidOperationException($"grpc_tools.protoc failed on {proto}: {stdout}{stderr}");
+        }
         return dir;
     }
 }
