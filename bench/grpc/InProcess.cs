@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Cluster.Interop;
+using Cluster.Serving.Routing;
 using Grpc.Core;
 
 /// <summary>
@@ -11,28 +12,28 @@ internal static class InProcess
 {
     public static async Task RunAsync(int rounds)
     {
-        await using var host = RpcServerHost.Create(new RpcHostOptions(), (registry, _) => new InteropService().Register(registry));
-        await host.StartAsync();
-        using var channel = new RpcChannel(host.GrpcAddress, new RpcChannelOptions { MaxReceiveMessageSize = 8 << 20 });
+        await using var host = await BenchServer.StartAsync();
+        using var channel = GrpcChannels.Create(host.GrpcAddress);
+        var client = new TestService.TestServiceClient(channel);
         var chunk = new StreamingInputCallRequest { Payload = new Payload { Body = InteropService.MakeBody(1 << 20, 0) } };
 
         for (var round = 0; round < rounds; round++)
         {
             await Measure("up_256mib", async () =>
             {
-                using var call = channel.ClientStreaming(TestServiceMethods.StreamingInputCall);
-                for (var i = 0; i < 256; i++) await call.WriteAsync(chunk);
-                await call.CompleteAsync();
+                using var call = client.StreamingInputCall();
+                for (var i = 0; i < 256; i++) await call.RequestStream.WriteAsync(chunk);
+                await call.RequestStream.CompleteAsync();
                 await call.ResponseAsync;
             });
             await Measure("down_256mib", async () =>
             {
-                using var call = channel.ServerStreaming(TestServiceMethods.StreamingOutputCall, new StreamingOutputCallRequest { Count = 256, Size = 1 << 20 });
-                await foreach (var _ in call.ReadAllAsync()) { }
+                using var call = client.StreamingOutputCall(new StreamingOutputCallRequest { Count = 256, Size = 1 << 20 });
+                await foreach (var _ in call.ResponseStream.ReadAllAsync()) { }
             });
             await Measure("unary_seq_5000", async () =>
             {
-                for (var i = 0; i < 5000; i++) await channel.UnaryAsync(TestServiceMethods.EmptyCall, new Empty());
+                for (var i = 0; i < 5000; i++) await client.EmptyCallAsync(new Empty());
             });
         }
     }

@@ -1,16 +1,17 @@
-// Loopback benchmark of Cluster.Rpc.
+// Loopback benchmark of the gRPC stack (Grpc.AspNetCore server hosted like ServiceHost, Grpc.Net.Client
+// channel from GrpcChannels).
 //   server                      serve TestService on 127.0.0.1 (prints "PORT n"; stops when stdin closes)
 //   client PORT SECONDS         measure against a TestService server, print one line per metric
 //   inproc ROUNDS               client and server in this process; prints process CPU time per
 //                               workload, which a busy shared machine disturbs less than wall time
 using System.Diagnostics;
 using Cluster.Interop;
+using Cluster.Serving.Routing;
 using Grpc.Core;
 
 if (args is ["server"])
 {
-    await using var host = RpcServerHost.Create(new RpcHostOptions(), (registry, _) => new InteropService().Register(registry));
-    await host.StartAsync();
+    await using var host = await BenchServer.StartAsync();
     Console.WriteLine($"PORT {host.GrpcEndPoint.Port}");
     await Console.In.ReadToEndAsync();
     return 0;
@@ -27,8 +28,9 @@ if (args is not ["client", var portText, var secondsText])
 }
 
 var seconds = double.Parse(secondsText);
-using var channel = new RpcChannel(new Uri($"http://127.0.0.1:{portText}"), new RpcChannelOptions { MaxReceiveMessageSize = 8 << 20 });
-await channel.UnaryAsync(TestServiceMethods.EmptyCall, new Empty()); // connect and warm up
+using var channel = GrpcChannels.Create(new Uri($"http://127.0.0.1:{portText}"));
+var client = new TestService.TestServiceClient(channel);
+await client.EmptyCallAsync(new Empty()); // connect and warm up
 
 Console.WriteLine($"unary_seq_calls_per_s {await UnaryRate(1):F0}");
 Console.WriteLine($"unary_c16_calls_per_s {await UnaryRate(16):F0}");
@@ -45,7 +47,7 @@ async Task<double> UnaryRate(int concurrency)
         long n = 0;
         while (stop.Elapsed.TotalSeconds < seconds)
         {
-            await channel.UnaryAsync(TestServiceMethods.EmptyCall, new Empty());
+            await client.EmptyCallAsync(new Empty());
             n++;
         }
         return n;
@@ -57,9 +59,9 @@ async Task<double> UnaryRate(int concurrency)
 async Task<double> StreamDown()
 {
     var sw = Stopwatch.StartNew();
-    using var call = channel.ServerStreaming(TestServiceMethods.StreamingOutputCall, new StreamingOutputCallRequest { Count = 256, Size = 1 << 20 });
+    using var call = client.StreamingOutputCall(new StreamingOutputCallRequest { Count = 256, Size = 1 << 20 });
     long bytes = 0;
-    await foreach (var m in call.ReadAllAsync()) bytes += m.Payload.Body.Length;
+    await foreach (var m in call.ResponseStream.ReadAllAsync()) bytes += m.Payload.Body.Length;
     return bytes / (1024.0 * 1024) / sw.Elapsed.TotalSeconds;
 }
 
@@ -68,9 +70,9 @@ async Task<double> StreamUp()
 {
     var chunk = new StreamingInputCallRequest { Payload = new Payload { Body = InteropService.MakeBody(1 << 20, 0) } };
     var sw = Stopwatch.StartNew();
-    using var call = channel.ClientStreaming(TestServiceMethods.StreamingInputCall);
-    for (var i = 0; i < 256; i++) await call.WriteAsync(chunk);
-    await call.CompleteAsync();
+    using var call = client.StreamingInputCall();
+    for (var i = 0; i < 256; i++) await call.RequestStream.WriteAsync(chunk);
+    await call.RequestStream.CompleteAsync();
     var response = await call.ResponseAsync;
     return response.AggregatedPayloadSize / (1024.0 * 1024) / sw.Elapsed.TotalSeconds;
 }

@@ -90,7 +90,8 @@ def run(stub, case, call_id):
     elif case == "unimplemented_method":
         expect_error(lambda: stub.UnimplementedCall(pb.Empty(), timeout=10), grpc.StatusCode.UNIMPLEMENTED)
     elif case == "oversize_request":
-        req = pb.SimpleRequest(payload=pb.Payload(body=bytes(5 * MIB)))
+        # Over the 16 MiB our servers accept (GrpcChannels.MaxMessageBytes, as ServiceHost sets it).
+        req = pb.SimpleRequest(payload=pb.Payload(body=bytes(17 * MIB)))
         expect_error(lambda: stub.UnaryCall(req, timeout=10), grpc.StatusCode.RESOURCE_EXHAUSTED)
     else:
         raise SystemExit(f"unknown case {case}")

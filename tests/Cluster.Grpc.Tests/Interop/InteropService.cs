@@ -1,28 +1,15 @@
 using System.Collections.Concurrent;
-using Cluster.Rpc;
-using Cluster.Rpc.Server;
 using Google.Protobuf;
+using Grpc.Core;
 
 namespace Cluster.Interop;
 
-/// <summary>Typed descriptors of protos/test/interop.proto's TestService.</summary>
-public static class TestServiceMethods
-{
-    public const string Service = "cluster.interop.TestService";
-
-    public static readonly Method<Empty, Empty> EmptyCall = new(MethodType.Unary, Service, "EmptyCall", Empty.Parser, Empty.Parser);
-    public static readonly Method<SimpleRequest, SimpleResponse> UnaryCall = new(MethodType.Unary, Service, "UnaryCall", SimpleRequest.Parser, SimpleResponse.Parser);
-    public static readonly Method<StreamingOutputCallRequest, StreamingOutputCallResponse> StreamingOutputCall = new(MethodType.ServerStreaming, Service, "StreamingOutputCall", StreamingOutputCallRequest.Parser, StreamingOutputCallResponse.Parser);
-    public static readonly Method<StreamingInputCallRequest, StreamingInputCallResponse> StreamingInputCall = new(MethodType.ClientStreaming, Service, "StreamingInputCall", StreamingInputCallRequest.Parser, StreamingInputCallResponse.Parser);
-    public static readonly Method<Empty, Empty> UnimplementedCall = new(MethodType.Unary, Service, "UnimplementedCall", Empty.Parser, Empty.Parser);
-}
-
 /// <summary>
-/// Our implementation of the interop TestService (UnimplementedCall deliberately left out). It
-/// records the calls whose client went away, by their "call-id" request header, so tests can
-/// check that a peer's cancellation reached the handler.
+/// Our implementation of the interop TestService (UnimplementedCall deliberately left to the generated
+/// base, which answers UNIMPLEMENTED). It records the calls whose client went away, by their "call-id"
+/// request header, so tests can check that a peer's cancellation reached the handler.
 /// </summary>
-public sealed class InteropService
+public sealed class InteropService : TestService.TestServiceBase
 {
     public const string EchoInitialKey = "x-grpc-test-echo-initial";
     public const string EchoTrailingKey = "x-grpc-test-echo-trailing-bin";
@@ -32,12 +19,6 @@ public sealed class InteropService
 
     /// <summary>Completes when the call with this call-id saw its cancellation token fire.</summary>
     public Task CancelledAsync(string callId) => Signal(callId).Task;
-
-    public void Register(RpcServiceRegistry registry) => registry
-        .AddUnary(TestServiceMethods.EmptyCall, (_, _) => Task.FromResult(new Empty()))
-        .AddUnary(TestServiceMethods.UnaryCall, UnaryCall)
-        .AddServerStreaming(TestServiceMethods.StreamingOutputCall, StreamingOutputCall)
-        .AddClientStreaming(TestServiceMethods.StreamingInputCall, StreamingInputCall);
 
     /// <summary>Payload of <paramref name="size"/> bytes where byte i is (i + index) % 251.</summary>
     public static ByteString MakeBody(int size, int index)
@@ -56,9 +37,11 @@ public sealed class InteropService
 
     private static byte[] Pattern = [];
 
-    private async Task<SimpleResponse> UnaryCall(SimpleRequest request, ServerCallContext context)
+    public override Task<Empty> EmptyCall(Empty request, ServerCallContext context) => Task.FromResult(new Empty());
+
+    public override async Task<SimpleResponse> UnaryCall(SimpleRequest request, ServerCallContext context)
     {
-        Echo(context);
+        await Echo(context);
         using var _ = WatchCancellation(context);
         if (request.SleepMs > 0) await Task.Delay(request.SleepMs, context.CancellationToken);
         ThrowIfRequested(request.ResponseStatus);
@@ -69,9 +52,9 @@ public sealed class InteropService
         };
     }
 
-    private async Task StreamingOutputCall(StreamingOutputCallRequest request, IServerStreamWriter<StreamingOutputCallResponse> stream, ServerCallContext context)
+    public override async Task StreamingOutputCall(StreamingOutputCallRequest request, IServerStreamWriter<StreamingOutputCallResponse> stream, ServerCallContext context)
     {
-        Echo(context);
+        await Echo(context);
         using var _ = WatchCancellation(context);
         for (var i = 0; i < request.Count; i++)
         {
@@ -81,13 +64,13 @@ public sealed class InteropService
         ThrowIfRequested(request.ResponseStatus);
     }
 
-    private async Task<StreamingInputCallResponse> StreamingInputCall(IAsyncEnumerable<StreamingInputCallRequest> requests, ServerCallContext context)
+    public override async Task<StreamingInputCallResponse> StreamingInputCall(IAsyncStreamReader<StreamingInputCallRequest> requests, ServerCallContext context)
     {
-        Echo(context);
+        await Echo(context);
         using var _ = WatchCancellation(context);
         long total = 0;
         var count = 0;
-        await foreach (var r in requests)
+        await foreach (var r in requests.ReadAllAsync(context.CancellationToken))
         {
             total += r.Payload?.Body.Length ?? 0;
             count++;
@@ -96,16 +79,18 @@ public sealed class InteropService
     }
 
     /// <summary>Interop "custom_metadata": echo these two request headers as response header and trailer.</summary>
-    private static void Echo(ServerCallContext context)
+    private static async Task Echo(ServerCallContext context)
     {
-        if (context.RequestHeaders.GetValue(EchoInitialKey) is { } initial) context.ResponseHeaders.Add(EchoInitialKey, initial);
-        if (context.RequestHeaders.GetBytes(EchoTrailingKey) is { } trailing) context.ResponseTrailers.Add(EchoTrailingKey, trailing);
+        if (context.RequestHeaders.GetValueBytes(EchoTrailingKey) is { } trailing) context.ResponseTrailers.Add(EchoTrailingKey, trailing);
+        // Only when asked: writing headers early would turn an immediate error into headers + trailers.
+        if (context.RequestHeaders.GetValue(EchoInitialKey) is { } initial)
+            await context.WriteResponseHeadersAsync(new Metadata { { EchoInitialKey, initial } });
     }
 
     private static void ThrowIfRequested(EchoStatus? status)
     {
         if (status is { Code: not 0 })
-            throw new RpcException((StatusCode)status.Code, status.Message, new Metadata().Add(EchoTrailingKey, [0xab, 0xcd]));
+            throw new RpcException(new Status((StatusCode)status.Code, status.Message), new Metadata { { EchoTrailingKey, new byte[] { 0xab, 0xcd } } });
     }
 
     private IDisposable? WatchCancellation(ServerCallContext context)

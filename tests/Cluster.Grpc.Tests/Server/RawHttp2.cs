@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.Http.Headers;
 
-namespace Cluster.Rpc.Tests.Server;
+namespace Cluster.Grpc.Tests.Server;
 
 /// <summary>Hand-made HTTP/2 (h2c) requests, to send a gRPC server what no gRPC client would.</summary>
 public static class RawHttp2

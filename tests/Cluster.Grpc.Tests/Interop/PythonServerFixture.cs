@@ -3,7 +3,7 @@ using System.Diagnostics;
 using Cluster.Tests;
 using Xunit;
 
-namespace Cluster.Rpc.Tests.Interop;
+namespace Cluster.Grpc.Tests.Interop;
 
 /// <summary>grpcio's server (tests/interop/python/interop_server.py) on 127.0.0.1 with a free port.</summary>
 public sealed class PythonServerFixture : IAsyncLifetime

@@ -1,7 +1,7 @@
 using Cluster.Tests;
 using Xunit;
 
-namespace Cluster.Rpc.Tests.Interop;
+namespace Cluster.Grpc.Tests.Interop;
 
 /// <summary>grpcio's Python client runs each interop case against our server.</summary>
 public sealed class PythonClientTests(OurServerFixture server) : IClassFixture<OurServerFixture>

@@ -1,7 +1,7 @@
 using Cluster.Tests;
 using Xunit;
 
-namespace Cluster.Rpc.Tests.Interop;
+namespace Cluster.Grpc.Tests.Interop;
 
 /// <summary>
 /// grpc-js (Node) runs each interop case against our server. Its packages come from
@@ -28,7 +28,7 @@ public sealed class NodeClientTests(OurServerFixture server) : IClassFixture<Our
             await server.Service.CancelledAsync(callId).WaitAsync(TimeSpan.FromSeconds(10));
     }
 
-    private static bool NodeAvailable()
+    public static bool NodeAvailable()
     {
         if (Directory.Exists(Path.Combine(NodeDir, "node_modules", "@grpc", "grpc-js"))) return true;
         if (ExternalTools.Required) throw new InvalidOperationException("tests/interop/node/node_modules is missing: run `npm ci --prefix tests/interop/node`");
