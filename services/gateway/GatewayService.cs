@@ -61,11 +61,12 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
         // The policy every request falls back to must parse before the first request arrives.
         Serving.Mapping.PolicyMapping.Parse(options.Policy, host.Policies);
         var ttl = TimeSpan.FromSeconds(Math.Max(1, options.SessionTtl));
+        string? template = options.ChatTemplate is { Length: > 0 } t ? (File.Exists(t) ? File.ReadAllText(t) : t) : null;
         if (string.IsNullOrEmpty(options.Redis))
-            return new GatewayService(options, host, new InMemorySessionStore(ttl), null, logger);
+            return new GatewayService(options, host, new InMemorySessionStore(ttl), null, logger) { ChatTemplate = template };
         var redis = await RedisClient.ConnectAsync(RedisOptions.Parse(options.Redis));
         logger.LogInformation("session store: redis at {Redis}", options.Redis);
-        return new GatewayService(options, host, new RedisSessionStore(redis, ttl), redis, logger);
+        return new GatewayService(options, host, new RedisSessionStore(redis, ttl), redis, logger) { ChatTemplate = template };
     }
 
     /// <summary>Ready while at least one prefill and one decode worker pass health checks.</summary>
@@ -74,6 +75,17 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
     public IReadOnlyList<string> MeterNames => [MeterName];
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<GatewayService>();
+
+    /// <summary>The OpenAI-compatible API and the playground (OpenAi/).</summary>
+    public void MapHttpEndpoints(IEndpointRouteBuilder endpoints) => OpenAi.OpenAiEndpoints.Map(endpoints, this);
+
+    /// <summary>The served model's name (GetModelInfo.name, the OpenAI API's model id).</summary>
+    internal string ModelId => Path.GetFileName(Path.TrimEndingDirectorySeparator(Host.Path));
+
+    internal DateTimeOffset Started { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>--chat-template (a file or the template itself), else null: the model's own.</summary>
+    internal string? ChatTemplate { get; private init; }
 
     public override Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
         new GenerateCall(this, responseStream, context).RunAsync(request);
@@ -99,7 +111,7 @@ public sealed class GatewayService : LlmCluster.V1.Gateway.GatewayBase, ICluster
         var c = Host.Config;
         var info = new ModelInfo
         {
-            Name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Host.Path)),
+            Name = ModelId,
             Architecture = "llama",
             VocabSize = c.VocabSize,
             ContextLength = c.MaxPositions,

@@ -130,6 +130,7 @@ public static class ServiceHost
         app.Lifetime.ApplicationStopping.Register(readiness.StartDraining);
         app.UseMetricsEndpoint();
         service.MapGrpcServices(app);
+        service.MapHttpEndpoints(app);
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
         app.MapGet("/healthz", () => readiness.IsReady ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));

@@ -61,6 +61,9 @@ public sealed class ServiceOptions
     [Option("--policy", "default KV policy, e.g. dense, window(256), sink_window(4,252), qfilters(256,32)", ServiceRole.Gateway)]
     public string Policy { get; set; } = "dense";
 
+    [Option("--chat-template", "Jinja chat template (a file, or the template itself) replacing the model's own", ServiceRole.Gateway)]
+    public string? ChatTemplate { get; set; }
+
     [Option("--redis", "host:port of the Redis session store (default: in-process store)", ServiceRole.Gateway)]
     public string? Redis { get; set; }
 
