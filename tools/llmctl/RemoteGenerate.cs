@@ -24,8 +24,7 @@ internal static class RemoteGenerate
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
-        if (!json) Console.Write(prompt);
-        return Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed);
+        return Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, echo: prompt);
     }
 
     /// <summary>`--resume SESSION`: Gateway.Resume, printed like a generation.</summary>
@@ -36,10 +35,12 @@ internal static class RemoteGenerate
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
         return Print(new Gateway.GatewayClient(channel).Resume(new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }, cancellationToken: cancel.Token),
-            cancel, onCancel, json, seed: null);
+            cancel, onCancel, json, seed: null, echo: "");
     }
 
-    private static int Print(AsyncServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed)
+    /// <param name="echo">Printed once the gateway has accepted the request (Started), never before: a refused
+    /// prompt is not echoed, so the error stands alone.</param>
+    private static int Print(AsyncServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed, string echo)
     {
         using var _ = call;
         var ids = new List<int>();
@@ -54,6 +55,7 @@ internal static class RemoteGenerate
                 {
                     case GenerateResponse.ResponseOneofCase.Started:
                         session = r.Started.SessionId;
+                        if (!json) Console.Write(echo);
                         break;
                     case GenerateResponse.ResponseOneofCase.Chunk:
                         ids.AddRange(r.Chunk.TokenIds);

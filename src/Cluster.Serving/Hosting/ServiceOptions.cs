@@ -82,6 +82,9 @@ public sealed class ServiceOptions
     [Option("--qfilters", "q_filters safetensors file for the qfilters policy", ServiceRole.Gateway, ServiceRole.Prefill, ServiceRole.Decode, ServiceRole.CacheManager)]
     public string? QFilters { get; set; }
 
+    [Option("--log-level", "trace, debug, info, warning, error or none (framework request logs only at debug and below)")]
+    public string LogLevel { get; set; } = "warning";
+
     [Option("--otlp-endpoint", "OTLP/HTTP endpoint for traces (default: trace ids are logged)")]
     public string? OtlpEndpoint { get; set; }
 
