@@ -38,6 +38,7 @@ internal sealed class OpenAiEndpoints(GatewayService gateway)
         ["max_model_len"] = gateway.Host.Config.MaxPositions,
         ["kv_policies"] = new JsonArray(Engine.Compression.KvPolicyRegistry.Names.Select(n => (JsonNode)n).ToArray()),
         ["default_kv_policy"] = gateway.Options.Policy,
+        ["chat_template"] = (gateway.ChatTemplate ?? gateway.Host.Tokenizer.ChatTemplate) is not null,
     };
 
     private Task ModelsAsync(HttpContext http) =>

@@ -33,5 +33,7 @@ public static class ServiceLogging
         logging.SetMinimumLevel(level);
         var framework = level <= LogLevel.Debug ? level : (LogLevel)Math.Max((int)level, (int)LogLevel.Warning);
         foreach (var category in PerRequestCategories) logging.AddFilter(category, framework);
+        // An unhealthy check is an answer (NOT_SERVING while loading or draining), not an error to log.
+        if (level > LogLevel.Debug) logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.None);
     }
 }

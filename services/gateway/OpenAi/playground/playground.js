@@ -47,6 +47,8 @@ async function loadModel() {
   const m = body.data[0];
   state.model = m.id;
   $('model').textContent = `${m.id} · context ${m.max_model_len} · default KV policy ${m.default_kv_policy}`;
+  // Without a chat template the chat endpoint refuses: start in text completion (a choice made before stays).
+  if (!m.chat_template && !saved.mode) { state.mode = 'text'; render(); }
   const examples = { dense: 'dense', window: 'window(128)', sink_window: 'sink_window(4,124)', knorm: 'knorm(128,32)', qfilters: 'qfilters(128,32)' };
   for (const name of m.kv_policies) {
     const o = document.createElement('option');
