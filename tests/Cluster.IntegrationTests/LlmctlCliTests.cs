@@ -34,6 +34,18 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         Assert.DoesNotContain("Status(", stderr);
     }
 
+    [SharedDataFact]
+    public void Max_tokens_cut_by_the_context_is_a_warning_not_a_silent_stop()
+    {
+        string prompt = string.Concat(Enumerable.Repeat("Once upon a time there was a dog. ", 42));
+        int tokens = f.Tokenizer.Encode(prompt, addBos: true).Length;
+        Assert.InRange(tokens, 400, 500);
+        var (code, _, stderr) = Run("", "generate", "--endpoint", Endpoint, "--prompt", prompt, "--max-tokens", "200", "--ignore-eos");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("warning: stopped after", stderr);
+        Assert.Contains("of --max-tokens 200 tokens: the prompt and output reached the model's context (512 tokens)", stderr);
+    }
+
     [SharedDataTheory]
     [InlineData("{0}")]
     [InlineData("http://{0}")]
