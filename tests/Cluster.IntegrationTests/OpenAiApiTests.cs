@@ -123,6 +123,21 @@ public class OpenAiApiTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
     }
 
     [SharedDataFact]
+    public async Task Max_tokens_cut_by_the_context_comes_with_a_warning()
+    {
+        string prompt = string.Concat(Enumerable.Repeat("Once upon a time there was a dog. ", 42));
+        using var response = await f.Http.PostAsJsonAsync("completions", new { model = "stories260K.bin", prompt, max_tokens = 200, ignore_eos = true });
+        using var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        Assert.Equal("length", body.RootElement.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.True(body.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32() < 200);
+        Assert.Contains("of max_tokens 200: the conversation reached the model's context", body.RootElement.GetProperty("warning").GetString());
+
+        using var fits = await f.Http.PostAsJsonAsync("completions", new { model = "stories260K.bin", prompt = "Hi", max_tokens = 3, ignore_eos = true });
+        using var fitsBody = JsonDocument.Parse(await fits.Content.ReadAsStringAsync());
+        Assert.False(fitsBody.RootElement.TryGetProperty("warning", out _));
+    }
+
+    [SharedDataFact]
     public async Task Chat_continues_a_session_on_its_stored_kv_and_reports_its_size()
     {
         using var first = await f.Http.PostAsJsonAsync("chat/completions", new

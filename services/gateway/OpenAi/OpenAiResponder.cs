@@ -77,11 +77,18 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
             ["e2e_ms"] = Math.Round(complete.Timings.E2ESeconds * 1000, 2),
         };
         var kv = await kvSize(_turnId);
+        // The context, not max_tokens, ended the output: say so (OpenAI has no field for it; vLLM refuses
+        // such requests, we serve what fits).
+        int asked = request.Generate.Sampling.HasMaxTokens ? request.Generate.Sampling.MaxTokens : new Engine.Sampling.SamplingParameters().MaxTokens;
+        string? warning = finish == "length" && complete.Usage.CompletionTokens < asked
+            ? $"stopped after {complete.Usage.CompletionTokens} of max_tokens {asked}: the conversation reached the model's context; a bounded kv_policy such as sink_window(4,252) goes on"
+            : null;
         if (request.Stream)
         {
             var last = Choice(_chat ? new JsonObject() : JsonValue.Create(""), null, finish);
             last["timings"] = timings;
             last["kv"] = kv;
+            if (warning is not null) last["warning"] = warning;
             await EventAsync(last);
             if (request.IncludeUsage)
             {
@@ -104,6 +111,7 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
         result["usage"] = usage;
         result["timings"] = timings;
         result["kv"] = kv;
+        if (warning is not null) result["warning"] = warning;
         Result = result;
     }
 
