@@ -16,21 +16,22 @@ public static class ChatPrompts
     /// </summary>
     /// <exception cref="RpcException">FAILED_PRECONDITION when the model has no chat template; INVALID_ARGUMENT when
     /// the template refuses the messages or uses a construct the renderer does not support (the message says which).</exception>
-    public static int[] Encode(ITokenizer tokenizer, ChatPrompt chat, bool continuing)
+    /// <param name="template">The gateway's --chat-template, which replaces the model's own (null: the model's).</param>
+    public static int[] Encode(ITokenizer tokenizer, ChatPrompt chat, bool continuing, string? template = null)
     {
-        var source = tokenizer.ChatTemplate
-            ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, "the model has no chat_template: send text or token_ids"));
+        var source = template ?? tokenizer.ChatTemplate
+            ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, "the model has no chat_template: send text or token_ids, or start the gateway with --chat-template"));
         string bos = tokenizer.BosId >= 0 ? tokenizer.TokenText(tokenizer.BosId) : "";
         string eos = tokenizer.EosId >= 0 ? tokenizer.TokenText(tokenizer.EosId) : "";
         string text;
         try
         {
             // Parsed per request: templates are a few KB and parse in microseconds next to a prefill.
-            var template = new ChatTemplate(source);
+            var parsed = new ChatTemplate(source);
             var messages = ToEngine(chat.Messages);
             text = continuing
-                ? template.RenderContinuation(ToEngine(chat.History), messages, addGenerationPrompt: true, bos, eos)
-                : template.Render(messages, addGenerationPrompt: true, bos, eos);
+                ? parsed.RenderContinuation(ToEngine(chat.History), messages, addGenerationPrompt: true, bos, eos)
+                : parsed.Render(messages, addGenerationPrompt: true, bos, eos);
         }
         catch (ChatTemplateException e)
         {

@@ -57,12 +57,13 @@ public sealed partial class GatewayService : LlmCluster.V1.Gateway.GatewayBase, 
         // The policy every request falls back to must parse before the first request arrives.
         Serving.Mapping.PolicyMapping.Parse(options.Policy, host.Policies);
         var ttl = TimeSpan.FromSeconds(Math.Max(1, options.SessionTtl));
+        string? template = options.ChatTemplate is { Length: > 0 } t ? (File.Exists(t) ? File.ReadAllText(t) : t) : null;
         if (string.IsNullOrEmpty(options.Redis))
-            return new GatewayService(options, host, new InMemorySessionStore(ttl), null, logger);
+            return new GatewayService(options, host, new InMemorySessionStore(ttl), null, logger) { ChatTemplate = template };
         // The process's one multiplexer; the gateway owns it and disposes it with the store.
         var redis = await RedisConnector.ConnectAsync(options.Redis);
         logger.LogInformation("session store: redis at {Redis}", options.Redis);
-        return new GatewayService(options, host, new RedisSessionStore(redis, ttl, logger: logging.CreateLogger<RedisSessionStore>()), redis, logger);
+        return new GatewayService(options, host, new RedisSessionStore(redis, ttl, logger: logging.CreateLogger<RedisSessionStore>()), redis, logger) { ChatTemplate = template };
     }
 
     /// <summary>Ready while at least one prefill and one decode worker pass health checks.</summary>
@@ -74,6 +75,16 @@ public sealed partial class GatewayService : LlmCluster.V1.Gateway.GatewayBase, 
 
     public void ConfigureServices(IServiceCollection services) => services.AddHostedService(_ => new WorkerHealthMonitor(Prefill, Decode));
 
+    /// <summary>The OpenAI-compatible API and the playground (OpenAi/).</summary>
+    public void MapHttpEndpoints(IEndpointRouteBuilder endpoints) => OpenAi.OpenAiEndpoints.Map(endpoints, this);
+
+    /// <summary>The served model's name (GetModelInfo.name, the OpenAI API's model id).</summary>
+    internal string ModelId => Path.GetFileName(Path.TrimEndingDirectorySeparator(Host.Path));
+
+    internal DateTimeOffset Started { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>--chat-template (a file or the template itself), else null: the model's own.</summary>
+    internal string? ChatTemplate { get; private init; }
 
     public override Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
         new GenerateCall(this, responseStream, context).RunAsync(request);
@@ -99,7 +110,7 @@ public sealed partial class GatewayService : LlmCluster.V1.Gateway.GatewayBase, 
         var c = Host.Config;
         var info = new ModelInfo
         {
-            Name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Host.Path)),
+            Name = ModelId,
             Architecture = "llama",
             VocabSize = c.VocabSize,
             ContextLength = c.MaxPositions,

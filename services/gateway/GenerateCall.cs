@@ -28,10 +28,14 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     /// existing session: the conversation's next turn (<see cref="NextTurnAsync"/>).</summary>
     public Task RunAsync(GenerateRequest request) => StreamAsync(async (options, cts) =>
     {
-        if (!string.IsNullOrEmpty(request.SessionId) && await gateway.Sessions.GetAsync(request.SessionId, context.CancellationToken) is { } existing)
-            return await NextTurnAsync(existing, request, options, cts);
+        // A session id names an existing conversation, never a new one: a mistyped or expired id must
+        // not silently start over (as Resume and DeleteSession, it is NOT_FOUND).
+        if (!string.IsNullOrEmpty(request.SessionId))
+            return await gateway.Sessions.GetAsync(request.SessionId, context.CancellationToken) is { } existing
+                ? await NextTurnAsync(existing, request, options, cts)
+                : throw new RpcException(new Status(StatusCode.NotFound, $"session '{request.SessionId}' not found (expired, deleted or never started); leave session_id empty to start a new one"));
         var (prompt, p, wireSampling, policy) = Validate(request, addBos: true);
-        _sessionId = _kvSession = string.IsNullOrEmpty(request.SessionId) ? Guid.NewGuid().ToString("N") : request.SessionId;
+        _sessionId = _kvSession = Guid.NewGuid().ToString("N");
         _policy = policy;
         _promptTokens = prompt.Length;
         if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, prompt, wireSampling, policy, p.MaxTokens), context.CancellationToken))
@@ -210,7 +214,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         {
             GenerateRequest.PromptOneofCase.Text when request.Text.Length > 0 => host.Tokenizer.Encode(request.Text, addBos),
             GenerateRequest.PromptOneofCase.TokenIds when request.TokenIds.Ids.Count > 0 => request.TokenIds.Ids.ToArray(),
-            GenerateRequest.PromptOneofCase.Chat when request.Chat.Messages.Count > 0 => ChatPrompts.Encode(host.Tokenizer, request.Chat, continuing: !addBos),
+            GenerateRequest.PromptOneofCase.Chat when request.Chat.Messages.Count > 0 => ChatPrompts.Encode(host.Tokenizer, request.Chat, continuing: !addBos, gateway.ChatTemplate),
             _ => throw new RpcException(new Status(StatusCode.InvalidArgument, "prompt is empty: set text, token_ids or chat messages")),
         };
         RequestChecks.Prompt(prompt, host.Config);

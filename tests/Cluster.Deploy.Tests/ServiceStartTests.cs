@@ -19,11 +19,11 @@ namespace Cluster.Deploy.Tests;
 /// </summary>
 public class ServiceStartTests
 {
-    [Fact]
+    [SkippableFact]
     public Task Services_start_with_the_compose_environment() =>
         StartAllAsync("docker-compose.yml", Contract.Roles.ToDictionary(r => r, r => Compose.Environment(Compose.Services(Compose.Load())[r.Name()].Map(r.Name()))));
 
-    [Fact]
+    [SkippableFact]
     public Task Services_start_with_the_manifests_environment() =>
         Kubernetes.Render() is { } k8s
             ? StartAllAsync("manifests", Contract.Roles.ToDictionary(r => r, r => k8s.Environment(Kubernetes.Container(k8s.Deployment(r)))))

@@ -46,12 +46,13 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
     public async Task Every_turn_equals_the_local_conversation(string policy, int turns)
     {
         using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
-        string session = Guid.NewGuid().ToString("N");
+        string session = ""; // the first turn starts the session; the gateway names it
         for (int t = 0; t < turns; t++)
         {
             var prompt = TurnPrompt(f.Tokenizer, t);
             var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
             var got = await f.Cluster.GenerateAsync(TurnRequest(session, prompt, TurnParams(t), policy));
+            if (t == 0) session = got.SessionId;
             Assert.Equal(session, got.SessionId);
             Assert.Equal(t == 0 ? session : $"{session}/{t}", got.TurnId);
             Assert.True(expected.Ids.SequenceEqual(got.Ids), $"turn {t}: expected [{string.Join(',', expected.Ids)}], got [{string.Join(',', got.Ids)}]");
@@ -76,14 +77,15 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         using var client = GrpcChannels.Create(gateway.GrpcAddress);
 
         using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
-        string session = Guid.NewGuid().ToString("N");
+        string session = "";
         for (int t = 0; t < turns; t++)
         {
             var prompt = TurnPrompt(f.Tokenizer, t);
             var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
             double before = t == killAfter ? await decodeA.GaugeAsync("llm_generation_tokens_total") : 0;
-            var got = await Collect(new LlmCluster.V1.Gateway.GatewayClient(client).Generate(TurnRequest(session, prompt, TurnParams(t), policy)));
-            Assert.Equal(expected.Ids, got);
+            var got = await TestCluster.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(client).Generate(TurnRequest(session, prompt, TurnParams(t), policy)), default, null);
+            if (t == 0) session = got.SessionId;
+            Assert.Equal(expected.Ids, got.Ids);
             if (t != killAfter) continue;
             // SIGKILL the worker that decoded this turn: the next turns must not need it.
             (await decodeA.GaugeAsync("llm_generation_tokens_total") > before ? decodeA : decodeB).Kill();
@@ -93,9 +95,9 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
     [SharedDataFact]
     public async Task Sessions_are_listed_with_their_turns_and_deleting_one_releases_its_KV()
     {
-        string session = Guid.NewGuid().ToString("N");
+        string session = "";
         for (int t = 0; t < 3; t++)
-            await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, t), TurnParams(t), "sink_window(4,60)"));
+            session = (await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, t), TurnParams(t), "sink_window(4,60)"))).SessionId;
         var listed = await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).ListSessionsAsync(new ListSessionsRequest());
         var mine = Assert.Single(listed.Sessions, s => s.SessionId == session);
         Assert.Equal(3, mine.Turns);
@@ -114,8 +116,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
     public async Task Abort_by_the_session_id_stops_a_later_turn_and_the_next_turn_runs_or_is_refused_clearly()
     {
         const string policy = "sink_window(4,60)";
-        string session = Guid.NewGuid().ToString("N");
-        await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 0), TurnParams(0), policy));
+        string session = (await f.Cluster.GenerateAsync(TurnRequest("", TurnPrompt(f.Tokenizer, 0), TurnParams(0), policy))).SessionId;
         var longTurn = TurnParams(1, maxTokens: 100_000) with { IgnoreEos = true };
         bool aborted = false;
         var stopped = await f.Cluster.GenerateAsync(TurnRequest(session, TurnPrompt(f.Tokenizer, 1), longTurn, policy), onChunk: async s =>
@@ -158,7 +159,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
     public async Task Dense_refuses_the_turn_that_would_pass_the_context_with_a_clear_error()
     {
         using var local = new Conversation(f.Local, null, f.Tokenizer);
-        string session = Guid.NewGuid().ToString("N");
+        string session = "";
         for (int t = 0; ; t++)
         {
             var prompt = TurnPrompt(f.Tokenizer, t);
@@ -178,8 +179,19 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
                 return;
             }
             var got = await f.Cluster.GenerateAsync(request);
+            session = got.SessionId;
             Assert.Equal(GenerationOutput.Collect(chunks).Single().Ids, got.Ids);
         }
+    }
+
+    [SharedDataFact]
+    public async Task An_unknown_session_id_is_not_found_never_a_new_session()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(() => f.Cluster.GenerateAsync(TurnRequest("no-such-session", TurnPrompt(f.Tokenizer, 0), TurnParams(0), "dense")));
+        Assert.Equal(StatusCode.NotFound, e.StatusCode);
+        Assert.Contains("'no-such-session'", e.Status.Detail);
+        var listed = await new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).ListSessionsAsync(new ListSessionsRequest());
+        Assert.DoesNotContain(listed.Sessions, s => s.SessionId == "no-such-session");
     }
 
     [SharedDataFact]

@@ -21,9 +21,12 @@ public sealed class TestCluster : IAsyncDisposable
     public RunningService Gateway { get; private set; } = null!;
     public GrpcChannel Client { get; private set; } = null!;
 
+    /// <summary>The gateway's OpenAI-compatible API ("http://127.0.0.1:port/v1/").</summary>
+    public Uri OpenAiBase => new($"http://127.0.0.1:{Gateway.HttpEndPoint.Port}/v1/");
+
     public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
 
-    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null)
+    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null, string[]? gatewayOptions = null)
     {
         var c = new TestCluster();
         ServiceOptions Options(ServiceRole role, params string[] args) =>
@@ -37,6 +40,7 @@ public sealed class TestCluster : IAsyncDisposable
         string[] gatewayArgs = Q(["--model", model, "--cache-manager", cm, "--prefill", c.Prefill.GrpcAddress.ToString(),
             "--decode", string.Join(',', c.Decodes.Select(d => d.GrpcAddress.ToString())), "--policy", policy]);
         if (redis is not null) gatewayArgs = [.. gatewayArgs, "--redis", redis];
+        if (gatewayOptions is not null) gatewayArgs = [.. gatewayArgs, .. gatewayOptions];
         c.Gateway = await ServiceHost.StartAsync(Options(ServiceRole.Gateway, gatewayArgs), Cluster.Gateway.GatewayService.CreateAsync, tracing: tracing);
         c.Client = GrpcChannels.Create(c.Gateway.GrpcAddress);
         return c;

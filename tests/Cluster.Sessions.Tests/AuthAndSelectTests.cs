@@ -11,7 +11,7 @@ public class AuthAndSelectTests
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
 
-    [Fact]
+    [SkippableFact]
     public async Task Password_user_and_database_in_the_connection_string_reach_the_store()
     {
         await using var server = await RedisServerProcess.StartOrSkipAsync(false, "--requirepass", "s3cret");

@@ -12,10 +12,10 @@ public sealed class FollowTests(RedisFixture fixture, ITestOutputHelper output) 
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
 
-    [Fact]
+    [SkippableFact]
     public async Task A_follower_sees_each_append_within_50_ms_at_p99()
     {
-        if (fixture.Redis is null) return;
+        fixture.Require();
         const int warmup = 50, measured = 500;
         // A poll far longer than the bound: only the notification can deliver in time.
         var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMinutes(5), RedisFixture.Prefix()) { FollowPollInterval = TimeSpan.FromSeconds(1) };
@@ -44,10 +44,10 @@ public sealed class FollowTests(RedisFixture fixture, ITestOutputHelper output) 
         Assert.True(p99 < 50, summary);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Entries_that_came_without_a_notification_are_picked_up_by_the_poll()
     {
-        if (fixture.Redis is null) return;
+        fixture.Require();
         string p = RedisFixture.Prefix();
         var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMinutes(5), p) { FollowPollInterval = TimeSpan.FromMilliseconds(100) };
         await store.TryCreateAsync(new SessionInfo { Id = "quiet", Model = "m" });
@@ -67,7 +67,7 @@ public sealed class FollowTests(RedisFixture fixture, ITestOutputHelper output) 
         Assert.Equal([0L, 1, 2], got);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task A_redis_restart_mid_follow_loses_and_repeats_no_token()
     {
         await using var server = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);

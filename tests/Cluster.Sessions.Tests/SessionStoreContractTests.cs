@@ -20,7 +20,7 @@ public abstract class SessionStoreContract
         Parameters = new Dictionary<string, string> { ["temperature"] = "0.8", ["seed"] = "42" },
     };
 
-    [Fact]
+    [SkippableFact]
     public async Task Create_get_update_delete()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -50,7 +50,7 @@ public abstract class SessionStoreContract
         Assert.False(await store.DeleteAsync("a"));
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Update_merges_parameters_and_keeps_the_others()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -62,7 +62,7 @@ public abstract class SessionStoreContract
         Assert.Equal(3, got.Parameters.Count);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Append_then_read_after_an_index()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -79,7 +79,7 @@ public abstract class SessionStoreContract
         Assert.Null((await store.ReadTokensAsync("s", 9, 1)).Entries[0].Text);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Duplicate_or_stale_index_is_rejected_never_stored_twice()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -100,7 +100,7 @@ public abstract class SessionStoreContract
         Assert.Equal(Enumerable.Range(0, 200).Select(i => (long)i), page.Entries.Select(e => e.Index));
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Appends_issued_back_to_back_by_one_writer_stay_in_order()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -120,7 +120,7 @@ public abstract class SessionStoreContract
         Assert.Equal(Enumerable.Range(0, 1000).Select(i => (long)i), got.Select(e => e.Index));
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Complete_marks_the_end_keeps_the_first_reason_and_refuses_appends()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -139,7 +139,7 @@ public abstract class SessionStoreContract
         Assert.Equal("stop", (await store.GetAsync("c"))!.FinishReason);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Follow_replays_then_delivers_live_entries_then_ends_at_completion()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -169,7 +169,7 @@ public abstract class SessionStoreContract
         }
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Follow_stops_on_cancellation_and_when_the_session_is_deleted()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -186,7 +186,7 @@ public abstract class SessionStoreContract
         await follower.WaitAsync(Bound);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Sessions_and_logs_expire_after_the_ttl_without_activity()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMilliseconds(700));
@@ -202,7 +202,7 @@ public abstract class SessionStoreContract
         Assert.Empty(await store.ListAsync(10));
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Appends_keep_the_session_alive_past_its_ttl()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMilliseconds(1500));
@@ -218,7 +218,7 @@ public abstract class SessionStoreContract
         Assert.Equal(10, (await store.ReadTokensAsync("alive", -1, 100)).Entries.Count);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task List_shows_live_sessions_most_recently_active_first()
     {
         var store = await CreateStoreAsync(TimeSpan.FromMinutes(5));
@@ -241,7 +241,7 @@ public sealed class InMemorySessionStoreTests : SessionStoreContract
 {
     protected override Task<ISessionStore?> CreateStoreAsync(TimeSpan ttl) => Task.FromResult<ISessionStore?>(new InMemorySessionStore(ttl));
 
-    [Fact]
+    [SkippableFact]
     public async Task Bounded_in_sessions_and_tokens()
     {
         var store = new InMemorySessionStore(TimeSpan.FromMinutes(1), maxSessions: 3, maxTokensPerSession: 2);
@@ -261,12 +261,12 @@ public sealed class InMemorySessionStoreTests : SessionStoreContract
 public sealed class RedisSessionStoreTests(RedisFixture fixture) : SessionStoreContract, IClassFixture<RedisFixture>
 {
     protected override Task<ISessionStore?> CreateStoreAsync(TimeSpan ttl) =>
-        Task.FromResult<ISessionStore?>(fixture.Redis is null ? null : new RedisSessionStore(fixture.Redis, ttl, RedisFixture.Prefix()));
+        Task.FromResult<ISessionStore?>(new RedisSessionStore(fixture.Require(), ttl, RedisFixture.Prefix()));
 
-    [Fact]
+    [SkippableFact]
     public async Task Layout_explicit_entry_ids_and_expiry_on_every_key()
     {
-        if (fixture.Redis is null) return;
+        fixture.Require();
         var r = fixture.Redis.GetDatabase();
         string p = RedisFixture.Prefix();
         var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMinutes(10), p);
@@ -288,10 +288,10 @@ public sealed class RedisSessionStoreTests(RedisFixture fixture) : SessionStoreC
         await Assert.ThrowsAsync<RedisServerException>(() => store.TryAppendTokenAsync("y", new TokenEntry(0, 1)));
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Every_append_and_the_delete_notify_the_session_channel()
     {
-        if (fixture.Redis is null) return;
+        fixture.Require();
         string p = RedisFixture.Prefix();
         var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMinutes(10), p);
         var heard = new System.Collections.Concurrent.ConcurrentQueue<string>();

@@ -12,14 +12,12 @@ public static class ExternalCommands
         return dirs.Select(d => Path.Combine(d, command)).FirstOrDefault(File.Exists);
     }
 
-    /// <summary>False (the test should return) when the command is missing outside CI; throws in CI
-    /// (LLMCLUSTER_REQUIRE_REFERENCES=1), where .ci/run installs <paramref name="aptPackage"/>.</summary>
+    /// <summary>True, or the test is skipped (locally) or fails (CI, LLMCLUSTER_REQUIRE_REFERENCES=1, where .ci/run
+    /// installs <paramref name="aptPackage"/>) when the command is missing.</summary>
     public static bool Ensure(string command, string aptPackage)
     {
         if (Find(command) is not null) return true;
-        if (ExternalTools.Required) throw new InvalidOperationException($"'{command}' is required (apt {aptPackage}) but missing");
-        Console.Error.WriteLine($"SKIP: '{command}' missing; install apt {aptPackage} to run this check");
-        return false;
+        throw References.Missing($"'{command}' is missing: install apt {aptPackage} to run this check");
     }
 
     /// <summary>Runs a command with <paramref name="stdin"/> as its standard input.</summary>

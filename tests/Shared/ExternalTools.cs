@@ -5,7 +5,7 @@ namespace Cluster.Tests;
 /// <summary>
 /// Runs independent reference programs (Debian's python3 with torch/numpy/sentencepiece/grpcio, node).
 /// When <c>LLMCLUSTER_REQUIRE_REFERENCES=1</c> (set by .ci/run, which installs them) a missing tool
-/// fails the test; otherwise the test is reported as skipped-by-message and returns early.
+/// fails the test; otherwise the test is reported Skipped with the reason (<see cref="References"/>).
 /// </summary>
 public static class ExternalTools
 {
@@ -22,13 +22,11 @@ public static class ExternalTools
         return code == 0;
     }
 
-    /// <summary>Returns false (test should return) or throws (CI) when a python module is missing.</summary>
+    /// <summary>True, or the test is skipped (locally) or fails (CI) when a python module is missing (<see cref="References"/>).</summary>
     public static bool EnsurePythonModule(string module)
     {
         if (HasPythonModule(module)) return true;
-        if (Required) throw new InvalidOperationException($"python3 module '{module}' is required (apt python3-{module}) but missing");
-        Console.Error.WriteLine($"SKIP: python3 module '{module}' missing; install apt python3-{module} to run this check");
-        return false;
+        throw References.Missing($"python3 module '{module}' is missing: install apt python3-{module} to run this check");
     }
 
     public static (int ExitCode, string Stdout, string Stderr) Run(string file, IEnumerable<string> args, TimeSpan timeout, string? workingDirectory = null)

@@ -26,7 +26,7 @@ public static class SharedData
 }
 
 /// <summary>A fact that needs ../shared; skipped with a reason when LLMCLUSTER_SHARED is missing.</summary>
-public sealed class SharedDataFactAttribute : Xunit.FactAttribute
+public sealed class SharedDataFactAttribute : Xunit.SkippableFactAttribute
 {
     public SharedDataFactAttribute()
     {
@@ -35,7 +35,7 @@ public sealed class SharedDataFactAttribute : Xunit.FactAttribute
 }
 
 /// <summary>A theory that needs ../shared; skipped with a reason when LLMCLUSTER_SHARED is missing.</summary>
-public sealed class SharedDataTheoryAttribute : Xunit.TheoryAttribute
+public sealed class SharedDataTheoryAttribute : Xunit.SkippableTheoryAttribute
 {
     public SharedDataTheoryAttribute()
     {

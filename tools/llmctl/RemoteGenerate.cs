@@ -24,8 +24,11 @@ internal static class RemoteGenerate
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
-        if (!json) Console.Write(prompt);
-        return Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed);
+        int code = Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, echo: prompt, out int generated, out string finish);
+        // The context, not --max-tokens, ended it: say so rather than look cut short for no reason.
+        if (finish == "length" && generated < p.MaxTokens)
+            Console.Error.WriteLine($"warning: stopped after {generated} of --max-tokens {p.MaxTokens} tokens: the prompt and output reached the model's context ({info.ContextLength} tokens); a bounded --policy such as sink_window(4,252) goes on");
+        return code;
     }
 
     /// <summary>`--resume SESSION`: Gateway.Resume, printed like a generation.</summary>
@@ -36,10 +39,13 @@ internal static class RemoteGenerate
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
         return Print(new Gateway.GatewayClient(channel).Resume(new ResumeRequest { SessionId = sessionId, AfterIndex = afterIndex }, cancellationToken: cancel.Token),
-            cancel, onCancel, json, seed: null);
+            cancel, onCancel, json, seed: null, echo: "", out _, out _);
     }
 
-    private static int Print(AsyncServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed)
+    /// <param name="echo">Printed once the gateway has accepted the request (Started), never before: a refused
+    /// prompt is not echoed, so the error stands alone.</param>
+    private static int Print(AsyncServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed, string echo,
+        out int generated, out string finishReason)
     {
         using var _ = call;
         var ids = new List<int>();
@@ -54,6 +60,7 @@ internal static class RemoteGenerate
                 {
                     case GenerateResponse.ResponseOneofCase.Started:
                         session = r.Started.SessionId;
+                        if (!json) Console.Write(echo);
                         break;
                     case GenerateResponse.ResponseOneofCase.Chunk:
                         ids.AddRange(r.Chunk.TokenIds);
@@ -88,6 +95,8 @@ internal static class RemoteGenerate
             Console.WriteLine();
             Console.Error.WriteLine($"[session {session}; {ids.Count} generated; finish {finish}; TTFT {timings?.TtftSeconds * 1e3:F1} ms, TPOT {timings?.TpotSeconds * 1e3:F1} ms{(seed is null ? "" : $"; seed {seed}")}]");
         }
+        generated = ids.Count;
+        finishReason = finish;
         return 0;
     }
 }

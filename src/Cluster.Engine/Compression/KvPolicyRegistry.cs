@@ -20,7 +20,7 @@ public static partial class KvPolicyRegistry
         ["sink_window"] = new(1, 2, "sink_window(S,W) or sink_window(W) with S = 4",
             (a, _) => a.Length == 1 ? new SinkWindowPolicy(SinkWindowPolicy.DefaultSinks, a[0]) : new SinkWindowPolicy(a[0], a[1])),
         ["qfilters"] = new(2, 2, "qfilters(budget,W)", (a, o) => new QFiltersPolicy(a[0], a[1],
-            o.Filters ?? throw new ArgumentException("qfilters needs calibrated filters (llmctl calibrate; pass --filters FILE)"))),
+            o.Filters ?? throw new ArgumentException("qfilters needs calibrated Q-Filters (made by llmctl calibrate): pass the file with --qfilters FILE"))),
         ["knorm"] = new(2, 2, "knorm(budget,W)", (a, _) => new KNormPolicy(a[0], a[1])),
     };
 

@@ -39,7 +39,7 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
         if (prompt.Count == 0) throw new ArgumentException("the prompt needs at least one token (e.g. BOS)", nameof(prompt));
         foreach (var id in prompt)
             if (id < 0 || id >= c.VocabSize) throw new ArgumentException($"prompt token {id} is outside the vocabulary [0, {c.VocabSize})", nameof(prompt));
-        if (prompt.Count >= c.MaxPositions) throw new ArgumentException($"the prompt has {prompt.Count} tokens; the model's context is {c.MaxPositions}", nameof(prompt));
+        if (prompt.Count >= c.MaxPositions) throw new ArgumentException($"the prompt has {prompt.Count} tokens but the model's context is {c.MaxPositions}", nameof(prompt));
         if (p.Stop.Count > 0 && tokenizer is null) throw new ArgumentException("stop strings need a tokenizer");
         if (p.IsBeamSearch && p.Stop.Count > 0) throw new ArgumentException("stop strings are not supported with beam search (num_beams > 1); use stop_token_ids");
         if (resume is null) return;

@@ -39,6 +39,7 @@ public static class ModelLoader
     /// </summary>
     public static ITokenizer LoadTokenizer(string modelPath, LlamaConfig config, string? tokenizerPath = null)
     {
+        if (Directory.Exists(modelPath) && Llama2cFileIn(modelPath) is { } file) modelPath = file;
         string path = tokenizerPath ?? (Directory.Exists(modelPath)
             ? modelPath
             : new[] { "tokenizer.bin", $"tok{config.VocabSize}.bin" }
@@ -50,8 +51,27 @@ public static class ModelLoader
         return tokenizer;
     }
 
+    /// <summary>
+    /// The llama2.c checkpoint of a folder without config.json that holds one (e.g. stories260K/ with
+    /// stories260K.bin and its tok512.bin): the one .bin that is not a tokenizer (tokenizer.bin, tok*.bin).
+    /// </summary>
+    public static string? Llama2cFileIn(string folder)
+    {
+        if (File.Exists(Path.Combine(folder, "config.json"))) return null;
+        var checkpoints = Directory.EnumerateFiles(folder, "*.bin")
+            .Where(f => Path.GetFileName(f) is var n && n != "tokenizer.bin" && !(n.StartsWith("tok", StringComparison.Ordinal) && n[3..^4].All(char.IsAsciiDigit)))
+            .ToList();
+        return checkpoints.Count switch
+        {
+            1 => checkpoints[0],
+            0 => null,
+            _ => throw new ModelFormatException(folder, $"holds several llama2.c checkpoints ({string.Join(", ", checkpoints.Select(Path.GetFileName))}): pass one of them"),
+        };
+    }
+
     private static ICheckpointReader OpenReader(string path, out LlamaConfig config)
     {
+        if (Directory.Exists(path) && Llama2cFileIn(path) is { } file) return OpenReader(file, out config);
         if (Directory.Exists(path))
         {
             var hf = HuggingFaceCheckpoint.Open(path);

@@ -12,6 +12,10 @@ public interface IClusterService : IAsyncDisposable
     /// the host registers this instance in the container, so the mapped type resolves to it.</summary>
     void MapGrpcServices(IEndpointRouteBuilder endpoints);
 
+    /// <summary>Maps plain HTTP endpoints (the gateway's OpenAI-compatible API and playground); they are
+    /// reached on the HTTP/1.1 port beside /healthz and /metrics.</summary>
+    void MapHttpEndpoints(IEndpointRouteBuilder endpoints) { }
+
     /// <summary>grpc.health.v1 answers SERVING and /healthz 200 while true (false while loading or draining).</summary>
     bool IsReady { get; }
 

@@ -42,7 +42,7 @@ public sealed class ModelHost : IDisposable
         }
         var config = ModelLoader.ReadConfig(path);
         var tokenizer = ModelLoader.LoadTokenizer(path, config);
-        var model = weights ? ModelLoader.Load(path, new CpuBackend(options.Threads)) : null;
+        var model = weights ? LoadWeights(path, options) : null;
         QFilters? filters = null;
         if (!string.IsNullOrEmpty(options.QFilters))
         {
@@ -53,6 +53,27 @@ public sealed class ModelHost : IDisposable
         logger.LogInformation("model {Path}: {Layers} layers, dim {Dim}, vocab {Vocab}{Backend}", path, config.Layers, config.Dim, config.VocabSize, model is null ? "" : ", " + model.Backend.Name);
         return new ModelHost(path, config, tokenizer, model, new PolicyOptions(filters));
     }
+
+    /// <summary>Files at least this large say when their loading starts and ends (it can take minutes).</summary>
+    public const long BigModelBytes = 1L << 30;
+
+    /// <summary>Loads the weights; a big checkpoint prints a line before and after (whatever the log level:
+    /// a silent minute looks like a hang).</summary>
+    private static LlamaModel LoadWeights(string path, ServiceOptions options)
+    {
+        long bytes = CheckpointBytes(path);
+        if (bytes < BigModelBytes) return ModelLoader.Load(path, new CpuBackend(options.Threads));
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Console.WriteLine($"{options.Role.Name()}: loading {bytes / (double)(1L << 30):F1} GiB of weights from {path} ...");
+        var model = ModelLoader.Load(path, new CpuBackend(options.Threads));
+        Console.WriteLine($"{options.Role.Name()}: weights loaded in {clock.Elapsed.TotalSeconds:F1} s ({bytes / (double)(1L << 20) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F0} MiB/s)");
+        return model;
+    }
+
+    /// <summary>The size of a checkpoint file, or of a folder's weight files.</summary>
+    public static long CheckpointBytes(string path) => File.Exists(path)
+        ? new FileInfo(path).Length
+        : Directory.EnumerateFiles(path).Where(f => f.EndsWith(".safetensors", StringComparison.Ordinal) || f.EndsWith(".bin", StringComparison.Ordinal)).Sum(f => new FileInfo(f).Length);
 
     public void Dispose() => Model?.Dispose();
 }

@@ -38,15 +38,15 @@ public static class ServiceHost
         }
         try
         {
-            await using var running = await StartAsync(options, create, LogLevel.Information);
+            await using var running = await StartAsync(options, create, ServiceLogging.Parse(options.LogLevel));
             Console.WriteLine($"{role.Name()} serving gRPC on {running.GrpcAddress}, /healthz and /metrics on http://{running.HttpEndPoint}");
             // The console lifetime turns SIGTERM and Ctrl-C into "stopping".
             await running.App.WaitForShutdownAsync();
             return 0;
         }
-        catch (Exception e) when (e is ArgumentException or FileNotFoundException or IOException or InvalidOperationException or Cluster.Engine.Loaders.ModelFormatException)
+        catch (Exception e) when (e is ArgumentException or FileNotFoundException or IOException or InvalidOperationException or Cluster.Engine.Loaders.ModelFormatException || StartupErrors.IsAddressInUse(e))
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {StartupErrors.Describe(e, options)}");
             return 2;
         }
     }
@@ -56,7 +56,7 @@ public static class ServiceHost
     public static async Task<RunningService> StartAsync(ServiceOptions options, Factory create, LogLevel logLevel = LogLevel.Warning, Action<TracerProviderBuilder>? tracing = null)
     {
         // Lives as long as the service: the service and the trace-id logger write through it after start.
-        var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel));
+        var logging = LoggerFactory.Create(b => ServiceLogging.Configure(b.AddSimpleConsole(o => o.SingleLine = true), logLevel));
         var traces = new ServiceTracing(options.Role.Name(), options.OtlpEndpoint, logging.CreateLogger("Cluster.Tracing"));
         IClusterService service;
         try
@@ -89,7 +89,7 @@ public static class ServiceHost
     private static WebApplication Build(ServiceOptions options, IClusterService service, ServiceTracing traces, LogLevel logLevel, Action<TracerProviderBuilder>? tracing)
     {
         var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.SetMinimumLevel(logLevel);
+        ServiceLogging.Configure(builder.Logging, logLevel);
         var address = IPAddress.Parse(options.Host);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
@@ -131,6 +131,7 @@ public static class ServiceHost
         app.Lifetime.ApplicationStopping.Register(readiness.StartDraining);
         app.UseMetricsEndpoint();
         service.MapGrpcServices(app);
+        service.MapHttpEndpoints(app);
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
         app.MapGet("/healthz", () => readiness.IsReady ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));

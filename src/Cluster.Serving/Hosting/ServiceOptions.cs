@@ -61,6 +61,9 @@ public sealed class ServiceOptions
     [Option("--policy", "default KV policy, e.g. dense, window(256), sink_window(4,252), qfilters(256,32)", ServiceRole.Gateway)]
     public string Policy { get; set; } = "dense";
 
+    [Option("--chat-template", "Jinja chat template (a file, or the template itself) replacing the model's own", ServiceRole.Gateway)]
+    public string? ChatTemplate { get; set; }
+
     [Option("--redis", "host:port of the Redis session store (default: in-process store)", ServiceRole.Gateway)]
     public string? Redis { get; set; }
 
@@ -78,6 +81,9 @@ public sealed class ServiceOptions
 
     [Option("--qfilters", "q_filters safetensors file for the qfilters policy", ServiceRole.Gateway, ServiceRole.Prefill, ServiceRole.Decode, ServiceRole.CacheManager)]
     public string? QFilters { get; set; }
+
+    [Option("--log-level", "trace, debug, info, warning, error or none (framework request logs only at debug and below)")]
+    public string LogLevel { get; set; } = "warning";
 
     [Option("--otlp-endpoint", "OTLP/HTTP endpoint for traces (default: trace ids are logged)")]
     public string? OtlpEndpoint { get; set; }

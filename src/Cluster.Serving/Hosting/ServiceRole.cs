@@ -13,7 +13,9 @@ public static class ServiceRoles
         _ => 50054,
     };
 
-    public static int DefaultHttpPort(this ServiceRole role) => role.DefaultGrpcPort() - 50051 + 9091;
+    /// <summary>The HTTP/1.1 port (/healthz, /metrics; the gateway's also serves the OpenAI-compatible API and
+    /// the playground, on 8000 as vLLM's does); the workers' are 9092-9094.</summary>
+    public static int DefaultHttpPort(this ServiceRole role) => role == ServiceRole.Gateway ? 8000 : role.DefaultGrpcPort() - 50051 + 9091;
 
     /// <summary>Lower-case name used on the command line, in metrics' service label and in deploy files.</summary>
     public static string Name(this ServiceRole role) => role.ToString().ToLowerInvariant();

@@ -13,6 +13,6 @@ public static class RequestChecks
             if ((uint)prompt[i] >= config.VocabSize)
                 throw new RpcException(new Status(StatusCode.InvalidArgument, $"{field} token {i} is {prompt[i]}, outside the vocabulary [0, {config.VocabSize})"));
         if (prompt.Count >= config.MaxPositions)
-            throw new RpcException(new Status(StatusCode.InvalidArgument, $"{field} has {prompt.Count} tokens; the model's context is {config.MaxPositions} (prefill runs the whole prompt before any policy compresses it)"));
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"the {field} has {prompt.Count} tokens but the model's context is {config.MaxPositions} (prefill runs the whole prompt before any policy compresses it)"));
     }
 }

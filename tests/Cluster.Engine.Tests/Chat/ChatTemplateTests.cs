@@ -33,7 +33,7 @@ public class ChatTemplateTests
 
     private static ChatMessage[] MessagesFor(string name) => name == "Mistral" ? Alternating : WithSystem;
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Cases))]
     public void Renders_published_templates(string name, string template, bool addGenerationPrompt, string expected)
     {
@@ -41,7 +41,7 @@ public class ChatTemplateTests
         Assert.Equal(expected, rendered);
     }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Cases))]
     public void Matches_jinja2(string name, string template, bool addGenerationPrompt, string expected)
     {
@@ -51,7 +51,7 @@ public class ChatTemplateTests
         Assert.Equal(reference, new ChatTemplate(template).Render(MessagesFor(name), addGenerationPrompt, "<s>", "</s>"));
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("Zephyr", "<|user|>\nHow are you?</s>\n<|assistant|>\n")]
     [InlineData("ChatMl", "<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n")]
     [InlineData("Llama2", "<s>[INST] How are you? [/INST]")]
@@ -62,7 +62,7 @@ public class ChatTemplateTests
         Assert.Equal(expected, continuation);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Continuation_of_a_template_that_rewrites_history_throws()
     {
         var t = new ChatTemplate("{% for m in messages %}{% if loop.last %}>{% endif %}{{ m.content }}{% endfor %}");
@@ -70,7 +70,7 @@ public class ChatTemplateTests
         Assert.Contains("not append-only", e.Message);
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("{{ messages | tojson }}", "unsupported filter 'tojson' at line 1")]
     [InlineData("a\n\n{% macro m() %}{% endmacro %}", "unsupported tag 'macro' at line 3")]
     [InlineData("{% for k, v in x %}{% endfor %}", "unsupported tuple unpacking in 'for' at line 1")]
@@ -86,7 +86,7 @@ public class ChatTemplateTests
         Assert.Equal(message, e.Message);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Qwen_with_tools_names_tojson_rather_than_rendering_wrongly()
     {
         // Only the tools branch uses tojson; rendering it without tool support must fail loudly. Tools are
@@ -96,7 +96,7 @@ public class ChatTemplateTests
         Assert.StartsWith("unsupported filter 'tojson' at line ", e.Message);
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("{% set x = 'a' %}{% for i in [1, 2] %}{% set x = 'b' %}{{ loop.index0 }}{{ x }}{% endfor %}{{ x }}", "0b1ba")]
     [InlineData("{%- if 1 < 2 and not (3 > 4) -%}\n  yes  \n{%- endif %}", "yes")]
     [InlineData("  {% if true %}\nx\n  {% endif %}\ny", "x\ny")]
@@ -110,7 +110,7 @@ public class ChatTemplateTests
             Assert.Equal(expected, ReferenceRender(template, WithSystem, false));
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("ChatMl")]
     [InlineData("Zephyr")]
     [InlineData("Llama2")]

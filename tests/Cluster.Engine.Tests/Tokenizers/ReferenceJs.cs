@@ -14,9 +14,7 @@ internal static class ReferenceJs
         var installed = Directory.Exists(Path.Combine(Folder, "node_modules", "@lenml", "tokenizers")) && File.Exists("/usr/bin/node");
         if (!installed)
         {
-            if (ExternalTools.Required) throw new InvalidOperationException($"run `npm ci --prefix {Folder}` (node + @lenml/tokenizers are required)");
-            Console.Error.WriteLine("SKIP: @lenml/tokenizers not installed; run npm ci --prefix tests/reference/tokenizers-js");
-            return null;
+            throw References.Missing("node or @lenml/tokenizers is missing: run `npm ci --prefix tests/reference/tokenizers-js`");
         }
         return ReferenceTokenizers.RunBatch("/usr/bin/node", [Path.Combine(Folder, "encode.mjs"), tokenizerJson], texts, TimeSpan.FromMinutes(10));
     }

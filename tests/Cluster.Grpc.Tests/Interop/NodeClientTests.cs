@@ -13,7 +13,7 @@ public sealed class NodeClientTests(OurServerFixture server) : IClassFixture<Our
 
     public static TheoryData<string> Cases => new([.. ClientCases.Names, "gzip_unary", "oversize_request"]);
 
-    [Theory(Timeout = 120_000)]
+    [SkippableTheory(Timeout = 120_000)]
     [MemberData(nameof(Cases))]
     public async Task Node_client_against_our_server(string name)
     {
@@ -31,8 +31,6 @@ public sealed class NodeClientTests(OurServerFixture server) : IClassFixture<Our
     public static bool NodeAvailable()
     {
         if (Directory.Exists(Path.Combine(NodeDir, "node_modules", "@grpc", "grpc-js"))) return true;
-        if (ExternalTools.Required) throw new InvalidOperationException("tests/interop/node/node_modules is missing: run `npm ci --prefix tests/interop/node`");
-        Console.Error.WriteLine("SKIP: tests/interop/node/node_modules missing; run `npm ci --prefix tests/interop/node`");
-        return false;
+        throw References.Missing("tests/interop/node/node_modules is missing: run `npm ci --prefix tests/interop/node`");
     }
 }

@@ -38,7 +38,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
 
     private static DateTime In(double seconds) => DateTime.UtcNow.AddSeconds(seconds);
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Unexpected_exception_is_internal_without_details_and_logged_as_an_error()
     {
         var ex = await Assert.ThrowsAsync<RpcException>(async () => await _client.CrashAsync(new Empty(), deadline: In(10)));
@@ -49,7 +49,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Contains(_logs.Entries, e => e.Level == LogLevel.Error && e.Exception?.Message.Contains("secret") == true && e.Message.Contains("Crash"));
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Exception_after_messages_is_internal_in_trailers()
     {
         using var call = _client.StreamCrash(new Empty(), deadline: In(10));
@@ -60,7 +60,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.DoesNotContain("boom", ex.Status.Detail);
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Client_stream_writer_gets_the_status_of_a_server_that_stopped_early()
     {
         using var call = _client.StopsEarly(deadline: In(20));
@@ -88,7 +88,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Equal("enough", ex.Status.Detail);
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Argument_exception_is_internal_an_engine_bug_not_the_clients_fault()
     {
         var ex = await Assert.ThrowsAsync<RpcException>(async () => await _client.BadArgumentAsync(new Empty(), deadline: In(10)));
@@ -96,7 +96,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.DoesNotContain("max_tokens", ex.Status.Detail);
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Invalid_request_is_invalid_argument_naming_the_field()
     {
         var ex = await Assert.ThrowsAsync<RpcException>(async () => await _client.InvalidRequestAsync(new Empty(), deadline: In(10)));
@@ -104,7 +104,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Contains("max_tokens", ex.Status.Detail);
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Rpc_exception_keeps_code_message_and_trailers()
     {
         var ex = await Assert.ThrowsAsync<RpcException>(async () => await _client.RpcAsync(new Empty(), deadline: In(10)));
@@ -113,7 +113,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Equal("s1", ex.Trailers.GetValue("session"));
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Full_kv_store_is_resource_exhausted()
     {
         var ex = await Assert.ThrowsAsync<RpcException>(async () => await _client.KvFullAsync(new Empty(), deadline: In(10)));
@@ -121,14 +121,14 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Contains("budget", ex.Status.Detail);
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Unreachable_dependency_is_unavailable()
     {
         var ex = await Assert.ThrowsAsync<RpcException>(async () => await _client.UnreachableAsync(new Empty(), deadline: In(10)));
         Assert.Equal(StatusCode.Unavailable, ex.StatusCode);
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Server_reports_deadline_exceeded_even_if_handler_ignores_it()
     {
         // Raw request, so the status comes from the server and not from the client's own timer.
@@ -137,7 +137,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Equal("4", result.GrpcStatus);
     }
 
-    [Fact(Timeout = 30_000)]
+    [SkippableFact(Timeout = 30_000)]
     public async Task Unreachable_server_is_unavailable()
     {
         int port;
@@ -148,7 +148,7 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Equal(StatusCode.Unavailable, ex.StatusCode);
     }
 
-    [Fact(Timeout = 60_000)]
+    [SkippableFact(Timeout = 60_000)]
     public async Task Many_concurrent_calls_complete()
     {
         var calls = Enumerable.Range(0, 500).Select(_ => _client.IgnoresDeadlineAsync(new Empty(), deadline: In(30)).ResponseAsync);

@@ -15,11 +15,14 @@ namespace LlmCtl.Commands;
 /// </summary>
 internal static class ChatCommand
 {
+    /// <summary>A new session's policy: bounded, so that turns can go on past the context (dense refuses them).</summary>
+    public const string DefaultPolicy = "sink_window(4,252)";
+
     public static Command Create()
     {
         var endpoint = new Option<string>("--endpoint") { Description = "the cluster's gateway, e.g. http://127.0.0.1:50051", Required = true };
-        var policy = new Option<string?>("--policy") { Description = "KV policy of a new session, e.g. sink_window(4,252) (default: the gateway's)" };
-        var session = new Option<string?>("--session") { Description = "continue this session (default: a new one)" };
+        var policy = new Option<string?>("--policy") { Description = $"KV policy of a new session (default: {DefaultPolicy}, bounded so that a long conversation never exhausts the context)" };
+        var session = new Option<string?>("--session") { Description = "continue this existing session (default: a new one; an unknown id is an error)" };
         var template = new Option<bool>("--template") { Description = "send turns as chat messages formatted with the model's chat template" };
         var system = new Option<string?>("--system") { Description = "with --template: a system message before the first turn" };
         var sampling = new SamplingOptions();
@@ -30,15 +33,14 @@ internal static class ChatCommand
             using var channel = GrpcChannels.Create(r.GetValue(endpoint)!);
             var client = new Gateway.GatewayClient(channel);
             var info = client.GetModelInfo(new GetModelInfoRequest());
-            string id = r.GetValue(session) ?? Guid.NewGuid().ToString("N");
-            KvPolicy? wirePolicy = r.GetValue(policy) is { } spec
-                ? PolicyMapping.ToWire(spec) is { PolicyCase: not KvPolicy.PolicyOneofCase.None } w ? w : throw new ArgumentException($"--policy '{spec}' has no wire form")
-                : null;
+            string id = r.GetValue(session) ?? ""; // empty: the first turn starts a session and the gateway names it
+            string spec = r.GetValue(policy) ?? DefaultPolicy;
+            KvPolicy wirePolicy = PolicyMapping.ToWire(spec) is { PolicyCase: not KvPolicy.PolicyOneofCase.None } w ? w : throw new ArgumentException($"--policy '{spec}' has no wire form");
             bool chat = r.GetValue(template);
             var history = new List<ChatMessage>();
             var pending = new List<ChatMessage>();
             if (r.GetValue(system) is { } sys) pending.Add(new ChatMessage { Role = "system", Content = sys });
-            Console.Error.WriteLine($"[session {id}; one line per turn; end with Ctrl-D]");
+            Console.Error.WriteLine(id.Length > 0 ? $"[session {id}; one line per turn; end with Ctrl-D]" : $"[new session, KV policy {spec}; one line per turn; end with Ctrl-D]");
             for (int turn = 0; Console.ReadLine() is { } line; turn++)
             {
                 if (line.Length == 0) { turn--; continue; }
@@ -50,16 +52,28 @@ internal static class ChatCommand
                     request.Chat = new ChatPrompt { Messages = { pending }, History = { history } };
                 }
                 else request.Text = line;
-                if (wirePolicy is not null) request.KvPolicy = wirePolicy;
-                using var call = client.Generate(request);
+                if (id.Length == 0) request.KvPolicy = wirePolicy; // a session keeps the policy it started with
                 Complete? done = null;
                 var reply = new System.Text.StringBuilder();
-                foreach (var response in call.ResponseStream.ReadAllAsync().ToBlockingEnumerable())
+                try
                 {
-                    if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) { Console.Write(response.Chunk.Text); reply.Append(response.Chunk.Text); }
-                    else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) done = response.Complete;
+                    using var call = client.Generate(request);
+                    foreach (var response in call.ResponseStream.ReadAllAsync().ToBlockingEnumerable())
+                    {
+                        if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Started) id = response.Started.SessionId;
+                        else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) { Console.Write(response.Chunk.Text); reply.Append(response.Chunk.Text); }
+                        else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) done = response.Complete;
+                    }
+                    Console.WriteLine();
                 }
-                Console.WriteLine();
+                catch (RpcException e) when (e.StatusCode is StatusCode.FailedPrecondition or StatusCode.InvalidArgument && reply.Length == 0)
+                {
+                    // A refused turn never happened: the conversation goes on from where it was.
+                    Console.Error.WriteLine($"[turn refused: {e.Status.Detail}]");
+                    if (chat) pending.RemoveAt(pending.Count - 1);
+                    turn--;
+                    continue;
+                }
                 if (chat)
                 {
                     history.AddRange(pending);

@@ -32,6 +32,8 @@ internal static class GenerateCommand
             if (r.GetValue(endpoint) is { } url)
             {
                 if (r.GetValue(local)) throw new ArgumentException("--local and --endpoint exclude each other");
+                if (r.GetValue(model) is not null || r.GetValue(tokenizer) is not null)
+                    throw new ArgumentException("--model and --tokenizer do not apply with --endpoint: the cluster serves the model it was started with (llmctl up --model ...)");
                 if (r.GetValue(resume) is { } session) return RemoteGenerate.Resume(url, session, r.GetValue(after), r.GetValue(json));
                 return RemoteGenerate.Run(url, r.GetValue(prompt) ?? "", vocab => sampling.Read(r, vocab).WithResolvedSeed(), r.GetValue(policy), r.GetValue(json));
             }

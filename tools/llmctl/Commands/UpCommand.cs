@@ -13,38 +13,54 @@ internal static class UpCommand
 {
     public static Command Create()
     {
-        var model = new Option<string?>("--model") { Description = "model for every worker (default: a generated random-weight model)" };
+        var model = new Option<string?>("--model") { Description = "model for every worker: llama2.c .bin (or a folder holding one), Hugging Face folder (default: a generated random-weight model)" };
         var prefill = new Option<int>("--prefill") { Description = "prefill workers", DefaultValueFactory = _ => 1 };
         var decode = new Option<int>("--decode") { Description = "decode workers", DefaultValueFactory = _ => 1 };
         var policy = new Option<string>("--policy") { Description = "default KV policy", DefaultValueFactory = _ => "dense" };
         var redis = new Option<string?>("--redis") { Description = "host:port of Redis for sessions, or 'start' to launch a local redis-server (default: in-process store)" };
         var qfilters = new Option<string?>("--qfilters") { Description = "q_filters file for the qfilters policy" };
-        var port = new Option<int>("--port") { Description = "gateway gRPC port", DefaultValueFactory = _ => ServiceRole.Gateway.DefaultGrpcPort() };
+        var host = new Option<string>("--host") { Description = "address every service binds (0.0.0.0: reachable from other machines)", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int?>("--port") { Description = $"gateway gRPC port (default {ServiceRole.Gateway.DefaultGrpcPort()} + --port-offset)" };
+        var httpPort = new Option<int?>("--http-port") { Description = $"gateway HTTP port: OpenAI-compatible API, playground, /metrics (default {ServiceRole.Gateway.DefaultHttpPort()} + --port-offset)" };
+        var portOffset = new Option<int>("--port-offset") { Description = "added to every default port, e.g. 1000 for a second cluster beside the first (worker k of a kind: its kind's ports + 100 k)", DefaultValueFactory = _ => 0 };
         var threads = new Option<int?>("--threads") { Description = "CPU threads per worker" };
+        var chatTemplate = new Option<string?>("--chat-template") { Description = "chat template (file or text) for models that have none" };
+        var logLevel = new Option<string>("--log-level") { Description = "services' log level: trace, debug, info, warning, error, none", DefaultValueFactory = _ => "warning" };
         var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
-        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it") { model, prefill, decode, policy, redis, qfilters, port, threads, otlp };
+        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it")
+            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
-            int np = r.GetValue(prefill), nd = r.GetValue(decode);
+            int np = r.GetValue(prefill), nd = r.GetValue(decode), offset = r.GetValue(portOffset);
             if (np < 1 || nd < 1) throw new ArgumentException("--prefill and --decode need at least 1 worker each");
+            string bind = r.GetValue(host)!;
+            ServiceLogging.Parse(r.GetValue(logLevel)!);
             var modelPath = ModelSource.ResolvePath(r.GetValue(model)); // generated once here, not by each service
+            // A bad model is refused here, in one line, before any service starts.
+            var config = Cluster.Engine.Loaders.ModelLoader.ReadConfig(modelPath);
+            Cluster.Engine.Loaders.ModelLoader.LoadTokenizer(modelPath, config);
+
+            // Fixed ports (docs/SERVICES.md), checked before anything starts so a clash names its option.
+            var ports = new LocalCluster.PortPlan(bind, offset, r.GetValue(port), r.GetValue(httpPort), np, nd);
+            ports.EnsureFree();
+
             using var stop = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
             // SIGTERM too stops the children (LocalCluster.Dispose) instead of orphaning them.
             using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
-            using var cluster = new LocalCluster();
+            using var cluster = new LocalCluster(bind);
             string[] Common(ServiceRole role)
             {
-                var a = new List<string> { "--host", "127.0.0.1" };
+                var a = new List<string> { "--host", bind, "--log-level", r.GetValue(logLevel)! };
                 if (role != ServiceRole.CacheManager) a.AddRange(["--model", modelPath]);
                 if (r.GetValue(threads) is int t && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--threads", t.ToString()]);
                 if (r.GetValue(qfilters) is { } q && role is not ServiceRole.Prefill) a.AddRange(["--qfilters", q]);
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
                 return [.. a];
             }
-            var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager));
-            var prefills = Enumerable.Range(0, np).Select(_ => cluster.Start(ServiceRole.Prefill, [.. Common(ServiceRole.Prefill), "--cache-manager", cm.Grpc])).ToList();
-            var decodes = Enumerable.Range(0, nd).Select(_ => cluster.Start(ServiceRole.Decode, [.. Common(ServiceRole.Decode), "--cache-manager", cm.Grpc])).ToList();
+            var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager), ports.For(ServiceRole.CacheManager, 0));
+            var prefills = Enumerable.Range(0, np).Select(k => cluster.Start(ServiceRole.Prefill, [.. Common(ServiceRole.Prefill), "--cache-manager", cm.Grpc], ports.For(ServiceRole.Prefill, k))).ToList();
+            var decodes = Enumerable.Range(0, nd).Select(k => cluster.Start(ServiceRole.Decode, [.. Common(ServiceRole.Decode), "--cache-manager", cm.Grpc], ports.For(ServiceRole.Decode, k))).ToList();
             var gatewayArgs = new List<string>(Common(ServiceRole.Gateway))
             {
                 "--cache-manager", cm.Grpc,
@@ -52,13 +68,18 @@ internal static class UpCommand
                 "--decode", string.Join(',', decodes.Select(d => d.Grpc)),
                 "--policy", r.GetValue(policy)!,
             };
+            if (r.GetValue(chatTemplate) is { } ct) gatewayArgs.AddRange(["--chat-template", ct]);
             if (r.GetValue(redis) is { } rd) gatewayArgs.AddRange(["--redis", rd == "start" ? cluster.StartRedis() : rd]);
-            var gateway = cluster.Start(ServiceRole.Gateway, [.. gatewayArgs], r.GetValue(port));
+            var gateway = cluster.Start(ServiceRole.Gateway, [.. gatewayArgs], ports.For(ServiceRole.Gateway, 0));
             cluster.WaitHealthy(TimeSpan.FromMinutes(2), stop.Token);
 
-            Console.WriteLine($"cluster up: gateway {gateway.Grpc} (model {modelPath})");
-            foreach (var s in cluster.Services) Console.WriteLine($"  {s.Role.Name(),-12} gRPC {s.Grpc}  metrics {s.Http}/metrics  pid {s.Process.Id}");
-            Console.WriteLine($"try: llmctl generate --endpoint {gateway.Grpc} --prompt \"Once upon a time\"; Ctrl-C stops the cluster");
+            string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath));
+            Console.WriteLine($"cluster up: model {name}, context {config.MaxPositions}, default KV policy {r.GetValue(policy)}");
+            Console.WriteLine($"  gRPC        {gateway.Grpc}   e.g. llmctl generate --endpoint {gateway.Grpc} --prompt \"Once upon a time\"");
+            Console.WriteLine($"  HTTP API    {gateway.Http}/v1  (OpenAI-compatible: /v1/models, /v1/completions, /v1/chat/completions)");
+            Console.WriteLine($"  playground  {gateway.Http}/");
+            Console.WriteLine($"  metrics     {string.Join(", ", cluster.Services.Select(s => $"{s.Http}/metrics"))}");
+            Console.WriteLine("Ctrl-C stops the cluster");
             while (!stop.IsCancellationRequested)
             {
                 if (cluster.Services.FirstOrDefault(s => s.Process.HasExited) is { } dead)
@@ -76,9 +97,54 @@ internal static class UpCommand
 }
 
 /// <summary>Child service processes of `llmctl up`; disposing kills them.</summary>
-internal sealed class LocalCluster : IDisposable
+internal sealed class LocalCluster(string bind) : IDisposable
 {
     public sealed record Service(ServiceRole Role, Process Process, string Grpc, string Http);
+
+    /// <summary>The address clients use: a 0.0.0.0 bind is reached on loopback.</summary>
+    private readonly string _reach = bind is "0.0.0.0" or "::" ? "127.0.0.1" : bind;
+
+    /// <summary>
+    /// Every service's ports: its kind's defaults (docs/SERVICES.md) + the offset, + 100 k for the k-th
+    /// worker of a kind; the gateway's may be set outright (--port, --http-port).
+    /// </summary>
+    public sealed record PortPlan(string Host, int Offset, int? GatewayGrpc, int? GatewayHttp, int Prefills, int Decodes)
+    {
+        public (int Grpc, int Http) For(ServiceRole role, int k) => role == ServiceRole.Gateway
+            ? (GatewayGrpc ?? role.DefaultGrpcPort() + Offset, GatewayHttp ?? role.DefaultHttpPort() + Offset)
+            : (role.DefaultGrpcPort() + Offset + 100 * k, role.DefaultHttpPort() + Offset + 100 * k);
+
+        /// <summary>Throws naming the port, its service and the option that moves it when one is taken.</summary>
+        public void EnsureFree()
+        {
+            var all = new List<(int Port, string What, string Option)>
+            {
+                (For(ServiceRole.Gateway, 0).Grpc, "the gateway's gRPC port", GatewayGrpc is null ? "--port or --port-offset" : "--port"),
+                (For(ServiceRole.Gateway, 0).Http, "the gateway's HTTP port", GatewayHttp is null ? "--http-port or --port-offset" : "--http-port"),
+            };
+            foreach (var (role, count) in new[] { (ServiceRole.CacheManager, 1), (ServiceRole.Prefill, Prefills), (ServiceRole.Decode, Decodes) })
+                for (int k = 0; k < count; k++)
+                {
+                    var (g, h) = For(role, k);
+                    all.Add((g, $"{role.Name()} {k}'s gRPC port", "--port-offset"));
+                    all.Add((h, $"{role.Name()} {k}'s HTTP port", "--port-offset"));
+                }
+            var address = System.Net.IPAddress.Parse(Host);
+            foreach (var (p, what, option) in all)
+            {
+                if (p is < 1 or > 65535) throw new ArgumentException($"{what} would be {p}, outside 1-65535: change {option}");
+                try
+                {
+                    using var probe = new System.Net.Sockets.TcpListener(address, p);
+                    probe.Start();
+                }
+                catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
+                {
+                    throw new ArgumentException($"port {p} on {Host} ({what}) is already in use: stop what holds it, or choose other ports with {option}");
+                }
+            }
+        }
+    }
 
     public List<Service> Services { get; } = [];
     private Process? _redis;
@@ -100,24 +166,28 @@ internal sealed class LocalCluster : IDisposable
         return $"127.0.0.1:{port}";
     }
 
-    public Service Start(ServiceRole role, string[] args, int? grpcPort = null)
+    public Service Start(ServiceRole role, string[] args, (int Grpc, int Http) ports)
     {
-        int grpc = grpcPort ?? FreePort(), http = FreePort();
+        var (grpc, http) = ports;
         var psi = SelfInvocation(["serve", role.Name(), .. args, "--grpc-port", grpc.ToString(), "--http-port", http.ToString()]);
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;
         var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {role.Name()}");
-        // Child output is prefixed with its role, so one terminal shows the whole cluster.
-        process.OutputDataReceived += (_, e) => { if (e.Data is { } line) Console.WriteLine($"[{role.Name()}] {line}"); };
+        // Child output is prefixed with its role, so one terminal shows the whole cluster; the child's own
+        // "serving" line is left out (WaitHealthy prints one line per service when it is ready).
+        process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is { } line && !line.StartsWith($"{role.Name()} serving gRPC on", StringComparison.Ordinal)) Console.WriteLine($"[{role.Name()}] {line}");
+        };
         process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) Console.Error.WriteLine($"[{role.Name()}] {line}"); };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        var service = new Service(role, process, $"http://127.0.0.1:{grpc}", $"http://127.0.0.1:{http}");
+        var service = new Service(role, process, $"http://{_reach}:{grpc}", $"http://{_reach}:{http}");
         Services.Add(service);
         return service;
     }
 
-    /// <summary>Polls every service's /healthz until all answer 200.</summary>
+    /// <summary>Polls every service's /healthz until all answer 200, printing one line as each is ready.</summary>
     public void WaitHealthy(TimeSpan timeout, CancellationToken ct)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
@@ -130,7 +200,11 @@ internal sealed class LocalCluster : IDisposable
                 if (s.Process.HasExited) throw new InvalidOperationException($"{s.Role.Name()} exited with code {s.Process.ExitCode} while starting");
                 try
                 {
-                    if (http.GetAsync($"{s.Http}/healthz", ct).GetAwaiter().GetResult().IsSuccessStatusCode) break;
+                    if (http.GetAsync($"{s.Http}/healthz", ct).GetAwaiter().GetResult().IsSuccessStatusCode)
+                    {
+                        Console.WriteLine($"  {s.Role.Name(),-12} ready  {s.Grpc}  (pid {s.Process.Id})");
+                        break;
+                    }
                 }
                 catch (HttpRequestException) { }
                 catch (TaskCanceledException) when (!ct.IsCancellationRequested) { }

@@ -18,7 +18,7 @@ internal sealed class StreamingPerplexityMode
     private readonly Option<string[]> _policy = new("--policy") { Description = "KV-cache policy to stream with, e.g. dense, window(256), sink_window(4,252), qfilters(256,32), knorm(256,32); repeat to compare", AllowMultipleArgumentsPerToken = true };
     private readonly Option<int> _sequences = new("--sequences") { Description = "with --policy: sequences of --tokens tokens to stream", DefaultValueFactory = _ => 1 };
     private readonly Option<int> _offset = new("--offset-tokens") { Description = "with --policy: skip this many text tokens first", DefaultValueFactory = _ => 0 };
-    private readonly Option<string?> _filters = new("--filters") { Description = "Q-Filters safetensors (from llmctl calibrate) for qfilters" };
+    private readonly Option<string?> _filters = new("--qfilters", "--filters") { Description = "Q-Filters safetensors (from llmctl calibrate) for qfilters" };
     private readonly Option<bool> _extrapolate = new("--extrapolate") { Description = "let dense run past the model's context" };
     private readonly Option<string?> _svg = new("--svg") { Description = "write an SVG plot of the curves to this file" };
 

@@ -1,0 +1,198 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Cluster.Tests;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>
+/// `llmctl` as a person runs it (issue 19): each case was a complaint — a noisy `up`, errors glued to
+/// the echoed prompt, endpoints without a scheme crashing, a folder model refused, a port clash as a stack
+/// trace, unknown sessions silently created, `serve ROLE --help` without options.
+/// </summary>
+public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
+{
+    private static string Llmctl => Path.Combine(AppContext.BaseDirectory, "llmctl.dll");
+
+    private static (int Code, string Stdout, string Stderr) Run(string stdin, params string[] args) =>
+        ExternalCommands.RunWithInput("dotnet", [Llmctl, .. args], stdin, TimeSpan.FromMinutes(2));
+
+    private string Endpoint => $"127.0.0.1:{f.Cluster.Gateway.GrpcEndPoint.Port}";
+
+    [SharedDataFact]
+    public void A_too_long_prompt_is_one_readable_error_line_and_is_not_echoed()
+    {
+        string prompt = string.Concat(Enumerable.Repeat("Once upon a time there was a dog. ", 150));
+        int tokens = f.Tokenizer.Encode(prompt, addBos: true).Length;
+        var (code, stdout, stderr) = Run("", "generate", "--endpoint", Endpoint, "--prompt", prompt);
+        Assert.Equal(3, code);
+        Assert.Equal("", stdout);
+        Assert.StartsWith($"error: the prompt has {tokens} tokens but the model's context is 512", stderr);
+        Assert.Single(stderr.TrimEnd().Split('\n'));
+        Assert.DoesNotContain("Status(", stderr);
+    }
+
+    [SharedDataFact]
+    public void Max_tokens_cut_by_the_context_is_a_warning_not_a_silent_stop()
+    {
+        string prompt = string.Concat(Enumerable.Repeat("Once upon a time there was a dog. ", 42));
+        int tokens = f.Tokenizer.Encode(prompt, addBos: true).Length;
+        Assert.InRange(tokens, 400, 500);
+        var (code, _, stderr) = Run("", "generate", "--endpoint", Endpoint, "--prompt", prompt, "--max-tokens", "200", "--ignore-eos");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("warning: stopped after", stderr);
+        Assert.Contains("of --max-tokens 200 tokens: the prompt and output reached the model's context (512 tokens)", stderr);
+    }
+
+    [SharedDataTheory]
+    [InlineData("{0}")]
+    [InlineData("http://{0}")]
+    [InlineData("localhost:{1}")]
+    public void Endpoints_are_accepted_as_host_port_or_url(string form)
+    {
+        string endpoint = string.Format(form, Endpoint, f.Cluster.Gateway.GrpcEndPoint.Port);
+        var (code, stdout, stderr) = Run("", "generate", "--endpoint", endpoint, "--prompt", "Once upon a time", "--max-tokens", "4");
+        Assert.True(code == 0, $"exit {code}: {stderr}");
+        Assert.StartsWith("Once upon a time", stdout);
+    }
+
+    [SharedDataFact]
+    public void Model_with_endpoint_is_an_error_not_silently_ignored()
+    {
+        var (code, _, stderr) = Run("", "generate", "--endpoint", Endpoint, "--model", f.ModelPath, "--prompt", "Hi");
+        Assert.Equal(2, code);
+        Assert.Contains("--model", stderr);
+        Assert.Single(stderr.TrimEnd().Split('\n'));
+    }
+
+    [SharedDataFact]
+    public void Chat_with_an_unknown_session_is_not_found_and_a_refused_turn_does_not_end_the_chat()
+    {
+        var (code, _, stderr) = Run("Hello\n", "chat", "--endpoint", Endpoint, "--session", "no-such-session");
+        Assert.Equal(3, code);
+        Assert.Contains("session 'no-such-session' not found", stderr);
+
+        // A prompt past the context is refused; the next line is still answered.
+        string tooLong = string.Concat(Enumerable.Repeat("Once upon a time there was a dog. ", 150));
+        (code, var stdout, stderr) = Run($"{tooLong}\nThe dog ran.\n", "chat", "--endpoint", Endpoint, "--max-tokens", "4");
+        Assert.True(code == 0, $"exit {code}: {stderr}");
+        Assert.Contains("turn refused: the prompt has", stderr);
+        Assert.Contains("[turn 0:", stderr);
+        Assert.Contains("sink_window(4,252)", stderr); // the bounded default policy
+    }
+
+    [Fact]
+    public void Serve_role_help_lists_the_role_options_with_defaults()
+    {
+        var (code, stdout, _) = Run("", "serve", "gateway", "--help");
+        Assert.Equal(0, code);
+        foreach (var option in new[] { "--grpc-port", "--http-port", "--chat-template", "--log-level", "--policy" }) Assert.Contains(option, stdout);
+        Assert.Contains("(default: 8000)", stdout);
+        Assert.DoesNotContain("--max-batch", stdout); // decode's
+    }
+
+    [Fact]
+    public void A_service_whose_port_is_taken_says_which_port_and_option_in_one_line()
+    {
+        using var holder = new TcpListener(IPAddress.Loopback, 0);
+        holder.Start();
+        int port = ((IPEndPoint)holder.LocalEndpoint).Port;
+        var (code, _, stderr) = Run("", "serve", "cachemanager", "--host", "127.0.0.1", "--grpc-port", port.ToString(), "--http-port", "0");
+        Assert.Equal(2, code);
+        Assert.Equal($"error: port {port} on 127.0.0.1 is already in use (the cachemanager's --grpc-port): stop what holds it, or choose another port with --grpc-port", stderr.Trim());
+    }
+
+    [Fact]
+    public void Up_with_a_taken_port_names_it_and_its_option_before_starting_anything()
+    {
+        using var holder = new TcpListener(IPAddress.Loopback, 0);
+        holder.Start();
+        int port = ((IPEndPoint)holder.LocalEndpoint).Port;
+        var (code, stdout, stderr) = Run("", "up", "--port", port.ToString(), "--port-offset", FreeOffset().ToString(), "--model", "/no/such/model.bin");
+        Assert.Equal(2, code);
+        Assert.Contains("error:", stderr); // the model is checked first
+        if (SharedData.Root is null) return;
+        (code, stdout, stderr) = Run("", "up", "--port", port.ToString(), "--port-offset", FreeOffset().ToString(), "--model", f.ModelPath);
+        Assert.Equal(2, code);
+        Assert.Equal($"error: port {port} on 127.0.0.1 (the gateway's gRPC port) is already in use: stop what holds it, or choose other ports with --port", stderr.Trim());
+        Assert.DoesNotContain("ready", stdout);
+    }
+
+    [Fact]
+    public void Up_with_a_bad_model_says_so_once_and_starts_no_service()
+    {
+        var (code, stdout, stderr) = Run("", "up", "--model", "/no/such/model.bin", "--port-offset", FreeOffset().ToString());
+        Assert.Equal(2, code);
+        Assert.Single(stderr.TrimEnd().Split('\n'));
+        Assert.StartsWith("error:", stderr);
+        Assert.DoesNotContain("[", stdout + stderr); // no child service printed anything
+    }
+
+    [SharedDataFact]
+    public async Task Up_on_a_stories260K_folder_is_ready_within_15_lines_and_silent_while_idle()
+    {
+        int offset = FreeOffset();
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Llmctl, "up", "--model", SharedData.Path_("models", "stories260K"), "--port-offset", offset.ToString(), "--threads", "1" }) psi.ArgumentList.Add(a);
+        using var up = Process.Start(psi)!;
+        var lines = new ConcurrentQueue<string>();
+        up.OutputDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
+        up.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
+        up.BeginOutputReadLine();
+        up.BeginErrorReadLine();
+        try
+        {
+            var deadline = DateTime.UtcNow.AddMinutes(2);
+            while (!lines.Any(l => l.StartsWith("Ctrl-C stops", StringComparison.Ordinal)))
+            {
+                Assert.False(up.HasExited, "up exited: " + string.Join("\n", lines));
+                Assert.True(DateTime.UtcNow < deadline, "not up within 2 minutes: " + string.Join("\n", lines));
+                await Task.Delay(200);
+            }
+            var startup = lines.ToArray();
+            Assert.True(startup.Length <= 15, $"{startup.Length} lines before ready:\n{string.Join("\n", startup)}");
+            Assert.Equal(4, startup.Count(l => l.Contains(" ready ")));
+            Assert.Contains(startup, l => l.Contains($"http://127.0.0.1:{8000 + offset}/v1"));
+            Assert.Contains(startup, l => l.Contains($"http://127.0.0.1:{50051 + offset}"));
+
+            using var http = new HttpClient();
+            Assert.Contains("stories260K", await http.GetStringAsync($"http://127.0.0.1:{8000 + offset}/v1/models"));
+            await Task.Delay(TimeSpan.FromSeconds(7)); // several of the gateway's 2 s health rounds and a request
+            Assert.True(lines.Count == startup.Length, "printed while idle:\n" + string.Join("\n", lines.Skip(startup.Length)));
+        }
+        finally
+        {
+            // SIGTERM: up stops its services (SIGKILL would orphan them).
+            if (!up.HasExited) Process.Start("kill", ["-TERM", up.Id.ToString()])!.WaitForExit();
+            if (!up.WaitForExit(30_000)) up.Kill(entireProcessTree: true);
+        }
+    }
+
+    /// <summary>A port offset whose every port of a 1+1+1+1 cluster is free now (other clusters may run on the defaults).</summary>
+    private static int FreeOffset()
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            int offset = Random.Shared.Next(200, 1400) * 10;
+            int[] ports = [50051, 50052, 50053, 50054, 8000, 9092, 9093, 9094];
+            if (ports.All(p => IsFree(p + offset))) return offset;
+            Assert.True(attempt < 50, "no free port offset");
+        }
+    }
+
+    private static bool IsFree(int port)
+    {
+        try
+        {
+            using var l = new TcpListener(IPAddress.Loopback, port);
+            l.Start();
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
+}
