@@ -59,6 +59,12 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
+    /// <summary>Sequences whose KV this worker rebuilt from the prompt (tests read it: in a test process
+    /// several services share meter names, so the metric alone cannot say which worker counted).</summary>
+    public long KvRebuilds => Interlocked.Read(ref _kvRebuilds);
+
+    private long _kvRebuilds;
+
     /// <summary>Sequences in the batch (tests read it to see that an abort freed its sequence).</summary>
     public int Running => _batcher.Running;
 
@@ -190,6 +196,7 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
             var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
             var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
             _logger.LogWarning("KV of session {Session} not in the cache manager ({Code}); rebuilding it from the prompt", request.Kv.SessionId, e.StatusCode);
+            Interlocked.Increment(ref _kvRebuilds);
             _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable"));
             var cache = KvRebuild.FromPrompt(model, prompt, policy, Math.Min(prompt.Length + maxNewTokens, policy?.Budget ?? c.MaxPositions));
             cache.Policy = policy;

@@ -96,9 +96,9 @@ internal sealed class OpenAiEndpoints(GatewayService gateway)
         {
             PolicyMapping.Parse(spec, gateway.Host.Policies);
         }
-        catch (RpcException e)
+        catch (InvalidRequestException e)
         {
-            throw OpenAiErrors.FromStatus(e.Status);
+            throw OpenAiException.BadRequest(e.Message, "kv_policy");
         }
         var wire = PolicyMapping.ToWire(spec);
         return wire.PolicyCase != KvPolicy.PolicyOneofCase.None ? wire

@@ -53,7 +53,7 @@ public sealed class LlmctlCompressionTests
         Assert.Contains("--extrapolate", stderr);
         (code, _, stderr) = Llmctl.Run("perplexity", "--model", TestModels.Stories260K, "--text", Text, "--tokens", "600", "--policy", "qfilters(64,16)");
         Assert.Equal(2, code);
-        Assert.Contains("--filters", stderr);
+        Assert.Contains("--qfilters FILE", stderr);
     }
 
     [SharedDataFact]

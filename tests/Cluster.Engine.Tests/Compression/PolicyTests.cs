@@ -218,5 +218,5 @@ public sealed class PolicyTests : IDisposable
 
     [Fact]
     public void Qfilters_without_filters_asks_for_them() =>
-        Assert.Contains("--filters", Assert.Throws<ArgumentException>(() => KvPolicyRegistry.Parse("qfilters(256,32)")).Message);
+        Assert.Contains("--qfilters FILE", Assert.Throws<ArgumentException>(() => KvPolicyRegistry.Parse("qfilters(256,32)")).Message);
 }
