@@ -15,6 +15,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
     private static int _fallbackNoticeShown;
     private readonly bool _useBlas;
     private readonly int _threads;
+    private readonly bool _blasOwnThreads;
 
     /// <param name="threads">Threads for matrix products and attention (default: all cores).</param>
     /// <param name="useOpenBlas">False forces the managed fallback (tests compare the two).</param>
@@ -22,7 +23,10 @@ public sealed unsafe class CpuBackend : IComputeBackend
     {
         _threads = Math.Max(1, threads ?? Environment.ProcessorCount);
         _useBlas = useOpenBlas && OpenBlas.IsAvailable;
-        if (_useBlas) OpenBlas.SetThreads(_threads);
+        // Threads are ours (see RowSplit); LLMCLUSTER_OPENBLAS_THREADS=1 restores OpenBLAS's own
+        // threading of fp32 products, to measure the difference.
+        _blasOwnThreads = Environment.GetEnvironmentVariable("LLMCLUSTER_OPENBLAS_THREADS") == "1";
+        if (_useBlas) OpenBlas.SetThreads(_blasOwnThreads ? _threads : 1);
         else if (useOpenBlas && Interlocked.Exchange(ref _fallbackNoticeShown, 1) == 0)
             Console.Error.WriteLine($"note: {OpenBlas.LoadError}; using the managed SIMD matrix product (slower)");
     }
@@ -82,6 +86,9 @@ public sealed unsafe class CpuBackend : IComputeBackend
         {
             switch (q.Format)
             {
+                case WeightType.Q8_0 when _useBlas && rows >= DequantGemmRows:
+                    HalfMatMul.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
+                    return;
                 case WeightType.Q8_0:
                     int blocks = (inDim + 31) / 32;
                     _activations.Quantize(xp, rows, inDim, out var xq, out var xd);
@@ -97,12 +104,30 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
         var wp = Cpu(w).Pointer;
         if (!_useBlas) ManagedMatMul.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
-        else if (rows == 1) OpenBlas.MatVec(wp, xp, yp, outDim, inDim);
-        else OpenBlas.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
+        else BlasParts(xp, wp, yp, rows, inDim, outDim);
+    }
+
+    /// <summary>fp32 through single-threaded OpenBLAS calls on <see cref="_threads"/> slices of the weight rows.</summary>
+    private void BlasParts(float* x, float* w, float* y, int rows, int k, int n)
+    {
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
+        // Small products are not worth a fork/join: about 64K multiply-adds.
+        int parts = (long)rows * k * n < 1 << 16 || _blasOwnThreads ? 1 : _threads;
+        RowSplit.For(n, parts, 16, _threads, (j0, j1) =>
+        {
+            float* xs = (float*)xp, ws = (float*)wp + (long)j0 * k, ys = (float*)yp + j0;
+            if (rows == 1) OpenBlas.MatVec(ws, xs, ys, j1 - j0, k);
+            else OpenBlas.MatMulTransposed(xs, ws, ys, rows, k, j1 - j0, ldc: n);
+        });
     }
 
     /// <summary>From this many activation rows, widening a tile of 16-bit weights for sgemm beats a dot per pair.</summary>
     private const int HalfGemmRows = 4;
+
+    /// <summary>From this many rows (prefill), Q8_0 tiles are dequantized for sgemm; below (decode and
+    /// batched decode up to 32 sequences) the int8 kernels run, whose rows are bit-identical whatever
+    /// the batch. LLMCLUSTER_Q8_GEMM_ROWS overrides it (for measuring).</summary>
+    private static readonly int DequantGemmRows = int.TryParse(Environment.GetEnvironmentVariable("LLMCLUSTER_Q8_GEMM_ROWS"), out var r) ? r : 33;
 
     private readonly QuantizedActivations _activations = new();
 

@@ -44,57 +44,54 @@ internal static unsafe class HalfMatMul
     }
 
     /// <summary>
-    /// bf16 row · fp32 vector: 32 weights per step widened by a shift into two 16-lane fp32 vectors
-    /// (AVX-512 when present; Vector512 falls back to two 256-bit halves or scalar code with the same
-    /// lane arithmetic, so the results are the same everywhere).
+    /// bf16 row · fp32 vector: 32 weights per step widened by a shift into four 8-lane fp32 vectors
+    /// (AVX2; Vector256 falls back to scalar code with the same lane arithmetic elsewhere, so the
+    /// results are the same everywhere). Four accumulators hide the FMA latency.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Bf16Dot(ushort* w, float* x, int k)
     {
-        Vector512<float> a0 = default, a1 = default;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         int i = 0;
         for (; i + 32 <= k; i += 32)
         {
-            var raw = Vector512.Load(w + i);
-            var lo = (Vector512.WidenLower(raw) << 16).AsSingle();
-            var hi = (Vector512.WidenUpper(raw) << 16).AsSingle();
-            a0 = Vector512.FusedMultiplyAdd(lo, Vector512.Load(x + i), a0);
-            a1 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x + i + 16), a1);
+            var r0 = Vector256.Load(w + i);
+            var r1 = Vector256.Load(w + i + 16);
+            a0 = Vector256.FusedMultiplyAdd((Vector256.WidenLower(r0) << 16).AsSingle(), Vector256.Load(x + i), a0);
+            a1 = Vector256.FusedMultiplyAdd((Vector256.WidenUpper(r0) << 16).AsSingle(), Vector256.Load(x + i + 8), a1);
+            a2 = Vector256.FusedMultiplyAdd((Vector256.WidenLower(r1) << 16).AsSingle(), Vector256.Load(x + i + 16), a2);
+            a3 = Vector256.FusedMultiplyAdd((Vector256.WidenUpper(r1) << 16).AsSingle(), Vector256.Load(x + i + 24), a3);
         }
-        float sum = Vector512.Sum(a0 + a1);
+        float sum = Q8MatMul.Sum8((a0 + a1) + (a2 + a3));
         for (; i < k; i++) sum = MathF.FusedMultiplyAdd(Fp16.FromBf16(w[i]), x[i], sum);
         return sum;
     }
 
-    /// <summary>y[rows, outDim] = x[rows, k] · w^T through sgemm on widened tiles of weight rows.</summary>
+    /// <summary>y[rows, outDim] = x[rows, k] · w^T for weights of any format: tiles of weight rows
+    /// are dequantized to fp32 and multiplied by single-threaded sgemm, the tiles spread over the
+    /// threads (see <see cref="RowSplit"/>). Dequantizing costs one pass over a tile, shared by all
+    /// rows of x: for prefill this beats per-pair int8 dot products, whose per-block scaling costs
+    /// as much as the products on AVX2.</summary>
     public static void Gemm(WeightType type, byte* w, float* x, float* y, int rows, int k, int outDim, int threads)
     {
-        // ~1 MB of fp32 per tile: fits L2 next to the activations, large enough for sgemm's blocking.
-        int tileRows = Math.Max(16, (1 << 18) / k / 16 * 16);
-        var tile = Scratch((long)tileRows * k);
-        fixed (float* t = tile)
+        // Tiles of ~1 MB of fp32: fit L2 beside the activations, large enough for sgemm's blocking.
+        const long tileFloats = 1 << 18;
+        long rowBytes = WeightLayout.RowBytes(type, k);
+        int perThread = (int)Math.Max(1, ((long)outDim * k + threads * tileFloats - 1) / (threads * tileFloats));
+        nint wp = (nint)w, xp = (nint)x, yp = (nint)y;
+        RowSplit.For(outDim, threads * perThread, 16, threads, (j0, j1) =>
         {
-            var tp = t;
-            for (int j0 = 0; j0 < outDim; j0 += tileRows)
+            int n = j1 - j0;
+            var tile = Scratch((long)n * k);
+            fixed (float* t = tile)
             {
-                int n = Math.Min(tileRows, outDim - j0);
-                Widen(type, w + 2L * j0 * k, tp, n, k, threads);
-                OpenBlas.MatMulTransposed(x, tp, y + j0, rows, k, n, ldc: outDim);
+                var src = (byte*)wp + j0 * rowBytes;
+                if (type is WeightType.F16) TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(src, n * k), new Span<float>(t, n * k));
+                else if (type is WeightType.BF16) Dequantize.Row(WeightType.BF16, src, new Span<float>(t, n * k));
+                else for (int j = 0; j < n; j++) Dequantize.Row(type, src + j * rowBytes, new Span<float>(t + (long)j * k, k));
+                OpenBlas.MatMulTransposed((float*)xp, t, (float*)yp + j0, rows, k, n, ldc: outDim);
             }
-        }
-    }
-
-    private static void Widen(WeightType type, byte* w, float* dst, int n, int k, int threads)
-    {
-        void Rows(int r0, int r1)
-        {
-            var src = w + 2L * r0 * k;
-            var count = (r1 - r0) * k;
-            if (type == WeightType.F16) TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(src, count), new Span<float>(dst + (long)r0 * k, count));
-            else Dequantize.Row(WeightType.BF16, src, new Span<float>(dst + (long)r0 * k, count));
-        }
-        if (threads == 1 || n < 2) Rows(0, n);
-        else Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, i => Rows(n * i / threads, n * (i + 1) / threads));
+        });
     }
 
     [ThreadStatic] private static float[]? _scratch;

@@ -23,8 +23,11 @@ namespace Cluster.Engine.Kernels;
 /// </summary>
 internal static unsafe class Q8MatMul
 {
-    /// <summary>False forces the managed path (tests compare the two).</summary>
+    /// <summary>False forces the AVX2 or managed path (tests compare them).</summary>
     public static bool UseVnni { get; set; } = AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported;
+
+    /// <summary>False forces the managed path.</summary>
+    public static bool UseAvx2 { get; set; } = Avx2.IsSupported && Fma.IsSupported;
 
     /// <param name="w">outDim rows of <paramref name="blocks"/> Q8_0 blocks.</param>
     /// <param name="xq">rows × blocks × 32 int8.</param>
@@ -44,12 +47,15 @@ internal static unsafe class Q8MatMul
             {
                 int j = g * 4, n = Math.Min(4, outDim - j);
                 if (UseVnni && n == 4) Vnni4(w + j * rowBytes, rowBytes, xq, xd, y + j, rows, blocks, outDim);
+                else if (UseAvx2 && n == 4) Q8Avx2.Tile4(w + j * rowBytes, rowBytes, xq, xd, y + j, rows, blocks, outDim);
                 else
                     for (int c = 0; c < n; c++)
                         for (int r = 0; r < rows; r++)
                             y[(long)r * outDim + j + c] = UseVnni
                                 ? VnniDot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks)
-                                : ManagedDot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks);
+                                : UseAvx2
+                                    ? Q8Avx2.Dot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks)
+                                    : ManagedDot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks);
             }
         }
         if (items == 1) Item(0);
@@ -83,7 +89,7 @@ internal static unsafe class Q8MatMul
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Sum8(Vector256<float> v)
+    internal static float Sum8(Vector256<float> v)
     {
         var t = v.GetLower() + v.GetUpper();                      // (a0+a4, a1+a5, a2+a6, a3+a7)
         var u = t + Vector128.Shuffle(t, Vector128.Create(2, 3, 0, 1)); // (t0+t2, t1+t3, ..)
