@@ -17,7 +17,7 @@ internal static unsafe class HalfMatMul
     /// <summary>y[r, j] = x[r] · w[j] for rows with the decode kernel (also the managed fallback).</summary>
     public static void Dots(WeightType type, byte* w, float* x, float* y, int rows, int k, int outDim, int threads)
     {
-        int items = threads == 1 ? 1 : Math.Min(outDim, threads * 8);
+        int items = threads == 1 ? 1 : Math.Min(outDim, threads * (rows == 1 ? 1 : 4));
         long rowBytes = 2L * k;
         void Item(int i)
         {

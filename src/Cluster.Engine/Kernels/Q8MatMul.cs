@@ -39,7 +39,9 @@ internal static unsafe class Q8MatMul
         // Work items are groups of 4 weight rows; each item runs all activation rows, so a weight row
         // is read from memory once and reused from L1 by every activation row.
         int groups = (outDim + 3) / 4;
-        int items = threads == 1 ? 1 : Math.Min(groups, threads * 8);
+        // One part per thread for a single row (decode: ~200 products a token, so fork/join overhead
+        // counts); more parts for several rows, to balance the longer work.
+        int items = threads == 1 ? 1 : Math.Min(groups, threads * (rows == 1 ? 1 : 4));
         void Item(int i)
         {
             int g0 = (int)((long)groups * i / items), g1 = (int)((long)groups * (i + 1) / items);
