@@ -87,7 +87,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
             switch (q.Format)
             {
                 case WeightType.Q8_0 when _useBlas && rows >= DequantGemmRows:
-                    HalfMatMul.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
+                    DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
                     return;
                 case WeightType.Q8_0:
                     int blocks = (inDim + 31) / 32;
@@ -95,7 +95,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
                     Q8MatMul.Run(q.Pointer, xq, xd, yp, rows, blocks, outDim, _threads);
                     return;
                 case WeightType.BF16 or WeightType.F16:
-                    if (_useBlas && rows >= HalfGemmRows) HalfMatMul.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
+                    if (_useBlas && rows >= HalfGemmRows) DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
                     else HalfMatMul.Dots(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
                     return;
                 default:

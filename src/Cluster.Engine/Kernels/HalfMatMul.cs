@@ -6,15 +6,13 @@ using System.Runtime.Intrinsics;
 namespace Cluster.Engine.Kernels;
 
 /// <summary>
-/// Matrix products with 16-bit weights (bf16 or fp16) widened to fp32 as they are read.
-/// One activation row (decode): a dot product per weight row, the weights streamed once. Several
-/// rows (prefill, batched decode): a tile of weight rows is widened into an fp32 scratch that stays
-/// in cache and multiplied by OpenBLAS's sgemm, so the widening is paid once per tile, not once per
-/// activation row; without OpenBLAS each pair is the decode dot product.
+/// Matrix products with 16-bit weights (bf16 or fp16) widened to fp32 as they are read: a dot
+/// product per (activation row, weight row), the weights streamed once. Used for decode, and for
+/// every row count without OpenBLAS; with it, several rows go through <see cref="DequantGemm"/>.
 /// </summary>
 internal static unsafe class HalfMatMul
 {
-    /// <summary>y[r, j] = x[r] · w[j] for rows with the decode kernel (also the managed fallback).</summary>
+    /// <summary>y[r, j] = x[r] · w[j] for every row pair.</summary>
     public static void Dots(WeightType type, byte* w, float* x, float* y, int rows, int k, int outDim, int threads)
     {
         int items = threads == 1 ? 1 : Math.Min(outDim, threads * (rows == 1 ? 1 : 4));
@@ -22,7 +20,7 @@ internal static unsafe class HalfMatMul
         void Item(int i)
         {
             int j0 = (int)((long)outDim * i / items), j1 = (int)((long)outDim * (i + 1) / items);
-            var scratch = type == WeightType.F16 ? Scratch(k) : null;
+            var scratch = type == WeightType.F16 ? KernelScratch.Floats(k) : null;
             for (int j = j0; j < j1; j++)
             {
                 var wr = w + j * rowBytes;
@@ -67,35 +65,4 @@ internal static unsafe class HalfMatMul
         return sum;
     }
 
-    /// <summary>y[rows, outDim] = x[rows, k] · w^T for weights of any format: tiles of weight rows
-    /// are dequantized to fp32 and multiplied by single-threaded sgemm, the tiles spread over the
-    /// threads (see <see cref="RowSplit"/>). Dequantizing costs one pass over a tile, shared by all
-    /// rows of x: for prefill this beats per-pair int8 dot products, whose per-block scaling costs
-    /// as much as the products on AVX2.</summary>
-    public static void Gemm(WeightType type, byte* w, float* x, float* y, int rows, int k, int outDim, int threads)
-    {
-        // Tiles of ~1 MB of fp32: fit L2 beside the activations, large enough for sgemm's blocking.
-        const long tileFloats = 1 << 18;
-        long rowBytes = WeightLayout.RowBytes(type, k);
-        int perThread = (int)Math.Max(1, ((long)outDim * k + threads * tileFloats - 1) / (threads * tileFloats));
-        nint wp = (nint)w, xp = (nint)x, yp = (nint)y;
-        RowSplit.For(outDim, threads * perThread, 16, threads, (j0, j1) =>
-        {
-            int n = j1 - j0;
-            var tile = Scratch((long)n * k);
-            fixed (float* t = tile)
-            {
-                var src = (byte*)wp + j0 * rowBytes;
-                if (type is WeightType.F16) TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(src, n * k), new Span<float>(t, n * k));
-                else if (type is WeightType.BF16) Dequantize.Row(WeightType.BF16, src, new Span<float>(t, n * k));
-                else for (int j = 0; j < n; j++) Dequantize.Row(type, src + j * rowBytes, new Span<float>(t + (long)j * k, k));
-                OpenBlas.MatMulTransposed((float*)xp, t, (float*)yp + j0, rows, k, n, ldc: outDim);
-            }
-        });
-    }
-
-    [ThreadStatic] private static float[]? _scratch;
-
-    private static float[] Scratch(long length) =>
-        _scratch is { } s && s.Length >= length ? s : _scratch = GC.AllocateUninitializedArray<float>(checked((int)length), pinned: true);
 }

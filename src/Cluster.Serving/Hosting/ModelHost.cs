@@ -42,7 +42,7 @@ public sealed class ModelHost : IDisposable
         }
         var config = ModelLoader.ReadConfig(path);
         var tokenizer = ModelLoader.LoadTokenizer(path, config);
-        var model = weights ? ModelLoader.Load(path, new CpuBackend(options.Threads)) : null;
+        var model = weights ? ModelLoader.Load(path, new CpuBackend(options.Threads), weights: WeightLayout.ParseOption(options.Weights)) : null;
         QFilters? filters = null;
         if (!string.IsNullOrEmpty(options.QFilters))
         {

@@ -22,7 +22,8 @@ internal static class UpCommand
         var port = new Option<int>("--port") { Description = "gateway gRPC port", DefaultValueFactory = _ => ServiceRole.Gateway.DefaultGrpcPort() };
         var threads = new Option<int?>("--threads") { Description = "CPU threads per worker" };
         var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
-        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it") { model, prefill, decode, policy, redis, qfilters, port, threads, otlp };
+        var weights = ModelSource.WeightsOption();
+        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it") { model, prefill, decode, policy, redis, qfilters, port, threads, otlp, weights };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int np = r.GetValue(prefill), nd = r.GetValue(decode);
@@ -38,6 +39,7 @@ internal static class UpCommand
                 var a = new List<string> { "--host", "127.0.0.1" };
                 if (role != ServiceRole.CacheManager) a.AddRange(["--model", modelPath]);
                 if (r.GetValue(threads) is int t && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--threads", t.ToString()]);
+                if (r.GetValue(weights) is { } w && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--weights", w]); // same kernels as local runs
                 if (r.GetValue(qfilters) is { } q && role is not ServiceRole.Prefill) a.AddRange(["--qfilters", q]);
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
                 return [.. a];
