@@ -123,5 +123,7 @@ public sealed class GgufCheckpoint : ICheckpointReader
         return _file.Read(t);
     }
 
+    public void DropResidentPages() => _file.DropResidentPages();
+
     public void Dispose() => _file.Dispose();
 }

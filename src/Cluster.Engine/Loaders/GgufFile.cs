@@ -98,6 +98,8 @@ public sealed unsafe class GgufFile : IDisposable
         return data;
     }
 
+    public void DropResidentPages() => _file.DropResidentPages();
+
     public void Dispose() => _file.Dispose();
 }
 

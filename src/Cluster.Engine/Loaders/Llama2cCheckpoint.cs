@@ -131,5 +131,7 @@ public sealed unsafe class Llama2cCheckpoint : ICheckpointReader
         return new WeightData(_file.Pointer + t.Offset, t.Shape.Aggregate(1L, (a, b) => a * b), WeightType.F32, t.Shape[^1]);
     }
 
+    public void DropResidentPages() => _file.DropResidentPages();
+
     public void Dispose() => _file.Dispose();
 }

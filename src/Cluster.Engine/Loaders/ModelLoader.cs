@@ -23,6 +23,7 @@ public static class ModelLoader
         {
             backend ??= new CpuBackend();
             var loaded = LlamaWeights.Load(config, reader, backend, weights);
+            reader.DropResidentPages(); // what was converted is no longer needed in memory
             return new LlamaModel(config, loaded, backend, reader, maxChunk);
         }
         catch

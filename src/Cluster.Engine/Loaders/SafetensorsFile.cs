@@ -96,5 +96,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         return data;
     }
 
+    public void DropResidentPages() => _file.DropResidentPages();
+
     public void Dispose() => _file.Dispose();
 }
