@@ -50,7 +50,6 @@ public sealed class LlamaWeights : IDisposable
     {
         var store = new WeightStore();
         long bytes = 0;
-        var formats = new HashSet<WeightType>();
         Tensor Vector(string name, long n)
         {
             var data = store.Convert(reader.Read(name, [n]), WeightType.F32);
@@ -63,7 +62,6 @@ public sealed class LlamaWeights : IDisposable
             var target = format ?? (WeightLayout.HasKernels(stored.Type) ? stored.Type : WeightType.Q8_0);
             var data = store.Convert(stored, target);
             if (counted) bytes += data.ByteLength;
-            formats.Add(target);
             return backend.LoadWeights(data);
         }
         try
