@@ -18,5 +18,12 @@ internal static class ModelSource
         return folder;
     }
 
-    public static LlamaModel Load(string path, int? threads) => ModelLoader.Load(path, new CpuBackend(threads));
+    public static LlamaModel Load(string path, int? threads, string? weights = null) =>
+        ModelLoader.Load(path, new CpuBackend(threads), weights: WeightLayout.ParseOption(weights));
+
+    /// <summary>The --weights option: the format the model's matrices are kept in.</summary>
+    public static System.CommandLine.Option<string?> WeightsOption() => new("--weights")
+    {
+        Description = "weight format in memory: q8_0, bf16, fp16 or fp32 (default: as stored; converted once at load)",
+    };
 }

@@ -5,14 +5,17 @@ using Cluster.Engine.Model;
 namespace Cluster.Engine.Kernels;
 
 /// <summary>
-/// fp32 kernels on the host: matrix products through OpenBLAS (sgemv for one row, sgemm for
-/// several) or a managed SIMD fallback; the rest with System.Numerics.Tensors primitives.
+/// Kernels on the host. Matrix products dispatch on the weight's format: fp32 through OpenBLAS
+/// (sgemv for one row, sgemm for several) or a managed SIMD fallback; bf16/fp16 and Q8_0 through
+/// <see cref="HalfMatMul"/> and <see cref="Q8MatMul"/>, reading the weights as stored. The rest
+/// with System.Numerics.Tensors primitives.
 /// </summary>
 public sealed unsafe class CpuBackend : IComputeBackend
 {
     private static int _fallbackNoticeShown;
     private readonly bool _useBlas;
     private readonly int _threads;
+    private readonly bool _blasOwnThreads;
 
     /// <param name="threads">Threads for matrix products and attention (default: all cores).</param>
     /// <param name="useOpenBlas">False forces the managed fallback (tests compare the two).</param>
@@ -20,7 +23,10 @@ public sealed unsafe class CpuBackend : IComputeBackend
     {
         _threads = Math.Max(1, threads ?? Environment.ProcessorCount);
         _useBlas = useOpenBlas && OpenBlas.IsAvailable;
-        if (_useBlas) OpenBlas.SetThreads(_threads);
+        // Threads are ours (see RowSplit); LLMCLUSTER_OPENBLAS_THREADS=1 restores OpenBLAS's own
+        // threading of fp32 products, to measure the difference.
+        _blasOwnThreads = Environment.GetEnvironmentVariable("LLMCLUSTER_OPENBLAS_THREADS") == "1";
+        if (_useBlas) OpenBlas.SetThreads(_blasOwnThreads ? _threads : 1);
         else if (useOpenBlas && Interlocked.Exchange(ref _fallbackNoticeShown, 1) == 0)
             Console.Error.WriteLine($"note: {OpenBlas.LoadError}; using the managed SIMD matrix product (slower)");
     }
@@ -33,11 +39,11 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public Tensor LoadWeights(WeightData source)
     {
-        // fp32 weights are used in place (zero copy from the memory map); others are widened once.
+        // Every format is used in place (zero copy from the memory map or the loader's buffer).
         if (source.Type == WeightType.F32) return CpuTensor.Borrow((float*)source.Pointer, source.Elements);
-        var t = CpuTensor.Allocate(source.Elements);
-        source.CopyToFloat32(t.Span(0, checked((int)source.Elements)));
-        return t;
+        if (!WeightLayout.HasKernels(source.Type))
+            throw new NotSupportedException($"the CPU backend has no kernels for {WeightLayout.Name(source.Type)} weights (convert at load: q8_0, bf16, fp16, fp32)");
+        return new CpuWeight(source);
     }
 
     public void CopyFromHost(ReadOnlySpan<float> source, Tensor destination, long offset = 0) =>
@@ -48,12 +54,13 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public void Embed(Tensor table, ReadOnlySpan<int> tokens, int dim, Tensor x)
     {
-        var t = Cpu(table);
-        var vocab = t.Length / dim;
+        var vocab = table.Length / dim;
         for (int i = 0; i < tokens.Length; i++)
         {
             if ((uint)tokens[i] >= vocab) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (0..{vocab - 1})");
-            t.Span((long)tokens[i] * dim, dim).CopyTo(Cpu(x).Span((long)i * dim, dim));
+            var row = Cpu(x).Span((long)i * dim, dim);
+            if (table is CpuWeight q) q.Data.CopyRowToFloat32(tokens[i], row); // one row dequantized
+            else Cpu(table).Span((long)tokens[i] * dim, dim).CopyTo(row);
         }
     }
 
@@ -73,12 +80,56 @@ public sealed unsafe class CpuBackend : IComputeBackend
     public void MatMul(Tensor x, Tensor w, Tensor y, int rows, int inDim, int outDim, int xRowOffset = 0)
     {
         var xp = Cpu(x).Pointer + (long)xRowOffset * inDim;
-        var wp = Cpu(w).Pointer;
         var yp = Cpu(y).Pointer;
+        if (w.Length != (long)inDim * outDim) throw new ArgumentException($"weight has {w.Length} elements, not {outDim}x{inDim}", nameof(w));
+        if (w is CpuWeight q)
+        {
+            switch (q.Format)
+            {
+                case WeightType.Q8_0 when _useBlas && rows >= DequantGemmRows:
+                    DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
+                    return;
+                case WeightType.Q8_0:
+                    int blocks = (inDim + 31) / 32;
+                    _activations.Quantize(xp, rows, inDim, out var xq, out var xd);
+                    Q8MatMul.Run(q.Pointer, xq, xd, yp, rows, blocks, outDim, _threads);
+                    return;
+                case WeightType.BF16 or WeightType.F16:
+                    if (_useBlas && rows >= HalfGemmRows) DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
+                    else HalfMatMul.Dots(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
+                    return;
+                default:
+                    throw new NotSupportedException($"no matrix product for {WeightLayout.Name(q.Format)} weights");
+            }
+        }
+        var wp = Cpu(w).Pointer;
         if (!_useBlas) ManagedMatMul.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
-        else if (rows == 1) OpenBlas.MatVec(wp, xp, yp, outDim, inDim);
-        else OpenBlas.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
+        else BlasParts(xp, wp, yp, rows, inDim, outDim);
     }
+
+    /// <summary>fp32 through single-threaded OpenBLAS calls on <see cref="_threads"/> slices of the weight rows.</summary>
+    private void BlasParts(float* x, float* w, float* y, int rows, int k, int n)
+    {
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
+        // Small products are not worth a fork/join: about 64K multiply-adds.
+        int parts = (long)rows * k * n < 1 << 16 || _blasOwnThreads ? 1 : _threads;
+        RowSplit.For(n, parts, 16, _threads, (j0, j1) =>
+        {
+            float* xs = (float*)xp, ws = (float*)wp + (long)j0 * k, ys = (float*)yp + j0;
+            if (rows == 1) OpenBlas.MatVec(ws, xs, ys, j1 - j0, k);
+            else OpenBlas.MatMulTransposed(xs, ws, ys, rows, k, j1 - j0, ldc: n);
+        });
+    }
+
+    /// <summary>From this many activation rows, widening a tile of 16-bit weights for sgemm beats a dot per pair.</summary>
+    private const int HalfGemmRows = 4;
+
+    /// <summary>From this many rows (prefill), Q8_0 tiles are dequantized for sgemm; below (decode and
+    /// batched decode up to 32 sequences) the int8 kernels run, whose rows are bit-identical whatever
+    /// the batch. LLMCLUSTER_Q8_GEMM_ROWS overrides it (for measuring).</summary>
+    private static readonly int DequantGemmRows = int.TryParse(Environment.GetEnvironmentVariable("LLMCLUSTER_Q8_GEMM_ROWS"), out var r) ? r : 33;
+
+    private readonly QuantizedActivations _activations = new();
 
     public void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope)
     {
@@ -276,5 +327,5 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     private static CpuTensor Cpu(Tensor t) => t as CpuTensor ?? throw new ArgumentException("tensor belongs to another backend");
 
-    public void Dispose() { }
+    public void Dispose() => _activations.Dispose();
 }

@@ -16,21 +16,29 @@ public interface IComputeBackend : IDisposable
     /// <summary>Allocates <paramref name="length"/> floats, zero-filled.</summary>
     Tensor Allocate(long length);
 
-    /// <summary>Makes a weight tensor from host data; the CPU backend may keep a reference to
-    /// <paramref name="source"/> (for memory-mapped fp32 weights) instead of copying.</summary>
+    /// <summary>
+    /// Makes a weight tensor from host data, kept in its format (<see cref="WeightData.Type"/>:
+    /// F32, F16, BF16 or Q8_0 rows; the result's <see cref="Tensor.Format"/> says which). The CPU
+    /// backend keeps a reference to <paramref name="source"/> (memory-mapped or loader-owned)
+    /// instead of copying. A backend without kernels for a format throws
+    /// <see cref="NotSupportedException"/> naming it (the loader can convert with --weights).
+    /// Norm weights are always passed as F32.
+    /// </summary>
     Tensor LoadWeights(WeightData source);
 
     void CopyFromHost(ReadOnlySpan<float> source, Tensor destination, long offset = 0);
 
     void CopyToHost(Tensor source, long offset, Span<float> destination);
 
-    /// <summary>x[t, :] = table[tokens[t], :] for each token; table is [vocab, dim].</summary>
+    /// <summary>x[t, :] = table[tokens[t], :] for each token; table is [vocab, dim] in any weight format (rows dequantized).</summary>
     void Embed(Tensor table, ReadOnlySpan<int> tokens, int dim, Tensor x);
 
     /// <summary>y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, for <paramref name="rows"/> rows of <paramref name="dim"/>.</summary>
     void RmsNorm(Tensor x, Tensor weight, Tensor y, int rows, int dim, float eps);
 
-    /// <summary>y[rows, out] = x[rows, in] · W[out, in]^T, starting at row <paramref name="xRowOffset"/> of x.</summary>
+    /// <summary>y[rows, out] = x[rows, in] · W[out, in]^T, starting at row <paramref name="xRowOffset"/> of x;
+    /// dispatches on <paramref name="w"/>'s <see cref="Tensor.Format"/>, dequantizing inside the product.
+    /// x and y are fp32.</summary>
     void MatMul(Tensor x, Tensor w, Tensor y, int rows, int inDim, int outDim, int xRowOffset = 0);
 
     /// <summary>Rotates each head of q [T, heads*headDim] and k [T, kvHeads*headDim] in place by the

@@ -45,9 +45,9 @@ internal static unsafe class OpenBlas
         if (SetNumThreads != null) SetNumThreads(threads);
     }
 
-    /// <summary>y[m, n] = x[m, k] · w[n, k]^T.</summary>
-    public static void MatMulTransposed(float* x, float* w, float* y, int m, int k, int n) =>
-        Sgemm(RowMajor, NoTrans, Trans, m, n, k, 1f, x, k, w, k, 0f, y, n);
+    /// <summary>y[m, n] = x[m, k] · w[n, k]^T; rows of y are <paramref name="ldc"/> apart (default n).</summary>
+    public static void MatMulTransposed(float* x, float* w, float* y, int m, int k, int n, int ldc = 0) =>
+        Sgemm(RowMajor, NoTrans, Trans, m, n, k, 1f, x, k, w, k, 0f, y, ldc > 0 ? ldc : n);
 
     /// <summary>y[n] = w[n, k] · x[k] (a one-row product: sgemv is ~3x faster than sgemm here).</summary>
     public static void MatVec(float* w, float* x, float* y, int n, int k) =>

@@ -152,6 +152,11 @@ public sealed class HuggingFaceCheckpoint : ICheckpointReader
         catch (JsonException e) { throw new ModelFormatException(path, $"is not valid JSON: {e.Message}"); }
     }
 
+    public void DropResidentPages()
+    {
+        foreach (var f in _files) f.DropResidentPages();
+    }
+
     public void Dispose()
     {
         foreach (var f in _files) f.Dispose();

@@ -128,8 +128,10 @@ public sealed unsafe class Llama2cCheckpoint : ICheckpointReader
         if (!_tensors.TryGetValue(name, out var t)) throw new ModelFormatException(_file.Path, $"has no tensor '{name}'");
         if (!t.Shape.SequenceEqual(shape))
             throw new ModelFormatException(_file.Path, $"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", shape)}]");
-        return new WeightData(_file.Pointer + t.Offset, t.Shape.Aggregate(1L, (a, b) => a * b), WeightType.F32);
+        return new WeightData(_file.Pointer + t.Offset, t.Shape.Aggregate(1L, (a, b) => a * b), WeightType.F32, t.Shape[^1]);
     }
+
+    public void DropResidentPages() => _file.DropResidentPages();
 
     public void Dispose() => _file.Dispose();
 }

@@ -31,6 +31,24 @@ public sealed unsafe class MappedFile : IDisposable
         return new ReadOnlySpan<byte>(Pointer + offset, length);
     }
 
+    /// <summary>
+    /// Lets the kernel drop the pages read so far (madvise MADV_DONTNEED). For a read-only file
+    /// mapping this loses nothing: a page touched again is read back from the file. Called after
+    /// weights were converted at load (e.g. fp32 to q8_0), so that resident memory is the converted
+    /// copy, not that plus the source pages the conversion read.
+    /// </summary>
+    public void DropResidentPages()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        long page = Environment.SystemPageSize;
+        var start = (nint)Pointer & ~(nint)(page - 1);
+        var end = (nint)Pointer + (nint)Length;
+        _ = Madvise((void*)start, (nuint)(end - start), 4 /* MADV_DONTNEED */);
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "madvise")]
+    private static extern int Madvise(void* address, nuint length, int advice);
+
     public void Dispose()
     {
         _view.SafeMemoryMappedViewHandle.ReleasePointer();

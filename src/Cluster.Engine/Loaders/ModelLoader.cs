@@ -4,7 +4,7 @@ using Cluster.Engine.Tokenizers;
 
 namespace Cluster.Engine.Loaders;
 
-/// <summary>Opens a checkpoint by what the path is: a Hugging Face folder or a llama2.c file.</summary>
+/// <summary>Opens a checkpoint by what the path is: a Hugging Face folder, a GGUF file or a llama2.c file.</summary>
 public static class ModelLoader
 {
     /// <summary>Reads only the configuration (cheap: no weights are touched).</summary>
@@ -14,15 +14,17 @@ public static class ModelLoader
         return config;
     }
 
-    /// <summary>Loads the model onto <paramref name="backend"/> (default: the CPU backend).</summary>
-    public static LlamaModel Load(string path, IComputeBackend? backend = null, int maxChunk = 256)
+    /// <summary>Loads the model onto <paramref name="backend"/> (default: the CPU backend), its
+    /// matrices in <paramref name="weights"/> (null: as stored; see <see cref="LlamaWeights.Load"/>).</summary>
+    public static LlamaModel Load(string path, IComputeBackend? backend = null, int maxChunk = 256, WeightType? weights = null)
     {
         var reader = OpenReader(path, out var config);
         try
         {
             backend ??= new CpuBackend();
-            var weights = LlamaWeights.Load(config, reader, backend);
-            return new LlamaModel(config, weights, backend, reader, maxChunk);
+            var loaded = LlamaWeights.Load(config, reader, backend, weights);
+            reader.DropResidentPages(); // what was converted is no longer needed in memory
+            return new LlamaModel(config, loaded, backend, reader, maxChunk);
         }
         catch
         {
@@ -40,6 +42,7 @@ public static class ModelLoader
     public static ITokenizer LoadTokenizer(string modelPath, LlamaConfig config, string? tokenizerPath = null)
     {
         if (Directory.Exists(modelPath) && Llama2cFileIn(modelPath) is { } file) modelPath = file;
+        if (tokenizerPath is null && File.Exists(modelPath) && GgufCheckpoint.IsGguf(modelPath)) tokenizerPath = modelPath; // vocabulary in the same file
         string path = tokenizerPath ?? (Directory.Exists(modelPath)
             ? modelPath
             : new[] { "tokenizer.bin", $"tok{config.VocabSize}.bin" }
@@ -81,10 +84,16 @@ public static class ModelLoader
         if (File.Exists(path))
         {
             if (Path.GetFileName(path) == "config.json") return OpenReader(Path.GetDirectoryName(Path.GetFullPath(path))!, out config);
+            if (GgufCheckpoint.IsGguf(path))
+            {
+                var gguf = GgufCheckpoint.Open(path);
+                config = gguf.Config;
+                return gguf;
+            }
             var l2c = Llama2cCheckpoint.Open(path);
             config = l2c.Config;
             return l2c;
         }
-        throw new ModelFormatException(path, "not found (expected a llama2.c .bin file or a Hugging Face model folder)");
+        throw new ModelFormatException(path, "not found (expected a llama2.c .bin file, a GGUF file or a Hugging Face model folder)");
     }
 }

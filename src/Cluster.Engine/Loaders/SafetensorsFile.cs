@@ -90,11 +90,13 @@ public sealed unsafe class SafetensorsFile : IDisposable
             _ => throw new ModelFormatException(Path, $"tensor '{name}' has dtype {e.DType}; supported: F32, F16, BF16"),
         };
         var elements = e.Shape.Aggregate(1L, (a, b) => a * b);
-        var data = new WeightData(_file.Pointer + _dataStart + e.Begin, elements, type);
+        var data = new WeightData(_file.Pointer + _dataStart + e.Begin, elements, type, e.Shape.Length > 0 ? e.Shape[^1] : 0);
         if (data.ByteLength != e.End - e.Begin)
             throw new ModelFormatException(Path, $"tensor '{name}' spans {e.End - e.Begin} bytes but shape and dtype need {data.ByteLength}");
         return data;
     }
+
+    public void DropResidentPages() => _file.DropResidentPages();
 
     public void Dispose() => _file.Dispose();
 }

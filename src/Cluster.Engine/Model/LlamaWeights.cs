@@ -18,41 +18,79 @@ public sealed record LayerWeights(
 /// <summary>All weights of a Llama model, resident in one backend.</summary>
 public sealed class LlamaWeights : IDisposable
 {
-    private LlamaWeights(Tensor embedding, LayerWeights[] layers, Tensor finalNorm, Tensor classifier)
+    private readonly WeightStore _store;
+
+    private LlamaWeights(Tensor embedding, LayerWeights[] layers, Tensor finalNorm, Tensor classifier, WeightStore store)
     {
         TokenEmbedding = embedding;
         Layers = layers;
         FinalNorm = finalNorm;
         Classifier = classifier;
+        _store = store;
     }
+
+    /// <summary>Format of the layer matrices (the embedding and classifier use it too).</summary>
+    public WeightType MatrixFormat { get; private init; }
+
+    /// <summary>Weight bytes one decode step reads: every layer matrix and norm, the final norm and
+    /// the classifier in their kept formats (the embedding lookup reads one row, counted as nothing).</summary>
+    public long DecodeBytesPerToken { get; private init; }
 
     public Tensor TokenEmbedding { get; }   // [vocab, dim]
     public LayerWeights[] Layers { get; }
     public Tensor FinalNorm { get; }        // [dim]
     public Tensor Classifier { get; }       // [vocab, dim]; the embedding itself when tied
 
-    /// <summary>Reads every tensor by its Hugging Face name, checking shapes against the config.</summary>
-    public static LlamaWeights Load(LlamaConfig c, ICheckpointReader reader, IComputeBackend backend)
+    /// <summary>
+    /// Reads every tensor by its Hugging Face name, checking shapes against the config. Matrices are
+    /// kept in <paramref name="format"/> (converted once here), or as stored when null; a stored
+    /// format the kernels cannot multiply (Q4_0, Q4_K, Q6_K) becomes Q8_0. Norm vectors are fp32.
+    /// </summary>
+    public static LlamaWeights Load(LlamaConfig c, ICheckpointReader reader, IComputeBackend backend, WeightType? format = null)
     {
-        Tensor Get(string name, params long[] shape) => backend.LoadWeights(reader.Read(name, shape));
-        var embedding = Get(TensorNames.Embedding, c.VocabSize, c.Dim);
-        var layers = new LayerWeights[c.Layers];
-        for (int l = 0; l < c.Layers; l++)
+        var store = new WeightStore();
+        long bytes = 0;
+        Tensor Vector(string name, long n)
         {
-            layers[l] = new LayerWeights(
-                Get(TensorNames.AttentionNorm(l), c.Dim),
-                Get(TensorNames.Wq(l), c.QueryDim, c.Dim),
-                Get(TensorNames.Wk(l), c.KvDim, c.Dim),
-                Get(TensorNames.Wv(l), c.KvDim, c.Dim),
-                Get(TensorNames.Wo(l), c.Dim, c.QueryDim),
-                Get(TensorNames.FfnNorm(l), c.Dim),
-                Get(TensorNames.Gate(l), c.HiddenDim, c.Dim),
-                Get(TensorNames.Down(l), c.Dim, c.HiddenDim),
-                Get(TensorNames.Up(l), c.HiddenDim, c.Dim));
+            var data = store.Convert(reader.Read(name, [n]), WeightType.F32);
+            bytes += data.ByteLength;
+            return backend.LoadWeights(data);
         }
-        var finalNorm = Get(TensorNames.FinalNorm, c.Dim);
-        var classifier = c.TiedEmbeddings ? embedding : Get(TensorNames.Classifier, c.VocabSize, c.Dim);
-        return new LlamaWeights(embedding, layers, finalNorm, classifier);
+        Tensor Matrix(string name, long rows, long cols, bool counted = true)
+        {
+            var stored = reader.Read(name, [rows, cols]);
+            var target = format ?? (WeightLayout.HasKernels(stored.Type) ? stored.Type : WeightType.Q8_0);
+            var data = store.Convert(stored, target);
+            if (counted) bytes += data.ByteLength;
+            return backend.LoadWeights(data);
+        }
+        try
+        {
+            var embedding = Matrix(TensorNames.Embedding, c.VocabSize, c.Dim, counted: c.TiedEmbeddings);
+            var layers = new LayerWeights[c.Layers];
+            for (int l = 0; l < c.Layers; l++)
+            {
+                layers[l] = new LayerWeights(
+                    Vector(TensorNames.AttentionNorm(l), c.Dim),
+                    Matrix(TensorNames.Wq(l), c.QueryDim, c.Dim),
+                    Matrix(TensorNames.Wk(l), c.KvDim, c.Dim),
+                    Matrix(TensorNames.Wv(l), c.KvDim, c.Dim),
+                    Matrix(TensorNames.Wo(l), c.Dim, c.QueryDim),
+                    Vector(TensorNames.FfnNorm(l), c.Dim),
+                    Matrix(TensorNames.Gate(l), c.HiddenDim, c.Dim),
+                    Matrix(TensorNames.Down(l), c.Dim, c.HiddenDim),
+                    Matrix(TensorNames.Up(l), c.HiddenDim, c.Dim));
+            }
+            var finalNorm = Vector(TensorNames.FinalNorm, c.Dim);
+            var classifier = c.TiedEmbeddings ? embedding : Matrix(TensorNames.Classifier, c.VocabSize, c.Dim);
+            var main = layers.Length > 0 ? layers[0].Wq.Format : classifier.Format;
+            return new LlamaWeights(embedding, layers, finalNorm, classifier, store) { MatrixFormat = main, DecodeBytesPerToken = bytes };
+        }
+        catch
+        {
+            store.Dispose();
+            throw;
+        }
     }
 
     public void Dispose()
@@ -63,5 +101,6 @@ public sealed class LlamaWeights : IDisposable
         foreach (var l in Layers)
             foreach (var t in new[] { l.AttentionNorm, l.Wq, l.Wk, l.Wv, l.Wo, l.FfnNorm, l.Gate, l.Down, l.Up })
                 t.Dispose();
+        _store.Dispose();
     }
 }

@@ -18,25 +18,36 @@ public sealed class GgufMetadata
 
     private readonly Dictionary<string, object> _values;
 
-    private GgufMetadata(uint version, Dictionary<string, object> values)
+    private GgufMetadata(uint version, ulong tensorCount, Dictionary<string, object> values)
     {
         Version = version;
+        TensorCount = tensorCount;
         _values = values;
     }
 
     public uint Version { get; }
+
+    /// <summary>Number of tensor infos that follow the metadata in the file.</summary>
+    public ulong TensorCount { get; }
     public IReadOnlyDictionary<string, object> Values => _values;
 
     /// <exception cref="InvalidDataException">Not a GGUF v2/v3 file, or truncated.</exception>
     public static GgufMetadata Read(string path)
     {
         using var reader = new BinaryReader(new BufferedStream(File.OpenRead(path), 1 << 16));
+        return Read(reader, path);
+    }
+
+    /// <summary>Reads the header and metadata from the start of <paramref name="reader"/>, leaving it
+    /// at the first tensor info.</summary>
+    public static GgufMetadata Read(BinaryReader reader, string path)
+    {
         try
         {
             if (reader.ReadUInt32() != 0x46554747) throw new InvalidDataException($"{path}: not a GGUF file (magic)");
             var version = reader.ReadUInt32();
             if (version is < 2 or > 3) throw new InvalidDataException($"{path}: GGUF version {version} (2 and 3 are supported)");
-            reader.ReadUInt64(); // tensor_count
+            var tensorCount = reader.ReadUInt64();
             var count = reader.ReadUInt64();
             var values = new Dictionary<string, object>(StringComparer.Ordinal);
             for (ulong i = 0; i < count; i++)
@@ -44,7 +55,7 @@ public sealed class GgufMetadata
                 var key = ReadString(reader);
                 values[key] = ReadValue(reader, (ValueType)reader.ReadUInt32());
             }
-            return new GgufMetadata(version, values);
+            return new GgufMetadata(version, tensorCount, values);
         }
         catch (EndOfStreamException)
         {
@@ -60,7 +71,7 @@ public sealed class GgufMetadata
 
     public bool GetBool(string key, bool fallback) => _values.TryGetValue(key, out var v) && v is bool b ? b : fallback;
 
-    private static string ReadString(BinaryReader reader)
+    internal static string ReadString(BinaryReader reader)
     {
         var length = reader.ReadUInt64();
         if (length > int.MaxValue) throw new InvalidDataException($"GGUF string of {length} bytes");

@@ -61,11 +61,14 @@ public sealed class ModelHost : IDisposable
     /// a silent minute looks like a hang).</summary>
     private static LlamaModel LoadWeights(string path, ServiceOptions options)
     {
+        // The weights as stored, or converted at load (--weights q8_0|bf16|fp16|fp32): the kernels are the
+        // same as `llmctl generate --local --weights`, so local and cluster tokens stay identical.
+        LlamaModel Load() => ModelLoader.Load(path, new CpuBackend(options.Threads), weights: WeightLayout.ParseOption(options.Weights));
         long bytes = CheckpointBytes(path);
-        if (bytes < BigModelBytes) return ModelLoader.Load(path, new CpuBackend(options.Threads));
+        if (bytes < BigModelBytes) return Load();
         var clock = System.Diagnostics.Stopwatch.StartNew();
         Console.WriteLine($"{options.Role.Name()}: loading {bytes / (double)(1L << 30):F1} GiB of weights from {path} ...");
-        var model = ModelLoader.Load(path, new CpuBackend(options.Threads));
+        var model = Load();
         Console.WriteLine($"{options.Role.Name()}: weights loaded in {clock.Elapsed.TotalSeconds:F1} s ({bytes / (double)(1L << 20) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3):F0} MiB/s)");
         return model;
     }

@@ -49,6 +49,9 @@ public sealed class ServiceOptions
     [Option("--threads", "CPU threads for matrix products (default: all cores)", ServiceRole.Prefill, ServiceRole.Decode)]
     public int? Threads { get; set; }
 
+    [Option("--weights", "weight format in memory: q8_0, bf16, fp16 or fp32 (default: as stored)", ServiceRole.Prefill, ServiceRole.Decode)]
+    public string? Weights { get; set; }
+
     [Option("--cache-manager", "cache manager gRPC address", ServiceRole.Gateway, ServiceRole.Prefill, ServiceRole.Decode)]
     public string CacheManager { get; set; } = "http://127.0.0.1:50054";
 

@@ -6,8 +6,9 @@ using Cluster.Engine.Model;
 namespace LlmCtl.Commands;
 
 /// <summary>
-/// `llmctl bench`: single-stream prefill and decode speed, next to the machine's measured memory
-/// read bandwidth and the decode bound it implies (every weight byte is read once per token).
+/// `llmctl bench`: single-stream prefill, decode and batched decode speed for each weight format,
+/// next to the machine's measured memory read bandwidth and the decode bound it implies for that
+/// format (every weight byte is read once per token).
 /// </summary>
 internal static class BenchCommand
 {
@@ -19,7 +20,8 @@ internal static class BenchCommand
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var batch = new Option<int>("--batch") { Description = "also measure batched decode of this many sequences (continuous batching's step)", DefaultValueFactory = _ => 16 };
-        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound") { model, promptTokens, decodeTokens, threads, json, batch };
+        var weights = new Option<string?>("--weights") { Description = "weight formats to measure, comma-separated, each loaded in turn: q8_0, bf16, fp16, fp32 (default: as stored)" };
+        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound, per weight format") { model, promptTokens, decodeTokens, threads, json, batch, weights };
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.Subcommands.Add(BenchLoadCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
@@ -28,72 +30,106 @@ internal static class BenchCommand
             if (p < 1 || d < 2) throw new ArgumentException("--prompt-tokens must be >= 1 and --decode-tokens >= 2");
             int t = r.GetValue(threads) ?? Environment.ProcessorCount;
             var path = ModelSource.ResolvePath(r.GetValue(model));
-            using var m = ModelSource.Load(path, t);
+            // Every format in one run, so their ratios share the machine's state (load, clocks).
+            var formats = (r.GetValue(weights) ?? "auto").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            foreach (var f in formats) Cluster.Engine.Kernels.WeightLayout.ParseOption(f); // reject typos before measuring
 
             Console.Error.WriteLine($"measuring memory bandwidth ({t} threads) ...");
             double bandwidth = MemoryBandwidth.MeasureBytesPerSecond(t);
-            var rng = new Random(1);
-            var prompt = Enumerable.Range(0, p).Select(_ => rng.Next(3, m.Config.VocabSize)).ToArray();
-            var logits = new float[m.Config.VocabSize];
-
-            Console.Error.WriteLine($"prefill {p} tokens, decode {d} tokens on {m.Backend.Name} ...");
-            using (var warm = m.CreateCache(p + 8)) m.Forward(prompt, warm, logits); // page in weights, JIT
-            double prefillSeconds = double.MaxValue;
-            for (int rep = 0; rep < 3; rep++)
+            var results = new List<Dictionary<string, object>>();
+            foreach (var format in formats)
             {
-                using var cache = m.CreateCache(p + d);
-                var sw = Stopwatch.StartNew();
-                m.Forward(prompt, cache, logits);
-                prefillSeconds = Math.Min(prefillSeconds, sw.Elapsed.TotalSeconds);
+                using var m = ModelSource.Load(path, t, format);
+                var result = Measure(m, path, p, d, r.GetValue(batch), bandwidth, t);
+                results.Add(result);
+                if (!r.GetValue(json)) Print(result, t);
             }
-            using var decodeCache = m.CreateCache(p + d);
-            m.Forward(prompt, decodeCache, logits);
-            int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
-            var steps = new double[d];
-            for (int i = 0; i < d; i++)
-            {
-                var sw = Stopwatch.StartNew();
-                m.Forward([next], decodeCache, logits);
-                steps[i] = sw.Elapsed.TotalSeconds;
-                next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
-            }
-            Array.Sort(steps);
-            double median = steps[d / 2], mean = steps.Average();
-            int b = r.GetValue(batch);
-            double batchRate = b > 1 ? BatchedDecodeTokensPerSecond(m, prompt, b, d) : 0;
-            long weightBytes = DecodeBytesPerToken(m.Config);
-            double bound = bandwidth / weightBytes;
-            var result = new
-            {
-                model = path,
-                backend = m.Backend.Name,
-                parameters = m.Config.ParameterCount,
-                weight_bytes_per_token = weightBytes,
-                memory_bandwidth_gb_per_s = bandwidth / 1e9,
-                decode_bound_tokens_per_s = bound,
-                decode_tokens_per_s = 1 / mean,
-                decode_median_step_ms = median * 1e3,
-                decode_fraction_of_bound = 1 / mean / bound,
-                batch_size = b,
-                batch_decode_tokens_per_s = batchRate,
-                batch_speedup = batchRate * mean,
-                prefill_tokens = p,
-                prefill_tokens_per_s = p / prefillSeconds,
-            };
-            if (r.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(result));
-            else
-            {
-                Console.WriteLine($"backend                 {result.backend}");
-                Console.WriteLine($"parameters              {result.parameters / 1e6:F1}M, {weightBytes / 1e6:F0} MB of fp32 weights read per decoded token");
-                Console.WriteLine($"memory bandwidth        {result.memory_bandwidth_gb_per_s:F1} GB/s (read, {t} threads)");
-                Console.WriteLine($"decode bound            {bound:F1} tokens/s (bandwidth / weight bytes)");
-                Console.WriteLine($"decode                  {result.decode_tokens_per_s:F1} tokens/s (median step {result.decode_median_step_ms:F2} ms) = {result.decode_fraction_of_bound:P0} of the bound");
-                if (b > 1) Console.WriteLine($"batched decode          {batchRate:F1} tokens/s with {b} sequences = {result.batch_speedup:F1}x one sequence");
-                Console.WriteLine($"prefill                 {result.prefill_tokens_per_s:F1} tokens/s ({p}-token prompt)");
-            }
+            if (r.GetValue(json)) Console.WriteLine(results.Count == 1 ? JsonSerializer.Serialize(results[0]) : JsonSerializer.Serialize(results));
+            else if (results.Count > 1) PrintTable(results);
             return 0;
         }));
         return cmd;
+    }
+
+    private static Dictionary<string, object> Measure(LlamaModel m, string path, int p, int d, int b, double bandwidth, int threads)
+    {
+        var rng = new Random(1);
+        var prompt = Enumerable.Range(0, p).Select(_ => rng.Next(3, m.Config.VocabSize)).ToArray();
+        var logits = new float[m.Config.VocabSize];
+        var format = Cluster.Engine.Kernels.WeightLayout.Name(m.Weights.MatrixFormat);
+        Console.Error.WriteLine($"[{format}] prefill {p} tokens, decode {d} tokens on {m.Backend.Name} ...");
+        using (var warm = m.CreateCache(p + 8)) m.Forward(prompt, warm, logits); // page in weights, JIT
+        double prefillSeconds = double.MaxValue;
+        for (int rep = 0; rep < 3; rep++)
+        {
+            using var cache = m.CreateCache(p + d);
+            var sw = Stopwatch.StartNew();
+            m.Forward(prompt, cache, logits);
+            prefillSeconds = Math.Min(prefillSeconds, sw.Elapsed.TotalSeconds);
+        }
+        using var decodeCache = m.CreateCache(p + d);
+        m.Forward(prompt, decodeCache, logits);
+        int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
+        var steps = new double[d];
+        for (int i = 0; i < d; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            m.Forward([next], decodeCache, logits);
+            steps[i] = sw.Elapsed.TotalSeconds;
+            next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
+        }
+        Array.Sort(steps);
+        double median = steps[d / 2], mean = steps.Average();
+        double batchRate = b > 1 ? BatchedDecodeTokensPerSecond(m, prompt, b, d) : 0;
+        long weightBytes = m.Weights.DecodeBytesPerToken;
+        double bound = bandwidth / weightBytes;
+        return new Dictionary<string, object>
+        {
+            ["model"] = path,
+            ["weights"] = format,
+            ["backend"] = m.Backend.Name,
+            ["threads"] = threads,
+            ["parameters"] = m.Config.ParameterCount,
+            ["weight_bytes_per_token"] = weightBytes,
+            ["memory_bandwidth_gb_per_s"] = bandwidth / 1e9,
+            ["decode_bound_tokens_per_s"] = bound,
+            ["decode_tokens_per_s"] = 1 / mean,
+            ["decode_median_step_ms"] = median * 1e3,
+            ["decode_fraction_of_bound"] = 1 / mean / bound,
+            ["batch_size"] = b,
+            ["batch_decode_tokens_per_s"] = batchRate,
+            ["batch_speedup"] = batchRate * mean,
+            ["prefill_tokens"] = p,
+            ["prefill_tokens_per_s"] = p / prefillSeconds,
+        };
+    }
+
+    private static void Print(Dictionary<string, object> x, int t)
+    {
+        double bound = (double)x["decode_bound_tokens_per_s"];
+        Console.WriteLine($"weights                 {x["weights"]}");
+        Console.WriteLine($"backend                 {x["backend"]}");
+        Console.WriteLine($"parameters              {(long)x["parameters"] / 1e6:F1}M, {(long)x["weight_bytes_per_token"] / 1e6:F0} MB of weights read per decoded token");
+        Console.WriteLine($"memory bandwidth        {(double)x["memory_bandwidth_gb_per_s"]:F1} GB/s (read, {t} threads)");
+        Console.WriteLine($"decode bound            {bound:F1} tokens/s (bandwidth / weight bytes)");
+        Console.WriteLine($"decode                  {(double)x["decode_tokens_per_s"]:F1} tokens/s (median step {(double)x["decode_median_step_ms"]:F2} ms) = {(double)x["decode_fraction_of_bound"]:P0} of the bound");
+        if ((int)x["batch_size"] > 1) Console.WriteLine($"batched decode          {(double)x["batch_decode_tokens_per_s"]:F1} tokens/s with {x["batch_size"]} sequences = {(double)x["batch_speedup"]:F1}x one sequence");
+        Console.WriteLine($"prefill                 {(double)x["prefill_tokens_per_s"]:F1} tokens/s ({x["prefill_tokens"]}-token prompt)");
+        Console.WriteLine();
+    }
+
+    /// <summary>One line per format, with ratios to the first (list fp32 first to read them as speedups).</summary>
+    private static void PrintTable(List<Dictionary<string, object>> results)
+    {
+        double Get(Dictionary<string, object> x, string k) => Convert.ToDouble(x[k]);
+        var b = results[0];
+        Console.WriteLine($"| weights | MB/token | decode bound tok/s | decode tok/s (x {b["weights"]}) | batch-{b["batch_size"]} tok/s (x) | prefill-{b["prefill_tokens"]} tok/s (x) |");
+        Console.WriteLine("|---|---|---|---|---|---|");
+        foreach (var x in results)
+            Console.WriteLine($"| {x["weights"]} | {Get(x, "weight_bytes_per_token") / 1e6:F0} | {Get(x, "decode_bound_tokens_per_s"):F0} | " +
+                              $"{Get(x, "decode_tokens_per_s"):F1} ({Get(x, "decode_tokens_per_s") / Get(b, "decode_tokens_per_s"):F2}x) | " +
+                              $"{Get(x, "batch_decode_tokens_per_s"):F0} ({Get(x, "batch_decode_tokens_per_s") / Math.Max(1e-9, Get(b, "batch_decode_tokens_per_s")):F2}x) | " +
+                              $"{Get(x, "prefill_tokens_per_s"):F0} ({Get(x, "prefill_tokens_per_s") / Get(b, "prefill_tokens_per_s"):F2}x) |");
     }
 
     /// <summary>Tokens/s summed over <paramref name="batch"/> sequences decoding together (one
@@ -120,10 +156,4 @@ internal static class BenchCommand
             foreach (var c in caches) c.Dispose();
         }
     }
-
-    /// <summary>fp32 bytes of every weight a decode step reads: all layer matrices and norms, the
-    /// final norm and the classifier (the embedding lookup reads one row, counted as nothing).</summary>
-    public static long DecodeBytesPerToken(LlamaConfig c) =>
-        4 * ((long)c.Layers * ((long)c.Dim * c.QueryDim * 2 + (long)c.Dim * c.KvDim * 2 + 3L * c.Dim * c.HiddenDim + 2L * c.Dim)
-             + (long)c.VocabSize * c.Dim + c.Dim);
 }

@@ -24,8 +24,9 @@ internal static class GenerateCommand
         var qfilters = new Option<string?>("--qfilters") { Description = "q_filters safetensors file for the qfilters policy (local)" };
         var resume = new Option<string?>("--resume") { Description = "with --endpoint: resume this session (replays its tokens, then goes on live)" };
         var after = new Option<long>("--after") { Description = "with --resume: the last token index already received (-1: from the start)", DefaultValueFactory = _ => -1 };
+        var weights = ModelSource.WeightsOption();
         var sampling = new SamplingOptions();
-        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters, resume, after };
+        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters, resume, after, weights };
         sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
@@ -39,7 +40,7 @@ internal static class GenerateCommand
             }
             if (r.GetValue(resume) is not null) throw new ArgumentException("--resume needs --endpoint (sessions live in a cluster)");
             var path = ModelSource.ResolvePath(r.GetValue(model));
-            using var m = ModelSource.Load(path, r.GetValue(threads));
+            using var m = ModelSource.Load(path, r.GetValue(threads), r.GetValue(weights));
             var p = sampling.Read(r, m.Config.VocabSize).WithResolvedSeed();
             var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             var promptText = r.GetValue(prompt) ?? "";

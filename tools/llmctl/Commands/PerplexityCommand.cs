@@ -20,15 +20,16 @@ internal static class PerplexityCommand
         var stride = new Option<int?>("--stride") { Description = "tokens between window starts (default: window/2)" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
-        var cmd = new Command("perplexity", "perplexity over strided windows, each token scored once; with --policy, streamed token by token per KV-cache policy") { model, tokenizer, text, tokens, window, stride, json, threads };
+        var weights = ModelSource.WeightsOption();
+        var cmd = new Command("perplexity", "perplexity over strided windows, each token scored once; with --policy, streamed token by token per KV-cache policy") { model, tokenizer, text, tokens, window, stride, json, threads, weights };
         var streaming = StreamingPerplexityMode.AddOptions(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
-            if (streaming.Requested(r)) return streaming.Run(r, r.GetValue(model), r.GetValue(tokenizer), r.GetValue(text)!, r.GetValue(tokens), r.GetValue(json), r.GetValue(threads));
+            if (streaming.Requested(r)) return streaming.Run(r, r.GetValue(model), r.GetValue(tokenizer), r.GetValue(text)!, r.GetValue(tokens), r.GetValue(json), r.GetValue(threads), r.GetValue(weights));
             int n = r.GetValue(tokens);
             if (n < 2) throw new ArgumentException($"--tokens must be at least 2, got {n}");
             var path = ModelSource.ResolvePath(r.GetValue(model));
-            using var m = ModelSource.Load(path, r.GetValue(threads));
+            using var m = ModelSource.Load(path, r.GetValue(threads), r.GetValue(weights));
             var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             var ids = TextPrefix.EncodeFirstTokens(tok, File.ReadAllText(r.GetValue(text)!), n);
             if (ids.Length < n) Console.Error.WriteLine($"note: the text holds only {ids.Length} tokens");

@@ -27,8 +27,9 @@ internal static class UpCommand
         var chatTemplate = new Option<string?>("--chat-template") { Description = "chat template (file or text) for models that have none" };
         var logLevel = new Option<string>("--log-level") { Description = "services' log level: trace, debug, info, warning, error, none", DefaultValueFactory = _ => "warning" };
         var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
+        var weights = ModelSource.WeightsOption();
         var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it")
-            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp };
+            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp, weights };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int np = r.GetValue(prefill), nd = r.GetValue(decode), offset = r.GetValue(portOffset);
@@ -54,6 +55,7 @@ internal static class UpCommand
                 var a = new List<string> { "--host", bind, "--log-level", r.GetValue(logLevel)! };
                 if (role != ServiceRole.CacheManager) a.AddRange(["--model", modelPath]);
                 if (r.GetValue(threads) is int t && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--threads", t.ToString()]);
+                if (r.GetValue(weights) is { } w && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--weights", w]); // same kernels as local runs
                 if (r.GetValue(qfilters) is { } q && role is not ServiceRole.Prefill) a.AddRange(["--qfilters", q]);
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
                 return [.. a];

@@ -31,10 +31,10 @@ internal sealed class StreamingPerplexityMode
 
     public bool Requested(ParseResult r) => r.GetValue(_policy) is { Length: > 0 };
 
-    public int Run(ParseResult r, string? modelOption, string? tokenizerOption, string textPath, int length, bool json, int? threads)
+    public int Run(ParseResult r, string? modelOption, string? tokenizerOption, string textPath, int length, bool json, int? threads, string? weights = null)
     {
         var path = ModelSource.ResolvePath(modelOption);
-        using var m = ModelSource.Load(path, threads);
+        using var m = ModelSource.Load(path, threads, weights);
         var c = m.Config;
         var filtersPath = r.GetValue(_filters);
         var options = new PolicyOptions(filtersPath is null ? null : QFilters.Load(filtersPath, c.Layers, c.KvHeads, c.HeadDim), r.GetValue(_extrapolate));

@@ -1,0 +1,70 @@
+using System.Numerics.Tensors;
+
+namespace Cluster.Engine.Kernels;
+
+/// <summary>fp32 rows to the formats weights may be converted to at load time.</summary>
+public static unsafe class Quantize
+{
+    /// <summary>Writes one row of <paramref name="src"/> in <paramref name="type"/> to <paramref name="dst"/>
+    /// (<see cref="WeightLayout.RowBytes"/> bytes).</summary>
+    public static void Row(WeightType type, ReadOnlySpan<float> src, byte* dst)
+    {
+        switch (type)
+        {
+            case WeightType.F32:
+                src.CopyTo(new Span<float>(dst, src.Length));
+                break;
+            case WeightType.F16:
+                for (int i = 0; i < src.Length; i++) ((ushort*)dst)[i] = Fp16.FromFloat(src[i]);
+                break;
+            case WeightType.BF16:
+                for (int i = 0; i < src.Length; i++) ((ushort*)dst)[i] = Fp16.ToBf16(src[i]);
+                break;
+            case WeightType.Q8_0:
+                Q8_0(src, dst);
+                break;
+            default:
+                throw new NotSupportedException($"converting weights to {WeightLayout.Name(type)} is not supported (q8_0, bf16, fp16, fp32 are)");
+        }
+    }
+
+    /// <summary>
+    /// ggml's quantize_row_q8_0_ref: per block of 32, d = max|x| / 127, q = roundf(x * (1/d))
+    /// (ties away from zero), d stored as fp16. Gives llama-quantize's bytes for the same input.
+    /// A short last block is padded with zeros.
+    /// </summary>
+    private static void Q8_0(ReadOnlySpan<float> src, byte* dst)
+    {
+        for (int b = 0; b * 32 < src.Length; b++, dst += 34)
+        {
+            var x = src.Slice(b * 32, Math.Min(32, src.Length - b * 32));
+            float amax = 0;
+            foreach (var v in x) amax = Math.Max(amax, Math.Abs(v));
+            float d = amax / 127f;
+            float id = d != 0 ? 1f / d : 0f;
+            *(ushort*)dst = Fp16.FromFloat(d);
+            var q = (sbyte*)(dst + 2);
+            for (int j = 0; j < 32; j++) q[j] = j < x.Length ? (sbyte)MathF.Round(x[j] * id, MidpointRounding.AwayFromZero) : (sbyte)0;
+        }
+    }
+
+    /// <summary>
+    /// Activations for the int8 kernels: each row of <paramref name="k"/> floats becomes
+    /// ceil(k/32) blocks of 32 int8 (zero-padded) with an fp32 scale d = max|x|/127 (kept in fp32,
+    /// unlike llama.cpp's fp16: one rounding less). Rounds to nearest even.
+    /// </summary>
+    public static void ActivationRow(ReadOnlySpan<float> x, sbyte* q, float* scales)
+    {
+        int blocks = (x.Length + 31) / 32;
+        for (int b = 0; b < blocks; b++, q += 32)
+        {
+            var v = x.Slice(b * 32, Math.Min(32, x.Length - b * 32));
+            float amax = TensorPrimitives.MaxMagnitude(v);
+            amax = Math.Abs(amax);
+            float d = amax / 127f;
+            float id = d != 0 ? 1f / d : 0f;
+            scales[b] = d;
+            for (int j = 0; j < 32; j++) q[j] = j < v.Length ? (sbyte)MathF.Round(v[j] * id) : (sbyte)0;
+        }
+    }
+}

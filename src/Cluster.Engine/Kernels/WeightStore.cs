@@ -1,0 +1,43 @@
+using System.Runtime.InteropServices;
+
+namespace Cluster.Engine.Kernels;
+
+/// <summary>
+/// Host memory for weights converted at load time (e.g. fp32 to q8_0): each converted tensor lives
+/// in its own 64-byte-aligned native buffer of exactly its format's size, so resident memory
+/// follows the format. Disposing frees them all: it must outlive the tensors made from them.
+/// </summary>
+public sealed unsafe class WeightStore : IDisposable
+{
+    private readonly List<nint> _buffers = [];
+
+    /// <summary>Bytes allocated so far.</summary>
+    public long Bytes { get; private set; }
+
+    /// <summary><paramref name="source"/> in <paramref name="target"/>, row by row through fp32;
+    /// the source itself when it already is.</summary>
+    public WeightData Convert(WeightData source, WeightType target)
+    {
+        if (source.Type == target) return source;
+        long rowBytes = WeightLayout.RowBytes(target, source.Columns);
+        var dst = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1, rowBytes * source.Rows), 64);
+        lock (_buffers) _buffers.Add((nint)dst);
+        Bytes += rowBytes * source.Rows;
+        var row = new float[source.Columns];
+        for (long r = 0; r < source.Rows; r++)
+        {
+            source.CopyRowToFloat32(r, row);
+            Quantize.Row(target, row, dst + r * rowBytes);
+        }
+        return new WeightData(dst, source.Elements, target, source.Columns);
+    }
+
+    public void Dispose()
+    {
+        lock (_buffers)
+        {
+            foreach (var p in _buffers) NativeMemory.AlignedFree((void*)p);
+            _buffers.Clear();
+        }
+    }
+}

@@ -1,0 +1,142 @@
+using Cluster.Engine.Kernels;
+using Xunit;
+
+namespace Cluster.Engine.Tests.Kernels;
+
+/// <summary>
+/// The format kernels against a float64 product of the dequantized weights (an independent
+/// reference: it shares only the dequantization, which GgufModelTests checks against llama.cpp),
+/// and their paths against each other: AVX-VNNI equals the managed path bit for bit, and one
+/// activation row gives the same bits alone as inside a batch.
+/// </summary>
+public sealed unsafe class WeightFormatKernelTests
+{
+    private static float[] Random(int n, int seed, float scale = 1f)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * scale).ToArray();
+    }
+
+    /// <summary>y = x · W^T on the backend, W converted to <paramref name="type"/>.</summary>
+    private static float[] MatMul(CpuBackend backend, WeightStore store, float[] w, float[] x, int rows, int k, int n, WeightType type, out float[] dequantized)
+    {
+        fixed (float* wp = w)
+        {
+            var data = store.Convert(WeightData.FromFloats(wp, w.Length, k), type);
+            dequantized = new float[w.Length];
+            data.CopyToFloat32(dequantized);
+            var wt = backend.LoadWeights(data);
+            Assert.Equal(type, wt.Format);
+            using var xt = backend.Allocate(x.Length);
+            using var yt = backend.Allocate((long)rows * n);
+            backend.CopyFromHost(x, xt);
+            backend.MatMul(xt, wt, yt, rows, k, n);
+            var y = new float[rows * n];
+            backend.CopyToHost(yt, 0, y);
+            return y;
+        }
+    }
+
+    private static double[] Reference(float[] w, float[] x, int rows, int k, int n)
+    {
+        var y = new double[rows * n];
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < n; j++)
+            {
+                double s = 0;
+                for (int i = 0; i < k; i++) s += (double)x[r * k + i] * w[j * k + i];
+                y[r * n + j] = s;
+            }
+        return y;
+    }
+
+    [Theory]
+    [InlineData(WeightType.BF16, 1, 576, 37, 1e-5)]
+    [InlineData(WeightType.BF16, 9, 200, 70, 1e-5)]
+    [InlineData(WeightType.F16, 1, 96, 33, 1e-5)]
+    [InlineData(WeightType.F16, 6, 130, 20, 1e-5)]
+    [InlineData(WeightType.F32, 5, 64, 20, 1e-5)]
+    // Q8_0 also quantizes the activations (per block of 32): about 0.4% of a block's max per value.
+    [InlineData(WeightType.Q8_0, 1, 576, 37, 2e-2)]
+    [InlineData(WeightType.Q8_0, 7, 172, 66, 2e-2)]
+    [InlineData(WeightType.Q8_0, 40, 96, 50, 2e-2)]
+    public void Matches_a_float64_product_of_the_dequantized_weights(WeightType type, int rows, int k, int n, double tolerance)
+    {
+        var w = Random(n * k, 1);
+        var x = Random(rows * k, 2);
+        foreach (var blas in new[] { true, false })
+        {
+            using var backend = new CpuBackend(threads: 2, useOpenBlas: blas);
+            using var store = new WeightStore();
+            var y = MatMul(backend, store, w, x, rows, k, n, type, out var dq);
+            var reference = Reference(dq, x, rows, k, n);
+            double scale = Math.Sqrt(k) / 3; // std of a dot of k products of U(-1,1) values
+            for (int i = 0; i < y.Length; i++)
+                Assert.True(Math.Abs(y[i] - reference[i]) <= tolerance * scale, $"{type} blas={blas} [{i}]: {y[i]} vs {reference[i]}");
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 576, 64)]
+    [InlineData(16, 576, 40)]
+    [InlineData(7, 172, 66)]
+    [InlineData(130, 64, 9)]
+    public void Q8_0_int8_paths_are_bit_identical_and_rows_do_not_depend_on_the_batch(int rows, int k, int n)
+    {
+        var w = Random(n * k, 3);
+        var x = Random(rows * k, 4, 5f);
+        // Without OpenBLAS every row count takes the int8 kernels (with it, prefill dequantizes for sgemm).
+        using var backend = new CpuBackend(threads: 2, useOpenBlas: false);
+        using var store = new WeightStore();
+        bool vnni = Q8MatMul.UseVnni, avx2 = Q8MatMul.UseAvx2;
+        try
+        {
+            var results = new List<(string Path, float[] Y)>();
+            if (vnni) results.Add(("vnni", MatMul(backend, store, w, x, rows, k, n, WeightType.Q8_0, out _)));
+            Q8MatMul.UseVnni = false;
+            if (avx2) results.Add(("avx2", MatMul(backend, store, w, x, rows, k, n, WeightType.Q8_0, out _)));
+            Q8MatMul.UseAvx2 = false;
+            var managed = MatMul(backend, store, w, x, rows, k, n, WeightType.Q8_0, out _);
+            foreach (var (path, y) in results) Assert.True(managed.AsSpan().SequenceEqual(y), $"{path} differs from the managed path");
+            Q8MatMul.UseVnni = vnni;
+            Q8MatMul.UseAvx2 = avx2;
+            var fast = results.Count > 0 ? results[0].Y : managed;
+            for (int r = 0; r < rows; r += Math.Max(1, rows / 5))
+            {
+                var alone = MatMul(backend, store, w, x[(r * k)..((r + 1) * k)], 1, k, n, WeightType.Q8_0, out _);
+                Assert.Equal(fast[(r * n)..((r + 1) * n)], alone);
+            }
+        }
+        finally
+        {
+            Q8MatMul.UseVnni = vnni;
+            Q8MatMul.UseAvx2 = avx2;
+        }
+    }
+
+    [Fact]
+    public void Bf16_rounds_to_nearest_even()
+    {
+        Assert.Equal((ushort)0x3f80, Fp16.ToBf16(1f));
+        Assert.Equal((ushort)0x3f80, Fp16.ToBf16(BitConverter.UInt32BitsToSingle(0x3f808000))); // tie: to even
+        Assert.Equal((ushort)0x3f82, Fp16.ToBf16(BitConverter.UInt32BitsToSingle(0x3f818000))); // tie: to even (up)
+        Assert.Equal((ushort)0x3f81, Fp16.ToBf16(BitConverter.UInt32BitsToSingle(0x3f808001)));
+        Assert.True(float.IsNaN(Fp16.FromBf16(Fp16.ToBf16(float.NaN))));
+    }
+
+    [Fact]
+    public void Q8_0_rows_that_are_not_whole_blocks_are_padded()
+    {
+        Assert.Equal(6 * 34, WeightLayout.RowBytes(WeightType.Q8_0, 172));
+        var w = Random(3 * 172, 5);
+        using var store = new WeightStore();
+        fixed (float* p = w)
+        {
+            var q = store.Convert(WeightData.FromFloats(p, w.Length, 172), WeightType.Q8_0);
+            Assert.Equal(3 * 6 * 34, q.ByteLength);
+            var back = new float[w.Length];
+            q.CopyToFloat32(back);
+            for (int i = 0; i < w.Length; i++) Assert.InRange(Math.Abs(back[i] - w[i]), 0, 0.6f / 127);
+        }
+    }
+}
