@@ -19,4 +19,20 @@ internal static class ModelSource
     }
 
     public static LlamaModel Load(string path, int? threads) => ModelLoader.Load(path, new CpuBackend(threads));
+
+    /// <summary>Loads onto the backend made first (so that a missing device is reported before any
+    /// file is read); the model owns the backend from then on.</summary>
+    public static LlamaModel Load(string path, Func<IComputeBackend> backend, int maxChunk = 256)
+    {
+        var b = backend();
+        try
+        {
+            return ModelLoader.Load(path, b, maxChunk);
+        }
+        catch
+        {
+            b.Dispose();
+            throw;
+        }
+    }
 }

@@ -19,7 +19,10 @@ internal static class BenchCommand
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var batch = new Option<int>("--batch") { Description = "also measure batched decode of this many sequences (continuous batching's step)", DefaultValueFactory = _ => 16 };
-        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound") { model, promptTokens, decodeTokens, threads, json, batch };
+        var chunk = new Option<int>("--chunk") { Description = "most tokens per forward pass (a long prefill runs in chunks of this many; a GPU wants the whole prompt)", DefaultValueFactory = _ => 256 };
+        var device = new DeviceOptions();
+        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound") { model, promptTokens, decodeTokens, threads, json, batch, chunk };
+        device.AddTo(cmd);
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.Subcommands.Add(BenchLoadCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
@@ -28,10 +31,14 @@ internal static class BenchCommand
             if (p < 1 || d < 2) throw new ArgumentException("--prompt-tokens must be >= 1 and --decode-tokens >= 2");
             int t = r.GetValue(threads) ?? Environment.ProcessorCount;
             var path = ModelSource.ResolvePath(r.GetValue(model));
-            using var m = ModelSource.Load(path, t);
+            int b = r.GetValue(batch);
+            if (r.GetValue(chunk) < Math.Max(1, b)) throw new ArgumentException($"--chunk must be at least --batch ({b})");
+            using var m = ModelSource.Load(path, () => device.Create(r, t), r.GetValue(chunk));
 
-            Console.Error.WriteLine($"measuring memory bandwidth ({t} threads) ...");
-            double bandwidth = MemoryBandwidth.MeasureBytesPerSecond(t);
+            // The host's bandwidth bounds only the CPU backend; a device has its own (not measured here).
+            bool onCpu = device.Device(r).Kind == Cluster.Engine.Kernels.Ilgpu.DeviceKind.Cpu;
+            if (onCpu) Console.Error.WriteLine($"measuring memory bandwidth ({t} threads) ...");
+            double bandwidth = onCpu ? MemoryBandwidth.MeasureBytesPerSecond(t) : double.NaN;
             var rng = new Random(1);
             var prompt = Enumerable.Range(0, p).Select(_ => rng.Next(3, m.Config.VocabSize)).ToArray();
             var logits = new float[m.Config.VocabSize];
@@ -59,7 +66,6 @@ internal static class BenchCommand
             }
             Array.Sort(steps);
             double median = steps[d / 2], mean = steps.Average();
-            int b = r.GetValue(batch);
             double batchRate = b > 1 ? BatchedDecodeTokensPerSecond(m, prompt, b, d) : 0;
             long weightBytes = DecodeBytesPerToken(m.Config);
             double bound = bandwidth / weightBytes;
@@ -67,13 +73,14 @@ internal static class BenchCommand
             {
                 model = path,
                 backend = m.Backend.Name,
+                device = device.Device(r).ToString(),
                 parameters = m.Config.ParameterCount,
                 weight_bytes_per_token = weightBytes,
-                memory_bandwidth_gb_per_s = bandwidth / 1e9,
-                decode_bound_tokens_per_s = bound,
+                memory_bandwidth_gb_per_s = onCpu ? bandwidth / 1e9 : (double?)null,
+                decode_bound_tokens_per_s = onCpu ? bound : (double?)null,
                 decode_tokens_per_s = 1 / mean,
                 decode_median_step_ms = median * 1e3,
-                decode_fraction_of_bound = 1 / mean / bound,
+                decode_fraction_of_bound = onCpu ? 1 / mean / bound : (double?)null,
                 batch_size = b,
                 batch_decode_tokens_per_s = batchRate,
                 batch_speedup = batchRate * mean,
@@ -85,9 +92,13 @@ internal static class BenchCommand
             {
                 Console.WriteLine($"backend                 {result.backend}");
                 Console.WriteLine($"parameters              {result.parameters / 1e6:F1}M, {weightBytes / 1e6:F0} MB of fp32 weights read per decoded token");
-                Console.WriteLine($"memory bandwidth        {result.memory_bandwidth_gb_per_s:F1} GB/s (read, {t} threads)");
-                Console.WriteLine($"decode bound            {bound:F1} tokens/s (bandwidth / weight bytes)");
-                Console.WriteLine($"decode                  {result.decode_tokens_per_s:F1} tokens/s (median step {result.decode_median_step_ms:F2} ms) = {result.decode_fraction_of_bound:P0} of the bound");
+                if (onCpu)
+                {
+                    Console.WriteLine($"memory bandwidth        {result.memory_bandwidth_gb_per_s:F1} GB/s (read, {t} threads)");
+                    Console.WriteLine($"decode bound            {bound:F1} tokens/s (bandwidth / weight bytes)");
+                    Console.WriteLine($"decode                  {result.decode_tokens_per_s:F1} tokens/s (median step {result.decode_median_step_ms:F2} ms) = {result.decode_fraction_of_bound:P0} of the bound");
+                }
+                else Console.WriteLine($"decode                  {result.decode_tokens_per_s:F1} tokens/s (median step {result.decode_median_step_ms:F2} ms)");
                 if (b > 1) Console.WriteLine($"batched decode          {batchRate:F1} tokens/s with {b} sequences = {result.batch_speedup:F1}x one sequence");
                 Console.WriteLine($"prefill                 {result.prefill_tokens_per_s:F1} tokens/s ({p}-token prompt)");
             }

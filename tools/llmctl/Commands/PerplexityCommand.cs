@@ -20,7 +20,9 @@ internal static class PerplexityCommand
         var stride = new Option<int?>("--stride") { Description = "tokens between window starts (default: window/2)" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
+        var device = new DeviceOptions();
         var cmd = new Command("perplexity", "perplexity over strided windows, each token scored once; with --policy, streamed token by token per KV-cache policy") { model, tokenizer, text, tokens, window, stride, json, threads };
+        device.AddTo(cmd);
         var streaming = StreamingPerplexityMode.AddOptions(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
@@ -28,7 +30,7 @@ internal static class PerplexityCommand
             int n = r.GetValue(tokens);
             if (n < 2) throw new ArgumentException($"--tokens must be at least 2, got {n}");
             var path = ModelSource.ResolvePath(r.GetValue(model));
-            using var m = ModelSource.Load(path, r.GetValue(threads));
+            using var m = ModelSource.Load(path, () => device.Create(r, r.GetValue(threads)));
             var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             var ids = TextPrefix.EncodeFirstTokens(tok, File.ReadAllText(r.GetValue(text)!), n);
             if (ids.Length < n) Console.Error.WriteLine($"note: the text holds only {ids.Length} tokens");

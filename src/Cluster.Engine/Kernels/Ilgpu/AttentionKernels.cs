@@ -69,6 +69,23 @@ internal static class AttentionKernels
         for (int j = tid; j < n; j += size) scores[row + j] *= inv;
     }
 
+    /// <summary>The softmax with one thread per (t, h) row and no barriers (the CPU accelerator's variant).</summary>
+    public static void SoftmaxRow(Index1D th, ArrayView<int> lengths, ArrayView<float> scores, AttentionShape s)
+    {
+        int h = th % s.Heads, t = th / s.Heads, n = Visible(lengths, s, t, h / s.Group);
+        long row = (long)(int)th * s.Stride;
+        float max = float.NegativeInfinity, sum = 0;
+        for (int j = 0; j < n; j++) max = XMath.Max(max, scores[row + j]);
+        for (int j = 0; j < n; j++)
+        {
+            float e = XMath.Exp(scores[row + j] - max);
+            scores[row + j] = e;
+            sum += e;
+        }
+        float inv = 1f / sum;
+        for (int j = 0; j < n; j++) scores[row + j] *= inv;
+    }
+
     /// <summary>One thread per (t, h, d): out[row, h, d] = sum_j p[j] * v[g, j, d].</summary>
     public static void Output(Index1D idx, ArrayView<float> scores, ArrayView<float> values, ArrayView<int> lengths, ArrayView<float> output, AttentionShape s)
     {

@@ -38,4 +38,17 @@ internal static class GemmKernels
         }
         if (row < s.M && col < s.N) y[(long)row * s.N + col] = acc;
     }
+
+    /// <summary>One thread per output element, no shared memory or barriers: ILGPU's CPU accelerator
+    /// runs a group's threads as OS threads that meet at every barrier, which makes the tiled kernel
+    /// slow there; this one is what the CPU accelerator uses by default. Launch over M * N.</summary>
+    public static void MatMulSimple<TW>(Index1D idx, ArrayView<float> x, TW w, ArrayView<float> y, GemmShape s)
+        where TW : struct, IWeightView
+    {
+        int row = idx / s.N, col = idx - row * s.N;
+        long xo = s.XOffset + (long)row * s.K, wo = (long)col * s.K;
+        float acc = 0;
+        for (int k = 0; k < s.K; k++) acc += x[xo + k] * w.Load(wo + k);
+        y[idx] = acc;
+    }
 }

@@ -143,7 +143,8 @@ public sealed partial class IlgpuBackend
             int rows = seg.Tokens * heads;
             var scores = _scores.Get((long)rows * stride);
             _k.Scores(checked(rows * stride), qv, Dev(cache.K).F32, lengths, scores, s);
-            _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
+            if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
+            else _k.SoftmaxRow(rows, lengths, scores, s);
             _k.Output(rows * headDim, scores, Dev(cache.V).F32, lengths, ov, s);
         }
     }

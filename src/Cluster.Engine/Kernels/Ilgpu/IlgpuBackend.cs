@@ -47,6 +47,7 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
         _ints = new DeviceScratch<int>(_accelerator);
         _xBf16 = new DeviceScratch<ushort>(_accelerator);
         InitKvScratch();
+        GroupedKernels = _accelerator.AcceleratorType != AcceleratorType.CPU;
         if (_accelerator is CudaAccelerator cuda)
         {
             if (useCublas)
@@ -66,6 +67,12 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
     public string? CublasNote { get; }
 
     public bool UsesCublas => _cublas is not null;
+
+    /// <summary>Whether kernels with thread groups are used (GPU default): the shared-memory tiled GEMM
+    /// and the group reductions of RMSNorm and softmax. Off on the CPU accelerator, whose group barriers
+    /// are OS-thread rendezvous, in favor of one-thread-per-output variants; settable so that tests
+    /// check both kinds there.</summary>
+    public bool GroupedKernels { get; set; }
 
     public string Name =>
         $"{Device} ({_accelerator.Name}, {(Precision == WeightPrecision.BFloat16 ? "bf16" : "fp32")} weights, " +
@@ -115,6 +122,11 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
     {
         Enter();
         if (rows == 0) return;
+        if (!GroupedKernels)
+        {
+            _k.RmsNormRow(rows, Dev(x).F32, Dev(weight).F32, Dev(y).F32, dim, eps);
+            return;
+        }
         _k.RmsNorm(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), Dev(x).F32, Dev(weight).F32, Dev(y).F32, dim, eps);
     }
 
@@ -136,9 +148,15 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
             else _cublas.MatMulTransposed(xt.Address(xOffset), wt.Address(0), yt.Address(0), rows, inDim, outDim, bf16: false);
             return;
         }
+        var shape = new GemmShape(rows, inDim, outDim, xOffset);
+        if (!GroupedKernels)
+        {
+            if (wt.IsBf16) _k.SimpleBf16(checked(rows * outDim), xt.F32, new Bf16Weights(wt.Bf16), yt.F32, shape);
+            else _k.SimpleF32(checked(rows * outDim), xt.F32, new F32Weights(wt.F32), yt.F32, shape);
+            return;
+        }
         var grid = new Index2D((outDim + _tile - 1) / _tile, (rows + _tile - 1) / _tile);
         var config = new KernelConfig(grid, new Index2D(_tile, _tile), SharedMemoryConfig.RequestDynamic<float>(2 * _tile * _tile));
-        var shape = new GemmShape(rows, inDim, outDim, xOffset);
         if (wt.IsBf16) _k.GemmBf16(config, xt.F32, new Bf16Weights(wt.Bf16), yt.F32, shape);
         else _k.GemmF32(config, xt.F32, new F32Weights(wt.F32), yt.F32, shape);
     }
@@ -191,10 +209,16 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(ElementwiseKernels.ToBf16);
         public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> RmsNorm =
             a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(NormKernels.RmsNorm);
+        public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float> RmsNormRow =
+            a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, float>(NormKernels.RmsNormRow);
         public readonly Action<KernelConfig, ArrayView<float>, F32Weights, ArrayView<float>, GemmShape> GemmF32 =
             a.LoadStreamKernel<ArrayView<float>, F32Weights, ArrayView<float>, GemmShape>(GemmKernels.MatMulTransposed);
         public readonly Action<KernelConfig, ArrayView<float>, Bf16Weights, ArrayView<float>, GemmShape> GemmBf16 =
             a.LoadStreamKernel<ArrayView<float>, Bf16Weights, ArrayView<float>, GemmShape>(GemmKernels.MatMulTransposed);
+        public readonly Action<Index1D, ArrayView<float>, F32Weights, ArrayView<float>, GemmShape> SimpleF32 =
+            a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, F32Weights, ArrayView<float>, GemmShape>(GemmKernels.MatMulSimple);
+        public readonly Action<Index1D, ArrayView<float>, Bf16Weights, ArrayView<float>, GemmShape> SimpleBf16 =
+            a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, Bf16Weights, ArrayView<float>, GemmShape>(GemmKernels.MatMulSimple);
         public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> Rope =
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(RopeKernels.Rotate);
         public readonly Action<Index1D, ArrayView<float>, long, ArrayView<double>, ArrayView<double>, int> RotateKeys =
@@ -207,6 +231,8 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Scores);
         public readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, AttentionShape> Softmax =
             a.LoadStreamKernel<ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Softmax);
+        public readonly Action<Index1D, ArrayView<int>, ArrayView<float>, AttentionShape> SoftmaxRow =
+            a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.SoftmaxRow);
         public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape> Output =
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Output);
     }

@@ -30,4 +30,15 @@ internal static class NormKernels
         float scale = 1f / XMath.Sqrt(shared[0] / dim + eps);
         for (int d = tid; d < dim; d += size) y[row + d] = x[row + d] * scale * w[d];
     }
+
+    /// <summary>The same, one thread per row with no barriers (the CPU accelerator's variant: its
+    /// barriers are OS-thread rendezvous). Launch over rows.</summary>
+    public static void RmsNormRow(Index1D r, ArrayView<float> x, ArrayView<float> w, ArrayView<float> y, int dim, float eps)
+    {
+        long row = (long)(int)r * dim;
+        float sum = 0;
+        for (int d = 0; d < dim; d++) sum += x[row + d] * x[row + d];
+        float scale = 1f / XMath.Sqrt(sum / dim + eps);
+        for (int d = 0; d < dim; d++) y[row + d] = x[row + d] * scale * w[d];
+    }
 }

@@ -71,28 +71,36 @@ public sealed class IlgpuKernelTests : IClassFixture<IlgpuCpuFixture>
     }
 
     [Theory]
-    [InlineData(1, 37)]
-    [InlineData(5, 64)]
-    public void RmsNorm_matches(int rows, int dim)
+    [InlineData(1, 37, false)]
+    [InlineData(5, 64, false)]
+    [InlineData(1, 37, true)]   // the group reduction the GPU runs
+    [InlineData(5, 64, true)]
+    public void RmsNorm_matches(int rows, int dim, bool grouped)
     {
+        _gpu.GroupedKernels = grouped;
         var x = Both(Random(rows * dim, 2, 3f));
         var w = Both(Random(dim, 3));
         var y = Both(new float[rows * dim]);
         _cpu.RmsNorm(x.Cpu, w.Cpu, y.Cpu, rows, dim, 1e-5f);
         _gpu.RmsNorm(x.Gpu, w.Gpu, y.Gpu, rows, dim, 1e-5f);
+        _gpu.GroupedKernels = false;
         AssertSame(y, rows * dim);
     }
 
     [Theory]
-    [InlineData(1, 19, 23, 0)]
-    [InlineData(6, 33, 17, 2)]
-    public void MatMul_matches_with_a_row_offset(int rows, int inDim, int outDim, int rowOffset)
+    [InlineData(1, 19, 23, 0, false)]
+    [InlineData(6, 33, 17, 2, false)]
+    [InlineData(1, 19, 23, 0, true)]   // the shared-memory tiled kernel (the GPU's fallback without cuBLAS)
+    [InlineData(6, 33, 17, 2, true)]
+    public void MatMul_matches_with_a_row_offset(int rows, int inDim, int outDim, int rowOffset, bool tiled)
     {
+        _gpu.GroupedKernels = tiled;
         var x = Both(Random((rows + rowOffset) * inDim, 4));
         var w = Both(Random(outDim * inDim, 5));
         var y = Both(new float[rows * outDim]);
         _cpu.MatMul(x.Cpu, w.Cpu, y.Cpu, rows, inDim, outDim, rowOffset);
         _gpu.MatMul(x.Gpu, w.Gpu, y.Gpu, rows, inDim, outDim, rowOffset);
+        _gpu.GroupedKernels = false;
         AssertSame(y, rows * outDim);
     }
 
@@ -183,10 +191,12 @@ public sealed class IlgpuKernelTests : IClassFixture<IlgpuCpuFixture>
     }
 
     [Theory]
-    [InlineData(4, 4, 7, 1)]   // prefill from an empty cache, one KV head per query head
-    [InlineData(8, 2, 5, 3)]   // GQA, a chunk after cached tokens
-    [InlineData(8, 2, 1, 9)]   // GQA decode
-    public void Attention_matches(int heads, int kvHeads, int tokens, int cached)
+    [InlineData(4, 4, 7, 1, false)]   // prefill from an empty cache, one KV head per query head
+    [InlineData(8, 2, 5, 3, false)]   // GQA, a chunk after cached tokens
+    [InlineData(8, 2, 1, 9, false)]   // GQA decode
+    [InlineData(8, 2, 5, 3, true)]    // the group-reduction softmax the GPU runs
+    [InlineData(8, 2, 1, 40, true)]
+    public void Attention_matches(int heads, int kvHeads, int tokens, int cached, bool grouped)
     {
         int hd = 8;
         var c = Caches(kvHeads, hd, cached + tokens + 1);
@@ -195,7 +205,9 @@ public sealed class IlgpuKernelTests : IClassFixture<IlgpuCpuFixture>
         var q = Both(Random((tokens + 2) * heads * hd, 70));
         var o = Both(new float[(tokens + 2) * heads * hd]);
         _cpu.Attention(q.Cpu, o.Cpu, [new AttentionSegment(c.Cpu, 2, tokens)], heads, hd);
+        _gpu.GroupedKernels = grouped;
         _gpu.Attention(q.Gpu, o.Gpu, [new AttentionSegment(c.Gpu, 2, tokens)], heads, hd);
+        _gpu.GroupedKernels = false;
         AssertSame(o, (tokens + 2) * heads * hd);
     }
 
