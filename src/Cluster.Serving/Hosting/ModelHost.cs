@@ -42,7 +42,7 @@ public sealed class ModelHost : IDisposable
         }
         var config = ModelLoader.ReadConfig(path);
         var tokenizer = ModelLoader.LoadTokenizer(path, config);
-        var model = weights ? ModelLoader.Load(path, new CpuBackend(options.Threads)) : null;
+        var model = weights ? ModelLoader.Load(path, Cluster.Engine.Kernels.Ilgpu.ComputeBackends.Create(Cluster.Engine.Kernels.Ilgpu.DeviceSpec.Parse(options.Device), options.Threads)) : null;
         QFilters? filters = null;
         if (!string.IsNullOrEmpty(options.QFilters))
         {

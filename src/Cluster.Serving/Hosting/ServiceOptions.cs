@@ -49,6 +49,9 @@ public sealed class ServiceOptions
     [Option("--threads", "CPU threads for matrix products (default: all cores)", ServiceRole.Prefill, ServiceRole.Decode)]
     public int? Threads { get; set; }
 
+    [Option("--device", "cpu, cuda or cuda:N (docs/GPU.md)", ServiceRole.Prefill, ServiceRole.Decode)]
+    public string Device { get; set; } = "cpu";
+
     [Option("--cache-manager", "cache manager gRPC address", ServiceRole.Gateway, ServiceRole.Prefill, ServiceRole.Decode)]
     public string CacheManager { get; set; } = "http://127.0.0.1:50054";
 

@@ -21,8 +21,10 @@ internal static class UpCommand
         var qfilters = new Option<string?>("--qfilters") { Description = "q_filters file for the qfilters policy" };
         var port = new Option<int>("--port") { Description = "gateway gRPC port", DefaultValueFactory = _ => ServiceRole.Gateway.DefaultGrpcPort() };
         var threads = new Option<int?>("--threads") { Description = "CPU threads per worker" };
+        var prefillDevice = new Option<string>("--prefill-device") { Description = "device of the prefill workers: cpu, cuda, cuda:N", DefaultValueFactory = _ => "cpu" };
+        var decodeDevice = new Option<string>("--decode-device") { Description = "device of the decode workers: cpu, cuda, cuda:N", DefaultValueFactory = _ => "cpu" };
         var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
-        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it") { model, prefill, decode, policy, redis, qfilters, port, threads, otlp };
+        var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it") { model, prefill, decode, policy, redis, qfilters, port, threads, otlp, prefillDevice, decodeDevice };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int np = r.GetValue(prefill), nd = r.GetValue(decode);
@@ -40,6 +42,8 @@ internal static class UpCommand
                 if (r.GetValue(threads) is int t && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--threads", t.ToString()]);
                 if (r.GetValue(qfilters) is { } q && role is not ServiceRole.Prefill) a.AddRange(["--qfilters", q]);
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
+                if (role == ServiceRole.Prefill) a.AddRange(["--device", r.GetValue(prefillDevice)!]);
+                if (role == ServiceRole.Decode) a.AddRange(["--device", r.GetValue(decodeDevice)!]);
                 return [.. a];
             }
             var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager));
