@@ -37,12 +37,24 @@ started=$SECONDS
 
 # --- unpack the runtime and llmctl -------------------------------------------------------------
 work="$(mktemp -d /tmp/llmcluster-gpu.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+up_pid=""
+trap '[[ -n "$up_pid" ]] && kill -TERM "$up_pid" 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/dotnet"
 tar -xJf "$payload/dotnet-runtime.tar.xz" -C "$work/dotnet"
 tar -xJf "$payload/llmctl.tar.xz" -C "$work"
 export DOTNET_ROOT="$work/dotnet" DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-llmctl() { "$DOTNET_ROOT/dotnet" "$work/llmctl/llmctl.dll" "$@"; }
+# A wrapper file, not a shell function: `timeout` runs programs.
+mkdir -p "$work/bin"
+printf '#!/bin/sh\nexec "%s/dotnet" "%s/llmctl/llmctl.dll" "$@"\n' "$DOTNET_ROOT" "$work" > "$work/bin/llmctl"
+chmod +x "$work/bin/llmctl"
+export PATH="$work/bin:$PATH"
+# The Python with PyTorch: $PYTHON, else the first python3 on the path (or Debian's) that imports torch.
+if [[ -z "${PYTHON:-}" ]]; then
+  for p in python3 /usr/bin/python3; do
+    if "$p" -c 'import torch' 2>/dev/null; then PYTHON="$p"; break; fi
+  done
+fi
+PYTHON="${PYTHON:-python3}"
 # run NAME SECONDS CMD...: stdout to NAME.out (JSON where --json), stderr to NAME.err, status logged.
 run() {
   local name="$1" limit="$2"; shift 2
@@ -61,12 +73,12 @@ say "runtime $(ls "$DOTNET_ROOT/shared/Microsoft.NETCore.App"), payload $payload
   echo "date: $(date -u)"
   uname -a
   nvidia-smi 2>&1 || echo "nvidia-smi: not available"
-  python3 -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1
-  python3 -c 'import transformers; print("transformers", transformers.__version__)' 2>&1
+  "$PYTHON" -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1
+  "$PYTHON" -c 'import transformers; print("transformers", transformers.__version__)' 2>&1
 } > "$out/machine.txt"
 # cuBLAS from the Python environment's NVIDIA wheels (the engine also searches, this makes it explicit).
 if [[ -z "${LLMCLUSTER_CUBLAS:-}" ]]; then
-  cublas="$(python3 - <<'PY' 2>/dev/null
+  cublas="$("$PYTHON" - <<'PY' 2>/dev/null
 import glob, os, site, sys
 roots = site.getsitepackages() + [site.getusersitepackages()]
 for r in roots:
@@ -107,12 +119,16 @@ say "device $device, preset $preset"
 s260="$payload/stories260K/stories260K.bin"
 run check-stories260K-fp32 240 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
 run check-stories260K-bf16 240 llmctl device-check --model "$s260" --device "$device" --precision bf16 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
+if [[ "$device" == cuda ]]; then
+  # The same with prefill attention on the kernels instead of cuBLAS (tells the two paths apart if one fails).
+  run check-stories260K-fp32-kernel-attention 240 env LLMCLUSTER_CUBLAS_ATTENTION=0 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
+fi
 run generate-stories260K-cpu 60 llmctl generate --model "$s260" --max-tokens 60
 run generate-stories260K-device 120 llmctl generate --model "$s260" --device "$device" --max-tokens 60
 
 # 1b. the cluster: a prefill worker on the device, a decode worker on the CPU; the tokens through the
 # gateway must equal the local CPU run's (generate-stories260K-cpu).
-port=50951
+port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 say "cluster: llmctl up --prefill-device $device --decode-device cpu (gateway :$port)"
 llmctl up --model "$s260" --prefill-device "$device" --decode-device cpu --port "$port" > "$out/cluster-up.out" 2> "$out/cluster-up.err" &
 up_pid=$!
@@ -124,7 +140,7 @@ if run cluster-generate 120 llmctl generate --endpoint "http://127.0.0.1:$port" 
     echo "DIFFERENT" > "$out/cluster-vs-local.txt"; say "cluster text differs from the local CPU run"
   fi
 fi
-kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/null
+kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/null; up_pid=""
 
 # 2. the benchmark checkpoint and our numbers.
 model="$work/$preset"
@@ -138,7 +154,7 @@ run bench-decode-b64 300 llmctl bench --model "$model" --device "$device" --prom
 run bench-prefill-${prefill[1]} 300 llmctl bench --model "$model" --device "$device" --prompt-tokens "${prefill[1]}" --decode-tokens 2 --batch 1 --chunk "${prefill[1]}" --json
 
 # 3. PyTorch eager on the same folder and shapes.
-run torch 420 python3 scripts/gpu_torch_bench.py --model "$model" --device "$torch_dev" "${torch_extra[@]}" \
+run torch 420 "$PYTHON" scripts/gpu_torch_bench.py --model "$model" --device "$torch_dev" "${torch_extra[@]}" \
   --prefill "$(IFS=,; echo "${prefill[*]}")" --batches 1,16,64 --context "$context" --steps "$steps" --out "$out/torch.json"
 
 python3 scripts/gpu_summary.py "$out" "$device" > "$out/summary.md" 2>> "$log"

@@ -67,6 +67,8 @@ internal static class AttentionKernels
         }
         float inv = 1f / shared[0];
         for (int j = tid; j < n; j += size) scores[row + j] *= inv;
+        // Zeros past the causal limit: the cuBLAS path multiplies whole rows by V.
+        for (int j = n + tid; j < s.Stride; j += size) scores[row + j] = 0f;
     }
 
     /// <summary>The softmax with one thread per (t, h) row and no barriers (the CPU accelerator's variant).</summary>
@@ -84,7 +86,11 @@ internal static class AttentionKernels
         }
         float inv = 1f / sum;
         for (int j = 0; j < n; j++) scores[row + j] *= inv;
+        for (int j = n; j < s.Stride; j++) scores[row + j] = 0f;
     }
+
+    /// <summary>scores *= scale over [rows, Stride] (the cuBLAS path computes raw q·k).</summary>
+    public static void Scale(Index1D i, ArrayView<float> scores, float scale) => scores[i] *= scale;
 
     /// <summary>One thread per (t, h, d): out[row, h, d] = sum_j p[j] * v[g, j, d].</summary>
     public static void Output(Index1D idx, ArrayView<float> scores, ArrayView<float> values, ArrayView<int> lengths, ArrayView<float> output, AttentionShape s)

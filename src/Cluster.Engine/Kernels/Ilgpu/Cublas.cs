@@ -18,10 +18,13 @@ internal sealed unsafe class Cublas : IDisposable
 
     private readonly delegate* unmanaged<nint, void> _destroy;
     private readonly delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, nint, int, int, void*, nint, int, int, int, int, int> _gemmEx;
+    private readonly delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, long, nint, int, int, long, void*, nint, int, int, long, int, int, int, int> _gemmBatched;
     private nint _handle;
 
     private Cublas(nint library, nint handle)
     {
+        _gemmBatched = (delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, long, nint, int, int, long, void*, nint, int, int, long, int, int, int, int>)
+            NativeLibrary.GetExport(library, "cublasGemmStridedBatchedEx");
         _handle = handle;
         _destroy = (delegate* unmanaged<nint, void>)NativeLibrary.GetExport(library, "cublasDestroy_v2");
         _gemmEx = (delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, nint, int, int, void*, nint, int, int, int, int, int>)
@@ -75,6 +78,20 @@ internal sealed unsafe class Cublas : IDisposable
         int type = bf16 ? RealBf16 : RealF32;
         int status = _gemmEx(_handle, OpT, OpN, n, m, k, &alpha, w, type, k, x, type, k, &beta, y, RealF32, n, ComputeF32, GemmDefault);
         if (status != 0) throw new InvalidOperationException($"cublasGemmEx({m}x{k} by {n}x{k}) failed with {StatusName(status)}");
+    }
+
+    /// <summary>
+    /// fp32 strided-batched product in cuBLAS's own column-major terms: for i &lt; batch,
+    /// C_i[m, n] = op(A_i)[m, k] · op(B_i)[k, n], X_i = X + i * strideX (elements; 0 = shared).
+    /// Attention uses it per KV-head group: scores = K·q and output = V·p in column-major views.
+    /// </summary>
+    public void GemmStridedBatched(bool transA, bool transB, int m, int n, int k,
+        nint a, int lda, long strideA, nint b, int ldb, long strideB, nint c, int ldc, long strideC, int batch)
+    {
+        float alpha = 1f, beta = 0f;
+        int status = _gemmBatched(_handle, transA ? OpT : OpN, transB ? OpT : OpN, m, n, k, &alpha, a, RealF32, lda, strideA,
+            b, RealF32, ldb, strideB, &beta, c, RealF32, ldc, strideC, batch, ComputeF32, GemmDefault);
+        if (status != 0) throw new InvalidOperationException($"cublasGemmStridedBatchedEx({m}x{n}x{k}, batch {batch}) failed with {StatusName(status)}");
     }
 
     public static string StatusName(int status) => status switch

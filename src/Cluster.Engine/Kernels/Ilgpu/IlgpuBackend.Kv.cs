@@ -142,10 +142,61 @@ public sealed partial class IlgpuBackend
             var s = new AttentionShape(heads, headDim, heads / cache.KvHeads, seg.Tokens, seg.RowOffset, cache.Capacity, stride, uniform, scale);
             int rows = seg.Tokens * heads;
             var scores = _scores.Get((long)rows * stride);
+            if (_cublas is not null && CublasAttention && seg.Tokens >= CublasAttentionMinTokens)
+            {
+                CublasAttentionSegment(qv, ov, Dev(cache.K), Dev(cache.V), scores, lengths, s);
+                continue;
+            }
             _k.Scores(checked(rows * stride), qv, Dev(cache.K).F32, lengths, scores, s);
             if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
             else _k.SoftmaxRow(rows, lengths, scores, s);
             _k.Output(rows * headDim, scores, Dev(cache.V).F32, lengths, ov, s);
+        }
+    }
+
+    /// <summary>Whether a prefill chunk's attention products go to cuBLAS (CUDA with cuBLAS only; on by
+    /// default, LLMCLUSTER_CUBLAS_ATTENTION=0 turns it off). Decode steps keep the kernels: one query
+    /// row is too little work for 2 x kvHeads library calls.</summary>
+    public bool CublasAttention { get; set; } = Environment.GetEnvironmentVariable("LLMCLUSTER_CUBLAS_ATTENTION") != "0";
+
+    /// <summary>Fewest tokens in a segment for the cuBLAS attention path.</summary>
+    public const int CublasAttentionMinTokens = 16;
+
+    /// <summary>
+    /// One segment's attention as fp32 strided-batched products, one call pair per KV head (its group
+    /// of query heads is the batch, sharing that head's K and V): scores = q·k^T, the kernels' softmax
+    /// (which zeroes columns past each row's causal limit), then output = p·V over all Stride columns.
+    /// Row-major X[r, c] is column-major X^T, so scores^T [L, T] = K [L, hd] · q^T and
+    /// output^T [hd, T] = V^T · p^T, both with no copies.
+    /// </summary>
+    private void CublasAttentionSegment(ArrayView<float> q, ArrayView<float> o, IlgpuTensor k, IlgpuTensor v, ArrayView<float> scores,
+        ArrayView<int> lengths, AttentionShape s)
+    {
+        int T = s.Tokens, hd = s.HeadDim, L = s.Stride, group = s.Group, kvHeads = s.Heads / group;
+        long qRow = (long)s.Heads * hd;                   // floats between one token's queries and the next's
+        long sRow = (long)s.Heads * L;                    // floats between one token's score rows
+        nint qBase = q.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
+        nint oBase = o.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
+        nint sBase = scores.LoadEffectiveAddressAsPtr();
+        for (int g = 0; g < kvHeads; g++)
+        {
+            int h0 = g * group;
+            nint kg = k.Address((long)g * s.Capacity * hd);
+            // scores_h^T [L, T] = K_g [L, hd] (column-major [hd, L], transposed) · q_h^T [hd, T] (ld = heads*hd).
+            _cublas!.GemmStridedBatched(true, false, L, T, hd,
+                kg, hd, 0, qBase + h0 * hd * sizeof(float), (int)qRow, hd, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, group);
+        }
+        int rows = T * s.Heads;
+        _k.Scale(checked(rows * L), scores.SubView(0, (long)rows * L), s.Scale);
+        if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
+        else _k.SoftmaxRow(rows, lengths, scores, s);
+        for (int g = 0; g < kvHeads; g++)
+        {
+            int h0 = g * group;
+            nint vg = v.Address((long)g * s.Capacity * hd);
+            // output_h^T [hd, T] = V_g^T [hd, L] (column-major view of row-major V, ld hd) · p_h^T [L, T] (ld = heads*L).
+            _cublas!.GemmStridedBatched(false, false, hd, T, L,
+                vg, hd, 0, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, oBase + h0 * hd * sizeof(float), (int)qRow, hd, group);
         }
     }
 

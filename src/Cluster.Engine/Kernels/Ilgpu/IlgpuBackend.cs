@@ -231,6 +231,8 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Scores);
         public readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, AttentionShape> Softmax =
             a.LoadStreamKernel<ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Softmax);
+        public readonly Action<Index1D, ArrayView<float>, float> Scale =
+            a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, float>(AttentionKernels.Scale);
         public readonly Action<Index1D, ArrayView<int>, ArrayView<float>, AttentionShape> SoftmaxRow =
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.SoftmaxRow);
         public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape> Output =
