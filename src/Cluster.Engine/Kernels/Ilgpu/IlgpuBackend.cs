@@ -43,7 +43,18 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
         int maxGroup = Math.Min(256, _accelerator.MaxNumThreadsPerGroup);
         _reduce = 1 << (31 - int.LeadingZeroCount(maxGroup));
         _tile = Math.Min(16, 1 << ((31 - int.LeadingZeroCount(maxGroup)) / 2));
-        _k = new Kernels(_accelerator);
+        try
+        {
+            _k = new Kernels(_accelerator);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // E.g. a driver that rejects ILGPU's PTX: say which device and why, in one line.
+            var name = _accelerator.Name;
+            _accelerator.Dispose();
+            _context.Dispose();
+            throw new InvalidOperationException($"ILGPU could not load its kernels on {device} ({name}): {e.GetType().Name}: {e.Message}", e);
+        }
         _ints = new DeviceScratch<int>(_accelerator);
         _xBf16 = new DeviceScratch<ushort>(_accelerator);
         InitKvScratch();
