@@ -123,8 +123,8 @@ if [[ "$device" == cuda ]]; then
   # The same with prefill attention on the kernels instead of cuBLAS (tells the two paths apart if one fails).
   run check-stories260K-fp32-kernel-attention 240 env LLMCLUSTER_CUBLAS_ATTENTION=0 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
 fi
-run generate-stories260K-cpu 60 llmctl generate --model "$s260" --max-tokens 60
-run generate-stories260K-device 120 llmctl generate --model "$s260" --device "$device" --max-tokens 60
+run generate-stories260K-cpu 60 llmctl generate --model "$s260" --prompt "Once upon a time" --max-tokens 60
+run generate-stories260K-device 120 llmctl generate --model "$s260" --prompt "Once upon a time" --device "$device" --max-tokens 60
 
 # 1b. the cluster: a prefill worker on the device, a decode worker on the CPU; the tokens through the
 # gateway must equal the local CPU run's (generate-stories260K-cpu).
@@ -133,7 +133,7 @@ say "cluster: llmctl up --prefill-device $device --decode-device cpu (gateway :$
 llmctl up --model "$s260" --prefill-device "$device" --decode-device cpu --port "$port" > "$out/cluster-up.out" 2> "$out/cluster-up.err" &
 up_pid=$!
 for _ in $(seq 1 90); do grep -q "cluster up" "$out/cluster-up.out" 2>/dev/null && break; kill -0 $up_pid 2>/dev/null || break; sleep 1; done
-if run cluster-generate 120 llmctl generate --endpoint "http://127.0.0.1:$port" --max-tokens 60; then
+if run cluster-generate 120 llmctl generate --endpoint "http://127.0.0.1:$port" --prompt "Once upon a time" --max-tokens 60; then
   if [[ "$(tr -s '[:space:]' ' ' < "$out/cluster-generate.out")" == "$(tr -s '[:space:]' ' ' < "$out/generate-stories260K-cpu.out")" ]]; then
     echo "equal" > "$out/cluster-vs-local.txt"; say "cluster tokens equal the local CPU run"
   else

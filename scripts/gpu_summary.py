@@ -36,6 +36,9 @@ targets = {("decode", 1): 1.0, ("decode", 64): 0.8}
 
 backend = next((b["backend"] for b in bench.values() if b), "?")
 print(f"# GPU check ({device})\n")
+if not device.startswith("cuda"):
+    print("**Dry run**: ILGPU's CPU accelerator against a stand-in model on tiny shapes. It checks that the")
+    print("pipeline runs end to end; the numbers below measure nothing.\n")
 print(f"- ours: {backend}")
 print(f"- PyTorch: {torch.get('impl', 'not run')} (torch {torch.get('torch', '?')}, {torch.get('gpu', torch.get('device', '?'))})\n")
 print("| measure | ours tokens/s | PyTorch tokens/s | ours / PyTorch | target | met |")
