@@ -33,7 +33,11 @@ def load(args, torch):
     if args.stand_in:
         return StandIn(torch).to(args.device), 259, "stand-in"
     from transformers import LlamaForCausalLM  # default attention: whatever transformers picks (sdpa)
-    model = LlamaForCausalLM.from_pretrained(args.model, torch_dtype=dtype).to(args.device).eval()
+    try:
+        model = LlamaForCausalLM.from_pretrained(args.model, dtype=dtype)  # transformers >= 4.56
+    except TypeError:
+        model = LlamaForCausalLM.from_pretrained(args.model, torch_dtype=dtype)
+    model = model.to(args.device).eval()
     return model, model.config.vocab_size, f"transformers LlamaForCausalLM {args.dtype} ({model.config._attn_implementation})"
 
 

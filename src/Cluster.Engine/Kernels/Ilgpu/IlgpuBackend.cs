@@ -187,10 +187,11 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
     /// <summary>Waits for every queued kernel (benchmarks time whole steps with it).</summary>
     public void Synchronize() => _accelerator.Synchronize();
 
-    /// <summary>cuBLAS runs on the CUDA context current on the calling thread: make it ours (cheap).</summary>
+    /// <summary>CUDA calls (cuBLAS's, and kernel launches) run on the context current on the calling
+    /// thread, and the services call from pool threads: make it ours (cheap when it already is).</summary>
     private void Enter()
     {
-        if (_cublas is not null && !ReferenceEquals(Accelerator.Current, _accelerator)) _accelerator.Bind();
+        if (_accelerator.AcceleratorType == AcceleratorType.Cuda && !ReferenceEquals(Accelerator.Current, _accelerator)) _accelerator.Bind();
     }
 
     private static IlgpuTensor Dev(Tensor t) => t as IlgpuTensor ?? throw new ArgumentException("tensor belongs to another backend");
