@@ -26,4 +26,20 @@ internal static class ModelSource
     {
         Description = "weight format in memory: q8_0, bf16, fp16 or fp32 (default: as stored; converted once at load)",
     };
+
+    /// <summary>Loads onto the backend made first (so that a missing device is reported before any
+    /// file is read), in the weight format asked for; the model owns the backend from then on.</summary>
+    public static LlamaModel Load(string path, Func<IComputeBackend> backend, int maxChunk = 256, string? weights = null)
+    {
+        var b = backend();
+        try
+        {
+            return ModelLoader.Load(path, b, maxChunk, WeightLayout.ParseOption(weights));
+        }
+        catch
+        {
+            b.Dispose();
+            throw;
+        }
+    }
 }

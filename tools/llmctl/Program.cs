@@ -7,6 +7,7 @@ root.Subcommands.Add(PerplexityCommand.Create());
 root.Subcommands.Add(ConvertCommand.Create());
 root.Subcommands.Add(SynthCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(DeviceCheckCommand.Create());
 root.Subcommands.Add(CalibrateCommand.Create());
 root.Subcommands.Add(TokenizeCommand.Create());
 root.Subcommands.Add(ServeCommand.Create());

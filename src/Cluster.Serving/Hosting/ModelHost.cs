@@ -63,7 +63,7 @@ public sealed class ModelHost : IDisposable
     {
         // The weights as stored, or converted at load (--weights q8_0|bf16|fp16|fp32): the kernels are the
         // same as `llmctl generate --local --weights`, so local and cluster tokens stay identical.
-        LlamaModel Load() => ModelLoader.Load(path, new CpuBackend(options.Threads), weights: WeightLayout.ParseOption(options.Weights));
+        LlamaModel Load() => ModelLoader.Load(path, Cluster.Engine.Kernels.Ilgpu.ComputeBackends.Create(Cluster.Engine.Kernels.Ilgpu.DeviceSpec.Parse(options.Device), options.Threads), weights: WeightLayout.ParseOption(options.Weights));
         long bytes = CheckpointBytes(path);
         if (bytes < BigModelBytes) return Load();
         var clock = System.Diagnostics.Stopwatch.StartNew();

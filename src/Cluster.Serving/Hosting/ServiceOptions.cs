@@ -52,6 +52,9 @@ public sealed class ServiceOptions
     [Option("--weights", "weight format in memory: q8_0, bf16, fp16 or fp32 (default: as stored)", ServiceRole.Prefill, ServiceRole.Decode)]
     public string? Weights { get; set; }
 
+    [Option("--device", "cpu, cuda or cuda:N (docs/GPU.md)", ServiceRole.Prefill, ServiceRole.Decode)]
+    public string Device { get; set; } = "cpu";
+
     [Option("--cache-manager", "cache manager gRPC address", ServiceRole.Gateway, ServiceRole.Prefill, ServiceRole.Decode)]
     public string CacheManager { get; set; } = "http://127.0.0.1:50054";
 

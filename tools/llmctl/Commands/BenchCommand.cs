@@ -21,7 +21,10 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var batch = new Option<int>("--batch") { Description = "also measure batched decode of this many sequences (continuous batching's step)", DefaultValueFactory = _ => 16 };
         var weights = new Option<string?>("--weights") { Description = "weight formats to measure, comma-separated, each loaded in turn: q8_0, bf16, fp16, fp32 (default: as stored)" };
-        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound, per weight format") { model, promptTokens, decodeTokens, threads, json, batch, weights };
+        var chunk = new Option<int>("--chunk") { Description = "most tokens per forward pass (a long prefill runs in chunks of this many; a GPU wants the whole prompt)", DefaultValueFactory = _ => 256 };
+        var device = new DeviceOptions();
+        var cmd = new Command("bench", "measure prefill and decode tokens/s against the memory-bandwidth bound, per weight format") { model, promptTokens, decodeTokens, threads, json, batch, weights, chunk };
+        device.AddTo(cmd);
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.Subcommands.Add(BenchLoadCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
@@ -34,13 +37,18 @@ internal static class BenchCommand
             var formats = (r.GetValue(weights) ?? "auto").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             foreach (var f in formats) Cluster.Engine.Kernels.WeightLayout.ParseOption(f); // reject typos before measuring
 
-            Console.Error.WriteLine($"measuring memory bandwidth ({t} threads) ...");
-            double bandwidth = MemoryBandwidth.MeasureBytesPerSecond(t);
+            int b = r.GetValue(batch);
+            if (r.GetValue(chunk) < Math.Max(1, b)) throw new ArgumentException($"--chunk must be at least --batch ({b})");
+            // The host's bandwidth bounds only the CPU backend; a device has its own (not measured here).
+            bool onCpu = device.Device(r).Kind == Cluster.Engine.Kernels.Ilgpu.DeviceKind.Cpu;
+            if (onCpu) Console.Error.WriteLine($"measuring memory bandwidth ({t} threads) ...");
+            double bandwidth = onCpu ? MemoryBandwidth.MeasureBytesPerSecond(t) : double.NaN;
             var results = new List<Dictionary<string, object>>();
             foreach (var format in formats)
             {
-                using var m = ModelSource.Load(path, t, format);
-                var result = Measure(m, path, p, d, r.GetValue(batch), bandwidth, t);
+                using var m = ModelSource.Load(path, () => device.Create(r, t), r.GetValue(chunk), format);
+                var result = Measure(m, path, p, d, b, bandwidth, t);
+                result["device"] = device.Device(r).ToString();
                 results.Add(result);
                 if (!r.GetValue(json)) Print(result, t);
             }
@@ -91,11 +99,12 @@ internal static class BenchCommand
             ["threads"] = threads,
             ["parameters"] = m.Config.ParameterCount,
             ["weight_bytes_per_token"] = weightBytes,
-            ["memory_bandwidth_gb_per_s"] = bandwidth / 1e9,
-            ["decode_bound_tokens_per_s"] = bound,
+            // null on a device: the host's bandwidth does not bound it (and JSON has no NaN).
+            ["memory_bandwidth_gb_per_s"] = double.IsFinite(bandwidth) ? bandwidth / 1e9 : null!,
+            ["decode_bound_tokens_per_s"] = double.IsFinite(bound) ? bound : null!,
             ["decode_tokens_per_s"] = 1 / mean,
             ["decode_median_step_ms"] = median * 1e3,
-            ["decode_fraction_of_bound"] = 1 / mean / bound,
+            ["decode_fraction_of_bound"] = double.IsFinite(bound) ? 1 / mean / bound : null!,
             ["batch_size"] = b,
             ["batch_decode_tokens_per_s"] = batchRate,
             ["batch_speedup"] = batchRate * mean,
@@ -106,13 +115,16 @@ internal static class BenchCommand
 
     private static void Print(Dictionary<string, object> x, int t)
     {
-        double bound = (double)x["decode_bound_tokens_per_s"];
         Console.WriteLine($"weights                 {x["weights"]}");
         Console.WriteLine($"backend                 {x["backend"]}");
         Console.WriteLine($"parameters              {(long)x["parameters"] / 1e6:F1}M, {(long)x["weight_bytes_per_token"] / 1e6:F0} MB of weights read per decoded token");
-        Console.WriteLine($"memory bandwidth        {(double)x["memory_bandwidth_gb_per_s"]:F1} GB/s (read, {t} threads)");
-        Console.WriteLine($"decode bound            {bound:F1} tokens/s (bandwidth / weight bytes)");
-        Console.WriteLine($"decode                  {(double)x["decode_tokens_per_s"]:F1} tokens/s (median step {(double)x["decode_median_step_ms"]:F2} ms) = {(double)x["decode_fraction_of_bound"]:P0} of the bound");
+        if (x["decode_bound_tokens_per_s"] is double bound)
+        {
+            Console.WriteLine($"memory bandwidth        {(double)x["memory_bandwidth_gb_per_s"]:F1} GB/s (read, {t} threads)");
+            Console.WriteLine($"decode bound            {bound:F1} tokens/s (bandwidth / weight bytes)");
+            Console.WriteLine($"decode                  {(double)x["decode_tokens_per_s"]:F1} tokens/s (median step {(double)x["decode_median_step_ms"]:F2} ms) = {(double)x["decode_fraction_of_bound"]:P0} of the bound");
+        }
+        else Console.WriteLine($"decode                  {(double)x["decode_tokens_per_s"]:F1} tokens/s (median step {(double)x["decode_median_step_ms"]:F2} ms)");
         if ((int)x["batch_size"] > 1) Console.WriteLine($"batched decode          {(double)x["batch_decode_tokens_per_s"]:F1} tokens/s with {x["batch_size"]} sequences = {(double)x["batch_speedup"]:F1}x one sequence");
         Console.WriteLine($"prefill                 {(double)x["prefill_tokens_per_s"]:F1} tokens/s ({x["prefill_tokens"]}-token prompt)");
         Console.WriteLine();
@@ -121,7 +133,7 @@ internal static class BenchCommand
     /// <summary>One line per format, with ratios to the first (list fp32 first to read them as speedups).</summary>
     private static void PrintTable(List<Dictionary<string, object>> results)
     {
-        double Get(Dictionary<string, object> x, string k) => Convert.ToDouble(x[k]);
+        double Get(Dictionary<string, object> x, string k) => x[k] is null ? double.NaN : Convert.ToDouble(x[k]);
         var b = results[0];
         Console.WriteLine($"| weights | MB/token | decode bound tok/s | decode tok/s (x {b["weights"]}) | batch-{b["batch_size"]} tok/s (x) | prefill-{b["prefill_tokens"]} tok/s (x) |");
         Console.WriteLine("|---|---|---|---|---|---|");

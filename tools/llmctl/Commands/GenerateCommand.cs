@@ -18,6 +18,7 @@ internal static class GenerateCommand
         var prompt = new Option<string>("--prompt") { Description = "prompt text (empty: start from BOS alone)", DefaultValueFactory = _ => "" };
         var json = new Option<bool>("--json") { Description = "print one JSON object with ids, text, finish reasons, logprobs and timings instead of streaming" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
+        var device = new DeviceOptions();
         var endpoint = new Option<string?>("--endpoint") { Description = "generate through a running cluster's gateway (e.g. http://127.0.0.1:50051) instead of in this process" };
         var local = new Option<bool>("--local") { Description = "generate in this process (the default without --endpoint)" };
         var policy = new Option<string?>("--policy") { Description = "KV compression policy, e.g. sink_window(4,252) (default: dense locally, the gateway's default remotely)" };
@@ -27,6 +28,7 @@ internal static class GenerateCommand
         var weights = ModelSource.WeightsOption();
         var sampling = new SamplingOptions();
         var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters, resume, after, weights };
+        device.AddTo(cmd);
         sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
@@ -40,7 +42,7 @@ internal static class GenerateCommand
             }
             if (r.GetValue(resume) is not null) throw new ArgumentException("--resume needs --endpoint (sessions live in a cluster)");
             var path = ModelSource.ResolvePath(r.GetValue(model));
-            using var m = ModelSource.Load(path, r.GetValue(threads), r.GetValue(weights));
+            using var m = ModelSource.Load(path, () => device.Create(r, r.GetValue(threads)), weights: r.GetValue(weights));
             var p = sampling.Read(r, m.Config.VocabSize).WithResolvedSeed();
             var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             var promptText = r.GetValue(prompt) ?? "";

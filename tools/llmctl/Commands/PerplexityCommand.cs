@@ -21,7 +21,9 @@ internal static class PerplexityCommand
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads (default: all cores)" };
         var weights = ModelSource.WeightsOption();
+        var device = new DeviceOptions();
         var cmd = new Command("perplexity", "perplexity over strided windows, each token scored once; with --policy, streamed token by token per KV-cache policy") { model, tokenizer, text, tokens, window, stride, json, threads, weights };
+        device.AddTo(cmd);
         var streaming = StreamingPerplexityMode.AddOptions(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
@@ -29,7 +31,7 @@ internal static class PerplexityCommand
             int n = r.GetValue(tokens);
             if (n < 2) throw new ArgumentException($"--tokens must be at least 2, got {n}");
             var path = ModelSource.ResolvePath(r.GetValue(model));
-            using var m = ModelSource.Load(path, r.GetValue(threads), r.GetValue(weights));
+            using var m = ModelSource.Load(path, () => device.Create(r, r.GetValue(threads)), weights: r.GetValue(weights));
             var tok = ModelLoader.LoadTokenizer(path, m.Config, r.GetValue(tokenizer));
             var ids = TextPrefix.EncodeFirstTokens(tok, File.ReadAllText(r.GetValue(text)!), n);
             if (ids.Length < n) Console.Error.WriteLine($"note: the text holds only {ids.Length} tokens");

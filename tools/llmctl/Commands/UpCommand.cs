@@ -24,12 +24,14 @@ internal static class UpCommand
         var httpPort = new Option<int?>("--http-port") { Description = $"gateway HTTP port: OpenAI-compatible API, playground, /metrics (default {ServiceRole.Gateway.DefaultHttpPort()} + --port-offset)" };
         var portOffset = new Option<int>("--port-offset") { Description = "added to every default port, e.g. 1000 for a second cluster beside the first (worker k of a kind: its kind's ports + 100 k)", DefaultValueFactory = _ => 0 };
         var threads = new Option<int?>("--threads") { Description = "CPU threads per worker" };
-        var chatTemplate = new Option<string?>("--chat-template") { Description = "chat template (file or text) for models that have none" };
+        var prefillDevice = new Option<string>("--prefill-device") { Description = "device of the prefill workers: cpu, cuda, cuda:N", DefaultValueFactory = _ => "cpu" };
+        var decodeDevice = new Option<string>("--decode-device") { Description = "device of the decode workers: cpu, cuda, cuda:N", DefaultValueFactory = _ => "cpu" };
+                var chatTemplate = new Option<string?>("--chat-template") { Description = "chat template (file or text) for models that have none" };
         var logLevel = new Option<string>("--log-level") { Description = "services' log level: trace, debug, info, warning, error, none", DefaultValueFactory = _ => "warning" };
         var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
         var weights = ModelSource.WeightsOption();
         var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it")
-            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp, weights };
+            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp, weights, prefillDevice, decodeDevice };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int np = r.GetValue(prefill), nd = r.GetValue(decode), offset = r.GetValue(portOffset);
@@ -58,6 +60,8 @@ internal static class UpCommand
                 if (r.GetValue(weights) is { } w && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--weights", w]); // same kernels as local runs
                 if (r.GetValue(qfilters) is { } q && role is not ServiceRole.Prefill) a.AddRange(["--qfilters", q]);
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
+                if (role == ServiceRole.Prefill) a.AddRange(["--device", r.GetValue(prefillDevice)!]);
+                if (role == ServiceRole.Decode) a.AddRange(["--device", r.GetValue(decodeDevice)!]);
                 return [.. a];
             }
             var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager), ports.For(ServiceRole.CacheManager, 0));

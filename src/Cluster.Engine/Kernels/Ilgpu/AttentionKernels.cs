@@ -1,0 +1,105 @@
+using ILGPU;
+using ILGPU.Algorithms;
+
+namespace Cluster.Engine.Kernels.Ilgpu;
+
+/// <summary>One segment's attention problem: Tokens query rows from RowOffset of q [rows, heads, headDim]
+/// over a cache layer [kvHeads, Capacity, headDim] whose last Tokens entries per head are the segment's own.</summary>
+/// <param name="Stride">Score columns per (token, head) row of the scratch (the longest visible length).</param>
+/// <param name="UniformLength">Length of every kv head when equal, else -1 (then read from the lengths view).</param>
+internal readonly record struct AttentionShape(
+    int Heads, int HeadDim, int Group, int Tokens, int RowOffset, int Capacity, int Stride, int UniformLength, float Scale);
+
+/// <summary>
+/// Causal grouped-query attention in three passes over a scores scratch [Tokens, heads, Stride]:
+/// scores = q·k * scale, a row softmax (max-shifted, as CpuBackend), then output = softmax · V.
+/// Plain and exact rather than fused; FlashAttention-style tiling (Dao et al. 2022) is the next step.
+/// </summary>
+internal static class AttentionKernels
+{
+    private static int Visible(ArrayView<int> lengths, AttentionShape s, int t, int g) =>
+        (s.UniformLength >= 0 ? s.UniformLength : lengths[g]) - s.Tokens + t + 1;
+
+    /// <summary>One thread per (t, h, j) for j &lt; Stride; slots past the causal limit are left alone.</summary>
+    public static void Scores(Index1D idx, ArrayView<float> q, ArrayView<float> keys, ArrayView<int> lengths, ArrayView<float> scores, AttentionShape s)
+    {
+        int j = idx % s.Stride, th = idx / s.Stride, h = th % s.Heads, t = th / s.Heads, g = h / s.Group;
+        if (j >= Visible(lengths, s, t, g)) return;
+        long qo = ((long)(s.RowOffset + t) * s.Heads + h) * s.HeadDim;
+        long ko = ((long)g * s.Capacity + j) * s.HeadDim;
+        float dot = 0;
+        for (int d = 0; d < s.HeadDim; d++) dot += q[qo + d] * keys[ko + d];
+        scores[idx] = dot * s.Scale;
+    }
+
+    /// <summary>One group per (t, h) row (power-of-two size, that many floats of dynamic shared memory):
+    /// p = exp(s - max) / sum over the visible slots.</summary>
+    public static void Softmax(ArrayView<int> lengths, ArrayView<float> scores, AttentionShape s)
+    {
+        var shared = SharedMemory.GetDynamic<float>();
+        int th = Grid.IdxX, tid = Group.IdxX, size = Group.DimX, h = th % s.Heads, t = th / s.Heads;
+        int n = Visible(lengths, s, t, h / s.Group);
+        long row = (long)th * s.Stride;
+        float max = float.NegativeInfinity;
+        for (int j = tid; j < n; j += size) max = XMath.Max(max, scores[row + j]);
+        shared[tid] = max;
+        Group.Barrier();
+        for (int k = size / 2; k > 0; k >>= 1)
+        {
+            if (tid < k) shared[tid] = XMath.Max(shared[tid], shared[tid + k]);
+            Group.Barrier();
+        }
+        max = shared[0];
+        Group.Barrier();
+        float sum = 0;
+        for (int j = tid; j < n; j += size)
+        {
+            float e = XMath.Exp(scores[row + j] - max);
+            scores[row + j] = e;
+            sum += e;
+        }
+        shared[tid] = sum;
+        Group.Barrier();
+        for (int k = size / 2; k > 0; k >>= 1)
+        {
+            if (tid < k) shared[tid] += shared[tid + k];
+            Group.Barrier();
+        }
+        float inv = 1f / shared[0];
+        for (int j = tid; j < n; j += size) scores[row + j] *= inv;
+        // Zeros past the causal limit: the cuBLAS path multiplies whole rows by V.
+        for (int j = n + tid; j < s.Stride; j += size) scores[row + j] = 0f;
+    }
+
+    /// <summary>The softmax with one thread per (t, h) row and no barriers (the CPU accelerator's variant).</summary>
+    public static void SoftmaxRow(Index1D th, ArrayView<int> lengths, ArrayView<float> scores, AttentionShape s)
+    {
+        int h = th % s.Heads, t = th / s.Heads, n = Visible(lengths, s, t, h / s.Group);
+        long row = (long)(int)th * s.Stride;
+        float max = float.NegativeInfinity, sum = 0;
+        for (int j = 0; j < n; j++) max = XMath.Max(max, scores[row + j]);
+        for (int j = 0; j < n; j++)
+        {
+            float e = XMath.Exp(scores[row + j] - max);
+            scores[row + j] = e;
+            sum += e;
+        }
+        float inv = 1f / sum;
+        for (int j = 0; j < n; j++) scores[row + j] *= inv;
+        for (int j = n; j < s.Stride; j++) scores[row + j] = 0f;
+    }
+
+    /// <summary>scores *= scale over [rows, Stride] (the cuBLAS path computes raw q·k).</summary>
+    public static void Scale(Index1D i, ArrayView<float> scores, float scale) => scores[i] *= scale;
+
+    /// <summary>One thread per (t, h, d): out[row, h, d] = sum_j p[j] * v[g, j, d].</summary>
+    public static void Output(Index1D idx, ArrayView<float> scores, ArrayView<float> values, ArrayView<int> lengths, ArrayView<float> output, AttentionShape s)
+    {
+        int d = idx % s.HeadDim, th = idx / s.HeadDim, h = th % s.Heads, t = th / s.Heads, g = h / s.Group;
+        int n = Visible(lengths, s, t, g);
+        long row = (long)th * s.Stride, vo = (long)g * s.Capacity * s.HeadDim + d;
+        float acc = 0;
+        for (int j = 0; j < n; j++) acc += scores[row + j] * values[vo + (long)j * s.HeadDim];
+        output[((long)(s.RowOffset + t) * s.Heads + h) * s.HeadDim + d] = acc;
+    }
+}

@@ -1,0 +1,209 @@
+using ILGPU;
+using ILGPU.Runtime;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+
+namespace Cluster.Engine.Kernels.Ilgpu;
+
+/// <summary>RoPE, the KV cache and attention on the device. A cache layer's K and V are device
+/// tensors; its positions and per-head lengths are host arrays that only the host changes, so a
+/// kernel needs them only as arguments (one number when every head has the same length, the usual
+/// case, else a small upload).</summary>
+public sealed partial class IlgpuBackend
+{
+    private DeviceScratch<float> _cos = null!, _sin = null!, _copy = null!, _scores = null!, _gatherK = null!, _gatherV = null!;
+    private DeviceScratch<double> _cosD = null!, _sinD = null!;
+    private DeviceScratch<int> _lengths = null!, _keep = null!;
+    private int[] _ropePositions = [];
+    private RopeTable? _ropeTable;
+
+    private void InitKvScratch()
+    {
+        (_cos, _sin, _copy, _scores, _gatherK, _gatherV) = (new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator));
+        (_cosD, _sinD, _lengths, _keep) = (new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator));
+    }
+
+    private void DisposeKvScratch()
+    {
+        foreach (var s in new IDisposable[] { _cos, _sin, _copy, _scores, _gatherK, _gatherV, _cosD, _sinD, _lengths, _keep }) s.Dispose();
+    }
+
+    public void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope)
+    {
+        Enter();
+        int T = positions.Length, half = rope.HeadDim / 2;
+        if (T == 0) return;
+        // Every layer of a forward pass rotates by the same positions: upload the angles once per pass.
+        if (!ReferenceEquals(rope, _ropeTable) || !positions.SequenceEqual(_ropePositions))
+        {
+            var cos = new float[T * half];
+            var sin = new float[T * half];
+            for (int t = 0; t < T; t++) rope.Angles(positions[t], cos.AsSpan(t * half, half), sin.AsSpan(t * half, half));
+            _cos.Upload(cos);
+            _sin.Upload(sin);
+            (_ropeTable, _ropePositions) = (rope, positions.ToArray());
+        }
+        RotateHeads(Dev(q).F32, T * heads, heads, half, rope.Layout);
+        RotateHeads(Dev(k).F32, T * kvHeads, kvHeads, half, rope.Layout);
+    }
+
+    private void RotateHeads(ArrayView<float> v, int rows, int heads, int half, RopeLayout layout)
+    {
+        var live = v.SubView(0, (long)rows * 2 * half);
+        var cos = _cos.Get(Math.Max(1, _ropePositions.Length * half));
+        var sin = _sin.Get(Math.Max(1, _ropePositions.Length * half));
+        if (layout == RopeLayout.Halves)
+        {
+            _k.Rope(rows * half, live, live, cos, sin, heads, half, 0);
+            return;
+        }
+        // Interleaved pairs are read from a copy: the kernel writes them back half-split.
+        var src = _copy.Get(live.Length);
+        live.CopyTo(src);
+        _k.Rope(rows * half, src, live, cos, sin, heads, half, 1);
+    }
+
+    public void AppendKv(Tensor k, Tensor v, int rowOffset, ReadOnlySpan<int> positions, KvCacheLayer layer)
+    {
+        Enter();
+        int hd = layer.HeadDim, kvh = layer.KvHeads, T = positions.Length;
+        for (int h = 0; h < kvh; h++)
+            if (layer.Lengths[h] + T > layer.Capacity)
+                throw new InvalidOperationException($"KV cache head {h} is full ({layer.Capacity} slots): reserve before appending");
+        if (T > 0)
+        {
+            int uniform = UniformLength(layer.Lengths);
+            var starts = uniform >= 0 ? _lengths.Get(1) : _lengths.Upload(layer.Lengths);
+            _k.AppendKv(T * kvh * hd, Dev(k).F32, Dev(v).F32, Dev(layer.K).F32, Dev(layer.V).F32, starts,
+                new KvAppendShape(kvh, hd, layer.Capacity, rowOffset, uniform));
+        }
+        for (int h = 0; h < kvh; h++)
+        {
+            for (int t = 0; t < T; t++) layer.Positions[h * layer.Capacity + layer.Lengths[h] + t] = positions[t];
+            layer.Lengths[h] += T;
+        }
+    }
+
+    public void CompactKv(KvCacheLayer layer, int head, ReadOnlySpan<int> keep)
+    {
+        Enter();
+        int hd = layer.HeadDim, n = layer.Lengths[head];
+        bool moves = false;
+        for (int i = 0; i < keep.Length; i++)
+        {
+            int from = keep[i];
+            if (from < i || from >= n || (i > 0 && from <= keep[i - 1]))
+                throw new ArgumentException($"slots to keep must be ascending and below the head's length {n}", nameof(keep));
+            moves |= from != i;
+        }
+        if (moves)
+        {
+            long count = (long)keep.Length * hd, head0 = layer.Offset(head, 0);
+            ArrayView<float> gk = _gatherK.Get(count), gv = _gatherV.Get(count), ck = Dev(layer.K).F32, cv = Dev(layer.V).F32;
+            _k.Gather((int)count, ck, cv, gk, gv, _keep.Upload(keep), head0, hd);
+            gk.CopyTo(ck.SubView(head0, count));
+            gv.CopyTo(cv.SubView(head0, count));
+            var positions = layer.Positions.AsSpan(head * layer.Capacity, layer.Capacity);
+            for (int i = 0; i < keep.Length; i++) positions[i] = positions[keep[i]];
+        }
+        layer.Lengths[head] = keep.Length;
+    }
+
+    public void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope)
+    {
+        Enter();
+        int half = layer.HeadDim / 2, n = deltas.Length;
+        bool any = false;
+        foreach (var d in deltas) any |= d != 0;
+        if (!any) return;
+        // Angles in double on the host, as CpuBackend computes them; a zero delta rotates by (1, 0), exactly.
+        var cos = new double[n * half];
+        var sin = new double[n * half];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < half; j++)
+            {
+                var a = deltas[i] * rope.InverseFrequencies[j];
+                (cos[i * half + j], sin[i * half + j]) = deltas[i] == 0 ? (1.0, 0.0) : (Math.Cos(a), Math.Sin(a));
+            }
+        _k.RotateKeys(n * half, Dev(layer.K).F32, layer.Offset(head, 0), _cosD.Upload(cos), _sinD.Upload(sin), half);
+    }
+
+    public void Attention(Tensor q, Tensor output, ReadOnlySpan<AttentionSegment> segments, int heads, int headDim)
+    {
+        Enter();
+        float scale = 1f / MathF.Sqrt(headDim);
+        ArrayView<float> qv = Dev(q).F32, ov = Dev(output).F32;
+        foreach (var seg in segments)
+        {
+            if (seg.Tokens == 0) continue;
+            var cache = seg.Cache;
+            int uniform = UniformLength(cache.Lengths), stride = cache.Lengths.Max();
+            var lengths = uniform >= 0 ? _lengths.Get(1) : _lengths.Upload(cache.Lengths);
+            var s = new AttentionShape(heads, headDim, heads / cache.KvHeads, seg.Tokens, seg.RowOffset, cache.Capacity, stride, uniform, scale);
+            int rows = seg.Tokens * heads;
+            var scores = _scores.Get((long)rows * stride);
+            if (_cublas is not null && CublasAttention && seg.Tokens >= CublasAttentionMinTokens)
+            {
+                CublasAttentionSegment(qv, ov, Dev(cache.K), Dev(cache.V), scores, lengths, s);
+                continue;
+            }
+            _k.Scores(checked(rows * stride), qv, Dev(cache.K).F32, lengths, scores, s);
+            if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
+            else _k.SoftmaxRow(rows, lengths, scores, s);
+            _k.Output(rows * headDim, scores, Dev(cache.V).F32, lengths, ov, s);
+        }
+    }
+
+    /// <summary>Whether a prefill chunk's attention products go to cuBLAS (CUDA with cuBLAS only; on by
+    /// default, LLMCLUSTER_CUBLAS_ATTENTION=0 turns it off). Decode steps keep the kernels: one query
+    /// row is too little work for 2 x kvHeads library calls.</summary>
+    public bool CublasAttention { get; set; } = Environment.GetEnvironmentVariable("LLMCLUSTER_CUBLAS_ATTENTION") != "0";
+
+    /// <summary>Fewest tokens in a segment for the cuBLAS attention path.</summary>
+    public const int CublasAttentionMinTokens = 16;
+
+    /// <summary>
+    /// One segment's attention as fp32 strided-batched products, one call pair per KV head (its group
+    /// of query heads is the batch, sharing that head's K and V): scores = q·k^T, the kernels' softmax
+    /// (which zeroes columns past each row's causal limit), then output = p·V over all Stride columns.
+    /// Row-major X[r, c] is column-major X^T, so scores^T [L, T] = K [L, hd] · q^T and
+    /// output^T [hd, T] = V^T · p^T, both with no copies.
+    /// </summary>
+    private void CublasAttentionSegment(ArrayView<float> q, ArrayView<float> o, IlgpuTensor k, IlgpuTensor v, ArrayView<float> scores,
+        ArrayView<int> lengths, AttentionShape s)
+    {
+        int T = s.Tokens, hd = s.HeadDim, L = s.Stride, group = s.Group, kvHeads = s.Heads / group;
+        long qRow = (long)s.Heads * hd;                   // floats between one token's queries and the next's
+        long sRow = (long)s.Heads * L;                    // floats between one token's score rows
+        nint qBase = q.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
+        nint oBase = o.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
+        nint sBase = scores.LoadEffectiveAddressAsPtr();
+        for (int g = 0; g < kvHeads; g++)
+        {
+            int h0 = g * group;
+            nint kg = k.Address((long)g * s.Capacity * hd);
+            // scores_h^T [L, T] = K_g [L, hd] (column-major [hd, L], transposed) · q_h^T [hd, T] (ld = heads*hd).
+            _cublas!.GemmStridedBatched(true, false, L, T, hd,
+                kg, hd, 0, qBase + h0 * hd * sizeof(float), (int)qRow, hd, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, group);
+        }
+        int rows = T * s.Heads;
+        _k.Scale(checked(rows * L), scores.SubView(0, (long)rows * L), s.Scale);
+        if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
+        else _k.SoftmaxRow(rows, lengths, scores, s);
+        for (int g = 0; g < kvHeads; g++)
+        {
+            int h0 = g * group;
+            nint vg = v.Address((long)g * s.Capacity * hd);
+            // output_h^T [hd, T] = V_g^T [hd, L] (column-major view of row-major V, ld hd) · p_h^T [L, T] (ld = heads*L).
+            _cublas!.GemmStridedBatched(false, false, hd, T, L,
+                vg, hd, 0, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, oBase + h0 * hd * sizeof(float), (int)qRow, hd, group);
+        }
+    }
+
+    /// <summary>The common length of every head, or -1 when they differ.</summary>
+    private static int UniformLength(int[] lengths)
+    {
+        foreach (var l in lengths) if (l != lengths[0]) return -1;
+        return lengths[0];
+    }
+}
