@@ -20,7 +20,7 @@ public sealed unsafe class IlgpuBf16Tests
         var cpu = new CpuBackend(threads: 1);
         fixed (ushort* p = bits)
         {
-            var data = new WeightData((byte*)p, bits.Length, WeightType.BF16);
+            var data = new WeightData((byte*)p, bits.Length, WeightType.BF16, columns: inDim); // [outDim, inDim]: rows for the embedding
             using var wc = cpu.LoadWeights(data);
             using var wg = gpu.LoadWeights(data);
             Assert.True(((IlgpuTensor)wg).IsBf16);
