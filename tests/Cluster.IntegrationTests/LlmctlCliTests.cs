@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Cluster.Tests;
+using Grpc.Core;
 using Xunit;
 
 namespace Cluster.IntegrationTests;
@@ -165,6 +166,72 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         finally
         {
             // SIGTERM: up stops its services (SIGKILL would orphan them).
+            if (!up.HasExited) Process.Start("kill", ["-TERM", up.Id.ToString()])!.WaitForExit();
+            if (!up.WaitForExit(30_000)) up.Kill(entireProcessTree: true);
+        }
+    }
+
+    /// <summary>Issue 21: `up` supervises its services: a SIGKILLed cache manager is started again on its
+    /// port, with a log line, while the rest of the cluster keeps running, and requests are served as before.</summary>
+    [SharedDataFact]
+    public async Task Up_restarts_a_killed_service_and_keeps_serving()
+    {
+        int offset = FreeOffset();
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Llmctl, "up", "--model", SharedData.Path_("models", "stories260K"), "--port-offset", offset.ToString(), "--threads", "1", "--policy", "sink_window(4,20)" })
+            psi.ArgumentList.Add(a);
+        using var up = Process.Start(psi)!;
+        var lines = new ConcurrentQueue<string>();
+        up.OutputDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
+        up.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
+        up.BeginOutputReadLine();
+        up.BeginErrorReadLine();
+        async Task WaitForLine(Func<string, bool> match, string what)
+        {
+            for (var deadline = DateTime.UtcNow.AddMinutes(2); !lines.Any(match); await Task.Delay(200))
+            {
+                Assert.False(up.HasExited, "up exited: " + string.Join("\n", lines));
+                Assert.True(DateTime.UtcNow < deadline, $"no {what} within 2 minutes:\n" + string.Join("\n", lines));
+            }
+        }
+        try
+        {
+            await WaitForLine(l => l.StartsWith("Ctrl-C stops", StringComparison.Ordinal), "ready cluster");
+            var ready = lines.Single(l => l.Contains("cachemanager") && l.Contains(" ready "));
+            int pid = int.Parse(ready[(ready.LastIndexOf("pid ", StringComparison.Ordinal) + 4)..].TrimEnd(')'));
+            using var channel = Cluster.Serving.Routing.GrpcChannels.Create($"127.0.0.1:{50051 + offset}");
+            var client = new LlmCluster.V1.Gateway.GatewayClient(channel);
+            async Task<List<int>> Generate()
+            {
+                var request = new LlmCluster.V1.GenerateRequest
+                {
+                    Text = "Once upon a time, there was a little girl named Lily. She loved to play outside.",
+                    Sampling = new LlmCluster.V1.SamplingParams { Temperature = 0.8f, Seed = 5, MaxTokens = 24 },
+                };
+                var ids = new List<int>();
+                using var call = client.Generate(request, deadline: DateTime.UtcNow.AddMinutes(1));
+                await foreach (var r in call.ResponseStream.ReadAllAsync())
+                    if (r.ResponseCase == LlmCluster.V1.GenerateResponse.ResponseOneofCase.Chunk) ids.AddRange(r.Chunk.TokenIds);
+                return ids;
+            }
+            var before = await Generate();
+
+            Process.GetProcessById(pid).Kill();
+            await WaitForLine(l => l.StartsWith("cachemanager (pid " + pid + ") exited", StringComparison.Ordinal), "line saying the cache manager died");
+            await WaitForLine(l => l.StartsWith("cachemanager restarted", StringComparison.Ordinal), "restart line");
+            Assert.False(up.HasExited);
+
+            // Served again, with the same tokens, once the new cache manager listens.
+            List<int>? after = null;
+            for (var deadline = DateTime.UtcNow.AddSeconds(60); after is null; await Task.Delay(500))
+            {
+                try { after = await Generate(); }
+                catch (Grpc.Core.RpcException) when (DateTime.UtcNow < deadline) { }
+            }
+            Assert.Equal(before, after);
+        }
+        finally
+        {
             if (!up.HasExited) Process.Start("kill", ["-TERM", up.Id.ToString()])!.WaitForExit();
             if (!up.WaitForExit(30_000)) up.Kill(entireProcessTree: true);
         }

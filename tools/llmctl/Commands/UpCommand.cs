@@ -86,13 +86,12 @@ internal static class UpCommand
             Console.WriteLine($"  playground  {gateway.Http}/");
             Console.WriteLine($"  metrics     {string.Join(", ", cluster.Services.Select(s => $"{s.Http}/metrics"))}");
             Console.WriteLine("Ctrl-C stops the cluster");
+            // Supervision: a service that dies is started again on its ports (after a backoff), not a reason
+            // to stop the others; the cache manager comes back empty and the workers rebuild what it lost.
+            var supervisor = new ServiceSupervisor(cluster);
             while (!stop.IsCancellationRequested)
             {
-                if (cluster.Services.FirstOrDefault(s => s.Process.HasExited) is { } dead)
-                {
-                    Console.Error.WriteLine($"{dead.Role.Name()} (pid {dead.Process.Id}) exited with code {dead.Process.ExitCode}; stopping the cluster");
-                    return 1;
-                }
+                supervisor.Check();
                 stop.Token.WaitHandle.WaitOne(500);
             }
             Console.WriteLine("stopping the cluster");
@@ -105,7 +104,13 @@ internal static class UpCommand
 /// <summary>Child service processes of `llmctl up`; disposing kills them.</summary>
 internal sealed class LocalCluster(string bind) : IDisposable
 {
-    public sealed record Service(ServiceRole Role, Process Process, string Grpc, string Http);
+    public sealed record Service(ServiceRole Role, Process Process, string Grpc, string Http)
+    {
+        /// <summary>The current process: a restart replaces it (same role, arguments and ports).</summary>
+        public Process Process { get; set; } = Process;
+
+        internal ProcessStartInfo StartInfo { get; init; } = null!;
+    }
 
     /// <summary>The address clients use: a 0.0.0.0 bind is reached on loopback.</summary>
     private readonly string _reach = bind is "0.0.0.0" or "::" ? "127.0.0.1" : bind;
@@ -178,6 +183,20 @@ internal sealed class LocalCluster(string bind) : IDisposable
         var psi = SelfInvocation(["serve", role.Name(), .. args, "--grpc-port", grpc.ToString(), "--http-port", http.ToString()]);
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;
+        var service = new Service(role, Launch(role, psi), $"http://{_reach}:{grpc}", $"http://{_reach}:{http}") { StartInfo = psi };
+        Services.Add(service);
+        return service;
+    }
+
+    /// <summary>Starts a dead service again with its arguments and ports.</summary>
+    public void Restart(Service service)
+    {
+        service.Process.Dispose();
+        service.Process = Launch(service.Role, service.StartInfo);
+    }
+
+    private static Process Launch(ServiceRole role, ProcessStartInfo psi)
+    {
         var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {role.Name()}");
         // Child output is prefixed with its role, so one terminal shows the whole cluster; the child's own
         // "serving" line is left out (WaitHealthy prints one line per service when it is ready).
@@ -188,9 +207,7 @@ internal sealed class LocalCluster(string bind) : IDisposable
         process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) Console.Error.WriteLine($"[{role.Name()}] {line}"); };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        var service = new Service(role, process, $"http://{_reach}:{grpc}", $"http://{_reach}:{http}");
-        Services.Add(service);
-        return service;
+        return process;
     }
 
     /// <summary>Polls every service's /healthz until all answer 200, printing one line as each is ready.</summary>
