@@ -179,16 +179,9 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
         {
             var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             _metrics.TransferBytes.Add(bytes, new KeyValuePair<string, object?>("direction", "get"));
-            if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
-                throw new RpcException(new Status(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model"));
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
             var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-            int most = blocks.Max(b => b.Positions.Max(x => x.Length));
-            var cache = model.CreateCache(Math.Max(most + 1, Math.Min(handle.TokenCount + maxNewTokens, policy?.Budget ?? c.MaxPositions)));
-            foreach (var b in blocks) KvCacheSnapshot.Restore(model.Backend, cache, b);
-            KvCacheSnapshot.SetTokensSeen(cache, handle.TokenCount);
-            cache.Policy = policy;
-            return (handle, cache, policy, spec);
+            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && history == 0
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)

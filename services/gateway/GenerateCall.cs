@@ -14,7 +14,7 @@ namespace Cluster.Gateway;
 /// </summary>
 internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<GenerateResponse> responses, ServerCallContext context)
 {
-    private readonly Stopwatch _clock = Stopwatch.StartNew(); // TTFT and e2e count from arrival
+    private readonly long _arrival = Serving.Hosting.RequestArrival.Timestamp(context); // TTFT and e2e count from arrival
     private readonly GatewayMetrics _metrics = gateway.Metrics;
     private TimeSpan? _firstToken, _lastToken;
     private int _generated, _promptTokens;
@@ -157,7 +157,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
 
     private void Started()
     {
-        _metrics.QueueTime.Record(_clock.Elapsed.TotalSeconds);
+        _metrics.QueueTime.Record(Stopwatch.GetElapsedTime(_arrival).TotalSeconds);
         _metrics.Waiting.Add(-1);
         _waiting = false;
     }
@@ -326,7 +326,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         chunk.Logprobs.Add(logprobs);
         await responses.WriteAsync(new GenerateResponse { Chunk = chunk });
 
-        var now = _clock.Elapsed;
+        var now = Stopwatch.GetElapsedTime(_arrival);
         if (ids.Count > 0)
         {
             if (_firstToken is null)
@@ -348,7 +348,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     {
         int promptTokens = _promptTokens;
         var reason = finish.ToString().ToLowerInvariant().Replace("finishreason", "");
-        var e2e = _clock.Elapsed;
+        var e2e = Stopwatch.GetElapsedTime(_arrival);
         double ttft = _firstToken?.TotalSeconds ?? 0;
         double tpot = _generated > 1 ? (e2e.TotalSeconds - ttft) / (_generated - 1) : 0;
         await gateway.Sessions.CompleteTokenLogAsync(_sessionId, reason, CancellationToken.None);

@@ -136,15 +136,8 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         _transferBytes.Add(bytes, get);
         if (handle.TokenCount != cont.HistoryTokenCount)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}"));
-        if (handle.Layout.NumLayers != c.Layers || handle.Layout.NumKvHeads != c.KvHeads || handle.Layout.HeadDim != c.HeadDim)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, "the stored KV's layout does not match this worker's model"));
         var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-        int most = blocks.Max(b => b.Positions.Max(x => x.Length));
-        var cache = model.CreateCache(Math.Max(most + 1, Math.Min(handle.TokenCount + maxTokens, policy?.Budget ?? c.MaxPositions)));
-        foreach (var b in blocks) KvCacheSnapshot.Restore(model.Backend, cache, b);
-        KvCacheSnapshot.SetTokensSeen(cache, handle.TokenCount);
-        cache.Policy = policy;
-        return cache;
+        return KvRestore.ToCache(model, handle, blocks, policy, maxTokens);
     }
 
     public ValueTask DisposeAsync()

@@ -25,6 +25,10 @@ internal sealed class HttpCallContext(HttpContext http, string method) : ServerC
         throw new NotSupportedException("an HTTP request has no gRPC context to propagate");
 
     protected override Task WriteResponseHeadersAsyncCore(Metadata responseHeaders) => Task.CompletedTask;
+
+    // Grpc.AspNetCore's GetHttpContext() looks here for contexts it did not make (its documented test
+    // hook), so code that asks a call for its HttpContext (RequestArrival) works on both front doors.
+    protected override IDictionary<object, object> UserStateCore { get; } = new Dictionary<object, object> { ["__HttpContext"] = http };
 }
 
 /// <summary>Hands each response the gRPC handler writes to a function (the HTTP side turns them into JSON or SSE).</summary>

@@ -129,6 +129,7 @@ public static class ServiceHost
 
         var app = builder.Build();
         app.Lifetime.ApplicationStopping.Register(readiness.StartDraining);
+        app.UseRequestArrival();
         app.UseMetricsEndpoint();
         service.MapGrpcServices(app);
         service.MapHttpEndpoints(app);
