@@ -52,6 +52,7 @@ string session = Guid.NewGuid().ToString("N");
 var history = new List<int>();
 using var csv = new StreamWriter(Path.Combine(outDir, "turns.csv"));
 csv.WriteLine("turn,prompt_tokens,generated,kv_tokens_seen,ttft_ms,tpot_ms,kv_stored_bytes");
+using var scrape = new HttpClient(); // the cache manager's /metrics, as Prometheus reads it
 var comparisons = new List<string>();
 var ttfts = new List<double>();
 var stored = new List<double>();
@@ -64,7 +65,7 @@ for (int t = 0; t < turns; t++)
     var (ids, timings, _) = await Generate(session, prompt, p);
     if (!ids.SequenceEqual(expected.Ids)) mismatches++;
     history.AddRange(prompt);
-    double bytes = Gauge(cm.Metrics.Scrape(), "llm_kv_stored_bytes");
+    double bytes = Gauge(await scrape.GetStringAsync($"http://{cm.HttpEndPoint}/metrics"), "llm_kv_stored_bytes");
     ttfts.Add(timings.TtftSeconds * 1e3);
     stored.Add(bytes);
     csv.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{t + 1},{prompt.Length},{ids.Count},{reference.TokensSeen},{timings.TtftSeconds * 1e3:F2},{timings.TpotSeconds * 1e3:F2},{bytes}"));
@@ -123,7 +124,7 @@ static double Median(List<double> xs)
 
 static double Gauge(string scrape, string name) =>
     scrape.Split('\n').Where(l => l.StartsWith(name + " ", StringComparison.Ordinal) || l.StartsWith(name + "{", StringComparison.Ordinal))
-        .Select(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture)).FirstOrDefault();
+        .Select(l => double.Parse(l.Split(' ')[1], CultureInfo.InvariantCulture)).FirstOrDefault(); // "name{labels} value [timestamp]"
 
 // TTFT per turn (blue, left axis) and KV bytes stored (orange, right axis), both from 0.
 static string Plot(List<double> ttft, List<double> bytes)
