@@ -135,14 +135,8 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
     public async Task Up_on_a_stories260K_folder_is_ready_within_15_lines_and_silent_while_idle()
     {
         int offset = FreeOffset();
-        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Llmctl, "up", "--model", SharedData.Path_("models", "stories260K"), "--port-offset", offset.ToString(), "--threads", "1" }) psi.ArgumentList.Add(a);
-        using var up = Process.Start(psi)!;
         var lines = new ConcurrentQueue<string>();
-        up.OutputDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
-        up.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
-        up.BeginOutputReadLine();
-        up.BeginErrorReadLine();
+        using var up = StartUp(lines, "--port-offset", offset.ToString());
         try
         {
             var deadline = DateTime.UtcNow.AddMinutes(2);
@@ -165,9 +159,7 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         }
         finally
         {
-            // SIGTERM: up stops its services (SIGKILL would orphan them).
-            if (!up.HasExited) Process.Start("kill", ["-TERM", up.Id.ToString()])!.WaitForExit();
-            if (!up.WaitForExit(30_000)) up.Kill(entireProcessTree: true);
+            StopUp(up);
         }
     }
 
@@ -177,15 +169,8 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
     public async Task Up_restarts_a_killed_service_and_keeps_serving()
     {
         int offset = FreeOffset();
-        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Llmctl, "up", "--model", SharedData.Path_("models", "stories260K"), "--port-offset", offset.ToString(), "--threads", "1", "--policy", "sink_window(4,20)" })
-            psi.ArgumentList.Add(a);
-        using var up = Process.Start(psi)!;
         var lines = new ConcurrentQueue<string>();
-        up.OutputDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
-        up.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
-        up.BeginOutputReadLine();
-        up.BeginErrorReadLine();
+        using var up = StartUp(lines, "--port-offset", offset.ToString(), "--policy", "sink_window(4,20)");
         async Task WaitForLine(Func<string, bool> match, string what)
         {
             for (var deadline = DateTime.UtcNow.AddMinutes(2); !lines.Any(match); await Task.Delay(200))
@@ -232,9 +217,28 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         }
         finally
         {
-            if (!up.HasExited) Process.Start("kill", ["-TERM", up.Id.ToString()])!.WaitForExit();
-            if (!up.WaitForExit(30_000)) up.Kill(entireProcessTree: true);
+            StopUp(up);
         }
+    }
+
+    /// <summary>`llmctl up` on stories260K (one thread per worker) as a process; every line it prints goes to <paramref name="lines"/>.</summary>
+    private static Process StartUp(ConcurrentQueue<string> lines, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in (string[])[Llmctl, "up", "--model", SharedData.Path_("models", "stories260K"), "--threads", "1", .. args]) psi.ArgumentList.Add(a);
+        var up = Process.Start(psi)!;
+        up.OutputDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
+        up.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
+        up.BeginOutputReadLine();
+        up.BeginErrorReadLine();
+        return up;
+    }
+
+    /// <summary>SIGTERM: up stops its services (SIGKILL would orphan them).</summary>
+    private static void StopUp(Process up)
+    {
+        if (!up.HasExited) Process.Start("kill", ["-TERM", up.Id.ToString()])!.WaitForExit();
+        if (!up.WaitForExit(30_000)) up.Kill(entireProcessTree: true);
     }
 
     /// <summary>A port offset whose every port of a 1+1+1+1 cluster is free now (other clusters may run on the defaults).</summary>

@@ -91,36 +91,12 @@ public static class ServiceHost
         var builder = WebApplication.CreateSlimBuilder();
         ServiceLogging.Configure(builder.Logging, logLevel);
         var address = IPAddress.Parse(options.Host);
-        builder.WebHost.ConfigureKestrel(kestrel =>
-        {
-            // Long streams and large KV messages: no body size cap or minimum data rates server-wide
-            // (each gRPC message is bounded by MaxReceiveMessageSize instead), and more than the
-            // default 100 concurrent streams per connection.
-            kestrel.Limits.MaxRequestBodySize = null;
-            kestrel.Limits.MinRequestBodyDataRate = null;
-            kestrel.Limits.MinResponseDataRate = null;
-            kestrel.Limits.Http2.MaxStreamsPerConnection = 1000;
-            kestrel.Limits.Http2.InitialStreamWindowSize = 1 << 20;
-            kestrel.Limits.Http2.InitialConnectionWindowSize = 2 << 20;
-            kestrel.AddServerHeader = false;
-            kestrel.Listen(address, options.GrpcPort, l => l.Protocols = HttpProtocols.Http2);
-            kestrel.Listen(address, options.HttpPort, l => l.Protocols = HttpProtocols.Http1);
-        });
+        builder.WebHost.ConfigureKestrel(kestrel => GrpcStack.ConfigureKestrel(kestrel, address, options.GrpcPort, options.HttpPort));
 
         builder.Services.AddSingleton(service.GetType(), service);
         service.ConfigureServices(builder.Services);
         builder.Services.AddSingleton(traces.Source);
-        builder.Services.AddGrpc(o =>
-        {
-            o.Interceptors.Add<ServerCallInterceptor>();
-            o.MaxReceiveMessageSize = GrpcChannels.MaxMessageBytes;
-            o.MaxSendMessageSize = GrpcChannels.MaxMessageBytes;
-        });
-        builder.Services.AddGrpcReflection();
-        var readiness = new Readiness(service);
-        builder.Services.AddSingleton(readiness);
-        builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
-            .AddCheck("ready", () => readiness.IsReady ? HealthCheckResult.Healthy() : HealthCheckResult.Unhealthy(readiness.IsDraining ? "draining" : "loading"));
+        builder.Services.AddGrpcStack(new Readiness(service));
         builder.Services.AddServiceTelemetry(service.MeterNames, traces, b =>
         {
             service.ConfigureTracing(b);
@@ -128,14 +104,11 @@ public static class ServiceHost
         });
 
         var app = builder.Build();
-        app.Lifetime.ApplicationStopping.Register(readiness.StartDraining);
         app.UseRequestArrival();
         app.UseMetricsEndpoint();
         service.MapGrpcServices(app);
         service.MapHttpEndpoints(app);
-        app.MapGrpcHealthChecksService();
-        app.MapGrpcReflectionService();
-        app.MapGet("/healthz", () => readiness.IsReady ? Results.Text("ok") : Results.Text("unhealthy", statusCode: StatusCodes.Status503ServiceUnavailable));
+        app.MapGrpcStack();
         return app;
     }
 }

@@ -17,9 +17,8 @@ namespace Cluster.Grpc.Tests.Hosting;
 /// Hosts any gRPC services the way <see cref="ServiceHost"/> hosts a cluster service, so the tests (and
 /// bench/grpc) exercise the stack the services run on: the same Kestrel limits, an HTTP/2-only gRPC port
 /// and an HTTP/1.1 port with /healthz, <see cref="ServerCallInterceptor"/> on every call, 16 MiB
-/// messages, server reflection and grpc.health.v1. ServiceHost only builds an IClusterService (with
-/// telemetry and a model behind it), so this mirrors its Build step from the same public pieces: keep
-/// the two in step.
+/// messages, server reflection and grpc.health.v1, all from <see cref="GrpcStack"/> as ServiceHost
+/// takes them (ServiceHost itself only builds an IClusterService, with telemetry and a model behind it).
 /// </summary>
 public sealed class GrpcTestHost : IAsyncDisposable
 {
@@ -60,36 +59,14 @@ public sealed class GrpcTestHost : IAsyncDisposable
 
         ListenOptions grpc = null!, http = null!;
         builder.WebHost.ConfigureKestrel(kestrel =>
-        {
-            // As ServiceHost: no body cap or data rates (messages are bounded instead), large windows.
-            kestrel.Limits.MaxRequestBodySize = null;
-            kestrel.Limits.MinRequestBodyDataRate = null;
-            kestrel.Limits.MinResponseDataRate = null;
-            kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
-            kestrel.Limits.Http2.InitialStreamWindowSize = 1 << 20;
-            kestrel.Limits.Http2.InitialConnectionWindowSize = 2 << 20;
-            kestrel.AddServerHeader = false;
-            kestrel.Listen(IPAddress.Loopback, 0, l => { l.Protocols = HttpProtocols.Http2; grpc = l; });
-            kestrel.Listen(IPAddress.Loopback, 0, l => { l.Protocols = HttpProtocols.Http1; http = l; });
-        });
-
+            GrpcStack.ConfigureKestrel(kestrel, IPAddress.Loopback, 0, 0, options.MaxStreamsPerConnection, l => grpc = l, l => http = l));
         builder.Services.AddSingleton(Source);
-        builder.Services.AddGrpc(o =>
-        {
-            o.Interceptors.Add<ServerCallInterceptor>();
-            o.MaxReceiveMessageSize = GrpcChannels.MaxMessageBytes;
-            o.MaxSendMessageSize = GrpcChannels.MaxMessageBytes;
-        });
-        builder.Services.AddGrpcReflection();
-        builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
-            .AddCheck("ready", () => HealthCheckResult.Healthy());
+        builder.Services.AddGrpcStack(new Readiness(() => true));
         services(builder.Services);
 
         var app = builder.Build();
         map(app);
-        app.MapGrpcHealthChecksService();
-        app.MapGrpcReflectionService();
-        app.MapGet("/healthz", () => Results.Text("ok"));
+        app.MapGrpcStack();
         await app.StartAsync();
         return new GrpcTestHost(app, grpc, http);
     }
