@@ -31,6 +31,5 @@ public static class StatusMapping
     /// <summary>A dependency that cannot be reached now (a socket, an HTTP connection, the session store):
     /// worth retrying elsewhere or later, so UNAVAILABLE.</summary>
     public static bool IsUnreachable(Exception e) =>
-        e is HttpRequestException or SocketException or TimeoutException
-        || e.GetType().Namespace == "StackExchange.Redis" && e.GetType().Name is "RedisConnectionException" or "RedisTimeoutException";
+        e is HttpRequestException or SocketException or TimeoutException or StackExchange.Redis.RedisConnectionException; // RedisTimeoutException is a TimeoutException
 }
