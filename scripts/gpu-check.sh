@@ -55,9 +55,18 @@ if [[ -z "${PYTHON:-}" ]]; then
   done
 fi
 PYTHON="${PYTHON:-python3}"
+# The whole check must fit the device's time (15 minutes a session, the machine's start included):
+# each step's limit is cut to what is left of GPU_CHECK_BUDGET seconds, and a step with under 20 s
+# left is skipped (status "skipped"), so the summary is always written.
+budget="${GPU_CHECK_BUDGET:-540}"
 # run NAME SECONDS CMD...: stdout to NAME.out (JSON where --json), stderr to NAME.err, status logged.
 run() {
   local name="$1" limit="$2"; shift 2
+  local left=$(( budget - (SECONDS - started) - 15 ))
+  (( left < limit )) && limit=$left
+  if (( limit < 20 )); then
+    say "$name: skipped (time budget of $budget s spent)"; echo "$name skipped" >> "$out/status.txt"; return 124
+  fi
   say "$name: $*"
   timeout "$limit" "$@" > "$out/$name.out" 2> "$out/$name.err"
   local rc=$?
@@ -115,16 +124,14 @@ else
 fi
 say "device $device, preset $preset"
 
+# Steps run most important first and each has a limit, so that a slow step cannot starve the rest
+# of the budget: correctness, the cluster, then the benchmark pairs, informational checks last.
 # 1. stories260K: logits and greedy tokens against the CPU backend.
 s260="$payload/stories260K/stories260K.bin"
-run check-stories260K-fp32 240 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
-run check-stories260K-bf16 240 llmctl device-check --model "$s260" --device "$device" --precision bf16 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
-if [[ "$device" == cuda ]]; then
-  # The same with prefill attention on the kernels instead of cuBLAS (tells the two paths apart if one fails).
-  run check-stories260K-fp32-kernel-attention 240 env LLMCLUSTER_CUBLAS_ATTENTION=0 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
-fi
+run check-stories260K-fp32 120 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
+run check-stories260K-bf16 120 llmctl device-check --model "$s260" --device "$device" --precision bf16 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
 run generate-stories260K-cpu 60 llmctl generate --model "$s260" --prompt "Once upon a time" --max-tokens 60
-run generate-stories260K-device 120 llmctl generate --model "$s260" --prompt "Once upon a time" --device "$device" --max-tokens 60
+run generate-stories260K-device 90 llmctl generate --model "$s260" --prompt "Once upon a time" --device "$device" --max-tokens 60
 
 # 1b. the cluster: a prefill worker on the device, a decode worker on the CPU; the tokens through the
 # gateway must equal the local CPU run's (generate-stories260K-cpu).
@@ -132,8 +139,8 @@ port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0
 say "cluster: llmctl up --prefill-device $device --decode-device cpu (gateway :$port)"
 llmctl up --model "$s260" --prefill-device "$device" --decode-device cpu --port "$port" > "$out/cluster-up.out" 2> "$out/cluster-up.err" &
 up_pid=$!
-for _ in $(seq 1 90); do grep -q "cluster up" "$out/cluster-up.out" 2>/dev/null && break; kill -0 $up_pid 2>/dev/null || break; sleep 1; done
-if run cluster-generate 120 llmctl generate --endpoint "http://127.0.0.1:$port" --prompt "Once upon a time" --max-tokens 60; then
+for _ in $(seq 1 60); do grep -q "cluster up" "$out/cluster-up.out" 2>/dev/null && break; kill -0 $up_pid 2>/dev/null || break; sleep 1; done
+if run cluster-generate 60 llmctl generate --endpoint "http://127.0.0.1:$port" --prompt "Once upon a time" --max-tokens 60; then
   if [[ "$(tr -s '[:space:]' ' ' < "$out/cluster-generate.out")" == "$(tr -s '[:space:]' ' ' < "$out/generate-stories260K-cpu.out")" ]]; then
     echo "equal" > "$out/cluster-vs-local.txt"; say "cluster tokens equal the local CPU run"
   else
@@ -142,20 +149,21 @@ if run cluster-generate 120 llmctl generate --endpoint "http://127.0.0.1:$port" 
 fi
 kill -TERM $up_pid 2>/dev/null; wait $up_pid 2>/dev/null; up_pid=""
 
-# 2. the benchmark checkpoint and our numbers.
+# 2. the benchmark checkpoint, PyTorch eager on it, then our numbers on the same shapes.
 model="$work/$preset"
-run synth 300 llmctl synth --preset "$preset" --out "$model" --dtype bf16 --seed 1
-if (( gpu && !dry )); then
-  # bf16 logits of the 1B shape against the CPU (informational: bf16 activations in the products).
-  run check-1b-bf16 240 llmctl device-check --model "$model" --device "$device" --tokens 16 --generate 4 --tolerance 1 --json
-fi
-run bench-prefill-${prefill[0]}-decode-b16 300 llmctl bench --model "$model" --device "$device" --prompt-tokens "${prefill[0]}" --decode-tokens "$steps" --batch 16 --chunk "${prefill[0]}" --json
-run bench-decode-b64 300 llmctl bench --model "$model" --device "$device" --prompt-tokens "$context" --decode-tokens "$steps" --batch 64 --chunk "$(( context > 64 ? context : 64 ))" --json
-run bench-prefill-${prefill[1]} 300 llmctl bench --model "$model" --device "$device" --prompt-tokens "${prefill[1]}" --decode-tokens 2 --batch 1 --chunk "${prefill[1]}" --json
-
-# 3. PyTorch eager on the same folder and shapes.
-run torch 420 "$PYTHON" scripts/gpu_torch_bench.py --model "$model" --device "$torch_dev" "${torch_extra[@]}" \
+run synth 180 llmctl synth --preset "$preset" --out "$model" --dtype bf16 --seed 1
+run torch 240 "$PYTHON" scripts/gpu_torch_bench.py --model "$model" --device "$torch_dev" "${torch_extra[@]}" \
   --prefill "$(IFS=,; echo "${prefill[*]}")" --batches 1,16,64 --context "$context" --steps "$steps" --out "$out/torch.json"
+run bench-prefill-${prefill[0]}-decode-b16 150 llmctl bench --model "$model" --device "$device" --prompt-tokens "${prefill[0]}" --decode-tokens "$steps" --batch 16 --chunk "${prefill[0]}" --json
+run bench-decode-b64 150 llmctl bench --model "$model" --device "$device" --prompt-tokens "$context" --decode-tokens "$steps" --batch 64 --chunk "$(( context > 64 ? context : 64 ))" --json
+run bench-prefill-${prefill[1]} 150 llmctl bench --model "$model" --device "$device" --prompt-tokens "${prefill[1]}" --decode-tokens 2 --batch 1 --chunk "${prefill[1]}" --json
+
+# 3. informational: the 1B shape's bf16 logits against the CPU, and prefill attention on the kernels
+# instead of cuBLAS (tells the two paths apart if a check above fails).
+if (( gpu && !dry )); then
+  run check-1b-bf16 120 llmctl device-check --model "$model" --device "$device" --tokens 16 --generate 4 --tolerance 1 --json
+  run check-stories260K-fp32-kernel-attention 90 env LLMCLUSTER_CUBLAS_ATTENTION=0 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
+fi
 
 python3 scripts/gpu_summary.py "$out" "$device" > "$out/summary.md" 2>> "$log"
 cat "$out/summary.md"

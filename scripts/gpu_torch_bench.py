@@ -32,7 +32,13 @@ def load(args, torch):
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     if args.stand_in:
         return StandIn(torch).to(args.device), 259, "stand-in"
-    from transformers import LlamaForCausalLM  # default attention: whatever transformers picks (sdpa)
+    try:
+        from transformers import LlamaForCausalLM  # default attention: whatever transformers picks (sdpa)
+    except ImportError:
+        # No transformers on the machine: the same eager computation written in plain PyTorch.
+        import torch_llama
+        model = torch_llama.load(args.model, dtype, args.device, torch)
+        return model, model.vocab_size, f"plain PyTorch eager Llama {args.dtype} (scripts/torch_llama.py; transformers not installed)"
     try:
         model = LlamaForCausalLM.from_pretrained(args.model, dtype=dtype)  # transformers >= 4.56
     except TypeError:
