@@ -162,9 +162,13 @@ run bench-prefill-${prefill[1]} 150 llmctl bench --model "$model" --device "$dev
 # instead of cuBLAS (tells the two paths apart if a check above fails).
 if (( gpu && !dry )); then
   run check-1b-bf16 120 llmctl device-check --model "$model" --device "$device" --tokens 16 --generate 4 --tolerance 1 --json
+  # cuBLAS attention in blocks of 16 query rows: the 64-token prompt takes 4 causal blocks.
+  run check-stories260K-fp32-query-blocks 90 env LLMCLUSTER_ATTENTION_QUERY_BLOCK=16 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
   run check-stories260K-fp32-kernel-attention 90 env LLMCLUSTER_CUBLAS_ATTENTION=0 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
 fi
 
 python3 scripts/gpu_summary.py "$out" "$device" > "$out/summary.md" 2>> "$log"
 cat "$out/summary.md"
 say "done in $(( SECONDS - started )) s; results in $out"
+# The device tool brings back only a few files: everything also goes into one archive.
+tar -C "$out" -czf "/tmp/gpu-results.tgz" . && mv /tmp/gpu-results.tgz "$out/all-results.tgz"

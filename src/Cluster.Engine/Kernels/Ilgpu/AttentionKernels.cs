@@ -89,8 +89,70 @@ internal static class AttentionKernels
         for (int j = n; j < s.Stride; j++) scores[row + j] = 0f;
     }
 
-    /// <summary>scores *= scale over [rows, Stride] (the cuBLAS path computes raw q·k).</summary>
-    public static void Scale(Index1D i, ArrayView<float> scores, float scale) => scores[i] *= scale;
+    /// <summary>
+    /// The three passes in one launch for short segments (decode steps): one group per (t, h) row,
+    /// a power-of-two group of at least HeadDim threads and as many floats of dynamic shared memory.
+    /// Threads take keys j = tid, tid + size, ... for the scores (kept unnormalized as exp(s - max) in
+    /// the scratch row), then size / HeadDim slices of the keys for the weighted sum of V, which the
+    /// first HeadDim threads add up and divide by the row's sum. One launch instead of three, and the
+    /// V pass spreads a long row over the whole group rather than one thread per output element.
+    /// </summary>
+    public static void Fused(ArrayView<float> q, ArrayView<float> keys, ArrayView<float> values, ArrayView<int> lengths,
+        ArrayView<float> scores, ArrayView<float> output, AttentionShape s)
+    {
+        var shared = SharedMemory.GetDynamic<float>();
+        int th = Grid.IdxX, tid = Group.IdxX, size = Group.DimX, h = th % s.Heads, t = th / s.Heads, g = h / s.Group, hd = s.HeadDim;
+        int n = Visible(lengths, s, t, g);
+        long qo = ((long)(s.RowOffset + t) * s.Heads + h) * hd, kv = (long)g * s.Capacity * hd, row = (long)th * s.Stride;
+        float max = float.NegativeInfinity;
+        for (int j = tid; j < n; j += size)
+        {
+            long ko = kv + (long)j * hd;
+            float dot = 0;
+            for (int d = 0; d < hd; d++) dot += q[qo + d] * keys[ko + d];
+            dot *= s.Scale;
+            scores[row + j] = dot;
+            max = XMath.Max(max, dot);
+        }
+        max = GroupReduce(shared, tid, size, max, isMax: true);
+        float sum = 0;
+        for (int j = tid; j < n; j += size)
+        {
+            float e = XMath.Exp(scores[row + j] - max);
+            scores[row + j] = e;
+            sum += e;
+        }
+        // The reduction's barriers also make every thread's exp(s - max) visible to the V pass.
+        sum = GroupReduce(shared, tid, size, sum, isMax: false);
+        int slices = size / hd, slice = tid / hd, d0 = tid % hd;
+        float acc = 0;
+        if (slice < slices)
+            for (int j = slice; j < n; j += slices) acc += scores[row + j] * values[kv + (long)j * hd + d0];
+        shared[tid] = acc;
+        Group.Barrier();
+        if (tid < hd)
+        {
+            float total = 0;
+            for (int k = 0; k < slices; k++) total += shared[k * hd + tid];
+            output[qo + tid] = total / sum;
+        }
+    }
+
+    /// <summary>Max or sum of one value per thread over the group (a tree in shared memory); every
+    /// thread gets the result, and the shared memory is free again on return.</summary>
+    private static float GroupReduce(ArrayView<float> shared, int tid, int size, float value, bool isMax)
+    {
+        shared[tid] = value;
+        Group.Barrier();
+        for (int k = size / 2; k > 0; k >>= 1)
+        {
+            if (tid < k) shared[tid] = isMax ? XMath.Max(shared[tid], shared[tid + k]) : shared[tid] + shared[tid + k];
+            Group.Barrier();
+        }
+        float result = shared[0];
+        Group.Barrier();
+        return result;
+    }
 
     /// <summary>One thread per (t, h, d): out[row, h, d] = sum_j p[j] * v[g, j, d].</summary>
     public static void Output(Index1D idx, ArrayView<float> scores, ArrayView<float> values, ArrayView<int> lengths, ArrayView<float> output, AttentionShape s)

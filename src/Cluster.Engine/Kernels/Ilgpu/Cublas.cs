@@ -14,6 +14,7 @@ internal sealed unsafe class Cublas : IDisposable
     private const int OpN = 0, OpT = 1;
     private const int RealF32 = 0, RealBf16 = 14;
     private const int ComputeF32 = 68;        // CUBLAS_COMPUTE_32F: no TF32, exact fp32 products
+    private const int ComputeF32FastTf32 = 77; // CUBLAS_COMPUTE_32F_FAST_TF32: tensor cores, 10-bit mantissa inputs
     private const int GemmDefault = -1;       // CUBLAS_GEMM_DEFAULT
 
     private readonly delegate* unmanaged<nint, void> _destroy;
@@ -84,13 +85,15 @@ internal sealed unsafe class Cublas : IDisposable
     /// fp32 strided-batched product in cuBLAS's own column-major terms: for i &lt; batch,
     /// C_i[m, n] = op(A_i)[m, k] · op(B_i)[k, n], X_i = X + i * strideX (elements; 0 = shared).
     /// Attention uses it per KV-head group: scores = K·q and output = V·p in column-major views.
+    /// C is scaled by <paramref name="alpha"/>; <paramref name="tf32"/> lets cuBLAS round the inputs
+    /// to TF32 for the tensor cores (accumulation stays fp32).
     /// </summary>
     public void GemmStridedBatched(bool transA, bool transB, int m, int n, int k,
-        nint a, int lda, long strideA, nint b, int ldb, long strideB, nint c, int ldc, long strideC, int batch)
+        nint a, int lda, long strideA, nint b, int ldb, long strideB, nint c, int ldc, long strideC, int batch, float alpha = 1f, bool tf32 = false)
     {
-        float alpha = 1f, beta = 0f;
+        float beta = 0f;
         int status = _gemmBatched(_handle, transA ? OpT : OpN, transB ? OpT : OpN, m, n, k, &alpha, a, RealF32, lda, strideA,
-            b, RealF32, ldb, strideB, &beta, c, RealF32, ldc, strideC, batch, ComputeF32, GemmDefault);
+            b, RealF32, ldb, strideB, &beta, c, RealF32, ldc, strideC, batch, tf32 ? ComputeF32FastTf32 : ComputeF32, GemmDefault);
         if (status != 0) throw new InvalidOperationException($"cublasGemmStridedBatchedEx({m}x{n}x{k}, batch {batch}) failed with {StatusName(status)}");
     }
 

@@ -141,10 +141,17 @@ public sealed partial class IlgpuBackend
             var lengths = uniform >= 0 ? _lengths.Get(1) : _lengths.Upload(cache.Lengths);
             var s = new AttentionShape(heads, headDim, heads / cache.KvHeads, seg.Tokens, seg.RowOffset, cache.Capacity, stride, uniform, scale);
             int rows = seg.Tokens * heads;
-            var scores = _scores.Get((long)rows * stride);
             if (_cublas is not null && CublasAttention && seg.Tokens >= CublasAttentionMinTokens)
             {
-                CublasAttentionSegment(qv, ov, Dev(cache.K), Dev(cache.V), scores, lengths, s);
+                CublasAttentionSegment(qv, ov, Dev(cache.K), Dev(cache.V), lengths, s);
+                continue;
+            }
+            var scores = _scores.Get((long)rows * stride);
+            if (GroupedKernels && _attentionGroup >= headDim)
+            {
+                // Decode steps and short chunks: one launch, one group per (token, head) row.
+                _k.FusedAttention(new KernelConfig(rows, _attentionGroup, SharedMemoryConfig.RequestDynamic<float>(_attentionGroup)),
+                    qv, Dev(cache.K).F32, Dev(cache.V).F32, lengths, scores, ov, s);
                 continue;
             }
             _k.Scores(checked(rows * stride), qv, Dev(cache.K).F32, lengths, scores, s);
@@ -162,32 +169,62 @@ public sealed partial class IlgpuBackend
     /// <summary>Fewest tokens in a segment for the cuBLAS attention path.</summary>
     public const int CublasAttentionMinTokens = 16;
 
+    /// <summary>Query rows per block of the cuBLAS attention path (LLMCLUSTER_ATTENTION_QUERY_BLOCK
+    /// overrides it, so the GPU check can exercise the blocking on a short prompt). Under the causal
+    /// mask, block i of queries sees only the keys up to its last row, so blocking skips most of the
+    /// masked upper triangle and bounds the scores scratch to [block, heads, visible].</summary>
+    public int CublasAttentionQueryBlock { get; set; } =
+        int.TryParse(Environment.GetEnvironmentVariable("LLMCLUSTER_ATTENTION_QUERY_BLOCK"), out var b) && b > 0 ? b : 512;
+
     /// <summary>
-    /// One segment's attention as fp32 strided-batched products, one call pair per KV head (its group
-    /// of query heads is the batch, sharing that head's K and V): scores = q·k^T, the kernels' softmax
-    /// (which zeroes columns past each row's causal limit), then output = p·V over all Stride columns.
-    /// Row-major X[r, c] is column-major X^T, so scores^T [L, T] = K [L, hd] · q^T and
-    /// output^T [hd, T] = V^T · p^T, both with no copies.
+    /// One segment's attention as strided-batched products, one call pair per KV head and block of
+    /// query rows (the head's group of query heads is the batch, sharing its K and V): scores = q·k^T
+    /// scaled in the product, the kernels' softmax (which zeroes columns past each row's causal limit),
+    /// then output = p·V. Row-major X[r, c] is column-major X^T, so scores^T [L, T] = K [L, hd] · q^T
+    /// and output^T [hd, T] = V^T · p^T, both with no copies. When the model's products are bf16 the
+    /// attention products use TF32 tensor cores; an all-fp32 model keeps exact fp32.
     /// </summary>
-    private void CublasAttentionSegment(ArrayView<float> q, ArrayView<float> o, IlgpuTensor k, IlgpuTensor v, ArrayView<float> scores,
+    private void CublasAttentionSegment(ArrayView<float> q, ArrayView<float> o, IlgpuTensor k, IlgpuTensor v,
+        ArrayView<int> lengths, AttentionShape whole)
+    {
+        // Blocks need one visible length per row for every head: with uneven heads (after a policy's
+        // per-head eviction) the whole segment is one block.
+        int block = whole.UniformLength >= 0 ? CublasAttentionQueryBlock : whole.Tokens;
+        for (int t0 = 0; t0 < whole.Tokens; t0 += block)
+        {
+            int rowsInBlock = Math.Min(block, whole.Tokens - t0);
+            var s = whole;
+            if (whole.UniformLength >= 0)
+            {
+                // The block's last row sees `visible` keys: shape it as a segment of its own whose cache ends there.
+                int visible = whole.UniformLength - (whole.Tokens - t0 - rowsInBlock);
+                s = whole with { Tokens = rowsInBlock, RowOffset = whole.RowOffset + t0, Stride = visible, UniformLength = visible };
+            }
+            CublasAttentionBlock(q, o, k, v, lengths, s);
+        }
+    }
+
+    private void CublasAttentionBlock(ArrayView<float> q, ArrayView<float> o, IlgpuTensor k, IlgpuTensor v,
         ArrayView<int> lengths, AttentionShape s)
     {
         int T = s.Tokens, hd = s.HeadDim, L = s.Stride, group = s.Group, kvHeads = s.Heads / group;
+        int rows = T * s.Heads;
+        var scores = _scores.Get((long)rows * L);
         long qRow = (long)s.Heads * hd;                   // floats between one token's queries and the next's
         long sRow = (long)s.Heads * L;                    // floats between one token's score rows
         nint qBase = q.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
         nint oBase = o.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
         nint sBase = scores.LoadEffectiveAddressAsPtr();
+        bool tf32 = _reducedPrecisionProducts;
         for (int g = 0; g < kvHeads; g++)
         {
             int h0 = g * group;
             nint kg = k.Address((long)g * s.Capacity * hd);
-            // scores_h^T [L, T] = K_g [L, hd] (column-major [hd, L], transposed) · q_h^T [hd, T] (ld = heads*hd).
+            // scores_h^T [L, T] = scale · K_g [L, hd] (column-major [hd, L], transposed) · q_h^T [hd, T] (ld = heads*hd).
             _cublas!.GemmStridedBatched(true, false, L, T, hd,
-                kg, hd, 0, qBase + h0 * hd * sizeof(float), (int)qRow, hd, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, group);
+                kg, hd, 0, qBase + h0 * hd * sizeof(float), (int)qRow, hd, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, group,
+                alpha: s.Scale, tf32: tf32);
         }
-        int rows = T * s.Heads;
-        _k.Scale(checked(rows * L), scores.SubView(0, (long)rows * L), s.Scale);
         if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
         else _k.SoftmaxRow(rows, lengths, scores, s);
         for (int g = 0; g < kvHeads; g++)
@@ -196,7 +233,8 @@ public sealed partial class IlgpuBackend
             nint vg = v.Address((long)g * s.Capacity * hd);
             // output_h^T [hd, T] = V_g^T [hd, L] (column-major view of row-major V, ld hd) · p_h^T [L, T] (ld = heads*L).
             _cublas!.GemmStridedBatched(false, false, hd, T, L,
-                vg, hd, 0, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, oBase + h0 * hd * sizeof(float), (int)qRow, hd, group);
+                vg, hd, 0, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, oBase + h0 * hd * sizeof(float), (int)qRow, hd, group,
+                tf32: tf32);
         }
     }
 

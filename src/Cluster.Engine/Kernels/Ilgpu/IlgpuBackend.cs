@@ -24,7 +24,7 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
     private readonly Context _context;
     private readonly Accelerator _accelerator;
     private readonly Cublas? _cublas;
-    private readonly int _tile, _reduce;
+    private readonly int _tile, _reduce, _attentionGroup;
     private readonly Kernels _k;
     private readonly DeviceScratch<int> _ints;
     private readonly DeviceScratch<ushort> _xBf16;
@@ -43,6 +43,8 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
         int maxGroup = Math.Min(256, _accelerator.MaxNumThreadsPerGroup);
         _reduce = 1 << (31 - int.LeadingZeroCount(maxGroup));
         _tile = Math.Min(16, 1 << ((31 - int.LeadingZeroCount(maxGroup)) / 2));
+        // Fused attention spreads a decode row's keys over as many threads as a group may have.
+        _attentionGroup = 1 << (31 - int.LeadingZeroCount(Math.Min(1024, _accelerator.MaxNumThreadsPerGroup)));
         try
         {
             _k = new Kernels(_accelerator);
@@ -85,6 +87,11 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
     /// check both kinds there.</summary>
     public bool GroupedKernels { get; set; }
 
+    /// <summary>Whether any weight matrix went to the device in bf16: then the model's products already
+    /// round their inputs, and attention's cuBLAS products may use TF32 tensor cores too. A model whose
+    /// matrices all stayed fp32 keeps exact fp32 attention.</summary>
+    private bool _reducedPrecisionProducts;
+
     public string Name =>
         $"{Device} ({_accelerator.Name}, {(Precision == WeightPrecision.BFloat16 ? "bf16" : "fp32")} weights, " +
         (_cublas is not null ? $"cuBLAS {Path.GetFileName(_cublas.LibraryPath)}" : $"ILGPU GEMM{(Device.Kind == DeviceKind.Cuda ? $": {CublasNote}" : "")}") + ")";
@@ -100,6 +107,7 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
         Enter();
         bool bf16 = Precision == WeightPrecision.BFloat16 && source.Elements > SmallTensor;
         var t = bf16 ? IlgpuTensor.AllocateBf16(_accelerator, source.Elements) : IlgpuTensor.AllocateF32(_accelerator, source.Elements);
+        _reducedPrecisionProducts |= bf16;
         WeightUpload.Copy(source, t);
         return t;
     }
@@ -243,8 +251,8 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Scores);
         public readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, AttentionShape> Softmax =
             a.LoadStreamKernel<ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Softmax);
-        public readonly Action<Index1D, ArrayView<float>, float> Scale =
-            a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, float>(AttentionKernels.Scale);
+        public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape> FusedAttention =
+            a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Fused);
         public readonly Action<Index1D, ArrayView<int>, ArrayView<float>, AttentionShape> SoftmaxRow =
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.SoftmaxRow);
         public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape> Output =
