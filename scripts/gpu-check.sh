@@ -165,6 +165,8 @@ if (( gpu && !dry )); then
   # cuBLAS attention in blocks of 16 query rows: the 64-token prompt takes 4 causal blocks.
   run check-stories260K-fp32-query-blocks 90 env LLMCLUSTER_ATTENTION_QUERY_BLOCK=16 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
   run check-stories260K-fp32-kernel-attention 90 env LLMCLUSTER_CUBLAS_ATTENTION=0 llmctl device-check --model "$s260" --device "$device" --precision fp32 --tokens "$check_tokens" --generate "$check_generate" --tolerance 1e-3 --json
+  # Where the device time of a long prefill goes (each operation synchronized: slower, for reading only).
+  run profile-prefill-${prefill[1]} 60 env LLMCLUSTER_DEVICE_PROFILE=1 llmctl bench --model "$model" --device "$device" --prompt-tokens "${prefill[1]}" --decode-tokens 2 --batch 1 --chunk "${prefill[1]}" --json
 fi
 
 python3 scripts/gpu_summary.py "$out" "$device" > "$out/summary.md" 2>> "$log"

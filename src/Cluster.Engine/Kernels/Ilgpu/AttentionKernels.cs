@@ -89,6 +89,19 @@ internal static class AttentionKernels
         for (int j = n; j < s.Stride; j++) scores[row + j] = 0f;
     }
 
+    /// <summary>One thread per (h, j, d) for j &lt; Stride: kx[h, j, d] = keys[h / Group, j, d], and the same
+    /// for values, zero past the kv head's length: every query head gets its own copy of its group's
+    /// K and V so that one strided-batched product covers all heads.</summary>
+    public static void ExpandKv(Index1D idx, ArrayView<float> keys, ArrayView<float> values, ArrayView<int> lengths,
+        ArrayView<float> kx, ArrayView<float> vx, AttentionShape s)
+    {
+        int d = idx % s.HeadDim, hj = idx / s.HeadDim, j = hj % s.Stride, h = hj / s.Stride, g = h / s.Group;
+        bool live = j < (s.UniformLength >= 0 ? s.UniformLength : lengths[g]);
+        long src = ((long)g * s.Capacity + j) * s.HeadDim + d;
+        kx[idx] = live ? keys[src] : 0f;
+        vx[idx] = live ? values[src] : 0f;
+    }
+
     /// <summary>
     /// The three passes in one launch for short segments (decode steps): one group per (t, h) row,
     /// a power-of-two group of at least HeadDim threads and as many floats of dynamic shared memory.

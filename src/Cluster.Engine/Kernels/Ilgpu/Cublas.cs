@@ -20,6 +20,7 @@ internal sealed unsafe class Cublas : IDisposable
     private readonly delegate* unmanaged<nint, void> _destroy;
     private readonly delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, nint, int, int, void*, nint, int, int, int, int, int> _gemmEx;
     private readonly delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, long, nint, int, int, long, void*, nint, int, int, long, int, int, int, int> _gemmBatched;
+    private readonly delegate* unmanaged<nint, nint, nuint, int> _setWorkspace;
     private nint _handle;
 
     private Cublas(nint library, nint handle)
@@ -27,6 +28,8 @@ internal sealed unsafe class Cublas : IDisposable
         _gemmBatched = (delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, long, nint, int, int, long, void*, nint, int, int, long, int, int, int, int>)
             NativeLibrary.GetExport(library, "cublasGemmStridedBatchedEx");
         _handle = handle;
+        _setWorkspace = NativeLibrary.TryGetExport(library, "cublasSetWorkspace_v2", out var setWorkspace)
+            ? (delegate* unmanaged<nint, nint, nuint, int>)setWorkspace : null;
         _destroy = (delegate* unmanaged<nint, void>)NativeLibrary.GetExport(library, "cublasDestroy_v2");
         _gemmEx = (delegate* unmanaged<nint, int, int, int, int, int, void*, nint, int, int, nint, int, int, void*, nint, int, int, int, int, int>)
             NativeLibrary.GetExport(library, "cublasGemmEx");
@@ -95,6 +98,17 @@ internal sealed unsafe class Cublas : IDisposable
         int status = _gemmBatched(_handle, transA ? OpT : OpN, transB ? OpT : OpN, m, n, k, &alpha, a, RealF32, lda, strideA,
             b, RealF32, ldb, strideB, &beta, c, RealF32, ldc, strideC, batch, tf32 ? ComputeF32FastTf32 : ComputeF32, GemmDefault);
         if (status != 0) throw new InvalidOperationException($"cublasGemmStridedBatchedEx({m}x{n}x{k}, batch {batch}) failed with {StatusName(status)}");
+    }
+
+    /// <summary>Gives cuBLAS a workspace of its own (device memory the caller keeps alive): without one,
+    /// a handle on a user stream may not use the split-K and stream-K kernels that mid-sized products
+    /// need (PyTorch gives Hopper 32 MiB). False when the library has no cublasSetWorkspace.</summary>
+    public bool SetWorkspace(nint workspace, long bytes)
+    {
+        if (_setWorkspace == null) return false;
+        int status = _setWorkspace(_handle, workspace, (nuint)bytes);
+        if (status != 0) throw new InvalidOperationException($"cublasSetWorkspace({bytes} bytes) failed with {StatusName(status)}");
+        return true;
     }
 
     public static string StatusName(int status) => status switch

@@ -11,7 +11,7 @@ namespace Cluster.Engine.Kernels.Ilgpu;
 /// case, else a small upload).</summary>
 public sealed partial class IlgpuBackend
 {
-    private DeviceScratch<float> _cos = null!, _sin = null!, _copy = null!, _scores = null!, _gatherK = null!, _gatherV = null!;
+    private DeviceScratch<float> _cos = null!, _sin = null!, _copy = null!, _scores = null!, _gatherK = null!, _gatherV = null!, _expandK = null!, _expandV = null!;
     private DeviceScratch<double> _cosD = null!, _sinD = null!;
     private DeviceScratch<int> _lengths = null!, _keep = null!;
     private int[] _ropePositions = [];
@@ -20,17 +20,18 @@ public sealed partial class IlgpuBackend
     private void InitKvScratch()
     {
         (_cos, _sin, _copy, _scores, _gatherK, _gatherV) = (new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator));
+        (_expandK, _expandV) = (new(_accelerator), new(_accelerator));
         (_cosD, _sinD, _lengths, _keep) = (new(_accelerator), new(_accelerator), new(_accelerator), new(_accelerator));
     }
 
     private void DisposeKvScratch()
     {
-        foreach (var s in new IDisposable[] { _cos, _sin, _copy, _scores, _gatherK, _gatherV, _cosD, _sinD, _lengths, _keep }) s.Dispose();
+        foreach (var s in new IDisposable[] { _cos, _sin, _copy, _scores, _gatherK, _gatherV, _expandK, _expandV, _cosD, _sinD, _lengths, _keep }) s.Dispose();
     }
 
     public void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope)
     {
-        Enter();
+        using var scope = Enter("rope");
         int T = positions.Length, half = rope.HeadDim / 2;
         if (T == 0) return;
         // Every layer of a forward pass rotates by the same positions: upload the angles once per pass.
@@ -65,7 +66,7 @@ public sealed partial class IlgpuBackend
 
     public void AppendKv(Tensor k, Tensor v, int rowOffset, ReadOnlySpan<int> positions, KvCacheLayer layer)
     {
-        Enter();
+        using var scope = Enter("append kv");
         int hd = layer.HeadDim, kvh = layer.KvHeads, T = positions.Length;
         for (int h = 0; h < kvh; h++)
             if (layer.Lengths[h] + T > layer.Capacity)
@@ -86,7 +87,7 @@ public sealed partial class IlgpuBackend
 
     public void CompactKv(KvCacheLayer layer, int head, ReadOnlySpan<int> keep)
     {
-        Enter();
+        using var scope = Enter("compact kv");
         int hd = layer.HeadDim, n = layer.Lengths[head];
         bool moves = false;
         for (int i = 0; i < keep.Length; i++)
@@ -111,7 +112,7 @@ public sealed partial class IlgpuBackend
 
     public void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope)
     {
-        Enter();
+        using var scope = Enter("rotate keys");
         int half = layer.HeadDim / 2, n = deltas.Length;
         bool any = false;
         foreach (var d in deltas) any |= d != 0;
@@ -130,7 +131,7 @@ public sealed partial class IlgpuBackend
 
     public void Attention(Tensor q, Tensor output, ReadOnlySpan<AttentionSegment> segments, int heads, int headDim)
     {
-        Enter();
+        using var scope = Enter("attention");
         float scale = 1f / MathF.Sqrt(headDim);
         ArrayView<float> qv = Dev(q).F32, ov = Dev(output).F32;
         foreach (var seg in segments)
@@ -177,16 +178,22 @@ public sealed partial class IlgpuBackend
         int.TryParse(Environment.GetEnvironmentVariable("LLMCLUSTER_ATTENTION_QUERY_BLOCK"), out var b) && b > 0 ? b : 512;
 
     /// <summary>
-    /// One segment's attention as strided-batched products, one call pair per KV head and block of
-    /// query rows (the head's group of query heads is the batch, sharing its K and V): scores = q·k^T
-    /// scaled in the product, the kernels' softmax (which zeroes columns past each row's causal limit),
-    /// then output = p·V. Row-major X[r, c] is column-major X^T, so scores^T [L, T] = K [L, hd] · q^T
+    /// One segment's attention as two strided-batched products per block of query rows, batched over
+    /// every query head: scores = q·k^T scaled in the product, the kernels' softmax (which zeroes
+    /// columns past each row's causal limit), then output = p·V. Each query head first gets its own
+    /// copy of its group's K and V ([heads, Stride, hd], zero past a head's length): a few MB that buy
+    /// one library call per product instead of one per KV head, whose batch of group-size heads left
+    /// most of the GPU idle. Row-major X[r, c] is column-major X^T, so scores^T [L, T] = K [L, hd] · q^T
     /// and output^T [hd, T] = V^T · p^T, both with no copies. When the model's products are bf16 the
     /// attention products use TF32 tensor cores; an all-fp32 model keeps exact fp32.
     /// </summary>
     private void CublasAttentionSegment(ArrayView<float> q, ArrayView<float> o, IlgpuTensor k, IlgpuTensor v,
         ArrayView<int> lengths, AttentionShape whole)
     {
+        long expanded = (long)whole.Heads * whole.Stride * whole.HeadDim;
+        ArrayView<float> kx = _expandK.Get(expanded), vx = _expandV.Get(expanded);
+        using (Profile("attention expand kv"))
+            _k.ExpandKv(checked((int)expanded), k.F32, v.F32, lengths, kx, vx, whole);
         // Blocks need one visible length per row for every head: with uneven heads (after a policy's
         // per-head eviction) the whole segment is one block.
         int block = whole.UniformLength >= 0 ? CublasAttentionQueryBlock : whole.Tokens;
@@ -200,42 +207,36 @@ public sealed partial class IlgpuBackend
                 int visible = whole.UniformLength - (whole.Tokens - t0 - rowsInBlock);
                 s = whole with { Tokens = rowsInBlock, RowOffset = whole.RowOffset + t0, Stride = visible, UniformLength = visible };
             }
-            CublasAttentionBlock(q, o, k, v, lengths, s);
+            CublasAttentionBlock(q, o, kx, vx, (long)whole.Stride * whole.HeadDim, lengths, s);
         }
     }
 
-    private void CublasAttentionBlock(ArrayView<float> q, ArrayView<float> o, IlgpuTensor k, IlgpuTensor v,
+    /// <param name="kx">Per-query-head keys [heads, headStride / HeadDim, HeadDim]; <paramref name="vx"/> the same for values.</param>
+    private void CublasAttentionBlock(ArrayView<float> q, ArrayView<float> o, ArrayView<float> kx, ArrayView<float> vx, long headStride,
         ArrayView<int> lengths, AttentionShape s)
     {
-        int T = s.Tokens, hd = s.HeadDim, L = s.Stride, group = s.Group, kvHeads = s.Heads / group;
-        int rows = T * s.Heads;
+        int T = s.Tokens, hd = s.HeadDim, L = s.Stride, heads = s.Heads;
+        int rows = T * heads;
         var scores = _scores.Get((long)rows * L);
-        long qRow = (long)s.Heads * hd;                   // floats between one token's queries and the next's
-        long sRow = (long)s.Heads * L;                    // floats between one token's score rows
+        int qRow = heads * hd;                            // floats between one token's queries and the next's
+        int sRow = heads * L;                             // floats between one token's score rows
         nint qBase = q.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
         nint oBase = o.SubView((long)s.RowOffset * qRow).LoadEffectiveAddressAsPtr();
         nint sBase = scores.LoadEffectiveAddressAsPtr();
+        nint kBase = kx.LoadEffectiveAddressAsPtr(), vBase = vx.LoadEffectiveAddressAsPtr();
         bool tf32 = _reducedPrecisionProducts;
-        for (int g = 0; g < kvHeads; g++)
-        {
-            int h0 = g * group;
-            nint kg = k.Address((long)g * s.Capacity * hd);
-            // scores_h^T [L, T] = scale · K_g [L, hd] (column-major [hd, L], transposed) · q_h^T [hd, T] (ld = heads*hd).
-            _cublas!.GemmStridedBatched(true, false, L, T, hd,
-                kg, hd, 0, qBase + h0 * hd * sizeof(float), (int)qRow, hd, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, group,
+        // scores_h^T [L, T] = scale · K_h [L, hd] (column-major [hd, L], transposed) · q_h^T [hd, T] (ld = heads*hd).
+        using (Profile("attention q·k (cublas)"))
+            _cublas!.GemmStridedBatched(true, false, L, T, hd, kBase, hd, headStride, qBase, qRow, hd, sBase, sRow, L, heads,
                 alpha: s.Scale, tf32: tf32);
-        }
-        if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
-        else _k.SoftmaxRow(rows, lengths, scores, s);
-        for (int g = 0; g < kvHeads; g++)
+        using (Profile("attention softmax"))
         {
-            int h0 = g * group;
-            nint vg = v.Address((long)g * s.Capacity * hd);
-            // output_h^T [hd, T] = V_g^T [hd, L] (column-major view of row-major V, ld hd) · p_h^T [L, T] (ld = heads*L).
-            _cublas!.GemmStridedBatched(false, false, hd, T, L,
-                vg, hd, 0, sBase + (nint)(h0 * (long)L * sizeof(float)), (int)sRow, L, oBase + h0 * hd * sizeof(float), (int)qRow, hd, group,
-                tf32: tf32);
+            if (GroupedKernels) _k.Softmax(new KernelConfig(rows, _reduce, SharedMemoryConfig.RequestDynamic<float>(_reduce)), lengths, scores, s);
+            else _k.SoftmaxRow(rows, lengths, scores, s);
         }
+        // output_h^T [hd, T] = V_h^T [hd, L] (column-major view of row-major V, ld hd) · p_h^T [L, T] (ld = heads*L).
+        using (Profile("attention p·v (cublas)"))
+            _cublas!.GemmStridedBatched(false, false, hd, T, L, vBase, hd, headStride, sBase, sRow, L, oBase, qRow, hd, heads, tf32: tf32);
     }
 
     /// <summary>The common length of every head, or -1 when they differ.</summary>

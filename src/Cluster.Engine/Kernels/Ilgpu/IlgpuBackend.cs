@@ -28,6 +28,8 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
     private readonly Kernels _k;
     private readonly DeviceScratch<int> _ints;
     private readonly DeviceScratch<ushort> _xBf16;
+    private readonly MemoryBuffer1D<byte, Stride1D.Dense>? _cublasWorkspace;
+    private const long CublasWorkspaceBytes = 32L << 20;
 
     /// <param name="device">cuda[:N] or ilgpu-cpu.</param>
     /// <param name="precision">How weight matrices are stored on the device.</param>
@@ -60,6 +62,7 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
         _ints = new DeviceScratch<int>(_accelerator);
         _xBf16 = new DeviceScratch<ushort>(_accelerator);
         InitKvScratch();
+        if (DeviceProfile.Enabled) _profile = new DeviceProfile(_accelerator);
         GroupedKernels = _accelerator.AcceleratorType != AcceleratorType.CPU;
         if (_accelerator is CudaAccelerator cuda)
         {
@@ -68,6 +71,11 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
                 _accelerator.Bind();
                 _cublas = Cublas.TryCreate(((CudaStream)cuda.DefaultStream).StreamPtr, out var reason);
                 CublasNote = _cublas is null ? reason : null;
+                if (_cublas is not null)
+                {
+                    _cublasWorkspace = _accelerator.Allocate1D<byte>(CublasWorkspaceBytes);
+                    _cublas.SetWorkspace(_cublasWorkspace.View.AsContiguous().LoadEffectiveAddressAsPtr(), CublasWorkspaceBytes);
+                }
             }
         }
         else CublasNote = "not a CUDA device";
@@ -114,19 +122,19 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
 
     public void CopyFromHost(ReadOnlySpan<float> source, Tensor destination, long offset = 0)
     {
-        Enter();
+        using var scope = Enter("copy to device");
         if (!source.IsEmpty) Dev(destination).F32.SubView(offset, source.Length).CopyFromCPU(source);
     }
 
     public void CopyToHost(Tensor source, long offset, Span<float> destination)
     {
-        Enter();
+        using var scope = Enter("copy to host");
         if (!destination.IsEmpty) Dev(source).F32.SubView(offset, destination.Length).CopyToCPU(destination);
     }
 
     public void Embed(Tensor table, ReadOnlySpan<int> tokens, int dim, Tensor x)
     {
-        Enter();
+        using var scope = Enter("embed");
         var t = Dev(table);
         var vocab = t.Length / dim;
         foreach (var id in tokens)
@@ -139,7 +147,7 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
 
     public void RmsNorm(Tensor x, Tensor weight, Tensor y, int rows, int dim, float eps)
     {
-        Enter();
+        using var scope = Enter("rmsnorm");
         if (rows == 0) return;
         if (!GroupedKernels)
         {
@@ -151,7 +159,8 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
 
     public void MatMul(Tensor x, Tensor w, Tensor y, int rows, int inDim, int outDim, int xRowOffset = 0)
     {
-        Enter();
+        Enter(); // not Enter(string): that would forget the bf16 copy of x that this call may reuse
+        using var scope = Profile(_profile is null ? "" : $"matmul {(Dev(w).IsBf16 ? "bf16" : "fp32")} n={outDim} k={inDim}");
         if (rows == 0) return;
         IlgpuTensor xt = Dev(x), wt = Dev(w), yt = Dev(y);
         long xOffset = (long)xRowOffset * inDim;
@@ -160,9 +169,17 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
             if (wt.IsBf16)
             {
                 // cuBLAS's bf16 path takes both operands in bf16: round this call's rows of x first.
-                var xb = _xBf16.Get((long)rows * inDim);
-                _k.ToBf16(rows * inDim, xt.F32.SubView(xOffset, (long)rows * inDim), xb);
+                long count = (long)rows * inDim;
+                var xb = _xBf16.Get(count);
+                // Q, K and V (and gate and up) read the same normed rows: round them once.
+                if (!ReferenceEquals(_bf16Of.Tensor, xt) || _bf16Of.Offset != xOffset || _bf16Of.Count != count)
+                {
+                    using (Profile("matmul input to bf16"))
+                        _k.ToBf16(checked((int)count), xt.F32.SubView(xOffset, count), xb);
+                    _bf16Of = (xt, xOffset, count);
+                }
                 _cublas.MatMulTransposed(xb.LoadEffectiveAddressAsPtr(), wt.Address(0), yt.Address(0), rows, inDim, outDim, bf16: true);
+                if (ReferenceEquals(yt, _bf16Of.Tensor)) _bf16Of = default;
             }
             else _cublas.MatMulTransposed(xt.Address(xOffset), wt.Address(0), yt.Address(0), rows, inDim, outDim, bf16: false);
             return;
@@ -182,13 +199,13 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
 
     public void SwiGlu(Tensor gate, Tensor up, long length)
     {
-        Enter();
+        using var scope = Enter("swiglu");
         if (length > 0) _k.SwiGlu(checked((int)length), Dev(gate).F32, Dev(up).F32);
     }
 
     public void Add(Tensor x, Tensor y, long length)
     {
-        Enter();
+        using var scope = Enter("add");
         if (length > 0) _k.Add(checked((int)length), Dev(x).F32, Dev(y).F32);
     }
 
@@ -202,11 +219,31 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
         if (_accelerator.AcceleratorType == AcceleratorType.Cuda && !ReferenceEquals(Accelerator.Current, _accelerator)) _accelerator.Bind();
     }
 
+    /// <summary><see cref="Enter()"/> for an operation that may write device memory (so the bf16 copy
+    /// of a matmul input is stale), and its device time when profiling.</summary>
+    private DeviceProfile.Scope Enter(string operation)
+    {
+        Enter();
+        _bf16Of = default;
+        return Profile(operation);
+    }
+
+    /// <summary>Which rows of which tensor the bf16 scratch holds (MatMul reuses them while nothing
+    /// but matmuls that do not write that tensor ran since).</summary>
+    private (IlgpuTensor? Tensor, long Offset, long Count) _bf16Of;
+
+    /// <summary>A part of an operation's device time (nested inside its <see cref="Enter(string)"/>).</summary>
+    private DeviceProfile.Scope Profile(string operation) => _profile is null ? default : _profile.Measure(operation);
+
+    private readonly DeviceProfile? _profile;
+
     private static IlgpuTensor Dev(Tensor t) => t as IlgpuTensor ?? throw new ArgumentException("tensor belongs to another backend");
 
     public void Dispose()
     {
+        _profile?.Report(Console.Error);
         _cublas?.Dispose();
+        _cublasWorkspace?.Dispose();
         _ints.Dispose();
         _xBf16.Dispose();
         DisposeKvScratch();
@@ -251,6 +288,8 @@ public sealed unsafe partial class IlgpuBackend : IComputeBackend
             a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Scores);
         public readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, AttentionShape> Softmax =
             a.LoadStreamKernel<ArrayView<int>, ArrayView<float>, AttentionShape>(AttentionKernels.Softmax);
+        public readonly Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape> ExpandKv =
+            a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.ExpandKv);
         public readonly Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape> FusedAttention =
             a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Fused);
         public readonly Action<Index1D, ArrayView<int>, ArrayView<float>, AttentionShape> SoftmaxRow =
