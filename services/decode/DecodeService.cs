@@ -38,7 +38,8 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
         _host = host;
         _options = options;
         _logger = logger;
-        _metrics = new DecodeMetrics(() => _batcher!.Running, KvUsage, 4 * host.Config.ParameterCount);
+        Admission = new KvAdmission((long)options.KvMemoryMb << 20, options.MaxQueue);
+        _metrics = new DecodeMetrics(() => _batcher!.Running, KvUsage, 4 * host.Config.ParameterCount, Admission);
         _batcher = new ContinuousBatcher(host.Model!, Math.Min(options.MaxBatch, host.Model!.MaxChunk),
             afterStep: (size, elapsed) =>
             {
@@ -64,6 +65,9 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
     public long KvRebuilds => Interlocked.Read(ref _kvRebuilds);
 
     private long _kvRebuilds;
+
+    /// <summary>The KV budget and its queue (tests read its peak).</summary>
+    public KvAdmission Admission { get; }
 
     /// <summary>Sequences in the batch (tests read it to see that an abort freed its sequence).</summary>
     public int Running => _batcher.Running;
@@ -96,10 +100,12 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
         if (generated.Length == 0) throw new RpcException(new Status(StatusCode.InvalidArgument, "generated_token_ids is empty: decode continues after the first token from prefill"));
 
         var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
-        var fetch = Stopwatch.StartNew();
         // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
         int history = request.HistoryTokenCount; // earlier turns of a conversation, before this turn's prompt
         if (history < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"history_token_count must be >= 0, got {history}"));
+        // Room for the whole cache before any of it is loaded; waits in line (or is refused) when full.
+        using var reservation = await Admission.AcquireAsync(ReservedBytes(request, history + prompt.Length + generated.Length, p.MaxTokens), context.CancellationToken);
+        var fetch = Stopwatch.StartNew();
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + generated.Length - 1 : 0;
         var (handle, cache, policy, spec) = await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
         _metrics.TransferSeconds.Record(fetch.Elapsed.TotalSeconds, new KeyValuePair<string, object?>("direction", "get"));
@@ -162,6 +168,18 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
             if (policy is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
         }
+    }
+
+    /// <summary>The most KV the sequence's cache can hold: the tokens it has (earlier turns, the prompt,
+    /// the output so far) plus max_tokens, or its policy's budget, whichever is smaller: at least the
+    /// capacity <see cref="KvRestore.ToCache"/> and <see cref="KvRebuild"/> give it.</summary>
+    private long ReservedBytes(DecodeRequest request, int tokensSoFar, int maxTokens)
+    {
+        var c = _host.Config;
+        var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
+        int? budget = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies).Budget;
+        long tokens = Math.Min((long)tokensSoFar + maxTokens + 1, (budget ?? c.MaxPositions) + 1L);
+        return tokens * c.Layers * c.KvHeads * c.HeadDim * 2 * sizeof(float);
     }
 
     /// <summary>

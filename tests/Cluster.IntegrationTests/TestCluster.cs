@@ -26,7 +26,7 @@ public sealed class TestCluster : IAsyncDisposable
 
     public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
 
-    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null, string[]? gatewayOptions = null)
+    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null, string[]? gatewayOptions = null, string[]? decodeOptions = null)
     {
         var c = new TestCluster();
         ServiceOptions Options(ServiceRole role, params string[] args) =>
@@ -36,7 +36,7 @@ public sealed class TestCluster : IAsyncDisposable
         var cm = c.CacheManager.GrpcAddress.ToString();
         c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, Q(["--model", model, "--cache-manager", cm])), Cluster.Prefill.PrefillService.CreateAsync, tracing: tracing);
         for (int i = 0; i < decodeWorkers; i++)
-            c.Decodes.Add(await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString()])), Cluster.Decode.DecodeService.CreateAsync, tracing: tracing));
+            c.Decodes.Add(await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString(), .. decodeOptions ?? []])), Cluster.Decode.DecodeService.CreateAsync, tracing: tracing));
         string[] gatewayArgs = Q(["--model", model, "--cache-manager", cm, "--prefill", c.Prefill.GrpcAddress.ToString(),
             "--decode", string.Join(',', c.Decodes.Select(d => d.GrpcAddress.ToString())), "--policy", policy]);
         if (redis is not null) gatewayArgs = [.. gatewayArgs, "--redis", redis];

@@ -76,6 +76,12 @@ public sealed class ServiceOptions
     [Option("--max-batch", "most sequences in one decode step", ServiceRole.Decode)]
     public int MaxBatch { get; set; } = 32;
 
+    [Option("--kv-memory", "KV memory budget in MiB for the sequences decoding together; a sequence reserves its cache's full size (tokens so far + max_tokens, or its policy's budget) before it joins", ServiceRole.Decode)]
+    public int KvMemoryMb { get; set; } = 4096;
+
+    [Option("--max-queue", "sequences that may wait for KV room; beyond it a request is refused with RESOURCE_EXHAUSTED", ServiceRole.Decode)]
+    public int MaxQueue { get; set; } = 256;
+
     [Option("--checkpoint-every", "tokens between KV checkpoints to the cache manager", ServiceRole.Decode)]
     public int CheckpointEvery { get; set; } = 64;
 

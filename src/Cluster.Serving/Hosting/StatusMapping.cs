@@ -23,6 +23,7 @@ public static class StatusMapping
             (context.Deadline <= DateTime.UtcNow ? new Status(StatusCode.DeadlineExceeded, "Deadline Exceeded") : new Status(StatusCode.Cancelled, "Call cancelled"), false),
         InvalidRequestException bad => (new Status(StatusCode.InvalidArgument, bad.Message), false),
         KvStoreFullException full => (new Status(StatusCode.ResourceExhausted, full.Message), false),
+        Engine.Scheduling.KvAdmissionRefusedException refused => (new Status(StatusCode.ResourceExhausted, refused.Message), false),
         Engine.Compression.ContextExceededException exceeded => (new Status(StatusCode.FailedPrecondition, exceeded.Message), false),
         _ when IsUnreachable(e) => (new Status(StatusCode.Unavailable, e.Message), false),
         _ => (new Status(StatusCode.Internal, $"internal error ({e.GetType().Name}); the server log has the details"), true),
