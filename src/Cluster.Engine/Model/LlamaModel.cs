@@ -84,14 +84,22 @@ public sealed class LlamaModel : IDisposable
         if (batch > MaxChunk) throw new ArgumentException($"a batch of {batch} exceeds the model's {MaxChunk} rows per pass", nameof(tokens));
         if (logits.Length < (long)batch * Config.VocabSize) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {(long)batch * Config.VocabSize}", nameof(logits));
         if (caches.Distinct().Count() != batch) throw new ArgumentException("a sequence appears twice in one batch", nameof(caches));
-        foreach (var cache in caches)
-        {
-            if (cache.Policy is null) cache.Reserve(1);
-            MakeRoom(cache, 1);
-        }
+        foreach (var cache in caches) PrepareForTokens(cache, 1);
         var ones = new int[batch];
         Array.Fill(ones, 1);
         RunSegments(tokens, caches, ones, logits[..(batch * Config.VocabSize)], allRows: true);
+    }
+
+    /// <summary>
+    /// Makes room in <paramref name="cache"/> for <paramref name="incoming"/> tokens (the policy evicts,
+    /// the cache grows): the per-sequence part of a forward pass, which can fail for one sequence alone
+    /// (a policy or cache that cannot take the tokens). Idempotent until the tokens run, so a batch can
+    /// prepare each sequence first, drop the ones that fail, and run the rest.
+    /// </summary>
+    public void PrepareForTokens(SequenceKvCache cache, int incoming)
+    {
+        if (cache.Policy is null) cache.Reserve(incoming);
+        MakeRoom(cache, incoming);
     }
 
     /// <summary>A policy evicts before new tokens arrive so that the cache stays within its budget.</summary>

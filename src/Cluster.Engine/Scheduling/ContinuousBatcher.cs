@@ -126,6 +126,22 @@ public sealed class ContinuousBatcher : IDisposable
             _running.RemoveRange(0, n);
             _running.AddRange(batch);
         }
+        // The per-sequence part first: one sequence that cannot take its token (its policy or cache
+        // refuses) ends alone, with its reason, and the others run.
+        for (int i = batch.Count - 1; i >= 0; i--)
+        {
+            var e = batch[i];
+            try
+            {
+                _model.PrepareForTokens(e.Sequence.Cache, 1);
+            }
+            catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
+            {
+                batch.RemoveAt(i);
+                Drop(e, ex);
+            }
+        }
+        if (batch.Count == 0) return;
         var tokens = batch.Select(e => e.Sequence.Pending!.Value).ToArray();
         var sw = Stopwatch.StartNew();
         try
@@ -134,14 +150,9 @@ public sealed class ContinuousBatcher : IDisposable
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
         {
-            // One bad sequence (e.g. past the context) must not take the batch down: fail them all
-            // with the reason rather than guess which one it was.
-            foreach (var e in batch)
-            {
-                _running.Remove(e);
-                Interlocked.Decrement(ref _runningCount);
-                Fail(e, ex);
-            }
+            // Past the per-sequence checks, a failure belongs to the pass itself: every sequence in it
+            // has a half-written cache, so all of them end with the reason.
+            foreach (var e in batch) Drop(e, ex);
             return;
         }
         var elapsed = sw.Elapsed;
@@ -168,6 +179,14 @@ public sealed class ContinuousBatcher : IDisposable
         e.Output.Writer.TryComplete();
         e.Sequence.Dispose();
         return true;
+    }
+
+    /// <summary>Takes a running sequence out of the batch and fails it.</summary>
+    private void Drop(Entry e, Exception ex)
+    {
+        _running.Remove(e);
+        Interlocked.Decrement(ref _runningCount);
+        Fail(e, ex);
     }
 
     private void Remove(int index)

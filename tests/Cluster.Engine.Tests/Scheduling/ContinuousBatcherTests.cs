@@ -73,4 +73,47 @@ public sealed class ContinuousBatcherTests
         // Chunks produced after the cancel: at most the step already under way.
         Assert.InRange(Volatile.Read(ref steps) - stepsAtCancel, 0, 1);
     }
+
+    [SharedDataFact]
+    public async Task A_sequence_that_fails_ends_alone_and_the_others_keep_their_tokens()
+    {
+        using var model = TestModels.Load(TestModels.Stories260K);
+        var tok = TestModels.Stories260KTokenizer();
+        string[] prompts = ["Once upon a time", "The dog", "One day"];
+        var ps = prompts.Select((_, i) => new SamplingParameters { Temperature = 0.8f, Seed = 7 + i, MaxTokens = 30, IgnoreEos = true }).ToArray();
+        var expected = prompts.Select((text, i) => GenerationOutput.Collect(new TextGenerator(model, tok).Generate(tok.Encode(text, true), ps[i])).Single()).ToList();
+
+        var prefilled = prompts.Select((text, i) => Prefill(model, tok, tok.Encode(text, true), ps[i])).ToList();
+        // The middle sequence's policy refuses its 8th token (prefill, the fed token, then 6 steps).
+        var failing = new FailingPolicy(failOnCall: 8);
+        prefilled[1].Seq.Cache.Policy = failing;
+        using var batcher = new ContinuousBatcher(model, maxBatch: 3);
+        var streams = prefilled.Select(x => Drain(batcher.Add(x.Seq, [x.First.TokenId!.Value], CancellationToken.None))).ToList();
+
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => streams[1].WaitAsync(TimeSpan.FromMinutes(1)));
+        Assert.Contains("refuses", error.Message);
+        foreach (int i in new[] { 0, 2 })
+        {
+            var all = new List<GenerationChunk> { prefilled[i].First };
+            all.AddRange(await streams[i].WaitAsync(TimeSpan.FromMinutes(1)));
+            Assert.Equal(expected[i].Ids, GenerationOutput.Collect(all).Single().Ids);
+        }
+        Assert.Equal(0, batcher.Running);
+    }
+
+    /// <summary>A dense "policy" that throws on its n-th BeforeAppend: a sequence that cannot take its token.</summary>
+    private sealed class FailingPolicy(int failOnCall) : Cluster.Engine.Compression.KvCompressionPolicy
+    {
+        private int _calls;
+
+        public override int? Budget => null;
+        public override string Name => "failing";
+
+        public override void BeforeAppend(LlamaModel model, Cluster.Engine.KvCache.SequenceKvCache cache, int incoming)
+        {
+            if (++_calls >= failOnCall) throw new InvalidOperationException($"this sequence's policy refuses token {_calls}");
+        }
+
+        protected override void Score(in Cluster.Engine.Compression.SlotView view, Span<float> scores) { }
+    }
 }
