@@ -76,7 +76,8 @@ public sealed class LlamaModel : IDisposable
     /// for the whole batch, so weights are read from memory once per step instead of once per
     /// sequence; attention runs per sequence over its own cache (continuous batching, Yu et al. 2022).
     /// </summary>
-    public void ForwardBatch(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceKvCache> caches, Span<float> logits)
+    /// <param name="prepared">The caller has run <see cref="PrepareForTokens"/> on every cache for this step.</param>
+    public void ForwardBatch(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceKvCache> caches, Span<float> logits, bool prepared = false)
     {
         int batch = tokens.Length;
         if (batch == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
@@ -84,7 +85,8 @@ public sealed class LlamaModel : IDisposable
         if (batch > MaxChunk) throw new ArgumentException($"a batch of {batch} exceeds the model's {MaxChunk} rows per pass", nameof(tokens));
         if (logits.Length < (long)batch * Config.VocabSize) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {(long)batch * Config.VocabSize}", nameof(logits));
         if (caches.Distinct().Count() != batch) throw new ArgumentException("a sequence appears twice in one batch", nameof(caches));
-        foreach (var cache in caches) PrepareForTokens(cache, 1);
+        if (!prepared)
+            foreach (var cache in caches) PrepareForTokens(cache, 1);
         var ones = new int[batch];
         Array.Fill(ones, 1);
         RunSegments(tokens, caches, ones, logits[..(batch * Config.VocabSize)], allRows: true);

@@ -47,8 +47,9 @@ public sealed class ContinuousBatcher : IDisposable
     public int Running => Volatile.Read(ref _runningCount);
 
     /// <summary>
-    /// Adds a sequence. The batch thread first runs <paramref name="feed"/> (tokens its cache lacks,
-    /// e.g. the token prefill sampled) to get its next logits, then samples it step by step. The
+    /// Adds a sequence. The batch runs <paramref name="feed"/> (tokens its cache lacks, e.g. the token
+    /// prefill sampled; empty when its logits are set) one token a step to get its next logits, then
+    /// samples it step by step. The
     /// channel completes after the chunk with a finish reason, or with the exception that ended it.
     /// </summary>
     /// <param name="state">Passed back to the afterToken hook (e.g. the request it belongs to).</param>
@@ -85,24 +86,17 @@ public sealed class ContinuousBatcher : IDisposable
         while (_incoming.Reader.TryRead(out var e)) Finish(e, e.Sequence.Abort());
     }
 
-    /// <summary>A joining sequence gets its first logits alone. Its feed (several tokens when restarting
-    /// from a checkpoint) runs one token at a time, as the original decode ran them, so that a policy
-    /// evicts exactly as it did then and the restarted stream is the same token for token.</summary>
+    /// <summary>A joining sequence enters the batch at once. Its feed (several tokens when restarting
+    /// from a checkpoint) then runs inside the batched steps, one token per step as the original decode
+    /// ran them, so that a policy evicts exactly as it did then (the restarted stream is the same token
+    /// for token) while the running streams go on instead of waiting for the catch-up. With nothing to
+    /// feed, its logits are already there and it samples at once.</summary>
     private void Admit(Entry e)
     {
-        try
-        {
-            if (e.Cancel.IsCancellationRequested) { Finish(e, e.Sequence.Abort()); return; }
-            var sw = Stopwatch.StartNew();
-            foreach (var token in e.Feed) _model.Forward([token], e.Sequence.Cache, e.Sequence.Logits);
-            if (Emit(e, e.Sequence.Step(sw.Elapsed))) return;
-            _running.Add(e);
-            Interlocked.Increment(ref _runningCount);
-        }
-        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
-        {
-            Fail(e, ex);
-        }
+        if (e.Cancel.IsCancellationRequested) { Finish(e, e.Sequence.Abort()); return; }
+        if (e.Feed.Length == 0 && Emit(e, e.Sequence.Step(TimeSpan.Zero))) return;
+        _running.Add(e);
+        Interlocked.Increment(ref _runningCount);
     }
 
     private void DropCancelled()
@@ -142,11 +136,12 @@ public sealed class ContinuousBatcher : IDisposable
             }
         }
         if (batch.Count == 0) return;
-        var tokens = batch.Select(e => e.Sequence.Pending!.Value).ToArray();
+        // A sequence catching up runs its next fed token; the others their last sampled one.
+        var tokens = batch.Select(e => e.Fed < e.Feed.Length ? e.Feed[e.Fed] : e.Sequence.Pending!.Value).ToArray();
         var sw = Stopwatch.StartNew();
         try
         {
-            _model.ForwardBatch(tokens, batch.Select(e => e.Sequence.Cache).ToList(), _logits);
+            _model.ForwardBatch(tokens, batch.Select(e => e.Sequence.Cache).ToList(), _logits, prepared: true);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
         {
@@ -160,6 +155,8 @@ public sealed class ContinuousBatcher : IDisposable
         for (int i = 0; i < batch.Count; i++)
         {
             var e = batch[i];
+            // Mid catch-up the logits are not wanted: only the last fed token's predict the next one.
+            if (e.Fed < e.Feed.Length && ++e.Fed < e.Feed.Length) continue;
             _logits.AsSpan(i * vocab, vocab).CopyTo(e.Sequence.Logits);
             if (Emit(e, e.Sequence.Step(elapsed)))
             {
@@ -216,5 +213,9 @@ public sealed class ContinuousBatcher : IDisposable
         _stop.Dispose();
     }
 
-    private sealed record Entry(SequenceGeneration Sequence, int[] Feed, Channel<GenerationChunk> Output, CancellationToken Cancel, object? State);
+    private sealed record Entry(SequenceGeneration Sequence, int[] Feed, Channel<GenerationChunk> Output, CancellationToken Cancel, object? State)
+    {
+        /// <summary>Tokens of <see cref="Feed"/> that have run.</summary>
+        public int Fed { get; set; }
+    }
 }

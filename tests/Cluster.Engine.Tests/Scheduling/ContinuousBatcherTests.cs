@@ -101,6 +101,41 @@ public sealed class ContinuousBatcherTests
         Assert.Equal(0, batcher.Running);
     }
 
+    [SharedDataFact]
+    public async Task A_joining_sequence_catches_up_inside_the_batched_steps_and_equals_its_local_run()
+    {
+        using var model = TestModels.Load(TestModels.Stories260K);
+        var tok = TestModels.Stories260KTokenizer();
+        // A stream that outlives the test (a window policy has no context limit); cancelled at the end.
+        var running = new SamplingParameters { Temperature = 0, MaxTokens = 1_000_000, IgnoreEos = true, Seed = 1 };
+        var joining = new SamplingParameters { Temperature = 0.8f, Seed = 3, MaxTokens = 5, IgnoreEos = true };
+        var prompt = tok.Encode("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends and her dog.", true);
+        Assert.True(prompt.Length > 30);
+        var expected = GenerationOutput.Collect(new TextGenerator(model, tok).Generate(prompt, joining)).Single();
+
+        var aPrompt = tok.Encode("The dog", true);
+        var a = new SequenceGeneration(model.Config, running, tok, aPrompt, model.CreateCache(64, new Cluster.Engine.Compression.WindowPolicy(64)));
+        model.Forward(aPrompt, a.Cache, a.Logits);
+        var aFirst = a.Step(TimeSpan.Zero);
+        using var stopA = new CancellationTokenSource();
+        // The joining sequence's cache holds the first 5 prompt tokens; the rest is its feed.
+        var b = new SequenceGeneration(model.Config, joining, tok, prompt, model.CreateCache(prompt.Length + joining.MaxTokens));
+        model.Forward(prompt[..5], b.Cache, b.Logits);
+        var sizes = new List<int>();
+        using var batcher = new ContinuousBatcher(model, maxBatch: 4, afterStep: (size, _) => { lock (sizes) sizes.Add(size); });
+        var aStream = Drain(batcher.Add(a, [aFirst.TokenId!.Value], stopA.Token));
+        while (batcher.Running == 0) await Task.Delay(1); // a is running
+        var got = GenerationOutput.Collect(await Drain(batcher.Add(b, prompt[5..], CancellationToken.None)).WaitAsync(TimeSpan.FromMinutes(1))).Single();
+        stopA.Cancel();
+        Assert.Equal(FinishReason.Abort, (await aStream.WaitAsync(TimeSpan.FromSeconds(30)))[^1].Finish);
+
+        Assert.Equal(expected.Ids, got.Ids);
+        // Every fed token shared a step with the running stream (before: the feed ran alone, a waited).
+        int shared;
+        lock (sizes) shared = sizes.Count(n => n == 2);
+        Assert.True(shared >= prompt.Length - 5 + joining.MaxTokens - 1, $"{shared} steps of two sequences for a feed of {prompt.Length - 5}");
+    }
+
     /// <summary>A dense "policy" that throws on its n-th BeforeAppend: a sequence that cannot take its token.</summary>
     private sealed class FailingPolicy(int failOnCall) : Cluster.Engine.Compression.KvCompressionPolicy
     {
