@@ -32,7 +32,7 @@ public sealed class KvSpillTests : IDisposable
 
     private static void AssertA(KvSessionStore store)
     {
-        var expected = new[] { (Version: 1L, Tokens: 10, Seed: 1, Checkpoint: false, Output: 0), (2L, 17, 2, true, 7), (3L, 23, 3, true, 13) };
+        (long Version, int Tokens, int Seed, bool Checkpoint, int Output)[] expected = [(1, 10, 1, false, 0), (2, 17, 2, true, 7), (3, 23, 3, true, 13)];
         foreach (var (version, tokens, seed, checkpoint, output) in expected)
         {
             var kv = store.Get("a", version: version);
