@@ -17,6 +17,12 @@ internal sealed class CacheManagerMetrics : IDisposable
         CompressionRatio = _meter.CreateHistogram("llm_kv_compression_ratio", "1", "Tokens kept / tokens received, per put", tags: null,
             new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1] });
         CompressionSeconds = _meter.CreateLatencyHistogram("llm_kv_compression_seconds", "Time to apply the compression policy");
+        // Sessions, not tokens: named apart from decode's llm_kv_evictions_total (tokens a policy dropped).
+        _meter.CreateObservableCounter("llm_kv_session_evictions", () => Enum.GetValues<Serving.Kv.KvEvictionReason>().Select(r =>
+            new Measurement<long>(store.Evictions(r), new KeyValuePair<string, object?>("reason", ReasonLabel(r)))), "{session}",
+            "Sessions evicted from memory for room (ttl, lru) or deleted from the full spill (spill_full)");
+        _meter.CreateObservableGauge("llm_kv_spilled_bytes", () => store.SpilledBytes, "By", "Bytes of KV in the spill directory");
+        _meter.CreateObservableGauge("llm_kv_spilled_sessions", () => store.SpilledSessions, "{session}", "Sessions in the spill directory");
         Hits = _meter.CreateCounter<long>("llm_kv_cache_hits", description: "GetBlocks that found the session");
         Misses = _meter.CreateCounter<long>("llm_kv_cache_misses", description: "GetBlocks that did not");
     }
@@ -25,6 +31,13 @@ internal sealed class CacheManagerMetrics : IDisposable
     public Histogram<double> CompressionSeconds { get; }
     public Counter<long> Hits { get; }
     public Counter<long> Misses { get; }
+
+    private static string ReasonLabel(Serving.Kv.KvEvictionReason reason) => reason switch
+    {
+        Serving.Kv.KvEvictionReason.Ttl => "ttl",
+        Serving.Kv.KvEvictionReason.Lru => "lru",
+        _ => "spill_full",
+    };
 
     public void Dispose() => _meter.Dispose();
 }

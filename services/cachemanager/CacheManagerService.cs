@@ -33,7 +33,11 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     {
         // Q-Filters (Godey et al. 2025) are calibrated per model; their shape is checked on use.
         var filters = string.IsNullOrEmpty(options.QFilters) ? null : QFilters.Load(options.QFilters);
-        var store = new KvSessionStore((long)options.MemoryMb << 20, TimeSpan.FromSeconds(options.SessionTtl), new PolicyOptions(filters));
+        // Evicted sessions go to the spill directory when there is one (a restart on it serves them), else they are dropped.
+        var spill = string.IsNullOrEmpty(options.KvSpill) ? null
+            : new KvSpill(options.KvSpill, (long)options.KvSpillMb << 20, logging.CreateLogger<KvSpill>());
+        var store = new KvSessionStore((long)options.MemoryMb << 20, TimeSpan.FromSeconds(options.SessionTtl), new PolicyOptions(filters),
+            minIdle: TimeSpan.FromSeconds(options.KvMinIdle), spill: spill);
         return Task.FromResult<IClusterService>(new CacheManagerService(store));
     }
 
@@ -92,7 +96,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
             _metrics.Misses.Add(1);
             throw new RpcException(new Status(StatusCode.NotFound, $"no KV for session '{request.SessionId}'" +
                 (request.Version != 0 ? $" at version {request.Version}" : request.MaxTokenCount > 0 ? $" holding at most {request.MaxTokenCount} tokens" : "") +
-                " (never stored, released, superseded, or dropped after its TTL)"));
+                " (never stored, released, superseded, or evicted for room and not spilled)"));
         }
         _metrics.Hits.Add(1);
         await responses.WriteAsync(new GetBlocksResponse { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)) });

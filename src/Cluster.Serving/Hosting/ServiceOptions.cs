@@ -91,6 +91,15 @@ public sealed class ServiceOptions
     [Option("--session-ttl", "seconds a finished session's KV and metadata are kept", ServiceRole.CacheManager, ServiceRole.Gateway)]
     public int SessionTtl { get; set; } = 3600;
 
+    [Option("--kv-min-idle", "seconds a session must be idle before it may be evicted for room (least recently used first)", ServiceRole.CacheManager)]
+    public int KvMinIdle { get; set; } = 5;
+
+    [Option("--kv-spill", "directory evicted sessions are written to and read back from; everything is spilled there on shutdown (default: none, evicted KV is dropped)", ServiceRole.CacheManager)]
+    public string? KvSpill { get; set; }
+
+    [Option("--kv-spill-mb", "most MiB of KV in the --kv-spill directory; the oldest files are deleted beyond it", ServiceRole.CacheManager)]
+    public int KvSpillMb { get; set; } = 4096;
+
     [Option("--qfilters", "q_filters safetensors file for the qfilters policy", ServiceRole.Gateway, ServiceRole.Prefill, ServiceRole.Decode, ServiceRole.CacheManager)]
     public string? QFilters { get; set; }
 

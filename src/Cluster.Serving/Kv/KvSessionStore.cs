@@ -21,15 +21,36 @@ public sealed record StoredKv(
 /// <summary>Why a put was refused.</summary>
 public sealed class KvStoreFullException(string message) : Exception(message);
 
+/// <summary>Why a session left memory (or the spill), for llm_kv_session_evictions_total's <c>reason</c>.</summary>
+public enum KvEvictionReason
+{
+    /// <summary>Idle past the TTL, evicted for room (to the spill when there is one).</summary>
+    Ttl,
+    /// <summary>Least recently used among sessions idle at least the minimum, evicted for room.</summary>
+    Lru,
+    /// <summary>A spilled session deleted to keep the spill within its budget.</summary>
+    SpillFull,
+}
+
 /// <summary>
 /// The cache manager's store: the KV of each session, compressed by the session's policy when it
 /// arrives over budget, within a memory budget. The first version of a session (the prompt's KV) and
 /// its last <see cref="VersionsKept"/> are kept, so that a restart can pick the newest one not ahead
 /// of what its client received; the first is always there to fall back on (a restart then recomputes
-/// the output token by token, evicting exactly as the original run did). Rule when full: sessions idle for longer than the
-/// TTL are dropped first (oldest first); if that is not enough the put is refused
-/// (<see cref="KvStoreFullException"/>), so a live session is never evicted or corrupted. A put
-/// replaces the session's KV as a whole and raises its version. Thread-safe.
+/// the output token by token, evicting exactly as the original run did).
+/// <para>
+/// It is a cache, not the source of truth (issue 21): decode workers rebuild a missing session's KV
+/// from its prompt, so evicting costs latency, not correctness. Rule when a put does not fit: whole
+/// sessions other than the one being put are evicted, those idle past the TTL first, then least
+/// recently used first (a get or put is a use), but only sessions idle for at least
+/// <see cref="MinIdle"/>, so that a live stream's KV is not evicted between its checkpoints. If
+/// evicting every candidate would not be enough, nothing is evicted and the put is refused
+/// (<see cref="KvStoreFullException"/>). With a <see cref="KvSpill"/>, evicted sessions are written
+/// there first, a get or put of a spilled session brings it back, and <see cref="Dispose"/> spills
+/// everything still in memory so a restart on the same directory loses nothing.
+/// </para>
+/// A put replaces the session's KV as a whole and raises its version. Thread-safe (one lock; spill
+/// I/O happens under it, which is simple and correct, and only slow when the store is already full).
 /// </summary>
 public sealed class KvSessionStore : IDisposable
 {
@@ -37,29 +58,46 @@ public sealed class KvSessionStore : IDisposable
     /// <summary>Versions of a session kept (newest last); older ones are dropped as new ones arrive.</summary>
     public const int VersionsKept = 3;
 
+    /// <summary>Default <see cref="MinIdle"/>: longer than a decode worker takes between checkpoints.</summary>
+    public static readonly TimeSpan DefaultMinIdle = TimeSpan.FromSeconds(5);
+
     private readonly Dictionary<string, (List<StoredKv> Versions, DateTime LastUsed)> _sessions = [];
     private readonly PolicyOptions _policyOptions;
     private readonly TimeProvider _time;
+    private readonly KvSpill? _spill;
+    private readonly long[] _evictions = new long[Enum.GetValues<KvEvictionReason>().Length];
     private readonly CpuBackend _backend = new(threads: 1);
     private long _bytes;
+    private bool _disposed;
 
-    public KvSessionStore(long budgetBytes, TimeSpan ttl, PolicyOptions? policyOptions = null, TimeProvider? time = null)
+    public KvSessionStore(long budgetBytes, TimeSpan ttl, PolicyOptions? policyOptions = null, TimeProvider? time = null,
+        TimeSpan? minIdle = null, KvSpill? spill = null)
     {
         BudgetBytes = budgetBytes;
         Ttl = ttl;
+        MinIdle = minIdle ?? DefaultMinIdle;
         _policyOptions = policyOptions ?? new PolicyOptions();
         _time = time ?? TimeProvider.System;
+        _spill = spill;
+        if (spill is not null) _evictions[(int)KvEvictionReason.SpillFull] = spill.StartupDeleted;
     }
 
     public long BudgetBytes { get; }
     public TimeSpan Ttl { get; }
+    /// <summary>How long a session must have been idle before it may be evicted for room.</summary>
+    public TimeSpan MinIdle { get; }
     public long Bytes { get { lock (_lock) return _bytes; } }
     public int Sessions { get { lock (_lock) return _sessions.Count; } }
     public int Blocks { get { lock (_lock) return _sessions.Values.Sum(s => s.Versions.Sum(v => v.Layers.Length)); } }
+    public long SpilledBytes { get { lock (_lock) return _spill?.Bytes ?? 0; } }
+    public int SpilledSessions { get { lock (_lock) return _spill?.Sessions ?? 0; } }
+
+    /// <summary>Sessions evicted so far for <paramref name="reason"/>.</summary>
+    public long Evictions(KvEvictionReason reason) { lock (_lock) return _evictions[(int)reason]; }
 
     /// <summary>Applies <paramref name="policy"/> to the blocks and stores them for the session.</summary>
     /// <exception cref="InvalidRequestException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
-    /// <exception cref="KvStoreFullException">The budget cannot hold them even after dropping expired sessions.</exception>
+    /// <exception cref="KvStoreFullException">The budget cannot hold them even after evicting every candidate session.</exception>
     public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<KvLayerBlock> blocks, bool checkpoint, int outputIndex)
     {
         if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
@@ -76,57 +114,108 @@ public sealed class KvSessionStore : IDisposable
 
         lock (_lock)
         {
-            var versions = _sessions.TryGetValue(sessionId, out var old) ? old.Versions : [];
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            // A spilled session continues where it left off: its versions (the first one included) come back with it.
+            bool inMemory = _sessions.TryGetValue(sessionId, out var old);
+            var versions = inMemory ? old.Versions : _spill?.TryRead(sessionId) ?? [];
+            long loaded = inMemory ? 0 : versions.Sum(v => v.Bytes);
             var kv = new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, versions.Count > 0 ? versions[^1].Version + 1 : 1, checkpoint, outputIndex, received);
             // Drop the oldest checkpoint beyond the limit, never the first version (index 0).
             bool drop = versions.Count > VersionsKept;
             long freed = drop ? versions[1].Bytes : 0;
-            MakeRoom(kv.Bytes - freed, sessionId);
+            MakeRoom(loaded + kv.Bytes - freed, sessionId);
             if (drop) versions.RemoveAt(1);
             versions.Add(kv);
-            _bytes += kv.Bytes - freed;
-            _sessions[sessionId] = (versions, _time.GetUtcNow().UtcDateTime);
+            _bytes += loaded + kv.Bytes - freed;
+            _sessions[sessionId] = (versions, Now);
+            if (!inMemory) _spill?.Delete(sessionId);   // memory holds the newest now; the file would be stale
             return (kv, elapsed);
         }
     }
 
     /// <summary>
     /// A version of the session's KV, or null: <paramref name="version"/> exactly, or with 0 the newest
-    /// holding at most <paramref name="maxTokens"/> tokens (0: any). Reading counts as use for the TTL.
+    /// holding at most <paramref name="maxTokens"/> tokens (0: any). Reading counts as use. A spilled
+    /// session is read back into memory (evicting others if need be); if memory cannot take it, it is
+    /// served from the spill and stays there.
     /// </summary>
     public StoredKv? Get(string sessionId, long version = 0, int maxTokens = 0)
     {
         lock (_lock)
         {
-            if (!_sessions.TryGetValue(sessionId, out var e)) return null;
-            _sessions[sessionId] = (e.Versions, _time.GetUtcNow().UtcDateTime);
-            return version != 0
-                ? e.Versions.FirstOrDefault(v => v.Version == version)
-                : e.Versions.LastOrDefault(v => maxTokens <= 0 || v.TokensSeen <= maxTokens);
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            List<StoredKv> versions;
+            if (_sessions.TryGetValue(sessionId, out var e)) versions = e.Versions;
+            else if (_spill?.TryRead(sessionId) is { } spilled)
+            {
+                versions = spilled;
+                long bytes = versions.Sum(v => v.Bytes);
+                try { MakeRoom(bytes, sessionId); }
+                catch (KvStoreFullException) { return Select(versions, version, maxTokens); }
+                _bytes += bytes;
+                _spill.Delete(sessionId);
+            }
+            else return null;
+            _sessions[sessionId] = (versions, Now);
+            return Select(versions, version, maxTokens);
         }
     }
 
+    private static StoredKv? Select(List<StoredKv> versions, long version, int maxTokens) => version != 0
+        ? versions.FirstOrDefault(v => v.Version == version)
+        : versions.LastOrDefault(v => maxTokens <= 0 || v.TokensSeen <= maxTokens);
+
+    /// <summary>Forgets the session, in memory and in the spill; false when neither had it.</summary>
     public bool Release(string sessionId)
     {
         lock (_lock)
         {
-            if (!_sessions.Remove(sessionId, out var e)) return false;
+            bool spilled = _spill?.Delete(sessionId) ?? false;
+            if (!_sessions.Remove(sessionId, out var e)) return spilled;
             _bytes -= e.Versions.Sum(v => v.Bytes);
             return true;
         }
     }
 
+    private DateTime Now => _time.GetUtcNow().UtcDateTime;
+
+    /// <summary>
+    /// Evicts sessions until <paramref name="extra"/> more bytes fit: idle past the TTL first, then
+    /// least recently used among those idle at least <see cref="MinIdle"/>, never <paramref name="keep"/>.
+    /// The whole plan is made first, so a refused put evicts nothing.
+    /// </summary>
     private void MakeRoom(long extra, string keep)
     {
         if (_bytes + extra <= BudgetBytes) return;
-        var now = _time.GetUtcNow().UtcDateTime;
-        foreach (var (id, e) in _sessions.Where(s => s.Key != keep && now - s.Value.LastUsed > Ttl).OrderBy(s => s.Value.LastUsed).ToList())
+        var now = Now;
+        var candidates = _sessions
+            .Where(s => s.Key != keep && (now - s.Value.LastUsed >= MinIdle || now - s.Value.LastUsed > Ttl))
+            .Select(s => (Id: s.Key, s.Value.LastUsed, Bytes: s.Value.Versions.Sum(v => v.Bytes),
+                Reason: now - s.Value.LastUsed > Ttl ? KvEvictionReason.Ttl : KvEvictionReason.Lru))
+            .OrderBy(c => c.Reason).ThenBy(c => c.LastUsed).ThenBy(c => c.Id, StringComparer.Ordinal)
+            .ToList();
+        long after = _bytes + extra;
+        int take = 0;
+        while (after > BudgetBytes && take < candidates.Count) after -= candidates[take++].Bytes;
+        if (after > BudgetBytes)
         {
-            _sessions.Remove(id);
-            _bytes -= e.Versions.Sum(v => v.Bytes);
-            if (_bytes + extra <= BudgetBytes) return;
+            long needed = _bytes + extra - BudgetBytes;
+            long freeable = candidates.Sum(c => c.Bytes);
+            int young = _sessions.Count - candidates.Count - (_sessions.ContainsKey(keep) ? 1 : 0);
+            throw new KvStoreFullException(extra > BudgetBytes
+                ? $"KV store full: {extra} bytes needed, more than the whole budget of {BudgetBytes}"
+                : $"KV store full: {needed} bytes over the budget of {BudgetBytes} needed, but evicting every session idle at least {MinIdle.TotalSeconds:F0} s frees only {freeable}" +
+                  $" ({young} sessions used more recently are not evicted)");
         }
-        throw new KvStoreFullException($"KV store full: {_bytes + extra} bytes needed, budget {BudgetBytes} (no session idle past the {Ttl.TotalSeconds:F0} s TTL to drop)");
+        foreach (var c in candidates.Take(take)) Evict(c.Id, c.Reason);
+    }
+
+    private void Evict(string id, KvEvictionReason reason)
+    {
+        _sessions.Remove(id, out var e);
+        _bytes -= e.Versions.Sum(v => v.Bytes);
+        _evictions[(int)reason]++;
+        if (_spill is not null) _evictions[(int)KvEvictionReason.SpillFull] += _spill.Write(id, e.Versions);
     }
 
     private static KvLayerBlock[] Validate(KvShape shape, IReadOnlyList<KvLayerBlock> blocks)
@@ -157,5 +246,22 @@ public sealed class KvSessionStore : IDisposable
         }
     }
 
-    public void Dispose() => _backend.Dispose();
+    /// <summary>
+    /// Spills every session still in memory, least recently used first (so that if the spill's budget
+    /// runs out, it is the oldest that are deleted), so a restart on the same directory loses nothing.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            if (_spill is not null)
+                foreach (var (id, e) in _sessions.OrderBy(s => s.Value.LastUsed).ThenBy(s => s.Key, StringComparer.Ordinal).ToList())
+                    _evictions[(int)KvEvictionReason.SpillFull] += _spill.Write(id, e.Versions);
+            _sessions.Clear();
+            _bytes = 0;
+        }
+        _backend.Dispose();
+    }
 }
