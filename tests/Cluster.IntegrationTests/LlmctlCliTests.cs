@@ -221,6 +221,52 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         }
     }
 
+    /// <summary>Issue 21: stopping `up` stops its services gracefully (SIGTERM first), so a cache manager
+    /// with --kv-spill writes the sessions it holds to disk, and the next `up` on the same directory
+    /// starts with them.</summary>
+    [SharedDataFact]
+    public async Task Up_stops_its_services_gracefully_and_the_cache_manager_spills_its_sessions()
+    {
+        var spill = Directory.CreateTempSubdirectory("llmcluster-spill-").FullName;
+        try
+        {
+            int offset = FreeOffset();
+            var lines = new ConcurrentQueue<string>();
+            using var up = StartUp(lines, "--port-offset", offset.ToString(), "--kv-spill", spill);
+            try
+            {
+                for (var deadline = DateTime.UtcNow.AddMinutes(2); !lines.Any(l => l.StartsWith("Ctrl-C stops", StringComparison.Ordinal)); await Task.Delay(200))
+                {
+                    Assert.False(up.HasExited, "up exited: " + string.Join("\n", lines));
+                    Assert.True(DateTime.UtcNow < deadline, "no ready cluster within 2 minutes:\n" + string.Join("\n", lines));
+                }
+                using var channel = Cluster.Serving.Routing.GrpcChannels.Create($"127.0.0.1:{50051 + offset}");
+                var client = new LlmCluster.V1.Gateway.GatewayClient(channel);
+                foreach (var seed in new ulong[] { 1, 2 })
+                {
+                    using var call = client.Generate(new LlmCluster.V1.GenerateRequest
+                    {
+                        Text = "Once upon a time",
+                        Sampling = new LlmCluster.V1.SamplingParams { Temperature = 0.8f, Seed = seed, MaxTokens = 8 },
+                    }, deadline: DateTime.UtcNow.AddMinutes(1));
+                    await foreach (var _ in call.ResponseStream.ReadAllAsync()) { }
+                }
+                Assert.Empty(Directory.GetFiles(spill, "*.kv")); // nothing evicted while running
+            }
+            finally
+            {
+                StopUp(up);
+            }
+            Assert.Equal(0, up.ExitCode);
+            // Both sessions, written at the cache manager's graceful shutdown.
+            Assert.Equal(2, Directory.GetFiles(spill, "*.kv").Length);
+        }
+        finally
+        {
+            Directory.Delete(spill, recursive: true);
+        }
+    }
+
     /// <summary>`llmctl up` on stories260K (one thread per worker) as a process; every line it prints goes to <paramref name="lines"/>.</summary>
     private static Process StartUp(ConcurrentQueue<string> lines, params string[] args)
     {

@@ -29,9 +29,10 @@ internal static class UpCommand
                 var chatTemplate = new Option<string?>("--chat-template") { Description = "chat template (file or text) for models that have none" };
         var logLevel = new Option<string>("--log-level") { Description = "services' log level: trace, debug, info, warning, error, none", DefaultValueFactory = _ => "warning" };
         var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
+        var kvSpill = new Option<string?>("--kv-spill") { Description = "directory where the cache manager spills KV it evicts and everything it holds at shutdown, and reloads it from after a restart" };
         var weights = ModelSource.WeightsOption();
         var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it")
-            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp, weights, prefillDevice, decodeDevice };
+            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp, weights, prefillDevice, decodeDevice, kvSpill };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int np = r.GetValue(prefill), nd = r.GetValue(decode), offset = r.GetValue(portOffset);
@@ -62,6 +63,7 @@ internal static class UpCommand
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
                 if (role == ServiceRole.Prefill) a.AddRange(["--device", r.GetValue(prefillDevice)!]);
                 if (role == ServiceRole.Decode) a.AddRange(["--device", r.GetValue(decodeDevice)!]);
+                if (role == ServiceRole.CacheManager && r.GetValue(kvSpill) is { } spill) a.AddRange(["--kv-spill", Path.GetFullPath(spill)]);
                 return [.. a];
             }
             var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager), ports.For(ServiceRole.CacheManager, 0));
@@ -101,7 +103,7 @@ internal static class UpCommand
     }
 }
 
-/// <summary>Child service processes of `llmctl up`; disposing kills them.</summary>
+/// <summary>Child service processes of `llmctl up`; disposing stops them (gracefully, then by force).</summary>
 internal sealed class LocalCluster(string bind) : IDisposable
 {
     public sealed record Service(ServiceRole Role, Process Process, string Grpc, string Http)
@@ -254,14 +256,46 @@ internal sealed class LocalCluster(string bind) : IDisposable
         return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
     }
 
+    /// <summary>How long a service may take to drain and exit after SIGTERM before it is killed.</summary>
+    private static readonly TimeSpan GracefulStop = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Stops the services front to back: SIGTERM (each drains: in-flight calls finish, readiness goes
+    /// NOT_SERVING, the cache manager writes its KV to --kv-spill), then SIGKILL for what is still
+    /// running after <see cref="GracefulStop"/>. The gateway goes first so that no new work arrives,
+    /// the cache manager last so that the workers' final checkpoints still land.
+    /// </summary>
     public void Dispose()
     {
-        if (_redis is { HasExited: false }) _redis.Kill();
-        foreach (var s in Services)
+        var order = Services.OrderBy(s => s.Role == ServiceRole.Gateway ? 0 : s.Role == ServiceRole.CacheManager ? 2 : 1).ToList();
+        foreach (var wave in order.GroupBy(s => s.Role == ServiceRole.Gateway ? 0 : s.Role == ServiceRole.CacheManager ? 2 : 1))
         {
-            try { if (!s.Process.HasExited) s.Process.Kill(entireProcessTree: true); s.Process.WaitForExit(5000); }
-            catch (InvalidOperationException) { }
-            s.Process.Dispose();
+            foreach (var s in wave) Terminate(s.Process);
+            foreach (var s in wave)
+            {
+                try
+                {
+                    if (!s.Process.WaitForExit(GracefulStop)) s.Process.Kill(entireProcessTree: true);
+                    s.Process.WaitForExit(5000);
+                }
+                catch (InvalidOperationException) { }
+            }
         }
+        foreach (var s in Services) s.Process.Dispose();
+        if (_redis is { HasExited: false }) _redis.Kill();
     }
+
+    private static void Terminate(Process p)
+    {
+        try
+        {
+            if (p.HasExited) return;
+            if (OperatingSystem.IsWindows()) p.Kill(entireProcessTree: true);
+            else if (SendSignal(p.Id, 15) != 0) p.Kill(entireProcessTree: true); // SIGTERM, or kill if that fails
+        }
+        catch (InvalidOperationException) { }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int SendSignal(int pid, int signal);
 }
