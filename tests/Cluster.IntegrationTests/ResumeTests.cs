@@ -71,6 +71,44 @@ public sealed class ResumeTests
         Assert.Equal(expected.Text, got.Text);
     }
 
+    /// <summary>Issue 21: a gateway dies mid-stream (SIGKILL); the client resumes on a second gateway that
+    /// shares the session store, from the last token it received, and gets exactly the rest.</summary>
+    [SharedDataFact]
+    public async Task Killing_the_gateway_midway_then_resuming_on_another_loses_and_repeats_no_token()
+    {
+        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
+        if (redis is null) throw References.Missing("redis-server is missing: install apt redis-server");
+        const int tokens = 1500;
+        var expected = Uninterrupted(tokens);
+
+        await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        string cmAddress = cm.GrpcAddress.ToString();
+        await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        await using var decode = await ServiceHost.StartAsync(Opts(ServiceRole.Decode, "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1"), Cluster.Decode.DecodeService.CreateAsync);
+        string[] gatewayArgs = ["--model", ModelPath, "--cache-manager", cmAddress, "--prefill", prefill.GrpcAddress.ToString(),
+            "--decode", decode.GrpcAddress.ToString(), "--redis", $"127.0.0.1:{redis.Port}"];
+        using var gatewayA = await ServiceProcess.StartAsync("Cluster.Gateway.dll", gatewayArgs);
+        using var gatewayB = await ServiceProcess.StartAsync("Cluster.Gateway.dll", gatewayArgs);
+        using var toA = GrpcChannels.Create(gatewayA.GrpcAddress);
+        using var toB = GrpcChannels.Create(gatewayB.GrpcAddress);
+
+        var first = new Streamed();
+        bool killed = false;
+        var cut = await Record.ExceptionAsync(() => TestCluster.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(toA).Generate(Request(tokens)), default, s =>
+        {
+            first = s;
+            if (s.Ids.Count >= 100 && !killed) { killed = true; gatewayA.Kill(); } // mid-stream
+            return Task.CompletedTask;
+        }));
+        Assert.IsType<RpcException>(cut); // the stream was cut, not finished
+        Assert.InRange(first.Ids.Count, 100, tokens - 1);
+
+        var rest = await TestCluster.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(toB).Resume(
+            new ResumeRequest { SessionId = first.SessionId, AfterIndex = first.Ids.Count - 1 }), default, null, firstOffset: first.Ids.Count);
+        Assert.Equal(FinishReason.Length, rest.Finish);
+        Assert.Equal(expected.Ids, first.Ids.Concat(rest.Ids).ToList()); // none lost, none repeated, none altered
+    }
+
     [SharedDataTheory]
     [InlineData(1)]
     [InlineData(17)]
