@@ -28,6 +28,21 @@ public abstract class KvCompressionPolicy
     /// </summary>
     public virtual bool UsesCachePositions => false;
 
+    /// <summary>RoPE position of the next token's query (and key): its original position, or with cache
+    /// positions the cache length, shifted by the policy's rotation frame when it keeps one
+    /// (sink_window's fast path, see <see cref="OldestFirstEviction"/>).</summary>
+    public virtual int QueryPosition(SequenceKvCache cache) => UsesCachePositions ? cache.Length : cache.TokensSeen;
+
+    /// <summary>Lets window and sink_window evict the oldest tokens directly (O(1) row moves per step)
+    /// instead of scoring, sorting and compacting every slot. Off, they run the general path with slot
+    /// order = original order; tests and `llmctl bench-eviction` compare the two. A cache must stay
+    /// with one setting: the fast path keeps slots in ring order and sink_window's keys in its own frame.
+    /// Policies without a fast path ignore it.</summary>
+    public bool FastEviction { get; init; } = true;
+
+    /// <summary>The fast path of a policy that can evict without scoring; false to run the general path.</summary>
+    private protected virtual bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep) => false;
+
     /// <summary>Whether <see cref="Score"/> reads the keys (they are then copied to the host).</summary>
     protected virtual bool ScoresKeys => false;
 
@@ -72,7 +87,8 @@ public abstract class KvCompressionPolicy
     protected virtual int MinKept => 0;
 
     /// <summary>Compresses a cache (e.g. a long prompt's, prefilled densely) down to the budget at once.
-    /// A policy with cache positions expects slot j to hold the key rotated at j, as a dense prefill leaves it.</summary>
+    /// A policy with cache positions expects the key of rank j to be rotated at j (plus its frame origin,
+    /// zero before any eviction), as a dense prefill leaves it.</summary>
     public void Compress(LlamaModel model, SequenceKvCache cache) => Compress(model.Backend, model.Rope, cache);
 
     /// <inheritdoc cref="Compress(LlamaModel, SequenceKvCache)"/>
@@ -83,6 +99,7 @@ public abstract class KvCompressionPolicy
 
     private void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int incoming)
     {
+        if (FastEviction && EvictDirectly(backend, rope, cache, keep)) return;
         var scratch = _scratch ??= new Scratch();
         for (int l = 0; l < cache.Layers.Length; l++)
         {

@@ -1,3 +1,7 @@
+using Cluster.Engine.Kernels;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+
 namespace Cluster.Engine.Compression;
 
 /// <summary>
@@ -19,6 +23,14 @@ public sealed class WindowPolicy : KvCompressionPolicy
 
     public override string Name => $"window({Window})";
 
+    /// <summary>The window is the newest tokens: evict the oldest, one row moved each, no rotation.</summary>
+    private protected override bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep)
+    {
+        OldestFirstEviction.Evict(backend, rope, cache, keep, sinks: 0, period: 0);
+        return true;
+    }
+
+    /// <summary>General path (<see cref="KvCompressionPolicy.FastEviction"/> off): slot order is original order.</summary>
     protected override void Score(in SlotView view, Span<float> scores)
     {
         for (int i = 0; i < scores.Length; i++) scores[i] = i;

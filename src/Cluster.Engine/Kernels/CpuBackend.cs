@@ -210,6 +210,24 @@ public sealed unsafe class CpuBackend : IComputeBackend
         layer.Lengths[head] = keep.Length;
     }
 
+    public void MoveKvSlot(KvCacheLayer layer, int head, int from, int to)
+    {
+        CheckMove(layer, head, from, to);
+        if (from == to) return;
+        int hd = layer.HeadDim;
+        Cpu(layer.K).Span(layer.Offset(head, from), hd).CopyTo(Cpu(layer.K).Span(layer.Offset(head, to), hd));
+        Cpu(layer.V).Span(layer.Offset(head, from), hd).CopyTo(Cpu(layer.V).Span(layer.Offset(head, to), hd));
+        layer.Positions[head * layer.Capacity + to] = layer.Positions[head * layer.Capacity + from];
+    }
+
+    /// <summary>Both slots must be filled ones of an existing head (shared with the ILGPU backend).</summary>
+    internal static void CheckMove(KvCacheLayer layer, int head, int from, int to)
+    {
+        if ((uint)head >= layer.KvHeads) throw new ArgumentOutOfRangeException(nameof(head));
+        int n = layer.Lengths[head];
+        if ((uint)from >= n || (uint)to >= n) throw new ArgumentException($"slots {from} and {to} must both be below the head's length {n}");
+    }
+
     public void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope)
     {
         int hd = layer.HeadDim, half = hd / 2;

@@ -56,6 +56,12 @@ public interface IComputeBackend : IDisposable
     /// length becomes keep.Length. The compaction step of every KV-cache compression policy.</summary>
     void CompactKv(KvCacheLayer layer, int head, ReadOnlySpan<int> keep);
 
+    /// <summary>Copies slot <paramref name="from"/> of one head of <paramref name="layer"/> (key, value and
+    /// position) over slot <paramref name="to"/>; lengths are unchanged. Attention treats a head's slots
+    /// as a set, so a window policy fills an evicted slot with the last one instead of shifting the whole
+    /// window down (one row moved per evicted token; see OldestFirstEviction).</summary>
+    void MoveKvSlot(KvCacheLayer layer, int head, int from, int to);
+
     /// <summary>Rotates the cached keys of slots 0..deltas.Length-1 of one head by deltas[i] positions
     /// (half-split layout). RoPE rotations compose, so a key rotated at position p and then by d equals
     /// the key rotated at p + d up to rounding: this moves keys to new positions without their

@@ -19,6 +19,7 @@ public sealed class KvCacheLayer : IDisposable
         V = backend.Allocate((long)kvHeads * capacity * headDim);
         Positions = new int[kvHeads * capacity];
         Lengths = new int[kvHeads];
+        OldestSlotHint = new int[kvHeads];
     }
 
     public int KvHeads { get; }
@@ -32,6 +33,11 @@ public sealed class KvCacheLayer : IDisposable
 
     /// <summary>Number of filled slots of each KV head.</summary>
     public int[] Lengths { get; }
+
+    /// <summary>Per head, the slot where the window policies' fast eviction expects the oldest window
+    /// token next (a hint only: it is checked against <see cref="Positions"/> before use, so a restore,
+    /// copy or other policy that moves slots costs one scan, never a wrong eviction).</summary>
+    internal int[] OldestSlotHint { get; }
 
     /// <summary>Offset (in floats) of slot <paramref name="slot"/> of head <paramref name="head"/> in K or V.</summary>
     public long Offset(int head, int slot) => ((long)head * Capacity + slot) * HeadDim;

@@ -34,9 +34,30 @@ public static class KvCacheSnapshot
             positions[h] = l.Positions.AsSpan(h * l.Capacity, n).ToArray();
             backend.CopyToHost(l.K, l.Offset(h, 0), keys.AsSpan(offset, n * hd));
             backend.CopyToHost(l.V, l.Offset(h, 0), values.AsSpan(offset, n * hd));
+            InOriginalOrder(positions[h], keys.AsSpan(offset, n * hd), values.AsSpan(offset, n * hd), hd);
             offset += n * hd;
         }
         return new KvLayerBlock(layer, positions, keys, values);
+    }
+
+    /// <summary>A window policy's fast path leaves slots in ring order (attention does not care); a block
+    /// lists tokens in original order, as every consumer of blocks expects. Already ordered: no work.</summary>
+    private static void InOriginalOrder(int[] positions, Span<float> keys, Span<float> values, int hd)
+    {
+        int n = positions.Length;
+        bool ordered = true;
+        for (int i = 1; i < n && ordered; i++) ordered = positions[i - 1] < positions[i];
+        if (ordered) return;
+        var order = Enumerable.Range(0, n).ToArray();
+        Array.Sort((int[])positions.Clone(), order);
+        var k = keys.ToArray();
+        var v = values.ToArray();
+        for (int i = 0; i < n; i++)
+        {
+            k.AsSpan(order[i] * hd, hd).CopyTo(keys.Slice(i * hd, hd));
+            v.AsSpan(order[i] * hd, hd).CopyTo(values.Slice(i * hd, hd));
+        }
+        Array.Sort(positions);
     }
 
     /// <summary>Replaces the contents of one layer of <paramref name="cache"/> with <paramref name="block"/>;

@@ -132,7 +132,7 @@ public sealed class LlamaModel : IDisposable
         {
             var cache = caches[i];
             rowOffsets[i] = row;
-            int ropeStart = cache.Policy?.UsesCachePositions == true ? cache.Length : cache.TokensSeen;
+            int ropeStart = cache.Policy?.QueryPosition(cache) ?? cache.TokensSeen;
             for (int t = 0; t < lengths[i]; t++)
             {
                 positions[row + t] = cache.TokensSeen + t;

@@ -42,14 +42,30 @@ internal static class PolicyFixtures
         return all;
     }
 
-    /// <summary>A layer's cached K or V of one head as host floats [length, headDim].</summary>
+    /// <summary>A layer's cached K or V of one head as host floats [length, headDim], in original token
+    /// order (window policies' fast eviction keeps slots in ring order; attention does not care).</summary>
     public static float[] HeadRows(LlamaModel model, KvCacheLayer layer, int head, bool keys)
     {
-        var rows = new float[layer.Lengths[head] * layer.HeadDim];
+        int n = layer.Lengths[head], hd = layer.HeadDim;
+        var rows = new float[n * hd];
         model.Backend.CopyToHost(keys ? layer.K : layer.V, layer.Offset(head, 0), rows);
-        return rows;
+        var order = SlotOrder(layer, head);
+        var sorted = new float[rows.Length];
+        for (int i = 0; i < n; i++) rows.AsSpan(order[i] * hd, hd).CopyTo(sorted.AsSpan(i * hd, hd));
+        return sorted;
     }
 
-    public static int[] HeadPositions(KvCacheLayer layer, int head) =>
+    /// <summary>The original positions of one head's tokens, ascending.</summary>
+    public static int[] HeadPositions(KvCacheLayer layer, int head) => SlotPositions(layer, head).Order().ToArray();
+
+    /// <summary>The original positions of one head's slots, in slot order.</summary>
+    public static int[] SlotPositions(KvCacheLayer layer, int head) =>
         layer.Positions.AsSpan(head * layer.Capacity, layer.Lengths[head]).ToArray();
+
+    /// <summary>Slots of one head, oldest token first.</summary>
+    private static int[] SlotOrder(KvCacheLayer layer, int head)
+    {
+        var positions = SlotPositions(layer, head);
+        return Enumerable.Range(0, positions.Length).OrderBy(i => positions[i]).ToArray();
+    }
 }

@@ -110,6 +110,19 @@ public sealed partial class IlgpuBackend
         layer.Lengths[head] = keep.Length;
     }
 
+    public void MoveKvSlot(KvCacheLayer layer, int head, int from, int to)
+    {
+        using var scope = Enter("move kv slot");
+        CpuBackend.CheckMove(layer, head, from, to);
+        if (from == to) return;
+        int hd = layer.HeadDim;
+        // Two device-to-device row copies: no kernel launch and nothing through the host.
+        ArrayView<float> k = Dev(layer.K).F32, v = Dev(layer.V).F32;
+        k.SubView(layer.Offset(head, from), hd).CopyTo(k.SubView(layer.Offset(head, to), hd));
+        v.SubView(layer.Offset(head, from), hd).CopyTo(v.SubView(layer.Offset(head, to), hd));
+        layer.Positions[head * layer.Capacity + to] = layer.Positions[head * layer.Capacity + from];
+    }
+
     public void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope)
     {
         using var scope = Enter("rotate keys");

@@ -190,6 +190,24 @@ public sealed class IlgpuKernelTests : IClassFixture<IlgpuCpuFixture>
         Assert.Throws<InvalidOperationException>(() => Append(c, 7, 10, 40));
     }
 
+    [Fact]
+    public void MoveKvSlot_matches_and_keeps_lengths()
+    {
+        // Window policies' fast eviction fills the evicted slot with the last one (OldestFirstEviction).
+        var c = Caches(kvHeads: 2, hd: 6, capacity: 12);
+        Append(c, 8, 0, 10);
+        _cpu.MoveKvSlot(c.Cpu, 0, 7, 2);
+        _gpu.MoveKvSlot(c.Gpu, 0, 7, 2);
+        _cpu.MoveKvSlot(c.Cpu, 1, 6, 0);
+        _gpu.MoveKvSlot(c.Gpu, 1, 6, 0);
+        _gpu.MoveKvSlot(c.Gpu, 1, 3, 3);
+        AssertSameCache(c);
+        Assert.Equal(7, c.Gpu.Positions[2]);
+        Assert.Equal(c.Gpu.Positions[c.Gpu.Capacity + 6], c.Gpu.Positions[c.Gpu.Capacity]);
+        Assert.Equal([8, 8], c.Gpu.Lengths);
+        Assert.Throws<ArgumentException>(() => _gpu.MoveKvSlot(c.Gpu, 0, 8, 1));
+    }
+
     [Theory]
     [InlineData(4, 4, 7, 1, false)]   // prefill from an empty cache, one KV head per query head
     [InlineData(8, 2, 5, 3, false)]   // GQA, a chunk after cached tokens
