@@ -14,7 +14,7 @@ internal sealed class CacheManagerMetrics : IDisposable
         _meter.CreateObservableGauge("llm_kv_sessions", () => store.Sessions, "{session}", "Sessions held");
         _meter.CreateObservableGauge("llm_kv_stored_blocks", () => store.Blocks, "{block}", "Blocks (layer x session) held");
         _meter.CreateObservableGauge("llm_kv_cache_bytes", () => new Measurement<long>(store.Bytes, new KeyValuePair<string, object?>("device", "cpu")), "By", "KV memory allocated");
-        CompressionRatio = _meter.CreateHistogram("llm_kv_compression_ratio", "1", "Tokens kept / tokens received, per put", tags: null,
+        CompressionRatio = _meter.CreateHistogram("llm_kv_compression_ratio", "1", "Tokens kept / tokens the session has seen, per put", tags: null,
             new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1] });
         CompressionSeconds = _meter.CreateLatencyHistogram("llm_kv_compression_seconds", "Time to apply the compression policy");
         // Sessions, not tokens: named apart from decode's llm_kv_evictions_total (tokens a policy dropped).

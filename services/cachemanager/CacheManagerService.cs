@@ -84,7 +84,9 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         var (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
         var policyTag = new KeyValuePair<string, object?>("policy", kv.Policy.Split('(')[0]);
         _metrics.CompressionSeconds.Record(elapsed.TotalSeconds, policyTag);
-        if (kv.TokensReceived > 0) _metrics.CompressionRatio.Record((double)kv.KeptTokens / kv.TokensReceived, policyTag);
+        // Kept of all the tokens the session has seen: prefill compresses before it sends, so what
+        // arrives is usually within the budget already.
+        if (kv.TokensSeen > 0) _metrics.CompressionRatio.Record((double)kv.KeptTokens / kv.TokensSeen, policyTag);
         return new PutBlocksResponse { Kv = Handle(kv, layout, header.Policy), KeptTokens = kv.KeptTokens };
     }
 

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
 using Grpc.Core;
@@ -17,24 +18,27 @@ using Microsoft.Extensions.Logging;
 namespace Cluster.Prefill;
 
 /// <summary>
-/// Runs a prompt through the model (chunked prefill, dense), samples the first token, and writes the
-/// prompt's KV to the cache manager, which compresses it to the session's policy. One prompt at a
-/// time per worker: prefill is compute-bound, so a second one would only halve the speed of both.
+/// Runs a prompt through the model (chunked prefill, dense), samples the first token, compresses the
+/// prompt's KV to the session's policy and writes what is kept to the cache manager: a bounded policy's
+/// KV travels at its budget, not the prompt's length. One prompt at a time per worker: prefill is
+/// compute-bound, so a second one would only halve the speed of both.
 /// </summary>
 public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, IClusterService
 {
     public const string MeterName = "LlmCluster.Prefill";
     private readonly ModelHost _host;
     private readonly ServiceOptions _options;
+    private readonly ILogger _logger;
     private readonly ChannelCache _channels = new();
     private readonly SemaphoreSlim _model = new(1, 1);
     private readonly Meter _meter = new(MeterName);
     private readonly Histogram<double> _prefillSeconds, _transferSeconds;
     private readonly Counter<long> _tokens, _transferBytes;
 
-    private PrefillService(ModelHost host, ServiceOptions options)
+    private PrefillService(ModelHost host, ServiceOptions options, ILogger logger)
     {
         _host = host;
+        _logger = logger;
         _options = options;
         _prefillSeconds = _meter.CreateLatencyHistogram("llm_prefill_seconds", "Prompt forward pass");
         _transferSeconds = _meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "KV blocks to/from the cache manager");
@@ -44,10 +48,19 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         _meter.CreateObservableGauge("llm_model_weights_bytes", () => new Measurement<long>(4 * model.Config.ParameterCount, new KeyValuePair<string, object?>("device", "cpu")), "By", "Weights resident");
     }
 
-    public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging) =>
-        Task.FromResult<IClusterService>(new PrefillService(ModelHost.Load(options, logging.CreateLogger("prefill"), weights: true), options));
+    public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
+    {
+        var logger = logging.CreateLogger("prefill");
+        return Task.FromResult<IClusterService>(new PrefillService(ModelHost.Load(options, logger, weights: true), options, logger));
+    }
 
     public bool IsReady => true;
+
+    /// <summary>KV bytes this worker has sent to the cache manager (tests read it: in a test process
+    /// several services share meter names).</summary>
+    public long KvBytesPut => Interlocked.Read(ref _kvBytesPut);
+
+    private long _kvBytesPut;
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 
@@ -74,12 +87,14 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         var sw = Stopwatch.StartNew();
         try
         {
-            // Dense prefill: the cache manager applies the policy to what it stores (compressed on ingest).
             using var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, history ?? model.CreateCache(prompt.Length));
             if (history is null)
             {
+                // Dense prefill (the first token's logits see the whole prompt), then the policy, so
+                // that only the kept tokens travel; the cache manager stores them as they come.
                 model.Forward(prompt, seq.Cache, seq.Logits);
                 first = seq.Step(sw.Elapsed);
+                PromptKvCompression.Apply(model, SendPolicy(policy), seq.Cache);
             }
             else
             {
@@ -105,6 +120,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             TokenCount = tokensSeen,
         };
         var (stored, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, context.CancellationToken);
+        Interlocked.Add(ref _kvBytesPut, bytes);
         var direction = new KeyValuePair<string, object?>("direction", "put");
         _transferSeconds.Record(put.Elapsed.TotalSeconds, direction);
         _transferBytes.Add(bytes, direction);
@@ -119,6 +135,22 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             FinishReason = SamplingMapping.ToWire(first.Finish),
             Text = first.Text,
         };
+    }
+
+    /// <summary>The policy to compress with before sending, or null to send the dense KV and let the
+    /// cache manager compress it: a worker started without the Q-Filters file cannot build
+    /// `qfilters(...)` (the gateway and cache manager, which have it, validated the spec).</summary>
+    private KvCompressionPolicy? SendPolicy(string spec)
+    {
+        try
+        {
+            return PolicyMapping.Parse(spec, _host.Policies);
+        }
+        catch (InvalidRequestException e)
+        {
+            _logger.LogWarning("sending dense KV for policy {Policy}, which this prefill worker cannot build: {Reason}", spec, e.Message);
+            return null;
+        }
     }
 
     /// <summary>

@@ -8,8 +8,8 @@ namespace Cluster.Serving.Kv;
 /// <summary>
 /// The cache manager is a cache, not the source of truth (DESIGN.md): when it has lost a session's KV
 /// (restarted, evicted, expired) or cannot be reached, a decode worker rebuilds the KV that prefill
-/// stored from the prompt, exactly as it was made: a dense forward pass over the prompt (what prefill
-/// runs), then the policy's bulk compression (what the cache manager applies on ingest). The stream
+/// stored from the prompt, exactly as it was made: a dense forward pass over the prompt, then the
+/// policy's bulk compression (<see cref="PromptKvCompression"/>, what prefill applies before sending). The stream
 /// then continues like a restart from that first version: the generated tokens are fed back through
 /// the policy step by step, as the original stream fed them, so the tokens stay identical.
 /// </summary>
@@ -22,8 +22,7 @@ public static class KvRebuild
         var cache = model.CreateCache(Math.Max(capacity, prompt.Length));
         var logits = new float[model.Config.VocabSize];
         model.Forward(prompt, cache, logits);
-        // With the RoPE table of the KV layout, as the cache manager compresses (it holds no model).
-        policy?.Compress(model.Backend, KvLayoutMapping.Rope(KvLayoutMapping.For(model)), cache);
+        PromptKvCompression.Apply(model, policy, cache);
         return cache;
     }
 }

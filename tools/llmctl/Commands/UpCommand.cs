@@ -59,7 +59,7 @@ internal static class UpCommand
                 if (role != ServiceRole.CacheManager) a.AddRange(["--model", modelPath]);
                 if (r.GetValue(threads) is int t && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--threads", t.ToString()]);
                 if (r.GetValue(weights) is { } w && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--weights", w]); // same kernels as local runs
-                if (r.GetValue(qfilters) is { } q && role is not ServiceRole.Prefill) a.AddRange(["--qfilters", q]);
+                if (r.GetValue(qfilters) is { } q) a.AddRange(["--qfilters", q]); // prefill compresses before sending
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
                 if (role == ServiceRole.Prefill) a.AddRange(["--device", r.GetValue(prefillDevice)!]);
                 if (role == ServiceRole.Decode) a.AddRange(["--device", r.GetValue(decodeDevice)!]);
