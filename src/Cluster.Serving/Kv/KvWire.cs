@@ -23,14 +23,15 @@ public static class KvWire
         return header;
     }
 
-    /// <summary>The block's data cut into chunks of at most <see cref="MaxChunkBytes"/>.</summary>
+    /// <summary>The block's data cut into chunks of at most <see cref="MaxChunkBytes"/>, each wrapping the
+    /// block's own arrays (no copy until protobuf writes the message to the wire).</summary>
     public static IEnumerable<KvChunk> Chunks(KvLayerBlock block)
     {
         foreach (var part in new[] { block.Keys, block.Values })
         {
-            var bytes = MemoryMarshal.AsBytes(part.AsSpan()).ToArray();
+            var bytes = new FloatBytes(part).Memory;
             for (int offset = 0; offset < bytes.Length; offset += MaxChunkBytes)
-                yield return new KvChunk { Data = ByteString.CopyFrom(bytes, offset, Math.Min(MaxChunkBytes, bytes.Length - offset)) };
+                yield return new KvChunk { Data = UnsafeByteOperations.UnsafeWrap(bytes.Slice(offset, Math.Min(MaxChunkBytes, bytes.Length - offset))) };
         }
     }
 
@@ -42,8 +43,10 @@ public static class KvWire
     public sealed class BlockAssembler
     {
         private readonly KvBlockHeader _header;
-        private readonly byte[] _data;
-        private int _filled;
+        // The chunks are copied straight into the block's own arrays, K then V.
+        private readonly float[] _keys, _values;
+        private readonly long _length;
+        private long _filled;
 
         public BlockAssembler(KvBlockHeader header, int headDim)
         {
@@ -53,25 +56,35 @@ public static class KvWire
                 throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {header.Layer}: data_bytes {header.DataBytes} but {tokens} tokens x head_dim {headDim} x K,V fp32 need {expected}"));
             if (expected > int.MaxValue) throw new RpcException(new Status(StatusCode.ResourceExhausted, $"KV block for layer {header.Layer} of {expected} bytes is too large"));
             _header = header;
-            _data = new byte[expected];
+            _length = expected;
+            _keys = new float[tokens * headDim];
+            _values = new float[tokens * headDim];
         }
 
-        public bool IsComplete => _filled == _data.Length;
+        public bool IsComplete => _filled == _length;
 
         public void Add(KvChunk chunk)
         {
-            if (_filled + chunk.Data.Length > _data.Length)
-                throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: chunks exceed its data_bytes ({_data.Length})"));
-            chunk.Data.Span.CopyTo(_data.AsSpan(_filled));
-            _filled += chunk.Data.Length;
+            var data = chunk.Data.Span;
+            if (_filled + data.Length > _length)
+                throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: chunks exceed its data_bytes ({_length})"));
+            long half = _length / 2;
+            while (!data.IsEmpty)
+            {
+                // A chunk may end the keys and start the values.
+                var (target, at) = _filled < half ? (_keys, _filled) : (_values, _filled - half);
+                var into = MemoryMarshal.AsBytes(target.AsSpan())[(int)at..];
+                int n = Math.Min(data.Length, into.Length);
+                data[..n].CopyTo(into);
+                data = data[n..];
+                _filled += n;
+            }
         }
 
         public KvLayerBlock Build()
         {
-            if (!IsComplete) throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: {_filled} of {_data.Length} bytes arrived"));
-            var floats = MemoryMarshal.Cast<byte, float>(_data.AsSpan());
-            int half = floats.Length / 2;
-            return new KvLayerBlock(_header.Layer, _header.Heads.Select(h => h.Positions.ToArray()).ToArray(), floats[..half].ToArray(), floats[half..].ToArray());
+            if (!IsComplete) throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: {_filled} of {_length} bytes arrived"));
+            return new KvLayerBlock(_header.Layer, _header.Heads.Select(h => h.Positions.ToArray()).ToArray(), _keys, _values);
         }
     }
 }
