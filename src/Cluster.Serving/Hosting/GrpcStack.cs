@@ -27,8 +27,8 @@ public static class GrpcStack
         kestrel.Limits.MinRequestBodyDataRate = null;
         kestrel.Limits.MinResponseDataRate = null;
         kestrel.Limits.Http2.MaxStreamsPerConnection = maxStreamsPerConnection;
-        kestrel.Limits.Http2.InitialStreamWindowSize = 1 << 20;
-        kestrel.Limits.Http2.InitialConnectionWindowSize = 2 << 20;
+        kestrel.Limits.Http2.InitialStreamWindowSize = 8 << 20;
+        kestrel.Limits.Http2.InitialConnectionWindowSize = 16 << 20;
         kestrel.AddServerHeader = false;
         kestrel.Listen(address, grpcPort, l => { l.Protocols = HttpProtocols.Http2; grpcBound?.Invoke(l); });
         kestrel.Listen(address, httpPort, l => { l.Protocols = HttpProtocols.Http1; httpBound?.Invoke(l); });

@@ -28,6 +28,7 @@ internal static class BenchCommand
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.Subcommands.Add(BenchLoadCommand.Create());
         cmd.Subcommands.Add(BenchEvictionCommand.Create());
+        cmd.Subcommands.Add(BenchKvTransferCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int p = r.GetValue(promptTokens), d = r.GetValue(decodeTokens);
