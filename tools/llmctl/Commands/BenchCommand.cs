@@ -29,6 +29,7 @@ internal static class BenchCommand
         cmd.Subcommands.Add(BenchLoadCommand.Create());
         cmd.Subcommands.Add(BenchEvictionCommand.Create());
         cmd.Subcommands.Add(BenchKvTransferCommand.Create());
+        cmd.Subcommands.Add(BenchChaosCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int p = r.GetValue(promptTokens), d = r.GetValue(decodeTokens);
