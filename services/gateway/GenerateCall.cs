@@ -45,22 +45,27 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = _sessionId, TurnId = _sessionId, PromptTokens = prompt.Length } });
         Started();
 
-        PrefillResponse first;
-        using (var lease = gateway.Prefill.Acquire())
-        {
-            await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
-            first = await Call(lease, w => new LlmCluster.V1.Prefill.PrefillClient(w.Channel).PrefillAsync(new PrefillRequest
-            {
-                SessionId = _sessionId,
-                PromptTokenIds = { prompt },
-                Sampling = wireSampling,
-                KvPolicy = PolicyMapping.ToWire(policy),
-                CacheManager = gateway.Options.CacheManager,
-            }, options).ResponseAsync);
-        }
+        var first = await PrefillAsync(prompt, wireSampling, policy, options);
         await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
         return first.Finished ? first.FinishReason : await DecodeAsync(first.Kv, prompt, [first.FirstTokenId], wireSampling, options);
     });
+
+    /// <summary>Prefills this turn's prompt on a prefill worker (on top of the conversation's stored KV
+    /// when the turn has history) and returns its first token and KV handle.</summary>
+    private async Task<PrefillResponse> PrefillAsync(int[] prompt, SamplingParams sampling, string policy, CallOptions options)
+    {
+        using var lease = gateway.Prefill.Acquire();
+        await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
+        return await Call(lease, w => new LlmCluster.V1.Prefill.PrefillClient(w.Channel).PrefillAsync(new PrefillRequest
+        {
+            SessionId = _kvSession,
+            PromptTokenIds = { prompt },
+            Sampling = sampling,
+            KvPolicy = PolicyMapping.ToWire(policy),
+            CacheManager = gateway.Options.CacheManager,
+            Continuation = _history > 0 ? new PrefillContinuation { HistoryTokenCount = _history } : null,
+        }, options).ResponseAsync);
+    }
 
     /// <summary>
     /// The next turn of a conversation (StreamingLLM's multi-round chat, Xiao et al. 2023): only the
@@ -113,17 +118,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         PrefillResponse first;
         try
         {
-            using var lease = gateway.Prefill.Acquire();
-            await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
-            first = await Call(lease, w => new LlmCluster.V1.Prefill.PrefillClient(w.Channel).PrefillAsync(new PrefillRequest
-            {
-                SessionId = _kvSession,
-                PromptTokenIds = { fed },
-                Sampling = wireSampling,
-                KvPolicy = PolicyMapping.ToWire(previous.Policy),
-                CacheManager = gateway.Options.CacheManager,
-                Continuation = new PrefillContinuation { HistoryTokenCount = history },
-            }, options).ResponseAsync);
+            first = await PrefillAsync(fed, wireSampling, previous.Policy, options);
         }
         catch
         {
@@ -152,6 +147,16 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         if (!gateway.Live.TryAdd(_sessionId, cts)) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{_sessionId}' is streaming already"));
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { Status = SessionStatus.Running }, options.CancellationToken);
         Started();
+        if (logged.Count == 0)
+        {
+            // Stopped before its first token reached the log (e.g. the session store went down during
+            // prefill): prefill again. The seed is fixed, so it is the first token the stream would have had.
+            var first = await PrefillAsync(session.Prompt, session.Sampling, session.Policy, options);
+            await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
+            logged.Add(first.FirstTokenId);
+            if (first.Finished) return first.FinishReason;
+            return await DecodeAsync(first.Kv, session.Prompt, logged, session.Sampling, options);
+        }
         return await DecodeAsync(LatestKv(), session.Prompt, logged, session.Sampling, options);
     });
 

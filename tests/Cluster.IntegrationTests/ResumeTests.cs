@@ -175,6 +175,94 @@ public sealed class ResumeTests
         Assert.Equal(12, (await cluster.GenerateAsync(Request(12))).Ids.Count);
     }
 
+    /// <summary>Found by `llmctl bench chaos`: a stream that stopped before its first token reached the log
+    /// (here the client leaves as soon as it has the session id, during prefill) is resumed from the
+    /// start: the gateway prefills again (the seed is fixed) instead of sending decode an empty output.</summary>
+    [SharedDataFact]
+    public async Task A_stream_stopped_before_its_first_token_resumes_from_a_new_prefill()
+    {
+        const int tokens = 40;
+        var expected = Uninterrupted(tokens);
+        await using var cluster = await TestCluster.StartAsync(ModelPath, checkpointEvery: 16);
+        var client = new LlmCluster.V1.Gateway.GatewayClient(cluster.Client);
+        string? session = null;
+        int before = 0;
+        using (var cts = new CancellationTokenSource())
+        {
+            using var call = client.Generate(Request(tokens), cancellationToken: cts.Token);
+            try
+            {
+                await foreach (var r in call.ResponseStream.ReadAllAsync(cts.Token))
+                {
+                    if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Started) { session = r.Started.SessionId; cts.Cancel(); }
+                    if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) before += r.Chunk.TokenIds.Count;
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled }) { }
+        }
+        Assert.NotNull(session);
+        Assert.Equal(0, before);
+        // Wait until the gateway has wound the call down and logged nothing.
+        for (int i = 0; i < 100 && cluster.DecodeService.Running > 0; i++) await Task.Delay(50);
+        await Task.Delay(300);
+        var rest = await cluster.ResumeAsync(session!, -1);
+        Assert.Equal(expected.Ids, rest.Ids);
+        Assert.Equal(FinishReason.Length, rest.Finish);
+    }
+
+    /// <summary>Found by `llmctl bench chaos`: Redis SIGKILLed early in a stream and back half a second
+    /// later; the client resumes after the last token it received (a new Generate if it never learned the
+    /// session) until the stream completes, and gets the uninterrupted run's tokens.</summary>
+    [SharedDataFact]
+    public async Task Redis_killed_early_in_a_stream_the_client_resumes_to_the_exact_tokens()
+    {
+        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
+        if (redis is null) throw References.Missing("redis-server is missing: install apt redis-server");
+        const int tokens = 300;
+        var expected = Uninterrupted(tokens);
+        await using var cluster = await TestCluster.StartAsync(ModelPath, redis: $"127.0.0.1:{redis.Port}", checkpointEvery: 16);
+        var client = new LlmCluster.V1.Gateway.GatewayClient(cluster.Client);
+        var got = new List<int>();
+        string? session = null;
+        bool complete = false;
+        var kill = Task.Run(async () =>
+        {
+            await Task.Delay(250);
+            redis.Kill();
+            await Task.Delay(500);
+            await redis.StartAsync();
+        });
+        var log = new List<string>();
+        for (var deadline = DateTime.UtcNow.AddSeconds(90); !complete; )
+        {
+            Assert.True(DateTime.UtcNow < deadline, "no complete stream within 90 s: " + string.Join(" | ", log));
+            try
+            {
+                using var call = session is null
+                    ? client.Generate(Request(tokens), deadline: DateTime.UtcNow.AddSeconds(20))
+                    : client.Resume(new ResumeRequest { SessionId = session, AfterIndex = got.Count - 1 }, deadline: DateTime.UtcNow.AddSeconds(20));
+                await foreach (var r in call.ResponseStream.ReadAllAsync())
+                {
+                    if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Started) session ??= r.Started.SessionId;
+                    if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk)
+                    {
+                        Assert.Equal(got.Count, r.Chunk.TokenOffset);
+                        got.AddRange(r.Chunk.TokenIds);
+                    }
+                    if (r.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) complete = true;
+                }
+                if (!complete) log.Add($"ended without completion after {got.Count}");
+            }
+            catch (RpcException e)
+            {
+                log.Add($"{e.StatusCode} after {got.Count}: {e.Status.Detail}");
+                await Task.Delay(300);
+            }
+        }
+        await kill;
+        Assert.Equal(expected.Ids, got);
+    }
+
     private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
         ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
 }

@@ -25,6 +25,7 @@ namespace LlmCtl.Commands;
 internal static partial class BenchChaosCommand
 {
     private static readonly string[] Targets = ["prefill", "decode", "cachemanager", "gateway", "redis"];
+    private static readonly TimeSpan AttemptDeadline = TimeSpan.FromSeconds(30);
 
     public static Command Create()
     {
@@ -90,9 +91,10 @@ internal static partial class BenchChaosCommand
                 List<int> got;
                 string? error = null;
                 bool midStream = false;
+                var attempts = new List<string>();
                 try
                 {
-                    (got, midStream) = await RunTrial(client, Request(prompt, streamSeed, tokens, policy), Kill, timeout.Token);
+                    (got, midStream) = await RunTrial(client, Request(prompt, streamSeed, tokens, policy), Kill, timeout.Token, attempts);
                 }
                 catch (Exception e) when (e is RpcException or OperationCanceledException or TimeoutException or InvalidOperationException)
                 {
@@ -101,7 +103,9 @@ internal static partial class BenchChaosCommand
                 }
                 var o = Compare(target, expected, got, sw.Elapsed.TotalSeconds, error) with { MidStream = midStream };
                 outcomes.Add(o);
-                Console.Error.WriteLine($"trial {t + 1}/{trials}: kill {target} at {delay.TotalSeconds:F2} s: {(o.Ok ? "ok" : $"FAILED lost {o.Lost} dup {o.Duplicated} altered {o.Altered} {o.Error}")} ({o.Seconds:F1} s)");
+                Console.Error.WriteLine($"trial {t + 1}/{trials}: kill {target} at {delay.TotalSeconds:F2} s: {(o.Ok ? "ok" : $"FAILED lost {o.Lost} dup {o.Duplicated} altered {o.Altered} {o.Error}")} ({o.Seconds:F1} s, {attempts.Count} retries)");
+                foreach (var a in attempts) Console.Error.WriteLine($"    {a}");
+                if (!o.Ok) foreach (var l in lines.TakeLast(20)) Console.Error.WriteLine($"    | {l}");
                 // Let a killed service come back before the next trial picks its victim.
                 await WaitFor(() => pids.AllAlive(), up, lines, TimeSpan.FromMinutes(2), "every service to be back");
                 await Task.Delay(500);
@@ -129,8 +133,9 @@ internal static partial class BenchChaosCommand
     /// <summary>One stream to its end, resuming after every failure as a client should: after the last
     /// token received, on the same gateway address (`up` restarts a dead gateway on its port).</summary>
     /// <returns>The tokens, and whether the kill landed before the stream completed.</returns>
-    private static async Task<(List<int> Tokens, bool KilledMidStream)> RunTrial(Gateway.GatewayClient client, GenerateRequest request, Func<Task>? kill, CancellationToken ct)
+    private static async Task<(List<int> Tokens, bool KilledMidStream)> RunTrial(Gateway.GatewayClient client, GenerateRequest request, Func<Task>? kill, CancellationToken ct, List<string>? attemptLog = null)
     {
+        var attempts = attemptLog ?? [];
         var got = new List<int>();
         string? session = null;
         bool complete = false;
@@ -140,9 +145,12 @@ internal static partial class BenchChaosCommand
             ct.ThrowIfCancellationRequested();
             try
             {
+                // A client's deadline per attempt: a call that hangs is abandoned and resumed, as a real
+                // client would (each one is logged, so hangs are visible in the trial's record).
+                var deadline = DateTime.UtcNow + AttemptDeadline;
                 using var call = session is null
-                    ? client.Generate(request, cancellationToken: ct)
-                    : client.Resume(new ResumeRequest { SessionId = session, AfterIndex = got.Count - 1 }, cancellationToken: ct);
+                    ? client.Generate(request, deadline: deadline, cancellationToken: ct)
+                    : client.Resume(new ResumeRequest { SessionId = session, AfterIndex = got.Count - 1 }, deadline: deadline, cancellationToken: ct);
                 await foreach (var r in call.ResponseStream.ReadAllAsync(ct))
                 {
                     switch (r.ResponseCase)
@@ -157,8 +165,9 @@ internal static partial class BenchChaosCommand
                 }
                 if (!complete) throw new RpcException(new Status(StatusCode.Unavailable, "stream ended without completion"));
             }
-            catch (RpcException) when (!ct.IsCancellationRequested)
+            catch (RpcException e) when (!ct.IsCancellationRequested)
             {
+                attempts.Add($"{(session is null ? "generate" : "resume")} after {got.Count}: {e.StatusCode} {e.Status.Detail}");
                 await Task.Delay(300, ct); // the service that died is restarted by `up` (backoff from 1 s)
             }
         }
