@@ -27,6 +27,7 @@ internal static class BenchCommand
         device.AddTo(cmd);
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.Subcommands.Add(BenchLoadCommand.Create());
+        cmd.Subcommands.Add(BenchFuzzCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int p = r.GetValue(promptTokens), d = r.GetValue(decodeTokens);
