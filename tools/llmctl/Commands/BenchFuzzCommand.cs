@@ -36,7 +36,8 @@ internal static class BenchFuzzCommand
             { requests, seed, concurrency, checkEvery, warmup, settle, tolerance, timeout, endpoint, http, pids, portOffset, model, json };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
-            var serviceLog = new ConcurrentQueue<string>();
+            var serviceErrors = new ConcurrentDictionary<string, int>();
+            var lastHeader = new ConcurrentDictionary<ServiceRole, string>();
             int errorLines = 0;
             LocalCluster? cluster = null;
             try
@@ -60,9 +61,19 @@ internal static class BenchFuzzCommand
                     {
                         Output = (role, line, _) =>
                         {
-                            if (line.StartsWith("fail:", StringComparison.Ordinal) || line.StartsWith("crit:", StringComparison.Ordinal) || line.Contains("Unhandled exception", StringComparison.Ordinal))
+                            // An error's first two lines (logger category, message) name it; they are counted by kind.
+                            if (line.StartsWith("fail:", StringComparison.Ordinal) || line.StartsWith("crit:", StringComparison.Ordinal))
+                            {
                                 Interlocked.Increment(ref errorLines);
-                            if (serviceLog.Count < 200) serviceLog.Enqueue($"[{role.Name()}] {line}");
+                                lastHeader[role] = line;
+                            }
+                            else if (lastHeader.TryRemove(role, out var header))
+                                serviceErrors.AddOrUpdate($"[{role.Name()}] {header} {line.Trim()}", 1, (_, n) => n + 1);
+                            else if (line.Contains("Unhandled exception", StringComparison.Ordinal))
+                            {
+                                Interlocked.Increment(ref errorLines);
+                                serviceErrors.AddOrUpdate($"[{role.Name()}] {line.Trim()}", 1, (_, n) => n + 1);
+                            }
                         },
                     };
                     string[] Common(ServiceRole role) => role == ServiceRole.CacheManager ? ["--host", "127.0.0.1", "--log-level", "warning"] : ["--host", "127.0.0.1", "--log-level", "warning", "--model", modelPath];
@@ -114,12 +125,12 @@ internal static class BenchFuzzCommand
                     {
                         requests = options.Requests, seed = options.Seed, concurrency = options.Concurrency, wall_seconds = report.WallSeconds,
                         load_before = load0, load_after = load1,
-                        by_category = report.ByCategory, by_kind = report.ByKind, by_answer = report.ByAnswer,
+                        by_category = report.ByCategory, by_kind = report.ByKind, by_answer = report.ByAnswer, by_kind_answer = report.ByKindAnswer,
                         checks = report.Checks.Count, failed_checks = report.FailedChecks, exited, service_error_lines = errorLines,
                         memory_kib = memory.Select(m => new { service = m.Name, baseline = m.Baseline, peak = m.Peak, after = m.After, back = m.Back }),
-                        examples = report.Examples.Values.OrderBy(e => e.Index), ok,
+                        examples = report.Examples.Values.OrderBy(e => e.Index), service_errors = serviceErrors, ok,
                     }, new JsonSerializerOptions { WriteIndented = true }));
-                else Print(report, load0, load1, memory, exited, errorLines, serviceLog, ok);
+                else Print(report, load0, load1, memory, exited, errorLines, serviceErrors, ok);
                 return ok ? 0 : 1;
             }
             finally { cluster?.Dispose(); }
@@ -145,18 +156,20 @@ internal static class BenchFuzzCommand
         catch (IOException) { return "n/a"; }
     }
 
+    private static string Truncate(string s, int n) => s.Length <= n ? s : s[..n] + "...";
+
     private static string Rss(FuzzCheck c) => string.Join(", ", c.RssKiB.Select(kv => $"{kv.Key} {kv.Value / 1024.0:F1} MiB"));
 
     private static void Print(FuzzReport report, string load0, string load1, List<(string Name, long Baseline, long Peak, long After, bool Back)> memory,
-        List<string> exited, int errorLines, IEnumerable<string> serviceLog, bool ok)
+        List<string> exited, int errorLines, ConcurrentDictionary<string, int> serviceErrors, bool ok)
     {
         var o = report.Options;
         Console.WriteLine($"{o.Requests} malformed requests, seed {o.Seed}, concurrency {o.Concurrency}: {report.WallSeconds:F1} s ({o.Requests / report.WallSeconds:F0} requests/s); load average {load0} before, {load1} after");
         Console.WriteLine("by category: " + string.Join(", ", report.ByCategory.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key} {kv.Value}")));
         Console.WriteLine("answers (a raw HTTP/2 connection can count several):");
         foreach (var (k, v) in report.ByAnswer.OrderBy(kv => kv.Key)) Console.WriteLine($"  {k,-40} {v,8}");
-        Console.WriteLine("kinds:");
-        foreach (var (k, v) in report.ByKind.OrderBy(kv => kv.Key)) Console.WriteLine($"  {k,-40} {v,8}");
+        Console.WriteLine("answers by kind of input (a raw HTTP/2 connection is named by its first action):");
+        foreach (var (k, v) in report.ByKindAnswer.OrderBy(kv => kv.Key)) Console.WriteLine($"  {k,-50} {v,8}");
         Console.WriteLine($"liveness: {report.Checks.Count} checks (completion over HTTP + gRPC health), {report.FailedChecks} failed; processes exited: {(exited.Count == 0 ? "none" : string.Join(", ", exited))}; service error/critical log lines: {errorLines}");
         foreach (var c in report.Checks.Where(c => c.Error is not null).Take(5)) Console.WriteLine($"  check after {c.AfterRequests}: {c.Error}");
         Console.WriteLine("memory (VmRSS, MiB): service, warm baseline, peak during the run, after the settle");
@@ -167,8 +180,8 @@ internal static class BenchFuzzCommand
             Console.WriteLine($"  {(e.Finding ? "FINDING" : "note   ")} {e.Category} {e.Answer} x{e.Count} \"{e.Message}\" first at request {e.Index} ({e.Kind}): {e.Input}");
         if (errorLines > 0)
         {
-            Console.WriteLine("service log (first lines):");
-            foreach (var line in serviceLog.Take(20)) Console.WriteLine("  " + line);
+            Console.WriteLine("service error log lines, by kind:");
+            foreach (var (line, n) in serviceErrors.OrderByDescending(kv => kv.Value)) Console.WriteLine($"  x{n} {Truncate(line, 300)}");
         }
         Console.WriteLine(ok ? "PASS: no crash, no finding, still answering, memory back" : "FAIL");
     }

@@ -31,6 +31,8 @@ public sealed class FuzzReport
     public ConcurrentDictionary<string, int> ByKind { get; } = new();
     /// <summary>"category answer" → count, e.g. "grpc grpc:InvalidArgument", "h1 http:400", "h2 goaway:PROTOCOL_ERROR".</summary>
     public ConcurrentDictionary<string, int> ByAnswer { get; } = new();
+    /// <summary>"category kind answer" → count.</summary>
+    public ConcurrentDictionary<string, int> ByKindAnswer { get; } = new();
     public ConcurrentDictionary<string, FuzzExample> Examples { get; } = new();
     public List<FuzzCheck> Checks { get; } = [];
     public double WallSeconds { get; set; }
@@ -72,6 +74,17 @@ public sealed class FrontDoorFuzzer : IDisposable
         _channel = GrpcChannel.ForAddress($"http://{target.Host}:{target.GrpcPort}");
     }
 
+    private string? _modelId;
+
+    /// <summary>The served model's id (GET /v1/models), which the OpenAI API requires in each request.</summary>
+    private async Task<string> ModelIdAsync()
+    {
+        if (_modelId is not null) return _modelId;
+        var text = await _check.GetStringAsync($"http://{_target.Host}:{_target.HttpPort}/v1/models");
+        using var doc = System.Text.Json.JsonDocument.Parse(text);
+        return _modelId = doc.RootElement.GetProperty("data")[0].GetProperty("id").GetString()!;
+    }
+
     private TimeSpan RequestTimeout => TimeSpan.FromSeconds(_options.TimeoutSeconds);
 
     /// <summary>Sends the requests (<paramref name="firstIndex"/> on); <paramref name="progress"/> gets the count done.</summary>
@@ -80,6 +93,7 @@ public sealed class FrontDoorFuzzer : IDisposable
         var report = new FuzzReport { Options = _options };
         var clock = Stopwatch.StartNew();
         report.Checks.Add(await CheckAsync(0));
+        _modelJson = System.Text.Json.JsonSerializer.Serialize(await ModelIdAsync());
         int next = firstIndex - 1, done = 0;
         var workers = Enumerable.Range(0, Math.Max(1, _options.Concurrency)).Select(_ => Task.Run(async () =>
         {
@@ -110,7 +124,8 @@ public sealed class FrontDoorFuzzer : IDisposable
             string? error = null;
             try
             {
-                using var content = new StringContent("{\"prompt\":\"Once upon a time\",\"max_tokens\":4,\"temperature\":0}", Encoding.UTF8, "application/json");
+                var model = System.Text.Json.JsonSerializer.Serialize(await ModelIdAsync());
+                using var content = new StringContent($"{{\"model\":{model},\"prompt\":\"Once upon a time\",\"max_tokens\":4,\"temperature\":0}}", Encoding.UTF8, "application/json");
                 using var response = await _check.PostAsync($"http://{_target.Host}:{_target.HttpPort}/v1/completions", content);
                 var text = await response.Content.ReadAsStringAsync();
                 httpOk = response.StatusCode == HttpStatusCode.OK && text.Contains("\"choices\"");
@@ -159,7 +174,11 @@ public sealed class FrontDoorFuzzer : IDisposable
             : ("h1", await Http1Async(r));
         report.ByCategory.AddOrUpdate(category, 1, (_, n) => n + 1);
         report.ByKind.AddOrUpdate($"{category} {result.Kind}", 1, (_, n) => n + 1);
-        foreach (var answer in result.Answers) report.ByAnswer.AddOrUpdate($"{category} {answer}", 1, (_, n) => n + 1);
+        foreach (var answer in result.Answers)
+        {
+            report.ByAnswer.AddOrUpdate($"{category} {answer}", 1, (_, n) => n + 1);
+            report.ByKindAnswer.AddOrUpdate($"{category} {result.Kind.Split('+')[0]} {answer}", 1, (_, n) => n + 1);
+        }
         if (result.Notable is { } notable)
         {
             var key = $"{category} {notable.Answer} {notable.Message}";
@@ -472,6 +491,8 @@ public sealed class FrontDoorFuzzer : IDisposable
 
     // ------------------------------------------------------------------ raw HTTP/1.1 to the OpenAI API
 
+    private string _modelJson = "\"\"";
+
     private async Task<Result> Http1Async(Random r)
     {
         string path = Pick(r, "/v1/completions", "/v1/completions", "/v1/chat/completions", "/v1/chat/completions", "/v1/models",
@@ -486,23 +507,23 @@ public sealed class FrontDoorFuzzer : IDisposable
         byte[] body;
         switch (what)
         {
-            case 0: case 1: case 2: kind = "json-request"; body = Encoding.UTF8.GetBytes(JsonRequest(r, chat)); break;
-            case 3: kind = "deep-nesting"; body = Encoding.UTF8.GetBytes(Deep(r)); break;
+            case 0: case 1: case 2: kind = "json-request"; body = Encoding.UTF8.GetBytes(JsonRequest(r, chat, _modelJson)); break;
+            case 3: kind = "deep-nesting"; body = Encoding.UTF8.GetBytes(Deep(r, _modelJson)); break;
             case 4:
                 kind = "huge-numbers";
-                body = Encoding.UTF8.GetBytes($"{{\"{(chat ? "messages" : "prompt")}\":{(chat ? "[{\"role\":\"user\",\"content\":\"hi\"}]" : "\"Once\"")},\"{Pick(r, "max_tokens", "temperature", "top_p", "n", "seed", "top_k", "logprobs", "presence_penalty", "min_tokens", "top_logprobs")}\":{JsonNumber(r)}}}");
+                body = Encoding.UTF8.GetBytes($"{{\"model\":{_modelJson},\"{(chat ? "messages" : "prompt")}\":{(chat ? "[{\"role\":\"user\",\"content\":\"hi\"}]" : "\"Once\"")},\"{Pick(r, "max_tokens", "temperature", "top_p", "n", "seed", "top_k", "logprobs", "presence_penalty", "min_tokens", "top_logprobs")}\":{JsonNumber(r)}}}");
                 break;
-            case 5: kind = "invalid-utf8"; body = InvalidUtf8(r); break;
-            case 6: { kind = "truncated"; var full = Encoding.UTF8.GetBytes(JsonRequest(r, chat)); body = full[..r.Next(full.Length)]; break; }
+            case 5: kind = "invalid-utf8"; body = InvalidUtf8(r, _modelJson); break;
+            case 6: { kind = "truncated"; var full = Encoding.UTF8.GetBytes(JsonRequest(r, chat, _modelJson)); body = full[..r.Next(full.Length)]; break; }
             case 7: kind = "random-bytes"; body = Bytes(r, 200); break;
             case 8:
                 kind = "wrong-content-type";
-                body = Encoding.UTF8.GetBytes("{\"prompt\":\"Once\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2}");
+                body = Encoding.UTF8.GetBytes("{\"model\":" + _modelJson + ",\"prompt\":\"Once\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2}");
                 contentType = Pick(r, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "application/json; charset=latin1", "application/json; charset=utf-16", "*/*", "\u00ff");
                 break;
             case 9:
                 kind = "huge-content-length";
-                body = Encoding.UTF8.GetBytes(JsonRequest(r, chat))[..];
+                body = Encoding.UTF8.GetBytes(JsonRequest(r, chat, _modelJson))[..];
                 contentLength = Pick(r, "1000000000000", "9223372036854775807", "9223372036854775808", "-1", "abc", "1e3", (body.Length + r.Next(1, 100_000)).ToString(), "4294967296", "10, 10");
                 closeWrite = true;
                 break;
@@ -561,7 +582,8 @@ public sealed class FrontDoorFuzzer : IDisposable
             if (text.Length >= 12 && text.StartsWith("HTTP/1.1 ", StringComparison.Ordinal) && int.TryParse(text.AsSpan(9, 3), out var status))
             {
                 answers.Add($"http:{status}");
-                if (status >= 500)
+                if (status == 505) notable = ("http:505", "HTTP version not supported (RFC 9110 15.6.6: the right answer to an unknown version)", false);
+                else if (status >= 500)
                 {
                     int bodyAt = text.IndexOf("\r\n\r\n", StringComparison.Ordinal);
                     notable = ($"http:{status}", bodyAt < 0 ? "" : Truncate(text[(bodyAt + 4)..], 300), true);

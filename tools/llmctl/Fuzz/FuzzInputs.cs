@@ -58,13 +58,14 @@ internal static class FuzzInputs
     private static readonly string[] CompletionFields = ["model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "stream", "stop", "seed", "logprobs", "echo", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "user", "kv_policy", "session_id", "min_tokens", "ignore_eos", "stream_options", "best_of", "suffix"];
     private static readonly string[] ChatFields = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stream", "stop", "seed", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "response_format", "tools", "tool_choice", "user", "kv_policy", "session_id", "stream_options"];
 
-    public static string JsonRequest(Random r, bool chat)
+    public static string JsonRequest(Random r, bool chat, string modelJson)
     {
         var sb = new StringBuilder("{");
         var fields = chat ? ChatFields : CompletionFields;
         int count = r.Next(0, 7);
         bool first = true;
         void Field(string name, string value) { if (!first) sb.Append(','); first = false; sb.Append('"').Append(name).Append("\":").Append(value); }
+        if (r.Next(5) > 0) Field("model", modelJson);
         // Usually the required field with a plausible value, so the checks behind it are reached too.
         if (r.Next(3) > 0) Field(chat ? "messages" : "prompt", chat ? Messages(r) : Pick(r, "\"Once upon a time\"", "[1,2,3]", "[[1,2],[3]]", "[\"a\",\"b\"]", JsonValue(r, 0)));
         if (r.Next(2) == 0) Field("max_tokens", Pick(r, "1", "4", "0", "-1", JsonNumber(r), JsonValue(r, 0)));
@@ -113,18 +114,18 @@ internal static class FuzzInputs
         "\"\\u00e9\\u4e2d\\ud83d\\ude00\"", "\"{{ bos_token }}{% for %}\"", "\"" + new string('\u00e9', r.Next(1, 200)) + "\"");
 
     /// <summary>Nesting deeper than any parser should follow (System.Text.Json stops at 64 by default).</summary>
-    public static string Deep(Random r)
+    public static string Deep(Random r, string modelJson)
     {
         int depth = Pick(r, 63, 64, 65, 1000, r.Next(1, 200_000));
         string open = r.Next(2) == 0 ? "[" : "{\"a\":", close = open == "[" ? "]" : "}";
         var inner = string.Concat(Enumerable.Repeat(open, depth)) + "1" + (r.Next(4) == 0 ? "" : string.Concat(Enumerable.Repeat(close, depth)));
-        return r.Next(2) == 0 ? inner : "{\"prompt\":" + inner + ",\"max_tokens\":2}";
+        return r.Next(2) == 0 ? inner : "{\"model\":" + modelJson + ",\"prompt\":" + inner + ",\"max_tokens\":2}";
     }
 
     /// <summary>A request body with bytes that are not UTF-8 inside a string.</summary>
-    public static byte[] InvalidUtf8(Random r)
+    public static byte[] InvalidUtf8(Random r, string modelJson)
     {
         var bad = Pick(r, new byte[] { 0xFF }, [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF8, 0x88, 0x80, 0x80, 0x80], [0xE2, 0x82], [0x80], [0xF4, 0x90, 0x80, 0x80]);
-        return [.. "{\"prompt\":\"ab"u8, .. bad, .. "cd\",\"max_tokens\":2}"u8];
+        return [.. Encoding.UTF8.GetBytes("{\"model\":" + modelJson + ",\"prompt\":\"ab"), .. bad, .. "cd\",\"max_tokens\":2}"u8];
     }
 }
