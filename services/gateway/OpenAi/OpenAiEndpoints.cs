@@ -88,6 +88,14 @@ internal sealed class OpenAiEndpoints(GatewayService gateway)
         {
             throw OpenAiException.BadRequest($"the request body is not valid JSON: {e.Message}");
         }
+        // A body Kestrel cannot read (bad chunked framing, ...) is the client's: its own status (400, 413)
+        // where Kestrel says one, else 400. Kestrel reports an oversized chunk size as a plain IOException
+        // over an OverflowException, which unhandled was a 500 (found by `llmctl bench fuzz`).
+        catch (IOException e) when (!http.RequestAborted.IsCancellationRequested)
+        {
+            int status = e is BadHttpRequestException bad ? bad.StatusCode : 400;
+            throw new OpenAiException(status, $"the request body could not be read: {e.Message}");
+        }
         try
         {
             CheckStrings(document.RootElement);

@@ -37,7 +37,7 @@ internal static class BenchFuzzCommand
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             var serviceErrors = new ConcurrentDictionary<string, int>();
-            var lastHeader = new ConcurrentDictionary<ServiceRole, string>();
+            var pending = new ConcurrentDictionary<ServiceRole, List<string>>();
             int errorLines = 0;
             LocalCluster? cluster = null;
             try
@@ -59,16 +59,20 @@ internal static class BenchFuzzCommand
                     // Service output is kept, not printed: error and critical lines are part of the report.
                     cluster = new LocalCluster("127.0.0.1")
                     {
-                        Output = (role, line, _) =>
+                        Output = (role, line, fromStderr) =>
                         {
-                            // An error's first two lines (logger category, message) name it; they are counted by kind.
+                            // An error's first three lines (logger category, message, exception) name it; counted by kind.
                             if (line.StartsWith("fail:", StringComparison.Ordinal) || line.StartsWith("crit:", StringComparison.Ordinal))
                             {
                                 Interlocked.Increment(ref errorLines);
-                                lastHeader[role] = line;
+                                pending[role] = new List<string> { line };
                             }
-                            else if (lastHeader.TryRemove(role, out var header))
-                                serviceErrors.AddOrUpdate($"[{role.Name()}] {header} {line.Trim()}", 1, (_, n) => n + 1);
+                            else if (pending.TryGetValue(role, out var lines))
+                            {
+                                lines.Add(System.Text.RegularExpressions.Regex.Replace(line.Trim(), "(Connection|Request) id \"[^\"]*\"", "$1 id ..."));
+                                if (lines.Count == 3 && pending.TryRemove(role, out _))
+                                    serviceErrors.AddOrUpdate($"[{role.Name()}] {string.Join(" | ", lines)}", 1, (_, n) => n + 1);
+                            }
                             else if (line.Contains("Unhandled exception", StringComparison.Ordinal))
                             {
                                 Interlocked.Increment(ref errorLines);
@@ -174,6 +178,11 @@ internal static class BenchFuzzCommand
         foreach (var c in report.Checks.Where(c => c.Error is not null).Take(5)) Console.WriteLine($"  check after {c.AfterRequests}: {c.Error}");
         Console.WriteLine("memory (VmRSS, MiB): service, warm baseline, peak during the run, after the settle");
         foreach (var m in memory) Console.WriteLine($"  {m.Name,-14} {m.Baseline / 1024.0,8:F1} {m.Peak / 1024.0,8:F1} {m.After / 1024.0,8:F1}  {(m.Back ? "back" : "NOT back")}");
+        // The trend tells a leak (growing to the end) from a heap that grew once and is not given back.
+        var checks = report.Checks.Where(c => c.RssKiB.Count > 0).ToList();
+        var picks = Enumerable.Range(0, Math.Min(11, checks.Count)).Select(i => checks[(int)Math.Round(i * (checks.Count - 1) / Math.Max(1.0, Math.Min(11, checks.Count) - 1))]).Distinct().ToList();
+        Console.WriteLine("RSS (MiB) at the checks, after N requests: " + string.Join(' ', picks.Select(c => c.AfterRequests)));
+        foreach (var m in memory) Console.WriteLine($"  {m.Name,-14} " + string.Join(' ', picks.Select(c => c.RssKiB.TryGetValue(m.Name, out var v) ? $"{v / 1024.0:F1}" : "-")));
         var examples = report.Examples.Values.OrderBy(e => e.Finding ? 0 : 1).ThenBy(e => e.Index).ToList();
         Console.WriteLine($"findings (5xx, unexpected INTERNAL, hangs): {report.Findings.Count()} distinct");
         foreach (var e in examples)

@@ -569,15 +569,18 @@ public sealed class FrontDoorFuzzer : IDisposable
         {
             await socket.ConnectAsync(_target.Host, _target.HttpPort, cts.Token);
             using var net = new NetworkStream(socket, ownsSocket: false);
-            try
-            {
-                await net.WriteAsync(input, cts.Token);
-                if (closeWrite) socket.Shutdown(SocketShutdown.Send);
-            }
+            try { await net.WriteAsync(input, cts.Token); }
             catch (IOException) { answers.Add("write-failed"); }
             var received = new MemoryStream();
             var buffer = new byte[16384];
-            for (int k; (k = await net.ReadAsync(buffer, cts.Token)) > 0;) if (received.Length < 65536) received.Write(buffer, 0, k);
+            // A body that may be incomplete (a length or chunk that promises more): the server gets a moment to
+            // refuse what it has, then the client stops sending, as a client that gave up would.
+            var first = net.ReadAsync(buffer, cts.Token).AsTask();
+            if (closeWrite && await Task.WhenAny(first, Task.Delay(150, cts.Token)) != first)
+            {
+                try { socket.Shutdown(SocketShutdown.Send); } catch (SocketException) { }
+            }
+            for (int k = await first; k > 0; k = await net.ReadAsync(buffer, cts.Token)) if (received.Length < 65536) received.Write(buffer, 0, k);
             var text = Encoding.Latin1.GetString(received.GetBuffer(), 0, (int)received.Length);
             if (text.Length >= 12 && text.StartsWith("HTTP/1.1 ", StringComparison.Ordinal) && int.TryParse(text.AsSpan(9, 3), out var status))
             {
@@ -589,7 +592,7 @@ public sealed class FrontDoorFuzzer : IDisposable
                     notable = ($"http:{status}", bodyAt < 0 ? "" : Truncate(text[(bodyAt + 4)..], 300), true);
                 }
             }
-            else answers.Add(text.Length == 0 ? "closed-no-answer" : "not-http");
+            else answers.Add(text.Length == 0 ? closeWrite ? "closed-no-answer(client stopped sending)" : "closed-no-answer" : "not-http");
         }
         catch (OperationCanceledException) { answers.Add("timeout"); notable = ("timeout", $"no answer within {RequestTimeout.TotalSeconds:F0} s", true); }
         catch (Exception e) when (e is IOException or SocketException) { answers.Add("reset"); }
