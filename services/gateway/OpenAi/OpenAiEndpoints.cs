@@ -75,6 +75,10 @@ internal sealed class OpenAiEndpoints(GatewayService gateway)
             if (responder?.Started == true) await responder.FailAsync(e);
             else await OpenAiErrors.WriteAsync(http.Response, e);
         }
+        catch (OpenAiException) when (http.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away (e.g. in the middle of its body): there is no one to answer, and nothing to log.
+        }
     }
 
     private static async Task<JsonDocument> ReadAsync(HttpContext http)

@@ -20,6 +20,9 @@ public sealed record FuzzOptions(int Requests, int Seed, int Concurrency = 8, in
 public sealed record FuzzExample(string Category, string Kind, string Answer, string Message, int Index, string Input, bool Finding)
 {
     public int Count;
+
+    /// <summary><see cref="Count"/> as a property, for JSON.</summary>
+    public int Occurrences => Count;
 }
 
 public sealed record FuzzCheck(int AfterRequests, bool HttpOk, bool GrpcOk, string? Error, IReadOnlyDictionary<string, long> RssKiB, IReadOnlyList<string> Exited);
@@ -310,15 +313,26 @@ public sealed class FrontDoorFuzzer : IDisposable
             catch (IOException) { answers.Add("write-failed"); }
             bool pingAck = false, streamDone = awaitStream == 0;
             var header = new byte[9];
+            // Once the PING is answered the server has taken in everything sent; a call's response may still be
+            // held back by the flow-control window the random SETTINGS gave it, so it gets a few seconds more.
+            using var afterPing = CancellationTokenSource.CreateLinkedTokenSource(cts.Token);
             while (!(pingAck && streamDone))
             {
-                if (!await ReadFullyAsync(net, header, cts.Token)) { answers.Add("eof"); break; }
+                try
+                {
+                    if (!await ReadFullyAsync(net, header, afterPing.Token)) { answers.Add("eof"); break; }
+                }
+                catch (OperationCanceledException) when (pingAck && !cts.IsCancellationRequested) { answers.Add("call-unfinished-after-ping"); break; }
                 int length = header[0] << 16 | header[1] << 8 | header[2];
                 byte type = header[3], flags = header[4];
                 int sid = (int)(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(5)) & 0x7FFFFFFF);
                 var payload = new byte[length];
                 if (!await ReadFullyAsync(net, payload, cts.Token)) { answers.Add("eof-mid-frame"); break; }
-                if (type == Ping && (flags & Ack) != 0 && payload.AsSpan().SequenceEqual(pingPayload)) pingAck = true;
+                if (type == Ping && (flags & Ack) != 0 && payload.AsSpan().SequenceEqual(pingPayload))
+                {
+                    pingAck = true;
+                    afterPing.CancelAfter(TimeSpan.FromSeconds(3));
+                }
                 else if (type == GoAway && length >= 8)
                 {
                     uint code = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(4));
