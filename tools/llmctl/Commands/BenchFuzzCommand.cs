@@ -32,8 +32,9 @@ internal static class BenchFuzzCommand
         var portOffset = new Option<int>("--port-offset") { Description = "own cluster: added to every default port (docs/SERVICES.md)", DefaultValueFactory = _ => 4400 };
         var model = new Option<string?>("--model") { Description = "own cluster: model (default: the generated stories260K-size one)" };
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
+        var from = new Option<int>("--from") { Description = "index of the first request (to replay a finding: --from I --requests 1)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("fuzz", "send the gateway's gRPC and HTTP front doors seeded malformed requests; report crashes, 5xx/INTERNAL, liveness and memory")
-            { requests, seed, concurrency, checkEvery, warmup, settle, tolerance, timeout, endpoint, http, pids, portOffset, model, json };
+            { requests, seed, concurrency, checkEvery, warmup, settle, tolerance, timeout, endpoint, http, pids, portOffset, model, json, from };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             var serviceErrors = new ConcurrentDictionary<string, int>();
@@ -106,7 +107,7 @@ internal static class BenchFuzzCommand
                 var baseline = fuzzer.CheckAsync(0).GetAwaiter().GetResult();
                 Console.Error.WriteLine($"baseline RSS: {Rss(baseline)}; fuzzing {options.Requests} requests, seed {options.Seed}, {options.Concurrency} at once");
                 var progress = new ConsoleProgress("fuzz requests", options.Requests);
-                var report = fuzzer.RunAsync(d => { lock (progress) progress.Report(d); }).GetAwaiter().GetResult();
+                var report = fuzzer.RunAsync(d => { lock (progress) progress.Report(d); }, r.GetValue(from)).GetAwaiter().GetResult();
                 string load1 = LoadAverage();
                 Console.Error.WriteLine($"done in {report.WallSeconds:F1} s; settling {r.GetValue(settle)} s");
                 Thread.Sleep(TimeSpan.FromSeconds(r.GetValue(settle)));
