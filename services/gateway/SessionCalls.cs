@@ -16,7 +16,8 @@ internal sealed class SessionCalls(GatewayService gateway) : IDisposable
         int limit = request.Limit == 0 ? 100 : request.Limit;
         var response = new ListSessionsResponse();
         // Turn records are listed by the store too; ask for more and keep the conversations.
-        foreach (var s in await gateway.Sessions.ListAsync(limit * 4, context.CancellationToken))
+        // (A limit near int.MaxValue must not overflow the scan size to a negative one: found by `llmctl bench fuzz`.)
+        foreach (var s in await gateway.Sessions.ListAsync(limit > int.MaxValue / 4 ? int.MaxValue : limit * 4, context.CancellationToken))
         {
             if (response.Sessions.Count == limit) break;
             if (SessionRecord.From(s) is { Turn: > 0 }) continue;

@@ -162,6 +162,9 @@ internal sealed class LocalCluster(string bind) : IDisposable
     public List<Service> Services { get; } = [];
     private Process? _redis;
 
+    /// <summary>Where the services' output lines go (role, line, from stderr); default: this console, prefixed with the role.</summary>
+    public Action<ServiceRole, string, bool>? Output { get; init; }
+
     /// <summary>Launches redis-server (apt redis-server) on a free loopback port with append-only
     /// persistence in a temp folder; returns its host:port.</summary>
     public string StartRedis()
@@ -197,16 +200,23 @@ internal sealed class LocalCluster(string bind) : IDisposable
         service.Process = Launch(service.Role, service.StartInfo);
     }
 
-    private static Process Launch(ServiceRole role, ProcessStartInfo psi)
+    private Process Launch(ServiceRole role, ProcessStartInfo psi)
     {
         var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {role.Name()}");
         // Child output is prefixed with its role, so one terminal shows the whole cluster; the child's own
         // "serving" line is left out (WaitHealthy prints one line per service when it is ready).
         process.OutputDataReceived += (_, e) =>
         {
-            if (e.Data is { } line && !line.StartsWith($"{role.Name()} serving gRPC on", StringComparison.Ordinal)) Console.WriteLine($"[{role.Name()}] {line}");
+            if (e.Data is not { } line || line.StartsWith($"{role.Name()} serving gRPC on", StringComparison.Ordinal)) return;
+            if (Output is { } output) output(role, line, false);
+            else Console.WriteLine($"[{role.Name()}] {line}");
         };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) Console.Error.WriteLine($"[{role.Name()}] {line}"); };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is not { } line) return;
+            if (Output is { } output) output(role, line, true);
+            else Console.Error.WriteLine($"[{role.Name()}] {line}");
+        };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         return process;
