@@ -119,17 +119,31 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             Policy = request.KvPolicy ?? PolicyMapping.ToWire(policy),
             TokenCount = tokensSeen,
         };
-        var (stored, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, context.CancellationToken);
-        Interlocked.Add(ref _kvBytesPut, bytes);
-        var direction = new KeyValuePair<string, object?>("direction", "put");
-        _transferSeconds.Record(put.Elapsed.TotalSeconds, direction);
-        _transferBytes.Add(bytes, direction);
+        KvHandle kv;
+        try
+        {
+            var (stored, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, context.CancellationToken);
+            kv = stored.Kv;
+            Interlocked.Add(ref _kvBytesPut, bytes);
+            var direction = new KeyValuePair<string, object?>("direction", "put");
+            _transferSeconds.Record(put.Elapsed.TotalSeconds, direction);
+            _transferBytes.Add(bytes, direction);
+        }
+        catch (Exception e) when (history is null && !context.CancellationToken.IsCancellationRequested
+            && (e is RpcException { StatusCode: StatusCode.Unavailable } || StatusMapping.IsUnreachable(e)))
+        {
+            // The cache manager is a cache: without it the first token still goes out, and the decode
+            // worker rebuilds this KV from the prompt when it cannot fetch it (KvRebuild), so a dead
+            // cache manager costs recomputation, not the request (nor this worker's place in rotation).
+            _logger.LogWarning("cache manager unreachable; session {Session}'s KV was not stored (decode rebuilds it): {Reason}", request.SessionId, e.Message);
+            kv = new KvHandle { SessionId = request.SessionId, Layout = header.Layout, Policy = header.Policy, TokenCount = tokensSeen, Version = 0 };
+        }
 
         return new PrefillResponse
         {
             FirstTokenId = first.TokenId!.Value,
             FirstLogprob = SamplingMapping.ToWire(first.Logprobs),
-            Kv = stored.Kv,
+            Kv = kv,
             Timings = new Timings { QueueSeconds = queue.TotalSeconds, PrefillSeconds = prefill.TotalSeconds },
             Finished = first.Finish is not null,
             FinishReason = SamplingMapping.ToWire(first.Finish),

@@ -45,6 +45,26 @@ public sealed class KvRebuildTests(ClusterFixture f) : IClassFixture<ClusterFixt
         Assert.Equal(expected[1..], got);
     }
 
+    /// <summary>Found by `llmctl bench chaos`: with the cache manager down, prefill still answers (its KV
+    /// is not stored, and the decode worker rebuilds it) instead of failing the request and leaving the
+    /// gateway's rotation; the whole request streams the local tokens.</summary>
+    [SharedDataFact]
+    public async Task A_request_streams_its_local_tokens_while_the_cache_manager_is_down()
+    {
+        const string policy = "sink_window(4,20)";
+        var (prompt, p, expected) = LocalRun(policy, 0.7f);
+        await using var cluster = await TestCluster.StartAsync(f.ModelPath, policy);
+        await cluster.CacheManager.DisposeAsync();
+        var got = await cluster.GenerateAsync(new GenerateRequest
+        {
+            TokenIds = new TokenIds { Ids = { prompt } },
+            Sampling = SamplingWire.FromEngine(p),
+            KvPolicy = PolicyMapping.ToWire(policy),
+        }, new Grpc.Core.CallOptions(deadline: DateTime.UtcNow.AddMinutes(2)));
+        Assert.Equal(expected, got.Ids);
+        Assert.Equal(1, cluster.DecodeService.KvRebuilds);
+    }
+
     private (int[] Prompt, SamplingParameters P, List<int> Expected) LocalRun(string policy, float temperature)
     {
         var p = new SamplingParameters { Temperature = temperature, Seed = 77, MaxTokens = 40 }.WithResolvedSeed();
