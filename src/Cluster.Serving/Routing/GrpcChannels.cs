@@ -30,9 +30,6 @@ public static class GrpcChannels
                 AutomaticDecompression = DecompressionMethods.None,
                 UseCookies = false,
                 UseProxy = false,
-                // KV blocks arrive as 1 MiB messages: a window of several lets a GetBlocks stream run
-                // without waiting for window updates (the handler's default starts at 64 KiB).
-                InitialHttp2StreamWindowSize = 8 << 20,
             },
             DisposeHttpClient = true,
             MaxReceiveMessageSize = MaxMessageBytes,
