@@ -106,8 +106,10 @@ internal static partial class BenchChaosCommand
                 Console.Error.WriteLine($"trial {t + 1}/{trials}: kill {target} at {delay.TotalSeconds:F2} s: {(o.Ok ? "ok" : $"FAILED lost {o.Lost} dup {o.Duplicated} altered {o.Altered} {o.Error}")} ({o.Seconds:F1} s, {attempts.Count} retries)");
                 foreach (var a in attempts) Console.Error.WriteLine($"    {a}");
                 if (!o.Ok) foreach (var l in lines.TakeLast(20)) Console.Error.WriteLine($"    | {l}");
-                // Let a killed service come back before the next trial picks its victim.
+                // Let a killed service come back (its process, then the gateway answering a health
+                // check) before the next trial, so that a trial's time is its own recovery only.
                 await WaitFor(() => pids.AllAlive(), up, lines, TimeSpan.FromMinutes(2), "every service to be back");
+                await WaitServing(channel, TimeSpan.FromMinutes(2));
                 await Task.Delay(500);
             }
             Report(outcomes, json);
@@ -221,6 +223,22 @@ internal static partial class BenchChaosCommand
         up.BeginOutputReadLine();
         up.BeginErrorReadLine();
         return up;
+    }
+
+    /// <summary>Waits until the gateway answers grpc.health.v1 with SERVING.</summary>
+    private static async Task WaitServing(Grpc.Net.Client.GrpcChannel channel, TimeSpan limit)
+    {
+        var health = new Grpc.Health.V1.Health.HealthClient(channel);
+        for (var deadline = DateTime.UtcNow + limit; ; await Task.Delay(200))
+        {
+            try
+            {
+                var r = await health.CheckAsync(new Grpc.Health.V1.HealthCheckRequest(), deadline: DateTime.UtcNow.AddSeconds(2));
+                if (r.Status == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving) return;
+            }
+            catch (RpcException) when (DateTime.UtcNow < deadline) { }
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"the gateway did not serve within {limit.TotalSeconds:F0} s");
+        }
     }
 
     private static async Task WaitFor(Func<bool> done, Process up, ConcurrentQueue<string> lines, TimeSpan limit, string what)
