@@ -43,8 +43,7 @@ public sealed class ResumeTests
     [SharedDataFact]
     public async Task Killing_the_decode_worker_midway_loses_and_repeats_no_token()
     {
-        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
-        if (redis is null) throw References.Missing("redis-server is missing: install apt redis-server");
+        await using var redis = await AppendOnlyRedis();
         const int tokens = 1500;
         var expected = Uninterrupted(tokens);
 
@@ -76,8 +75,7 @@ public sealed class ResumeTests
     [SharedDataFact]
     public async Task Killing_the_gateway_midway_then_resuming_on_another_loses_and_repeats_no_token()
     {
-        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
-        if (redis is null) throw References.Missing("redis-server is missing: install apt redis-server");
+        await using var redis = await AppendOnlyRedis();
         const int tokens = 1500;
         var expected = Uninterrupted(tokens);
 
@@ -151,8 +149,7 @@ public sealed class ResumeTests
     [SharedDataFact]
     public async Task Redis_restarted_mid_run_loses_no_session_and_nothing_hangs()
     {
-        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
-        if (redis is null) throw References.Missing("redis-server is missing: install apt redis-server");
+        await using var redis = await AppendOnlyRedis();
         await using var cluster = await TestCluster.StartAsync(ModelPath, redis: $"127.0.0.1:{redis.Port}");
         var done = await cluster.GenerateAsync(Request(40));
         Assert.Equal(40, done.Ids.Count);
@@ -216,8 +213,7 @@ public sealed class ResumeTests
     [SharedDataFact]
     public async Task Redis_killed_early_in_a_stream_the_client_resumes_to_the_exact_tokens()
     {
-        await using var redis = await RedisServerProcess.StartOrSkipAsync(appendOnly: true);
-        if (redis is null) throw References.Missing("redis-server is missing: install apt redis-server");
+        await using var redis = await AppendOnlyRedis();
         const int tokens = 300;
         var expected = Uninterrupted(tokens);
         await using var cluster = await TestCluster.StartAsync(ModelPath, redis: $"127.0.0.1:{redis.Port}", checkpointEvery: 16);
@@ -262,6 +258,10 @@ public sealed class ResumeTests
         await kill;
         Assert.Equal(expected.Ids, got);
     }
+
+    /// <summary>A redis-server with appendonly persistence, or the test reports the missing tool.</summary>
+    private static async Task<RedisServerProcess> AppendOnlyRedis() =>
+        await RedisServerProcess.StartOrSkipAsync(appendOnly: true) ?? throw References.Missing("redis-server is missing: install apt redis-server");
 
     private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
         ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());

@@ -17,6 +17,10 @@ public sealed class ContinuousBatcherTests
         return list;
     }
 
+    /// <summary>An output as its caller sees it: prefill's first chunk, then what the batch streamed.</summary>
+    private static async Task<GenerationOutput> Whole(GenerationChunk first, Task<List<GenerationChunk>> tail) =>
+        GenerationOutput.Collect([first, .. await tail.WaitAsync(TimeSpan.FromMinutes(2))]).Single();
+
     /// <summary>Starts a sequence the way a decode worker does: prefill, sample the first token, then
     /// hand it to the batcher with that token to feed.</summary>
     private static (SequenceGeneration Seq, GenerationChunk First) Prefill(LlamaModel model, Cluster.Engine.Tokenizers.ITokenizer tok, int[] prompt, SamplingParameters p)
@@ -42,9 +46,7 @@ public sealed class ContinuousBatcherTests
         var streams = prefilled.Select(x => (x.First, Tail: Drain(batcher.Add(x.Seq, [x.First.TokenId!.Value], CancellationToken.None)))).ToList();
         for (int i = 0; i < prompts.Length; i++)
         {
-            var all = new List<GenerationChunk> { streams[i].First };
-            all.AddRange(await streams[i].Tail.WaitAsync(TimeSpan.FromMinutes(2)));
-            var got = GenerationOutput.Collect(all).Single();
+            var got = await Whole(streams[i].First, streams[i].Tail);
             Assert.Equal(expected[i].Ids, got.Ids);
             Assert.Equal(expected[i].Text, got.Text);
             Assert.Equal(expected[i].Finish, got.Finish);
@@ -94,9 +96,7 @@ public sealed class ContinuousBatcherTests
         Assert.Contains("refuses", error.Message);
         foreach (int i in new[] { 0, 2 })
         {
-            var all = new List<GenerationChunk> { prefilled[i].First };
-            all.AddRange(await streams[i].WaitAsync(TimeSpan.FromMinutes(1)));
-            Assert.Equal(expected[i].Ids, GenerationOutput.Collect(all).Single().Ids);
+            Assert.Equal(expected[i].Ids, (await Whole(prefilled[i].First, streams[i])).Ids);
         }
         Assert.Equal(0, batcher.Running);
     }

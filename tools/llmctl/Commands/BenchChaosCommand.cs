@@ -212,11 +212,8 @@ internal static partial class BenchChaosCommand
 
     private static Process StartUp(string model, string redis, int offset, string policy, ConcurrentQueue<string> lines)
     {
-        var exe = Environment.ProcessPath!;
-        var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "llmctl.dll"));
-        foreach (var a in new[] { "up", "--model", model, "--redis", redis, "--decode", "2", "--threads", "1", "--port-offset", offset.ToString(), "--policy", policy })
-            psi.ArgumentList.Add(a);
+        var psi = LocalCluster.SelfInvocation(["up", "--model", model, "--redis", redis, "--decode", "2", "--threads", "1", "--port-offset", offset.ToString(), "--policy", policy]);
+        psi.RedirectStandardOutput = psi.RedirectStandardError = true;
         var up = Process.Start(psi)!;
         up.OutputDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
         up.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lines.Enqueue(l); };
@@ -306,29 +303,12 @@ internal static partial class BenchChaosCommand
 
         public ChaosRedis()
         {
-            using (var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
-            {
-                l.Start();
-                _port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
-            }
-            _process = Start();
+            _port = LocalCluster.FreePort();
+            _process = LocalCluster.StartRedisServer(_port, _dir, fsyncAlways: true);
             WaitListening().GetAwaiter().GetResult();
         }
 
         public string Address => $"127.0.0.1:{_port}";
-
-        private Process Start()
-        {
-            var binary = new[] { "/usr/bin/redis-server", "/usr/local/bin/redis-server" }.FirstOrDefault(File.Exists)
-                ?? throw new FileNotFoundException("bench chaos needs redis-server (apt install redis-server)");
-            var psi = new ProcessStartInfo(binary) { UseShellExecute = false, RedirectStandardOutput = true };
-            foreach (var a in new[] { "--port", _port.ToString(), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--dir", _dir, "--save", "" })
-                psi.ArgumentList.Add(a);
-            var p = Process.Start(psi)!;
-            p.OutputDataReceived += (_, _) => { };
-            p.BeginOutputReadLine();
-            return p;
-        }
 
         private async Task WaitListening()
         {
@@ -351,7 +331,7 @@ internal static partial class BenchChaosCommand
             await _process.WaitForExitAsync();
             _process.Dispose();
             await Task.Delay(500); // down for a moment, as a crashed server is
-            _process = Start();
+            _process = LocalCluster.StartRedisServer(_port, _dir, fsyncAlways: true);
             await WaitListening();
         }
 

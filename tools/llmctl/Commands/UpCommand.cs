@@ -169,17 +169,27 @@ internal sealed class LocalCluster(string bind) : IDisposable
     /// persistence in a temp folder; returns its host:port.</summary>
     public string StartRedis()
     {
-        var binary = new[] { "/usr/bin/redis-server", "/usr/local/bin/redis-server" }.FirstOrDefault(File.Exists)
-            ?? throw new FileNotFoundException("--redis start needs redis-server (apt install redis-server)");
         int port = FreePort();
         var dir = Directory.CreateTempSubdirectory("llmcluster-redis-").FullName;
-        var psi = new ProcessStartInfo(binary) { UseShellExecute = false, RedirectStandardOutput = true };
-        foreach (var a in new[] { "--port", port.ToString(), "--bind", "127.0.0.1", "--appendonly", "yes", "--dir", dir, "--save", "" }) psi.ArgumentList.Add(a);
-        _redis = Process.Start(psi)!;
-        _redis.OutputDataReceived += (_, _) => { };
-        _redis.BeginOutputReadLine();
+        _redis = StartRedisServer(port, dir, fsyncAlways: false);
         Console.WriteLine($"redis-server on 127.0.0.1:{port} (data in {dir})");
         return $"127.0.0.1:{port}";
+    }
+
+    /// <summary>redis-server (apt redis-server) on 127.0.0.1:<paramref name="port"/> with append-only
+    /// persistence in <paramref name="dir"/>, fsynced every second or, with <paramref name="fsyncAlways"/>,
+    /// on every write (nothing acknowledged is lost when it is killed).</summary>
+    internal static Process StartRedisServer(int port, string dir, bool fsyncAlways)
+    {
+        var binary = new[] { "/usr/bin/redis-server", "/usr/local/bin/redis-server" }.FirstOrDefault(File.Exists)
+            ?? throw new FileNotFoundException("redis-server is needed here (apt install redis-server)");
+        var psi = new ProcessStartInfo(binary) { UseShellExecute = false, RedirectStandardOutput = true };
+        foreach (var a in new[] { "--port", port.ToString(), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", fsyncAlways ? "always" : "everysec", "--dir", dir, "--save", "" })
+            psi.ArgumentList.Add(a);
+        var redis = Process.Start(psi)!;
+        redis.OutputDataReceived += (_, _) => { };
+        redis.BeginOutputReadLine();
+        return redis;
     }
 
     public Service Start(ServiceRole role, string[] args, (int Grpc, int Http) ports)
@@ -250,7 +260,7 @@ internal sealed class LocalCluster(string bind) : IDisposable
     }
 
     /// <summary>Starts this same llmctl again (as `dotnet llmctl.dll` or the apphost, whichever runs now).</summary>
-    private static ProcessStartInfo SelfInvocation(string[] args)
+    internal static ProcessStartInfo SelfInvocation(string[] args)
     {
         var exe = Environment.ProcessPath ?? "dotnet";
         var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
@@ -259,7 +269,7 @@ internal sealed class LocalCluster(string bind) : IDisposable
         return psi;
     }
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         l.Start();
