@@ -186,7 +186,7 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
     /// The sequence's KV from the cache manager; when the cache manager has lost it (NOT_FOUND) or cannot
     /// be reached (UNAVAILABLE), the KV prefill stored, rebuilt from the prompt (<see cref="KvRebuild"/>):
     /// a restart of the cache manager costs recomputation, never the stream. A conversation's later turn
-    /// (history &gt; 0) needs the earlier turns' tokens, which this request does not carry: it still fails.
+    /// (history &gt; 0) is rebuilt from the request's recipe of the earlier turns, then this turn's fed tokens.
     /// </summary>
     private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec)> LoadOrRebuildAsync(
         DecodeRequest request, GrpcChannel cacheManager, int[] prompt, int history, int maxTokens, int maxNewTokens, CancellationToken ct)
@@ -201,7 +201,7 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
             var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
             return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec);
         }
-        catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && history == 0
+        catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)
         {
             var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
@@ -209,9 +209,8 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
             _logger.LogWarning("KV of session {Session} not in the cache manager ({Code}); rebuilding it from the prompt", request.Kv.SessionId, e.StatusCode);
             Interlocked.Increment(ref _kvRebuilds);
             _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable"));
-            var cache = KvRebuild.FromPrompt(model, prompt, policy, Math.Min(prompt.Length + maxNewTokens, policy?.Budget ?? c.MaxPositions));
-            cache.Policy = policy;
-            var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = prompt.Length, Version = 0 };
+            var cache = KvRebuild.ForTurn(model, request.History, history, prompt, policy, maxNewTokens);
+            var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = history + prompt.Length, Version = 0 };
             return (handle, cache, policy, spec);
         }
     }

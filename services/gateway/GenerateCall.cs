@@ -22,6 +22,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private string _kvSession = ""; // whose KV the cache manager holds (the conversation's)
     private string _policy = "dense"; // the session's KV policy: a decode worker that must rebuild the KV needs it
     private int _history; // KV tokens of earlier turns, before this turn's prompt
+    private KvRecipe? _recipe; // how those earlier turns made the KV, for a worker that must rebuild it
     private bool _waiting;
 
     /// <summary>A new request: validate, open the session, prefill, then decode. With the id of an
@@ -63,7 +64,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             Sampling = sampling,
             KvPolicy = PolicyMapping.ToWire(policy),
             CacheManager = gateway.Options.CacheManager,
-            Continuation = _history > 0 ? new PrefillContinuation { HistoryTokenCount = _history } : null,
+            Continuation = _history > 0 ? new PrefillContinuation { HistoryTokenCount = _history, History = _recipe } : null,
         }, options).ResponseAsync);
     }
 
@@ -87,10 +88,13 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         if (lastInfo is null || previous is null) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"turn '{lastId}' of session '{conversation.Id}' expired or lacks its record"));
         if (lastInfo.FinishReason is null || lastInfo.GeneratedTokens < 1 || gateway.Live.ContainsKey(lastId))
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"turn '{lastId}' has not finished ({lastInfo.Status.ToString().ToLowerInvariant()}): resume it (Gateway.Resume) before the next turn"));
-        // The newest checkpoint the gateway saw covers the turn's first `covered` tokens: after a
-        // finished turn all but the last one (the final checkpoint), after an Abort perhaps fewer.
-        // The rest of the turn's output is fed before the new prompt.
-        int generated = lastInfo.GeneratedTokens, covered = (int)Math.Clamp(lastInfo.CheckpointTokenIndex, 0, generated - 1);
+        // A finished turn's decode ran all its tokens but the last one (its final checkpoint holds
+        // them; when that checkpoint was lost, a worker rebuilds the KV from the recipe, so the turn
+        // continues exactly as the local conversation would). After an Abort, the newest checkpoint the
+        // gateway saw covers the first `covered` tokens. The rest of the turn's output is fed before
+        // the new prompt.
+        int generated = lastInfo.GeneratedTokens;
+        int covered = lastInfo.FinishReason == "abort" ? (int)Math.Clamp(lastInfo.CheckpointTokenIndex, 0, generated - 1) : generated - 1;
         var tail = await gateway.Sessions.ReadTokensAsync(lastId, covered - 1, generated - covered, ct);
         if (tail.Entries.Count != generated - covered || tail.Entries[0].Index != covered)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"the token log of '{lastId}' lacks tokens {covered}..{generated - 1}"));
@@ -103,6 +107,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         RequestChecks.Prompt(fed, c);
 
         int turn = last + 1;
+        _recipe = await HistoryRecipe.BuildAsync(gateway.Sessions, conversation, turn, history, ct);
         _sessionId = SessionRecord.TurnId(conversation.Id, turn);
         _kvSession = conversation.Id;
         _policy = previous.Policy;
@@ -145,6 +150,12 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         _promptTokens = session.Prompt.Length;
         _generated = logged.Count;
         if (!gateway.Live.TryAdd(_sessionId, cts)) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{_sessionId}' is streaming already"));
+        if (_history > 0)
+        {
+            var conversation = await gateway.Sessions.GetAsync(_kvSession, options.CancellationToken)
+                ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{_kvSession}' of turn '{_sessionId}' expired"));
+            _recipe = await HistoryRecipe.BuildAsync(gateway.Sessions, conversation, session.Turn, _history, options.CancellationToken);
+        }
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { Status = SessionStatus.Running }, options.CancellationToken);
         Started();
         if (logged.Count == 0)
@@ -279,6 +290,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             GeneratedTokenIds = { generated },
             CacheManager = gateway.Options.CacheManager,
             HistoryTokenCount = _history,
+            History = _recipe,
         }, options);
         await foreach (var r in call.ResponseStream.ReadAllAsync(options.CancellationToken))
         {

@@ -16,9 +16,9 @@ namespace Cluster.Gateway;
 /// (<see cref="KvSession"/>) after <see cref="History"/> earlier tokens. The session's own record
 /// points at its latest turn (<see cref="TurnsKey"/>).
 /// </summary>
-internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sampling, string Policy, string KvSession, int History, int Turn)
+internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sampling, string Policy, string KvSession, int History, int Turn, int MaxTokens)
 {
-    private const string PromptKey = "prompt_ids", SamplingKey = "sampling", KvSessionKey = "kv_session", HistoryKey = "history", TurnKey = "turn";
+    private const string PromptKey = "prompt_ids", SamplingKey = "sampling", KvSessionKey = "kv_session", HistoryKey = "history", TurnKey = "turn", MaxTokensKey = "max_tokens";
 
     /// <summary>In the session's record: the number of its latest turn (absent: 0, the first).</summary>
     public const string TurnsKey = "turns";
@@ -37,7 +37,7 @@ internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sam
             [PromptKey] = Convert.ToBase64String(MemoryMarshal.AsBytes(prompt.AsSpan())),
             [SamplingKey] = Convert.ToBase64String(sampling.ToByteArray()),
             ["seed"] = sampling.Seed.ToString(),
-            ["max_tokens"] = maxTokens.ToString(),
+            [MaxTokensKey] = maxTokens.ToString(CultureInfo.InvariantCulture),
             [KvSessionKey] = kvSession ?? id,
             [HistoryKey] = history.ToString(CultureInfo.InvariantCulture),
             [TurnKey] = turn.ToString(CultureInfo.InvariantCulture),
@@ -53,7 +53,7 @@ internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sam
             SamplingParams.Parser.ParseFrom(Convert.FromBase64String(sampling)),
             info.KvPolicy,
             info.Parameters.GetValueOrDefault(KvSessionKey, info.Id),
-            Int(info, HistoryKey), Int(info, TurnKey));
+            Int(info, HistoryKey), Int(info, TurnKey), Int(info, MaxTokensKey));
     }
 
     /// <summary>The number of the session's latest turn.</summary>

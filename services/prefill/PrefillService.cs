@@ -62,6 +62,11 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
 
     private long _kvBytesPut;
 
+    /// <summary>Conversations whose history this worker rebuilt from the recipe (tests read it).</summary>
+    public long KvRebuilds => Interlocked.Read(ref _kvRebuilds);
+
+    private long _kvRebuilds;
+
     public IReadOnlyList<string> MeterNames => [MeterName];
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<PrefillService>();
@@ -129,12 +134,13 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             _transferSeconds.Record(put.Elapsed.TotalSeconds, direction);
             _transferBytes.Add(bytes, direction);
         }
-        catch (Exception e) when (history is null && !context.CancellationToken.IsCancellationRequested
+        catch (Exception e) when ((request.Continuation is null || request.Continuation.History is not null) && !context.CancellationToken.IsCancellationRequested
             && (e is RpcException { StatusCode: StatusCode.Unavailable } || StatusMapping.IsUnreachable(e)))
         {
             // The cache manager is a cache: without it the first token still goes out, and the decode
-            // worker rebuilds this KV from the prompt when it cannot fetch it (KvRebuild), so a dead
-            // cache manager costs recomputation, not the request (nor this worker's place in rotation).
+            // worker rebuilds this KV from the prompt (and a later turn's history recipe) when it cannot
+            // fetch it (KvRebuild), so a dead cache manager costs recomputation, not the request (nor
+            // this worker's place in rotation).
             _logger.LogWarning("cache manager unreachable; session {Session}'s KV was not stored (decode rebuilds it): {Reason}", request.SessionId, e.Message);
             kv = new KvHandle { SessionId = request.SessionId, Layout = header.Layout, Policy = header.Policy, TokenCount = tokensSeen, Version = 0 };
         }
@@ -175,15 +181,36 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
     {
         var model = _host.Model!;
         var c = model.Config;
-        var fetch = Stopwatch.StartNew();
-        var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, sessionId, cont.KvVersion, ct, cont.KvVersion == 0 ? cont.HistoryTokenCount : 0);
-        var get = new KeyValuePair<string, object?>("direction", "get");
-        _transferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
-        _transferBytes.Add(bytes, get);
-        if (handle.TokenCount != cont.HistoryTokenCount)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}"));
         var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-        return KvRestore.ToCache(model, handle, blocks, policy, maxTokens);
+        var fetch = Stopwatch.StartNew();
+        KvHandle handle;
+        List<KvLayerBlock> blocks;
+        try
+        {
+            long bytes;
+            (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, sessionId, cont.KvVersion, ct, cont.KvVersion == 0 ? cont.HistoryTokenCount : 0);
+            var get = new KeyValuePair<string, object?>("direction", "get");
+            _transferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
+            _transferBytes.Add(bytes, get);
+        }
+        catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && cont.History is not null && !ct.IsCancellationRequested)
+        {
+            // The cache manager lost the conversation (restarted, evicted) or is down.
+            return Rebuild(e.StatusCode.ToString());
+        }
+        if (handle.TokenCount == cont.HistoryTokenCount) return KvRestore.ToCache(model, handle, blocks, policy, maxTokens);
+        if (cont.History is null)
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}"));
+        // An older version only: the previous turn's final checkpoint never landed.
+        return Rebuild("older version");
+
+        // The session store's recipe of the earlier turns makes the same KV again (KvRebuild).
+        SequenceKvCache Rebuild(string why)
+        {
+            _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its {Turns} earlier turns", sessionId, why, cont.History!.Turns.Count);
+            Interlocked.Increment(ref _kvRebuilds);
+            return KvRebuild.FromRecipe(model, cont.History, policy, cont.HistoryTokenCount, Math.Min(cont.HistoryTokenCount + maxTokens, policy?.Budget ?? c.MaxPositions));
+        }
     }
 
     public ValueTask DisposeAsync()

@@ -17,6 +17,10 @@ public sealed class ClusterFixture : IAsyncLifetime
     public LlamaModel Local { get; private set; } = null!;
     public ITokenizer Tokenizer { get; private set; } = null!;
     public QFilters Filters { get; private set; } = null!;
+
+    /// <summary>Where <see cref="Filters"/> is saved (for a test that starts its own cluster).</summary>
+    public string FiltersPath => Path.Combine(_folder, "qfilters.safetensors");
+
     private string _folder = "";
 
     public async Task InitializeAsync()
@@ -28,9 +32,8 @@ public sealed class ClusterFixture : IAsyncLifetime
         var rng = new Random(5);
         var c = Local.Config;
         Filters = new QFilters(c.Layers, c.KvHeads, c.HeadDim, Enumerable.Range(0, c.Layers * c.KvHeads * c.HeadDim).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray());
-        var filtersPath = Path.Combine(_folder, "qfilters.safetensors");
-        Filters.Save(filtersPath);
-        Cluster = await TestCluster.StartAsync(ModelPath, qfilters: filtersPath);
+        Filters.Save(FiltersPath);
+        Cluster = await TestCluster.StartAsync(ModelPath, qfilters: FiltersPath);
     }
 
     public async Task DisposeAsync()

@@ -62,6 +62,63 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         Assert.True(local.TokensSeen > 256, $"the conversation must outgrow the budget ({local.TokensSeen} tokens)");
     }
 
+    /// <summary>The cache manager is a cache (issue 21): when it has lost a conversation's KV between
+    /// turns (restart without spill, eviction), the next turn's prefill rebuilds the history from the
+    /// session store's recipe of the earlier turns and the conversation goes on with the same tokens.</summary>
+    [SharedDataTheory]
+    [InlineData("dense")]
+    [InlineData("sink_window(4,60)")]
+    [InlineData("qfilters(64,16)")]
+    public async Task A_conversation_goes_on_with_its_tokens_after_the_cache_manager_lost_its_KV(string policy)
+    {
+        const int turns = 6, lostBefore = 3;
+        var prefill = (Cluster.Prefill.PrefillService)f.Cluster.Prefill.Service;
+        using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
+        string session = "";
+        for (int t = 0; t < turns; t++)
+        {
+            long rebuilds = prefill.KvRebuilds;
+            if (t == lostBefore)
+            {
+                using var cm = GrpcChannels.Create(f.Cluster.CacheManager.GrpcAddress);
+                Assert.True((await new LlmCluster.V1.CacheManager.CacheManagerClient(cm).ReleaseAsync(new ReleaseRequest { SessionId = session })).Released);
+            }
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
+            var got = await f.Cluster.GenerateAsync(TurnRequest(session, prompt, TurnParams(t), policy));
+            if (t == 0) session = got.SessionId;
+            Assert.True(expected.Ids.SequenceEqual(got.Ids), $"turn {t}: expected [{string.Join(',', expected.Ids)}], got [{string.Join(',', got.Ids)}]");
+            Assert.Equal(t == lostBefore ? rebuilds + 1 : rebuilds, prefill.KvRebuilds);
+        }
+    }
+
+    /// <summary>With the cache manager down for good, every later turn is rebuilt: prefill from the
+    /// recipe, and decode (which cannot fetch what prefill could not store) from the recipe plus the
+    /// turn's fed tokens. Slower, never a failed or altered turn; resuming a turn works too.</summary>
+    [SharedDataTheory]
+    [InlineData("dense")]
+    [InlineData("sink_window(4,60)")]
+    public async Task A_conversation_goes_on_with_its_tokens_while_the_cache_manager_is_down(string policy)
+    {
+        const int turns = 5, downAfter = 1;
+        await using var cluster = await TestCluster.StartAsync(f.ModelPath, policy, qfilters: f.FiltersPath);
+        var prefill = (Cluster.Prefill.PrefillService)cluster.Prefill.Service;
+        using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
+        string session = "";
+        for (int t = 0; t < turns; t++)
+        {
+            var prompt = TurnPrompt(f.Tokenizer, t);
+            var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
+            var got = await cluster.GenerateAsync(TurnRequest(session, prompt, TurnParams(t), policy));
+            if (t == 0) session = got.SessionId;
+            Assert.True(expected.Ids.SequenceEqual(got.Ids), $"turn {t}: expected [{string.Join(',', expected.Ids)}], got [{string.Join(',', got.Ids)}]");
+            if (t > downAfter) Assert.Equal(expected.Ids, (await cluster.ResumeAsync(got.TurnId, -1)).Ids);
+            if (t == downAfter) await cluster.CacheManager.DisposeAsync();
+        }
+        Assert.Equal(turns - 1 - downAfter, prefill.KvRebuilds);
+        Assert.True(cluster.DecodeService.KvRebuilds >= turns - 1 - downAfter, $"decode rebuilt {cluster.DecodeService.KvRebuilds} times");
+    }
+
     [SharedDataFact]
     public async Task A_session_continues_after_the_decode_worker_of_its_last_turn_was_killed()
     {

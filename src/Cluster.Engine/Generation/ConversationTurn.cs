@@ -35,8 +35,19 @@ public static class ConversationTurn
     /// <exception cref="ContextExceededException">A dense cache has no room for the turn.</exception>
     public static GenerationChunk Start(LlamaModel model, SequenceGeneration seq, ReadOnlySpan<int> fed, int maxTokens, TimeSpan elapsed = default)
     {
+        Feed(model, seq.Cache, fed, maxTokens, seq.Logits);
+        return seq.Step(elapsed);
+    }
+
+    /// <summary>
+    /// The KV part of <see cref="Start"/>: makes room per the cache's policy for the fed tokens and the
+    /// turn's max_tokens, then runs the fed tokens in chunks within the budget. A worker rebuilding a
+    /// lost conversation replays earlier turns through this, so their KV comes out as it was.
+    /// </summary>
+    /// <param name="logits">Receives the last fed token's logits.</param>
+    public static void Feed(LlamaModel model, SequenceKvCache cache, ReadOnlySpan<int> fed, int maxTokens, Span<float> logits)
+    {
         if (fed.IsEmpty) throw new ArgumentException("a turn feeds at least one token", nameof(fed));
-        var cache = seq.Cache;
         var policy = cache.Policy;
         if (ContextExhausted(cache.TokensSeen, fed.Length, maxTokens, model.Config.MaxPositions, policy) is { } why)
             throw new ContextExceededException(why);
@@ -44,7 +55,6 @@ public static class ConversationTurn
         // Chunks never exceed the budget (BeforeAppend refuses a chunk larger than it).
         int chunk = policy?.Budget is int budget ? Math.Max(1, Math.Min(model.MaxChunk, budget / 2)) : fed.Length;
         for (int start = 0; start < fed.Length; start += chunk)
-            model.Forward(fed.Slice(start, Math.Min(chunk, fed.Length - start)), cache, seq.Logits);
-        return seq.Step(elapsed);
+            model.Forward(fed.Slice(start, Math.Min(chunk, fed.Length - start)), cache, logits);
     }
 }
