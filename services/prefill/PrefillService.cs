@@ -33,7 +33,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
     private readonly SemaphoreSlim _model = new(1, 1);
     private readonly Meter _meter = new(MeterName);
     private readonly Histogram<double> _prefillSeconds, _transferSeconds;
-    private readonly Counter<long> _tokens, _transferBytes;
+    private readonly Counter<long> _tokens, _transferBytes, _rebuilds;
 
     private PrefillService(ModelHost host, ServiceOptions options, ILogger logger)
     {
@@ -44,6 +44,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         _transferSeconds = _meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "KV blocks to/from the cache manager");
         _tokens = _meter.CreateCounter<long>("llm_prefill_tokens", description: "Prompt tokens processed");
         _transferBytes = _meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV bytes sent/received");
+        _rebuilds = _meter.CreateCounter<long>("llm_kv_rebuilds", description: "Conversations whose history the cache manager lacked, rebuilt from the earlier turns");
         var model = host.Model!;
         _meter.CreateObservableGauge("llm_model_weights_bytes", () => new Measurement<long>(4 * model.Config.ParameterCount, new KeyValuePair<string, object?>("device", "cpu")), "By", "Weights resident");
     }
@@ -196,19 +197,20 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && cont.History is not null && !ct.IsCancellationRequested)
         {
             // The cache manager lost the conversation (restarted, evicted) or is down.
-            return Rebuild(e.StatusCode.ToString());
+            return Rebuild(e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable");
         }
         if (handle.TokenCount == cont.HistoryTokenCount) return KvRestore.ToCache(model, handle, blocks, policy, maxTokens);
         if (cont.History is null)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}"));
         // An older version only: the previous turn's final checkpoint never landed.
-        return Rebuild("older version");
+        return Rebuild("older_version");
 
         // The session store's recipe of the earlier turns makes the same KV again (KvRebuild).
-        SequenceKvCache Rebuild(string why)
+        SequenceKvCache Rebuild(string reason)
         {
-            _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its {Turns} earlier turns", sessionId, why, cont.History!.Turns.Count);
+            _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its {Turns} earlier turns", sessionId, reason, cont.History!.Turns.Count);
             Interlocked.Increment(ref _kvRebuilds);
+            _rebuilds.Add(1, new KeyValuePair<string, object?>("reason", reason));
             return KvRebuild.FromRecipe(model, cont.History, policy, cont.HistoryTokenCount, Math.Min(cont.HistoryTokenCount + maxTokens, policy?.Budget ?? c.MaxPositions));
         }
     }
