@@ -103,8 +103,23 @@ public sealed unsafe class CpuBackend : IComputeBackend
             }
         }
         var wp = Cpu(w).Pointer;
-        if (!_useBlas) ManagedMatMul.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
+        if (rows <= Fp32Dots.MaxRows && UseFp32Dots) Fp32DotParts(xp, wp, yp, rows, inDim, outDim);
+        else if (!_useBlas) ManagedMatMul.MatMulTransposed(xp, wp, yp, rows, inDim, outDim);
         else BlasParts(xp, wp, yp, rows, inDim, outDim);
+    }
+
+    /// <summary>Decode and batched decode in fp32 go to <see cref="Fp32Dots"/> where 256-bit vectors are
+    /// native; LLMCLUSTER_FP32_DOTS=0 sends them to OpenBLAS instead (for measuring).</summary>
+    private static readonly bool UseFp32Dots = System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated
+        && Environment.GetEnvironmentVariable("LLMCLUSTER_FP32_DOTS") != "0";
+
+    /// <summary>fp32 decode rows through <see cref="Fp32Dots"/> on <see cref="_threads"/> slices of the weight rows.</summary>
+    private void Fp32DotParts(float* x, float* w, float* y, int rows, int k, int n)
+    {
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
+        int parts = (long)rows * k * n < 1 << 16 ? 1 : _threads;
+        // Slices of 48 weight rows: whole 3-row tiles, and no two threads writing one cache line of y.
+        RowSplit.For(n, parts, 48, _threads, (j0, j1) => Fp32Dots.Run((float*)xp, (float*)wp, (float*)yp, rows, k, j0, j1, n));
     }
 
     /// <summary>fp32 through single-threaded OpenBLAS calls on <see cref="_threads"/> slices of the weight rows.</summary>
