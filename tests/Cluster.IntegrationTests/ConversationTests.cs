@@ -124,12 +124,12 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
     {
         const string policy = "sink_window(4,60)";
         const int turns = 8, killAfter = 4;
-        await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        await using var cm = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
         string cmAddress = cm.GrpcAddress.ToString();
-        await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", f.ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        await using var prefill = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Prefill, "--model", f.ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
         using var decodeA = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", f.ModelPath, "--cache-manager", cmAddress, "--threads", "1");
         using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", f.ModelPath, "--cache-manager", cmAddress, "--threads", "1");
-        await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", f.ModelPath, "--cache-manager", cmAddress,
+        await using var gateway = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Gateway, "--model", f.ModelPath, "--cache-manager", cmAddress,
             "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}"), Cluster.Gateway.GatewayService.CreateAsync);
         using var client = GrpcChannels.Create(gateway.GrpcAddress);
 
@@ -209,8 +209,6 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         return ids;
     }
 
-    private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
-        ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
 
     [SharedDataFact]
     public async Task Dense_refuses_the_turn_that_would_pass_the_context_with_a_clear_error()

@@ -47,12 +47,12 @@ public sealed class ResumeTests
         const int tokens = 1500;
         var expected = Uninterrupted(tokens);
 
-        await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        await using var cm = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
         string cmAddress = cm.GrpcAddress.ToString();
-        await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        await using var prefill = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Prefill, "--model", ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
         using var decodeA = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1");
         using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1");
-        await using var gateway = await ServiceHost.StartAsync(Opts(ServiceRole.Gateway, "--model", ModelPath, "--cache-manager", cmAddress,
+        await using var gateway = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Gateway, "--model", ModelPath, "--cache-manager", cmAddress,
             "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}", "--redis", $"127.0.0.1:{redis.Port}"), Cluster.Gateway.GatewayService.CreateAsync);
         using var client = GrpcChannels.Create(gateway.GrpcAddress);
 
@@ -79,10 +79,10 @@ public sealed class ResumeTests
         const int tokens = 1500;
         var expected = Uninterrupted(tokens);
 
-        await using var cm = await ServiceHost.StartAsync(Opts(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        await using var cm = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
         string cmAddress = cm.GrpcAddress.ToString();
-        await using var prefill = await ServiceHost.StartAsync(Opts(ServiceRole.Prefill, "--model", ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
-        await using var decode = await ServiceHost.StartAsync(Opts(ServiceRole.Decode, "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1"), Cluster.Decode.DecodeService.CreateAsync);
+        await using var prefill = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Prefill, "--model", ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        await using var decode = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Decode, "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1"), Cluster.Decode.DecodeService.CreateAsync);
         string[] gatewayArgs = ["--model", ModelPath, "--cache-manager", cmAddress, "--prefill", prefill.GrpcAddress.ToString(),
             "--decode", decode.GrpcAddress.ToString(), "--redis", $"127.0.0.1:{redis.Port}"];
         using var gatewayA = await ServiceProcess.StartAsync("Cluster.Gateway.dll", gatewayArgs);
@@ -263,6 +263,4 @@ public sealed class ResumeTests
     private static async Task<RedisServerProcess> AppendOnlyRedis() =>
         await RedisServerProcess.StartOrSkipAsync(appendOnly: true) ?? throw References.Missing("redis-server is missing: install apt redis-server");
 
-    private static ServiceOptions Opts(ServiceRole role, params string[] args) =>
-        ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
 }

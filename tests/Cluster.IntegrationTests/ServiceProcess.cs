@@ -48,12 +48,24 @@ public sealed class ServiceProcess : IDisposable
         }
     }
 
-    /// <summary>The value of an unlabelled gauge on its /metrics page.</summary>
+    /// <summary>The value of an unlabelled gauge or counter on its /metrics page (0 while absent: a
+    /// counter appears with its first increment).</summary>
     public async Task<double> GaugeAsync(string name)
     {
         var text = await Http.GetStringAsync($"{HttpAddress}/metrics");
-        var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(name + " ", StringComparison.Ordinal));
+        // The exporter writes an unlabelled series as "name{} value".
+        var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(name + " ", StringComparison.Ordinal) || l.StartsWith(name + "{} ", StringComparison.Ordinal))
+;
         return line is null ? 0 : double.Parse(line.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>The process's resident memory now (VmRSS) and its peak so far (VmHWM), in bytes.</summary>
+    public (long Rss, long Peak) Memory()
+    {
+        long Field(string[] lines, string name) =>
+            long.Parse(lines.First(l => l.StartsWith(name + ":", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+        var lines = File.ReadAllLines($"/proc/{_process.Id}/status");
+        return (Field(lines, "VmRSS"), Field(lines, "VmHWM"));
     }
 
     /// <summary>SIGKILL, as a crash: no shutdown, open streams are cut.</summary>

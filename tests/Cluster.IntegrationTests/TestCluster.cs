@@ -29,8 +29,6 @@ public sealed class TestCluster : IAsyncDisposable
     public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null, string[]? gatewayOptions = null, string[]? decodeOptions = null)
     {
         var c = new TestCluster();
-        ServiceOptions Options(ServiceRole role, params string[] args) =>
-            ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
         string[] Q(string[] args) => qfilters is null ? args : [.. args, "--qfilters", qfilters];
         c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync, tracing: tracing);
         var cm = c.CacheManager.GrpcAddress.ToString();
@@ -45,6 +43,10 @@ public sealed class TestCluster : IAsyncDisposable
         c.Client = GrpcChannels.Create(c.Gateway.GrpcAddress);
         return c;
     }
+
+    /// <summary>A service's options on 127.0.0.1 with ports chosen by the system.</summary>
+    public static ServiceOptions Options(ServiceRole role, params string[] args) =>
+        ServiceOptions.Parse(role, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", .. args], new Dictionary<string, string?>());
 
     /// <summary>
     /// Waits until the gateway sees every worker healthy (health checks run every 2 s; a worker is out
