@@ -17,6 +17,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private readonly long _arrival = Serving.Hosting.RequestArrival.Timestamp(context); // TTFT and e2e count from arrival
     private readonly GatewayMetrics _metrics = gateway.Metrics;
     private TimeSpan? _firstToken, _lastToken;
+    private int _generatedAtFirst; // tokens counted once this call's first chunk was sent (a resume starts past 0)
     private int _generated, _promptTokens;
     private string _sessionId = ""; // this turn's record and token log
     private string _kvSession = ""; // whose KV the cache manager holds (the conversation's)
@@ -346,9 +347,11 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         var now = Stopwatch.GetElapsedTime(_arrival);
         if (ids.Count > 0)
         {
+            _generated += ids.Count;
             if (_firstToken is null)
             {
                 _firstToken = now;
+                _generatedAtFirst = _generated;
                 _metrics.TimeToFirstToken.Record(now.TotalSeconds);
             }
             else if (_lastToken is { } last)
@@ -356,7 +359,6 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
                 _metrics.InterTokenLatency.Record((now - last).TotalSeconds);
             }
             _lastToken = now;
-            _generated += ids.Count;
             _metrics.GenerationTokens.Add(ids.Count);
         }
     }
@@ -367,7 +369,10 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         var reason = finish.ToString().ToLowerInvariant().Replace("finishreason", "");
         var e2e = Stopwatch.GetElapsedTime(_arrival);
         double ttft = _firstToken?.TotalSeconds ?? 0;
-        double tpot = _generated > 1 ? (e2e.TotalSeconds - ttft) / (_generated - 1) : 0;
+        // Time per output token between the first and the last token the client got (as vLLM and TGI
+        // count it): the final checkpoint and the completion after the last token are e2e, not TPOT.
+        int after = _generated - _generatedAtFirst;
+        double tpot = after > 0 && _lastToken is { } lastToken ? (lastToken.TotalSeconds - ttft) / after : 0;
         await gateway.Sessions.CompleteTokenLogAsync(_sessionId, reason, CancellationToken.None);
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate
         {
@@ -375,7 +380,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             GeneratedTokens = _generated,
         }, CancellationToken.None);
         _metrics.EndToEnd.Record(e2e.TotalSeconds);
-        if (_generated > 1) _metrics.TimePerOutputToken.Record(tpot);
+        if (after > 0) _metrics.TimePerOutputToken.Record(tpot);
         _metrics.Success.Add(1, new KeyValuePair<string, object?>("finished_reason", reason));
         await responses.WriteAsync(new GenerateResponse
         {
