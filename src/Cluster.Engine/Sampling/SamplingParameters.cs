@@ -56,6 +56,14 @@ public sealed record SamplingParameters
     /// <summary>Outputs to return for the prompt (samples, or the best beams with beam search).</summary>
     public int N { get; init; } = 1;
 
+    /// <summary>Outputs to sample when more than <see cref="N"/>: the N with the highest cumulative logprob
+    /// are returned (OpenAI's and vLLM's best_of); null = N. Served by the cluster's gateway, which sees
+    /// every output; sampling only.</summary>
+    public int? BestOf { get; init; }
+
+    /// <summary>Outputs to sample: best_of, or n.</summary>
+    public int Outputs => BestOf ?? N;
+
     /// <summary>Beams kept per step; 1 = no beam search.</summary>
     public int NumBeams { get; init; } = 1;
 
@@ -99,6 +107,10 @@ public sealed record SamplingParameters
         Check(N >= 1, "n", "must be >= 1", N);
         Check(NumBeams >= 1, "num_beams", "must be >= 1 (1 = no beam search)", NumBeams);
         Check(NumBeams == 1 || N <= NumBeams, "n", $"must be <= num_beams={NumBeams} with beam search", N);
+        Check(BestOf is null || BestOf >= N, "best_of", $"must be >= n={N}", BestOf!);
+        Check(BestOf is null || BestOf == N || NumBeams == 1, "best_of", $"is not used with beam search (num_beams={NumBeams} is the width; leave best_of unset)", BestOf!);
+        // The search tracks no text per beam, so a stop string could not end a hypothesis.
+        Check(NumBeams == 1 || Stop.Count == 0, "stop", "strings are not supported with beam search (num_beams > 1); use stop_token_ids", $"{Stop.Count} strings");
         Check(float.IsFinite(LengthPenalty), "length_penalty", "must be a finite number", LengthPenalty);
     }
 
