@@ -188,44 +188,6 @@ public sealed class MultiOutputTests(ClusterFixture f) : IClassFixture<ClusterFi
         Assert.Contains("several outputs", e.Status.Detail);
     }
 
-    /// <summary>One request's outputs by index, each checked to stream its offsets without gap and to end with one Complete.</summary>
-    private async Task<List<Output>> GenerateAsync(GenerateRequest request, TaskCompletionSource<string>? session = null)
-    {
-        using var call = new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).Generate(request);
-        var outputs = new SortedDictionary<int, Output>();
-        Output For(int i) => outputs.TryGetValue(i, out var o) ? o : outputs[i] = new Output();
-        await foreach (var r in call.ResponseStream.ReadAllAsync())
-        {
-            switch (r.ResponseCase)
-            {
-                case GenerateResponse.ResponseOneofCase.Started:
-                    session?.TrySetResult(r.Started.SessionId);
-                    break;
-                case GenerateResponse.ResponseOneofCase.Chunk:
-                    var o = For(r.Chunk.Index);
-                    Assert.Null(o.Complete);
-                    Assert.Equal(o.Ids.Count, r.Chunk.TokenOffset);
-                    o.Ids.AddRange(r.Chunk.TokenIds);
-                    o.Text += r.Chunk.Text;
-                    o.Logprobs.AddRange(r.Chunk.Logprobs);
-                    break;
-                case GenerateResponse.ResponseOneofCase.Complete:
-                    Assert.Null(For(r.Complete.Index).Complete);
-                    For(r.Complete.Index).Complete = r.Complete;
-                    break;
-            }
-        }
-        Assert.Equal(Enumerable.Range(0, outputs.Count), outputs.Keys);
-        Assert.All(outputs.Values, o => Assert.NotNull(o.Complete));
-        return [.. outputs.Values];
-    }
-
-    private sealed class Output
-    {
-        public List<int> Ids { get; } = [];
-        public string Text { get; set; } = "";
-        public List<LlmCluster.V1.TokenLogprob> Logprobs { get; } = [];
-        public Complete? Complete { get; set; }
-        public LlmCluster.V1.FinishReason Finish => Complete!.FinishReason;
-    }
+    private Task<List<OutputSeen>> GenerateAsync(GenerateRequest request, TaskCompletionSource<string>? session = null) =>
+        MultiOutputStream.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).Generate(request), id => session?.TrySetResult(id));
 }
