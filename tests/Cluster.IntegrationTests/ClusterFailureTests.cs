@@ -76,7 +76,7 @@ public sealed class ClusterFailureTests(ClusterFixture f) : IClassFixture<Cluste
         { "temperature", "temperature" },
         { "window0", "window" },
         { "bad_token", "outside the vocabulary" },
-        { "n", "sampling.n must be >= 1" },
+        { "n", "sampling.n must be in [1, 128]" },
     };
 
     [SharedDataTheory]

@@ -147,8 +147,9 @@ public sealed class MultiOutputTests(ClusterFixture f) : IClassFixture<ClusterFi
 
     public static TheoryData<string, string> BadCombinations() => new()
     {
-        { "n0", "sampling.n must be >= 1" },
-        { "best_of_below_n", "sampling.best_of must be >= n=3" },
+        { "n0", "sampling.n must be in [1, 128]" },
+        { "n_huge", "sampling.n must be in [1, 128]" },
+        { "best_of_below_n", "sampling.best_of must be in [n=3, 128]" },
         { "best_of_with_beams", "sampling.best_of is not used with beam search" },
         { "n_above_beams", "sampling.n must be <= num_beams=2" },
         { "stop_with_beams", "sampling.stop strings are not supported with beam search" },
@@ -164,6 +165,7 @@ public sealed class MultiOutputTests(ClusterFixture f) : IClassFixture<ClusterFi
         switch (kind)
         {
             case "n0": s.N = 0; break;
+            case "n_huge": s.N = int.MaxValue; break;
             case "best_of_below_n": s.N = 3; s.BestOf = 2; break;
             case "best_of_with_beams": s.BeamSearch = new BeamSearchParams { NumBeams = 2 }; s.BestOf = 3; break;
             case "n_above_beams": s.BeamSearch = new BeamSearchParams { NumBeams = 2 }; s.N = 3; break;
