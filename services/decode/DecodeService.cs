@@ -22,7 +22,7 @@ namespace Cluster.Decode;
 /// streams tokens; the KV is checkpointed to the cache manager every N tokens and at the end, so a
 /// stream can be restarted elsewhere. A call that is cancelled leaves the batch before the next step.
 /// </summary>
-public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterService
+public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterService
 {
     public const string MeterName = "LlmCluster.Decode";
     private readonly ModelHost _host;
@@ -94,6 +94,11 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
         if (request.Kv is null || string.IsNullOrEmpty(request.Kv.SessionId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "kv.session_id is required"));
         if (request.Sampling is null || !request.Sampling.HasSeed) throw new RpcException(new Status(StatusCode.InvalidArgument, "sampling.seed is required (the gateway fixes it so that every worker draws the same tokens)"));
         var p = SamplingMapping.ToEngine(request.Sampling, c.VocabSize);
+        if (p.IsBeamSearch)
+        {
+            await BeamSearchAsync(request, p, responses, context);
+            return;
+        }
         var prompt = request.PromptTokenIds.ToArray();
         var generated = request.GeneratedTokenIds.ToArray();
         RequestChecks.Prompt(prompt, c, "prompt_token_ids");
@@ -119,7 +124,9 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
         var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex);
         foreach (var id in generated) seq.Replay(id);
         int every = request.CheckpointEvery > 0 ? request.CheckpointEvery : _options.CheckpointEvery;
-        var call = new DecodeCall(this, cacheManager, handle, every, generated.Length, context.CancellationToken) { Cache = cache };
+        // Outputs of one request (n > 1) continue the same prompt KV but checkpoint apart.
+        var checkpointSession = string.IsNullOrEmpty(request.CheckpointSessionId) ? handle.SessionId : request.CheckpointSessionId;
+        var call = new DecodeCall(this, cacheManager, handle, checkpointSession, every, generated.Length, context.CancellationToken) { Cache = cache };
         _calls[call] = 0;
         try
         {
@@ -223,7 +230,7 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
     /// a restart still asks the cache manager for a version not ahead of what the gateway received
     /// (GetBlocksRequest.max_token_count), since written is not yet received when a worker dies.
     /// </summary>
-    private sealed class DecodeCall(DecodeService service, GrpcChannel cacheManager, KvHandle handle, int every, int delivered, CancellationToken callAborted)
+    private sealed class DecodeCall(DecodeService service, GrpcChannel cacheManager, KvHandle handle, string checkpointSession, int every, int delivered, CancellationToken callAborted)
     {
         private readonly ConcurrentQueue<KvHandle> _written = new();
         private Task _chain = Task.CompletedTask;
@@ -263,7 +270,7 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
             var blocks = Enumerable.Range(0, model.Config.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
             var header = new PutHeader
             {
-                SessionId = handle.SessionId,
+                SessionId = checkpointSession,
                 Layout = handle.Layout,
                 Policy = handle.Policy,
                 TokenCount = seq.Cache.TokensSeen,
@@ -286,7 +293,7 @@ public sealed class DecodeService : LlmCluster.V1.Decode.DecodeBase, IClusterSer
                 catch (Exception e) when (e is RpcException or OperationCanceledException)
                 {
                     // A lost checkpoint costs only re-computation on a restart; the stream goes on.
-                    service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", handle.SessionId, e.Message);
+                    service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", checkpointSession, e.Message);
                 }
             }, TaskScheduler.Default).Unwrap();
             if (chunk.Finish is not null) _finalScheduled.TrySetResult();

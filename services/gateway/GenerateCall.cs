@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Cluster.Sessions;
 using Grpc.Core;
 using Cluster.Serving.Mapping;
+using Cluster.Serving.Hosting;
 using Cluster.Serving.Routing;
 using LlmCluster.V1;
 
@@ -25,6 +26,15 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private int _history; // KV tokens of earlier turns, before this turn's prompt
     private KvRecipe? _recipe; // how those earlier turns made the KV, for a worker that must rebuild it
     private bool _waiting;
+    // What the client sees: one output, or n (OutputCalls). Streams of several outputs share the writer.
+    private List<RelayedOutput> _outputs = [];
+    private readonly SemaphoreSlim _write = new(1, 1);
+
+    internal GatewayService Gateway => gateway;
+    internal string SessionId => _sessionId;
+
+    /// <summary>The outputs the client sees (set by <see cref="OutputCalls"/> for several).</summary>
+    internal List<RelayedOutput> Outputs { get => _outputs; set => _outputs = value; }
 
     /// <summary>A new request: validate, open the session, prefill, then decode. With the id of an
     /// existing session: the conversation's next turn (<see cref="NextTurnAsync"/>).</summary>
@@ -38,6 +48,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
                 : throw new RpcException(new Status(StatusCode.NotFound, $"session '{request.SessionId}' not found (expired, deleted or never started); leave session_id empty to start a new one"));
         var (prompt, p, wireSampling, policy) = Validate(request, addBos: true);
         _sessionId = _kvSession = Guid.NewGuid().ToString("N");
+        _outputs = [new RelayedOutput(0, _sessionId)];
         _policy = policy;
         _promptTokens = prompt.Length;
         if (!await gateway.Sessions.TryCreateAsync(SessionRecord.Create(_sessionId, gateway.Host.Path, prompt, wireSampling, policy, p.MaxTokens), context.CancellationToken))
@@ -47,14 +58,16 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = _sessionId, TurnId = _sessionId, PromptTokens = prompt.Length } });
         Started();
 
-        var first = await PrefillAsync(prompt, wireSampling, policy, options);
-        await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
-        return first.Finished ? first.FinishReason : await DecodeAsync(first.Kv, prompt, [first.FirstTokenId], wireSampling, options);
+        if (p.Outputs > 1 || p.IsBeamSearch) return await new OutputCalls(this, p, wireSampling).RunAsync(prompt, policy, options);
+        var response = await PrefillAsync(prompt, wireSampling, policy, options);
+        var first = response.Outputs.Single();
+        await EmitAsync(_outputs[0], [first.TokenId], first.Text, first.Logprob is { } lp ? [lp] : []);
+        return first.Finished ? first.FinishReason : await DecodeAsync(_outputs[0], response.Kv, prompt, [first.TokenId], wireSampling, options);
     });
 
     /// <summary>Prefills this turn's prompt on a prefill worker (on top of the conversation's stored KV
     /// when the turn has history) and returns its first token and KV handle.</summary>
-    private async Task<PrefillResponse> PrefillAsync(int[] prompt, SamplingParams sampling, string policy, CallOptions options)
+    internal async Task<PrefillResponse> PrefillAsync(int[] prompt, SamplingParams sampling, string policy, CallOptions options)
     {
         using var lease = gateway.Prefill.Acquire();
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
@@ -82,11 +95,14 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         var head = SessionRecord.From(conversation) ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{conversation.Id}' lacks what continuing it needs"));
         if (head.Turn != 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"'{conversation.Id}' is turn {head.Turn} of session '{head.KvSession}': continue the conversation by the session's id"));
         var (prompt, p, wireSampling, _) = Validate(request, addBos: false);
+        if (p.Outputs > 1 || p.IsBeamSearch)
+            throw new InvalidRequestException("sampling.n: several outputs (n, best_of or num_beams > 1) are served on a new session only; a conversation's turn continues one output");
         int last = SessionRecord.LatestTurn(conversation);
         string lastId = SessionRecord.TurnId(conversation.Id, last);
         var lastInfo = last == 0 ? conversation : await gateway.Sessions.GetAsync(lastId, ct);
         var previous = lastInfo is null ? null : SessionRecord.From(lastInfo);
         if (lastInfo is null || previous is null) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"turn '{lastId}' of session '{conversation.Id}' expired or lacks its record"));
+        if (previous.MultiOutput) throw new RpcException(new Status(StatusCode.FailedPrecondition, $"turn '{lastId}' had several outputs (n, best_of or num_beams > 1): which one the conversation continues is not defined; start a new session"));
         if (lastInfo.FinishReason is null || lastInfo.GeneratedTokens < 1 || gateway.Live.ContainsKey(lastId))
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"turn '{lastId}' has not finished ({lastInfo.Status.ToString().ToLowerInvariant()}): resume it (Gateway.Resume) before the next turn"));
         // A finished turn's decode ran all its tokens but the last one (its final checkpoint holds
@@ -110,6 +126,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         int turn = last + 1;
         _recipe = await HistoryRecipe.BuildAsync(gateway.Sessions, conversation, turn, history, ct);
         _sessionId = SessionRecord.TurnId(conversation.Id, turn);
+        _outputs = [new RelayedOutput(0, _sessionId)];
         _kvSession = conversation.Id;
         _policy = previous.Policy;
         _history = history;
@@ -121,10 +138,10 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = conversation.Id, TurnId = _sessionId, PromptTokens = prompt.Length } });
         Started();
 
-        PrefillResponse first;
+        PrefillResponse response;
         try
         {
-            first = await PrefillAsync(fed, wireSampling, previous.Policy, options);
+            response = await PrefillAsync(fed, wireSampling, previous.Policy, options);
         }
         catch
         {
@@ -133,8 +150,9 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             throw;
         }
         await gateway.Sessions.UpdateAsync(conversation.Id, new SessionUpdate { Parameters = new Dictionary<string, string> { [SessionRecord.TurnsKey] = turn.ToString() } }, CancellationToken.None);
-        await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
-        return first.Finished ? first.FinishReason : await DecodeAsync(first.Kv, fed, [first.FirstTokenId], wireSampling, options);
+        var first = response.Outputs.Single();
+        await EmitAsync(_outputs[0], [first.TokenId], first.Text, first.Logprob is { } lp ? [lp] : []);
+        return first.Finished ? first.FinishReason : await DecodeAsync(_outputs[0], response.Kv, fed, [first.TokenId], wireSampling, options);
     }
 
     /// <summary>
@@ -145,6 +163,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     public Task ContinueAsync(SessionRecord session, List<int> logged) => StreamAsync(async (options, cts) =>
     {
         _sessionId = session.Id;
+        _outputs = [new RelayedOutput(0, _sessionId) { Generated = logged.Count }];
         _kvSession = session.KvSession;
         _policy = session.Policy;
         _history = session.History;
@@ -163,13 +182,14 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         {
             // Stopped before its first token reached the log (e.g. the session store went down during
             // prefill): prefill again. The seed is fixed, so it is the first token the stream would have had.
-            var first = await PrefillAsync(session.Prompt, session.Sampling, session.Policy, options);
-            await EmitAsync([first.FirstTokenId], first.Text, first.FirstLogprob is { } lp ? [lp] : []);
-            logged.Add(first.FirstTokenId);
+            var response = await PrefillAsync(session.Prompt, session.Sampling, session.Policy, options);
+            var first = response.Outputs.Single();
+            await EmitAsync(_outputs[0], [first.TokenId], first.Text, first.Logprob is { } lp ? [lp] : []);
+            logged.Add(first.TokenId);
             if (first.Finished) return first.FinishReason;
-            return await DecodeAsync(first.Kv, session.Prompt, logged, session.Sampling, options);
+            return await DecodeAsync(_outputs[0], response.Kv, session.Prompt, logged, session.Sampling, options);
         }
-        return await DecodeAsync(LatestKv(), session.Prompt, logged, session.Sampling, options);
+        return await DecodeAsync(_outputs[0], LatestKv(_kvSession), session.Prompt, logged, session.Sampling, options);
     });
 
     private void Started()
@@ -236,10 +256,16 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         };
         RequestChecks.Prompt(prompt, host.Config);
         var p = SamplingMapping.ToEngine(request.Sampling, host.Config.VocabSize);
-        if (p.N != 1 || p.IsBeamSearch)
-            throw new RpcException(new Status(StatusCode.Unimplemented, "n > 1 and beam search are not served by the cluster yet (llmctl generate --n/--num-beams runs them locally)"));
         p = p.WithResolvedSeed(); // fixed here so that every worker, and a restarted one, draws the same tokens
         var policy = PolicyMapping.ToSpec(request.KvPolicy) ?? gateway.Options.Policy;
+        if (p.IsBeamSearch)
+        {
+            // Beams are copies of one cache, compared every step: the engine's search keeps the KV dense.
+            // The server's default policy does not apply to them; an explicit other one is refused.
+            if (PolicyMapping.ToSpec(request.KvPolicy) is { } asked && asked != "dense")
+                throw new InvalidRequestException($"kv_policy must be dense with beam search (num_beams > 1), got {asked}");
+            policy = "dense";
+        }
         PolicyMapping.Parse(policy, host.Policies);
         return (prompt, p, SamplingMapping.WithSeed(request.Sampling, p.Seed!.Value), policy);
     }
@@ -251,7 +277,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     /// checkpoint lacks, so the client sees each token exactly once and the same tokens as without
     /// the failure.
     /// </summary>
-    private async Task<LlmCluster.V1.FinishReason> DecodeAsync(KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
+    internal async Task<LlmCluster.V1.FinishReason> DecodeAsync(RelayedOutput output, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
     {
         const int maxRestarts = 2;
         Uri? failed = null;
@@ -261,28 +287,36 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { DecodeWorker = lease.Worker.Address.Authority }, options.CancellationToken);
             try
             {
-                return await DecodeOnAsync(lease, kv, prompt, generated, sampling, options);
+                return await DecodeOnAsync(lease, output, kv, prompt, generated, sampling, options);
             }
             catch (RpcException e) when (attempt < maxRestarts && IsWorkerLoss(e) && !options.CancellationToken.IsCancellationRequested)
             {
                 WorkerPool.ReportFailure(lease.Worker, new RpcException(new Status(StatusCode.Unavailable, e.Message)));
                 failed = lease.Worker.Address;
-                kv = LatestKv();
+                // One of several outputs restarts from its own checkpoints, or, before its first one, from the prompt's KV.
+                if (_outputs.Count == 1 && !output.Held) kv = LatestKv(_kvSession);
+                else if (output.Checkpointed) kv = LatestKv(CheckpointSession(output));
                 gateway.Logger.LogDecodeRestart(_sessionId, lease.Worker.Address.Authority, generated.Count, e.Message);
             }
         }
     }
 
-    /// <summary>The session's newest KV (version 0), with its policy so that a worker can rebuild it.</summary>
-    private KvHandle LatestKv() => new() { SessionId = _kvSession, Policy = PolicyMapping.ToWire(_policy) };
+    /// <summary>The newest KV (version 0) under <paramref name="kvSession"/>, with the session's policy so that a worker can rebuild it.</summary>
+    private KvHandle LatestKv(string kvSession) => new() { SessionId = kvSession, Policy = PolicyMapping.ToWire(_policy) };
+
+    /// <summary>Where an output's checkpoints go: the session's KV for a single output, its own id with several.</summary>
+    private string CheckpointSession(RelayedOutput output) => _outputs.Count == 1 && !output.Held ? "" : SessionRecord.OutputId(_kvSession, output.Index);
+
+    internal bool IsSingleOutput(RelayedOutput output) => _outputs.Count == 1 && !output.Held;
 
     /// <summary>A failure of the worker or the connection to it, as opposed to a verdict on the request.</summary>
-    private static bool IsWorkerLoss(RpcException e) =>
+    internal static bool IsWorkerLoss(RpcException e) =>
         e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown or StatusCode.Aborted or StatusCode.Cancelled;
 
-    private async Task<LlmCluster.V1.FinishReason> DecodeOnAsync(WorkerLease lease, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
+    private async Task<LlmCluster.V1.FinishReason> DecodeOnAsync(WorkerLease lease, RelayedOutput output, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
     {
         var finish = LlmCluster.V1.FinishReason.Unspecified;
+        bool single = IsSingleOutput(output);
         using var call = new LlmCluster.V1.Decode.DecodeClient(lease.Worker.Channel).Decode(new DecodeRequest
         {
             Kv = kv,
@@ -292,6 +326,8 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             CacheManager = gateway.Options.CacheManager,
             HistoryTokenCount = _history,
             History = _recipe,
+            OutputIndex = output.Index,
+            CheckpointSessionId = CheckpointSession(output),
         }, options);
         await foreach (var r in call.ResponseStream.ReadAllAsync(options.CancellationToken))
         {
@@ -299,7 +335,10 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             {
                 case DecodeResponse.ResponseOneofCase.Chunk:
                     generated.AddRange(r.Chunk.TokenIds);
-                    await EmitAsync(r.Chunk.TokenIds, r.Chunk.Text, r.Chunk.Logprobs);
+                    await EmitAsync(output, r.Chunk.TokenIds, r.Chunk.Text, r.Chunk.Logprobs);
+                    break;
+                case DecodeResponse.ResponseOneofCase.Checkpoint when !single:
+                    output.Checkpointed = true; // the session's record describes a single output's checkpoint only
                     break;
                 case DecodeResponse.ResponseOneofCase.Checkpoint:
                     await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate
@@ -334,64 +373,123 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         }
     }
 
-    /// <summary>Logs the tokens, then sends them (a resumed client must never miss a sent token).</summary>
-    private async Task EmitAsync(IReadOnlyList<int> ids, string text, IEnumerable<LlmCluster.V1.TokenLogprob> logprobs)
+    /// <summary>Logs the tokens in the output's log, then sends them (a resumed client must never miss a
+    /// sent token). An output that is final only at the end keeps them instead.</summary>
+    internal async Task EmitAsync(RelayedOutput output, IReadOnlyList<int> ids, string text, IEnumerable<LlmCluster.V1.TokenLogprob> logprobs)
     {
-        int offset = _generated;
-        for (int i = 0; i < ids.Count; i++)
-            await gateway.Sessions.TryAppendTokenAsync(_sessionId, new TokenEntry(offset + i, ids[i], i == ids.Count - 1 ? text : ""), CancellationToken.None);
-        var chunk = new Chunk { Index = 0, TokenIds = { ids }, Text = text, TokenOffset = offset };
-        chunk.Logprobs.Add(logprobs);
-        await responses.WriteAsync(new GenerateResponse { Chunk = chunk });
-
-        var now = Stopwatch.GetElapsedTime(_arrival);
-        if (ids.Count > 0)
+        if (output.Held)
         {
-            _generated += ids.Count;
-            if (_firstToken is null)
+            output.Hold(ids, text, logprobs);
+            return;
+        }
+        int offset = output.Generated;
+        for (int i = 0; i < ids.Count; i++)
+            await gateway.Sessions.TryAppendTokenAsync(output.LogId, new TokenEntry(offset + i, ids[i], i == ids.Count - 1 ? text : ""), CancellationToken.None);
+        var chunk = new Chunk { Index = output.Index, TokenIds = { ids }, Text = text, TokenOffset = offset };
+        chunk.Logprobs.Add(logprobs);
+        await _write.WaitAsync(CancellationToken.None);
+        try
+        {
+            await responses.WriteAsync(new GenerateResponse { Chunk = chunk });
+            output.Generated += ids.Count;
+            var now = Stopwatch.GetElapsedTime(_arrival);
+            if (ids.Count > 0)
             {
-                _firstToken = now;
-                _generatedAtFirst = _generated;
-                _metrics.TimeToFirstToken.Record(now.TotalSeconds);
+                _generated += ids.Count;
+                if (_firstToken is null)
+                {
+                    _firstToken = now;
+                    _generatedAtFirst = _generated;
+                    _metrics.TimeToFirstToken.Record(now.TotalSeconds);
+                }
+                else if (_lastToken is { } last)
+                {
+                    _metrics.InterTokenLatency.Record((now - last).TotalSeconds);
+                }
+                _lastToken = now;
+                _metrics.GenerationTokens.Add(ids.Count);
             }
-            else if (_lastToken is { } last)
-            {
-                _metrics.InterTokenLatency.Record((now - last).TotalSeconds);
-            }
-            _lastToken = now;
-            _metrics.GenerationTokens.Add(ids.Count);
+        }
+        finally
+        {
+            _write.Release();
         }
     }
 
+    /// <summary>Ends one of several outputs as soon as it finishes: its log is completed, then its
+    /// Complete is sent (the others go on).</summary>
+    internal async Task CompleteOutputAsync(RelayedOutput output, LlmCluster.V1.FinishReason finish)
+    {
+        output.Completed = true;
+        await gateway.Sessions.CompleteTokenLogAsync(output.LogId, ReasonName(finish), CancellationToken.None);
+        await _write.WaitAsync(CancellationToken.None);
+        try
+        {
+            await responses.WriteAsync(new GenerateResponse { Complete = Completion(output, finish) });
+        }
+        finally
+        {
+            _write.Release();
+        }
+    }
+
+    /// <summary>The end of the request: every output not yet ended ends with <paramref name="finish"/>
+    /// (a single output always ends here), then the session is marked.</summary>
     private async Task CompleteAsync(LlmCluster.V1.FinishReason finish)
     {
-        int promptTokens = _promptTokens;
-        var reason = finish.ToString().ToLowerInvariant().Replace("finishreason", "");
-        var e2e = Stopwatch.GetElapsedTime(_arrival);
-        double ttft = _firstToken?.TotalSeconds ?? 0;
-        // Time per output token between the first and the last token the client got (as vLLM and TGI
-        // count it): the final checkpoint and the completion after the last token are e2e, not TPOT.
-        int after = _generated - _generatedAtFirst;
-        double tpot = after > 0 && _lastToken is { } lastToken ? (lastToken.TotalSeconds - ttft) / after : 0;
-        await gateway.Sessions.CompleteTokenLogAsync(_sessionId, reason, CancellationToken.None);
+        var reason = ReasonName(finish);
+        var open = _outputs.Where(o => !o.Completed).ToList();
+        foreach (var o in open) await gateway.Sessions.CompleteTokenLogAsync(o.LogId, reason, CancellationToken.None);
+        if (!_outputs.Any(o => o.LogId == _sessionId))
+            await gateway.Sessions.CompleteTokenLogAsync(_sessionId, reason, CancellationToken.None); // the record's finish reason
         await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate
         {
             Status = finish == LlmCluster.V1.FinishReason.Abort ? SessionStatus.Aborted : SessionStatus.Finished,
             GeneratedTokens = _generated,
         }, CancellationToken.None);
+        var e2e = Stopwatch.GetElapsedTime(_arrival);
         _metrics.EndToEnd.Record(e2e.TotalSeconds);
-        if (after > 0) _metrics.TimePerOutputToken.Record(tpot);
+        if (Tpot() is { } tpot) _metrics.TimePerOutputToken.Record(tpot);
         _metrics.Success.Add(1, new KeyValuePair<string, object?>("finished_reason", reason));
-        await responses.WriteAsync(new GenerateResponse
+        foreach (var o in open)
         {
-            Complete = new Complete
-            {
-                Index = 0,
-                FinishReason = finish,
-                Usage = new Usage { PromptTokens = promptTokens, CompletionTokens = _generated },
-                Timings = new Timings { TtftSeconds = ttft, TpotSeconds = tpot, E2ESeconds = e2e.TotalSeconds },
-            },
-        });
+            o.Completed = true;
+            await WriteAsync(new GenerateResponse { Complete = Completion(o, finish) });
+        }
+    }
+
+    private static string ReasonName(LlmCluster.V1.FinishReason finish) => finish.ToString().ToLowerInvariant().Replace("finishreason", "");
+
+    /// <summary>Time per output token between the first and the last token the client got (as vLLM and
+    /// TGI count it), over this call's tokens: the final checkpoint and the completion after the last
+    /// token are e2e, not TPOT, and a resume's earlier tokens are not this call's.</summary>
+    private double? Tpot() =>
+        _generated - _generatedAtFirst is > 0 and var after && _firstToken is { } first && _lastToken is { } last ? (last - first).TotalSeconds / after : null;
+
+    private Complete Completion(RelayedOutput output, LlmCluster.V1.FinishReason finish)
+    {
+        var e2e = Stopwatch.GetElapsedTime(_arrival);
+        return new Complete
+        {
+            Index = output.Index,
+            FinishReason = finish,
+            Usage = new Usage { PromptTokens = _promptTokens, CompletionTokens = output.Generated },
+            Timings = new Timings { TtftSeconds = _firstToken?.TotalSeconds ?? 0, TpotSeconds = Tpot() ?? 0, E2ESeconds = e2e.TotalSeconds },
+        };
+    }
+
+    /// <summary>Writes to the client; several outputs' streams share the one writer.</summary>
+    private async Task WriteAsync(GenerateResponse response)
+    {
+        await _write.WaitAsync(CancellationToken.None);
+        try
+        {
+            await responses.WriteAsync(response);
+        }
+        finally
+        {
+            _write.Release();
+        }
     }
 
     private async Task MarkAsync(SessionStatus status, string? finish)

@@ -19,6 +19,10 @@ internal sealed class ResumeCall(GatewayService gateway, ResumeRequest request, 
         var ct = context.CancellationToken;
         var session = await gateway.Sessions.GetAsync(request.SessionId, ct)
             ?? throw new RpcException(new Status(StatusCode.NotFound, $"no session '{request.SessionId}' (unknown, or expired after its TTL)"));
+        // Several outputs (n, best_of or num_beams > 1) stream side by side, each with its own log, while
+        // Resume's replay and after_index follow one stream: refused rather than half served.
+        if (SessionRecord.From(session) is { MultiOutput: true })
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{session.Id}' has several outputs (n, best_of or num_beams > 1): Resume follows a single output's stream; send the request again (same seed, same tokens)"));
         gateway.Metrics.Resumes.Add(1);
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = session.Id, PromptTokens = session.PromptTokens } });
 

@@ -46,9 +46,19 @@ internal sealed class SessionCalls(GatewayService gateway) : IDisposable
             if (gateway.Live.ContainsKey(SessionRecord.TurnId(session.Id, t)))
                 throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{session.Id}' is streaming: Abort it first"));
         for (int t = turns; t >= 1; t--) await gateway.Sessions.DeleteAsync(SessionRecord.TurnId(session.Id, t), ct);
+        var cacheManager = new CacheManager.CacheManagerClient(_channels.Get(gateway.Options.CacheManager));
+        // A request with several outputs has a token log and checkpoints per output besides the session's.
+        if (SessionRecord.From(session) is { MultiOutput: true } multi)
+        {
+            for (int i = 0; i < SessionRecord.OutputCount(multi.Sampling); i++)
+            {
+                var output = SessionRecord.OutputId(session.Id, i);
+                await gateway.Sessions.DeleteAsync(output, ct);
+                await cacheManager.ReleaseAsync(new ReleaseRequest { SessionId = output }, cancellationToken: ct);
+            }
+        }
         bool deleted = await gateway.Sessions.DeleteAsync(session.Id, ct);
-        var cacheManager = _channels.Get(gateway.Options.CacheManager);
-        var released = await new CacheManager.CacheManagerClient(cacheManager).ReleaseAsync(new ReleaseRequest { SessionId = session.Id }, cancellationToken: ct);
+        var released = await cacheManager.ReleaseAsync(new ReleaseRequest { SessionId = session.Id }, cancellationToken: ct);
         return new DeleteSessionResponse { Deleted = deleted, KvReleased = released.Released };
     }
 

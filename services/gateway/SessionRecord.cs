@@ -25,6 +25,20 @@ internal sealed record SessionRecord(string Id, int[] Prompt, SamplingParams Sam
 
     public static string TurnId(string session, int turn) => turn == 0 ? session : $"{session}/{turn}";
 
+    /// <summary>
+    /// Output <paramref name="index"/> of a request with several outputs (n, best_of or num_beams &gt; 1):
+    /// its token log in the session store and its checkpoints in the cache manager, apart from the other
+    /// outputs' (the prompt's KV stays under the session itself).
+    /// </summary>
+    public static string OutputId(string session, int index) => $"{session}#{index}";
+
+    /// <summary>How many outputs a request with these parameters keeps apart (1: the session's own log and KV).</summary>
+    public static int OutputCount(SamplingParams sampling) =>
+        sampling.BeamSearch is { NumBeams: > 1 } ? Math.Max(sampling.N, 1) : Math.Max(Math.Max(sampling.N, sampling.BestOf), 1);
+
+    /// <summary>Whether this record's request had several outputs: Resume and the next turn refuse it.</summary>
+    public bool MultiOutput => OutputCount(Sampling) > 1 || Sampling.BeamSearch is { NumBeams: > 1 };
+
     public static SessionInfo Create(string id, string model, int[] prompt, SamplingParams sampling, string policy, int maxTokens,
         string? kvSession = null, int history = 0, int turn = 0) => new()
     {

@@ -87,7 +87,11 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         var queued = Stopwatch.StartNew();
         await _model.WaitAsync(context.CancellationToken);
         var queue = queued.Elapsed;
-        GenerationChunk first;
+        // One first token per output (beam search: none, the decode worker runs the search).
+        int outputs = p.IsBeamSearch ? 0 : p.Outputs;
+        if (outputs != 1 && request.Continuation is not null)
+            throw new InvalidRequestException("sampling: a conversation's later turn has one sampled output (n = 1, no best_of or beam search)");
+        var firsts = new List<GenerationChunk>(outputs);
         List<KvLayerBlock> blocks;
         int tokensSeen;
         var sw = Stopwatch.StartNew();
@@ -99,12 +103,12 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
                 // Dense prefill (the first token's logits see the whole prompt), then the policy, so
                 // that only the kept tokens travel; the cache manager stores them as they come.
                 model.Forward(prompt, seq.Cache, seq.Logits);
-                first = seq.Step(sw.Elapsed);
+                firsts.AddRange(FirstTokens(seq, p, prompt, outputs, sw.Elapsed));
                 PromptKvCompression.Apply(model, SendPolicy(policy), seq.Cache);
             }
             else
             {
-                first = ConversationTurn.Start(model, seq, prompt, p.MaxTokens, sw.Elapsed);
+                firsts.Add(ConversationTurn.Start(model, seq, prompt, p.MaxTokens, sw.Elapsed));
             }
             tokensSeen = seq.Cache.TokensSeen;
             blocks = Enumerable.Range(0, c.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
@@ -146,16 +150,44 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             kv = new KvHandle { SessionId = request.SessionId, Layout = header.Layout, Policy = header.Policy, TokenCount = tokensSeen, Version = 0 };
         }
 
-        return new PrefillResponse
+        var response = new PrefillResponse
         {
-            FirstTokenId = first.TokenId!.Value,
-            FirstLogprob = SamplingMapping.ToWire(first.Logprobs),
             Kv = kv,
             Timings = new Timings { QueueSeconds = queue.TotalSeconds, PrefillSeconds = prefill.TotalSeconds },
-            Finished = first.Finish is not null,
-            FinishReason = SamplingMapping.ToWire(first.Finish),
-            Text = first.Text,
         };
+        foreach (var first in firsts)
+        {
+            response.Outputs.Add(new FirstToken
+            {
+                TokenId = first.TokenId!.Value,
+                Logprob = SamplingMapping.ToWire(first.Logprobs),
+                Finished = first.Finish is not null,
+                FinishReason = SamplingMapping.ToWire(first.Finish),
+                Text = first.Text,
+            });
+        }
+        return response;
+    }
+
+    /// <summary>
+    /// The first token of each of <paramref name="outputs"/> outputs, all from the prompt's logits in
+    /// <paramref name="seq"/> (output 0): output i draws with the seed's stream i, exactly as the local
+    /// generator's forks of one prefill do, so the prompt runs once however many outputs there are.
+    /// </summary>
+    private IEnumerable<GenerationChunk> FirstTokens(SequenceGeneration seq, Engine.Sampling.SamplingParameters p, int[] prompt, int outputs, TimeSpan elapsed)
+    {
+        var c = _host.Config;
+        for (int i = 0; i < outputs; i++)
+        {
+            if (i == 0)
+            {
+                yield return seq.Step(elapsed);
+                continue;
+            }
+            using var other = new SequenceGeneration(c, p, _host.Tokenizer, prompt, seq.Cache, i, ownsCache: false);
+            seq.Logits.CopyTo(other.Logits, 0);
+            yield return other.Step(elapsed);
+        }
     }
 
     /// <summary>The policy to compress with before sending, or null to send the dense KV and let the

@@ -59,6 +59,21 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         Assert.StartsWith("Once upon a time", stdout);
     }
 
+    /// <summary>`generate --endpoint --n 2` prints each output of the cluster as `--local` prints its own.</summary>
+    [SharedDataFact]
+    public void Several_outputs_through_the_cluster_print_as_the_local_run_prints_them()
+    {
+        string[] common = ["generate", "--prompt", "Once upon a time", "--max-tokens", "12", "--n", "2", "--temperature", "0.9", "--seed", "3", "--json"];
+        var (localCode, local, localErr) = Run("", [.. common, "--local", "--model", f.ModelPath]);
+        var (code, remote, stderr) = Run("", [.. common, "--endpoint", Endpoint]);
+        Assert.True(localCode == 0 && code == 0, localErr + stderr);
+        using var l = System.Text.Json.JsonDocument.Parse(local);
+        using var r = System.Text.Json.JsonDocument.Parse(remote);
+        string[] Texts(System.Text.Json.JsonDocument d) => [.. d.RootElement.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("text").GetString()!)];
+        Assert.Equal(2, Texts(r).Length);
+        Assert.Equal(Texts(l), Texts(r));
+    }
+
     [SharedDataFact]
     public void Model_with_endpoint_is_an_error_not_silently_ignored()
     {

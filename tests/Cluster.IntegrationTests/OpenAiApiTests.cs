@@ -5,6 +5,7 @@ using System.Text.Json;
 using Cluster.Engine.Loaders;
 using Cluster.Engine.Tokenizers;
 using Cluster.Tests;
+using Grpc.Core;
 using LlmCluster.V1;
 using Xunit;
 
@@ -80,6 +81,20 @@ public class OpenAiApiTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         Assert.Equal(chat.GetProperty("content").GetString(), r.GetProperty("chatStream").GetProperty("content").GetString());
         Assert.True(r.GetProperty("chatStream").GetProperty("chunks").GetInt32() > 2);
 
+        // n = 2 through the official client: each choice is the gRPC output of its index.
+        var two = new SortedDictionary<int, string>();
+        using (var call = new LlmCluster.V1.Gateway.GatewayClient(f.Cluster.Client).Generate(new GenerateRequest
+        {
+            Text = Prompt,
+            Sampling = new SamplingParams { Seed = Seed, Temperature = 0.8f, MaxTokens = MaxTokens, N = 2 },
+        }))
+        {
+            await foreach (var g in call.ResponseStream.ReadAllAsync())
+                if (g.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) two[g.Chunk.Index] = two.GetValueOrDefault(g.Chunk.Index, "") + g.Chunk.Text;
+        }
+        Assert.Equal(two.Select(e => (e.Key, e.Value)), r.GetProperty("nTwo").EnumerateArray().Select(c => (c.GetProperty("index").GetInt32(), c.GetProperty("text").GetString()!)));
+        Assert.NotEqual(two[0], two[1]);
+
         var errors = r.GetProperty("errors");
         void Refused(string name, int status, string type, string? param)
         {
@@ -93,7 +108,8 @@ public class OpenAiApiTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         Refused("badType", 400, "invalid_request_error", "temperature");
         Refused("outOfRange", 400, "invalid_request_error", "top_p");
         Refused("negativeMax", 400, "invalid_request_error", "max_tokens");
-        Refused("nAboveOne", 400, "invalid_request_error", "n");
+        Refused("nZero", 400, "invalid_request_error", "n");
+        Refused("bestOfStreamed", 400, "invalid_request_error", "best_of");
         Refused("badPolicy", 400, "invalid_request_error", "kv_policy");
         Assert.Equal(grpc.Text, r.GetProperty("afterErrors").GetString());
     }

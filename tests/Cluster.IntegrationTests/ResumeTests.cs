@@ -70,6 +70,47 @@ public sealed class ResumeTests
         Assert.Equal(expected.Text, got.Text);
     }
 
+    /// <summary>n = 2 on two decode workers: the worker of one output dies mid-stream; that output restarts
+    /// on the other worker from its own checkpoints (each output checkpoints apart), and both outputs still
+    /// equal the local run of their index, every token once.</summary>
+    [SharedDataFact]
+    public async Task Killing_a_decode_worker_midway_through_two_outputs_restarts_each_from_its_own_checkpoints()
+    {
+        const int tokens = 600;
+        var p = Params(tokens) with { N = 2 };
+        List<GenerationOutput> expected;
+        using (var model = ModelLoader.Load(ModelPath))
+        {
+            var tok = ModelLoader.LoadTokenizer(ModelPath, model.Config);
+            expected = [.. GenerationOutput.Collect(new TextGenerator(model, tok).Generate(tok.Encode(Prompt, true), p, policy: KvPolicyRegistry.Parse(Policy)))];
+        }
+
+        await using var cm = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        string cmAddress = cm.GrpcAddress.ToString();
+        await using var prefill = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Prefill, "--model", ModelPath, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        using var decodeA = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1");
+        using var decodeB = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", ModelPath, "--cache-manager", cmAddress, "--checkpoint-every", "16", "--threads", "1");
+        await using var gateway = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Gateway, "--model", ModelPath, "--cache-manager", cmAddress,
+            "--prefill", prefill.GrpcAddress.ToString(), "--decode", $"{decodeA.GrpcAddress},{decodeB.GrpcAddress}"), Cluster.Gateway.GatewayService.CreateAsync);
+        using var client = GrpcChannels.Create(gateway.GrpcAddress);
+
+        ServiceProcess? killed = null;
+        var request = new GenerateRequest { Text = Prompt, Sampling = SamplingWire.FromEngine(p), KvPolicy = PolicyMapping.ToWire(Policy) };
+        var got = await MultiOutputStream.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(client).Generate(request), onChunk: async outputs =>
+        {
+            if (killed is not null || outputs.Count < 2 || outputs.Values.Any(o => o.Ids.Count < 100)) return;
+            killed = await decodeA.GaugeAsync("llm_decode_sequences_running") > 0 ? decodeA : decodeB;
+            killed.Kill();
+        });
+        Assert.NotNull(killed);
+        Assert.Equal(2, got.Count);
+        for (int i = 0; i < 2; i++)
+        {
+            Assert.Equal(expected[i].Ids, got[i].Ids);
+            Assert.Equal(expected[i].Text, got[i].Text);
+        }
+    }
+
     /// <summary>Issue 21: a gateway dies mid-stream (SIGKILL); the client resumes on a second gateway that
     /// shares the session store, from the last token it received, and gets exactly the rest.</summary>
     [SharedDataFact]

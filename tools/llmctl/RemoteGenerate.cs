@@ -24,11 +24,61 @@ internal static class RemoteGenerate
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
         Console.CancelKeyPress += onCancel;
+        if (p.Outputs > 1 || p.IsBeamSearch) return PrintOutputs(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, prompt);
         int code = Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, echo: prompt, out int generated, out string finish);
         // The context, not --max-tokens, ended it: say so rather than look cut short for no reason.
         if (finish == "length" && generated < p.MaxTokens)
             Console.Error.WriteLine($"warning: stopped after {generated} of --max-tokens {p.MaxTokens} tokens: the prompt and output reached the model's context ({info.ContextLength} tokens); a bounded --policy such as sink_window(4,252) goes on");
         return code;
+    }
+
+    /// <summary>
+    /// Several outputs (--n, --best-of, --num-beams): gathered by index and printed each when the request
+    /// ends, as the local command prints them (their chunks interleave on the wire).
+    /// </summary>
+    private static int PrintOutputs(AsyncServerStreamingCall<GenerateResponse> call, CancellationTokenSource cancel, ConsoleCancelEventHandler onCancel, bool json, long? seed, string prompt)
+    {
+        using var _ = call;
+        var outputs = new SortedDictionary<int, (List<int> Ids, System.Text.StringBuilder Text, string Finish)>();
+        (List<int> Ids, System.Text.StringBuilder Text, string Finish) For(int i) => outputs.TryGetValue(i, out var o) ? o : outputs[i] = ([], new(), "");
+        string session = "";
+        try
+        {
+            foreach (var r in call.ResponseStream.ReadAllAsync(cancel.Token).ToBlockingEnumerable())
+            {
+                switch (r.ResponseCase)
+                {
+                    case GenerateResponse.ResponseOneofCase.Started:
+                        session = r.Started.SessionId;
+                        break;
+                    case GenerateResponse.ResponseOneofCase.Chunk:
+                        var o = For(r.Chunk.Index);
+                        o.Ids.AddRange(r.Chunk.TokenIds);
+                        o.Text.Append(r.Chunk.Text);
+                        break;
+                    case GenerateResponse.ResponseOneofCase.Complete:
+                        outputs[r.Complete.Index] = For(r.Complete.Index) with { Finish = r.Complete.FinishReason.ToString().ToLowerInvariant() };
+                        break;
+                }
+            }
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+        if (json)
+        {
+            Console.WriteLine(JsonSerializer.Serialize(new
+            {
+                session_id = session,
+                seed,
+                choices = outputs.Select(e => new { index = e.Key, ids = e.Value.Ids, text = e.Value.Text.ToString(), finish_reason = e.Value.Finish }),
+            }));
+            return 0;
+        }
+        foreach (var (index, o) in outputs) Console.WriteLine($"--- output {index} ({o.Finish}) ---\n{prompt}{o.Text}");
+        Console.Error.WriteLine($"[session {session}; {outputs.Values.Sum(o => o.Ids.Count)} generated; finish {string.Join(",", outputs.Values.Select(o => o.Finish))}{(seed is null ? "" : $"; seed {seed}")}]");
+        return 0;
     }
 
     /// <summary>`--resume SESSION`: Gateway.Resume, printed like a generation.</summary>

@@ -24,6 +24,7 @@ internal sealed class SamplingOptions
     private readonly Option<long?> _seed = new("--seed") { Description = "random seed: the same seed gives the same output (default: a fresh one, printed)" };
     private readonly Option<int?> _logprobs = new("--logprobs") { Description = "report the chosen token's logprob and the N most likely alternatives (0..20)" };
     private readonly Option<int> _n = new("--n") { Description = "outputs to generate from the prompt (they share its KV)", DefaultValueFactory = _ => 1 };
+    private readonly Option<int?> _bestOf = new("--best-of") { Description = "with --endpoint: sample this many outputs and return the --n with the highest cumulative logprob" };
     private readonly Option<int> _numBeams = new("--num-beams") { Description = "beam search width (1 = no beam search)", DefaultValueFactory = _ => 1 };
     private readonly Option<float> _lengthPenalty = new("--length-penalty") { Description = "beam score = sum logprobs / length^this", DefaultValueFactory = _ => 1f };
     private readonly Option<bool> _earlyStopping = new("--early-stopping") { Description = "end beam search as soon as num-beams outputs are finished" };
@@ -31,7 +32,7 @@ internal sealed class SamplingOptions
     public void AddTo(Command cmd)
     {
         foreach (var o in new Option[] { _maxTokens, _temperature, _topK, _topP, _minP, _presence, _frequency, _repetition, _logitBias, _minTokens,
-                     _stop, _stopTokenIds, _ignoreEos, _seed, _logprobs, _n, _numBeams, _lengthPenalty, _earlyStopping })
+                     _stop, _stopTokenIds, _ignoreEos, _seed, _logprobs, _n, _bestOf, _numBeams, _lengthPenalty, _earlyStopping })
             cmd.Options.Add(o);
     }
 
@@ -57,6 +58,7 @@ internal sealed class SamplingOptions
             Seed = r.GetValue(_seed),
             Logprobs = r.GetValue(_logprobs),
             N = r.GetValue(_n),
+            BestOf = r.GetValue(_bestOf),
             NumBeams = r.GetValue(_numBeams),
             LengthPenalty = r.GetValue(_lengthPenalty),
             EarlyStopping = r.GetValue(_earlyStopping),

@@ -19,9 +19,6 @@ internal sealed record OpenAiRequest(OpenAiEndpoint Endpoint, GenerateRequest Ge
     {
         var model = f.String("model") ?? throw OpenAiException.BadRequest("'model' is required (GET /v1/models lists it)", "model");
         if (model != modelId) throw new OpenAiException(404, $"the model '{model}' does not exist; this server serves '{modelId}'", "model", "model_not_found");
-        if (f.Int("n") is int n && n != 1)
-            throw OpenAiException.BadRequest("n > 1 is not served by the cluster yet; send n requests with different seeds", "n");
-        if (f.Int("best_of") is int bestOf && bestOf != 1) throw OpenAiException.BadRequest("best_of is not supported", "best_of");
         if (f.Bool("echo") == true) throw OpenAiException.BadRequest("echo is not supported", "echo");
         if (!string.IsNullOrEmpty(f.String("suffix"))) throw OpenAiException.BadRequest("suffix is not supported", "suffix");
         if (f.Get("tools") is { ValueKind: JsonValueKind.Array } tools && tools.GetArrayLength() > 0)
@@ -33,8 +30,37 @@ internal sealed record OpenAiRequest(OpenAiEndpoint Endpoint, GenerateRequest Ge
         if (endpoint == OpenAiEndpoint.Completions) SetPrompt(request, f);
         else request.Chat = Chat(f);
         bool stream = f.Bool("stream") ?? false;
+        Outputs(request.Sampling, f, stream);
         bool usage = f.Object("stream_options")?.Bool("include_usage") ?? false;
         return new OpenAiRequest(endpoint, request, stream, usage, logprobs);
+    }
+
+    /// <summary>
+    /// n, best_of and beam search. OpenAI's n and best_of; vLLM's beam search extension, spelled as its
+    /// older API (use_beam_search, with best_of or n as the width) or as num_beams, plus length_penalty and
+    /// early_stopping. Values are checked by the generation path (400 naming the field); what only HTTP
+    /// can get wrong is checked here: best_of &gt; n cannot stream (OpenAI refuses it too), since which
+    /// outputs are returned is known only when all have finished.
+    /// </summary>
+    private static void Outputs(SamplingParams s, JsonFields f, bool stream)
+    {
+        if (f.Int("n") is int n) s.N = n;
+        int? bestOf = f.Int("best_of"), numBeams = f.Int("num_beams");
+        bool beams = (f.Bool("use_beam_search") ?? false) || numBeams > 1;
+        float? lengthPenalty = f.Number("length_penalty");
+        bool? earlyStopping = f.Bool("early_stopping");
+        if (beams)
+        {
+            s.BeamSearch = new BeamSearchParams { NumBeams = numBeams ?? bestOf ?? (s.HasN ? s.N : 1), EarlyStopping = earlyStopping ?? false };
+            if (lengthPenalty is float lp) s.BeamSearch.LengthPenalty = lp;
+            return;
+        }
+        if (bestOf is int b)
+        {
+            s.BestOf = b;
+            if (stream && b > (s.HasN ? s.N : 1))
+                throw OpenAiException.BadRequest($"best_of ({b}) > n cannot be streamed: the outputs returned are known only when all have finished; set stream to false", "best_of");
+        }
     }
 
     private static SamplingParams Sampling(OpenAiEndpoint endpoint, JsonFields f, out bool logprobs)

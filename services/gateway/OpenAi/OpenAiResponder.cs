@@ -13,16 +13,32 @@ namespace Cluster.Gateway.OpenAi;
 /// stream_options.include_usage asks, and <c>[DONE]</c>; without, one JSON object at the end.
 /// Besides OpenAI's fields every response carries <c>session_id</c> (to continue the conversation),
 /// and the last one <c>timings</c> and <c>kv</c> (the session's KV size after the turn).
+/// With n &gt; 1 every choice carries its index (Chunk.index); the stream ends after the last choice's
+/// Complete, and the whole response lists the choices in index order.
 /// </summary>
 internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, ITokenizer tokenizer, string model, Func<string, Task<JsonObject?>> kvSize)
 {
     private readonly bool _chat = request.Endpoint == OpenAiEndpoint.ChatCompletions;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-    private readonly StringBuilder _text = new();
-    private readonly JsonArray _logprobs = [];
-    private readonly JsonArray _tokens = [], _tokenLogprobs = [], _topLogprobs = [], _textOffsets = [];
-    private int _textOffset;
+    private readonly SortedDictionary<int, ChoiceText> _choices = [];
+    private readonly int _n = Math.Max(1, request.Generate.Sampling.N);
+    private int _completed, _completionTokens;
     private string _sessionId = "", _turnId = "";
+
+    /// <summary>What one choice has gathered for the whole (non-streamed) response.</summary>
+    private sealed class ChoiceText
+    {
+        public StringBuilder Text { get; } = new();
+        public JsonArray Logprobs { get; } = [];
+        public JsonArray Tokens { get; } = [];
+        public JsonArray TokenLogprobs { get; } = [];
+        public JsonArray TopLogprobs { get; } = [];
+        public JsonArray TextOffsets { get; } = [];
+        public int TextOffset { get; set; }
+        public string Finish { get; set; } = "stop";
+    }
+
+    private ChoiceText For(int index) => _choices.TryGetValue(index, out var c) ? c : _choices[index] = new ChoiceText();
 
     /// <summary>True once the HTTP response has started: a later failure can only be sent as an event.</summary>
     public bool Started { get; private set; }
@@ -42,13 +58,15 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
                 if (!request.Stream) break;
                 await OpenAiJson.StartEventsAsync(http);
                 Started = true;
-                if (_chat) await EventAsync(Choice(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null, null));
+                if (_chat)
+                    for (int i = 0; i < _n; i++) await EventAsync(Choice(i, new JsonObject { ["role"] = "assistant", ["content"] = "" }, null, null));
                 break;
             case GenerateResponse.ResponseOneofCase.Chunk:
-                var logprobs = request.Logprobs ? Logprobs(r.Chunk.Logprobs) : null;
-                _text.Append(r.Chunk.Text);
+                var choice = For(r.Chunk.Index);
+                var logprobs = request.Logprobs ? Logprobs(r.Chunk.Logprobs, choice) : null;
+                choice.Text.Append(r.Chunk.Text);
                 if (request.Stream)
-                    await EventAsync(Choice(_chat ? new JsonObject { ["content"] = r.Chunk.Text } : JsonValue.Create(r.Chunk.Text), logprobs, null));
+                    await EventAsync(Choice(r.Chunk.Index, _chat ? new JsonObject { ["content"] = r.Chunk.Text } : JsonValue.Create(r.Chunk.Text), logprobs, null));
                 break;
             case GenerateResponse.ResponseOneofCase.Complete:
                 await CompleteAsync(r.Complete);
@@ -64,11 +82,14 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
             FinishReason.Abort => "abort",
             _ => "stop",
         };
+        For(complete.Index).Finish = finish;
+        _completionTokens += complete.Usage.CompletionTokens;
+        bool last = ++_completed >= _n;
         var usage = new JsonObject
         {
             ["prompt_tokens"] = complete.Usage.PromptTokens,
-            ["completion_tokens"] = complete.Usage.CompletionTokens,
-            ["total_tokens"] = complete.Usage.PromptTokens + complete.Usage.CompletionTokens,
+            ["completion_tokens"] = _completionTokens,
+            ["total_tokens"] = complete.Usage.PromptTokens + _completionTokens,
         };
         var timings = new JsonObject
         {
@@ -85,11 +106,12 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
             : null;
         if (request.Stream)
         {
-            var last = Choice(_chat ? new JsonObject() : JsonValue.Create(""), null, finish);
-            last["timings"] = timings;
-            last["kv"] = kv;
-            if (warning is not null) last["warning"] = warning;
-            await EventAsync(last);
+            var end = Choice(complete.Index, _chat ? new JsonObject() : JsonValue.Create(""), null, finish);
+            end["timings"] = timings;
+            end["kv"] = kv;
+            if (warning is not null) end["warning"] = warning;
+            await EventAsync(end);
+            if (!last) return;
             if (request.IncludeUsage)
             {
                 var u = Envelope();
@@ -100,14 +122,20 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
             await OpenAiJson.WriteEventAsync(http, "[DONE]");
             return;
         }
-        var choice = new JsonObject { ["index"] = 0 };
-        if (_chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = _text.ToString() };
-        else choice["text"] = _text.ToString();
-        choice["logprobs"] = !request.Logprobs ? null : _chat ? new JsonObject { ["content"] = _logprobs }
-            : new JsonObject { ["tokens"] = _tokens, ["token_logprobs"] = _tokenLogprobs, ["top_logprobs"] = _topLogprobs, ["text_offset"] = _textOffsets };
-        choice["finish_reason"] = finish;
+        if (!last) return;
+        var choices = new JsonArray();
+        foreach (var (index, c) in _choices)
+        {
+            var choice = new JsonObject { ["index"] = index };
+            if (_chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = c.Text.ToString() };
+            else choice["text"] = c.Text.ToString();
+            choice["logprobs"] = !request.Logprobs ? null : _chat ? new JsonObject { ["content"] = c.Logprobs }
+                : new JsonObject { ["tokens"] = c.Tokens, ["token_logprobs"] = c.TokenLogprobs, ["top_logprobs"] = c.TopLogprobs, ["text_offset"] = c.TextOffsets };
+            choice["finish_reason"] = c.Finish;
+            choices.Add(choice);
+        }
         var result = Envelope();
-        result["choices"] = new JsonArray(choice);
+        result["choices"] = choices;
         result["usage"] = usage;
         result["timings"] = timings;
         result["kv"] = kv;
@@ -131,9 +159,9 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
         ["session_id"] = _sessionId,
     };
 
-    private JsonObject Choice(JsonNode? delta, JsonNode? logprobs, string? finish)
+    private JsonObject Choice(int index, JsonNode? delta, JsonNode? logprobs, string? finish)
     {
-        var choice = new JsonObject { ["index"] = 0 };
+        var choice = new JsonObject { ["index"] = index };
         choice[_chat ? "delta" : "text"] = delta;
         choice["logprobs"] = logprobs;
         choice["finish_reason"] = finish;
@@ -145,7 +173,7 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
     private Task EventAsync(JsonObject data) => OpenAiJson.WriteEventAsync(http, OpenAiJson.Text(data));
 
     /// <summary>A chunk's logprobs in the endpoint's shape; also gathered for the non-streamed response.</summary>
-    private JsonObject Logprobs(IEnumerable<TokenLogprob> entries)
+    private JsonObject Logprobs(IEnumerable<TokenLogprob> entries, ChoiceText choice)
     {
         if (_chat)
         {
@@ -155,7 +183,7 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
                 var entry = Entry(l.TokenId, l.Logprob);
                 entry["top_logprobs"] = new JsonArray(l.Top.Select(t => (JsonNode)Entry(t.TokenId, t.Logprob)).ToArray());
                 content.Add(entry);
-                _logprobs.Add(entry.DeepClone());
+                choice.Logprobs.Add(entry.DeepClone());
             }
             return new JsonObject { ["content"] = content };
         }
@@ -168,10 +196,10 @@ internal sealed class OpenAiResponder(OpenAiRequest request, HttpResponse http, 
             var alternatives = new JsonObject();
             foreach (var t in l.Top) alternatives[tokenizer.TokenText(t.TokenId)] = t.Logprob;
             top.Add(alternatives);
-            offsets.Add(_textOffset);
-            _textOffset += token.Length;
+            offsets.Add(choice.TextOffset);
+            choice.TextOffset += token.Length;
         }
-        foreach (var (all, part) in new[] { (_tokens, tokens), (_tokenLogprobs, tokenLogprobs), (_topLogprobs, top), (_textOffsets, offsets) })
+        foreach (var (all, part) in new[] { (choice.Tokens, tokens), (choice.TokenLogprobs, tokenLogprobs), (choice.TopLogprobs, top), (choice.TextOffsets, offsets) })
             foreach (var n in part) all.Add(n?.DeepClone());
         return new JsonObject { ["tokens"] = tokens, ["token_logprobs"] = tokenLogprobs, ["top_logprobs"] = top, ["text_offset"] = offsets };
     }

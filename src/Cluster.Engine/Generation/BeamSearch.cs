@@ -19,7 +19,7 @@ namespace Cluster.Engine.Generation;
 /// reach is its sum / max_length^length_penalty when length_penalty &gt; 0 and sum / current_length^length_penalty
 /// otherwise (Hugging Face's bound for early_stopping=False, which is exact).
 /// </summary>
-internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, SamplingParameters p)
+public sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, SamplingParameters p)
 {
     private sealed record Beam(SequenceKvCache Cache, SamplingState State, float[] Logits, double Sum, IReadOnlyList<TokenLogprobs?> Logprobs);
 
@@ -27,7 +27,24 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
 
     private readonly record struct Proposal(int Parent, int Token, double Sum, float Logprob);
 
+    /// <summary>The whole search for <paramref name="prompt"/> in one go (prefill included): the chunks of
+    /// the best n hypotheses, output by output, once it has ended.</summary>
     public IEnumerable<GenerationChunk> Run(IReadOnlyList<int> prompt, CancellationToken cancel)
+    {
+        var c = model.Config;
+        var cache = model.CreateCache(Math.Min(prompt.Count + Math.Min(p.MaxTokens, c.MaxPositions - prompt.Count), c.MaxPositions));
+        return Steps(prompt, cache, cancel).SelectMany(chunks => chunks);
+    }
+
+    /// <summary>
+    /// The search one model step at a time, so that whoever owns the model (a decode worker's batch
+    /// thread) can interleave it with other work: each enumeration step runs one forward pass of every
+    /// beam and yields nothing, and the last one yields the chunks of the best n hypotheses.
+    /// </summary>
+    /// <param name="cache">A dense cache holding a prefix of the prompt (empty, or the whole prompt as a
+    /// prefill worker stored it); the search owns and frees it. Its capacity bounds the beams' caches,
+    /// which are copies of it.</param>
+    public IEnumerable<IReadOnlyList<GenerationChunk>> Steps(IReadOnlyList<int> prompt, SequenceKvCache cache, CancellationToken cancel)
     {
         var c = model.Config;
         int width = p.NumBeams, vocab = c.VocabSize;
@@ -38,15 +55,27 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
         var finished = new List<Hypothesis>();
         var sw = Stopwatch.StartNew();
 
-        var root = new Beam(model.CreateCache(Math.Min(prompt.Count + maxLength, c.MaxPositions)), new SamplingState(vocab, prompt, 0), new float[vocab], 0, []);
-        model.Forward(prompt.ToArray(), root.Cache, root.Logits);
-        var stepTimes = new List<TimeSpan> { sw.Elapsed }; // [0]: prefill; [i]: the step that produced token i
+        var root = new Beam(cache, new SamplingState(vocab, prompt, 0), new float[vocab], 0, []);
         var live = new List<Beam> { root };
+        var stepTimes = new List<TimeSpan>(); // [0]: prefill; [i]: the step that produced token i
         bool aborted = false;
+        try
+        {
+            // The root's logits: run what the cache lacks of the prompt (at least its last token).
+            if (cache.TokensSeen == prompt.Count) cache.Truncate(prompt.Count - 1);
+            model.Forward(prompt.Skip(cache.TokensSeen).ToArray(), cache, root.Logits);
+            stepTimes.Add(sw.Elapsed);
+        }
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
         try
         {
             for (int step = 0; step < maxLength && live.Count > 0; step++)
             {
+                yield return [];
                 if (cancel.IsCancellationRequested) { aborted = true; break; }
                 sw.Restart();
                 var proposals = new List<Proposal>();
@@ -92,8 +121,7 @@ internal sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampli
             foreach (var beam in live) finished.Add(new Hypothesis(beam.State.Generated, beam.Logprobs, beam.Sum, Score(beam.Sum, beam.State.Step), FinishReason.Abort));
 
         var best = finished.OrderByDescending(h => h.Score).Take(p.N).ToList();
-        for (int i = 0; i < best.Count; i++)
-            foreach (var chunk in Chunks(i, best[i], prompt, stepTimes)) yield return chunk;
+        yield return best.SelectMany((h, i) => Chunks(i, h, prompt, stepTimes)).ToList();
     }
 
     private bool IsDone(List<Hypothesis> finished, double bestLiveSum, int length, int maxLength)

@@ -41,7 +41,8 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
             if (id < 0 || id >= c.VocabSize) throw new ArgumentException($"prompt token {id} is outside the vocabulary [0, {c.VocabSize})", nameof(prompt));
         if (prompt.Count >= c.MaxPositions) throw new ArgumentException($"the prompt has {prompt.Count} tokens but the model's context is {c.MaxPositions}", nameof(prompt));
         if (p.Stop.Count > 0 && tokenizer is null) throw new ArgumentException("stop strings need a tokenizer");
-        if (p.IsBeamSearch && p.Stop.Count > 0) throw new ArgumentException("stop strings are not supported with beam search (num_beams > 1); use stop_token_ids");
+        // Choosing the best of several outputs needs all of them finished; the cluster's gateway does it.
+        if (p.Outputs > p.N) throw new ArgumentException($"best_of > n is served by the cluster (the gateway ranks the outputs); run n={p.Outputs} and rank them by cumulative logprob");
         if (resume is null) return;
         if (p.IsBeamSearch || p.N != 1) throw new ArgumentException("resuming works for one sampled output (n = 1, num_beams = 1)");
         if (p.Seed is null) throw new ArgumentException("resuming needs the seed of the original request");

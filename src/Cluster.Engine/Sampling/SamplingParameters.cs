@@ -56,6 +56,14 @@ public sealed record SamplingParameters
     /// <summary>Outputs to return for the prompt (samples, or the best beams with beam search).</summary>
     public int N { get; init; } = 1;
 
+    /// <summary>Outputs to sample when more than <see cref="N"/>: the N with the highest cumulative logprob
+    /// are returned (OpenAI's and vLLM's best_of); null = N. Served by the cluster's gateway, which sees
+    /// every output; sampling only.</summary>
+    public int? BestOf { get; init; }
+
+    /// <summary>Outputs to sample: best_of, or n.</summary>
+    public int Outputs => BestOf ?? N;
+
     /// <summary>Beams kept per step; 1 = no beam search.</summary>
     public int NumBeams { get; init; } = 1;
 
@@ -64,6 +72,10 @@ public sealed record SamplingParameters
 
     /// <summary>Beam search ends as soon as num_beams outputs are finished; otherwise only when no live beam can still beat them.</summary>
     public bool EarlyStopping { get; init; }
+
+    /// <summary>Most outputs (n, best_of) or beams of one request: each holds its own KV cache and logits,
+    /// so without a bound one request could exhaust a worker (`n: 2147483647` did, found by the front-door fuzz test).</summary>
+    public const int MaxOutputs = 128;
 
     public bool IsGreedy => Temperature == 0f;
     public bool IsBeamSearch => NumBeams > 1;
@@ -96,9 +108,13 @@ public sealed record SamplingParameters
         foreach (var s in Stop) Check(!string.IsNullOrEmpty(s), "stop", "strings must not be empty", "\"\"");
         foreach (var id in StopTokenIds) Check(id >= 0 && id < vocabSize, "stop_token_ids", $"must be in [0, {vocabSize})", id);
         Check(Logprobs is null || Logprobs is >= 0 and <= 20, "logprobs", "must be in [0, 20]", Logprobs!);
-        Check(N >= 1, "n", "must be >= 1", N);
-        Check(NumBeams >= 1, "num_beams", "must be >= 1 (1 = no beam search)", NumBeams);
+        Check(N >= 1 && N <= MaxOutputs, "n", $"must be in [1, {MaxOutputs}]", N);
+        Check(NumBeams >= 1 && NumBeams <= MaxOutputs, "num_beams", $"must be in [1, {MaxOutputs}] (1 = no beam search)", NumBeams);
         Check(NumBeams == 1 || N <= NumBeams, "n", $"must be <= num_beams={NumBeams} with beam search", N);
+        Check(BestOf is null || BestOf >= N && BestOf <= MaxOutputs, "best_of", $"must be in [n={N}, {MaxOutputs}]", BestOf!);
+        Check(BestOf is null || BestOf == N || NumBeams == 1, "best_of", $"is not used with beam search (num_beams={NumBeams} is the width; leave best_of unset)", BestOf!);
+        // The search tracks no text per beam, so a stop string could not end a hypothesis.
+        Check(NumBeams == 1 || Stop.Count == 0, "stop", "strings are not supported with beam search (num_beams > 1); use stop_token_ids", $"{Stop.Count} strings");
         Check(float.IsFinite(LengthPenalty), "length_penalty", "must be a finite number", LengthPenalty);
     }
 

@@ -10,14 +10,17 @@ namespace Cluster.Engine.Scheduling;
 /// runs every running sequence's next token through one <see cref="LlamaModel.ForwardBatch"/>, so the
 /// weights are read once per step however many sequences share it. One thread owns the model;
 /// callers hand sequences in with <see cref="Add"/> and read their chunks from a channel. A sequence
-/// whose caller cancels is aborted and freed before the next step.
+/// whose caller cancels is aborted and freed before the next step. Work that must own the model for
+/// its own passes (a beam search: its beams interact every step) joins as a stepped job
+/// (<see cref="AddStepped"/>): one of its steps runs between two batched steps.
 /// </summary>
 public sealed class ContinuousBatcher : IDisposable
 {
     private readonly LlamaModel _model;
     private readonly int _maxBatch;
-    private readonly Channel<Entry> _incoming = Channel.CreateUnbounded<Entry>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly Channel<Entry?> _incoming = Channel.CreateUnbounded<Entry?>(new UnboundedChannelOptions { SingleReader = true }); // null: a job arrived
     private readonly List<Entry> _running = [];
+    private readonly List<SteppedJob> _jobs = [];
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _thread;
     private readonly float[] _logits;
@@ -61,6 +64,48 @@ public sealed class ContinuousBatcher : IDisposable
         return output.Reader;
     }
 
+    /// <summary>
+    /// Adds work that runs its own forward passes one step at a time (e.g. <see cref="Generation.BeamSearch.Steps"/>):
+    /// each loop of the batch thread advances it by one step, so the running sequences go on between
+    /// its steps. The channel receives the chunks its steps yield and completes when it ends, or with
+    /// the exception that ended it. The job watches its own cancellation (a beam search aborts its beams).
+    /// </summary>
+    public ChannelReader<GenerationChunk> AddStepped(IEnumerable<IReadOnlyList<GenerationChunk>> steps)
+    {
+        var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true });
+        if (!_incomingJobs.Writer.TryWrite(new SteppedJob(steps, output))) throw new ObjectDisposedException(nameof(ContinuousBatcher));
+        _incoming.Writer.TryWrite(null); // wakes the batch thread
+        return output.Reader;
+    }
+
+    private readonly Channel<SteppedJob> _incomingJobs = Channel.CreateUnbounded<SteppedJob>(new UnboundedChannelOptions { SingleReader = true });
+
+    /// <summary>Advances every stepped job by one step; a job that ends or throws leaves.</summary>
+    private void StepJobs()
+    {
+        for (int i = _jobs.Count - 1; i >= 0; i--)
+        {
+            var job = _jobs[i];
+            try
+            {
+                job.Steps ??= job.Source.GetEnumerator();
+                if (job.Steps.MoveNext())
+                {
+                    foreach (var chunk in job.Steps.Current) job.Output.Writer.TryWrite(chunk);
+                    continue;
+                }
+                job.Output.Writer.TryComplete();
+            }
+            catch (Exception ex)
+            {
+                // A job's failure is its own: the batch thread and the other work go on.
+                job.Output.Writer.TryComplete(ex);
+            }
+            job.Steps?.Dispose();
+            _jobs.RemoveAt(i);
+        }
+    }
+
     private void Run()
     {
         var ct = _stop.Token;
@@ -68,22 +113,28 @@ public sealed class ContinuousBatcher : IDisposable
         {
             while (!ct.IsCancellationRequested)
             {
-                while (_incoming.Reader.TryRead(out var entry)) Admit(entry);
+                while (_incoming.Reader.TryRead(out var entry))
+                    if (entry is not null) Admit(entry);
+                while (_incomingJobs.Reader.TryRead(out var job)) _jobs.Add(job);
                 DropCancelled();
-                if (_running.Count == 0)
+                if (_running.Count == 0 && _jobs.Count == 0)
                 {
-                    // Idle: sleep until a sequence arrives.
+                    // Idle: sleep until a sequence or a job arrives.
                     _incoming.Reader.WaitToReadAsync(ct).AsTask().Wait(ct);
                     continue;
                 }
-                Step();
+                StepJobs();
+                if (_running.Count > 0) Step();
             }
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
         }
         foreach (var e in _running) Finish(e, e.Sequence.Abort());
-        while (_incoming.Reader.TryRead(out var e)) Finish(e, e.Sequence.Abort());
+        while (_incoming.Reader.TryRead(out var e))
+            if (e is not null) Finish(e, e.Sequence.Abort());
+        foreach (var job in _jobs) { job.Steps?.Dispose(); job.Output.Writer.TryComplete(new ObjectDisposedException(nameof(ContinuousBatcher))); }
+        while (_incomingJobs.Reader.TryRead(out var j)) j.Output.Writer.TryComplete(new ObjectDisposedException(nameof(ContinuousBatcher)));
     }
 
     /// <summary>A joining sequence enters the batch at once. Its feed (several tokens when restarting
@@ -209,8 +260,16 @@ public sealed class ContinuousBatcher : IDisposable
     {
         _stop.Cancel();
         _incoming.Writer.TryComplete();
+        _incomingJobs.Writer.TryComplete();
         _thread.Join();
         _stop.Dispose();
+    }
+
+    private sealed class SteppedJob(IEnumerable<IReadOnlyList<GenerationChunk>> source, Channel<GenerationChunk> output)
+    {
+        public IEnumerable<IReadOnlyList<GenerationChunk>> Source { get; } = source;
+        public Channel<GenerationChunk> Output { get; } = output;
+        public IEnumerator<IReadOnlyList<GenerationChunk>>? Steps { get; set; }
     }
 
     private sealed record Entry(SequenceGeneration Sequence, int[] Feed, Channel<GenerationChunk> Output, CancellationToken Cancel, object? State)

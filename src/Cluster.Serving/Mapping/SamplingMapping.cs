@@ -36,6 +36,7 @@ public static class SamplingMapping
             Seed = s.HasSeed ? unchecked((long)s.Seed) : null,
             Logprobs = s.Logprobs ? Math.Max(0, s.TopLogprobs) : null,
             N = s.HasN ? s.N : d.N,
+            BestOf = s.HasBestOf ? s.BestOf : null,
             NumBeams = s.BeamSearch is { NumBeams: > 0 } b ? b.NumBeams : d.NumBeams,
             LengthPenalty = s.BeamSearch is { HasLengthPenalty: true } lp ? lp.LengthPenalty : d.LengthPenalty,
             EarlyStopping = s.BeamSearch?.EarlyStopping ?? d.EarlyStopping,

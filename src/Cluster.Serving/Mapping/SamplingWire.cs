@@ -28,6 +28,7 @@ public static class SamplingWire
         s.Stop.Add(p.Stop);
         s.StopTokenIds.Add(p.StopTokenIds);
         if (p.Seed is long seed) s.Seed = unchecked((ulong)seed);
+        if (p.BestOf is int bestOf) s.BestOf = bestOf;
         if (p.IsBeamSearch) s.BeamSearch = new BeamSearchParams { NumBeams = p.NumBeams, LengthPenalty = p.LengthPenalty, EarlyStopping = p.EarlyStopping };
         return s;
     }

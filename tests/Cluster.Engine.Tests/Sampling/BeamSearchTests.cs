@@ -11,40 +11,11 @@ public sealed class BeamSearchTests
     private const int Eos = 2, Length = 3;
     private static readonly int[] Prompt = [1];
 
-    /// <summary>Every output of at most 3 tokens (vocabulary 8): the ones ended by EOS and the ones cut by
-    /// max_tokens, each scored sum_logprobs / length^length_penalty.</summary>
-    private static List<(int[] Ids, double Score)> Enumerate(LlamaModel model, double lengthPenalty)
-    {
-        int vocab = model.Config.VocabSize;
-        var all = new List<(int[], double)>();
-        void Walk(List<int> prefix)
-        {
-            if (prefix.Count > 0 && (prefix[^1] == Eos || prefix.Count == Length))
-            {
-                all.Add((prefix.ToArray(), SumLogprobs(model, prefix) / Math.Pow(prefix.Count, lengthPenalty)));
-                return;
-            }
-            for (int t = 0; t < vocab; t++) Walk([.. prefix, t]);
-        }
-        Walk([]);
-        return [.. all.OrderByDescending(x => x.Item2)];
-    }
+    /// <summary>Every output of at most 3 tokens (vocabulary 8), scored, best first.</summary>
+    private static List<(int[] Ids, double Score)> Enumerate(LlamaModel model, double lengthPenalty) =>
+        BeamEnumeration.Enumerate(model, Prompt, Length, lengthPenalty, [Eos]);
 
-    private static double SumLogprobs(LlamaModel model, List<int> output)
-    {
-        int vocab = model.Config.VocabSize;
-        int[] ids = [.. Prompt, .. output];
-        var logits = new float[ids.Length * vocab];
-        using (var cache = model.CreateCache()) model.Forward(ids, cache, logits, allLogits: true);
-        double sum = 0;
-        for (int i = 0; i < output.Count; i++)
-        {
-            var row = logits.AsSpan((Prompt.Length - 1 + i) * vocab, vocab).ToArray();
-            double max = row.Max();
-            sum += row[output[i]] - max - Math.Log(row.Sum(l => Math.Exp(l - max)));
-        }
-        return sum;
-    }
+    private static double SumLogprobs(LlamaModel model, List<int> output) => BeamEnumeration.SumLogprobs(model, Prompt, output);
 
     [Theory]
     [InlineData(1.0)]

@@ -27,6 +27,12 @@ public sealed class ParameterValidationTests
         { "n", new() { N = 0 } },
         { "num_beams", new() { NumBeams = 0 } },
         { "n", new() { NumBeams = 2, N = 3 } },                                           // more outputs than beams
+        { "n", new() { N = int.MaxValue } },                                              // one request must not exhaust a worker
+        { "num_beams", new() { NumBeams = SamplingParameters.MaxOutputs + 1 } },
+        { "best_of", new() { N = 3, BestOf = 2 } },                                       // fewer samples than outputs
+        { "best_of", new() { N = 2, BestOf = SamplingParameters.MaxOutputs + 1 } },
+        { "best_of", new() { NumBeams = 4, N = 2, BestOf = 4 } },                         // the width is num_beams
+        { "stop", new() { NumBeams = 2, Stop = ["."] } },                                 // beams keep no text to match
         { "length_penalty", new() { LengthPenalty = float.PositiveInfinity } },
     };
 
@@ -43,6 +49,8 @@ public sealed class ParameterValidationTests
     {
         new SamplingParameters().Validate(50);
         new SamplingParameters { Temperature = 0, TopK = 50, TopP = 1, MinP = 1, PresencePenalty = -2, FrequencyPenalty = 2, Logprobs = 20, MinTokens = 16 }.Validate(50);
+        new SamplingParameters { N = SamplingParameters.MaxOutputs, BestOf = SamplingParameters.MaxOutputs }.Validate(50);
+        new SamplingParameters { NumBeams = 4, N = 4, BestOf = 4 }.Validate(50); // best_of = n changes nothing
     }
 
     [Fact]

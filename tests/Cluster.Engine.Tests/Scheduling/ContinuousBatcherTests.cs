@@ -54,6 +54,40 @@ public sealed class ContinuousBatcherTests
         Assert.Equal(0, batcher.Running);
     }
 
+    /// <summary>A beam search joins the batch as a stepped job (as on a decode worker, from a cache that
+    /// holds the prompt) while sampled streams run: the search equals the local one, the streams their
+    /// local runs, and both advance together (the search does not wait for the streams to end).</summary>
+    [SharedDataFact]
+    public async Task A_beam_search_stepped_between_batched_steps_equals_the_local_search()
+    {
+        using var model = TestModels.Load(TestModels.Stories260K);
+        var tok = TestModels.Stories260KTokenizer();
+        var prompt = tok.Encode("Once upon a time", true);
+        var beams = new SamplingParameters { NumBeams = 3, N = 3, MaxTokens = 12, Seed = 1 };
+        var expectedBeams = GenerationOutput.Collect(new TextGenerator(model, tok).Generate(prompt, beams));
+        var sampled = new SamplingParameters { Temperature = 0.8f, Seed = 5, MaxTokens = 200, IgnoreEos = true };
+        var expectedSample = GenerationOutput.Collect(new TextGenerator(model, tok).Generate(prompt, sampled)).Single();
+
+        var (seq, first) = Prefill(model, tok, prompt, sampled);
+        var cache = model.CreateCache(prompt.Length + beams.MaxTokens);
+        model.Forward(prompt, cache, new float[model.Config.VocabSize]); // the prompt's KV, as prefill stores it
+        int steps = 0;
+        using var batcher = new ContinuousBatcher(model, maxBatch: 4, afterStep: (_, _) => Interlocked.Increment(ref steps));
+        var stream = Drain(batcher.Add(seq, [first.TokenId!.Value], CancellationToken.None));
+        var search = await Drain(batcher.AddStepped(new BeamSearch(model, tok, beams).Steps(prompt, cache, CancellationToken.None))).WaitAsync(TimeSpan.FromMinutes(2));
+        int stepsWhenSearchEnded = Volatile.Read(ref steps);
+
+        var got = GenerationOutput.Collect(search);
+        Assert.Equal(expectedBeams.Select(o => o.Ids), got.Select(o => o.Ids));
+        Assert.Equal(expectedBeams.Select(o => o.Text), got.Select(o => o.Text));
+        // The prompt's last token runs alone here (its logits are not stored with the KV), so scores agree to
+        // float rounding, not bit for bit.
+        for (int i = 0; i < got.Count; i++) Assert.Equal(expectedBeams[i].Score!.Value, got[i].Score!.Value, 5);
+        var whole = await Whole(first, stream);
+        Assert.Equal(expectedSample.Ids, whole.Ids);
+        Assert.InRange(stepsWhenSearchEnded, 1, 100); // the 200-token stream was still running
+    }
+
     [SharedDataFact]
     public async Task Cancelled_sequence_is_aborted_and_freed_within_a_step()
     {

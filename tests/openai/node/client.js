@@ -41,13 +41,18 @@ async function main() {
     for (const c of chunk.choices) out.chatStream.content += c.delta.content || '';
   }
 
+  // n = 2: two choices, each with its index (the test compares them with the gRPC outputs of each index).
+  const two = await client.completions.create({ ...sampling, prompt: args.prompt, n: 2 });
+  out.nTwo = two.choices.map(c => ({ index: c.index, text: c.text }));
+
   // Refusals: each must be an APIError with OpenAI's shape, and the server must go on serving.
   const bad = {
     unknownModel: { ...sampling, prompt: args.prompt, model: 'no-such-model' },
     badType: { ...sampling, prompt: args.prompt, temperature: 'hot' },
     outOfRange: { ...sampling, prompt: args.prompt, top_p: 2 },
     negativeMax: { ...sampling, prompt: args.prompt, max_tokens: -1 },
-    nAboveOne: { ...sampling, prompt: args.prompt, n: 2 },
+    nZero: { ...sampling, prompt: args.prompt, n: 0 },
+    bestOfStreamed: { ...sampling, prompt: args.prompt, best_of: 2, stream: true },
     badPolicy: { ...sampling, prompt: args.prompt, kv_policy: 'nonsense(1)' },
   };
   out.errors = {};
