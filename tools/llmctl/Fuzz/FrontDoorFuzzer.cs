@@ -147,25 +147,11 @@ public sealed class FrontDoorFuzzer : IDisposable
             foreach (var (name, process) in _target.Processes)
             {
                 if (process.HasExited) exited.Add($"{name} (pid {process.Id}, exit {process.ExitCode})");
-                else if (RssKiB(process.Id) is long kib) rss[name] = kib;
+                else if (ProcessMemory.RssKiB(process.Id) is long kib) rss[name] = kib;
             }
             return new FuzzCheck(after, httpOk, grpcOk, error?.Trim(), rss, exited);
         }
         finally { _checking.Release(); }
-    }
-
-    /// <summary>VmRSS of a process from /proc (Linux), in KiB; null elsewhere or once it is gone.</summary>
-    public static long? RssKiB(int pid)
-    {
-        try
-        {
-            foreach (var line in File.ReadLines($"/proc/{pid}/status"))
-                if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-                    return long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim());
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return null;
     }
 
     private async Task OneAsync(FuzzReport report, int index)
