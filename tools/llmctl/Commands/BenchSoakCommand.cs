@@ -27,6 +27,7 @@ internal static class BenchSoakCommand
         var warmup = new Option<double>("--warmup-minutes") { Description = "memory is judged from this point on (JIT, pools and the session TTL's steady state reached)", DefaultValueFactory = _ => 2 };
         var clients = new Option<int>("--clients") { Description = "concurrent streaming clients", DefaultValueFactory = _ => 64 };
         var kvMemory = new Option<int>("--kv-memory") { Description = "decode worker's KV budget in MiB (small, so that admission queues)", DefaultValueFactory = _ => 1 };
+        var cacheMemory = new Option<int>("--cache-memory") { Description = "cache manager's KV budget in MiB (past it, sessions idle past the TTL, then least recently used, are evicted)", DefaultValueFactory = _ => 256 };
         var sessionTtl = new Option<int>("--session-ttl") { Description = "seconds the gateway and cache manager keep a finished session (shorter than the warm-up, so their stores reach a steady state)", DefaultValueFactory = _ => 60 };
         var seed = new Option<int>("--seed") { Description = "seed of the clients' requests", DefaultValueFactory = _ => 1 };
         var checkEvery = new Option<int>("--check-every") { Description = "every Nth request of each client is compared token for token with a precomputed local run (0: none)", DefaultValueFactory = _ => 4 };
@@ -36,19 +37,19 @@ internal static class BenchSoakCommand
         var offset = new Option<int>("--port-offset") { Description = "port offset of the cluster", DefaultValueFactory = _ => 4800 };
         var outDir = new Option<string?>("--out") { Description = "folder for rss.csv, latency.csv, summary.json, rss.svg, latency.svg (default bench/soak/<UTC date>)" };
         var cmd = new Command("soak", "N streaming clients against a cluster for minutes: errors, altered tokens, TTFT/TPOT over time, every service's RSS; fails unless 0 errors and flat memory")
-            { model, minutes, warmup, clients, kvMemory, sessionTtl, seed, checkEvery, sampleSeconds, windowSeconds, tolerance, offset, outDir };
-        cmd.SetAction(r => CommandErrors.Run(() => Run(new Settings(r.GetValue(model), r.GetValue(minutes), r.GetValue(warmup), r.GetValue(clients), r.GetValue(kvMemory),
+            { model, minutes, warmup, clients, kvMemory, cacheMemory, sessionTtl, seed, checkEvery, sampleSeconds, windowSeconds, tolerance, offset, outDir };
+        cmd.SetAction(r => CommandErrors.Run(() => Run(new Settings(r.GetValue(model), r.GetValue(minutes), r.GetValue(warmup), r.GetValue(clients), r.GetValue(kvMemory), r.GetValue(cacheMemory),
             r.GetValue(sessionTtl), r.GetValue(seed), r.GetValue(checkEvery), r.GetValue(sampleSeconds), r.GetValue(windowSeconds), r.GetValue(tolerance), r.GetValue(offset),
             r.GetValue(outDir) ?? Path.Combine("bench", "soak", DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture)))).GetAwaiter().GetResult()));
         return cmd;
     }
 
-    private sealed record Settings(string? Model, double Minutes, double WarmupMinutes, int Clients, int KvMemoryMb, int SessionTtl, int Seed, int CheckEvery,
+    private sealed record Settings(string? Model, double Minutes, double WarmupMinutes, int Clients, int KvMemoryMb, int CacheMemoryMb, int SessionTtl, int Seed, int CheckEvery,
         double SampleSeconds, double WindowSeconds, double Tolerance, int PortOffset, string Out);
 
     private static async Task<int> Run(Settings s)
     {
-        if (s.Minutes <= 0 || s.Clients < 1 || s.KvMemoryMb < 1 || s.SampleSeconds <= 0 || s.WindowSeconds <= 0) throw new ArgumentException("--minutes, --clients, --kv-memory, --sample-seconds and --window-seconds must be positive");
+        if (s.Minutes <= 0 || s.Clients < 1 || s.KvMemoryMb < 1 || s.CacheMemoryMb < 1 || s.SampleSeconds <= 0 || s.WindowSeconds <= 0) throw new ArgumentException("--minutes, --clients, --kv-memory, --sample-seconds and --window-seconds must be positive");
         if (s.WarmupMinutes + 1 > s.Minutes) throw new ArgumentException("--minutes must be at least --warmup-minutes + 1 (memory is judged over the time after the warm-up)");
         var shared = Environment.GetEnvironmentVariable("LLMCLUSTER_SHARED");
         var modelPath = ModelSource.ResolvePath(s.Model ?? (shared is null ? null : Path.Combine(shared, "models", "stories260K")));
@@ -77,7 +78,7 @@ internal static class BenchSoakCommand
         };
         var ttl = s.SessionTtl.ToString(CultureInfo.InvariantCulture);
         string[] Common(ServiceRole role) => role == ServiceRole.CacheManager
-            ? ["--host", "127.0.0.1", "--log-level", "warning", "--session-ttl", ttl]
+            ? ["--host", "127.0.0.1", "--log-level", "warning", "--session-ttl", ttl, "--memory-mb", s.CacheMemoryMb.ToString(CultureInfo.InvariantCulture)]
             : ["--host", "127.0.0.1", "--log-level", "warning", "--model", modelPath];
         var redis = cluster.StartRedis();
         var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager), ports.For(ServiceRole.CacheManager, 0));
@@ -92,7 +93,7 @@ internal static class BenchSoakCommand
         await WaitUntilGenerating(gateway, pool[0]);
 
         var load0 = LoadAverage();
-        Console.Error.WriteLine($"cluster up (decode KV budget {s.KvMemoryMb} MiB, session TTL {s.SessionTtl} s); {s.Clients} clients for {s.Minutes} min, load average {load0}");
+        Console.Error.WriteLine($"cluster up (decode KV budget {s.KvMemoryMb} MiB, cache manager {s.CacheMemoryMb} MiB, session TTL {s.SessionTtl} s); {s.Clients} clients for {s.Minutes} min, load average {load0}");
         var clock = Stopwatch.StartNew();
         var load = new SoakClients(gateway, pool, s.Seed, s.CheckEvery);
         using var abort = new CancellationTokenSource();
@@ -142,7 +143,7 @@ internal static class BenchSoakCommand
             Settings = new Dictionary<string, object>
             {
                 ["model"] = modelPath, ["minutes"] = s.Minutes, ["warmup_minutes"] = s.WarmupMinutes, ["clients"] = s.Clients,
-                ["kv_memory_mib"] = s.KvMemoryMb, ["session_ttl_s"] = s.SessionTtl, ["seed"] = s.Seed, ["check_every"] = s.CheckEvery,
+                ["kv_memory_mib"] = s.KvMemoryMb, ["cache_memory_mib"] = s.CacheMemoryMb, ["session_ttl_s"] = s.SessionTtl, ["seed"] = s.Seed, ["check_every"] = s.CheckEvery,
                 ["rss_tolerance"] = s.Tolerance, ["session_store"] = "redis",
             },
         };
