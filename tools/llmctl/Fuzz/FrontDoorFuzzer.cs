@@ -117,6 +117,17 @@ public sealed class FrontDoorFuzzer : IDisposable
         return report;
     }
 
+    /// <summary>Sessions the gateway holds now (its ListSessions, which leaves expired ones out); -1 if it does not answer.</summary>
+    public async Task<int> SessionCountAsync()
+    {
+        try
+        {
+            var r = await new LlmCluster.V1.Gateway.GatewayClient(_channel).ListSessionsAsync(new LlmCluster.V1.ListSessionsRequest { Limit = 1_000_000 }, deadline: DateTime.UtcNow.AddSeconds(30));
+            return r.Sessions.Count;
+        }
+        catch (Grpc.Core.RpcException) { return -1; }
+    }
+
     /// <summary>A real small completion over HTTP, a gRPC health check, each process's RSS and liveness.</summary>
     public async Task<FuzzCheck> CheckAsync(int after)
     {
