@@ -74,4 +74,15 @@ public sealed class SoakStatsTests
         Assert.Equal((10.0, 30.0, 1.0, 3.0), (first.TtftP50Ms, first.TtftP99Ms, first.TpotP50Ms, first.TpotP99Ms));
         Assert.Equal((1, 4L, 0, 50.0), (windows[1].Requests, windows[1].Tokens, windows[1].Errors, windows[1].TtftP99Ms));
     }
+
+    [Fact]
+    public void The_load_is_steady_from_the_end_of_the_first_window_with_three_quarters_of_the_median_rate()
+    {
+        LatencyWindow W(double start, int requests) => new(start, requests, 0, 0, 0, 0, 0, 0);
+        // Counts 10, 40, 70, 100, 110, 90, 105: median 90, 75 % of it 67.5 -> the window at 60 s (70) is the
+        // first; steady from its end, 90 s.
+        Assert.Equal(90, SoakStats.SteadyLoadSeconds([W(0, 10), W(30, 40), W(60, 70), W(90, 100), W(120, 110), W(150, 90), W(180, 105)], 30));
+        Assert.Equal(30, SoakStats.SteadyLoadSeconds([W(0, 100), W(30, 100)], 30)); // steady from the start
+        Assert.True(double.IsNaN(SoakStats.SteadyLoadSeconds([], 30)));
+    }
 }

@@ -23,10 +23,22 @@ internal sealed class SoakReport
     public int ServiceErrorLines { get; init; }
     public int MaxDecodeQueue { get; init; }
 
+    /// <summary>Where memory starts to be judged: the later of <see cref="WarmupSeconds"/> and the load becoming steady
+    /// (<see cref="SoakStats.SteadyLoadSeconds"/>; the last window, usually partial, left out of the median).</summary>
+    public double JudgedFromSeconds
+    {
+        get
+        {
+            var windows = SoakStats.Windows(Requests, WindowSeconds);
+            double steady = SoakStats.SteadyLoadSeconds(windows.Take(Math.Max(1, windows.Count - 1)).ToList(), WindowSeconds);
+            return double.IsNaN(steady) ? WarmupSeconds : Math.Max(WarmupSeconds, steady);
+        }
+    }
+
     public Dictionary<string, int> ErrorsByCode => Requests.Where(r => r.Error is not null).GroupBy(r => r.Error!).ToDictionary(g => g.Key, g => g.Count());
 
     public Dictionary<string, MemoryVerdict> Memory => Services.ToDictionary(s => s, s => SoakStats.Flatness(
-        Rss.Where(x => x.MiB.ContainsKey(s)).Select(x => (x.Seconds, x.MiB[s])).ToList(), WarmupSeconds, 60, Tolerance));
+        Rss.Where(x => x.MiB.ContainsKey(s)).Select(x => (x.Seconds, x.MiB[s])).ToList(), JudgedFromSeconds, 60, Tolerance));
 
     public bool Ok => Requests.All(r => r.Error is null) && Memory.Values.All(m => m.Flat) && Exited.Count == 0 && Requests.Count > 0;
 
@@ -48,7 +60,7 @@ internal sealed class SoakReport
         File.WriteAllText(Path.Combine(folder, "summary.json"), JsonSerializer.Serialize(Summary(), new JsonSerializerOptions { WriteIndented = true }));
 
         double Min(double s) => s / 60;
-        var warmMarker = new List<(double, string)> { (Min(WarmupSeconds), "end of warm-up") };
+        var warmMarker = new List<(double, string)> { (Min(JudgedFromSeconds), "end of warm-up") };
         var rssSeries = Services.Select(s => new PlotSeries(s, Rss.Where(x => x.MiB.ContainsKey(s)).Select(x => (Min(x.Seconds), x.MiB[s])).ToList())).ToList();
         File.WriteAllText(Path.Combine(folder, "rss.svg"), SvgLinePlot.Svg($"RSS per service, {Settings["clients"]} streaming clients",
             rssSeries, new PlotAxes("minutes", "VmRSS (MiB)", XMarkers: warmMarker, YFromZero: true)));
@@ -75,6 +87,7 @@ internal sealed class SoakReport
             ttft_ms = new { p50 = SoakStats.Percentile(ok.Select(r => r.TtftMs), 50), p90 = SoakStats.Percentile(ok.Select(r => r.TtftMs), 90), p99 = SoakStats.Percentile(ok.Select(r => r.TtftMs), 99) },
             tpot_ms = new { p50 = SoakStats.Percentile(ok.Select(r => r.TpotMs), 50), p90 = SoakStats.Percentile(ok.Select(r => r.TpotMs), 90), p99 = SoakStats.Percentile(ok.Select(r => r.TpotMs), 99) },
             max_decode_queue = MaxDecodeQueue,
+            memory_judged_from_seconds = JudgedFromSeconds,
             memory = Memory.ToDictionary(kv => kv.Key, kv => new
             {
                 warm_mib = kv.Value.WarmMiB, end_mib = kv.Value.EndMiB, growth_percent = kv.Value.GrowthPercent,
@@ -98,7 +111,8 @@ internal sealed class SoakReport
         o.WriteLine("| --- | ---: | ---: | ---: |");
         foreach (var (name, f) in new (string, Func<SoakRequestRecord, double>)[] { ("TTFT", r => r.TtftMs), ("TPOT", r => r.TpotMs) })
             o.WriteLine($"| {name} | {SoakStats.Percentile(ok.Select(f), 50):F1} | {SoakStats.Percentile(ok.Select(f), 90):F1} | {SoakStats.Percentile(ok.Select(f), 99):F1} |");
-        o.WriteLine($"memory: RSS mean over the first minute after the {WarmupSeconds / 60:F0}-minute warm-up vs the last minute; flat = both that growth and a linear fit's growth over the post-warm-up span at most {Tolerance:P0}");
+        o.WriteLine($"memory: the warm-up ended at {JudgedFromSeconds / 60:F1} min (the later of {WarmupSeconds / 60:F1} min and the end of the first {WindowSeconds:F0} s window with at least 75 % of the median window's requests);");
+        o.WriteLine($"  RSS mean over the first minute after it vs the last minute; flat = both that growth and a linear fit's growth over the span after the warm-up at most {Tolerance:P0}");
         o.WriteLine("| service | after warm-up MiB | end MiB | growth | fit slope MiB/min | fit growth | flat |");
         o.WriteLine("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
         foreach (var (s, m) in Memory)

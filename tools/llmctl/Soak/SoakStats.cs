@@ -57,6 +57,20 @@ internal static class SoakStats
         return new MemoryVerdict(warm, end, 100 * growth, slope * 60, 100 * fitGrowth, growth <= tolerance && fitGrowth <= tolerance);
     }
 
+    /// <summary>
+    /// When the load became steady: the end of the first window that completed at least
+    /// <paramref name="fraction"/> of the median window's requests (NaN for no windows). The stores'
+    /// memory follows the request rate (sessions live for a TTL), so on a shared machine where the rate
+    /// ramps up late a fixed warm-up would judge the ramp, not the steady state.
+    /// </summary>
+    public static double SteadyLoadSeconds(IReadOnlyList<LatencyWindow> windows, double windowSeconds, double fraction = 0.75)
+    {
+        if (windows.Count == 0) return double.NaN;
+        double median = Percentile(windows.Select(w => (double)w.Requests), 50);
+        var first = windows.First(w => w.Requests >= fraction * median);
+        return first.StartSeconds + windowSeconds;
+    }
+
     /// <summary>The requests grouped by the window their stream ended in, in time order (empty windows left out).</summary>
     public static List<LatencyWindow> Windows(IEnumerable<SoakRequestRecord> requests, double windowSeconds) =>
         requests.GroupBy(r => Math.Floor(r.EndSeconds / windowSeconds)).OrderBy(g => g.Key).Select(g =>
