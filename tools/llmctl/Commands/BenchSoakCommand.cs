@@ -133,6 +133,7 @@ internal static class BenchSoakCommand
             Rss = samples,
             Services = watched.Select(w => w.Name).ToList(),
             WarmupSeconds = s.WarmupMinutes * 60,
+            SessionTtlSeconds = s.SessionTtl,
             WindowSeconds = s.WindowSeconds,
             Tolerance = s.Tolerance,
             LoadBefore = load0,

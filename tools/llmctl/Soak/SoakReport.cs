@@ -23,15 +23,20 @@ internal sealed class SoakReport
     public int ServiceErrorLines { get; init; }
     public int MaxDecodeQueue { get; init; }
 
-    /// <summary>Where memory starts to be judged: the later of <see cref="WarmupSeconds"/> and the load becoming steady
-    /// (<see cref="SoakStats.SteadyLoadSeconds"/>; the last window, usually partial, left out of the median).</summary>
+    /// <summary>Seconds the gateway and cache manager keep a session: after the load is steady their stores
+    /// fill for this long before what they hold is steady too.</summary>
+    public double SessionTtlSeconds { get; init; }
+
+    /// <summary>Where memory starts to be judged: the later of <see cref="WarmupSeconds"/> and the load becoming
+    /// steady (<see cref="SoakStats.SteadyLoadSeconds"/>; the last window, usually partial, left out of the
+    /// median) plus one session TTL.</summary>
     public double JudgedFromSeconds
     {
         get
         {
             var windows = SoakStats.Windows(Requests, WindowSeconds);
             double steady = SoakStats.SteadyLoadSeconds(windows.Take(Math.Max(1, windows.Count - 1)).ToList(), WindowSeconds);
-            return double.IsNaN(steady) ? WarmupSeconds : Math.Max(WarmupSeconds, steady);
+            return double.IsNaN(steady) ? WarmupSeconds : Math.Max(WarmupSeconds, steady + SessionTtlSeconds);
         }
     }
 
@@ -111,7 +116,7 @@ internal sealed class SoakReport
         o.WriteLine("| --- | ---: | ---: | ---: |");
         foreach (var (name, f) in new (string, Func<SoakRequestRecord, double>)[] { ("TTFT", r => r.TtftMs), ("TPOT", r => r.TpotMs) })
             o.WriteLine($"| {name} | {SoakStats.Percentile(ok.Select(f), 50):F1} | {SoakStats.Percentile(ok.Select(f), 90):F1} | {SoakStats.Percentile(ok.Select(f), 99):F1} |");
-        o.WriteLine($"memory: the warm-up ended at {JudgedFromSeconds / 60:F1} min (the later of {WarmupSeconds / 60:F1} min and the end of the first {WindowSeconds:F0} s window with at least 75 % of the median window's requests);");
+        o.WriteLine($"memory: the warm-up ended at {JudgedFromSeconds / 60:F1} min (the later of {WarmupSeconds / 60:F1} min and the end of the first {WindowSeconds:F0} s window with at least 75 % of the median window's requests, plus the {SessionTtlSeconds:F0} s session TTL);");
         o.WriteLine($"  RSS mean over the first minute after it vs the last minute; flat = both that growth and a linear fit's growth over the span after the warm-up at most {Tolerance:P0}");
         o.WriteLine("| service | after warm-up MiB | end MiB | growth | fit slope MiB/min | fit growth | flat |");
         o.WriteLine("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
