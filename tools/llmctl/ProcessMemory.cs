@@ -8,13 +8,23 @@ namespace LlmCtl;
 internal static class ProcessMemory
 {
     /// <summary>VmRSS of a process from /proc (Linux), in KiB; null elsewhere or once it is gone.</summary>
-    public static long? RssKiB(int pid)
+    public static long? RssKiB(int pid) => StatusKiB(pid, "VmRSS:");
+
+    /// <summary>
+    /// The resident memory split as /proc/PID/status gives it, in KiB: anonymous (heaps, stacks, the GC's
+    /// regions, native allocators) and file-backed (mapped assemblies and native libraries: code paths
+    /// run for the first time page more of them in, which is growth but not a leak).
+    /// </summary>
+    public static (long Anon, long File)? RssPartsKiB(int pid) =>
+        StatusKiB(pid, "RssAnon:") is long a && StatusKiB(pid, "RssFile:") is long f ? (a, f) : null;
+
+    private static long? StatusKiB(int pid, string field)
     {
         try
         {
             foreach (var line in File.ReadLines($"/proc/{pid}/status"))
-                if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-                    return long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim());
+                if (line.StartsWith(field, StringComparison.Ordinal))
+                    return long.Parse(line.AsSpan(field.Length).Trim().TrimEnd("kB").Trim());
         }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }

@@ -122,14 +122,14 @@ internal static class BenchFuzzCommand
                     warm.RunAsync().GetAwaiter().GetResult();
                 }
                 var metricsUrls = cluster?.Services.ToDictionary(x => x.Role.Name(), x => x.Http);
-                var (baseline, collected0, heap0) = Quiesced(fuzzer, target, 0, quiet, metricsUrls);
+                var (baseline, collected0, heap0, parts0) = Quiesced(fuzzer, target, 0, quiet, metricsUrls);
                 Console.Error.WriteLine($"baseline RSS (after {quiet.TotalSeconds:F0} s idle and a full GC): {Rss(baseline)}; fuzzing {options.Requests} requests, seed {options.Seed}, {options.Concurrency} at once");
                 var progress = new ConsoleProgress("fuzz requests", options.Requests);
                 var report = fuzzer.RunAsync(d => { lock (progress) progress.Report(d); }, r.GetValue(from)).GetAwaiter().GetResult();
                 string load1 = LoadAverage();
                 int sessionsAtEnd = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
                 Console.Error.WriteLine($"done in {report.WallSeconds:F1} s; the gateway holds {sessionsAtEnd} sessions; waiting {quiet.TotalSeconds:F0} s, then a full GC");
-                var (after, collected1, heap1) = Quiesced(fuzzer, target, options.Requests, quiet, metricsUrls);
+                var (after, collected1, heap1, parts1) = Quiesced(fuzzer, target, options.Requests, quiet, metricsUrls);
                 int sessionsAfter = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
                 report.Checks.Add(after);
 
@@ -153,6 +153,7 @@ internal static class BenchFuzzCommand
                         checks = report.Checks.Count, failed_checks = report.FailedChecks, exited, service_error_lines = errorLines,
                         sessions_at_end = sessionsAtEnd, sessions_after_quiet = sessionsAfter, quiet_seconds = quiet.TotalSeconds,
                         full_gc_induced = new { baseline = collected0, after = collected1, processes = target.Processes.Count },
+                        rss_split_kib = parts0.Keys.ToDictionary(k => k, k => new { anon_baseline = parts0[k].Anon, anon_after = parts1.GetValueOrDefault(k).Anon, file_baseline = parts0[k].File, file_after = parts1.GetValueOrDefault(k).File }),
                         managed_heap_after_gc_bytes = heap0.Keys.ToDictionary(k => k, k => new { baseline = heap0[k], after = heap1.GetValueOrDefault(k, -1) }),
                         memory_kib = memory.Select(m => new { service = m.Name, baseline = m.Baseline, peak = m.Peak, after = m.After, back = m.Back }),
                         examples = report.Examples.Values.OrderBy(e => e.Index), service_errors = serviceErrors, ok,
@@ -164,6 +165,8 @@ internal static class BenchFuzzCommand
                     Console.WriteLine($"full GC induced in {collected0} of {target.Processes.Count} processes for the baseline, {collected1} for the final sample");
                     if (heap0.Count > 0)
                         Console.WriteLine("managed heap after the full GC (MiB), baseline -> after: " + string.Join(", ", heap0.Select(kv => $"{kv.Key} {kv.Value / 1048576.0:F1} -> {heap1.GetValueOrDefault(kv.Key, -1) / 1048576.0:F1}")));
+                    Console.WriteLine("RSS after the full GC, anonymous / file-backed (MiB), baseline -> after: " + string.Join(", ", parts0.Select(kv =>
+                        $"{kv.Key} {kv.Value.Anon / 1024.0:F1} / {kv.Value.File / 1024.0:F1} -> {parts1.GetValueOrDefault(kv.Key).Anon / 1024.0:F1} / {parts1.GetValueOrDefault(kv.Key).File / 1024.0:F1}")));
                 }
                 return ok ? 0 : 1;
             }
@@ -179,7 +182,7 @@ internal static class BenchFuzzCommand
     /// </summary>
     /// <returns>The check with the RSS after the GC, how many processes collected, and each service's
     /// managed heap after it (its llm_process_managed_heap_bytes; only where <paramref name="metrics"/> names its HTTP port).</returns>
-    private static (FuzzCheck Check, int Collected, Dictionary<string, long> HeapBytes) Quiesced(FrontDoorFuzzer fuzzer, FuzzTarget target, int after, TimeSpan quiet, IReadOnlyDictionary<string, string>? metrics)
+    private static (FuzzCheck Check, int Collected, Dictionary<string, long> HeapBytes, Dictionary<string, (long Anon, long File)> Parts) Quiesced(FrontDoorFuzzer fuzzer, FuzzTarget target, int after, TimeSpan quiet, IReadOnlyDictionary<string, string>? metrics)
     {
         Thread.Sleep(quiet);
         var check = fuzzer.CheckAsync(after).GetAwaiter().GetResult();
@@ -190,8 +193,12 @@ internal static class BenchFuzzCommand
                 if (!p.HasExited && ProcessMemory.TryInduceFullGc(p.Id, TimeSpan.FromSeconds(1)) && i == 1) collected++;
         Thread.Sleep(1000);
         var rss = new Dictionary<string, long>();
+        var parts = new Dictionary<string, (long Anon, long File)>();
         foreach (var (name, p) in target.Processes)
+        {
             if (!p.HasExited && ProcessMemory.RssKiB(p.Id) is long kib) rss[name] = kib;
+            if (!p.HasExited && ProcessMemory.RssPartsKiB(p.Id) is { } split) parts[name] = split;
+        }
         var heap = new Dictionary<string, long>();
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
         foreach (var (name, url) in metrics ?? new Dictionary<string, string>())
@@ -203,7 +210,7 @@ internal static class BenchFuzzCommand
             }
             catch (Exception e) when (e is HttpRequestException or TaskCanceledException or FormatException) { }
         }
-        return (check with { RssKiB = rss }, collected, heap);
+        return (check with { RssKiB = rss }, collected, heap, parts);
     }
 
     /// <summary>The gateway's workers are probed every 2 s; the first real completion waits for them.</summary>
