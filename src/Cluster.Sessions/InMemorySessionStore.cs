@@ -4,10 +4,15 @@ namespace Cluster.Sessions;
 
 /// <summary>
 /// The in-process session store used when no Redis is configured: same contract as
-/// <see cref="RedisSessionStore"/>, but lost when the process exits. Bounded: at most
-/// <c>maxSessions</c> sessions (expired ones are pruned first, then the one closest to expiry is
-/// evicted) and <c>maxTokensPerSession</c> entries per log. One lock guards everything; followers
-/// wait on a per-session signal that every append, completion or deletion fires.
+/// <see cref="RedisSessionStore"/>, but lost when the process exits. Bounded in memory, because a
+/// gateway without Redis keeps every session a client ever started for the TTL: at most
+/// <c>maxSessions</c> sessions and about <c>maxBytes</c> of them (<see cref="SessionFootprint"/>),
+/// and <c>maxTokensPerSession</c> entries per log. Past a bound, expired sessions go first, then
+/// finished ones, oldest finish first (their streams are over: only a late Resume wants them), and
+/// only then the running session closest to expiry (one nobody has written for longest). Expired
+/// sessions are also swept every <see cref="SweepInterval"/> (on the next call), so memory is given
+/// back while the store is idle rather than only when it is full. One lock guards everything;
+/// followers wait on a per-session signal that every append, completion or deletion fires.
 /// </summary>
 public sealed class InMemorySessionStore : ISessionStore
 {
@@ -19,25 +24,53 @@ public sealed class InMemorySessionStore : ISessionStore
         public string? FinishReason;
         public DateTimeOffset ExpiresAt;
         public TaskCompletionSource Changed = NewSignal();
+        /// <summary>Its place in <see cref="_finished"/> once its log is complete.</summary>
+        public LinkedListNode<string>? FinishedNode;
+        public long Bytes = SessionFootprint.Slot;
     }
 
+    /// <summary>How often expired sessions are swept (at most; the sweep runs inside the next call).</summary>
+    public static readonly TimeSpan SweepInterval = TimeSpan.FromSeconds(5);
+
     private readonly Dictionary<string, Slot> _slots = new(StringComparer.Ordinal);
+    /// <summary>Ids of sessions whose log is complete, oldest completion first: the eviction order.</summary>
+    private readonly LinkedList<string> _finished = new();
     private readonly object _gate = new();
     private readonly TimeSpan _ttl;
     private readonly int _maxSessions;
+    private readonly long _maxBytes;
     private readonly int _maxTokens;
     private readonly TimeProvider _time;
+    private long _bytes;
+    private long _evicted;
+    private DateTimeOffset _nextSweep;
 
-    public InMemorySessionStore(TimeSpan ttl, int maxSessions = 10_000, int maxTokensPerSession = 1 << 20, TimeProvider? time = null)
+    /// <param name="ttl">How long a session lives after its last write.</param>
+    /// <param name="maxSessions">Most sessions held at once.</param>
+    /// <param name="maxTokensPerSession">Most entries in one token log; one more append throws.</param>
+    /// <param name="maxBytes">Most bytes (estimated by <see cref="SessionFootprint"/>) held at once.</param>
+    public InMemorySessionStore(TimeSpan ttl, int maxSessions = 10_000, int maxTokensPerSession = 1 << 20, TimeProvider? time = null, long maxBytes = 256L << 20)
     {
         if (ttl <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(ttl), "ttl must be positive");
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSessions, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxTokensPerSession, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBytes, 1);
         _ttl = ttl;
         _maxSessions = maxSessions;
+        _maxBytes = maxBytes;
         _maxTokens = maxTokensPerSession;
         _time = time ?? TimeProvider.System;
+        _nextSweep = _time.GetUtcNow() + SweepInterval;
     }
+
+    /// <summary>Sessions held now (expired ones not yet swept included).</summary>
+    public int Count { get { lock (_gate) return _slots.Count; } }
+
+    /// <summary>Estimated bytes held now (<see cref="SessionFootprint"/>).</summary>
+    public long EstimatedBytes { get { lock (_gate) return _bytes; } }
+
+    /// <summary>Sessions dropped before their TTL to stay within the bounds.</summary>
+    public long Evicted { get { lock (_gate) return _evicted; } }
 
     public Task<bool> TryCreateAsync(SessionInfo session, CancellationToken ct = default)
     {
@@ -47,12 +80,13 @@ public sealed class InMemorySessionStore : ISessionStore
             var slot = Find(session.Id, now);
             if (slot?.Info is not null) return Task.FromResult(false);
             slot ??= Add(session.Id, now);
-            slot.Info = session with
+            SetInfo(slot, session with
             {
                 CreatedAt = session.CreatedAt == default ? now : session.CreatedAt,
                 UpdatedAt = session.UpdatedAt == default ? now : session.UpdatedAt,
-            };
+            });
             slot.ExpiresAt = now + _ttl;
+            EnforceBytes(session.Id);
             return Task.FromResult(true);
         }
     }
@@ -69,8 +103,9 @@ public sealed class InMemorySessionStore : ISessionStore
         {
             var slot = Find(sessionId, now);
             if (slot?.Info is null) return Task.FromResult(false);
-            slot.Info = update.ApplyTo(slot.Info, now);
+            SetInfo(slot, update.ApplyTo(slot.Info, now));
             slot.ExpiresAt = now + _ttl;
+            EnforceBytes(sessionId);
             return Task.FromResult(true);
         }
     }
@@ -110,8 +145,10 @@ public sealed class InMemorySessionStore : ISessionStore
             if (slot.Tokens.Count >= _maxTokens)
                 throw new InvalidOperationException($"token log of session {sessionId} is full ({_maxTokens} entries)");
             slot.Tokens.Add(token);
+            Grow(slot, SessionFootprint.Of(token));
             slot.ExpiresAt = now + _ttl;
             Signal(slot);
+            EnforceBytes(sessionId);
             return Task.FromResult(true);
         }
     }
@@ -162,7 +199,8 @@ public sealed class InMemorySessionStore : ISessionStore
             if (slot.Complete) return Task.CompletedTask;
             slot.Complete = true;
             slot.FinishReason = finishReason;
-            if (slot.Info is not null) slot.Info = new SessionUpdate { FinishReason = finishReason }.ApplyTo(slot.Info, now);
+            slot.FinishedNode = _finished.AddLast(sessionId);
+            if (slot.Info is not null) SetInfo(slot, new SessionUpdate { FinishReason = finishReason }.ApplyTo(slot.Info, now));
             slot.ExpiresAt = now + _ttl;
             Signal(slot);
             return Task.CompletedTask;
@@ -188,6 +226,7 @@ public sealed class InMemorySessionStore : ISessionStore
 
     private Slot? Find(string id, DateTimeOffset now)
     {
+        SweepIfDue(now);
         if (!_slots.TryGetValue(id, out var slot)) return null;
         if (slot.ExpiresAt > now) return slot;
         Remove(id, slot);
@@ -199,25 +238,81 @@ public sealed class InMemorySessionStore : ISessionStore
         if (_slots.Count >= _maxSessions)
         {
             PruneExpired(now);
-            if (_slots.Count >= _maxSessions)
-            {
-                var victim = _slots.MinBy(kv => kv.Value.ExpiresAt);
-                Remove(victim.Key, victim.Value);
-            }
+            if (_slots.Count >= _maxSessions) EvictOne(keep: null);
         }
         var slot = new Slot { ExpiresAt = now + _ttl };
         _slots[id] = slot;
+        _bytes += slot.Bytes;
         return slot;
+    }
+
+    private void SetInfo(Slot slot, SessionInfo info)
+    {
+        Grow(slot, SessionFootprint.Of(info) - (slot.Info is null ? 0 : SessionFootprint.Of(slot.Info)));
+        slot.Info = info;
+    }
+
+    private void Grow(Slot slot, long bytes)
+    {
+        slot.Bytes += bytes;
+        _bytes += bytes;
+    }
+
+    /// <summary>Evicts until the byte bound holds, never the session being written (<paramref name="keep"/>):
+    /// one session larger than the whole bound stays, alone.</summary>
+    private void EnforceBytes(string keep)
+    {
+        if (_bytes <= _maxBytes) return;
+        PruneExpired(_time.GetUtcNow());
+        while (_bytes > _maxBytes && EvictOne(keep)) { }
+    }
+
+    /// <summary>Drops the oldest finished session, else the running one closest to expiry; false when
+    /// only <paramref name="keep"/> is left.</summary>
+    private bool EvictOne(string? keep)
+    {
+        var node = _finished.First;
+        if (node is not null && node.Value == keep) node = node.Next;
+        string? victim = node?.Value;
+        if (victim is null)
+        {
+            DateTimeOffset soonest = DateTimeOffset.MaxValue;
+            foreach (var (id, s) in _slots)
+                if (id != keep && s.ExpiresAt < soonest) (victim, soonest) = (id, s.ExpiresAt);
+        }
+        if (victim is null) return false;
+        Remove(victim, _slots[victim]);
+        _evicted++;
+        return true;
+    }
+
+    private void SweepIfDue(DateTimeOffset now)
+    {
+        if (now < _nextSweep) return;
+        _nextSweep = now + SweepInterval;
+        PruneExpired(now);
     }
 
     private void PruneExpired(DateTimeOffset now)
     {
-        foreach (var (id, slot) in _slots.Where(kv => kv.Value.ExpiresAt <= now).ToList()) Remove(id, slot);
+        List<string>? expired = null;
+        foreach (var (id, slot) in _slots)
+            if (slot.ExpiresAt <= now) (expired ??= []).Add(id);
+        if (expired is null) return;
+        foreach (var id in expired) Remove(id, _slots[id]);
+        // The dictionary keeps its buckets at their largest; give them back once most entries are gone.
+        if (_slots.Count < _slots.EnsureCapacity(0) / 4) _slots.TrimExcess();
     }
 
     private void Remove(string id, Slot slot)
     {
         _slots.Remove(id);
+        _bytes -= slot.Bytes;
+        if (slot.FinishedNode is { } node)
+        {
+            _finished.Remove(node);
+            slot.FinishedNode = null;
+        }
         Signal(slot); // followers wake up, find the session gone and end
     }
 

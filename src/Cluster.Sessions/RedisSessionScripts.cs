@@ -20,8 +20,14 @@ internal static class RedisSessionScripts
         return 1
         """;
 
-    /// <summary>Stores a new session; 0 when the hash exists.</summary>
-    public const string Create = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n" + WriteBody;
+    /// <summary>
+    /// Stores a new session; 0 when the hash exists. It also drops the index members whose session
+    /// expired (score = expiry time, at most now = score - ttl): the hash and stream expire by
+    /// themselves, but a sorted-set member does not, and without this the index grew by one member per
+    /// session ever created unless someone listed the sessions (found by `llmctl bench soak`).
+    /// </summary>
+    public const string Create = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+        + "redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[1]))\n" + WriteBody;
 
     /// <summary>Updates fields of an existing session; 0 when it does not exist.</summary>
     public const string Update = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n" + WriteBody;

@@ -9,7 +9,8 @@ namespace Cluster.Sessions;
 /// Sessions in Redis, through StackExchange.Redis. Per session: a hash <c>{prefix}session:{id}</c>
 /// with the metadata and a stream <c>{prefix}tokens:{id}</c> with the token log; a sorted set
 /// <c>{prefix}sessions</c> indexes live sessions by expiry time (Unix ms), which orders the listing
-/// by last activity and lets expired members be dropped with one ZREMRANGEBYSCORE. All keys expire
+/// by last activity and lets expired members be dropped with one ZREMRANGEBYSCORE (every create and
+/// every listing does). All keys expire
 /// after the TTL without activity (create, update, append, complete); each of those is one Lua
 /// script (<see cref="RedisSessionScripts"/>), so the write, the TTL refresh of both keys and the
 /// index score change together.

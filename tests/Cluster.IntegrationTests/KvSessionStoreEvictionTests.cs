@@ -122,4 +122,22 @@ public sealed class KvSessionStoreEvictionTests
         Assert.Equal(1, store.Evictions(KvEvictionReason.Lru));
         Assert.Equal(BytesOf(90), store.Bytes);
     }
+
+    [Fact]
+    public void Sessions_idle_past_the_ttl_are_swept_by_the_next_use_even_with_room_to_spare()
+    {
+        // The soak found the store growing to its whole budget under steady load: the TTL only ordered
+        // evictions for room. Now any get or put (once per sweep interval) drops what is idle past it.
+        var time = new ManualTime();
+        using var store = Store(time, budgetTokens: 1000, ttlSeconds: 60);
+        Put(store, "old", 40);                        // t=0
+        time.Advance(30); Put(store, "mid", 40);      // t=30: a sweep runs, nothing is past the TTL
+        time.Advance(31);                             // t=61: "old" idle 61 s > 60, "mid" 31 s
+        Assert.NotNull(store.Get("mid"));
+        Assert.Equal(1, store.Sessions);
+        Assert.Equal(BytesOf(40), store.Bytes);
+        Assert.Equal(1, store.Evictions(KvEvictionReason.Ttl));
+        Assert.Equal(0, store.Evictions(KvEvictionReason.Lru));
+        Assert.Null(store.Get("old"));
+    }
 }

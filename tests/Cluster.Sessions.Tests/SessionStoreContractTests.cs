@@ -289,6 +289,23 @@ public sealed class RedisSessionStoreTests(RedisFixture fixture) : SessionStoreC
     }
 
     [SkippableFact]
+    public async Task Creating_a_session_drops_expired_members_from_the_index_so_it_does_not_grow_forever()
+    {
+        fixture.Require();
+        var r = fixture.Redis.GetDatabase();
+        string p = RedisFixture.Prefix();
+        var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMilliseconds(300), p);
+        await store.TryCreateAsync(new SessionInfo { Id = "old1", Model = "m" });
+        await store.TryCreateAsync(new SessionInfo { Id = "old2", Model = "m" });
+        Assert.Equal(2, await r.SortedSetLengthAsync(p + "sessions"));
+        await Task.Delay(600);                                  // both expired: their hashes are gone, their members not
+        Assert.False(await r.KeyExistsAsync(p + "session:old1"));
+        Assert.Equal(2, await r.SortedSetLengthAsync(p + "sessions"));
+        await store.TryCreateAsync(new SessionInfo { Id = "new", Model = "m" });
+        Assert.Equal(["new"], (await r.SortedSetRangeByRankAsync(p + "sessions")).Select(v => (string)v!));
+    }
+
+    [SkippableFact]
     public async Task Every_append_and_the_delete_notify_the_session_channel()
     {
         fixture.Require();

@@ -45,7 +45,10 @@ public enum KvEvictionReason
 /// recently used first (a get or put is a use), but only sessions idle for at least
 /// <see cref="MinIdle"/>, so that a live stream's KV is not evicted between its checkpoints. If
 /// evicting every candidate would not be enough, nothing is evicted and the put is refused
-/// (<see cref="KvStoreFullException"/>). With a <see cref="KvSpill"/>, evicted sessions are written
+/// (<see cref="KvStoreFullException"/>). Sessions idle past the TTL are also swept out (every
+/// <see cref="SweepInterval"/>, inside the next get or put) whether or not room is needed: without it,
+/// a store under steady load grows to its whole budget however short the TTL, and a soak's memory is
+/// never flat (bench/RESULTS.md, soak). With a <see cref="KvSpill"/>, evicted sessions are written
 /// there first, a get or put of a spilled session brings it back, and <see cref="Dispose"/> spills
 /// everything still in memory so a restart on the same directory loses nothing.
 /// </para>
@@ -69,6 +72,10 @@ public sealed class KvSessionStore : IDisposable
     private readonly CpuBackend _backend = new(threads: 1);
     private long _bytes;
     private bool _disposed;
+    private DateTime _nextSweep;
+
+    /// <summary>How often sessions idle past the TTL are swept (at most; inside the next get or put).</summary>
+    public static readonly TimeSpan SweepInterval = TimeSpan.FromSeconds(5);
 
     public KvSessionStore(long budgetBytes, TimeSpan ttl, PolicyOptions? policyOptions = null, TimeProvider? time = null,
         TimeSpan? minIdle = null, KvSpill? spill = null)
@@ -80,6 +87,7 @@ public sealed class KvSessionStore : IDisposable
         _time = time ?? TimeProvider.System;
         _spill = spill;
         if (spill is not null) _evictions[(int)KvEvictionReason.SpillFull] = spill.StartupDeleted;
+        _nextSweep = Now + SweepInterval;
     }
 
     public long BudgetBytes { get; }
@@ -115,6 +123,7 @@ public sealed class KvSessionStore : IDisposable
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            SweepIfDue();
             // A spilled session continues where it left off: its versions (the first one included) come back with it.
             bool inMemory = _sessions.TryGetValue(sessionId, out var old);
             var versions = inMemory ? old.Versions : _spill?.TryRead(sessionId) ?? [];
@@ -144,6 +153,7 @@ public sealed class KvSessionStore : IDisposable
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            SweepIfDue();
             List<StoredKv> versions;
             if (_sessions.TryGetValue(sessionId, out var e)) versions = e.Versions;
             else if (_spill?.TryRead(sessionId) is { } spilled)
@@ -208,6 +218,15 @@ public sealed class KvSessionStore : IDisposable
                   $" ({young} sessions used more recently are not evicted)");
         }
         foreach (var c in candidates.Take(take)) Evict(c.Id, c.Reason);
+    }
+
+    /// <summary>Evicts (to the spill, if any) every session idle past the TTL, once per <see cref="SweepInterval"/>.</summary>
+    private void SweepIfDue()
+    {
+        var now = Now;
+        if (now < _nextSweep) return;
+        _nextSweep = now + SweepInterval;
+        foreach (var id in _sessions.Where(s => now - s.Value.LastUsed > Ttl).Select(s => s.Key).ToList()) Evict(id, KvEvictionReason.Ttl);
     }
 
     private void Evict(string id, KvEvictionReason reason)

@@ -31,6 +31,7 @@ internal static class BenchCommand
         cmd.Subcommands.Add(BenchKvTransferCommand.Create());
         cmd.Subcommands.Add(BenchChaosCommand.Create());
         cmd.Subcommands.Add(BenchFuzzCommand.Create());
+        cmd.Subcommands.Add(BenchSoakCommand.Create());
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int p = r.GetValue(promptTokens), d = r.GetValue(decodeTokens);

@@ -11,8 +11,16 @@ namespace LlmCtl.Commands;
 /// `llmctl bench fuzz`: sends the gateway's gRPC and HTTP front doors many seeded malformed requests
 /// (<see cref="FrontDoorFuzzer"/>) and reports the answers by class, every distinct 5xx / INTERNAL /
 /// UNKNOWN / hang with an example input, whether the cluster kept answering and stayed up, and each
-/// service's RSS: warm baseline, peak, and after a settle. With no --endpoint it starts its own
+/// service's RSS: warm baseline, peak, and after the run. With no --endpoint it starts its own
 /// cluster (as `llmctl up` does) and watches its processes.
+/// <para>
+/// "Memory returns to baseline" is measured in the same quiet state both times: the requests that
+/// happened to be valid started sessions, which the gateway and cache manager keep for --session-ttl
+/// (retention, not a leak), so the baseline and the final sample are each taken after waiting past that
+/// TTL (the stores sweep what expired), one real completion (which runs the sweeps), and a full GC
+/// induced in every service through its diagnostics port (an idle process does not collect, so its
+/// RSS would otherwise say when it last did, not what it holds).
+/// </para>
 /// </summary>
 internal static class BenchFuzzCommand
 {
@@ -23,7 +31,8 @@ internal static class BenchFuzzCommand
         var concurrency = new Option<int>("--concurrency") { Description = "requests in flight at once", DefaultValueFactory = _ => 8 };
         var checkEvery = new Option<int>("--check-every") { Description = "a real completion, a gRPC health check and an RSS sample after every this many requests", DefaultValueFactory = _ => 1000 };
         var warmup = new Option<int>("--warmup") { Description = "fuzz requests (another seed, not counted) before the memory baseline, so JIT and pools are warm", DefaultValueFactory = _ => 1000 };
-        var settle = new Option<double>("--settle-seconds") { Description = "idle time after the run before the final RSS sample", DefaultValueFactory = _ => 15 };
+        var settle = new Option<double?>("--settle-seconds") { Description = "idle time before the baseline and the final RSS sample (default: own cluster --session-ttl + 10, so the sessions have expired; with --endpoint 15)" };
+        var sessionTtl = new Option<int>("--session-ttl") { Description = "own cluster: seconds the gateway and cache manager keep a session; the memory samples wait past it", DefaultValueFactory = _ => 30 };
         var tolerance = new Option<double>("--rss-tolerance") { Description = "memory is back when each service's RSS after the settle is at most baseline x (1 + this) or baseline + 32 MiB", DefaultValueFactory = _ => 0.25 };
         var timeout = new Option<double>("--timeout-seconds") { Description = "a request not answered within this is a hang (a finding)", DefaultValueFactory = _ => 15 };
         var endpoint = new Option<string?>("--endpoint") { Description = "fuzz a running gateway's gRPC port (e.g. http://127.0.0.1:50051) instead of starting a cluster; needs --http" };
@@ -34,7 +43,7 @@ internal static class BenchFuzzCommand
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
         var from = new Option<int>("--from") { Description = "index of the first request (to replay a finding: --from I --requests 1)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("fuzz", "send the gateway's gRPC and HTTP front doors seeded malformed requests; report crashes, 5xx/INTERNAL, liveness and memory")
-            { requests, seed, concurrency, checkEvery, warmup, settle, tolerance, timeout, endpoint, http, pids, portOffset, model, json, from };
+            { requests, seed, concurrency, checkEvery, warmup, settle, sessionTtl, tolerance, timeout, endpoint, http, pids, portOffset, model, json, from };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             var serviceErrors = new ConcurrentDictionary<string, int>();
@@ -81,7 +90,13 @@ internal static class BenchFuzzCommand
                             }
                         },
                     };
-                    string[] Common(ServiceRole role) => role == ServiceRole.CacheManager ? ["--host", "127.0.0.1", "--log-level", "warning"] : ["--host", "127.0.0.1", "--log-level", "warning", "--model", modelPath];
+                    var ttl = r.GetValue(sessionTtl).ToString(System.Globalization.CultureInfo.InvariantCulture);
+                    string[] Common(ServiceRole role) => role switch
+                    {
+                        ServiceRole.CacheManager => ["--host", "127.0.0.1", "--log-level", "warning", "--session-ttl", ttl],
+                        ServiceRole.Gateway => ["--host", "127.0.0.1", "--log-level", "warning", "--model", modelPath, "--session-ttl", ttl],
+                        _ => ["--host", "127.0.0.1", "--log-level", "warning", "--model", modelPath],
+                    };
                     var cm = cluster.Start(ServiceRole.CacheManager, Common(ServiceRole.CacheManager), ports.For(ServiceRole.CacheManager, 0));
                     var pf = cluster.Start(ServiceRole.Prefill, [.. Common(ServiceRole.Prefill), "--cache-manager", cm.Grpc], ports.For(ServiceRole.Prefill, 0));
                     var dc = cluster.Start(ServiceRole.Decode, [.. Common(ServiceRole.Decode), "--cache-manager", cm.Grpc], ports.For(ServiceRole.Decode, 0));
@@ -97,21 +112,25 @@ internal static class BenchFuzzCommand
                 if (options.Requests < 1) throw new ArgumentException("--requests must be at least 1");
                 using var fuzzer = new FrontDoorFuzzer(target, options);
                 string load0 = LoadAverage();
+                // Past the TTL the stores have swept the sessions valid fuzz requests started (own cluster; with
+                // --endpoint the TTL is the running gateway's, unknown here: --settle-seconds or 15 s).
+                var quiet = TimeSpan.FromSeconds(r.GetValue(settle) ?? (cluster is null ? 15 : r.GetValue(sessionTtl) + 10));
                 if (r.GetValue(warmup) is int w and > 0)
                 {
                     Console.Error.WriteLine($"warm-up: {w} fuzz requests (seed {options.Seed + 1}, not counted)");
                     using var warm = new FrontDoorFuzzer(target, options with { Requests = w, Seed = options.Seed + 1, CheckEvery = 0 });
                     warm.RunAsync().GetAwaiter().GetResult();
-                    Thread.Sleep(TimeSpan.FromSeconds(r.GetValue(settle)));
                 }
-                var baseline = fuzzer.CheckAsync(0).GetAwaiter().GetResult();
-                Console.Error.WriteLine($"baseline RSS: {Rss(baseline)}; fuzzing {options.Requests} requests, seed {options.Seed}, {options.Concurrency} at once");
+                var metricsUrls = cluster?.Services.ToDictionary(x => x.Role.Name(), x => x.Http);
+                var (baseline, collected0, heap0, parts0) = Quiesced(fuzzer, target, 0, quiet, metricsUrls);
+                Console.Error.WriteLine($"baseline RSS (after {quiet.TotalSeconds:F0} s idle and a full GC): {Rss(baseline)}; fuzzing {options.Requests} requests, seed {options.Seed}, {options.Concurrency} at once");
                 var progress = new ConsoleProgress("fuzz requests", options.Requests);
                 var report = fuzzer.RunAsync(d => { lock (progress) progress.Report(d); }, r.GetValue(from)).GetAwaiter().GetResult();
                 string load1 = LoadAverage();
-                Console.Error.WriteLine($"done in {report.WallSeconds:F1} s; settling {r.GetValue(settle)} s");
-                Thread.Sleep(TimeSpan.FromSeconds(r.GetValue(settle)));
-                var after = fuzzer.CheckAsync(options.Requests).GetAwaiter().GetResult();
+                int sessionsAtEnd = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
+                Console.Error.WriteLine($"done in {report.WallSeconds:F1} s; the gateway holds {sessionsAtEnd} sessions; waiting {quiet.TotalSeconds:F0} s, then a full GC");
+                var (after, collected1, heap1, parts1) = Quiesced(fuzzer, target, options.Requests, quiet, metricsUrls);
+                int sessionsAfter = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
                 report.Checks.Add(after);
 
                 var peak = report.Checks.SelectMany(c => c.RssKiB).GroupBy(kv => kv.Key).ToDictionary(g => g.Key, g => g.Max(kv => kv.Value));
@@ -132,15 +151,66 @@ internal static class BenchFuzzCommand
                         load_before = load0, load_after = load1,
                         by_category = report.ByCategory, by_kind = report.ByKind, by_answer = report.ByAnswer, by_kind_answer = report.ByKindAnswer,
                         checks = report.Checks.Count, failed_checks = report.FailedChecks, exited, service_error_lines = errorLines,
+                        sessions_at_end = sessionsAtEnd, sessions_after_quiet = sessionsAfter, quiet_seconds = quiet.TotalSeconds,
+                        full_gc_induced = new { baseline = collected0, after = collected1, processes = target.Processes.Count },
+                        rss_split_kib = parts0.Keys.ToDictionary(k => k, k => new { anon_baseline = parts0[k].Anon, anon_after = parts1.GetValueOrDefault(k).Anon, file_baseline = parts0[k].File, file_after = parts1.GetValueOrDefault(k).File }),
+                        managed_heap_after_gc_bytes = heap0.Keys.ToDictionary(k => k, k => new { baseline = heap0[k], after = heap1.GetValueOrDefault(k, -1) }),
                         memory_kib = memory.Select(m => new { service = m.Name, baseline = m.Baseline, peak = m.Peak, after = m.After, back = m.Back }),
                         examples = report.Examples.Values.OrderBy(e => e.Index), service_errors = serviceErrors, ok,
                     }, new JsonSerializerOptions { WriteIndented = true }));
-                else Print(report, load0, load1, memory, exited, errorLines, serviceErrors, ok);
+                else
+                {
+                    Print(report, load0, load1, memory, exited, errorLines, serviceErrors, ok);
+                    Console.WriteLine($"sessions held by the gateway: {sessionsAtEnd} when the run ended, {sessionsAfter} after {quiet.TotalSeconds:F0} s idle (baseline and final RSS are both taken then, after a full GC)");
+                    Console.WriteLine($"full GC induced in {collected0} of {target.Processes.Count} processes for the baseline, {collected1} for the final sample");
+                    if (heap0.Count > 0)
+                        Console.WriteLine("managed heap after the full GC (MiB), baseline -> after: " + string.Join(", ", heap0.Select(kv => $"{kv.Key} {kv.Value / 1048576.0:F1} -> {heap1.GetValueOrDefault(kv.Key, -1) / 1048576.0:F1}")));
+                    Console.WriteLine("RSS after the full GC, anonymous / file-backed (MiB), baseline -> after: " + string.Join(", ", parts0.Select(kv =>
+                        $"{kv.Key} {kv.Value.Anon / 1024.0:F1} / {kv.Value.File / 1024.0:F1} -> {parts1.GetValueOrDefault(kv.Key).Anon / 1024.0:F1} / {parts1.GetValueOrDefault(kv.Key).File / 1024.0:F1}")));
+                }
                 return ok ? 0 : 1;
             }
             finally { cluster?.Dispose(); }
         }));
         return cmd;
+    }
+
+    /// <summary>
+    /// The memory sample both ends of the comparison use: after <paramref name="quiet"/> idle, a check (a
+    /// real completion, whose store calls run the TTL sweeps, a health check), then a full GC induced in
+    /// every watched process, then each one's RSS.
+    /// </summary>
+    /// <returns>The check with the RSS after the GC, how many processes collected, and each service's
+    /// managed heap after it (its llm_process_managed_heap_bytes; only where <paramref name="metrics"/> names its HTTP port).</returns>
+    private static (FuzzCheck Check, int Collected, Dictionary<string, long> HeapBytes, Dictionary<string, (long Anon, long File)> Parts) Quiesced(FrontDoorFuzzer fuzzer, FuzzTarget target, int after, TimeSpan quiet, IReadOnlyDictionary<string, string>? metrics)
+    {
+        Thread.Sleep(quiet);
+        var check = fuzzer.CheckAsync(after).GetAwaiter().GetResult();
+        // Two collections a moment apart: the first finalizes what the second frees (sockets, pooled buffers).
+        int collected = 0;
+        for (int i = 0; i < 2; i++)
+            foreach (var (_, p) in target.Processes)
+                if (!p.HasExited && ProcessMemory.TryInduceFullGc(p.Id, TimeSpan.FromSeconds(1)) && i == 1) collected++;
+        Thread.Sleep(1000);
+        var rss = new Dictionary<string, long>();
+        var parts = new Dictionary<string, (long Anon, long File)>();
+        foreach (var (name, p) in target.Processes)
+        {
+            if (!p.HasExited && ProcessMemory.RssKiB(p.Id) is long kib) rss[name] = kib;
+            if (!p.HasExited && ProcessMemory.RssPartsKiB(p.Id) is { } split) parts[name] = split;
+        }
+        var heap = new Dictionary<string, long>();
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        foreach (var (name, url) in metrics ?? new Dictionary<string, string>())
+        {
+            try
+            {
+                var line = http.GetStringAsync($"{url}/metrics").GetAwaiter().GetResult().Split('\n').FirstOrDefault(l => l.StartsWith("llm_process_managed_heap_bytes", StringComparison.Ordinal));
+                if (line is not null) heap[name] = (long)double.Parse(line.Split(' ')[^1], System.Globalization.CultureInfo.InvariantCulture);
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or FormatException) { }
+        }
+        return (check with { RssKiB = rss }, collected, heap, parts);
     }
 
     /// <summary>The gateway's workers are probed every 2 s; the first real completion waits for them.</summary>
@@ -177,7 +247,7 @@ internal static class BenchFuzzCommand
         foreach (var (k, v) in report.ByKindAnswer.OrderBy(kv => kv.Key)) Console.WriteLine($"  {k,-50} {v,8}");
         Console.WriteLine($"liveness: {report.Checks.Count} checks (completion over HTTP + gRPC health), {report.FailedChecks} failed; processes exited: {(exited.Count == 0 ? "none" : string.Join(", ", exited))}; service error/critical log lines: {errorLines}");
         foreach (var c in report.Checks.Where(c => c.Error is not null).Take(5)) Console.WriteLine($"  check after {c.AfterRequests}: {c.Error}");
-        Console.WriteLine("memory (VmRSS, MiB): service, warm baseline, peak during the run, after the settle");
+        Console.WriteLine("memory (VmRSS, MiB): service, baseline, peak during the run, after; baseline and after each idle past the session TTL and after a full GC");
         foreach (var m in memory) Console.WriteLine($"  {m.Name,-14} {m.Baseline / 1024.0,8:F1} {m.Peak / 1024.0,8:F1} {m.After / 1024.0,8:F1}  {(m.Back ? "back" : "NOT back")}");
         // The trend tells a leak (growing to the end) from a heap that grew once and is not given back.
         var checks = report.Checks.Where(c => c.RssKiB.Count > 0).ToList();

@@ -162,6 +162,9 @@ internal sealed class LocalCluster(string bind) : IDisposable
     public List<Service> Services { get; } = [];
     private Process? _redis;
 
+    /// <summary>The redis-server <see cref="StartRedis"/> launched, if any (benchmarks watch its memory).</summary>
+    public Process? RedisProcess => _redis;
+
     /// <summary>Where the services' output lines go (role, line, from stderr); default: this console, prefixed with the role.</summary>
     public Action<ServiceRole, string, bool>? Output { get; init; }
 

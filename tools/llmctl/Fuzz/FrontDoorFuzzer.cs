@@ -117,6 +117,17 @@ public sealed class FrontDoorFuzzer : IDisposable
         return report;
     }
 
+    /// <summary>Sessions the gateway holds now (its ListSessions, which leaves expired ones out); -1 if it does not answer.</summary>
+    public async Task<int> SessionCountAsync()
+    {
+        try
+        {
+            var r = await new LlmCluster.V1.Gateway.GatewayClient(_channel).ListSessionsAsync(new LlmCluster.V1.ListSessionsRequest { Limit = 1_000_000 }, deadline: DateTime.UtcNow.AddSeconds(30));
+            return r.Sessions.Count;
+        }
+        catch (Grpc.Core.RpcException) { return -1; }
+    }
+
     /// <summary>A real small completion over HTTP, a gRPC health check, each process's RSS and liveness.</summary>
     public async Task<FuzzCheck> CheckAsync(int after)
     {
@@ -147,25 +158,11 @@ public sealed class FrontDoorFuzzer : IDisposable
             foreach (var (name, process) in _target.Processes)
             {
                 if (process.HasExited) exited.Add($"{name} (pid {process.Id}, exit {process.ExitCode})");
-                else if (RssKiB(process.Id) is long kib) rss[name] = kib;
+                else if (ProcessMemory.RssKiB(process.Id) is long kib) rss[name] = kib;
             }
             return new FuzzCheck(after, httpOk, grpcOk, error?.Trim(), rss, exited);
         }
         finally { _checking.Release(); }
-    }
-
-    /// <summary>VmRSS of a process from /proc (Linux), in KiB; null elsewhere or once it is gone.</summary>
-    public static long? RssKiB(int pid)
-    {
-        try
-        {
-            foreach (var line in File.ReadLines($"/proc/{pid}/status"))
-                if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-                    return long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim());
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return null;
     }
 
     private async Task OneAsync(FuzzReport report, int index)
