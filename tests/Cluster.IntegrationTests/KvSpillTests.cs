@@ -201,4 +201,37 @@ public sealed class KvSpillTests : IDisposable
         Assert.Null(second.Get("a"));
         Assert.NotNull(second.Get("b"));
     }
+
+    [Fact]
+    public void A_bf16_session_is_stored_and_spilled_in_its_wire_form_at_half_the_bytes()
+    {
+        var shape = Shape with { Precision = Cluster.Engine.KvCache.KvPrecision.Bf16 };
+        var rng = new Random(3);
+        // Arbitrary 16-bit patterns: the store must keep them, not widen or re-round them.
+        var blocks = Enumerable.Range(0, shape.Layers).Select(l =>
+        {
+            var positions = Enumerable.Range(0, shape.KvHeads).Select(_ => Enumerable.Range(0, 50).ToArray()).ToArray();
+            byte[] Data() { var b = new byte[shape.KvHeads * 50 * shape.HeadDim * 2]; rng.NextBytes(b); return b; }
+            return new WireKvBlock(l, positions, shape.Precision, Data(), Data());
+        }).ToList();
+        using var store = Store(budgetTokens: 60);
+        store.Put("h", shape, "dense", 50, blocks, false, 0);
+        Assert.Equal(BytesOf(50) / 2, store.Bytes);
+        _time.Advance(10);
+        store.Put("b", Shape, "dense", 40, Blocks(40), false, 0);   // 25 + 40 fp32 tokens' bytes > 60: "h" goes to the spill
+        Assert.Single(SpillFiles());
+
+        var back = store.Get("h")!;
+        Assert.Equal(shape.Precision, back.Shape.Precision);
+        AssertSameBits(blocks, back.Layers);
+    }
+
+    [Fact]
+    public void A_block_whose_bytes_do_not_match_the_layout_s_precision_is_refused()
+    {
+        using var store = Store(budgetTokens: 100);
+        var fp32 = Blocks(10);
+        Assert.Throws<Cluster.Serving.Hosting.InvalidRequestException>(() =>
+            store.Put("x", Shape with { Precision = Cluster.Engine.KvCache.KvPrecision.Fp16 }, "dense", 10, fp32, false, 0));
+    }
 }

@@ -24,13 +24,15 @@ internal static class BenchKvTransferCommand
         var preset = new Option<string>("--preset") { Description = "model shape (layers, KV heads, head dim)", DefaultValueFactory = _ => "smollm2-135m" };
         var tokens = new Option<int>("--tokens") { Description = "tokens of KV per transfer", DefaultValueFactory = _ => 236 };
         var reps = new Option<int>("--reps") { Description = "transfers timed per direction (after 3 warm-up ones)", DefaultValueFactory = _ => 20 };
+        var dtype = new Option<string>("--kv-dtype") { Description = "wire precision: fp32, bf16, fp16", DefaultValueFactory = _ => "fp32" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
-        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, json };
-        cmd.SetAction(r => CommandErrors.Run(() => Run(ModelPresets.Get(r.GetValue(preset)!), r.GetValue(preset)!, r.GetValue(tokens), r.GetValue(reps), r.GetValue(json)).GetAwaiter().GetResult()));
+        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, dtype, json };
+        cmd.SetAction(r => CommandErrors.Run(() => Run(ModelPresets.Get(r.GetValue(preset)!), r.GetValue(preset)!, r.GetValue(tokens), r.GetValue(reps),
+            KvPrecisions.Parse(r.GetValue(dtype)), r.GetValue(json)).GetAwaiter().GetResult()));
         return cmd;
     }
 
-    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, bool json)
+    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, KvPrecision precision, bool json)
     {
         if (tokens < 1 || reps < 1) throw new ArgumentException("--tokens and --reps must be at least 1");
         var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--memory-mb", "4096"], new Dictionary<string, string?>());
@@ -42,22 +44,24 @@ internal static class BenchKvTransferCommand
             Enumerable.Range(0, c.KvHeads).Select(_ => positions).ToArray(),
             Enumerable.Range(0, c.KvHeads * tokens * c.HeadDim).Select(_ => (float)rng.NextDouble()).ToArray(),
             Enumerable.Range(0, c.KvHeads * tokens * c.HeadDim).Select(_ => (float)rng.NextDouble()).ToArray())).ToList();
-        long bytes = blocks.Sum(b => b.DataBytes);
-        var layout = KvLayoutMapping.For(c.Layers, c.KvHeads, c.HeadDim, new Cluster.Engine.Model.RopeTable(c.HeadDim, c.RopeTheta, c.RopeLayout, c.RopeScaling));
-        Console.Error.WriteLine($"{presetName} shape, {tokens} tokens: {bytes / 1e6:F1} MB of KV per transfer, {reps} transfers each way ...");
+        long kvBytes = blocks.Sum(b => b.DataBytes);             // fp32, as the workers hold it
+        long bytes = kvBytes / sizeof(float) * precision.Bytes();  // on the wire
+        var layout = KvLayoutMapping.For(c.Layers, c.KvHeads, c.HeadDim, new Cluster.Engine.Model.RopeTable(c.HeadDim, c.RopeTheta, c.RopeLayout, c.RopeScaling), precision);
+        Console.Error.WriteLine($"{presetName} shape, {tokens} tokens: {kvBytes / 1e6:F1} MB of fp32 KV per transfer, {bytes / 1e6:F1} MB as {precision.Name()} on the wire, {reps} transfers each way ...");
 
         async Task<double> Put(int i)
         {
             var sw = Stopwatch.StartNew();
             var header = new PutHeader { SessionId = $"bench-{i}", Layout = layout, Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens };
-            await KvTransfer.PutAsync(channel, header, blocks, CancellationToken.None);
+            var (_, sent) = await KvTransfer.PutAsync(channel, header, blocks, CancellationToken.None);
+            if (sent != bytes) throw new InvalidOperationException($"{sent} bytes sent, {bytes} expected");
             return sw.Elapsed.TotalSeconds;
         }
         async Task<double> Get(int i)
         {
             var sw = Stopwatch.StartNew();
-            var (_, got, _) = await KvTransfer.GetAsync(channel, $"bench-{i}", 0, CancellationToken.None);
-            if (got.Sum(b => b.DataBytes) != bytes) throw new InvalidOperationException("the cache manager returned a different amount of KV");
+            var (_, got, received) = await KvTransfer.GetAsync(channel, $"bench-{i}", 0, CancellationToken.None);
+            if (received != bytes || got.Sum(b => b.DataBytes) != kvBytes) throw new InvalidOperationException("the cache manager returned a different amount of KV");
             return sw.Elapsed.TotalSeconds;
         }
         for (int i = 0; i < 3; i++) { await Put(-1 - i); await Get(-1 - i); } // JIT, connections, buffers
@@ -70,7 +74,9 @@ internal static class BenchKvTransferCommand
         {
             ["preset"] = presetName,
             ["tokens"] = tokens,
+            ["kv_dtype"] = precision.Name(),
             ["bytes"] = bytes,
+            ["fp32_kv_bytes"] = kvBytes,
             ["put_median_ms"] = Median(puts) * 1e3,
             ["get_median_ms"] = Median(gets) * 1e3,
             ["put_mb_per_s"] = bytes / Median(puts) / 1e6,
