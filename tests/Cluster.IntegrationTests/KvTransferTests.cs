@@ -78,4 +78,16 @@ public sealed class KvTransferTests
         var e = Assert.Throws<Grpc.Core.RpcException>(() => KvLayoutMapping.Precision(new KvLayout { Dtype = (KvDtype)99 }));
         Assert.Equal(Grpc.Core.StatusCode.InvalidArgument, e.StatusCode);
     }
+
+    [Fact]
+    public void Kv_dtype_is_read_from_the_command_line_or_LLM_KV_DTYPE_and_a_bad_one_names_the_option()
+    {
+        var none = new Dictionary<string, string?>();
+        Assert.Equal(KvPrecision.Fp32, ServiceOptions.Parse(ServiceRole.Prefill, [], none).KvPrecision);
+        Assert.Equal(KvPrecision.Bf16, ServiceOptions.Parse(ServiceRole.Decode, ["--kv-dtype", "bf16"], none).KvPrecision);
+        Assert.Equal(KvPrecision.Fp16, ServiceOptions.Parse(ServiceRole.Prefill, [], new Dictionary<string, string?> { ["LLM_KV_DTYPE"] = "fp16" }).KvPrecision);
+        Assert.Contains("--kv-dtype", Assert.Throws<ArgumentException>(() => ServiceOptions.Parse(ServiceRole.Prefill, ["--kv-dtype", "int8"], none)).Message);
+        // The cache manager takes what each put says; it has no such option.
+        Assert.Throws<ArgumentException>(() => ServiceOptions.Parse(ServiceRole.CacheManager, ["--kv-dtype", "bf16"], none));
+    }
 }
