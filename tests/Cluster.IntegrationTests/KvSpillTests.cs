@@ -234,4 +234,38 @@ public sealed class KvSpillTests : IDisposable
         Assert.Throws<Cluster.Serving.Hosting.InvalidRequestException>(() =>
             store.Put("x", Shape with { Precision = Cluster.Engine.KvCache.KvPrecision.Fp16 }, "dense", 10, fp32, false, 0));
     }
+
+    [Fact]
+    public void A_format_1_file_from_before_the_dtype_reads_as_fp32()
+    {
+        // Written by hand in format 1's layout (KvSpillFile's doc): one version, one layer block, fp32 counted in floats.
+        float[] keys = [1.5f, -2f, 0.25f, 3f, 4f, 5f, 6f, 7f], values = [-1f, 2f, -3f, 4f, -5f, 6f, -7f, 8f];
+        var payload = new MemoryStream();
+        using (var w = new BinaryWriter(payload, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write("old"); w.Write(1);                                  // session, versions
+            w.Write(1); w.Write(1); w.Write(8); w.Write((int)RopeLayout.Halves);
+            w.Write(4); foreach (var f in new[] { 1.0, 0.1, 0.01, 0.001 }) w.Write(f);
+            w.Write(7L); w.Write(1); w.Write("dense"); w.Write(false); w.Write(0); w.Write(1);
+            w.Write(1);                                                  // blocks
+            w.Write(0); w.Write(1); w.Write(1); w.Write(42);             // layer 0, 1 head of 1 token at position 42
+            w.Write(keys.Length); foreach (var f in keys) w.Write(f);
+            w.Write(values.Length); foreach (var f in values) w.Write(f);
+        }
+        var bytes = payload.ToArray();
+        var file = new MemoryStream();
+        using (var w = new BinaryWriter(file, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write("LLMKVSPL"u8.ToArray()); w.Write(1); w.Write((long)bytes.Length);
+            w.Write(System.Security.Cryptography.SHA256.HashData(bytes)); w.Write(bytes);
+        }
+        file.Position = 0;
+        var kv = Assert.Single(KvSpillFile.Read(file, "old"));
+        Assert.Equal(Cluster.Engine.KvCache.KvPrecision.Fp32, kv.Shape.Precision);
+        Assert.Equal(7, kv.Version);
+        var block = Assert.Single(kv.Layers).ToFloats();
+        Assert.Equal([42], block.Positions.Single());
+        Assert.Equal(keys, block.Keys);
+        Assert.Equal(values, block.Values);
+    }
 }
