@@ -53,8 +53,9 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     public override async Task<PutBlocksResponse> PutBlocks(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context)
     {
         PutHeader? header = null;
+        var precision = KvPrecision.Fp32;
         KvWire.BlockAssembler? current = null;
-        var blocks = new List<KvLayerBlock>();
+        var blocks = new List<WireKvBlock>();
         await foreach (var item in requests.ReadAllAsync(context.CancellationToken))
         {
             switch (item.ItemCase)
@@ -63,10 +64,12 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
                     header = item.Header;
                     if (header.Layout is null || header.Layout.HeadDim <= 0 || header.Layout.RopeInverseFrequencies.Count * 2 != header.Layout.HeadDim)
                         throw new RpcException(new Status(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies"));
+                    precision = KvLayoutMapping.Precision(header.Layout);
                     break;
                 case PutBlocksRequest.ItemOneofCase.Block when header is not null:
-                    if (current is not null) blocks.Add(current.Build());
-                    current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim);
+                    if (current is not null) blocks.Add(current.BuildWire());
+                    // Stored and served in the writer's dtype, as the bytes came.
+                    current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim, precision, widen: false);
                     break;
                 case PutBlocksRequest.ItemOneofCase.Chunk when current is not null:
                     current.Add(item.Chunk);
@@ -76,10 +79,10 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
             }
         }
         if (header is null) throw new RpcException(new Status(StatusCode.InvalidArgument, "PutBlocks: no header"));
-        if (current is not null) blocks.Add(current.Build());
+        if (current is not null) blocks.Add(current.BuildWire());
 
         var layout = header.Layout;
-        var shape = new KvShape(layout.NumLayers, layout.NumKvHeads, layout.HeadDim, KvLayoutMapping.Rope(layout));
+        var shape = new KvShape(layout.NumLayers, layout.NumKvHeads, layout.HeadDim, KvLayoutMapping.Rope(layout), precision);
         var policy = PolicyMapping.ToSpec(header.Policy) ?? "dense";
         var (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
         var policyTag = new KeyValuePair<string, object?>("policy", kv.Policy.Split('(')[0]);
@@ -115,7 +118,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         return Task.FromResult(new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex });
     }
 
-    private static KvLayout LayoutOf(StoredKv kv) => KvLayoutMapping.For(kv.Shape.Layers, kv.Shape.KvHeads, kv.Shape.HeadDim, kv.Shape.Rope);
+    private static KvLayout LayoutOf(StoredKv kv) => KvLayoutMapping.For(kv.Shape.Layers, kv.Shape.KvHeads, kv.Shape.HeadDim, kv.Shape.Rope, kv.Shape.Precision);
 
     private static KvHandle Handle(StoredKv kv, KvLayout layout, KvPolicy? policy) => new()
     {

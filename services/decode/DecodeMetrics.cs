@@ -14,8 +14,6 @@ internal sealed class DecodeMetrics : IDisposable
             new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128] });
         StepSeconds = _meter.CreateLatencyHistogram("llm_decode_step_seconds", "One batched decode step");
         Tokens = _meter.CreateCounter<long>("llm_generation_tokens", description: "Tokens generated");
-        TransferSeconds = _meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "KV blocks to/from the cache manager");
-        TransferBytes = _meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV bytes sent/received");
         Evictions = _meter.CreateCounter<long>("llm_kv_evictions", description: "Tokens evicted by the compression policy");
         Rebuilds = _meter.CreateCounter<long>("llm_kv_rebuilds", description: "Sequences whose KV the cache manager lacked, rebuilt from the prompt");
         _meter.CreateObservableGauge("llm_decode_sequences_running", running, "{sequence}", "Sequences in the batch");
@@ -31,8 +29,6 @@ internal sealed class DecodeMetrics : IDisposable
     public Histogram<double> BatchSize { get; }
     public Histogram<double> StepSeconds { get; }
     public Counter<long> Tokens { get; }
-    public Histogram<double> TransferSeconds { get; }
-    public Counter<long> TransferBytes { get; }
     public Counter<long> Evictions { get; }
     public Counter<long> Rebuilds { get; }
 

@@ -58,7 +58,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
 
     public bool IsReady => true;
 
-    public IReadOnlyList<string> MeterNames => [MeterName];
+    public IReadOnlyList<string> MeterNames => [MeterName, KvTransferMetrics.MeterName];
 
     /// <summary>Sequences whose KV this worker rebuilt from the prompt (tests read it: in a test process
     /// several services share meter names, so the metric alone cannot say which worker counted).</summary>
@@ -110,10 +110,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         if (history < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"history_token_count must be >= 0, got {history}"));
         // Room for the whole cache before any of it is loaded; waits in line (or is refused) when full.
         using var reservation = await Admission.AcquireAsync(ReservedBytes(request, history + prompt.Length + generated.Length, p.MaxTokens), context.CancellationToken);
-        var fetch = Stopwatch.StartNew();
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + generated.Length - 1 : 0;
         var (handle, cache, policy, spec) = await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
-        _metrics.TransferSeconds.Record(fetch.Elapsed.TotalSeconds, new KeyValuePair<string, object?>("direction", "get"));
         int cached = handle.TokenCount - history - prompt.Length;
         // The cache must lack at least the newest token: its logits come from running it (a compressed
         // cache cannot be rolled back to recompute them).
@@ -202,8 +200,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         var c = model.Config;
         try
         {
-            var (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
-            _metrics.TransferBytes.Add(bytes, new KeyValuePair<string, object?>("direction", "get"));
+            var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
             var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
             return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec);
@@ -271,7 +268,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             var header = new PutHeader
             {
                 SessionId = checkpointSession,
-                Layout = handle.Layout,
+                Layout = new KvLayout(handle.Layout) { Dtype = KvLayoutMapping.ToWire(service._options.KvPrecision) }, // written in this worker's --kv-dtype
                 Policy = handle.Policy,
                 TokenCount = seq.Cache.TokensSeen,
                 Checkpoint = true,
@@ -280,14 +277,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             int covered = seq.Generated.Count - 1; // every generated token but the newest is in the cache
             _chain = _chain.ContinueWith(async _ =>
             {
-                var sw = Stopwatch.StartNew();
                 try
                 {
                     await WaitDelivered(covered);
-                    var (response, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
-                    var put = new KeyValuePair<string, object?>("direction", "put");
-                    service._metrics.TransferSeconds.Record(sw.Elapsed.TotalSeconds, put);
-                    service._metrics.TransferBytes.Add(bytes, put);
+                    var (response, _) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
                     _written.Enqueue(response.Kv);
                 }
                 catch (Exception e) when (e is RpcException or OperationCanceledException)

@@ -32,8 +32,8 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
     private readonly ChannelCache _channels = new();
     private readonly SemaphoreSlim _model = new(1, 1);
     private readonly Meter _meter = new(MeterName);
-    private readonly Histogram<double> _prefillSeconds, _transferSeconds;
-    private readonly Counter<long> _tokens, _transferBytes, _rebuilds;
+    private readonly Histogram<double> _prefillSeconds;
+    private readonly Counter<long> _tokens, _rebuilds;
 
     private PrefillService(ModelHost host, ServiceOptions options, ILogger logger)
     {
@@ -41,9 +41,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         _logger = logger;
         _options = options;
         _prefillSeconds = _meter.CreateLatencyHistogram("llm_prefill_seconds", "Prompt forward pass");
-        _transferSeconds = _meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "KV blocks to/from the cache manager");
         _tokens = _meter.CreateCounter<long>("llm_prefill_tokens", description: "Prompt tokens processed");
-        _transferBytes = _meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV bytes sent/received");
         _rebuilds = _meter.CreateCounter<long>("llm_kv_rebuilds", description: "Conversations whose history the cache manager lacked, rebuilt from the earlier turns");
         var model = host.Model!;
         _meter.CreateObservableGauge("llm_model_weights_bytes", () => new Measurement<long>(4 * model.Config.ParameterCount, new KeyValuePair<string, object?>("device", "cpu")), "By", "Weights resident");
@@ -58,7 +56,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
     public bool IsReady => true;
 
     /// <summary>KV bytes this worker has sent to the cache manager (tests read it: in a test process
-    /// several services share meter names).</summary>
+    /// several services share <see cref="KvTransferMetrics"/>).</summary>
     public long KvBytesPut => Interlocked.Read(ref _kvBytesPut);
 
     private long _kvBytesPut;
@@ -68,7 +66,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
 
     private long _kvRebuilds;
 
-    public IReadOnlyList<string> MeterNames => [MeterName];
+    public IReadOnlyList<string> MeterNames => [MeterName, KvTransferMetrics.MeterName];
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<PrefillService>();
 
@@ -121,11 +119,10 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         _prefillSeconds.Record(prefill.TotalSeconds);
         _tokens.Add(prompt.Length);
 
-        var put = Stopwatch.StartNew();
         var header = new PutHeader
         {
             SessionId = request.SessionId,
-            Layout = KvLayoutMapping.For(model),
+            Layout = KvLayoutMapping.For(model, _options.KvPrecision),
             Policy = request.KvPolicy ?? PolicyMapping.ToWire(policy),
             TokenCount = tokensSeen,
         };
@@ -135,9 +132,6 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             var (stored, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, context.CancellationToken);
             kv = stored.Kv;
             Interlocked.Add(ref _kvBytesPut, bytes);
-            var direction = new KeyValuePair<string, object?>("direction", "put");
-            _transferSeconds.Record(put.Elapsed.TotalSeconds, direction);
-            _transferBytes.Add(bytes, direction);
         }
         catch (Exception e) when ((request.Continuation is null || request.Continuation.History is not null) && !context.CancellationToken.IsCancellationRequested
             && (e is RpcException { StatusCode: StatusCode.Unavailable } || StatusMapping.IsUnreachable(e)))
@@ -215,16 +209,11 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         var model = _host.Model!;
         var c = model.Config;
         var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-        var fetch = Stopwatch.StartNew();
         KvHandle handle;
         List<KvLayerBlock> blocks;
         try
         {
-            long bytes;
-            (handle, blocks, bytes) = await KvTransfer.GetAsync(cacheManager, sessionId, cont.KvVersion, ct, cont.KvVersion == 0 ? cont.HistoryTokenCount : 0);
-            var get = new KeyValuePair<string, object?>("direction", "get");
-            _transferSeconds.Record(fetch.Elapsed.TotalSeconds, get);
-            _transferBytes.Add(bytes, get);
+            (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, sessionId, cont.KvVersion, ct, cont.KvVersion == 0 ? cont.HistoryTokenCount : 0);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && cont.History is not null && !ct.IsCancellationRequested)
         {

@@ -58,9 +58,8 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
     /// runtime (GC heap, checkpoint copies, native allocator arenas), not by the KV the budget bounds.
     /// </summary>
     [SharedDataFact]
-    public async Task Sixty_four_long_streams_against_a_budget_of_eight_finish_with_their_local_tokens_within_memory()
+    public async Task Sixty_four_long_streams_against_a_budget_of_eight_finish_with_their_local_tokens_within_the_budget()
     {
-        const int streams = 64, outputTokens = 240, budgetMiB = 17;
         var folder = Directory.CreateTempSubdirectory("llmcluster-admission-").FullName;
         try
         {

@@ -11,11 +11,11 @@ public sealed class KvSessionStoreTests
     private static readonly KvShape Shape = new(2, 2, 4, new RopeTable(4, 10000, RopeLayout.Halves));
 
     /// <summary>A whole cache of <paramref name="tokens"/> tokens whose values encode (layer, head, position).</summary>
-    private static List<KvLayerBlock> Blocks(int tokens) => Enumerable.Range(0, Shape.Layers).Select(l =>
+    private static List<WireKvBlock> Blocks(int tokens) => Enumerable.Range(0, Shape.Layers).Select(l =>
     {
         var positions = Enumerable.Range(0, Shape.KvHeads).Select(_ => Enumerable.Range(0, tokens).ToArray()).ToArray();
         var values = Enumerable.Range(0, Shape.KvHeads * tokens * Shape.HeadDim).Select(i => (float)(l * 100000 + i)).ToArray();
-        return new KvLayerBlock(l, positions, values, values.Select(v => -v).ToArray());
+        return KvTestData.Fp32(new KvLayerBlock(l, positions, values, values.Select(v => -v).ToArray()));
     }).ToList();
 
     private static long BytesOf(int tokens) => (long)Shape.Layers * Shape.KvHeads * tokens * Shape.HeadDim * 4 * 2;
@@ -55,7 +55,7 @@ public sealed class KvSessionStoreTests
         Assert.Equal(50, kv.TokensReceived);
         Assert.All(kv.Layers, l => Assert.All(l.Positions, p => Assert.Equal(Enumerable.Range(34, 16), p)));
         // The kept slots carry their own data (slot 34 of head 0, layer 1), not a neighbour's.
-        Assert.Equal(100000 + 34 * Shape.HeadDim, kv.Layers[1].Keys[0]);
+        Assert.Equal(100000 + 34 * Shape.HeadDim, BitConverter.ToSingle(kv.Layers[1].Keys, 0));
         Assert.Equal(BytesOf(16), store.Bytes);
     }
 

@@ -201,4 +201,71 @@ public sealed class KvSpillTests : IDisposable
         Assert.Null(second.Get("a"));
         Assert.NotNull(second.Get("b"));
     }
+
+    [Fact]
+    public void A_bf16_session_is_stored_and_spilled_in_its_wire_form_at_half_the_bytes()
+    {
+        var shape = Shape with { Precision = Cluster.Engine.KvCache.KvPrecision.Bf16 };
+        var rng = new Random(3);
+        // Arbitrary 16-bit patterns: the store must keep them, not widen or re-round them.
+        var blocks = Enumerable.Range(0, shape.Layers).Select(l =>
+        {
+            var positions = Enumerable.Range(0, shape.KvHeads).Select(_ => Enumerable.Range(0, 50).ToArray()).ToArray();
+            byte[] Data() { var b = new byte[shape.KvHeads * 50 * shape.HeadDim * 2]; rng.NextBytes(b); return b; }
+            return new WireKvBlock(l, positions, shape.Precision, Data(), Data());
+        }).ToList();
+        using var store = Store(budgetTokens: 60);
+        store.Put("h", shape, "dense", 50, blocks, false, 0);
+        Assert.Equal(BytesOf(50) / 2, store.Bytes);
+        _time.Advance(10);
+        store.Put("b", Shape, "dense", 40, Blocks(40), false, 0);   // 25 + 40 fp32 tokens' bytes > 60: "h" goes to the spill
+        Assert.Single(SpillFiles());
+
+        var back = store.Get("h")!;
+        Assert.Equal(shape.Precision, back.Shape.Precision);
+        AssertSameBits(blocks, back.Layers);
+    }
+
+    [Fact]
+    public void A_block_whose_bytes_do_not_match_the_layout_s_precision_is_refused()
+    {
+        using var store = Store(budgetTokens: 100);
+        var fp32 = Blocks(10);
+        Assert.Throws<Cluster.Serving.Hosting.InvalidRequestException>(() =>
+            store.Put("x", Shape with { Precision = Cluster.Engine.KvCache.KvPrecision.Fp16 }, "dense", 10, fp32, false, 0));
+    }
+
+    [Fact]
+    public void A_format_1_file_from_before_the_dtype_reads_as_fp32()
+    {
+        // Written by hand in format 1's layout (KvSpillFile's doc): one version, one layer block, fp32 counted in floats.
+        float[] keys = [1.5f, -2f, 0.25f, 3f, 4f, 5f, 6f, 7f], values = [-1f, 2f, -3f, 4f, -5f, 6f, -7f, 8f];
+        var payload = new MemoryStream();
+        using (var w = new BinaryWriter(payload, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write("old"); w.Write(1);                                  // session, versions
+            w.Write(1); w.Write(1); w.Write(8); w.Write((int)RopeLayout.Halves);
+            w.Write(4); foreach (var f in new[] { 1.0, 0.1, 0.01, 0.001 }) w.Write(f);
+            w.Write(7L); w.Write(1); w.Write("dense"); w.Write(false); w.Write(0); w.Write(1);
+            w.Write(1);                                                  // blocks
+            w.Write(0); w.Write(1); w.Write(1); w.Write(42);             // layer 0, 1 head of 1 token at position 42
+            w.Write(keys.Length); foreach (var f in keys) w.Write(f);
+            w.Write(values.Length); foreach (var f in values) w.Write(f);
+        }
+        var bytes = payload.ToArray();
+        var file = new MemoryStream();
+        using (var w = new BinaryWriter(file, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write("LLMKVSPL"u8.ToArray()); w.Write(1); w.Write((long)bytes.Length);
+            w.Write(System.Security.Cryptography.SHA256.HashData(bytes)); w.Write(bytes);
+        }
+        file.Position = 0;
+        var kv = Assert.Single(KvSpillFile.Read(file, "old"));
+        Assert.Equal(Cluster.Engine.KvCache.KvPrecision.Fp32, kv.Shape.Precision);
+        Assert.Equal(7, kv.Version);
+        var block = Assert.Single(kv.Layers).ToFloats();
+        Assert.Equal([42], block.Positions.Single());
+        Assert.Equal(keys, block.Keys);
+        Assert.Equal(values, block.Values);
+    }
 }

@@ -17,12 +17,19 @@ internal static class KvTestData
     /// (NaNs with payloads, negative zero, subnormals among them) derived from (seed, layer, index),
     /// and whose positions are spread out, so a round trip that changes any bit or position shows.
     /// </summary>
-    public static List<KvLayerBlock> Blocks(int tokens, int seed = 0) => Enumerable.Range(0, Shape.Layers).Select(l =>
+    public static List<WireKvBlock> Blocks(int tokens, int seed = 0) => Enumerable.Range(0, Shape.Layers).Select(l =>
     {
         var positions = Enumerable.Range(0, Shape.KvHeads).Select(h => Enumerable.Range(0, tokens).Select(t => t * 3 + h + seed).ToArray()).ToArray();
         int n = Shape.KvHeads * tokens * Shape.HeadDim;
-        return new KvLayerBlock(l, positions, Floats(seed, l, 0, n), Floats(seed, l, 1, n));
+        return Fp32(new KvLayerBlock(l, positions, Floats(seed, l, 0, n), Floats(seed, l, 1, n)));
     }).ToList();
+
+    /// <summary>An fp32 block in its wire form: its floats' little-endian bytes, copied here (not by the code under test).</summary>
+    public static WireKvBlock Fp32(KvLayerBlock b)
+    {
+        static byte[] Bytes(float[] x) => x.SelectMany(f => BitConverter.GetBytes(BitConverter.SingleToInt32Bits(f))).ToArray();
+        return new WireKvBlock(b.Layer, b.Positions, KvPrecision.Fp32, Bytes(b.Keys), Bytes(b.Values));
+    }
 
     private static float[] Floats(int seed, int layer, int kv, int n) => Enumerable.Range(0, n).Select(i =>
     {
@@ -38,7 +45,7 @@ internal static class KvTestData
     }).ToArray();
 
     /// <summary>Asserts <paramref name="actual"/> holds exactly <paramref name="expected"/>, bit for bit.</summary>
-    public static void AssertSameBits(IReadOnlyList<KvLayerBlock> expected, IReadOnlyList<KvLayerBlock> actual)
+    public static void AssertSameBits(IReadOnlyList<WireKvBlock> expected, IReadOnlyList<WireKvBlock> actual)
     {
         Xunit.Assert.Equal(expected.Count, actual.Count);
         for (int b = 0; b < expected.Count; b++)
@@ -46,8 +53,9 @@ internal static class KvTestData
             Xunit.Assert.Equal(expected[b].Layer, actual[b].Layer);
             Xunit.Assert.Equal(expected[b].Positions.Length, actual[b].Positions.Length);
             for (int h = 0; h < expected[b].Positions.Length; h++) Xunit.Assert.Equal(expected[b].Positions[h], actual[b].Positions[h]);
-            Xunit.Assert.Equal(expected[b].Keys.Select(BitConverter.SingleToInt32Bits), actual[b].Keys.Select(BitConverter.SingleToInt32Bits));
-            Xunit.Assert.Equal(expected[b].Values.Select(BitConverter.SingleToInt32Bits), actual[b].Values.Select(BitConverter.SingleToInt32Bits));
+            Xunit.Assert.Equal(expected[b].Precision, actual[b].Precision);
+            Xunit.Assert.Equal(expected[b].Keys, actual[b].Keys);
+            Xunit.Assert.Equal(expected[b].Values, actual[b].Values);
         }
     }
 

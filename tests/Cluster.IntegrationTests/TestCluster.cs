@@ -26,13 +26,13 @@ public sealed class TestCluster : IAsyncDisposable
 
     public Cluster.Decode.DecodeService DecodeService => (Cluster.Decode.DecodeService)Decode.Service;
 
-    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null, string[]? gatewayOptions = null, string[]? decodeOptions = null)
+    public static async Task<TestCluster> StartAsync(string model, string policy = "dense", string? qfilters = null, int checkpointEvery = 8, int decodeWorkers = 1, string? redis = null, Action<OpenTelemetry.Trace.TracerProviderBuilder>? tracing = null, string[]? gatewayOptions = null, string[]? decodeOptions = null, string[]? prefillOptions = null)
     {
         var c = new TestCluster();
         string[] Q(string[] args) => qfilters is null ? args : [.. args, "--qfilters", qfilters];
         c.CacheManager = await ServiceHost.StartAsync(Options(ServiceRole.CacheManager, Q([])), Cluster.CacheManager.CacheManagerService.CreateAsync, tracing: tracing);
         var cm = c.CacheManager.GrpcAddress.ToString();
-        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, Q(["--model", model, "--cache-manager", cm])), Cluster.Prefill.PrefillService.CreateAsync, tracing: tracing);
+        c.Prefill = await ServiceHost.StartAsync(Options(ServiceRole.Prefill, Q(["--model", model, "--cache-manager", cm, .. prefillOptions ?? []])), Cluster.Prefill.PrefillService.CreateAsync, tracing: tracing);
         for (int i = 0; i < decodeWorkers; i++)
             c.Decodes.Add(await ServiceHost.StartAsync(Options(ServiceRole.Decode, Q(["--model", model, "--cache-manager", cm, "--checkpoint-every", checkpointEvery.ToString(), .. decodeOptions ?? []])), Cluster.Decode.DecodeService.CreateAsync, tracing: tracing));
         string[] gatewayArgs = Q(["--model", model, "--cache-manager", cm, "--prefill", c.Prefill.GrpcAddress.ToString(),

@@ -1,4 +1,5 @@
 using Cluster.Engine.Compression;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
 namespace Cluster.Engine.Evaluation;
@@ -31,7 +32,9 @@ public static class StreamingPerplexity
     }
 
     /// <param name="progress">Called with the number of tokens scored so far.</param>
-    public static StreamingPerplexityResult Evaluate(LlamaModel model, IReadOnlyList<int[]> sequences, KvCompressionPolicy policy, int[] edges, Action<int>? progress = null)
+    /// <param name="kvPrecision">Precision each token's K and V are rounded to once written (<see cref="KvCacheRounding"/>); fp32: untouched.</param>
+    public static StreamingPerplexityResult Evaluate(LlamaModel model, IReadOnlyList<int[]> sequences, KvCompressionPolicy policy, int[] edges, Action<int>? progress = null,
+        KvPrecision kvPrecision = KvPrecision.Fp32)
     {
         if (edges.Length < 2 || edges[0] != 0) throw new ArgumentException("bucket edges must start at 0 and hold at least two values", nameof(edges));
         int vocab = model.Config.VocabSize;
@@ -45,6 +48,7 @@ public static class StreamingPerplexity
             for (int t = 0; t + 1 < ids.Length; t++)
             {
                 model.Forward([ids[t]], cache, logits);
+                KvCacheRounding.RoundToken(model.Backend, cache, t, kvPrecision);
                 int b = 0;
                 while (b + 1 < nll.Length && t + 1 >= edges[b + 1]) b++;
                 nll[b] -= PerplexityEvaluator.LogSoftmaxAt(logits, ids[t + 1]);
@@ -54,6 +58,7 @@ public static class StreamingPerplexity
         }
         progress?.Invoke(scored);
         var buckets = Enumerable.Range(0, nll.Length).Select(b => new PositionBucket(edges[b], edges[b + 1], nll[b], count[b])).Where(b => b.Tokens > 0).ToList();
-        return new StreamingPerplexityResult(policy.Name, buckets, nll.Sum(), count.Sum());
+        var name = kvPrecision == KvPrecision.Fp32 ? policy.Name : $"{policy.Name} kv={kvPrecision.Name()}";
+        return new StreamingPerplexityResult(name, buckets, nll.Sum(), count.Sum());
     }
 }

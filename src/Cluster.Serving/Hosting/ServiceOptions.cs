@@ -85,6 +85,12 @@ public sealed class ServiceOptions
     [Option("--checkpoint-every", "tokens between KV checkpoints to the cache manager", ServiceRole.Decode)]
     public int CheckpointEvery { get; set; } = 64;
 
+    [Option("--kv-dtype", "KV precision this worker writes to the cache manager: fp32 (tokens as a local run), bf16 or fp16 (half the bytes, rounded to nearest even); reads take the dtype the KV was stored in", ServiceRole.Prefill, ServiceRole.Decode)]
+    public string KvDtype { get; set; } = "fp32";
+
+    /// <summary><see cref="KvDtype"/> parsed (checked when the options are read).</summary>
+    public Engine.KvCache.KvPrecision KvPrecision => Engine.KvCache.KvPrecisions.Parse(KvDtype);
+
     [Option("--memory-mb", "KV memory budget in MiB", ServiceRole.CacheManager)]
     public int MemoryMb { get; set; } = 1024;
 
@@ -137,6 +143,7 @@ public sealed class ServiceOptions
                 throw new ArgumentException($"unknown option '{name}' for {role.Name()}; known: {string.Join(", ", known.Keys)}");
             Set(options, entry.Property, name, value ?? throw new ArgumentException($"option {name} needs a value"));
         }
+        _ = options.KvPrecision; // a bad --kv-dtype fails here, naming the option, not at the first transfer
         return options;
     }
 

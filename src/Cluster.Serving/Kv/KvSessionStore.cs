@@ -6,16 +6,17 @@ using Cluster.Engine.Model;
 
 namespace Cluster.Serving.Kv;
 
-/// <summary>The shape of a model's KV, as a put's layout describes it, and its RoPE table (sink_window re-rotates keys).</summary>
-public sealed record KvShape(int Layers, int KvHeads, int HeadDim, RopeTable Rope);
+/// <summary>The shape of a model's KV, as a put's layout describes it, its RoPE table (sink_window
+/// re-rotates keys) and the element type its blocks were written in (stored as it came).</summary>
+public sealed record KvShape(int Layers, int KvHeads, int HeadDim, RopeTable Rope, KvPrecision Precision = KvPrecision.Fp32);
 
-/// <summary>One session's KV as the cache manager holds it.</summary>
+/// <summary>One session's KV as the cache manager holds it: the blocks in their wire form.</summary>
 public sealed record StoredKv(
-    string SessionId, KvShape Shape, KvLayerBlock[] Layers, int TokensSeen, string Policy, long Version,
+    string SessionId, KvShape Shape, WireKvBlock[] Layers, int TokensSeen, string Policy, long Version,
     bool Checkpoint, int OutputIndex, int TokensReceived)
 {
     public long Bytes => Layers.Sum(l => l.DataBytes);
-    public int KeptTokens => Layers.Length == 0 ? 0 : Layers[0].Positions.Max(p => p.Length);
+    public int KeptTokens => Layers.Length == 0 ? 0 : Layers[0].MostTokens;
 }
 
 /// <summary>Why a put was refused.</summary>
@@ -103,10 +104,11 @@ public sealed class KvSessionStore : IDisposable
     /// <summary>Sessions evicted so far for <paramref name="reason"/>.</summary>
     public long Evictions(KvEvictionReason reason) { lock (_lock) return _evictions[(int)reason]; }
 
-    /// <summary>Applies <paramref name="policy"/> to the blocks and stores them for the session.</summary>
+    /// <summary>Applies <paramref name="policy"/> to the blocks and stores them for the session, in
+    /// <paramref name="shape"/>'s precision (the blocks' own; compression re-rounds only what it re-rotates).</summary>
     /// <exception cref="InvalidRequestException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
     /// <exception cref="KvStoreFullException">The budget cannot hold them even after evicting every candidate session.</exception>
-    public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<KvLayerBlock> blocks, bool checkpoint, int outputIndex)
+    public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<WireKvBlock> blocks, bool checkpoint, int outputIndex)
     {
         if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
         if (shape.Rope.HeadDim != shape.HeadDim) throw new InvalidRequestException($"the layout's RoPE table covers head_dim {shape.Rope.HeadDim}, not {shape.HeadDim}");
@@ -114,7 +116,7 @@ public sealed class KvSessionStore : IDisposable
         if (parsed is QFiltersPolicy { Filters: var f } && (f.Layers, f.KvHeads, f.HeadDim) != (shape.Layers, shape.KvHeads, shape.HeadDim))
             throw new InvalidRequestException($"the Q-Filters are [{f.Layers}, {f.KvHeads}, {f.HeadDim}] but this KV is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}]: calibrate for this model");
         var layers = Validate(shape, blocks);
-        int received = layers[0].Positions.Max(p => p.Length);
+        int received = layers[0].MostTokens;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         if (parsed.Budget is int budget && layers.Any(l => l.Positions.Any(p => p.Length > budget)))
             layers = Compress(shape, parsed, tokensSeen, layers);
@@ -237,31 +239,35 @@ public sealed class KvSessionStore : IDisposable
         if (_spill is not null) _evictions[(int)KvEvictionReason.SpillFull] += _spill.Write(id, e.Versions);
     }
 
-    private static KvLayerBlock[] Validate(KvShape shape, IReadOnlyList<KvLayerBlock> blocks)
+    private static WireKvBlock[] Validate(KvShape shape, IReadOnlyList<WireKvBlock> blocks)
     {
         if (blocks.Count != shape.Layers) throw new InvalidRequestException($"expected {shape.Layers} layer blocks, got {blocks.Count}");
-        var layers = new KvLayerBlock[shape.Layers];
+        var layers = new WireKvBlock[shape.Layers];
         foreach (var b in blocks)
         {
             if ((uint)b.Layer >= layers.Length || layers[b.Layer] is not null) throw new InvalidRequestException($"layer {b.Layer} is out of range or sent twice");
             if (b.Positions.Length != shape.KvHeads) throw new InvalidRequestException($"layer {b.Layer} has {b.Positions.Length} KV heads, the layout {shape.KvHeads}");
             if (b.Positions.Select(p => p.Length).Distinct().Count() > 1) throw new InvalidRequestException($"layer {b.Layer}: heads hold different token counts");
+            long bytes = (long)b.Positions.Sum(p => p.Length) * shape.HeadDim * shape.Precision.Bytes();
+            if (b.Precision != shape.Precision || b.Keys.Length != bytes || b.Values.Length != bytes)
+                throw new InvalidRequestException($"layer {b.Layer}: {b.Precision.Name()} data of {b.Keys.Length} + {b.Values.Length} bytes, the layout's {shape.Precision.Name()} needs {bytes} each");
             layers[b.Layer] = b;
         }
         return layers;
     }
 
-    /// <summary>Runs the policy's bulk compression on a host cache built from the blocks.</summary>
-    private KvLayerBlock[] Compress(KvShape shape, KvCompressionPolicy policy, int tokensSeen, KvLayerBlock[] layers)
+    /// <summary>Runs the policy's bulk compression on a host cache built from the blocks (widened to
+    /// fp32, exactly), and stores the result back in the blocks' precision.</summary>
+    private WireKvBlock[] Compress(KvShape shape, KvCompressionPolicy policy, int tokensSeen, WireKvBlock[] layers)
     {
-        int most = layers.Max(l => l.Positions.Max(p => p.Length));
+        int most = layers.Max(l => l.MostTokens);
         using var cache = new SequenceKvCache(_backend, shape.Layers, shape.KvHeads, shape.HeadDim, most);
         lock (_backend)
         {
-            foreach (var b in layers) KvCacheSnapshot.Restore(_backend, cache, b);
+            foreach (var b in layers) KvCacheSnapshot.Restore(_backend, cache, b.ToFloats());
             KvCacheSnapshot.SetTokensSeen(cache, tokensSeen);
             policy.Compress(_backend, shape.Rope, cache);
-            return Enumerable.Range(0, shape.Layers).Select(l => KvCacheSnapshot.Capture(_backend, cache, l)).ToArray();
+            return Enumerable.Range(0, shape.Layers).Select(l => WireKvBlock.From(KvCacheSnapshot.Capture(_backend, cache, l), shape.Precision)).ToArray();
         }
     }
 

@@ -1,37 +1,50 @@
+using System.Diagnostics;
 using Cluster.Engine.KvCache;
+using Cluster.Serving.Mapping;
 using Grpc.Core;
 using Grpc.Net.Client;
 using LlmCluster.V1;
 
 namespace Cluster.Serving.Kv;
 
-/// <summary>Moves a sequence's KV blocks to and from the cache manager (PutBlocks / GetBlocks).</summary>
+/// <summary>
+/// Moves a sequence's KV blocks to and from the cache manager (PutBlocks / GetBlocks), in the dtype of
+/// the layout (fp32 blocks converted as they are written into, or read out of, the messages), and
+/// records every completed transfer in <see cref="KvTransferMetrics"/>.
+/// </summary>
 public static class KvTransfer
 {
-    /// <summary>Streams the blocks after <paramref name="header"/>; returns the stored handle and the bytes sent.</summary>
+    /// <summary>Streams the blocks after <paramref name="header"/>, in its layout's dtype; returns the stored handle and the block bytes sent.</summary>
     public static async Task<(PutBlocksResponse Response, long Bytes)> PutAsync(GrpcChannel cacheManager, PutHeader header, IReadOnlyList<KvLayerBlock> blocks, CancellationToken ct)
     {
+        var precision = KvLayoutMapping.Precision(header.Layout);
+        var sw = Stopwatch.StartNew();
         using var call = new CacheManager.CacheManagerClient(cacheManager).PutBlocks(cancellationToken: ct);
         long bytes = 0;
         await call.RequestStream.WriteAsync(new PutBlocksRequest { Header = header });
         foreach (var block in blocks)
         {
-            await call.RequestStream.WriteAsync(new PutBlocksRequest { Block = KvWire.Header(block) });
-            foreach (var chunk in KvWire.Chunks(block))
+            await call.RequestStream.WriteAsync(new PutBlocksRequest { Block = KvWire.Header(block, precision) });
+            foreach (var chunk in KvWire.Chunks(block, precision))
             {
                 await call.RequestStream.WriteAsync(new PutBlocksRequest { Chunk = chunk });
                 bytes += chunk.Data.Length;
             }
         }
         await call.RequestStream.CompleteAsync();
-        return (await call.ResponseAsync, bytes);
+        var response = await call.ResponseAsync;
+        KvTransferMetrics.Record("put", precision, bytes, sw.Elapsed);
+        return (response, bytes);
     }
 
-    /// <summary>Fetches a session's blocks (version 0: the latest). NOT_FOUND when the cache manager has none.</summary>
+    /// <summary>Fetches a session's blocks (version 0: the latest), widened to fp32 as they arrive.
+    /// NOT_FOUND when the cache manager has none.</summary>
     public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0)
     {
+        var sw = Stopwatch.StartNew();
         using var call = new CacheManager.CacheManagerClient(cacheManager).GetBlocks(new GetBlocksRequest { SessionId = sessionId, Version = version, MaxTokenCount = maxTokens }, cancellationToken: ct);
         KvHandle? handle = null;
+        var precision = KvPrecision.Fp32;
         var blocks = new List<KvLayerBlock>();
         KvWire.BlockAssembler? current = null;
         long bytes = 0;
@@ -41,12 +54,13 @@ public static class KvTransfer
             {
                 case GetBlocksResponse.ItemOneofCase.Kv:
                     handle = item.Kv;
+                    precision = KvLayoutMapping.Precision(handle.Layout);
                     break;
                 case GetBlocksResponse.ItemOneofCase.Block:
                     if (handle is null) throw new RpcException(new Status(StatusCode.Internal, "cache manager sent a block before the KV handle"));
                     if (current is { IsComplete: false }) throw new RpcException(new Status(StatusCode.Internal, "cache manager started a block before finishing the last"));
                     if (current is not null) blocks.Add(current.Build());
-                    current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim);
+                    current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim, precision);
                     break;
                 case GetBlocksResponse.ItemOneofCase.Chunk:
                     (current ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent data before a block header"))).Add(item.Chunk);
@@ -55,6 +69,7 @@ public static class KvTransfer
             }
         }
         if (current is not null) blocks.Add(current.Build());
+        KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed);
         return (handle ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent no KV handle")), blocks, bytes);
     }
 }

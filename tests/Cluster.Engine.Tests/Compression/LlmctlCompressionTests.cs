@@ -45,6 +45,26 @@ public sealed class LlmctlCompressionTests
     }
 
     [SharedDataFact]
+    public void Perplexity_kv_dtype_compares_precisions_and_fp32_is_the_plain_stream()
+    {
+        var (code, stdout, stderr) = Llmctl.Run("perplexity", "--model", TestModels.Stories260K, "--text", Text, "--tokens", "200",
+            "--kv-dtype", "fp32", "bf16", "fp16", "--threads", "1", "--json");
+        Assert.True(code == 0, stderr);
+        var rows = JsonDocument.Parse(stdout).RootElement.GetProperty("policies").EnumerateArray()
+            .ToDictionary(p => p.GetProperty("policy").GetString()!, p => p.GetProperty("perplexity").GetDouble());
+        Assert.Equal(["dense", "dense kv=bf16", "dense kv=fp16"], rows.Keys);
+        (code, stdout, stderr) = Llmctl.Run("perplexity", "--model", TestModels.Stories260K, "--text", Text, "--tokens", "200", "--policy", "dense", "--threads", "1", "--json");
+        Assert.True(code == 0, stderr);
+        Assert.Equal(JsonDocument.Parse(stdout).RootElement.GetProperty("policies")[0].GetProperty("perplexity").GetDouble(), rows["dense"]);
+        // Rounded KV moves the loss, but only a little (a run that ignored --kv-dtype would be equal; a broken conversion far off).
+        foreach (var d in new[] { "dense kv=bf16", "dense kv=fp16" })
+        {
+            Assert.NotEqual(rows["dense"], rows[d]);
+            Assert.InRange(rows[d] / rows["dense"], 0.99, 1.01);
+        }
+    }
+
+    [SharedDataFact]
     public void Dense_past_the_context_is_refused_with_a_clear_message()
     {
         var (code, _, stderr) = Llmctl.Run("perplexity", "--model", TestModels.Stories260K, "--text", Text, "--tokens", "600", "--policy", "dense");

@@ -23,14 +23,17 @@ internal static class BenchKvTransferCommand
     {
         var preset = new Option<string>("--preset") { Description = "model shape (layers, KV heads, head dim)", DefaultValueFactory = _ => "smollm2-135m" };
         var tokens = new Option<int>("--tokens") { Description = "tokens of KV per transfer", DefaultValueFactory = _ => 236 };
-        var reps = new Option<int>("--reps") { Description = "transfers timed per direction (after 3 warm-up ones)", DefaultValueFactory = _ => 20 };
+        var reps = new Option<int>("--reps") { Description = "transfers timed per direction (after the warm-up ones)", DefaultValueFactory = _ => 20 };
+        var warmup = new Option<int>("--warmup") { Description = "untimed transfers each way first: JIT tiering, connections, buffers", DefaultValueFactory = _ => 3 };
+        var dtype = new Option<string>("--kv-dtype") { Description = "wire precision: fp32, bf16, fp16", DefaultValueFactory = _ => "fp32" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
-        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, json };
-        cmd.SetAction(r => CommandErrors.Run(() => Run(ModelPresets.Get(r.GetValue(preset)!), r.GetValue(preset)!, r.GetValue(tokens), r.GetValue(reps), r.GetValue(json)).GetAwaiter().GetResult()));
+        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, warmup, dtype, json };
+        cmd.SetAction(r => CommandErrors.Run(() => Run(ModelPresets.Get(r.GetValue(preset)!), r.GetValue(preset)!, r.GetValue(tokens), r.GetValue(reps), r.GetValue(warmup),
+            KvPrecisions.Parse(r.GetValue(dtype)), r.GetValue(json)).GetAwaiter().GetResult()));
         return cmd;
     }
 
-    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, bool json)
+    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, int warmup, KvPrecision precision, bool json)
     {
         if (tokens < 1 || reps < 1) throw new ArgumentException("--tokens and --reps must be at least 1");
         var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--memory-mb", "4096"], new Dictionary<string, string?>());
@@ -42,45 +45,83 @@ internal static class BenchKvTransferCommand
             Enumerable.Range(0, c.KvHeads).Select(_ => positions).ToArray(),
             Enumerable.Range(0, c.KvHeads * tokens * c.HeadDim).Select(_ => (float)rng.NextDouble()).ToArray(),
             Enumerable.Range(0, c.KvHeads * tokens * c.HeadDim).Select(_ => (float)rng.NextDouble()).ToArray())).ToList();
-        long bytes = blocks.Sum(b => b.DataBytes);
-        var layout = KvLayoutMapping.For(c.Layers, c.KvHeads, c.HeadDim, new Cluster.Engine.Model.RopeTable(c.HeadDim, c.RopeTheta, c.RopeLayout, c.RopeScaling));
-        Console.Error.WriteLine($"{presetName} shape, {tokens} tokens: {bytes / 1e6:F1} MB of KV per transfer, {reps} transfers each way ...");
+        long kvBytes = blocks.Sum(b => b.DataBytes);             // fp32, as the workers hold it
+        long bytes = kvBytes / sizeof(float) * precision.Bytes();  // on the wire
+        var layout = KvLayoutMapping.For(c.Layers, c.KvHeads, c.HeadDim, new Cluster.Engine.Model.RopeTable(c.HeadDim, c.RopeTheta, c.RopeLayout, c.RopeScaling), precision);
+        Console.Error.WriteLine($"{presetName} shape, {tokens} tokens: {kvBytes / 1e6:F1} MB of fp32 KV per transfer, {bytes / 1e6:F1} MB as {precision.Name()} on the wire, {reps} transfers each way ...");
 
         async Task<double> Put(int i)
         {
             var sw = Stopwatch.StartNew();
             var header = new PutHeader { SessionId = $"bench-{i}", Layout = layout, Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens };
-            await KvTransfer.PutAsync(channel, header, blocks, CancellationToken.None);
+            var (_, sent) = await KvTransfer.PutAsync(channel, header, blocks, CancellationToken.None);
+            if (sent != bytes) throw new InvalidOperationException($"{sent} bytes sent, {bytes} expected");
             return sw.Elapsed.TotalSeconds;
         }
         async Task<double> Get(int i)
         {
             var sw = Stopwatch.StartNew();
-            var (_, got, _) = await KvTransfer.GetAsync(channel, $"bench-{i}", 0, CancellationToken.None);
-            if (got.Sum(b => b.DataBytes) != bytes) throw new InvalidOperationException("the cache manager returned a different amount of KV");
+            var (_, got, received) = await KvTransfer.GetAsync(channel, $"bench-{i}", 0, CancellationToken.None);
+            if (received != bytes || got.Sum(b => b.DataBytes) != kvBytes) throw new InvalidOperationException("the cache manager returned a different amount of KV");
             return sw.Elapsed.TotalSeconds;
         }
-        for (int i = 0; i < 3; i++) { await Put(-1 - i); await Get(-1 - i); } // JIT, connections, buffers
+        // The conversion alone (best of 5, one thread): what a 16-bit dtype adds per transfer on each side.
+        double Convert(bool encode)
+        {
+            var wire = new byte[blocks.Max(b => b.Keys.Length) * precision.Bytes()];
+            var widened = new float[blocks.Max(b => b.Keys.Length)];
+            double best = double.MaxValue;
+            for (int rep = 0; rep < 5; rep++)
+            {
+                var sw = Stopwatch.StartNew();
+                foreach (var b in blocks)
+                    foreach (var part in new[] { b.Keys, b.Values })
+                    {
+                        var bytesOf = wire.AsSpan(0, part.Length * precision.Bytes());
+                        if (encode) Cluster.Engine.Kernels.KvConvert.Encode(part, bytesOf, precision);
+                        else Cluster.Engine.Kernels.KvConvert.Decode(bytesOf, widened.AsSpan(0, part.Length), precision);
+                    }
+                best = Math.Min(best, sw.Elapsed.TotalMilliseconds);
+            }
+            return best;
+        }
+        for (int i = 0; i < warmup; i++) { await Put(-1 - i); await Get(-1 - i); } // JIT (tiering), connections, buffers
         var puts = new List<double>();
         var gets = new List<double>();
+        // CPU time of this process (client and cache manager both) per transfer: on a machine shared with
+        // other work it moves less than wall time does, so it is the figure to compare changes by.
+        var cpu = System.Diagnostics.Process.GetCurrentProcess();
+        var cpu0 = cpu.TotalProcessorTime;
         for (int i = 0; i < reps; i++) puts.Add(await Put(i));
+        cpu.Refresh();
+        var cpu1 = cpu.TotalProcessorTime;
         for (int i = 0; i < reps; i++) gets.Add(await Get(i));
+        cpu.Refresh();
+        var cpu2 = cpu.TotalProcessorTime;
+        double encodeMs = Convert(true), decodeMs = Convert(false); // after the transfers: code tiered up as in a running worker
         double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);
         var result = new Dictionary<string, object>
         {
             ["preset"] = presetName,
             ["tokens"] = tokens,
+            ["kv_dtype"] = precision.Name(),
             ["bytes"] = bytes,
+            ["fp32_kv_bytes"] = kvBytes,
             ["put_median_ms"] = Median(puts) * 1e3,
             ["get_median_ms"] = Median(gets) * 1e3,
             ["put_mb_per_s"] = bytes / Median(puts) / 1e6,
             ["get_mb_per_s"] = bytes / Median(gets) / 1e6,
+            ["encode_ms"] = encodeMs,
+            ["decode_ms"] = decodeMs,
+            ["put_cpu_ms"] = (cpu1 - cpu0).TotalMilliseconds / reps,
+            ["get_cpu_ms"] = (cpu2 - cpu1).TotalMilliseconds / reps,
         };
         if (json) Console.WriteLine(JsonSerializer.Serialize(result));
         else
         {
-            Console.WriteLine($"put  median {result["put_median_ms"]:F1} ms  = {result["put_mb_per_s"]:F0} MB/s");
-            Console.WriteLine($"get  median {result["get_median_ms"]:F1} ms  = {result["get_mb_per_s"]:F0} MB/s");
+            Console.WriteLine($"put  median {result["put_median_ms"]:F1} ms  = {result["put_mb_per_s"]:F0} MB/s  ({result["put_cpu_ms"]:F1} ms CPU per transfer, client + server)");
+            Console.WriteLine($"conversion of the whole KV, one thread, best of 5: fp32 to {precision.Name()} {encodeMs:F2} ms, back {decodeMs:F2} ms");
+            Console.WriteLine($"get  median {result["get_median_ms"]:F1} ms  = {result["get_mb_per_s"]:F0} MB/s  ({result["get_cpu_ms"]:F1} ms CPU per transfer, client + server)");
         }
         return 0;
     }

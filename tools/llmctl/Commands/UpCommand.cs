@@ -30,15 +30,17 @@ internal static class UpCommand
         var logLevel = new Option<string>("--log-level") { Description = "services' log level: trace, debug, info, warning, error, none", DefaultValueFactory = _ => "warning" };
         var otlp = new Option<string?>("--otlp-endpoint") { Description = "OTLP/HTTP collector for every service's traces (default: trace ids are logged)" };
         var kvSpill = new Option<string?>("--kv-spill") { Description = "directory where the cache manager spills KV it evicts and everything it holds at shutdown, and reloads it from after a restart" };
+        var kvDtype = new Option<string>("--kv-dtype") { Description = "KV precision the workers send and the cache manager stores: fp32 (tokens as a local run), bf16 or fp16 (half the bytes)", DefaultValueFactory = _ => "fp32" };
         var weights = ModelSource.WeightsOption();
         var cmd = new Command("up", "start the cluster on this machine as separate processes; Ctrl-C stops it")
-            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp, weights, prefillDevice, decodeDevice, kvSpill };
+            { model, prefill, decode, policy, redis, qfilters, host, port, httpPort, portOffset, threads, chatTemplate, logLevel, otlp, weights, prefillDevice, decodeDevice, kvSpill, kvDtype };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             int np = r.GetValue(prefill), nd = r.GetValue(decode), offset = r.GetValue(portOffset);
             if (np < 1 || nd < 1) throw new ArgumentException("--prefill and --decode need at least 1 worker each");
             string bind = r.GetValue(host)!;
             ServiceLogging.Parse(r.GetValue(logLevel)!);
+            var precision = Cluster.Engine.KvCache.KvPrecisions.Parse(r.GetValue(kvDtype)); // refused here, before any service starts
             var modelPath = ModelSource.ResolvePath(r.GetValue(model)); // generated once here, not by each service
             // A bad model is refused here, in one line, before any service starts.
             var config = Cluster.Engine.Loaders.ModelLoader.ReadConfig(modelPath);
@@ -61,6 +63,7 @@ internal static class UpCommand
                 if (r.GetValue(weights) is { } w && role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--weights", w]); // same kernels as local runs
                 if (r.GetValue(qfilters) is { } q) a.AddRange(["--qfilters", q]); // prefill compresses before sending
                 if (r.GetValue(otlp) is { } o) a.AddRange(["--otlp-endpoint", o]);
+                if (role is ServiceRole.Prefill or ServiceRole.Decode) a.AddRange(["--kv-dtype", Cluster.Engine.KvCache.KvPrecisions.Name(precision)]);
                 if (role == ServiceRole.Prefill) a.AddRange(["--device", r.GetValue(prefillDevice)!]);
                 if (role == ServiceRole.Decode) a.AddRange(["--device", r.GetValue(decodeDevice)!]);
                 if (role == ServiceRole.CacheManager && r.GetValue(kvSpill) is { } spill) a.AddRange(["--kv-spill", Path.GetFullPath(spill)]);

@@ -21,15 +21,16 @@ internal sealed class StreamingPerplexityMode
     private readonly Option<string?> _filters = new("--qfilters", "--filters") { Description = "Q-Filters safetensors (from llmctl calibrate) for qfilters" };
     private readonly Option<bool> _extrapolate = new("--extrapolate") { Description = "let dense run past the model's context" };
     private readonly Option<string?> _svg = new("--svg") { Description = "write an SVG plot of the curves to this file" };
+    private readonly Option<string[]> _kvDtype = new("--kv-dtype") { Description = "round each token's K and V to fp32, bf16 or fp16 once written, as the cluster's --kv-dtype stores them (streams with --policy, dense if none); repeat to compare", AllowMultipleArgumentsPerToken = true };
 
     public static StreamingPerplexityMode AddOptions(Command cmd)
     {
         var mode = new StreamingPerplexityMode();
-        foreach (var o in new Option[] { mode._policy, mode._sequences, mode._offset, mode._filters, mode._extrapolate, mode._svg }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { mode._policy, mode._sequences, mode._offset, mode._filters, mode._extrapolate, mode._svg, mode._kvDtype }) cmd.Options.Add(o);
         return mode;
     }
 
-    public bool Requested(ParseResult r) => r.GetValue(_policy) is { Length: > 0 };
+    public bool Requested(ParseResult r) => r.GetValue(_policy) is { Length: > 0 } || r.GetValue(_kvDtype) is { Length: > 0 };
 
     public int Run(ParseResult r, string? modelOption, string? tokenizerOption, string textPath, int length, bool json, int? threads, string? weights = null)
     {
@@ -38,7 +39,8 @@ internal sealed class StreamingPerplexityMode
         var c = m.Config;
         var filtersPath = r.GetValue(_filters);
         var options = new PolicyOptions(filtersPath is null ? null : QFilters.Load(filtersPath, c.Layers, c.KvHeads, c.HeadDim), r.GetValue(_extrapolate));
-        var policies = r.GetValue(_policy)!.Select(p => KvPolicyRegistry.Parse(p, options)).ToList();
+        var policies = (r.GetValue(_policy) is { Length: > 0 } given ? given : ["dense"]).Select(p => KvPolicyRegistry.Parse(p, options)).ToList();
+        var precisions = (r.GetValue(_kvDtype) is { Length: > 0 } dtypes ? dtypes : ["fp32"]).Select(Cluster.Engine.KvCache.KvPrecisions.Parse).ToList();
         foreach (var p in policies.OfType<DensePolicy>())
             if (!p.AllowExtrapolation && length > c.MaxPositions)
                 throw new ArgumentException($"dense cannot stream {length} tokens past the model's context of {c.MaxPositions}; pass --extrapolate to measure it anyway");
@@ -49,11 +51,11 @@ internal sealed class StreamingPerplexityMode
         var results = new List<StreamingPerplexityResult>();
         var seconds = new List<double>();
         int total = sequences.Count * (length - 1);
-        foreach (var policy in policies)
+        foreach (var (policy, precision) in policies.SelectMany(p => precisions.Select(d => (p, d))))
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
             results.Add(StreamingPerplexity.Evaluate(m, sequences, policy, edges,
-                n => { if (n % 4096 == 0 || n == total) Console.Error.Write($"\r{policy.Name}: {n}/{total} tokens"); }));
+                n => { if (n % 4096 == 0 || n == total) Console.Error.Write($"\r{policy.Name}: {n}/{total} tokens"); }, precision));
             seconds.Add(sw.Elapsed.TotalSeconds);
             Console.Error.WriteLine($" ({sw.Elapsed.TotalSeconds:F1} s)");
         }

@@ -1,0 +1,28 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Cluster.Engine.KvCache;
+using Cluster.Telemetry;
+
+namespace Cluster.Serving.Kv;
+
+/// <summary>
+/// What <see cref="KvTransfer"/> moves, recorded there and nowhere else (issue 17): seconds and bytes
+/// per transfer, labelled by direction (put, get) and the wire dtype, so MB/s is
+/// <c>rate(bytes) / rate(seconds_sum)</c> per label set. Workers that transfer (prefill, decode) export
+/// this meter beside their own. One instance per process: services run in one process (tests) add up.
+/// </summary>
+public static class KvTransferMetrics
+{
+    public const string MeterName = "LlmCluster.KvTransfer";
+
+    private static readonly Meter Meter = new(MeterName);
+    private static readonly Histogram<double> Seconds = Meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "One KV transfer to/from the cache manager, first message to last");
+    private static readonly Counter<long> Bytes = Meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV block bytes sent/received");
+
+    internal static void Record(string direction, KvPrecision precision, long bytes, TimeSpan elapsed)
+    {
+        var tags = new TagList { { "direction", direction }, { "dtype", precision.Name() } };
+        Seconds.Record(elapsed.TotalSeconds, tags);
+        Bytes.Add(bytes, tags);
+    }
+}
