@@ -33,16 +33,19 @@ print("TTFT median %.1f ms; TPOT median %.2f ms" % (st.median([r["ttft_seconds"]
 for role in prefill decode; do
   url=$(grep -E "^ +$role +gRPC" "$log" | awk '{print $5}')
   curl -s "$url" | python3 -c "
-import sys
-v={}
+import re, sys
+from collections import defaultdict
+v = defaultdict(float)  # summed over the other labels (dtype)
 for l in sys.stdin:
-    if l.startswith('llm_kv_transfer_'):
-        name, value = l.rsplit(' ', 1); v[name] = float(value)
-for d in ('put','get'):
-    n=v.get('llm_kv_transfer_seconds_count{direction=\"%s\"}'%d, 0)
+    m = re.match(r'(llm_kv_transfer_[a-z_]+)\\{([^}]*)\\} (\\S+)', l)
+    if m:
+        d = re.search(r'direction=\\\"(\\w+)\\\"', m.group(2))
+        if d: v[(m.group(1), d.group(1))] += float(m.group(3))
+for d in ('put', 'get'):
+    n = v[('llm_kv_transfer_seconds_count', d)]
     if n:
-        secs = v['llm_kv_transfer_seconds_sum{direction=\"%s\"}' % d] / n
-        mb = v['llm_kv_transfer_bytes_total{direction=\"%s\"}' % d] / n / 1e6
+        secs = v[('llm_kv_transfer_seconds_sum', d)] / n
+        mb = v[('llm_kv_transfer_bytes_total', d)] / n / 1e6
         print('$role KV %s: %d transfers, mean %.1f ms, mean %.2f MB' % (d, n, secs * 1e3, mb))
 "
 done
