@@ -21,6 +21,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
 {
     public const string MeterName = "LlmCluster.CacheManager";
     private readonly KvSessionStore _store;
+    private readonly PendingPuts _pending = new();
     private readonly CacheManagerMetrics _metrics;
 
     private CacheManagerService(KvSessionStore store)
@@ -50,7 +51,27 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     public override Task<ReleaseResponse> Release(ReleaseRequest request, ServerCallContext context) =>
         Task.FromResult(new ReleaseResponse { Released = _store.Release(request.SessionId) });
 
+    public override Task<ReservePutResponse> ReservePut(ReservePutRequest request, ServerCallContext context)
+    {
+        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "session_id is required"));
+        _pending.Reserve(request.SessionId);
+        return Task.FromResult(new ReservePutResponse());
+    }
+
     public override async Task<PutBlocksResponse> PutBlocks(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context)
+    {
+        PutHeader? header = null;
+        try
+        {
+            return await StoreAsync(requests, context, h => header = h);
+        }
+        finally
+        {
+            if (header is { Reserved: true }) _pending.Ended(header.SessionId);
+        }
+    }
+
+    private async Task<PutBlocksResponse> StoreAsync(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context, Action<PutHeader> headerRead)
     {
         PutHeader? header = null;
         var precision = KvPrecision.Fp32;
@@ -62,6 +83,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
             {
                 case PutBlocksRequest.ItemOneofCase.Header when header is null:
                     header = item.Header;
+                    headerRead(header);
                     if (header.Layout is null || header.Layout.HeadDim <= 0 || header.Layout.RopeInverseFrequencies.Count * 2 != header.Layout.HeadDim)
                         throw new RpcException(new Status(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies"));
                     precision = KvLayoutMapping.Precision(header.Layout);
@@ -95,6 +117,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
 
     public override async Task GetBlocks(GetBlocksRequest request, IServerStreamWriter<GetBlocksResponse> responses, ServerCallContext context)
     {
+        await _pending.WaitAsync(request.SessionId, context.CancellationToken); // a put announced for it lands first
         var kv = _store.Get(request.SessionId, request.Version, request.MaxTokenCount);
         if (kv is null)
         {

@@ -126,14 +126,18 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             Policy = request.KvPolicy ?? PolicyMapping.ToWire(policy),
             TokenCount = tokensSeen,
         };
-        KvHandle kv;
+        // The first token goes out once the put is announced, not once it has landed: the cache manager
+        // holds readers of the session until it lands (ReservePut), so the decode worker still gets this
+        // version, and TTFT no longer includes the transfer. The handle names no version: decode asks for
+        // the newest one that lacks the first token, which is this one.
+        var kv = new KvHandle { SessionId = request.SessionId, Layout = header.Layout, Policy = header.Policy, TokenCount = tokensSeen, Version = 0 };
         try
         {
-            var (stored, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, context.CancellationToken);
-            kv = stored.Kv;
-            Interlocked.Add(ref _kvBytesPut, bytes);
+            await new LlmCluster.V1.CacheManager.CacheManagerClient(cacheManager).ReservePutAsync(new ReservePutRequest { SessionId = request.SessionId }, cancellationToken: context.CancellationToken);
+            header.Reserved = true;
+            _ = PutInBackgroundAsync(cacheManager, header, blocks);
         }
-        catch (Exception e) when ((request.Continuation is null || request.Continuation.History is not null) && !context.CancellationToken.IsCancellationRequested
+        catch (Exception e) when (!context.CancellationToken.IsCancellationRequested
             && (e is RpcException { StatusCode: StatusCode.Unavailable } || StatusMapping.IsUnreachable(e)))
         {
             // The cache manager is a cache: without it the first token still goes out, and the decode
@@ -141,7 +145,6 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             // fetch it (KvRebuild), so a dead cache manager costs recomputation, not the request (nor
             // this worker's place in rotation).
             _logger.LogWarning("cache manager unreachable; session {Session}'s KV was not stored (decode rebuilds it): {Reason}", request.SessionId, e.Message);
-            kv = new KvHandle { SessionId = request.SessionId, Layout = header.Layout, Policy = header.Policy, TokenCount = tokensSeen, Version = 0 };
         }
 
         var response = new PrefillResponse
@@ -181,6 +184,21 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             using var other = new SequenceGeneration(c, p, _host.Tokenizer, prompt, seq.Cache, i, ownsCache: false);
             seq.Logits.CopyTo(other.Logits, 0);
             yield return other.Step(elapsed);
+        }
+    }
+
+    /// <summary>The announced put, after the response: a failure costs the decode worker a rebuild
+    /// (KvRebuild), never the request, which has its first token already.</summary>
+    private async Task PutInBackgroundAsync(GrpcChannel cacheManager, PutHeader header, List<KvLayerBlock> blocks)
+    {
+        try
+        {
+            var (_, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
+            Interlocked.Add(ref _kvBytesPut, bytes);
+        }
+        catch (Exception e) when (e is RpcException or OperationCanceledException || StatusMapping.IsUnreachable(e))
+        {
+            _logger.LogWarning("KV of session {Session} was not stored (decode rebuilds it): {Reason}", header.SessionId, e.Message);
         }
     }
 
