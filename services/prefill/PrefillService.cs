@@ -196,8 +196,10 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             var (_, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
             Interlocked.Add(ref _kvBytesPut, bytes);
         }
-        catch (Exception e) when (e is RpcException or OperationCanceledException || StatusMapping.IsUnreachable(e))
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
+            // Nobody awaits this task: whatever ended the put (the cache manager, the network, this
+            // worker shutting down) is logged here and costs only the rebuild.
             _logger.LogWarning("KV of session {Session} was not stored (decode rebuilds it): {Reason}", header.SessionId, e.Message);
         }
     }
