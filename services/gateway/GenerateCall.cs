@@ -111,7 +111,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         // gateway saw covers the first `covered` tokens. The rest of the turn's output is fed before
         // the new prompt.
         int generated = lastInfo.GeneratedTokens;
-        int covered = lastInfo.FinishReason == "abort" ? (int)Math.Clamp(lastInfo.CheckpointTokenIndex, 0, generated - 1) : generated - 1;
+        int covered = lastInfo.FinishReason == ReasonName(LlmCluster.V1.FinishReason.Abort) ? (int)Math.Clamp(lastInfo.CheckpointTokenIndex, 0, generated - 1) : generated - 1;
         var tail = await gateway.Sessions.ReadTokensAsync(lastId, covered - 1, generated - covered, ct);
         if (tail.Entries.Count != generated - covered || tail.Entries[0].Index != covered)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"the token log of '{lastId}' lacks tokens {covered}..{generated - 1}"));
