@@ -38,11 +38,15 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
         await using var prometheus = await PrometheusServer.StartAsync(services.ToDictionary(s => s.Key, s => (IEnumerable<string>)[s.Value.HttpEndPoint.ToString()]));
 
         await cluster.WaitUntilWorkersUpAsync();
-        // The client's first server-streaming call pays for its connection and JIT (tens of ms on a loaded
-        // machine) before the gateway's clock starts: warm that path on a call the gateway's latency
-        // histograms do not record (Resume of an unknown session: NOT_FOUND), so both sides time the same work.
+        // The client's first server-streaming calls pay for their connections and JIT (tens of ms on a loaded
+        // machine, 600 ms once in CI for each of the load's first four concurrent Generates) before the
+        // gateway's clock starts: warm that path, as many calls at once as the load runs, on calls the
+        // gateway's latency histograms do not record (Resume of an unknown session: NOT_FOUND; Generate of
+        // an empty prompt: INVALID_ARGUMENT), so both sides time the same work.
         var warm = await Assert.ThrowsAsync<RpcException>(() => cluster.ResumeAsync("no-such-session", -1));
         Assert.Equal(StatusCode.NotFound, warm.StatusCode);
+        foreach (var refused in await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => Assert.ThrowsAsync<RpcException>(() => cluster.GenerateAsync(new GenerateRequest())))))
+            Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
         // Prometheus's first scrape comes seconds after it is ready; rate() over a run it did not see
         // start would be 0 and every rate-based panel NaN.
         await prometheus.WaitForAsync("count(up == 1)", TimeSpan.FromSeconds(30), v => v == services.Count);
