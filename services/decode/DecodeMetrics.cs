@@ -8,7 +8,7 @@ internal sealed class DecodeMetrics : IDisposable
 {
     private readonly Meter _meter = new(DecodeService.MeterName);
 
-    public DecodeMetrics(Func<int> running, Func<(long Used, long Allocated)> kv, long weightBytes, Engine.Scheduling.KvAdmission admission)
+    public DecodeMetrics(Func<int> running, Func<(long Used, long Allocated)> kv, long weightBytes, Engine.Scheduling.KvAdmission admission, Serving.Kv.ResidentKv resident)
     {
         BatchSize = _meter.CreateHistogram("llm_decode_batch_size", "{sequence}", "Sequences in each decode step", tags: null,
             new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128] });
@@ -16,6 +16,8 @@ internal sealed class DecodeMetrics : IDisposable
         Tokens = _meter.CreateCounter<long>("llm_generation_tokens", description: "Tokens generated");
         Evictions = _meter.CreateCounter<long>("llm_kv_evictions", description: "Tokens evicted by the compression policy");
         Rebuilds = _meter.CreateCounter<long>("llm_kv_rebuilds", description: "Sequences whose KV the cache manager lacked, rebuilt from the prompt");
+        ResidentHits = _meter.CreateCounter<long>("llm_kv_resident_hits", description: "Conversation turns started from the KV this worker kept when the previous turn ended here (no transfer)");
+        _meter.CreateObservableGauge("llm_kv_resident_bytes", () => resident.Bytes, "By", "KV of finished conversations kept for their next turn (at most --resident-kv)");
         _meter.CreateObservableGauge("llm_decode_sequences_running", running, "{sequence}", "Sequences in the batch");
         _meter.CreateObservableGauge("llm_kv_cache_usage_ratio", () => kv() is var (used, all) && all > 0 ? (double)used / all : 0, "1", "KV slots in use / slots allocated");
         _meter.CreateObservableGauge("llm_kv_cache_bytes", () => new Measurement<long>(kv().Allocated, new KeyValuePair<string, object?>("device", "cpu")), "By", "KV memory allocated");
@@ -31,6 +33,7 @@ internal sealed class DecodeMetrics : IDisposable
     public Counter<long> Tokens { get; }
     public Counter<long> Evictions { get; }
     public Counter<long> Rebuilds { get; }
+    public Counter<long> ResidentHits { get; }
 
     public void Dispose() => _meter.Dispose();
 }

@@ -39,7 +39,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         _options = options;
         _logger = logger;
         Admission = new KvAdmission((long)options.KvMemoryMb << 20, options.MaxQueue);
-        _metrics = new DecodeMetrics(() => _batcher!.Running, KvUsage, 4 * host.Config.ParameterCount, Admission);
+        Resident = new ResidentKv((long)options.ResidentKvMb << 20, TimeSpan.FromMinutes(10)); // idle longer, a conversation fetches from the cache manager
+        _metrics = new DecodeMetrics(() => _batcher!.Running, KvUsage, 4 * host.Config.ParameterCount, Admission, Resident);
         _batcher = new ContinuousBatcher(host.Model!, Math.Min(options.MaxBatch, host.Model!.MaxChunk),
             afterStep: (size, elapsed) =>
             {
@@ -68,6 +69,14 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
 
     /// <summary>The KV budget and its queue (tests read its peak).</summary>
     public KvAdmission Admission { get; }
+
+    /// <summary>Finished conversations' caches kept for their next turn (KV-aware routing).</summary>
+    public ResidentKv Resident { get; }
+
+    /// <summary>Later turns that started from a kept cache, with no transfer (tests read it).</summary>
+    public long ResidentHits => Interlocked.Read(ref _residentHits);
+
+    private long _residentHits;
 
     /// <summary>Sequences in the batch (tests read it to see that an abort freed its sequence).</summary>
     public int Running => _batcher.Running;
@@ -102,30 +111,69 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         var prompt = request.PromptTokenIds.ToArray();
         var generated = request.GeneratedTokenIds.ToArray();
         RequestChecks.Prompt(prompt, c, "prompt_token_ids");
-        if (generated.Length == 0) throw new RpcException(new Status(StatusCode.InvalidArgument, "generated_token_ids is empty: decode continues after the first token from prefill"));
-
-        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
-        // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
         int history = request.HistoryTokenCount; // earlier turns of a conversation, before this turn's prompt
         if (history < 0) throw new RpcException(new Status(StatusCode.InvalidArgument, $"history_token_count must be >= 0, got {history}"));
+        if (request.StartTurn)
+        {
+            if (history == 0) throw new InvalidRequestException("start_turn needs history_token_count > 0: only a conversation's later turn starts on a decode worker");
+            if (generated.Length > 0) throw new InvalidRequestException("generated_token_ids must be empty with start_turn: the worker samples the turn's first token");
+            if (!string.IsNullOrEmpty(request.CheckpointSessionId)) throw new InvalidRequestException("checkpoint_session_id must be empty with start_turn: a conversation's turn has one output");
+        }
+        else if (generated.Length == 0)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, "generated_token_ids is empty: decode continues after the first token from prefill (or set start_turn)"));
+        }
+
+        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
         // Room for the whole cache before any of it is loaded; waits in line (or is refused) when full.
         using var reservation = await Admission.AcquireAsync(ReservedBytes(request, history + prompt.Length + generated.Length, p.MaxTokens), context.CancellationToken);
-        int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + generated.Length - 1 : 0;
-        var (handle, cache, policy, spec) = await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
+        // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
+        int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + Math.Max(0, generated.Length - 1) : 0;
+        var (handle, cache, policy, spec) = request.StartTurn
+            ? await HistoryAsync(request, cacheManager, history, p.MaxTokens, context.CancellationToken)
+            : await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
+        var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex, ownsCache: false);
+        bool keep = false;
+        try
+        {
+            if (history > 0 && handle.TokenCount == history)
+            {
+                // The KV holds the history only (this turn starts here, or restarts before its prompt's KV
+                // was stored): run the turn's fed tokens as prefill does, on the batch thread.
+                await _batcher.RunExclusiveAsync(() => { ConversationTurn.Feed(model, cache, prompt, p.MaxTokens, seq.Logits); return true; }, context.CancellationToken);
+                handle = new KvHandle(handle) { TokenCount = history + prompt.Length };
+            }
+            keep = await StreamAsync(request, p, seq, handle, policy, spec, cacheManager, prompt, generated, history, responses, context);
+        }
+        finally
+        {
+            seq.Dispose();
+            // A finished single output stays on this worker for its conversation's next turn.
+            if (!keep || !Resident.Keep(handle.SessionId, cache)) cache.Dispose();
+        }
+    }
+
+    /// <summary>Streams one sequence through the continuous batch; true when it finished (not aborted,
+    /// not failed) as a single output whose cache may stay for the next turn.</summary>
+    private async Task<bool> StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
+        Engine.Compression.KvCompressionPolicy? policy, string spec, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
+        IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
+    {
+        var cache = seq.Cache;
         int cached = handle.TokenCount - history - prompt.Length;
         // The cache must lack at least the newest token: its logits come from running it (a compressed
-        // cache cannot be rolled back to recompute them).
-        if (cached < 0 || cached >= generated.Length)
+        // cache cannot be rolled back to recompute them). Starting a turn, it lacks none: the fed tokens ran.
+        if (request.StartTurn ? cached != 0 : cached < 0 || cached >= generated.Length)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the history's {history} and the prompt's {prompt.Length} plus fewer than the {generated.Length} generated"));
         int evictedBefore = cache.TokensSeen - cache.Length; // by the cache manager's policy, before this worker
 
-        var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex);
         foreach (var id in generated) seq.Replay(id);
         int every = request.CheckpointEvery > 0 ? request.CheckpointEvery : _options.CheckpointEvery;
         // Outputs of one request (n > 1) continue the same prompt KV but checkpoint apart.
         var checkpointSession = string.IsNullOrEmpty(request.CheckpointSessionId) ? handle.SessionId : request.CheckpointSessionId;
         var call = new DecodeCall(this, cacheManager, handle, checkpointSession, every, generated.Length, context.CancellationToken) { Cache = cache };
         _calls[call] = 0;
+        var finished = Engine.Sampling.FinishReason.Abort;
         try
         {
             // The tokens the cache lacks (at least the newest one) run when the sequence joins the batch.
@@ -149,6 +197,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 }
                 if (chunk.Finish is { } finish)
                 {
+                    finished = finish;
                     if (finish != Engine.Sampling.FinishReason.Abort)
                     {
                         await call.WaitForCheckpoints();
@@ -166,6 +215,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 }
             }
             context.CancellationToken.ThrowIfCancellationRequested();
+            return finished != Engine.Sampling.FinishReason.Abort && checkpointSession == handle.SessionId;
         }
         finally
         {
@@ -173,6 +223,33 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
             if (policy is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
         }
+    }
+
+    /// <summary>
+    /// The conversation's history for a turn that starts on this worker: the cache this worker kept when
+    /// the previous turn ended here (no transfer), else the cache manager's copy, else rebuilt from the
+    /// recipe on the batch thread (<see cref="HistoryKv"/>, as a prefill worker would).
+    /// </summary>
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec)> HistoryAsync(
+        DecodeRequest request, GrpcChannel cacheManager, int history, int maxNewTokens, CancellationToken ct)
+    {
+        var model = _host.Model!;
+        var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
+        var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+        var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = history };
+        if (Resident.TryTake(request.Kv.SessionId, history) is { } kept)
+        {
+            Interlocked.Increment(ref _residentHits);
+            _metrics.ResidentHits.Add(1);
+            return (handle, kept, policy, spec);
+        }
+        var fetched = await HistoryKv.FetchAsync(model, cacheManager, request.Kv.SessionId, history, request.Kv.Version, request.History, policy, maxNewTokens, ct);
+        if (fetched.Cache is { } cache) return (handle, cache, policy, spec);
+        var reason = fetched.RebuildReason!;
+        _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its history", request.Kv.SessionId, reason);
+        Interlocked.Increment(ref _kvRebuilds);
+        _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", reason));
+        return (handle, await _batcher.RunExclusiveAsync(() => HistoryKv.Rebuild(model, request.History, policy, history, maxNewTokens), ct), policy, spec);
     }
 
     /// <summary>The most KV the sequence's cache can hold: the tokens it has (earlier turns, the prompt,
@@ -213,7 +290,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             _logger.LogWarning("KV of session {Session} not in the cache manager ({Code}); rebuilding it from the prompt", request.Kv.SessionId, e.StatusCode);
             Interlocked.Increment(ref _kvRebuilds);
             _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable"));
-            var cache = KvRebuild.ForTurn(model, request.History, history, prompt, policy, maxNewTokens);
+            // Forward passes: on the batch thread, never beside a batched step (the model's run state is shared).
+            var cache = await _batcher.RunExclusiveAsync(() => KvRebuild.ForTurn(model, request.History, history, prompt, policy, maxNewTokens), ct);
             var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = history + prompt.Length, Version = 0 };
             return (handle, cache, policy, spec);
         }
@@ -309,6 +387,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     public ValueTask DisposeAsync()
     {
         _batcher.Dispose();
+        Resident.Dispose();
         _channels.Dispose();
         _metrics.Dispose();
         _host.Dispose();

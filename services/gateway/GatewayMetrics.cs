@@ -22,6 +22,7 @@ internal sealed class GatewayMetrics : IDisposable
         Success = _meter.CreateCounter<long>("llm_request_success", description: "Finished requests by finish reason");
         Errors = _meter.CreateCounter<long>("llm_request_errors", description: "Failed requests by gRPC status");
         Resumes = _meter.CreateCounter<long>("llm_resumes", description: "Resume calls");
+        TurnRoutes = _meter.CreateCounter<long>("llm_turn_routes", description: "Conversations' later turns by where their prompt ran: prefill, or the decode worker that held the KV (decode_holder) or another one (decode_other)");
         _meter.CreateObservableGauge("llm_worker_up", workersUp, description: "1 while a worker passes health checks");
     }
 
@@ -37,6 +38,7 @@ internal sealed class GatewayMetrics : IDisposable
     public Counter<long> Success { get; }
     public Counter<long> Errors { get; }
     public Counter<long> Resumes { get; }
+    public Counter<long> TurnRoutes { get; }
 
     public void Dispose() => _meter.Dispose();
 }

@@ -26,6 +26,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     private int _history; // KV tokens of earlier turns, before this turn's prompt
     private KvRecipe? _recipe; // how those earlier turns made the KV, for a worker that must rebuild it
     private bool _waiting;
+    private Func<Task>? _beforeFirstToken; // runs once, before the first token is logged
     // What the client sees: one output, or n (OutputCalls). Streams of several outputs share the writer.
     private List<RelayedOutput> _outputs = [];
     private readonly SemaphoreSlim _write = new(1, 1);
@@ -138,6 +139,12 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         await responses.WriteAsync(new GenerateResponse { Started = new Started { SessionId = conversation.Id, TurnId = _sessionId, PromptTokens = prompt.Length } });
         Started();
 
+        // Conditional disaggregation (as NVIDIA Dynamo decides per request): a short turn runs on the
+        // decode worker that holds the conversation's KV, with no transfer at all; a long one is
+        // compute-bound and goes to a prefill worker.
+        if (fed.Length <= gateway.Options.MaxLocalPrefill)
+            return await StartOnDecodeAsync(conversation.Id, turn, fed, wireSampling, lastInfo.DecodeWorker, options);
+        _metrics.TurnRoutes.Add(1, new KeyValuePair<string, object?>("route", "prefill"));
         PrefillResponse response;
         try
         {
@@ -149,11 +156,36 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             await gateway.Sessions.DeleteAsync(_sessionId, CancellationToken.None);
             throw;
         }
-        await gateway.Sessions.UpdateAsync(conversation.Id, new SessionUpdate { Parameters = new Dictionary<string, string> { [SessionRecord.TurnsKey] = turn.ToString() } }, CancellationToken.None);
+        await TurnStartedAsync(conversation.Id, turn);
         var first = response.Outputs.Single();
         await EmitAsync(_outputs[0], [first.TokenId], first.Text, first.Logprob is { } lp ? [lp] : []);
         return first.Finished ? first.FinishReason : await DecodeAsync(_outputs[0], response.Kv, fed, [first.TokenId], wireSampling, options);
     }
+
+    /// <summary>
+    /// A later turn that starts on a decode worker: the one that decoded the previous turn when it is
+    /// healthy (it kept the KV: no transfer), else the least loaded one, which fetches the history. The
+    /// turn counts as the conversation's once its first token comes; a failure before that leaves the
+    /// conversation where it was, as a failed prefill does.
+    /// </summary>
+    private async Task<LlmCluster.V1.FinishReason> StartOnDecodeAsync(string conversationId, int turn, int[] fed, SamplingParams sampling, string? holder, CallOptions options)
+    {
+        var output = _outputs[0];
+        _beforeFirstToken = () => TurnStartedAsync(conversationId, turn);
+        try
+        {
+            return await DecodeAsync(output, LatestKv(_kvSession), fed, [], sampling, options, startTurn: true, holder: holder);
+        }
+        catch when (output.Generated == 0)
+        {
+            await gateway.Sessions.DeleteAsync(_sessionId, CancellationToken.None);
+            throw;
+        }
+    }
+
+    /// <summary>The conversation's record names <paramref name="turn"/> as its latest (the next turn continues it).</summary>
+    private Task TurnStartedAsync(string conversationId, int turn) =>
+        gateway.Sessions.UpdateAsync(conversationId, new SessionUpdate { Parameters = new Dictionary<string, string> { [SessionRecord.TurnsKey] = turn.ToString() } }, CancellationToken.None);
 
     /// <summary>
     /// Continues a session whose stream stopped without finishing (its client went away, or its
@@ -277,17 +309,23 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     /// checkpoint lacks, so the client sees each token exactly once and the same tokens as without
     /// the failure.
     /// </summary>
-    internal async Task<LlmCluster.V1.FinishReason> DecodeAsync(RelayedOutput output, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
+    /// <param name="startTurn">The KV holds only the conversation's history: the worker runs the turn's
+    /// fed tokens (<paramref name="prompt"/>) and samples its first token (until one has come).</param>
+    /// <param name="holder">"host:port" of the decode worker that holds the KV, preferred when healthy.</param>
+    internal async Task<LlmCluster.V1.FinishReason> DecodeAsync(RelayedOutput output, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options,
+        bool startTurn = false, string? holder = null)
     {
         const int maxRestarts = 2;
         Uri? failed = null;
         for (int attempt = 0; ; attempt++)
         {
-            using var lease = gateway.Decode.Acquire(except: failed);
+            using var lease = gateway.Decode.Acquire(except: failed, prefer: holder);
+            if (startTurn && attempt == 0)
+                _metrics.TurnRoutes.Add(1, new KeyValuePair<string, object?>("route", lease.Worker.Address.Authority == holder ? "decode_holder" : "decode_other"));
             await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { DecodeWorker = lease.Worker.Address.Authority }, options.CancellationToken);
             try
             {
-                return await DecodeOnAsync(lease, output, kv, prompt, generated, sampling, options);
+                return await DecodeOnAsync(lease, output, kv, prompt, generated, sampling, options, startTurn && generated.Count == 0);
             }
             catch (RpcException e) when (attempt < maxRestarts && IsWorkerLoss(e) && !options.CancellationToken.IsCancellationRequested)
             {
@@ -313,7 +351,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     internal static bool IsWorkerLoss(RpcException e) =>
         e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown or StatusCode.Aborted or StatusCode.Cancelled;
 
-    private async Task<LlmCluster.V1.FinishReason> DecodeOnAsync(WorkerLease lease, RelayedOutput output, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options)
+    private async Task<LlmCluster.V1.FinishReason> DecodeOnAsync(WorkerLease lease, RelayedOutput output, KvHandle kv, int[] prompt, List<int> generated, SamplingParams sampling, CallOptions options, bool startTurn)
     {
         var finish = LlmCluster.V1.FinishReason.Unspecified;
         bool single = IsSingleOutput(output);
@@ -328,6 +366,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             History = _recipe,
             OutputIndex = output.Index,
             CheckpointSessionId = CheckpointSession(output),
+            StartTurn = startTurn,
         }, options);
         await foreach (var r in call.ResponseStream.ReadAllAsync(options.CancellationToken))
         {
@@ -381,6 +420,11 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         {
             output.Hold(ids, text, logprobs);
             return;
+        }
+        if (_beforeFirstToken is { } beforeFirst)
+        {
+            _beforeFirstToken = null;
+            await beforeFirst();
         }
         int offset = output.Generated;
         for (int i = 0; i < ids.Count; i++)

@@ -79,22 +79,34 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         var p = SamplingMapping.ToEngine(request.Sampling, c.VocabSize).WithResolvedSeed();
         var policy = PolicyMapping.ToSpec(request.KvPolicy) ?? "dense";
 
-        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
-        // A later turn of a conversation starts from the session's stored KV, fetched before the model is taken.
-        var history = request.Continuation is { } cont ? await FetchHistoryAsync(cacheManager, request.SessionId, cont, policy, p.MaxTokens, context.CancellationToken) : null;
-        var queued = Stopwatch.StartNew();
-        await _model.WaitAsync(context.CancellationToken);
-        var queue = queued.Elapsed;
         // One first token per output (beam search: none, the decode worker runs the search).
         int outputs = p.IsBeamSearch ? 0 : p.Outputs;
         if (outputs != 1 && request.Continuation is not null)
             throw new InvalidRequestException("sampling: a conversation's later turn has one sampled output (n = 1, no best_of or beam search)");
+        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
+        // A later turn of a conversation starts from the session's stored KV, fetched before the model is taken.
+        var cont = request.Continuation;
+        var kvPolicy = cont is null || policy == "dense" ? null : PolicyMapping.Parse(policy, _host.Policies);
+        var fetched = cont is null ? default
+            : await HistoryKv.FetchAsync(model, cacheManager, request.SessionId, cont.HistoryTokenCount, cont.KvVersion, cont.History, kvPolicy, p.MaxTokens, context.CancellationToken);
+        var queued = Stopwatch.StartNew();
+        try
+        {
+            await _model.WaitAsync(context.CancellationToken);
+        }
+        catch
+        {
+            fetched.Cache?.Dispose();
+            throw;
+        }
+        var queue = queued.Elapsed;
         var firsts = new List<GenerationChunk>(outputs);
         List<KvLayerBlock> blocks;
         int tokensSeen;
         var sw = Stopwatch.StartNew();
         try
         {
+            var history = fetched.RebuildReason is { } reason ? Rebuild(request.SessionId, cont!, kvPolicy, reason, p.MaxTokens) : fetched.Cache;
             using var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, history ?? model.CreateCache(prompt.Length));
             if (history is null)
             {
@@ -220,40 +232,14 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         }
     }
 
-    /// <summary>
-    /// The conversation's KV as the previous turn left it (history_token_count tokens seen), restored
-    /// into a cache managed by the session's policy (none for dense), with room for the turn.
-    /// </summary>
-    private async Task<SequenceKvCache> FetchHistoryAsync(GrpcChannel cacheManager, string sessionId, PrefillContinuation cont, string spec, int maxTokens, CancellationToken ct)
+    /// <summary>The history made again from the session store's recipe (the cache manager lost it, is down
+    /// or holds an older version): forward passes, so only while this worker's model is held.</summary>
+    private SequenceKvCache Rebuild(string sessionId, PrefillContinuation cont, KvCompressionPolicy? policy, string reason, int maxTokens)
     {
-        var model = _host.Model!;
-        var c = model.Config;
-        var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-        KvHandle handle;
-        List<KvLayerBlock> blocks;
-        try
-        {
-            (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, sessionId, cont.KvVersion, ct, cont.KvVersion == 0 ? cont.HistoryTokenCount : 0);
-        }
-        catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && cont.History is not null && !ct.IsCancellationRequested)
-        {
-            // The cache manager lost the conversation (restarted, evicted) or is down.
-            return Rebuild(e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable");
-        }
-        if (handle.TokenCount == cont.HistoryTokenCount) return KvRestore.ToCache(model, handle, blocks, policy, maxTokens);
-        if (cont.History is null)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{sessionId}': the stored KV holds {handle.TokenCount} tokens, the turn continues after {cont.HistoryTokenCount}"));
-        // An older version only: the previous turn's final checkpoint never landed.
-        return Rebuild("older_version");
-
-        // The session store's recipe of the earlier turns makes the same KV again (KvRebuild).
-        SequenceKvCache Rebuild(string reason)
-        {
-            _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its {Turns} earlier turns", sessionId, reason, cont.History!.Turns.Count);
-            Interlocked.Increment(ref _kvRebuilds);
-            _rebuilds.Add(1, new KeyValuePair<string, object?>("reason", reason));
-            return KvRebuild.FromRecipe(model, cont.History, policy, cont.HistoryTokenCount, Math.Min(cont.HistoryTokenCount + maxTokens, policy?.Budget ?? c.MaxPositions));
-        }
+        _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its {Turns} earlier turns", sessionId, reason, cont.History!.Turns.Count);
+        Interlocked.Increment(ref _kvRebuilds);
+        _rebuilds.Add(1, new KeyValuePair<string, object?>("reason", reason));
+        return HistoryKv.Rebuild(_host.Model!, cont.History, policy, cont.HistoryTokenCount, maxTokens);
     }
 
     public ValueTask DisposeAsync()

@@ -46,6 +46,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
     public async Task Every_turn_equals_the_local_conversation(string policy, int turns)
     {
         using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
+        long residentHits = f.Cluster.DecodeService.ResidentHits;
         string session = ""; // the first turn starts the session; the gateway names it
         for (int t = 0; t < turns; t++)
         {
@@ -60,48 +61,77 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
             if (t == 2) Assert.Equal(got.Ids, (await f.Cluster.ResumeAsync(got.TurnId, -1)).Ids); // each turn keeps its own log
         }
         Assert.True(local.TokensSeen > 256, $"the conversation must outgrow the budget ({local.TokensSeen} tokens)");
+        // KV-aware routing: every later turn ran on the decode worker that kept the conversation's KV.
+        Assert.Equal(residentHits + turns - 1, f.Cluster.DecodeService.ResidentHits);
+    }
+
+    /// <summary>Where a later turn's prompt runs (issue 17, KV-aware routing): "prefill" on a prefill
+    /// worker (--max-local-prefill 0), "decode" on a decode worker that keeps no finished KV and fetches
+    /// it (--resident-kv 0), "resident" on the decode worker that kept it (the defaults).</summary>
+    private Task<TestCluster> StartRoutedAsync(string policy, string route) => TestCluster.StartAsync(f.ModelPath, policy, qfilters: f.FiltersPath,
+        gatewayOptions: route == "prefill" ? ["--max-local-prefill", "0"] : null,
+        decodeOptions: route == "decode" ? ["--resident-kv", "0"] : null);
+
+    /// <summary>Rebuilds on the worker that runs later turns' prompts on <paramref name="route"/> (none
+    /// elsewhere).</summary>
+    private static long Rebuilds(TestCluster cluster, string route)
+    {
+        var prefill = ((Cluster.Prefill.PrefillService)cluster.Prefill.Service).KvRebuilds;
+        var decode = cluster.DecodeService.KvRebuilds;
+        Assert.Equal(0, route == "prefill" ? decode : prefill);
+        return route == "prefill" ? prefill : decode;
     }
 
     /// <summary>The cache manager is a cache (issue 21): when it has lost a conversation's KV between
-    /// turns (restart without spill, eviction), the next turn's prefill rebuilds the history from the
-    /// session store's recipe of the earlier turns and the conversation goes on with the same tokens.</summary>
+    /// turns (restart without spill, eviction), the worker that runs the next turn's prompt rebuilds the
+    /// history from the session store's recipe of the earlier turns and the conversation goes on with the
+    /// same tokens; the decode worker that kept the KV needs nothing from the cache manager.</summary>
     [SharedDataTheory]
-    [InlineData("dense")]
-    [InlineData("sink_window(4,60)")]
-    [InlineData("qfilters(64,16)")]
-    public async Task A_conversation_goes_on_with_its_tokens_after_the_cache_manager_lost_its_KV(string policy)
+    [InlineData("dense", "prefill")]
+    [InlineData("sink_window(4,60)", "prefill")]
+    [InlineData("qfilters(64,16)", "prefill")]
+    [InlineData("dense", "decode")]
+    [InlineData("sink_window(4,60)", "decode")]
+    [InlineData("qfilters(64,16)", "decode")]
+    [InlineData("sink_window(4,60)", "resident")]
+    public async Task A_conversation_goes_on_with_its_tokens_after_the_cache_manager_lost_its_KV(string policy, string route)
     {
         const int turns = 6, lostBefore = 3;
-        var prefill = (Cluster.Prefill.PrefillService)f.Cluster.Prefill.Service;
+        await using var cluster = await StartRoutedAsync(policy, route);
         using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
         string session = "";
         for (int t = 0; t < turns; t++)
         {
-            long rebuilds = prefill.KvRebuilds;
+            long rebuilds = Rebuilds(cluster, route);
             if (t == lostBefore)
             {
-                using var cm = GrpcChannels.Create(f.Cluster.CacheManager.GrpcAddress);
+                using var cm = GrpcChannels.Create(cluster.CacheManager.GrpcAddress);
                 Assert.True((await new LlmCluster.V1.CacheManager.CacheManagerClient(cm).ReleaseAsync(new ReleaseRequest { SessionId = session })).Released);
             }
             var prompt = TurnPrompt(f.Tokenizer, t);
             var expected = GenerationOutput.Collect(local.Turn(prompt, TurnParams(t).WithResolvedSeed())).Single();
-            var got = await f.Cluster.GenerateAsync(TurnRequest(session, prompt, TurnParams(t), policy));
+            var got = await cluster.GenerateAsync(TurnRequest(session, prompt, TurnParams(t), policy));
             if (t == 0) session = got.SessionId;
             Assert.True(expected.Ids.SequenceEqual(got.Ids), $"turn {t}: expected [{string.Join(',', expected.Ids)}], got [{string.Join(',', got.Ids)}]");
-            Assert.Equal(t == lostBefore ? rebuilds + 1 : rebuilds, prefill.KvRebuilds);
+            Assert.Equal(t == lostBefore && route != "resident" ? rebuilds + 1 : rebuilds, Rebuilds(cluster, route));
         }
+        Assert.Equal(route == "resident" ? turns - 1 : 0, cluster.DecodeService.ResidentHits);
     }
 
-    /// <summary>With the cache manager down for good, every later turn is rebuilt: prefill from the
-    /// recipe, and decode (which cannot fetch what prefill could not store) from the recipe plus the
-    /// turn's fed tokens. Slower, never a failed or altered turn; resuming a turn works too.</summary>
+    /// <summary>With the cache manager down for good, every later turn is rebuilt where its prompt runs:
+    /// prefill from the recipe, and decode (which cannot fetch what prefill could not store) from the
+    /// recipe plus the turn's fed tokens; or a decode worker that kept the KV goes on from it. Slower,
+    /// never a failed or altered turn; resuming a turn works too.</summary>
     [SharedDataTheory]
-    [InlineData("dense")]
-    [InlineData("sink_window(4,60)")]
-    public async Task A_conversation_goes_on_with_its_tokens_while_the_cache_manager_is_down(string policy)
+    [InlineData("dense", "prefill")]
+    [InlineData("sink_window(4,60)", "prefill")]
+    [InlineData("dense", "decode")]
+    [InlineData("sink_window(4,60)", "decode")]
+    [InlineData("sink_window(4,60)", "resident")]
+    public async Task A_conversation_goes_on_with_its_tokens_while_the_cache_manager_is_down(string policy, string route)
     {
         const int turns = 5, downAfter = 1;
-        await using var cluster = await TestCluster.StartAsync(f.ModelPath, policy, qfilters: f.FiltersPath);
+        await using var cluster = await StartRoutedAsync(policy, route);
         var prefill = (Cluster.Prefill.PrefillService)cluster.Prefill.Service;
         using var local = new Conversation(f.Local, LocalPolicy(policy), f.Tokenizer);
         string session = "";
@@ -115,8 +145,17 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
             if (t > downAfter) Assert.Equal(expected.Ids, (await cluster.ResumeAsync(got.TurnId, -1)).Ids);
             if (t == downAfter) await cluster.CacheManager.DisposeAsync();
         }
-        Assert.Equal(turns - 1 - downAfter, prefill.KvRebuilds);
-        Assert.True(cluster.DecodeService.KvRebuilds >= turns - 1 - downAfter, $"decode rebuilt {cluster.DecodeService.KvRebuilds} times");
+        if (route == "prefill")
+        {
+            Assert.Equal(turns - 1 - downAfter, prefill.KvRebuilds);
+            Assert.True(cluster.DecodeService.KvRebuilds >= turns - 1 - downAfter, $"decode rebuilt {cluster.DecodeService.KvRebuilds} times");
+        }
+        else
+        {
+            Assert.Equal(0, prefill.KvRebuilds);
+            Assert.Equal(route == "decode" ? turns - 1 - downAfter : 0, cluster.DecodeService.KvRebuilds);
+            Assert.Equal(route == "resident" ? turns - 1 : 0, cluster.DecodeService.ResidentHits);
+        }
     }
 
     [SharedDataFact]

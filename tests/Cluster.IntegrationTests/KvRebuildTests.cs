@@ -65,10 +65,31 @@ public sealed class KvRebuildTests(ClusterFixture f) : IClassFixture<ClusterFixt
         Assert.Equal(1, cluster.DecodeService.KvRebuilds);
     }
 
-    private (int[] Prompt, SamplingParameters P, List<int> Expected) LocalRun(string policy, float temperature)
+    /// <summary>A rebuild runs forward passes on the decode worker's model, whose run state the batch
+    /// shares: it must run on the batch thread between steps. Rebuilds of long prompts started while
+    /// other sequences stream (each call here rebuilds, then streams while the next ones rebuild) leave
+    /// every stream with its local tokens.</summary>
+    [SharedDataFact]
+    public async Task Rebuilds_beside_running_streams_leave_every_stream_its_local_tokens()
     {
-        var p = new SamplingParameters { Temperature = temperature, Seed = 77, MaxTokens = 40 }.WithResolvedSeed();
-        var prompt = f.Tokenizer.Encode(Prompt, addBos: true);
+        string[] policies = ["dense", "sink_window(4,20)", "window(16)", "dense", "qfilters(24,8)", "dense"];
+        var runs = policies.Select((policy, i) => (policy, run: LocalRun(policy, i % 2 == 0 ? 0.8f : 0f, maxTokens: 120, repeat: 4, seed: 100 + i))).ToList();
+        long rebuilds = f.Cluster.DecodeService.KvRebuilds;
+        var calls = runs.Select(async (r, i) =>
+        {
+            await Task.Delay(150 * i);
+            return await DecodeDirectlyAsync(f.Cluster, $"beside-{i}-" + Guid.NewGuid().ToString("N"), r.run.Prompt, r.run.P, r.policy, r.run.Expected[0]);
+        }).ToList();
+        var got = await Task.WhenAll(calls);
+        for (int i = 0; i < runs.Count; i++)
+            Assert.True(runs[i].run.Expected[1..].SequenceEqual(got[i]), $"stream {i} ({runs[i].policy}) differs from its local run");
+        Assert.Equal(rebuilds + runs.Count, f.Cluster.DecodeService.KvRebuilds);
+    }
+
+    private (int[] Prompt, SamplingParameters P, List<int> Expected) LocalRun(string policy, float temperature, int maxTokens = 40, int repeat = 1, int seed = 77)
+    {
+        var p = new SamplingParameters { Temperature = temperature, Seed = seed, MaxTokens = maxTokens, IgnoreEos = repeat > 1 }.WithResolvedSeed();
+        var prompt = f.Tokenizer.Encode(string.Join(" ", Enumerable.Repeat(Prompt, repeat)), addBos: true);
         var localPolicy = policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
         var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: localPolicy)).Single().Ids;
         Assert.True(expected.Count > 10);

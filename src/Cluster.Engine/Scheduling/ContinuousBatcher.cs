@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Model;
@@ -76,6 +77,26 @@ public sealed class ContinuousBatcher : IDisposable
         if (!_incomingJobs.Writer.TryWrite(new SteppedJob(steps, output))) throw new ObjectDisposedException(nameof(ContinuousBatcher));
         _incoming.Writer.TryWrite(null); // wakes the batch thread
         return output.Reader;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/> on the batch thread between two batched steps and returns its result:
+    /// the way for other work on this batcher's model (a KV rebuild, a conversation turn's prompt) to run
+    /// passes without racing the batch, since the model's run state is shared and not thread-safe. The
+    /// running sequences wait for it, as they wait for a stepped job's step.
+    /// </summary>
+    public async Task<T> RunExclusiveAsync<T>(Func<T> work, CancellationToken cancel = default)
+    {
+        var result = new StrongBox<T>();
+        await foreach (var _ in AddStepped(OneStep(work, result, cancel)).ReadAllAsync(CancellationToken.None)) { }
+        return result.Value!;
+
+        static IEnumerable<IReadOnlyList<GenerationChunk>> OneStep(Func<T> work, StrongBox<T> result, CancellationToken cancel)
+        {
+            cancel.ThrowIfCancellationRequested();
+            result.Value = work();
+            yield break;
+        }
     }
 
     private readonly Channel<SteppedJob> _incomingJobs = Channel.CreateUnbounded<SteppedJob>(new UnboundedChannelOptions { SingleReader = true });

@@ -86,9 +86,16 @@ public sealed class WorkerPool : IDisposable
 
     /// <summary>A lease on the least-loaded healthy worker; dispose it when the call ends. Throws
     /// UNAVAILABLE (fail fast, never queue) when no worker of this role is healthy.</summary>
-    public WorkerLease Acquire(Uri? except = null)
+    /// <param name="prefer">"host:port" of the worker to take whatever its load when it is healthy
+    /// (KV-aware routing: it holds the request's KV).</param>
+    public WorkerLease Acquire(Uri? except = null, string? prefer = null)
     {
         var workers = _workers;
+        if (prefer is not null && workers.FirstOrDefault(w => w.Healthy && w.Address != except && w.Address.Authority == prefer) is { } holder)
+        {
+            holder.Enter();
+            return new WorkerLease(holder);
+        }
         // Ties go round-robin so that idle workers share the load.
         int start = Interlocked.Increment(ref _roundRobin);
         Worker? best = null;

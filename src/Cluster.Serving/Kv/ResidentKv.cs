@@ -1,0 +1,108 @@
+using Cluster.Engine.KvCache;
+
+namespace Cluster.Serving.Kv;
+
+/// <summary>
+/// Caches a decode worker keeps after their streams end, so that the conversation's next turn, routed
+/// back to this worker, starts from them with no transfer at all (KV-aware routing, as NVIDIA Dynamo
+/// routes a request to the worker that holds its KV). The cache manager still has every final
+/// checkpoint: this is only a faster copy, so evicting one costs a fetch, never a result. Bounded by
+/// bytes, least recently kept first out, and by idle time. A cache is taken out when used (one turn of
+/// a conversation runs at a time) and is only handed out for the exact token count it holds.
+/// Thread-safe; it owns (and disposes) what it holds.
+/// </summary>
+public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? clock = null) : IDisposable
+{
+    private readonly TimeProvider _clock = clock ?? TimeProvider.System;
+    private readonly LinkedList<Entry> _lru = new(); // oldest first
+    private readonly Dictionary<string, LinkedListNode<Entry>> _bySession = [];
+    private long _bytes;
+
+    private sealed record Entry(string Session, SequenceKvCache Cache, long Bytes, DateTimeOffset Kept);
+
+    public long BudgetBytes { get; } = budgetBytes;
+
+    /// <summary>Bytes held now (the caches' allocated K and V).</summary>
+    public long Bytes { get { lock (_lru) return _bytes; } }
+
+    public int Count { get { lock (_lru) return _lru.Count; } }
+
+    /// <summary>Allocated K and V bytes of a cache, as this store counts it.</summary>
+    public static long SizeOf(SequenceKvCache cache) =>
+        cache.Layers.Sum(l => 2L * l.KvHeads * l.Capacity * l.HeadDim * sizeof(float));
+
+    /// <summary>
+    /// Keeps <paramref name="cache"/> as <paramref name="session"/>'s KV (replacing what it held), evicting
+    /// the least recently kept caches past the budget. False (and the cache disposed) when it alone is
+    /// larger than the budget.
+    /// </summary>
+    public bool Keep(string session, SequenceKvCache cache)
+    {
+        long size = SizeOf(cache);
+        var evicted = new List<SequenceKvCache>();
+        bool kept;
+        lock (_lru)
+        {
+            if (_bySession.Remove(session, out var old)) Drop(old, evicted);
+            DropIdle(evicted);
+            kept = size <= BudgetBytes;
+            if (kept)
+            {
+                while (_bytes + size > BudgetBytes) Drop(_lru.First!, evicted);
+                _bySession[session] = _lru.AddLast(new Entry(session, cache, size, _clock.GetUtcNow()));
+                _bytes += size;
+            }
+        }
+        foreach (var c in evicted) c.Dispose();
+        if (!kept) cache.Dispose();
+        return kept;
+    }
+
+    /// <summary>
+    /// Takes <paramref name="session"/>'s cache when it holds exactly <paramref name="tokensSeen"/> tokens;
+    /// null otherwise (a cache of another count is stale for this request and is dropped).
+    /// </summary>
+    public SequenceKvCache? TryTake(string session, int tokensSeen)
+    {
+        var evicted = new List<SequenceKvCache>();
+        SequenceKvCache? taken = null;
+        lock (_lru)
+        {
+            DropIdle(evicted);
+            if (_bySession.Remove(session, out var node))
+            {
+                _lru.Remove(node);
+                _bytes -= node.Value.Bytes;
+                if (node.Value.Cache.TokensSeen == tokensSeen) taken = node.Value.Cache;
+                else evicted.Add(node.Value.Cache);
+            }
+        }
+        foreach (var c in evicted) c.Dispose();
+        return taken;
+    }
+
+    private void DropIdle(List<SequenceKvCache> evicted)
+    {
+        var now = _clock.GetUtcNow();
+        while (_lru.First is { } first && now - first.Value.Kept > idle) Drop(first, evicted);
+    }
+
+    private void Drop(LinkedListNode<Entry> node, List<SequenceKvCache> evicted)
+    {
+        if (node.List is not null) _lru.Remove(node);
+        _bySession.Remove(node.Value.Session);
+        _bytes -= node.Value.Bytes;
+        evicted.Add(node.Value.Cache);
+    }
+
+    public void Dispose()
+    {
+        lock (_lru)
+        {
+            foreach (var e in _lru) e.Cache.Dispose();
+            _lru.Clear();
+            _bySession.Clear();
+            _bytes = 0;
+        }
+    }
+}

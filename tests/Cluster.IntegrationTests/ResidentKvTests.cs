@@ -1,0 +1,94 @@
+using Cluster.Engine.Kernels;
+using Cluster.Engine.KvCache;
+using Cluster.Serving.Kv;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>The decode worker's kept caches (KV-aware routing): exact eviction order, budget, idle
+/// expiry, and a cache handed out only for the token count it holds.</summary>
+public sealed class ResidentKvTests : IDisposable
+{
+    private readonly CpuBackend _backend = new(threads: 1, useOpenBlas: false);
+    private readonly List<SequenceKvCache> _made = [];
+
+    /// <summary>A cache of 2 layers x 1 head x 4 dims with <paramref name="capacity"/> slots
+    /// (2 * 2 * 1 * capacity * 4 * 4 bytes = 64 * capacity) that has seen <paramref name="tokens"/> tokens.</summary>
+    private SequenceKvCache Cache(int capacity, int tokens = 0)
+    {
+        var c = new SequenceKvCache(_backend, layers: 2, kvHeads: 1, headDim: 4, initialCapacity: capacity);
+        c.StartAt(tokens);
+        _made.Add(c);
+        return c;
+    }
+
+    [Fact]
+    public void Size_counts_k_and_v_of_every_layer_and_head_at_capacity()
+    {
+        Assert.Equal(64 * 10, ResidentKv.SizeOf(Cache(10)));
+    }
+
+    [Fact]
+    public void The_least_recently_kept_go_first_and_the_budget_is_never_passed()
+    {
+        using var store = new ResidentKv(budgetBytes: 64 * 25, TimeSpan.FromHours(1));
+        SequenceKvCache a = Cache(10, 5), b = Cache(10, 6), c = Cache(10, 7);
+        Assert.True(store.Keep("a", a));
+        Assert.True(store.Keep("b", b));
+        Assert.Equal(64 * 20, store.Bytes);
+        Assert.True(store.Keep("c", c)); // 30 slots > 25: a (kept first) goes
+        Assert.Equal(64 * 20, store.Bytes);
+        Assert.Null(store.TryTake("a", 5));
+        Assert.Same(b, store.TryTake("b", 6));
+        Assert.Same(c, store.TryTake("c", 7));
+        Assert.Equal(0, store.Bytes);
+        Assert.Equal(0, store.Count);
+    }
+
+    [Fact]
+    public void Keeping_a_session_again_replaces_its_cache_and_a_cache_larger_than_the_budget_is_not_kept()
+    {
+        using var store = new ResidentKv(budgetBytes: 64 * 25, TimeSpan.FromHours(1));
+        Assert.True(store.Keep("s", Cache(10, 3)));
+        var newer = Cache(12, 9);
+        Assert.True(store.Keep("s", newer));
+        Assert.Equal(1, store.Count);
+        Assert.Equal(64 * 12, store.Bytes);
+        Assert.False(store.Keep("big", Cache(26, 1)));
+        Assert.Equal(64 * 12, store.Bytes);
+        Assert.Same(newer, store.TryTake("s", 9));
+    }
+
+    [Fact]
+    public void A_cache_is_handed_out_once_and_only_for_the_tokens_it_holds()
+    {
+        using var store = new ResidentKv(budgetBytes: 1 << 20, TimeSpan.FromHours(1));
+        var cache = Cache(10, 8);
+        store.Keep("s", cache);
+        Assert.Null(store.TryTake("s", 9)); // another count: stale for this request, dropped
+        Assert.Equal(0, store.Count);
+        store.Keep("t", Cache(10, 4));
+        Assert.NotNull(store.TryTake("t", 4));
+        Assert.Null(store.TryTake("t", 4)); // taken: the next turn keeps it again when it ends
+    }
+
+    [Fact]
+    public void Caches_idle_past_the_limit_are_dropped()
+    {
+        var clock = new KvTestData.ManualTime();
+        using var store = new ResidentKv(budgetBytes: 1 << 20, TimeSpan.FromMinutes(10), clock);
+        store.Keep("old", Cache(10, 1));
+        clock.Advance(TimeSpan.FromMinutes(6));
+        store.Keep("young", Cache(10, 2));
+        clock.Advance(TimeSpan.FromMinutes(5)); // old: 11 minutes, young: 5
+        Assert.Null(store.TryTake("old", 1));
+        Assert.Equal(1, store.Count);
+        Assert.NotNull(store.TryTake("young", 2));
+    }
+
+    public void Dispose()
+    {
+        foreach (var c in _made) c.Dispose();
+        _backend.Dispose();
+    }
+}
