@@ -278,6 +278,31 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         }
     }
 
+    /// <summary>A decode worker starts only a conversation's later turn itself, with one output and no
+    /// tokens yet; anything else asked of start_turn is bad input, named.</summary>
+    [SharedDataTheory]
+    [InlineData(0, 0, "", "history_token_count > 0")]
+    [InlineData(40, 1, "", "generated_token_ids must be empty")]
+    [InlineData(40, 0, "s#1", "checkpoint_session_id must be empty")]
+    public async Task Start_turn_requests_that_are_not_a_later_turn_are_refused(int history, int generated, string checkpointSession, string message)
+    {
+        using var channel = GrpcChannels.Create(f.Cluster.Decode.GrpcAddress);
+        var request = new DecodeRequest
+        {
+            Kv = new KvHandle { SessionId = "start-" + Guid.NewGuid().ToString("N"), Policy = PolicyMapping.ToWire("dense") },
+            Sampling = SamplingWire.FromEngine(TurnParams(1).WithResolvedSeed()),
+            PromptTokenIds = { TurnPrompt(f.Tokenizer, 1) },
+            HistoryTokenCount = history,
+            CheckpointSessionId = checkpointSession,
+            StartTurn = true,
+        };
+        if (generated > 0) request.GeneratedTokenIds.Add(5);
+        using var call = new LlmCluster.V1.Decode.DecodeClient(channel).Decode(request);
+        var e = await Assert.ThrowsAsync<RpcException>(async () => { await foreach (var _ in call.ResponseStream.ReadAllAsync()) { } });
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains(message, e.Status.Detail);
+    }
+
     [SharedDataFact]
     public async Task An_unknown_session_id_is_not_found_never_a_new_session()
     {
