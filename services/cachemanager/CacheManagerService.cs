@@ -77,6 +77,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         var precision = KvPrecision.Fp32;
         KvWire.BlockAssembler? current = null;
         var blocks = new List<WireKvBlock>();
+        var removed = new List<int[][]>(); // per block: a delta block's removed positions per head
         await foreach (var item in requests.ReadAllAsync(context.CancellationToken))
         {
             switch (item.ItemCase)
@@ -92,6 +93,9 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
                     if (current is not null) blocks.Add(current.BuildWire());
                     // Stored and served in the writer's dtype, as the bytes came.
                     current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim, precision, widen: false);
+                    if (header.BaseVersion == 0 && item.Block.Removed.Count > 0)
+                        throw new RpcException(new Status(StatusCode.InvalidArgument, "KvBlockHeader.removed is for delta puts (PutHeader.base_version set)"));
+                    removed.Add(item.Block.Removed.Select(h => h.Positions.ToArray()).ToArray());
                     break;
                 case PutBlocksRequest.ItemOneofCase.Chunk when current is not null:
                     current.Add(item.Chunk);
@@ -106,7 +110,22 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         var layout = header.Layout;
         var shape = new KvShape(layout.NumLayers, layout.NumKvHeads, layout.HeadDim, KvLayoutMapping.Rope(layout), precision);
         var policy = PolicyMapping.ToSpec(header.Policy) ?? "dense";
-        var (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
+        StoredKv kv;
+        TimeSpan elapsed;
+        if (header.BaseVersion == 0) (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
+        else
+        {
+            // An empty removed list means none gone in every head.
+            var deltas = blocks.Select((b, i) => (b, removed[i].Length == 0 ? b.Positions.Select(_ => Array.Empty<int>()).ToArray() : removed[i])).ToList();
+            try
+            {
+                (kv, elapsed) = _store.PutDelta(header.SessionId, shape, policy, header.TokenCount, header.BaseVersion, header.BaseTokenCount, deltas, header.Checkpoint, header.OutputIndex);
+            }
+            catch (KvBaseMissingException)
+            {
+                return new PutBlocksResponse { BaseMissing = true };
+            }
+        }
         var policyTag = new KeyValuePair<string, object?>("policy", kv.Policy.Split('(')[0]);
         _metrics.CompressionSeconds.Record(elapsed.TotalSeconds, policyTag);
         // Kept of all the tokens the session has seen: prefill compresses before it sends, so what

@@ -111,7 +111,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         // Room for the whole cache before any of it is loaded; waits in line (or is refused) when full.
         using var reservation = await Admission.AcquireAsync(ReservedBytes(request, history + prompt.Length + generated.Length, p.MaxTokens), context.CancellationToken);
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + generated.Length - 1 : 0;
-        var (handle, cache, policy, spec) = await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
+        var (handle, cache, policy, spec, loaded) = await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
         int cached = handle.TokenCount - history - prompt.Length;
         // The cache must lack at least the newest token: its logits come from running it (a compressed
         // cache cannot be rolled back to recompute them).
@@ -125,6 +125,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         // Outputs of one request (n > 1) continue the same prompt KV but checkpoint apart.
         var checkpointSession = string.IsNullOrEmpty(request.CheckpointSessionId) ? handle.SessionId : request.CheckpointSessionId;
         var call = new DecodeCall(this, cacheManager, handle, checkpointSession, every, generated.Length, context.CancellationToken) { Cache = cache };
+        // The version it loaded is the first delta's base when its checkpoints go to the same session in
+        // the same dtype (n > 1 outputs checkpoint to sessions of their own: their first is whole).
+        if (loaded is not null && handle.Version > 0 && checkpointSession == handle.SessionId && KvLayoutMapping.Precision(handle.Layout) == _options.KvPrecision)
+            call.SetBase(loaded, handle.Version, handle.TokenCount);
         _calls[call] = 0;
         try
         {
@@ -132,6 +136,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             var reader = _batcher.Add(seq, generated[cached..], context.CancellationToken, call);
             var started = Stopwatch.StartNew();
             int produced = 0;
+            var lastToken = TimeSpan.Zero;
             await foreach (var chunk in reader.ReadAllAsync(CancellationToken.None))
             {
                 await call.FlushCheckpoints(responses);
@@ -141,6 +146,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                     if (SamplingMapping.ToWire(chunk.Logprobs) is { } lp) dc.Logprobs.Add(lp);
                     await responses.WriteAsync(new DecodeResponse { Chunk = dc });
                     produced++;
+                    lastToken = started.Elapsed;
                     call.Written(generated.Length + produced);
                 }
                 else if (chunk.Text.Length > 0)
@@ -160,7 +166,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                         {
                             FinishReason = SamplingMapping.ToWire(finish),
                             GeneratedTokens = produced,
-                            TpotSeconds = produced > 1 ? started.Elapsed.TotalSeconds / produced : 0,
+                            // Up to the last token: the final checkpoint it waited for is not a token's time.
+                            TpotSeconds = produced > 1 ? lastToken.TotalSeconds / produced : 0,
                         },
                     });
                 }
@@ -193,7 +200,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// a restart of the cache manager costs recomputation, never the stream. A conversation's later turn
     /// (history &gt; 0) is rebuilt from the request's recipe of the earlier turns, then this turn's fed tokens.
     /// </summary>
-    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec)> LoadOrRebuildAsync(
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec, List<KvLayerBlock>? Blocks)> LoadOrRebuildAsync(
         DecodeRequest request, GrpcChannel cacheManager, int[] prompt, int history, int maxTokens, int maxNewTokens, CancellationToken ct)
     {
         var model = _host.Model!;
@@ -203,7 +210,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
             var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec);
+            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec, blocks);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)
@@ -215,28 +222,72 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable"));
             var cache = KvRebuild.ForTurn(model, request.History, history, prompt, policy, maxNewTokens);
             var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = history + prompt.Length, Version = 0 };
-            return (handle, cache, policy, spec);
+            return (handle, cache, policy, spec, null);
         }
+    }
+
+    /// <summary>A checkpoint this worker wrote (tests and the bench read them).</summary>
+    /// <param name="Delta">Sent as the changes since the previous version, not the whole cache.</param>
+    /// <param name="MessageBytes">Every byte of the put's messages (K/V data, positions, headers).</param>
+    /// <param name="WholeBytes">K/V bytes of the whole cache at this checkpoint (what a whole put sends as data).</param>
+    public sealed record CheckpointRecord(string SessionId, int TokenCount, long Version, bool Delta, long MessageBytes, long DataBytes, long WholeBytes, TimeSpan Elapsed);
+
+    private readonly ConcurrentQueue<CheckpointRecord> _checkpoints = new();
+    private long _checkpointsCoalesced, _deltasRefused;
+
+    /// <summary>Checkpoints written so far, oldest first (the most recent 10,000).</summary>
+    public IReadOnlyList<CheckpointRecord> Checkpoints => [.. _checkpoints];
+
+    /// <summary>Captured checkpoints dropped because a newer one of the same sequence replaced them before they were sent.</summary>
+    public long CheckpointsCoalesced => Interlocked.Read(ref _checkpointsCoalesced);
+
+    /// <summary>Deltas the cache manager refused (base version gone), each followed by a whole put.</summary>
+    public long DeltasRefused => Interlocked.Read(ref _deltasRefused);
+
+    private void Record(CheckpointRecord r)
+    {
+        _checkpoints.Enqueue(r);
+        while (_checkpoints.Count > 10_000) _checkpoints.TryDequeue(out _);
     }
 
     /// <summary>
     /// One Decode call's checkpoint bookkeeping. Checkpoints are captured on the batch thread (a copy,
-    /// so the sequence can go on) and written to the cache manager one after another, so a newer one
-    /// never lands before an older one. A checkpoint is written only once every token it covers has
+    /// so the sequence can go on) and written to the cache manager by one pump per call, off the token
+    /// path: at most one put of a sequence is in flight, and a capture made while one is (or while the
+    /// pump waits for its tokens to be written) replaces any capture still waiting, so a slow cache
+    /// manager costs checkpoint freshness, never memory or the stream. A newer version therefore never
+    /// lands before an older one. A checkpoint is written only once every token it covers has
     /// been written to the gateway's stream, which keeps checkpoints from running ahead of the client;
     /// a restart still asks the cache manager for a version not ahead of what the gateway received
     /// (GetBlocksRequest.max_token_count), since written is not yet received when a worker dies.
+    /// <para>
+    /// Incremental (issue 17): the call keeps the last version it knows the cache manager holds as it
+    /// was sent (the one it loaded, or its own last put when the cache manager stored it uncompressed)
+    /// and sends only the tokens that changed or came since (<see cref="KvDelta"/>), with that base's
+    /// version; when the cache manager no longer holds the base it says so and the whole cache goes.
+    /// </para>
     /// </summary>
     private sealed class DecodeCall(DecodeService service, GrpcChannel cacheManager, KvHandle handle, string checkpointSession, int every, int delivered, CancellationToken callAborted)
     {
         private readonly ConcurrentQueue<KvHandle> _written = new();
-        private Task _chain = Task.CompletedTask;
+        private readonly Lock _lock = new();
+        private Capture? _next;     // captured, not yet taken by the pump
+        private bool _pumping;
+        private Task _pump = Task.CompletedTask;
+        private Base? _base;        // touched by the pump only (and SetBase before the first token)
         private int _sinceCheckpoint;
         private int _delivered = delivered;
         private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        // Set once the final checkpoint is chained: the batcher writes a chunk before it calls
+        // Set once the final checkpoint is captured: the batcher writes a chunk before it calls
         // AfterToken, so the handler can see the last chunk before that checkpoint is scheduled.
         private readonly TaskCompletionSource _finalScheduled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        private sealed record Capture(PutHeader Header, List<KvLayerBlock> Blocks, int Covered);
+
+        private sealed record Base(IReadOnlyList<KvLayerBlock> Blocks, long Version, int TokenCount);
+
+        /// <summary>The whole cache the cache manager holds as <paramref name="version"/> (what this call loaded).</summary>
+        public void SetBase(IReadOnlyList<KvLayerBlock> blocks, long version, int tokenCount) => _base = new Base(blocks, version, tokenCount);
 
         /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.</summary>
         public void Written(int tokens)
@@ -275,21 +326,83 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 OutputIndex = seq.Generated.Count,
             };
             int covered = seq.Generated.Count - 1; // every generated token but the newest is in the cache
-            _chain = _chain.ContinueWith(async _ =>
+            lock (_lock)
             {
+                if (_next is not null) Interlocked.Increment(ref service._checkpointsCoalesced);
+                _next = new Capture(header, blocks, covered);
+                if (!_pumping)
+                {
+                    _pumping = true;
+                    _pump = Task.Run(PumpAsync);
+                }
+            }
+            if (chunk.Finish is not null) _finalScheduled.TrySetResult();
+        }
+
+        /// <summary>Writes captures one at a time, the newest waiting one next, until none waits.</summary>
+        private async Task PumpAsync()
+        {
+            while (true)
+            {
+                Capture c;
+                lock (_lock)
+                {
+                    if (_next is null)
+                    {
+                        _pumping = false;
+                        return;
+                    }
+                    c = _next;
+                    _next = null;
+                }
                 try
                 {
-                    await WaitDelivered(covered);
-                    var (response, _) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
-                    _written.Enqueue(response.Kv);
+                    await WaitDelivered(c.Covered);
+                    await WriteAsync(c);
                 }
-                catch (Exception e) when (e is RpcException or OperationCanceledException)
+                catch (Exception e)
                 {
                     // A lost checkpoint costs only re-computation on a restart; the stream goes on.
+                    _base = null; // what the cache manager holds is unknown now: the next goes whole
                     service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", checkpointSession, e.Message);
                 }
-            }, TaskScheduler.Default).Unwrap();
-            if (chunk.Finish is not null) _finalScheduled.TrySetResult();
+            }
+        }
+
+        private async Task WriteAsync(Capture c)
+        {
+            var sw = Stopwatch.StartNew();
+            var precision = service._options.KvPrecision;
+            long whole = c.Blocks.Sum(b => ((long)b.Keys.Length + b.Values.Length) * precision.Bytes());
+            PutBlocksResponse? response = null;
+            long data = 0, messages = 0;
+            bool delta = false;
+            if (_base is { } b)
+            {
+                var header = c.Header.Clone();
+                header.BaseVersion = b.Version;
+                header.BaseTokenCount = b.TokenCount;
+                var deltas = KvDelta.Diff(b.Blocks, c.Blocks, service._host.Config.HeadDim);
+                (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, header, deltas.Select(d => (d.Sent, (int[][]?)d.Removed)).ToList(), CancellationToken.None);
+                delta = !response.BaseMissing;
+                if (response.BaseMissing)
+                {
+                    Interlocked.Increment(ref service._deltasRefused);
+                    response = null;
+                }
+            }
+            if (response is null)
+            {
+                long refused = messages;
+                (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, c.Header, c.Blocks.Select(x => (x, (int[][]?)null)).ToList(), CancellationToken.None);
+                messages += refused;
+            }
+            // The next delta's base: this version, if the cache manager kept it as sent (a put over the
+            // policy's budget is compressed on arrival, and then it holds something else).
+            _base = response.Kv is { Version: > 0 } kv && response.KeptTokens == c.Blocks[0].Positions.Max(p => p.Length)
+                ? new Base(c.Blocks, kv.Version, c.Header.TokenCount) : null;
+            service.Record(new CheckpointRecord(checkpointSession, c.Header.TokenCount, response.Kv?.Version ?? 0, delta, messages, data, whole, sw.Elapsed));
+            _written.Enqueue(response.Kv!);
         }
 
         /// <summary>Waits for every checkpoint, the final one included (the next turn of a
@@ -297,7 +410,9 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         public async Task WaitForCheckpoints()
         {
             await _finalScheduled.Task.WaitAsync(callAborted);
-            await _chain;
+            Task pump;
+            lock (_lock) pump = _pump; // the final capture is taken by this pump or is already written
+            await pump;
         }
 
         public async Task FlushCheckpoints(IServerStreamWriter<DecodeResponse> responses)
