@@ -2,7 +2,9 @@ using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Sampling;
 using Cluster.Serving.Mapping;
+using Cluster.Serving.Routing;
 using Cluster.Tests;
+using Grpc.Core;
 using LlmCluster.V1;
 using Xunit;
 using Xunit.Abstractions;
@@ -66,5 +68,55 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         Assert.True(small >= 2, $"too few 16-token checkpoints to judge: {report}");
         // The whole cache would have been: dense grows to prompt + output, sink_window stays at its budget.
         Assert.Equal((long)(budget > 0 ? budget : records[^1].TokenCount) * BytesPerToken, records[^1].WholeBytes);
+    }
+
+    /// <summary>The cache manager loses the base mid-stream (released here, as an eviction without a spill
+    /// would): the next delta is refused, decode sends the whole cache, then deltas again on top of it,
+    /// and the stream is still the local run's.</summary>
+    [SharedDataFact]
+    public async Task A_refused_delta_is_followed_by_a_whole_checkpoint_and_the_stream_goes_on()
+    {
+        const string policy = "sink_window(4,60)";
+        await using var cluster = await TestCluster.StartAsync(f.ModelPath, checkpointEvery: 16);
+        var decode = cluster.DecodeService;
+        var prompt = f.Tokenizer.Encode("Once upon a time, there was a little girl named Lily.", addBos: true);
+        var p = new SamplingParameters { Temperature = 0.8f, Seed = 5, MaxTokens = 1000, IgnoreEos = true };
+        var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters)))).Single();
+        using var cm = GrpcChannels.Create(cluster.CacheManager.GrpcAddress);
+        int releasedAfter = -1;
+
+        var got = await cluster.GenerateAsync(new GenerateRequest
+        {
+            TokenIds = new TokenIds { Ids = { prompt } },
+            Sampling = SamplingWire.FromEngine(p),
+            KvPolicy = PolicyMapping.ToWire(policy),
+        }, onChunk: async _ =>
+        {
+            // Once the first checkpoint has landed: drop the session (its every version) at the cache manager.
+            if (releasedAfter >= 0 || decode.Checkpoints is not [var first, ..]) return;
+            releasedAfter = decode.Checkpoints.Count;
+            Assert.True((await new LlmCluster.V1.CacheManager.CacheManagerClient(cm).ReleaseAsync(new ReleaseRequest { SessionId = first.SessionId })).Released);
+        });
+
+        Assert.Equal(expected.Ids, got.Ids);
+        var records = decode.Checkpoints;
+        var report = string.Join("; ", records.Select(r => $"{r.TokenCount}: {(r.Delta ? "delta" : "whole")} v{r.Version} {r.MessageBytes}"));
+        output.WriteLine(report);
+        Assert.True(releasedAfter > 0 && releasedAfter < records.Count, $"released after {releasedAfter} checkpoints; {report}");
+        Assert.Equal(1, decode.DeltasRefused);
+        // Before the release: deltas; the first after it: whole (a new version 1 of the session); then deltas on it again.
+        Assert.All(records.Take(releasedAfter), r => Assert.True(r.Delta, report));
+        var whole = Assert.Single(records, r => !r.Delta);
+        Assert.Equal(1, whole.Version);
+        Assert.True(records.SkipWhile(r => r.Delta).Skip(1).All(r => r.Delta), report);
+        Assert.True(records.SkipWhile(r => r.Delta).Skip(1).Any(), report);
+        // The cache manager's newest version holds what the last checkpoint covered.
+        using var stored = new LlmCluster.V1.CacheManager.CacheManagerClient(cm).GetBlocks(new GetBlocksRequest { SessionId = whole.SessionId });
+        await foreach (var item in stored.ResponseStream.ReadAllAsync())
+        {
+            Assert.Equal(records[^1].TokenCount, item.Kv.TokenCount);
+            Assert.Equal(records[^1].Version, item.Kv.Version);
+            break;
+        }
     }
 }
