@@ -48,8 +48,13 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<CacheManagerService>();
 
-    public override Task<ReleaseResponse> Release(ReleaseRequest request, ServerCallContext context) =>
-        Task.FromResult(new ReleaseResponse { Released = _store.Release(request.SessionId) });
+    public override async Task<ReleaseResponse> Release(ReleaseRequest request, ServerCallContext context)
+    {
+        // A put announced for the session (a decode worker's final checkpoint lands after its stream
+        // completed) lands first, so that a release right after a stream leaves nothing behind.
+        await _pending.WaitAsync(request.SessionId, context.CancellationToken);
+        return new ReleaseResponse { Released = _store.Release(request.SessionId) };
+    }
 
     public override Task<ReservePutResponse> ReservePut(ReservePutRequest request, ServerCallContext context)
     {
@@ -61,13 +66,15 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     public override async Task<PutBlocksResponse> PutBlocks(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context)
     {
         PutHeader? header = null;
+        PutBlocksResponse? response = null;
         try
         {
-            return await StoreAsync(requests, context, h => header = h);
+            return response = await StoreAsync(requests, context, h => header = h);
         }
         finally
         {
-            if (header is { Reserved: true }) _pending.Ended(header.SessionId);
+            // A refused delta stored nothing: its reservation waits for the whole put the writer sends next.
+            if (header is { Reserved: true } && response is not { BaseMissing: true }) _pending.Ended(header.SessionId);
         }
     }
 
@@ -154,10 +161,11 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         }
     }
 
-    public override Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
+    public override async Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
     {
+        await _pending.WaitAsync(request.SessionId, context.CancellationToken); // as GetBlocks: an announced put lands first
         var kv = _store.Get(request.SessionId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"no KV for session '{request.SessionId}'"));
-        return Task.FromResult(new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex });
+        return new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex };
     }
 
     private static KvLayout LayoutOf(StoredKv kv) => KvLayoutMapping.For(kv.Shape.Layers, kv.Shape.KvHeads, kv.Shape.HeadDim, kv.Shape.Rope, kv.Shape.Precision);

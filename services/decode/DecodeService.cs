@@ -155,11 +155,11 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 }
                 if (chunk.Finish is { } finish)
                 {
-                    if (finish != Engine.Sampling.FinishReason.Abort)
-                    {
-                        await call.WaitForCheckpoints();
-                        await call.FlushCheckpoints(responses);
-                    }
+                    // The final checkpoint is announced, not awaited: a reader of the session (the next
+                    // turn's prefill, a restart) waits at the cache manager until it lands, and the
+                    // stream completes now (issue 17: a client's stream never waits for a checkpoint).
+                    if (finish != Engine.Sampling.FinishReason.Abort) await call.ReserveFinalAsync();
+                    await call.FlushCheckpoints(responses);
                     await responses.WriteAsync(new DecodeResponse
                     {
                         Complete = new DecodeComplete
@@ -278,11 +278,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         private int _sinceCheckpoint;
         private int _delivered = delivered;
         private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        // Set once the final checkpoint is captured: the batcher writes a chunk before it calls
-        // AfterToken, so the handler can see the last chunk before that checkpoint is scheduled.
-        private readonly TaskCompletionSource _finalScheduled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Whether the final checkpoint's put was announced (CacheManager.ReservePut) before it streams.
+        private readonly TaskCompletionSource<bool> _finalReserved = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        private sealed record Capture(PutHeader Header, List<KvLayerBlock> Blocks, int Covered);
+        private sealed record Capture(PutHeader Header, List<KvLayerBlock> Blocks, int Covered, bool Final);
 
         private sealed record Base(IReadOnlyList<KvLayerBlock> Blocks, long Version, int TokenCount);
 
@@ -329,14 +328,13 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             lock (_lock)
             {
                 if (_next is not null) Interlocked.Increment(ref service._checkpointsCoalesced);
-                _next = new Capture(header, blocks, covered);
+                _next = new Capture(header, blocks, covered, chunk.Finish is not null);
                 if (!_pumping)
                 {
                     _pumping = true;
                     _pump = Task.Run(PumpAsync);
                 }
             }
-            if (chunk.Finish is not null) _finalScheduled.TrySetResult();
         }
 
         /// <summary>Writes captures one at a time, the newest waiting one next, until none waits.</summary>
@@ -358,6 +356,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 try
                 {
                     await WaitDelivered(c.Covered);
+                    // The final put carries the reservation the handler made for it, so that the
+                    // cache manager ends the reservation when this put ends; it waits for that call
+                    // (quick: the handler makes it as soon as it sees the last chunk).
+                    if (c.Final) c.Header.Reserved = await _finalReserved.Task.WaitAsync(callAborted);
                     await WriteAsync(c);
                 }
                 catch (Exception e)
@@ -405,14 +407,25 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             _written.Enqueue(response.Kv!);
         }
 
-        /// <summary>Waits for every checkpoint, the final one included (the next turn of a
-        /// conversation starts from it).</summary>
-        public async Task WaitForCheckpoints()
+        /// <summary>
+        /// Announces the final checkpoint's put to the cache manager (ReservePut): until it lands, fails
+        /// or 30 s pass, a GetBlocks of the session waits for it, so the next turn of a conversation
+        /// still starts from it although the stream completed before it landed. A cache manager that
+        /// cannot be reached is not waited for (the put would fail too; readers rebuild the KV).
+        /// </summary>
+        public async Task ReserveFinalAsync()
         {
-            await _finalScheduled.Task.WaitAsync(callAborted);
-            Task pump;
-            lock (_lock) pump = _pump; // the final capture is taken by this pump or is already written
-            await pump;
+            try
+            {
+                await new LlmCluster.V1.CacheManager.CacheManagerClient(cacheManager).ReservePutAsync(new ReservePutRequest { SessionId = checkpointSession },
+                    deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: callAborted);
+                _finalReserved.TrySetResult(true);
+            }
+            catch (RpcException e)
+            {
+                service._logger.LogWarning("final checkpoint of session {Session} not announced: {Message}", checkpointSession, e.Message);
+                _finalReserved.TrySetResult(false);
+            }
         }
 
         public async Task FlushCheckpoints(IServerStreamWriter<DecodeResponse> responses)

@@ -41,8 +41,7 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         });
 
         Assert.Equal(expected.Ids, got.Ids);
-        var records = decode.Checkpoints;
-        Assert.NotEmpty(records);
+        var records = await FinalCheckpointAsync(decode, prompt.Length + got.Ids.Count - 1);
         Assert.Equal(0, decode.DeltasRefused);
         int before = prompt.Length; // the first delta's base: the prompt's KV that decode loaded
         int small = 0;
@@ -99,7 +98,7 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         });
 
         Assert.Equal(expected.Ids, got.Ids);
-        var records = decode.Checkpoints;
+        var records = await FinalCheckpointAsync(decode, prompt.Length + got.Ids.Count - 1);
         var report = string.Join("; ", records.Select(r => $"{r.TokenCount}: {(r.Delta ? "delta" : "whole")} v{r.Version} {r.MessageBytes}"));
         output.WriteLine(report);
         Assert.True(releasedAfter > 0 && releasedAfter < records.Count, $"released after {releasedAfter} checkpoints; {report}");
@@ -118,5 +117,14 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
             Assert.Equal(records[^1].Version, item.Kv.Version);
             break;
         }
+    }
+
+    /// <summary>The worker's checkpoints once the final one (covering <paramref name="tokens"/>) is written:
+    /// the stream completes without waiting for it.</summary>
+    private static async Task<IReadOnlyList<Cluster.Decode.DecodeService.CheckpointRecord>> FinalCheckpointAsync(Cluster.Decode.DecodeService decode, int tokens)
+    {
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); DateTime.UtcNow < deadline; await Task.Delay(10))
+            if (decode.Checkpoints.Any(r => r.TokenCount == tokens)) return decode.Checkpoints;
+        throw new Xunit.Sdk.XunitException($"no checkpoint of {tokens} tokens: {string.Join(", ", decode.Checkpoints.Select(r => r.TokenCount))}");
     }
 }
