@@ -92,8 +92,8 @@ public static class KvDelta
             if (sent.Positions.Length != heads || removed.Length != heads) throw new InvalidRequestException($"layer {sent.Layer}: delta for {sent.Positions.Length} heads ({removed.Length} removed lists), the base has {heads}");
             int row = headDim * sent.Precision.Bytes();
             var positions = new int[heads][];
-            var keys = new MemoryStream();
-            var values = new MemoryStream();
+            // First the merge (which row of which source each kept token takes), then one exact copy.
+            var rows = new List<(bool FromSent, int Row)>(b.Positions.Sum(p => p.Length) + sent.Positions.Sum(p => p.Length));
             int bRow = 0, sRow = 0;
             for (int h = 0; h < heads; h++)
             {
@@ -114,8 +114,7 @@ public static class KvDelta
                         if (r < rp.Length && rp[r] == bp[i]) { r++; i++; continue; } // gone
                         if (r < rp.Length && rp[r] < bp[i]) throw new InvalidRequestException($"layer {sent.Layer} head {h}: removed position {rp[r]} is not in the base");
                         kept.Add(bp[i]);
-                        keys.Write(b.Keys, (bRow + i) * row, row);
-                        values.Write(b.Values, (bRow + i) * row, row);
+                        rows.Add((false, bRow + i));
                         i++;
                     }
                     else
@@ -126,8 +125,7 @@ public static class KvDelta
                             i++; // replaced
                         }
                         kept.Add(sp[j]);
-                        keys.Write(sent.Keys, (sRow + j) * row, row);
-                        values.Write(sent.Values, (sRow + j) * row, row);
+                        rows.Add((true, sRow + j));
                         j++;
                     }
                 }
@@ -136,7 +134,20 @@ public static class KvDelta
                 bRow += bp.Length;
                 sRow += sp.Length;
             }
-            result[sent.Layer] = new WireKvBlock(sent.Layer, positions, sent.Precision, keys.ToArray(), values.ToArray());
+            var keys = new byte[(long)rows.Count * row];
+            var values = new byte[(long)rows.Count * row];
+            for (int k = 0; k < rows.Count;)
+            {
+                // A run of consecutive rows of one source is one copy (a dense delta is two runs per head).
+                var (fromSent, first) = rows[k];
+                int n = 1;
+                while (k + n < rows.Count && rows[k + n].FromSent == fromSent && rows[k + n].Row == first + n) n++;
+                var src = fromSent ? sent : b;
+                src.Keys.AsSpan(first * row, n * row).CopyTo(keys.AsSpan(k * row));
+                src.Values.AsSpan(first * row, n * row).CopyTo(values.AsSpan(k * row));
+                k += n;
+            }
+            result[sent.Layer] = new WireKvBlock(sent.Layer, positions, sent.Precision, keys, values);
         }
         for (int l = 0; l < result.Length; l++)
             if (result[l] is null) throw new InvalidRequestException($"the delta has no block for layer {l} (send an empty one for an unchanged layer)");
