@@ -166,7 +166,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                         {
                             FinishReason = SamplingMapping.ToWire(finish),
                             GeneratedTokens = produced,
-                            // Up to the last token: the final checkpoint it waited for is not a token's time.
+                            // Up to the last token: announcing the final checkpoint is not a token's time.
                             TpotSeconds = produced > 1 ? lastToken.TotalSeconds / produced : 0,
                         },
                     });
@@ -273,7 +273,6 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         private readonly Lock _lock = new();
         private Capture? _next;     // captured, not yet taken by the pump
         private bool _pumping;
-        private Task _pump = Task.CompletedTask;
         private Base? _base;        // touched by the pump only (and SetBase before the first token)
         private int _sinceCheckpoint;
         private int _delivered = delivered;
@@ -332,7 +331,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 if (!_pumping)
                 {
                     _pumping = true;
-                    _pump = Task.Run(PumpAsync);
+                    _ = Task.Run(PumpAsync); // ends when no capture waits; it logs its own failures
                 }
             }
         }
