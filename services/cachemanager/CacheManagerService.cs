@@ -48,8 +48,13 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<CacheManagerService>();
 
-    public override Task<ReleaseResponse> Release(ReleaseRequest request, ServerCallContext context) =>
-        Task.FromResult(new ReleaseResponse { Released = _store.Release(request.SessionId) });
+    public override async Task<ReleaseResponse> Release(ReleaseRequest request, ServerCallContext context)
+    {
+        // A put announced for the session (a decode worker's final checkpoint lands after its stream
+        // completed) lands first, so that a release right after a stream leaves nothing behind.
+        await _pending.WaitAsync(request.SessionId, context.CancellationToken);
+        return new ReleaseResponse { Released = _store.Release(request.SessionId) };
+    }
 
     public override Task<ReservePutResponse> ReservePut(ReservePutRequest request, ServerCallContext context)
     {
@@ -61,13 +66,15 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     public override async Task<PutBlocksResponse> PutBlocks(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context)
     {
         PutHeader? header = null;
+        PutBlocksResponse? response = null;
         try
         {
-            return await StoreAsync(requests, context, h => header = h);
+            return response = await StoreAsync(requests, context, h => header = h);
         }
         finally
         {
-            if (header is { Reserved: true }) _pending.Ended(header.SessionId);
+            // A refused delta stored nothing: its reservation waits for the whole put the writer sends next.
+            if (header is { Reserved: true } && response is not { BaseMissing: true }) _pending.Ended(header.SessionId);
         }
     }
 
@@ -77,6 +84,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         var precision = KvPrecision.Fp32;
         KvWire.BlockAssembler? current = null;
         var blocks = new List<WireKvBlock>();
+        var removed = new List<int[][]>(); // per block: a delta block's removed positions per head
         await foreach (var item in requests.ReadAllAsync(context.CancellationToken))
         {
             switch (item.ItemCase)
@@ -92,6 +100,9 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
                     if (current is not null) blocks.Add(current.BuildWire());
                     // Stored and served in the writer's dtype, as the bytes came.
                     current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim, precision, widen: false);
+                    if (header.BaseVersion == 0 && item.Block.Removed.Count > 0)
+                        throw new RpcException(new Status(StatusCode.InvalidArgument, "KvBlockHeader.removed is for delta puts (PutHeader.base_version set)"));
+                    removed.Add(item.Block.Removed.Select(h => h.Positions.ToArray()).ToArray());
                     break;
                 case PutBlocksRequest.ItemOneofCase.Chunk when current is not null:
                     current.Add(item.Chunk);
@@ -106,7 +117,22 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         var layout = header.Layout;
         var shape = new KvShape(layout.NumLayers, layout.NumKvHeads, layout.HeadDim, KvLayoutMapping.Rope(layout), precision);
         var policy = PolicyMapping.ToSpec(header.Policy) ?? "dense";
-        var (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
+        StoredKv kv;
+        TimeSpan elapsed;
+        if (header.BaseVersion == 0) (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
+        else
+        {
+            // An empty removed list means none gone in every head.
+            var deltas = blocks.Select((b, i) => (b, removed[i].Length == 0 ? b.Positions.Select(_ => Array.Empty<int>()).ToArray() : removed[i])).ToList();
+            try
+            {
+                (kv, elapsed) = _store.PutDelta(header.SessionId, shape, policy, header.TokenCount, header.BaseVersion, header.BaseTokenCount, deltas, header.Checkpoint, header.OutputIndex);
+            }
+            catch (KvBaseMissingException)
+            {
+                return new PutBlocksResponse { BaseMissing = true };
+            }
+        }
         var policyTag = new KeyValuePair<string, object?>("policy", kv.Policy.Split('(')[0]);
         _metrics.CompressionSeconds.Record(elapsed.TotalSeconds, policyTag);
         // Kept of all the tokens the session has seen: prefill compresses before it sends, so what
@@ -135,10 +161,11 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         }
     }
 
-    public override Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
+    public override async Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
     {
+        await _pending.WaitAsync(request.SessionId, context.CancellationToken); // as GetBlocks: an announced put lands first
         var kv = _store.Get(request.SessionId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"no KV for session '{request.SessionId}'"));
-        return Task.FromResult(new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex });
+        return new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex };
     }
 
     private static KvLayout LayoutOf(StoredKv kv) => KvLayoutMapping.For(kv.Shape.Layers, kv.Shape.KvHeads, kv.Shape.HeadDim, kv.Shape.Rope, kv.Shape.Precision);

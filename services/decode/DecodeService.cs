@@ -129,7 +129,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         using var reservation = await Admission.AcquireAsync(ReservedBytes(request, history + prompt.Length + generated.Length, p.MaxTokens), context.CancellationToken);
         // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + Math.Max(0, generated.Length - 1) : 0;
-        var (handle, cache, policy, spec) = request.StartTurn
+        var (handle, cache, policy, spec, loaded) = request.StartTurn
             ? await HistoryAsync(request, cacheManager, history, p.MaxTokens, context.CancellationToken)
             : await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
         var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex, ownsCache: false);
@@ -142,8 +142,9 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 // was stored): run the turn's fed tokens as prefill does, on the batch thread.
                 await _batcher.RunExclusiveAsync(() => { ConversationTurn.Feed(model, cache, prompt, p.MaxTokens, seq.Logits); return true; }, context.CancellationToken);
                 handle = new KvHandle(handle) { TokenCount = history + prompt.Length };
+                loaded = null; // the cache moved past the loaded version: the first checkpoint is whole
             }
-            keep = await StreamAsync(request, p, seq, handle, policy, spec, cacheManager, prompt, generated, history, responses, context);
+            keep = await StreamAsync(request, p, seq, handle, policy, spec, loaded, cacheManager, prompt, generated, history, responses, context);
         }
         finally
         {
@@ -156,7 +157,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// <summary>Streams one sequence through the continuous batch; true when it finished (not aborted,
     /// not failed) as a single output whose cache may stay for the next turn.</summary>
     private async Task<bool> StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
-        Engine.Compression.KvCompressionPolicy? policy, string spec, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
+        Engine.Compression.KvCompressionPolicy? policy, string spec, List<KvLayerBlock>? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
         IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
     {
         var cache = seq.Cache;
@@ -172,6 +173,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         // Outputs of one request (n > 1) continue the same prompt KV but checkpoint apart.
         var checkpointSession = string.IsNullOrEmpty(request.CheckpointSessionId) ? handle.SessionId : request.CheckpointSessionId;
         var call = new DecodeCall(this, cacheManager, handle, checkpointSession, every, generated.Length, context.CancellationToken) { Cache = cache };
+        // The version it loaded is the first delta's base when its checkpoints go to the same session in
+        // the same dtype (n > 1 outputs checkpoint to sessions of their own: their first is whole).
+        if (loaded is not null && handle.Version > 0 && checkpointSession == handle.SessionId && KvLayoutMapping.Precision(handle.Layout) == _options.KvPrecision)
+            call.SetBase(loaded, handle.Version, handle.TokenCount);
         _calls[call] = 0;
         var finished = Engine.Sampling.FinishReason.Abort;
         try
@@ -180,6 +185,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             var reader = _batcher.Add(seq, generated[cached..], context.CancellationToken, call);
             var started = Stopwatch.StartNew();
             int produced = 0;
+            var lastToken = TimeSpan.Zero;
             await foreach (var chunk in reader.ReadAllAsync(CancellationToken.None))
             {
                 await call.FlushCheckpoints(responses);
@@ -189,6 +195,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                     if (SamplingMapping.ToWire(chunk.Logprobs) is { } lp) dc.Logprobs.Add(lp);
                     await responses.WriteAsync(new DecodeResponse { Chunk = dc });
                     produced++;
+                    lastToken = started.Elapsed;
                     call.Written(generated.Length + produced);
                 }
                 else if (chunk.Text.Length > 0)
@@ -198,18 +205,19 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 if (chunk.Finish is { } finish)
                 {
                     finished = finish;
-                    if (finish != Engine.Sampling.FinishReason.Abort)
-                    {
-                        await call.WaitForCheckpoints();
-                        await call.FlushCheckpoints(responses);
-                    }
+                    // The final checkpoint is announced, not awaited: a reader of the session (the next
+                    // turn's prefill, a restart) waits at the cache manager until it lands, and the
+                    // stream completes now (issue 17: a client's stream never waits for a checkpoint).
+                    if (finish != Engine.Sampling.FinishReason.Abort) await call.ReserveFinalAsync();
+                    await call.FlushCheckpoints(responses);
                     await responses.WriteAsync(new DecodeResponse
                     {
                         Complete = new DecodeComplete
                         {
                             FinishReason = SamplingMapping.ToWire(finish),
                             GeneratedTokens = produced,
-                            TpotSeconds = produced > 1 ? started.Elapsed.TotalSeconds / produced : 0,
+                            // Up to the last token: announcing the final checkpoint is not a token's time.
+                            TpotSeconds = produced > 1 ? lastToken.TotalSeconds / produced : 0,
                         },
                     });
                 }
@@ -230,7 +238,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// the previous turn ended here (no transfer), else the cache manager's copy, else rebuilt from the
     /// recipe on the batch thread (<see cref="HistoryKv"/>, as a prefill worker would).
     /// </summary>
-    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec)> HistoryAsync(
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec, List<KvLayerBlock>? Loaded)> HistoryAsync(
         DecodeRequest request, GrpcChannel cacheManager, int history, int maxNewTokens, CancellationToken ct)
     {
         var model = _host.Model!;
@@ -241,15 +249,15 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         {
             Interlocked.Increment(ref _residentHits);
             _metrics.ResidentHits.Add(1);
-            return (handle, kept, policy, spec);
+            return (handle, kept, policy, spec, null);
         }
         var fetched = await HistoryKv.FetchAsync(model, cacheManager, request.Kv.SessionId, history, request.Kv.Version, request.History, policy, maxNewTokens, ct);
-        if (fetched.Cache is { } cache) return (handle, cache, policy, spec);
+        if (fetched.Cache is { } cache) return (handle, cache, policy, spec, null);
         var reason = fetched.RebuildReason!;
         _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its history", request.Kv.SessionId, reason);
         Interlocked.Increment(ref _kvRebuilds);
         _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", reason));
-        return (handle, await _batcher.RunExclusiveAsync(() => HistoryKv.Rebuild(model, request.History, policy, history, maxNewTokens), ct), policy, spec);
+        return (handle, await _batcher.RunExclusiveAsync(() => HistoryKv.Rebuild(model, request.History, policy, history, maxNewTokens), ct), policy, spec, null);
     }
 
     /// <summary>The most KV the sequence's cache can hold: the tokens it has (earlier turns, the prompt,
@@ -270,7 +278,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// a restart of the cache manager costs recomputation, never the stream. A conversation's later turn
     /// (history &gt; 0) is rebuilt from the request's recipe of the earlier turns, then this turn's fed tokens.
     /// </summary>
-    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec)> LoadOrRebuildAsync(
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec, List<KvLayerBlock>? Blocks)> LoadOrRebuildAsync(
         DecodeRequest request, GrpcChannel cacheManager, int[] prompt, int history, int maxTokens, int maxNewTokens, CancellationToken ct)
     {
         var model = _host.Model!;
@@ -280,7 +288,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
             var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
-            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec);
+            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec, blocks);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)
@@ -293,28 +301,70 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             // Forward passes: on the batch thread, never beside a batched step (the model's run state is shared).
             var cache = await _batcher.RunExclusiveAsync(() => KvRebuild.ForTurn(model, request.History, history, prompt, policy, maxNewTokens), ct);
             var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = history + prompt.Length, Version = 0 };
-            return (handle, cache, policy, spec);
+            return (handle, cache, policy, spec, null);
         }
+    }
+
+    /// <summary>A checkpoint this worker wrote (tests and the bench read them).</summary>
+    /// <param name="Delta">Sent as the changes since the previous version, not the whole cache.</param>
+    /// <param name="MessageBytes">Every byte of the put's messages (K/V data, positions, headers).</param>
+    /// <param name="WholeBytes">K/V bytes of the whole cache at this checkpoint (what a whole put sends as data).</param>
+    public sealed record CheckpointRecord(string SessionId, int TokenCount, long Version, bool Delta, long MessageBytes, long DataBytes, long WholeBytes, TimeSpan Elapsed);
+
+    private readonly ConcurrentQueue<CheckpointRecord> _checkpoints = new();
+    private long _checkpointsCoalesced, _deltasRefused;
+
+    /// <summary>Checkpoints written so far, oldest first (the most recent 10,000).</summary>
+    public IReadOnlyList<CheckpointRecord> Checkpoints => [.. _checkpoints];
+
+    /// <summary>Captured checkpoints dropped because a newer one of the same sequence replaced them before they were sent.</summary>
+    public long CheckpointsCoalesced => Interlocked.Read(ref _checkpointsCoalesced);
+
+    /// <summary>Deltas the cache manager refused (base version gone), each followed by a whole put.</summary>
+    public long DeltasRefused => Interlocked.Read(ref _deltasRefused);
+
+    private void Record(CheckpointRecord r)
+    {
+        _checkpoints.Enqueue(r);
+        while (_checkpoints.Count > 10_000) _checkpoints.TryDequeue(out _);
     }
 
     /// <summary>
     /// One Decode call's checkpoint bookkeeping. Checkpoints are captured on the batch thread (a copy,
-    /// so the sequence can go on) and written to the cache manager one after another, so a newer one
-    /// never lands before an older one. A checkpoint is written only once every token it covers has
+    /// so the sequence can go on) and written to the cache manager by one pump per call, off the token
+    /// path: at most one put of a sequence is in flight, and a capture made while one is (or while the
+    /// pump waits for its tokens to be written) replaces any capture still waiting, so a slow cache
+    /// manager costs checkpoint freshness, never memory or the stream. A newer version therefore never
+    /// lands before an older one. A checkpoint is written only once every token it covers has
     /// been written to the gateway's stream, which keeps checkpoints from running ahead of the client;
     /// a restart still asks the cache manager for a version not ahead of what the gateway received
     /// (GetBlocksRequest.max_token_count), since written is not yet received when a worker dies.
+    /// <para>
+    /// Incremental (issue 17): the call keeps the last version it knows the cache manager holds as it
+    /// was sent (the one it loaded, or its own last put when the cache manager stored it uncompressed)
+    /// and sends only the tokens that changed or came since (<see cref="KvDelta"/>), with that base's
+    /// version; when the cache manager no longer holds the base it says so and the whole cache goes.
+    /// </para>
     /// </summary>
     private sealed class DecodeCall(DecodeService service, GrpcChannel cacheManager, KvHandle handle, string checkpointSession, int every, int delivered, CancellationToken callAborted)
     {
         private readonly ConcurrentQueue<KvHandle> _written = new();
-        private Task _chain = Task.CompletedTask;
+        private readonly Lock _lock = new();
+        private Capture? _next;     // captured, not yet taken by the pump
+        private bool _pumping;
+        private Base? _base;        // touched by the pump only (and SetBase before the first token)
         private int _sinceCheckpoint;
         private int _delivered = delivered;
         private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        // Set once the final checkpoint is chained: the batcher writes a chunk before it calls
-        // AfterToken, so the handler can see the last chunk before that checkpoint is scheduled.
-        private readonly TaskCompletionSource _finalScheduled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Whether the final checkpoint's put was announced (CacheManager.ReservePut) before it streams.
+        private readonly TaskCompletionSource<bool> _finalReserved = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        private sealed record Capture(PutHeader Header, List<KvLayerBlock> Blocks, int Covered, bool Final);
+
+        private sealed record Base(IReadOnlyList<KvLayerBlock> Blocks, long Version, int TokenCount);
+
+        /// <summary>The whole cache the cache manager holds as <paramref name="version"/> (what this call loaded).</summary>
+        public void SetBase(IReadOnlyList<KvLayerBlock> blocks, long version, int tokenCount) => _base = new Base(blocks, version, tokenCount);
 
         /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.</summary>
         public void Written(int tokens)
@@ -353,29 +403,107 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 OutputIndex = seq.Generated.Count,
             };
             int covered = seq.Generated.Count - 1; // every generated token but the newest is in the cache
-            _chain = _chain.ContinueWith(async _ =>
+            lock (_lock)
             {
-                try
+                if (_next is not null) Interlocked.Increment(ref service._checkpointsCoalesced);
+                _next = new Capture(header, blocks, covered, chunk.Finish is not null);
+                if (!_pumping)
                 {
-                    await WaitDelivered(covered);
-                    var (response, _) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
-                    _written.Enqueue(response.Kv);
+                    _pumping = true;
+                    _ = Task.Run(PumpAsync); // ends when no capture waits; it logs its own failures
                 }
-                catch (Exception e) when (e is RpcException or OperationCanceledException)
-                {
-                    // A lost checkpoint costs only re-computation on a restart; the stream goes on.
-                    service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", checkpointSession, e.Message);
-                }
-            }, TaskScheduler.Default).Unwrap();
-            if (chunk.Finish is not null) _finalScheduled.TrySetResult();
+            }
         }
 
-        /// <summary>Waits for every checkpoint, the final one included (the next turn of a
-        /// conversation starts from it).</summary>
-        public async Task WaitForCheckpoints()
+        /// <summary>Writes captures one at a time, the newest waiting one next, until none waits.</summary>
+        private async Task PumpAsync()
         {
-            await _finalScheduled.Task.WaitAsync(callAborted);
-            await _chain;
+            while (true)
+            {
+                Capture c;
+                lock (_lock)
+                {
+                    if (_next is null)
+                    {
+                        _pumping = false;
+                        return;
+                    }
+                    c = _next;
+                    _next = null;
+                }
+                try
+                {
+                    await WaitDelivered(c.Covered);
+                    // The final put carries the reservation the handler made for it, so that the
+                    // cache manager ends the reservation when this put ends; it waits for that call
+                    // (quick: the handler makes it as soon as it sees the last chunk).
+                    if (c.Final) c.Header.Reserved = await _finalReserved.Task.WaitAsync(callAborted);
+                    await WriteAsync(c);
+                }
+                catch (Exception e)
+                {
+                    // A lost checkpoint costs only re-computation on a restart; the stream goes on.
+                    _base = null; // what the cache manager holds is unknown now: the next goes whole
+                    service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", checkpointSession, e.Message);
+                }
+            }
+        }
+
+        private async Task WriteAsync(Capture c)
+        {
+            var sw = Stopwatch.StartNew();
+            var precision = service._options.KvPrecision;
+            long whole = c.Blocks.Sum(b => ((long)b.Keys.Length + b.Values.Length) * precision.Bytes());
+            PutBlocksResponse? response = null;
+            long data = 0, messages = 0;
+            bool delta = false;
+            if (_base is { } b)
+            {
+                var header = c.Header.Clone();
+                header.BaseVersion = b.Version;
+                header.BaseTokenCount = b.TokenCount;
+                var deltas = KvDelta.Diff(b.Blocks, c.Blocks, service._host.Config.HeadDim);
+                (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, header, deltas.Select(d => (d.Sent, (int[][]?)d.Removed)).ToList(), CancellationToken.None);
+                delta = !response.BaseMissing;
+                if (response.BaseMissing)
+                {
+                    Interlocked.Increment(ref service._deltasRefused);
+                    response = null;
+                }
+            }
+            if (response is null)
+            {
+                long refused = messages;
+                (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, c.Header, c.Blocks.Select(x => (x, (int[][]?)null)).ToList(), CancellationToken.None);
+                messages += refused;
+            }
+            // The next delta's base: this version, if the cache manager kept it as sent (a put over the
+            // policy's budget is compressed on arrival, and then it holds something else).
+            _base = response.Kv is { Version: > 0 } kv && response.KeptTokens == c.Blocks[0].Positions.Max(p => p.Length)
+                ? new Base(c.Blocks, kv.Version, c.Header.TokenCount) : null;
+            service.Record(new CheckpointRecord(checkpointSession, c.Header.TokenCount, response.Kv?.Version ?? 0, delta, messages, data, whole, sw.Elapsed));
+            _written.Enqueue(response.Kv!);
+        }
+
+        /// <summary>
+        /// Announces the final checkpoint's put to the cache manager (ReservePut): until it lands, fails
+        /// or 30 s pass, a GetBlocks of the session waits for it, so the next turn of a conversation
+        /// still starts from it although the stream completed before it landed. A cache manager that
+        /// cannot be reached is not waited for (the put would fail too; readers rebuild the KV).
+        /// </summary>
+        public async Task ReserveFinalAsync()
+        {
+            try
+            {
+                await new LlmCluster.V1.CacheManager.CacheManagerClient(cacheManager).ReservePutAsync(new ReservePutRequest { SessionId = checkpointSession },
+                    deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: callAborted);
+                _finalReserved.TrySetResult(true);
+            }
+            catch (RpcException e)
+            {
+                service._logger.LogWarning("final checkpoint of session {Session} not announced: {Message}", checkpointSession, e.Message);
+                _finalReserved.TrySetResult(false);
+            }
         }
 
         public async Task FlushCheckpoints(IServerStreamWriter<DecodeResponse> responses)

@@ -22,6 +22,10 @@ public sealed record StoredKv(
 /// <summary>Why a put was refused.</summary>
 public sealed class KvStoreFullException(string message) : Exception(message);
 
+/// <summary>A delta put whose base version the store does not hold (released, superseded, evicted,
+/// or a different sequence under the same version number): nothing was stored.</summary>
+public sealed class KvBaseMissingException(string message) : Exception(message);
+
 /// <summary>Why a session left memory (or the spill), for llm_kv_session_evictions_total's <c>reason</c>.</summary>
 public enum KvEvictionReason
 {
@@ -142,6 +146,28 @@ public sealed class KvSessionStore : IDisposable
             if (!inMemory) _spill?.Delete(sessionId);   // memory holds the newest now; the file would be stale
             return (kv, elapsed);
         }
+    }
+
+    /// <summary>
+    /// An incremental checkpoint (issue 17): <paramref name="deltas"/> applied onto the stored version
+    /// <paramref name="baseVersion"/> (which must cover <paramref name="baseTokenCount"/> tokens and have
+    /// this shape), then stored exactly as <see cref="Put"/> stores a whole cache: the result is a new
+    /// version holding the whole cache (deltas are folded in on arrival, so memory holds whole versions
+    /// only, as many as before, and a get or the spill sees no difference).
+    /// </summary>
+    /// <exception cref="KvBaseMissingException">The base version is not here (the writer sends the whole cache instead).</exception>
+    public (StoredKv Kv, TimeSpan CompressionTime) PutDelta(string sessionId, KvShape shape, string policy, int tokensSeen, long baseVersion, int baseTokenCount,
+        IReadOnlyList<(WireKvBlock Sent, int[][] Removed)> deltas, bool checkpoint, int outputIndex)
+    {
+        if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
+        if (baseVersion <= 0) throw new InvalidRequestException($"base_version must be > 0 for a delta, got {baseVersion}");
+        var b = Get(sessionId, baseVersion);
+        if (b is null || b.TokensSeen != baseTokenCount)
+            throw new KvBaseMissingException($"session '{sessionId}' has no version {baseVersion}" + (b is null ? "" : $" with {baseTokenCount} tokens (it has {b.TokensSeen})"));
+        if ((b.Shape.Layers, b.Shape.KvHeads, b.Shape.HeadDim, b.Shape.Precision) != (shape.Layers, shape.KvHeads, shape.HeadDim, shape.Precision))
+            throw new KvBaseMissingException($"session '{sessionId}' version {baseVersion} is stored as [{b.Shape.Layers}, {b.Shape.KvHeads}, {b.Shape.HeadDim}] {b.Shape.Precision.Name()}, the delta is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}] {shape.Precision.Name()}");
+        var whole = KvDelta.Apply(b.Layers, deltas, shape.HeadDim);
+        return Put(sessionId, shape, policy, tokensSeen, whole, checkpoint, outputIndex);
     }
 
     /// <summary>

@@ -17,24 +17,44 @@ public static class KvTransfer
     /// <summary>Streams the blocks after <paramref name="header"/>, in its layout's dtype; returns the stored handle and the block bytes sent.</summary>
     public static async Task<(PutBlocksResponse Response, long Bytes)> PutAsync(GrpcChannel cacheManager, PutHeader header, IReadOnlyList<KvLayerBlock> blocks, CancellationToken ct)
     {
+        var (response, bytes, _) = await PutCountedAsync(cacheManager, header, blocks.Select(b => (b, (int[][]?)null)).ToList(), ct);
+        return (response, bytes);
+    }
+
+    /// <summary>
+    /// A whole cache (<paramref name="blocks"/> with null removed lists and header.base_version 0) or an
+    /// incremental checkpoint (each layer's sent tokens and removed positions, header.base_version set).
+    /// Returns the response, the K/V bytes sent and every byte of the stream's messages (headers and
+    /// positions included: what a test of "bytes on the wire" counts).
+    /// </summary>
+    public static async Task<(PutBlocksResponse Response, long Bytes, long MessageBytes)> PutCountedAsync(GrpcChannel cacheManager, PutHeader header,
+        IReadOnlyList<(KvLayerBlock Block, int[][]? Removed)> blocks, CancellationToken ct)
+    {
         var precision = KvLayoutMapping.Precision(header.Layout);
         var sw = Stopwatch.StartNew();
         using var call = new CacheManager.CacheManagerClient(cacheManager).PutBlocks(cancellationToken: ct);
-        long bytes = 0;
-        await call.RequestStream.WriteAsync(new PutBlocksRequest { Header = header });
-        foreach (var block in blocks)
+        long bytes = 0, messages = 0;
+        async Task Write(PutBlocksRequest r)
         {
-            await call.RequestStream.WriteAsync(new PutBlocksRequest { Block = KvWire.Header(block, precision) });
+            messages += r.CalculateSize();
+            await call.RequestStream.WriteAsync(r);
+        }
+        await Write(new PutBlocksRequest { Header = header });
+        foreach (var (block, removed) in blocks)
+        {
+            var blockHeader = KvWire.Header(block, precision);
+            if (removed is not null) foreach (var r in removed) blockHeader.Removed.Add(new HeadTokens { Positions = { r } });
+            await Write(new PutBlocksRequest { Block = blockHeader });
             foreach (var chunk in KvWire.Chunks(block, precision))
             {
-                await call.RequestStream.WriteAsync(new PutBlocksRequest { Chunk = chunk });
+                await Write(new PutBlocksRequest { Chunk = chunk });
                 bytes += chunk.Data.Length;
             }
         }
         await call.RequestStream.CompleteAsync();
         var response = await call.ResponseAsync;
         KvTransferMetrics.Record("put", precision, bytes, sw.Elapsed);
-        return (response, bytes);
+        return (response, bytes, messages);
     }
 
     /// <summary>Fetches a session's blocks (version 0: the latest), widened to fp32 as they arrive.
