@@ -238,20 +238,33 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         // AfterToken, so the handler can see the last chunk before that checkpoint is scheduled.
         private readonly TaskCompletionSource _finalScheduled = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.</summary>
+        /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.
+        /// Per token: a new completion source only while a checkpoint waits for delivery.</summary>
         public void Written(int tokens)
         {
-            Volatile.Write(ref _delivered, tokens);
-            Interlocked.Exchange(ref _progress, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+            // Full fences on both sides: either this sees the waiter, or the waiter sees the count.
+            Interlocked.Exchange(ref _delivered, tokens);
+            if (Volatile.Read(ref _waiting) != 0)
+                Interlocked.Exchange(ref _progress, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
+
+        private int _waiting;
 
         private async Task WaitDelivered(int tokens)
         {
-            while (Volatile.Read(ref _delivered) < tokens)
+            Interlocked.Increment(ref _waiting);
+            try
             {
-                var progress = Volatile.Read(ref _progress);
-                if (Volatile.Read(ref _delivered) >= tokens) break;
-                await progress.Task.WaitAsync(callAborted);
+                while (Volatile.Read(ref _delivered) < tokens)
+                {
+                    var progress = Volatile.Read(ref _progress);
+                    if (Volatile.Read(ref _delivered) >= tokens) break;
+                    await progress.Task.WaitAsync(callAborted);
+                }
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _waiting);
             }
         }
 

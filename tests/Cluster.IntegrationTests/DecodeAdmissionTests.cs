@@ -102,12 +102,18 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         Assert.Equal(expected[0], (await Generate(requests[0])).Ids); // warm-up: the worker's baseline memory
         long baseline = decode.Memory().Rss;
         double peakReserved = 0;
+        long gcBaseline = (long)await decode.GaugeAsync("llm_process_gc_committed_bytes");
+        // At the highest resident memory sampled: the GC's committed memory then (the rest is native).
+        (long Rss, long GcCommitted, long Heap) atPeak = (0, 0, 0);
         using var done = new CancellationTokenSource();
         var sampler = Task.Run(async () =>
         {
             while (!done.IsCancellationRequested)
             {
                 peakReserved = Math.Max(peakReserved, await decode.GaugeAsync("llm_kv_reserved_bytes"));
+                long rss = decode.Memory().Rss;
+                if (rss > atPeak.Rss)
+                    atPeak = (rss, (long)await decode.GaugeAsync("llm_process_gc_committed_bytes"), (long)await decode.GaugeAsync("llm_process_managed_heap_bytes"));
                 await Task.Delay(20);
             }
         });
@@ -118,7 +124,9 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         for (int i = 0; i < streams; i++) Assert.True(expected[i].SequenceEqual(results[i].Ids), $"stream {i} differs from its local run");
         Assert.InRange(peakReserved, 6 * perSequence, budgetMiB << 20); // the budget was used, never passed
         var (_, peak) = decode.Memory();
-        Console.WriteLine($"decode worker: peak resident memory {(peak - baseline) >> 20} MiB over its {baseline >> 20} MiB baseline (KV budget {budgetMiB} MiB)");
+        Console.WriteLine($"decode worker: peak resident memory {(peak - baseline) >> 20} MiB over its {baseline >> 20} MiB baseline (KV budget {budgetMiB} MiB); "
+            + $"at the highest sample ({(atPeak.Rss - baseline) >> 20} MiB over) the GC had {(atPeak.GcCommitted - gcBaseline) >> 20} MiB more committed than at the baseline "
+            + $"({atPeak.GcCommitted >> 20} MiB, managed heap {atPeak.Heap >> 20} MiB), native and the rest {(atPeak.Rss - baseline - (atPeak.GcCommitted - gcBaseline)) >> 20} MiB");
         Assert.Equal(0, await decode.GaugeAsync("llm_kv_reserved_bytes"));
     }
 
