@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
@@ -425,17 +426,108 @@ public sealed unsafe class CpuBackend : IComputeBackend
             int row = seg.RowOffset + t;
             // Causal: the segment's tokens are the last `Tokens` slots of the head; token t sees up to its own.
             int visible = cache.Lengths[g] - seg.Tokens + t + 1;
-            var qv = new ReadOnlySpan<float>(Q + ((long)row * heads + h) * headDim, headDim);
+            float* qp = Q + ((long)row * heads + h) * headDim;
+            var qv = new ReadOnlySpan<float>(qp, headDim);
             var s = scores.AsSpan(0, visible);
             float* keys = Cpu(cache.K).Pointer + cache.Offset(g, 0), values = Cpu(cache.V).Pointer + cache.Offset(g, 0);
+            var o = new Span<float>(Output + ((long)row * heads + h) * headDim, headDim);
+            if (Vector8Heads && headDim % 8 == 0)
+            {
+                fixed (float* sp = scores)
+                {
+                    Scores8(qp, keys, sp, visible, headDim, Scale);
+                    TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
+                    TensorPrimitives.SoftMax(s, s);
+                    Weighted8(sp, values, Output + ((long)row * heads + h) * headDim, visible, headDim);
+                }
+                return;
+            }
             for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qv, new ReadOnlySpan<float>(keys + (long)j * headDim, headDim)) * Scale;
             // TensorPrimitives.SoftMax exponentiates without subtracting the maximum, so scores past ~88
             // (a cache run far beyond the training context) overflow to inf/inf = NaN: shift them first.
             TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
             TensorPrimitives.SoftMax(s, s);
-            var o = new Span<float>(Output + ((long)row * heads + h) * headDim, headDim);
             o.Clear();
             for (int j = 0; j < visible; j++) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * headDim, headDim), s[j], o, o);
+        }
+    }
+
+    /// <summary>Attention's dot products and weighted sums in 8-lane fused multiply-adds, inline (a
+    /// TensorPrimitives call per cached key and per value row cost more than the arithmetic at head
+    /// sizes of 64). Each score and each output lane is one chain in a fixed order, the same for a
+    /// sequence alone or in any batch.</summary>
+    private static readonly bool Vector8Heads = System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated
+        && Environment.GetEnvironmentVariable("LLMCLUSTER_VECTOR_ATTENTION") != "0";
+
+    /// <summary>s[j] = (q · k_j) · scale for j &lt; n; keys are rows of <paramref name="hd"/> floats.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    private static void Scores8(float* q, float* keys, float* s, int n, int hd, float scale)
+    {
+        int j = 0;
+        // Four keys at a time: four independent chains in flight.
+        for (; j + 4 <= n; j += 4)
+        {
+            float* k0 = keys + (long)j * hd, k1 = k0 + hd, k2 = k1 + hd, k3 = k2 + hd;
+            var qc = System.Runtime.Intrinsics.Vector256.Load(q);
+            var a0 = qc * System.Runtime.Intrinsics.Vector256.Load(k0);
+            var a1 = qc * System.Runtime.Intrinsics.Vector256.Load(k1);
+            var a2 = qc * System.Runtime.Intrinsics.Vector256.Load(k2);
+            var a3 = qc * System.Runtime.Intrinsics.Vector256.Load(k3);
+            for (int d = 8; d < hd; d += 8)
+            {
+                qc = System.Runtime.Intrinsics.Vector256.Load(q + d);
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k0 + d), a0);
+                a1 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k1 + d), a1);
+                a2 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k2 + d), a2);
+                a3 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k3 + d), a3);
+            }
+            s[j] = System.Runtime.Intrinsics.Vector256.Sum(a0) * scale;
+            s[j + 1] = System.Runtime.Intrinsics.Vector256.Sum(a1) * scale;
+            s[j + 2] = System.Runtime.Intrinsics.Vector256.Sum(a2) * scale;
+            s[j + 3] = System.Runtime.Intrinsics.Vector256.Sum(a3) * scale;
+        }
+        for (; j < n; j++)
+        {
+            float* k0 = keys + (long)j * hd;
+            var a0 = System.Runtime.Intrinsics.Vector256.Load(q) * System.Runtime.Intrinsics.Vector256.Load(k0);
+            for (int d = 8; d < hd; d += 8)
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(System.Runtime.Intrinsics.Vector256.Load(q + d), System.Runtime.Intrinsics.Vector256.Load(k0 + d), a0);
+            s[j] = System.Runtime.Intrinsics.Vector256.Sum(a0) * scale;
+        }
+    }
+
+    /// <summary>o = Σ_j s[j] · v_j over j &lt; n, in j order per lane; value rows of <paramref name="hd"/> floats.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    private static void Weighted8(float* s, float* values, float* o, int n, int hd)
+    {
+        int d = 0;
+        // Four lanes of eight at a time: four chains in flight, each value row read once per group.
+        for (; d + 32 <= hd; d += 32)
+        {
+            var a0 = System.Runtime.Intrinsics.Vector256<float>.Zero;
+            var a1 = a0;
+            var a2 = a0;
+            var a3 = a0;
+            for (int j = 0; j < n; j++)
+            {
+                float* v = values + (long)j * hd + d;
+                var w = System.Runtime.Intrinsics.Vector256.Create(s[j]);
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v), a0);
+                a1 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v + 8), a1);
+                a2 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v + 16), a2);
+                a3 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v + 24), a3);
+            }
+            a0.Store(o + d);
+            a1.Store(o + d + 8);
+            a2.Store(o + d + 16);
+            a3.Store(o + d + 24);
+        }
+        for (; d < hd; d += 8)
+        {
+            var a0 = System.Runtime.Intrinsics.Vector256<float>.Zero;
+            for (int j = 0; j < n; j++)
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(System.Runtime.Intrinsics.Vector256.Create(s[j]), System.Runtime.Intrinsics.Vector256.Load(values + (long)j * hd + d), a0);
+            a0.Store(o + d);
         }
     }
 
