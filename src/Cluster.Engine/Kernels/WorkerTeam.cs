@@ -104,6 +104,11 @@ internal sealed class WorkerTeam : IDisposable
         }
     }
 
+    /// <summary>How long a helper keeps polling for the next call before it blocks: the parallel
+    /// sections of a decode step follow each other within microseconds, and waking a blocked thread
+    /// costs about as much as a small product.</summary>
+    private static readonly long SpinTicks = System.Diagnostics.Stopwatch.Frequency / 10_000; // 100 µs
+
     private void Loop(int index)
     {
         while (true)
@@ -111,6 +116,20 @@ internal sealed class WorkerTeam : IDisposable
             _wake[index].Wait();
             if (_stopping) return;
             RunParts(Volatile.Read(ref _state) >> (2 * PartBits));
+            long idleSince = System.Diagnostics.Stopwatch.GetTimestamp();
+            while (System.Diagnostics.Stopwatch.GetTimestamp() - idleSince < SpinTicks && !_stopping)
+            {
+                long v = Volatile.Read(ref _state);
+                if ((v & PartMask) < (v >> PartBits & PartMask))
+                {
+                    RunParts(v >> (2 * PartBits));
+                    idleSince = System.Diagnostics.Stopwatch.GetTimestamp();
+                }
+                else Thread.SpinWait(20);
+            }
+            // Wake-ups for the calls served while polling are stale now. Dropping one that arrived just
+            // after the last poll is harmless: the caller runs every part no helper claims.
+            while (_wake[index].Wait(0)) { }
         }
     }
 
