@@ -54,6 +54,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
     {
         var logger = logging.CreateLogger("decode");
+        NativeHeap.Configure();
         return Task.FromResult<IClusterService>(new DecodeService(ModelHost.Load(options, logger, weights: true), options, logger));
     }
 
@@ -366,20 +367,33 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         /// <summary>The whole cache the cache manager holds as <paramref name="version"/> (what this call loaded).</summary>
         public void SetBase(IReadOnlyList<KvLayerBlock> blocks, long version, int tokenCount) => _base = new Base(blocks, version, tokenCount);
 
-        /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.</summary>
+        /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.
+        /// Per token: a new completion source only while a checkpoint waits for delivery.</summary>
         public void Written(int tokens)
         {
-            Volatile.Write(ref _delivered, tokens);
-            Interlocked.Exchange(ref _progress, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+            // Full fences on both sides: either this sees the waiter, or the waiter sees the count.
+            Interlocked.Exchange(ref _delivered, tokens);
+            if (Volatile.Read(ref _waiting) != 0)
+                Interlocked.Exchange(ref _progress, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
+
+        private int _waiting;
 
         private async Task WaitDelivered(int tokens)
         {
-            while (Volatile.Read(ref _delivered) < tokens)
+            Interlocked.Increment(ref _waiting);
+            try
             {
-                var progress = Volatile.Read(ref _progress);
-                if (Volatile.Read(ref _delivered) >= tokens) break;
-                await progress.Task.WaitAsync(callAborted);
+                while (Volatile.Read(ref _delivered) < tokens)
+                {
+                    var progress = Volatile.Read(ref _progress);
+                    if (Volatile.Read(ref _delivered) >= tokens) break;
+                    await progress.Task.WaitAsync(callAborted);
+                }
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _waiting);
             }
         }
 

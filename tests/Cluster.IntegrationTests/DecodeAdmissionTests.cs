@@ -53,9 +53,9 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
     /// budget fits 8. A model with large KV per token (8 layers x 2 KV heads x 64 dims: 8 KiB a token,
     /// 2 MiB a sequence): without admission the 64 caches would take 130 MiB, with it at most 17. Every
     /// stream finishes with its local tokens and the reserved bytes (sampled from the worker's gauge)
-    /// reach the budget's eight sequences and never pass it. The worker's peak resident memory is
-    /// reported, not asserted: under this load its growth (74-138 MiB measured) is dominated by the
-    /// runtime (GC heap, checkpoint copies, native allocator arenas), not by the KV the budget bounds.
+    /// reach the budget's eight sequences and never pass it. The worker's resident memory is split at
+    /// its highest sample into the GC's committed memory and the rest (native: KV, model, arenas); the
+    /// native growth is asserted against the budget, the GC's (checkpoint copies) only reported.
     /// </summary>
     [SharedDataFact]
     public async Task Sixty_four_long_streams_against_a_budget_of_eight_finish_with_their_local_tokens_within_the_budget()
@@ -102,12 +102,18 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         Assert.Equal(expected[0], (await Generate(requests[0])).Ids); // warm-up: the worker's baseline memory
         long baseline = decode.Memory().Rss;
         double peakReserved = 0;
+        long gcBaseline = (long)await decode.GaugeAsync("llm_process_gc_committed_bytes");
+        // At the highest resident memory sampled: the GC's committed memory then (the rest is native).
+        (long Rss, long GcCommitted, long Heap) atPeak = (0, 0, 0);
         using var done = new CancellationTokenSource();
         var sampler = Task.Run(async () =>
         {
             while (!done.IsCancellationRequested)
             {
                 peakReserved = Math.Max(peakReserved, await decode.GaugeAsync("llm_kv_reserved_bytes"));
+                long rss = decode.Memory().Rss;
+                if (rss > atPeak.Rss)
+                    atPeak = (rss, (long)await decode.GaugeAsync("llm_process_gc_committed_bytes"), (long)await decode.GaugeAsync("llm_process_managed_heap_bytes"));
                 await Task.Delay(20);
             }
         });
@@ -118,8 +124,17 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         for (int i = 0; i < streams; i++) Assert.True(expected[i].SequenceEqual(results[i].Ids), $"stream {i} differs from its local run");
         Assert.InRange(peakReserved, 6 * perSequence, budgetMiB << 20); // the budget was used, never passed
         var (_, peak) = decode.Memory();
-        Console.WriteLine($"decode worker: peak resident memory {(peak - baseline) >> 20} MiB over its {baseline >> 20} MiB baseline (KV budget {budgetMiB} MiB)");
+        Console.WriteLine($"decode worker: peak resident memory {(peak - baseline) >> 20} MiB over its {baseline >> 20} MiB baseline (KV budget {budgetMiB} MiB); "
+            + $"at the highest sample ({(atPeak.Rss - baseline) >> 20} MiB over) the GC had {(atPeak.GcCommitted - gcBaseline) >> 20} MiB more committed than at the baseline "
+            + $"({atPeak.GcCommitted >> 20} MiB, managed heap {atPeak.Heap >> 20} MiB), native and the rest {(atPeak.Rss - baseline - (atPeak.GcCommitted - gcBaseline)) >> 20} MiB");
         Assert.Equal(0, await decode.GaugeAsync("llm_kv_reserved_bytes"));
+        // The native part of the growth (resident memory less the GC's committed memory) holds the KV:
+        // 31-35 MiB measured with the budget's 17 (56 before the worker fixed glibc's mmap threshold);
+        // the 64 caches at once would be 130 MiB (139 MiB native growth measured with --kv-memory 1024,
+        // which fails this). The GC's part (27-81 MiB measured) is not bounded
+        // here: it is mostly the checkpoints' whole-cache copies waiting for a gen-2 collection.
+        long native = atPeak.Rss - baseline - (atPeak.GcCommitted - gcBaseline);
+        Assert.True(native <= (budgetMiB + 48L) << 20, $"native growth {native >> 20} MiB at the peak sample: more than the {budgetMiB} MiB KV budget + 48 MiB");
     }
 
     [SharedDataFact]

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
@@ -17,11 +18,18 @@ public sealed unsafe class CpuBackend : IComputeBackend
     private readonly int _threads;
     private readonly bool _blasOwnThreads;
 
+    /// <summary>Runs the parallel sections of decode (products, attention) without allocating; a
+    /// second thread using this backend while it is busy falls back to Parallel.For.</summary>
+    private readonly WorkerTeam _team;
+    private readonly ProductWork _product = new();
+    private readonly AttentionWork _attention = new();
+
     /// <param name="threads">Threads for matrix products and attention (default: all cores).</param>
     /// <param name="useOpenBlas">False forces the managed fallback (tests compare the two).</param>
     public CpuBackend(int? threads = null, bool useOpenBlas = true)
     {
         _threads = Math.Max(1, threads ?? Environment.ProcessorCount);
+        _team = new WorkerTeam(_threads);
         _useBlas = useOpenBlas && OpenBlas.IsAvailable;
         // Threads are ours (see RowSplit); LLMCLUSTER_OPENBLAS_THREADS=1 restores OpenBLAS's own
         // threading of fp32 products, to measure the difference.
@@ -116,24 +124,85 @@ public sealed unsafe class CpuBackend : IComputeBackend
     /// <summary>fp32 decode rows through <see cref="Fp32Dots"/> on <see cref="_threads"/> slices of the weight rows.</summary>
     private void Fp32DotParts(float* x, float* w, float* y, int rows, int k, int n)
     {
-        nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
         int parts = (long)rows * k * n < 1 << 16 ? 1 : _threads;
         // Slices of 48 weight rows: whole 3-row tiles, and no two threads writing one cache line of y.
-        RowSplit.For(n, parts, 48, _threads, (j0, j1) => Fp32Dots.Run((float*)xp, (float*)wp, (float*)yp, rows, k, j0, j1, n));
+        SplitProduct(ProductKind.Fp32Dots, x, w, y, rows, k, n, parts, 48);
     }
 
     /// <summary>fp32 through single-threaded OpenBLAS calls on <see cref="_threads"/> slices of the weight rows.</summary>
     private void BlasParts(float* x, float* w, float* y, int rows, int k, int n)
     {
-        nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
         // Small products are not worth a fork/join: about 64K multiply-adds.
         int parts = (long)rows * k * n < 1 << 16 || _blasOwnThreads ? 1 : _threads;
-        RowSplit.For(n, parts, 16, _threads, (j0, j1) =>
+        SplitProduct(ProductKind.Blas, x, w, y, rows, k, n, parts, 16);
+    }
+
+    private enum ProductKind { Fp32Dots, Blas }
+
+    /// <summary>Output columns [first, end) of one fp32 product.</summary>
+    private static void ProductRange(ProductKind kind, float* x, float* w, float* y, int rows, int k, int n, int first, int end)
+    {
+        if (kind == ProductKind.Fp32Dots)
         {
-            float* xs = (float*)xp, ws = (float*)wp + (long)j0 * k, ys = (float*)yp + j0;
-            if (rows == 1) OpenBlas.MatVec(ws, xs, ys, j1 - j0, k);
-            else OpenBlas.MatMulTransposed(xs, ws, ys, rows, k, j1 - j0, ldc: n);
-        });
+            Fp32Dots.Run(x, w, y, rows, k, first, end, n);
+            return;
+        }
+        float* ws = w + (long)first * k, ys = y + first;
+        if (rows == 1) OpenBlas.MatVec(ws, x, ys, end - first, k);
+        else OpenBlas.MatMulTransposed(x, ws, ys, rows, k, end - first, ldc: n);
+    }
+
+    /// <summary>Splits the n output columns into <paramref name="parts"/> ranges aligned to
+    /// <paramref name="align"/> (as <see cref="RowSplit"/> does) and runs them on the team: inline for one
+    /// part, through Parallel.For when another thread holds the team.</summary>
+    private void SplitProduct(ProductKind kind, float* x, float* w, float* y, int rows, int k, int n, int parts, int align)
+    {
+        parts = Math.Max(1, Math.Min(parts, (n + align - 1) / align));
+        if (parts == 1)
+        {
+            ProductRange(kind, x, w, y, rows, k, n, 0, n);
+            return;
+        }
+        if (!_team.TryAcquire())
+        {
+            SplitProductShared(kind, x, w, y, rows, k, n, parts, align);
+            return;
+        }
+        try
+        {
+            var work = _product;
+            work.X = x; work.W = w; work.Y = y;
+            (work.Kind, work.Rows, work.K, work.N, work.Parts, work.Align) = (kind, rows, k, n, parts, align);
+            _team.Run(work, parts);
+        }
+        finally
+        {
+            _team.Release();
+        }
+    }
+
+    /// <summary>Another thread holds the team: Parallel.For with a closure (in its own method, since a
+    /// closure's captured arguments are allocated on entry to the method that declares them).</summary>
+    private void SplitProductShared(ProductKind kind, float* x, float* w, float* y, int rows, int k, int n, int parts, int align)
+    {
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y;
+        RowSplit.For(n, parts, align, _threads, (j0, j1) => ProductRange(kind, (float*)xp, (float*)wp, (float*)yp, rows, k, n, j0, j1));
+    }
+
+    /// <summary>The arguments of one split product, reused by every call (see <see cref="WorkerTeam"/>).</summary>
+    private sealed class ProductWork : IPartedWork
+    {
+        public ProductKind Kind;
+        public float* X, W, Y;
+        public int Rows, K, N, Parts, Align;
+
+        public void Run(int part)
+        {
+            int units = (N + Align - 1) / Align;
+            int u0 = (int)((long)units * part / Parts), u1 = (int)((long)units * (part + 1) / Parts);
+            int first = u0 * Align, end = Math.Min(N, u1 * Align);
+            if (first < end) ProductRange(Kind, X, W, Y, Rows, K, N, first, end);
+        }
     }
 
     /// <summary>From this many activation rows, widening a tile of 16-bit weights for sgemm beats a dot per pair.</summary>
@@ -277,55 +346,188 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public void Attention(Tensor q, Tensor output, ReadOnlySpan<AttentionSegment> segments, int heads, int headDim)
     {
-        float scale = 1f / MathF.Sqrt(headDim);
-        float* qp = Cpu(q).Pointer, op = Cpu(output).Pointer;
         // One work item per (segment, token, head), so a batch of short sequences splits across cores
-        // as well as one long prefill does.
-        var starts = new int[segments.Length];
-        long work = 0;
-        int count = 0, maxLen = 1;
-        for (int i = 0; i < segments.Length; i++)
+        // as well as one long prefill does. The arguments live in a reused object, so that a decode
+        // step allocates nothing here.
+        bool shared = _team.TryAcquire();
+        var a = shared ? _attention : new AttentionWork();
+        try
         {
-            starts[i] = count;
-            count += segments[i].Tokens * heads;
-            maxLen = Math.Max(maxLen, segments[i].Cache.Lengths.Max());
-            work += (long)segments[i].Tokens * heads * segments[i].Cache.Lengths[0] * headDim;
+            if (a.Starts.Length < segments.Length)
+            {
+                a.Starts = new int[Math.Max(segments.Length, 2 * a.Starts.Length)];
+                a.Segments = new AttentionSegment[a.Starts.Length];
+            }
+            long work = 0;
+            int count = 0, maxLen = 1;
+            for (int i = 0; i < segments.Length; i++)
+            {
+                a.Starts[i] = count;
+                a.Segments[i] = segments[i];
+                count += segments[i].Tokens * heads;
+                var lengths = segments[i].Cache.Lengths;
+                for (int h = 0; h < lengths.Length; h++) maxLen = Math.Max(maxLen, lengths[h]);
+                work += (long)segments[i].Tokens * heads * lengths[0] * headDim;
+            }
+            a.Q = Cpu(q).Pointer;
+            a.Output = Cpu(output).Pointer;
+            (a.SegmentCount, a.Heads, a.HeadDim, a.Scale, a.Count, a.MaxLength) =
+                (segments.Length, heads, headDim, 1f / MathF.Sqrt(headDim), count, maxLen);
+            if (work < 1 << 16 || _threads == 1)
+            {
+                a.Parts = 1;
+                a.Run(0);
+            }
+            else if (shared)
+            {
+                // A few parts per thread, claimed as threads free up: sequences differ in length.
+                a.Parts = Math.Min(count, 4 * _threads);
+                _team.Run(a, a.Parts);
+            }
+            else
+            {
+                a.Parts = Math.Min(count, 4 * _threads);
+                Parallel.For(0, a.Parts, new ParallelOptions { MaxDegreeOfParallelism = _threads }, a.Run);
+            }
         }
-        var segs = segments.ToArray();
-
-        void One(int index, float[] scores)
+        finally
         {
-            int si = Array.BinarySearch(starts, index);
+            Array.Clear(a.Segments, 0, segments.Length); // do not keep caches alive
+            if (shared) _team.Release();
+        }
+    }
+
+    /// <summary>One attention call's arguments; part p runs items [count·p/parts, count·(p+1)/parts).</summary>
+    private sealed class AttentionWork : IPartedWork
+    {
+        public int[] Starts = new int[16];
+        public AttentionSegment[] Segments = new AttentionSegment[16];
+        public float* Q, Output;
+        public int SegmentCount, Heads, HeadDim, Count, MaxLength, Parts;
+        public float Scale;
+
+        public void Run(int part)
+        {
+            int first = (int)((long)Count * part / Parts), end = (int)((long)Count * (part + 1) / Parts);
+            if (first >= end) return;
+            var scores = AttentionScratch(MaxLength);
+            for (int i = first; i < end; i++) One(i, scores);
+        }
+
+        private void One(int index, float[] scores)
+        {
+            int heads = Heads, headDim = HeadDim;
+            int si = Array.BinarySearch(Starts, 0, SegmentCount, index);
             if (si < 0) si = ~si - 1;
-            while (si + 1 < starts.Length && starts[si + 1] == index) si++; // skip empty segments
-            var seg = segs[si];
+            while (si + 1 < SegmentCount && Starts[si + 1] == index) si++; // skip empty segments
+            var seg = Segments[si];
             var cache = seg.Cache;
-            int local = index - starts[si], t = local / heads, h = local % heads, g = h / (heads / cache.KvHeads);
+            int local = index - Starts[si], t = local / heads, h = local % heads, g = h / (heads / cache.KvHeads);
             int row = seg.RowOffset + t;
             // Causal: the segment's tokens are the last `Tokens` slots of the head; token t sees up to its own.
             int visible = cache.Lengths[g] - seg.Tokens + t + 1;
-            var qv = new ReadOnlySpan<float>(qp + ((long)row * heads + h) * headDim, headDim);
+            float* qp = Q + ((long)row * heads + h) * headDim;
+            var qv = new ReadOnlySpan<float>(qp, headDim);
             var s = scores.AsSpan(0, visible);
             float* keys = Cpu(cache.K).Pointer + cache.Offset(g, 0), values = Cpu(cache.V).Pointer + cache.Offset(g, 0);
-            for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qv, new ReadOnlySpan<float>(keys + (long)j * headDim, headDim)) * scale;
+            var o = new Span<float>(Output + ((long)row * heads + h) * headDim, headDim);
+            if (Vector8Heads && headDim % 8 == 0)
+            {
+                fixed (float* sp = scores)
+                {
+                    Scores8(qp, keys, sp, visible, headDim, Scale);
+                    TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
+                    TensorPrimitives.SoftMax(s, s);
+                    Weighted8(sp, values, Output + ((long)row * heads + h) * headDim, visible, headDim);
+                }
+                return;
+            }
+            for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qv, new ReadOnlySpan<float>(keys + (long)j * headDim, headDim)) * Scale;
             // TensorPrimitives.SoftMax exponentiates without subtracting the maximum, so scores past ~88
             // (a cache run far beyond the training context) overflow to inf/inf = NaN: shift them first.
             TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
             TensorPrimitives.SoftMax(s, s);
-            var o = new Span<float>(op + ((long)row * heads + h) * headDim, headDim);
             o.Clear();
             for (int j = 0; j < visible; j++) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values + (long)j * headDim, headDim), s[j], o, o);
         }
+    }
 
-        if (work < 1 << 16 || _threads == 1)
+    /// <summary>Attention's dot products and weighted sums in 8-lane fused multiply-adds, inline (a
+    /// TensorPrimitives call per cached key and per value row cost more than the arithmetic at head
+    /// sizes of 64). Each score and each output lane is one chain in a fixed order, the same for a
+    /// sequence alone or in any batch.</summary>
+    private static readonly bool Vector8Heads = System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated
+        && Environment.GetEnvironmentVariable("LLMCLUSTER_VECTOR_ATTENTION") != "0";
+
+    /// <summary>s[j] = (q · k_j) · scale for j &lt; n; keys are rows of <paramref name="hd"/> floats.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    private static void Scores8(float* q, float* keys, float* s, int n, int hd, float scale)
+    {
+        int j = 0;
+        // Four keys at a time: four independent chains in flight.
+        for (; j + 4 <= n; j += 4)
         {
-            var scores = AttentionScratch(maxLen);
-            for (int i = 0; i < count; i++) One(i, scores);
+            float* k0 = keys + (long)j * hd, k1 = k0 + hd, k2 = k1 + hd, k3 = k2 + hd;
+            var qc = System.Runtime.Intrinsics.Vector256.Load(q);
+            var a0 = qc * System.Runtime.Intrinsics.Vector256.Load(k0);
+            var a1 = qc * System.Runtime.Intrinsics.Vector256.Load(k1);
+            var a2 = qc * System.Runtime.Intrinsics.Vector256.Load(k2);
+            var a3 = qc * System.Runtime.Intrinsics.Vector256.Load(k3);
+            for (int d = 8; d < hd; d += 8)
+            {
+                qc = System.Runtime.Intrinsics.Vector256.Load(q + d);
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k0 + d), a0);
+                a1 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k1 + d), a1);
+                a2 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k2 + d), a2);
+                a3 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(qc, System.Runtime.Intrinsics.Vector256.Load(k3 + d), a3);
+            }
+            s[j] = System.Runtime.Intrinsics.Vector256.Sum(a0) * scale;
+            s[j + 1] = System.Runtime.Intrinsics.Vector256.Sum(a1) * scale;
+            s[j + 2] = System.Runtime.Intrinsics.Vector256.Sum(a2) * scale;
+            s[j + 3] = System.Runtime.Intrinsics.Vector256.Sum(a3) * scale;
         }
-        else
+        for (; j < n; j++)
         {
-            Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = _threads },
-                () => AttentionScratch(maxLen), (i, _, scores) => { One(i, scores); return scores; }, _ => { });
+            float* k0 = keys + (long)j * hd;
+            var a0 = System.Runtime.Intrinsics.Vector256.Load(q) * System.Runtime.Intrinsics.Vector256.Load(k0);
+            for (int d = 8; d < hd; d += 8)
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(System.Runtime.Intrinsics.Vector256.Load(q + d), System.Runtime.Intrinsics.Vector256.Load(k0 + d), a0);
+            s[j] = System.Runtime.Intrinsics.Vector256.Sum(a0) * scale;
+        }
+    }
+
+    /// <summary>o = Σ_j s[j] · v_j over j &lt; n, in j order per lane; value rows of <paramref name="hd"/> floats.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    private static void Weighted8(float* s, float* values, float* o, int n, int hd)
+    {
+        int d = 0;
+        // Four lanes of eight at a time: four chains in flight, each value row read once per group.
+        for (; d + 32 <= hd; d += 32)
+        {
+            var a0 = System.Runtime.Intrinsics.Vector256<float>.Zero;
+            var a1 = a0;
+            var a2 = a0;
+            var a3 = a0;
+            for (int j = 0; j < n; j++)
+            {
+                float* v = values + (long)j * hd + d;
+                var w = System.Runtime.Intrinsics.Vector256.Create(s[j]);
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v), a0);
+                a1 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v + 8), a1);
+                a2 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v + 16), a2);
+                a3 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(w, System.Runtime.Intrinsics.Vector256.Load(v + 24), a3);
+            }
+            a0.Store(o + d);
+            a1.Store(o + d + 8);
+            a2.Store(o + d + 16);
+            a3.Store(o + d + 24);
+        }
+        for (; d < hd; d += 8)
+        {
+            var a0 = System.Runtime.Intrinsics.Vector256<float>.Zero;
+            for (int j = 0; j < n; j++)
+                a0 = System.Runtime.Intrinsics.Vector256.FusedMultiplyAdd(System.Runtime.Intrinsics.Vector256.Create(s[j]), System.Runtime.Intrinsics.Vector256.Load(values + (long)j * hd + d), a0);
+            a0.Store(o + d);
         }
     }
 
@@ -360,5 +562,9 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     private static CpuTensor Cpu(Tensor t) => t as CpuTensor ?? throw new ArgumentException("tensor belongs to another backend");
 
-    public void Dispose() => _activations.Dispose();
+    public void Dispose()
+    {
+        _activations.Dispose();
+        _team.Dispose();
+    }
 }

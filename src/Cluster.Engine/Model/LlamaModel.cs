@@ -58,15 +58,24 @@ public sealed class LlamaModel : IDisposable
         var needed = allLogits ? (long)tokens.Length * vocab : vocab;
         if (logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {needed}", nameof(logits));
         if (cache.Policy is null) cache.Reserve(tokens.Length);
-        SequenceKvCache[] caches = [cache];
+        var caches = _state.OneCache;
+        var lengths = _state.OneLength;
+        caches[0] = cache;
+        try
+        {
         for (int start = 0; start < tokens.Length; start += MaxChunk)
         {
             var chunk = tokens.Slice(start, Math.Min(MaxChunk, tokens.Length - start));
             MakeRoom(cache, chunk.Length);
             bool last = start + chunk.Length == tokens.Length;
-            int[] lengths = [chunk.Length];
+            lengths[0] = chunk.Length;
             if (allLogits) RunSegments(chunk, caches, lengths, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
             else RunSegments(chunk, caches, lengths, last ? logits[..vocab] : [], allRows: false);
+        }
+        }
+        finally
+        {
+            caches[0] = null!; // the run state does not keep a sequence's cache alive
         }
     }
 
@@ -84,12 +93,12 @@ public sealed class LlamaModel : IDisposable
         if (caches.Count != batch) throw new ArgumentException($"{batch} tokens but {caches.Count} caches", nameof(caches));
         if (batch > MaxChunk) throw new ArgumentException($"a batch of {batch} exceeds the model's {MaxChunk} rows per pass", nameof(tokens));
         if (logits.Length < (long)batch * Config.VocabSize) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {(long)batch * Config.VocabSize}", nameof(logits));
-        if (caches.Distinct().Count() != batch) throw new ArgumentException("a sequence appears twice in one batch", nameof(caches));
+        for (int i = 1; i < batch; i++)
+            for (int j = 0; j < i; j++)
+                if (ReferenceEquals(caches[i], caches[j])) throw new ArgumentException("a sequence appears twice in one batch", nameof(caches));
         if (!prepared)
-            foreach (var cache in caches) PrepareForTokens(cache, 1);
-        var ones = new int[batch];
-        Array.Fill(ones, 1);
-        RunSegments(tokens, caches, ones, logits[..(batch * Config.VocabSize)], allRows: true);
+            for (int i = 0; i < batch; i++) PrepareForTokens(caches[i], 1);
+        RunSegments(tokens, caches, _state.Ones, logits[..(batch * Config.VocabSize)], allRows: true);
     }
 
     /// <summary>
@@ -139,7 +148,7 @@ public sealed class LlamaModel : IDisposable
                 ropePositions[row + t] = ropeStart + t;
             }
         }
-        var segments = new AttentionSegment[caches.Count];
+        var segments = _state.Segments.AsSpan(0, caches.Count);
 
         b.Embed(Weights.TokenEmbedding, tokens, c.Dim, s.X);                       // x [T, dim]
         for (int l = 0; l < c.Layers; l++)
@@ -170,6 +179,7 @@ public sealed class LlamaModel : IDisposable
             b.Add(s.X, s.Xb, (long)T * c.Dim);
         }
         for (int i = 0; i < caches.Count; i++) caches[i].TokensSeen += lengths[i];
+        segments.Clear(); // the run state does not keep caches alive
         if (logits.IsEmpty) return;
 
         // Classifier: only the rows whose logits are wanted (the last one while prefilling).
@@ -201,7 +211,20 @@ public sealed class LlamaModel : IDisposable
             H1 = b.Allocate((long)maxTokens * c.HiddenDim);
             H3 = b.Allocate((long)maxTokens * c.HiddenDim);
             Logits = b.Allocate((long)maxTokens * c.VocabSize);
+            Ones = new int[maxTokens];
+            Array.Fill(Ones, 1);
+            Segments = new AttentionSegment[maxTokens];
         }
+
+        /// <summary>Segment lengths of a decode batch: one token per sequence.</summary>
+        public int[] Ones { get; }
+
+        /// <summary>Attention segments of one pass (one per sequence).</summary>
+        public AttentionSegment[] Segments { get; }
+
+        /// <summary>The one cache and segment length of a single-sequence pass.</summary>
+        public SequenceKvCache[] OneCache { get; } = new SequenceKvCache[1];
+        public int[] OneLength { get; } = new int[1];
 
         public Tensor X { get; }
         public Tensor Xb { get; }

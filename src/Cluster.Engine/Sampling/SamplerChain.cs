@@ -7,13 +7,17 @@ namespace Cluster.Engine.Sampling;
 /// </summary>
 public sealed class SamplerChain(IReadOnlyList<ISampler> samplers) : ISampler
 {
-    public IReadOnlyList<ISampler> Samplers { get; } = samplers;
+    // An array: a foreach over the interface list allocated an enumerator every step.
+    private readonly ISampler[] _samplers = [.. samplers];
+
+    public IReadOnlyList<ISampler> Samplers => _samplers;
     public string Name => string.Join(" -> ", Samplers.Select(s => s.Name));
     public bool ChangesGreedy => Samplers.Any(s => s.ChangesGreedy);
 
     public void Apply(TokenCandidates candidates, SamplingState state)
     {
-        foreach (var s in Samplers) s.Apply(candidates, state);
+        var samplers = _samplers;
+        for (int i = 0; i < samplers.Length; i++) samplers[i].Apply(candidates, state);
     }
 
     /// <summary>Resets <paramref name="candidates"/> to <paramref name="logits"/>, runs the chain and

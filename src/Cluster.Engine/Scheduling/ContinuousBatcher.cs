@@ -182,11 +182,18 @@ public sealed class ContinuousBatcher : IDisposable
         }
     }
 
+    // Reused by every step, so that a steady-state step allocates nothing but the chunks it streams.
+    private readonly List<Entry> _batch = [];
+    private readonly List<Cluster.Engine.KvCache.SequenceKvCache> _caches = [];
+    private int[] _tokens = [];
+
     private void Step()
     {
         // Longer than the batch limit: run the first ones, then rotate them to the back (fairness).
         int n = Math.Min(_maxBatch, _running.Count);
-        var batch = _running.GetRange(0, n);
+        var batch = _batch;
+        batch.Clear();
+        for (int i = 0; i < n; i++) batch.Add(_running[i]);
         if (_running.Count > n)
         {
             _running.RemoveRange(0, n);
@@ -209,11 +216,18 @@ public sealed class ContinuousBatcher : IDisposable
         }
         if (batch.Count == 0) return;
         // A sequence catching up runs its next fed token; the others their last sampled one.
-        var tokens = batch.Select(e => e.Fed < e.Feed.Length ? e.Feed[e.Fed] : e.Sequence.Pending!.Value).ToArray();
-        var sw = Stopwatch.StartNew();
+        if (_tokens.Length < batch.Count) _tokens = new int[_maxBatch];
+        _caches.Clear();
+        for (int i = 0; i < batch.Count; i++)
+        {
+            var e = batch[i];
+            _tokens[i] = e.Fed < e.Feed.Length ? e.Feed[e.Fed] : e.Sequence.Pending!.Value;
+            _caches.Add(e.Sequence.Cache);
+        }
+        long started = Stopwatch.GetTimestamp();
         try
         {
-            _model.ForwardBatch(tokens, batch.Select(e => e.Sequence.Cache).ToList(), _logits, prepared: true);
+            _model.ForwardBatch(_tokens.AsSpan(0, batch.Count), _caches, _logits, prepared: true);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
         {
@@ -222,9 +236,14 @@ public sealed class ContinuousBatcher : IDisposable
             foreach (var e in batch) Drop(e, ex);
             return;
         }
-        var elapsed = sw.Elapsed;
+        finally
+        {
+            _caches.Clear();
+        }
+        var elapsed = Stopwatch.GetElapsedTime(started);
         int vocab = _model.Config.VocabSize;
-        for (int i = 0; i < batch.Count; i++)
+        int size = batch.Count;
+        for (int i = 0; i < size; i++)
         {
             var e = batch[i];
             // Mid catch-up the logits are not wanted: only the last fed token's predict the next one.
@@ -236,7 +255,8 @@ public sealed class ContinuousBatcher : IDisposable
                 Interlocked.Decrement(ref _runningCount);
             }
         }
-        _afterStep?.Invoke(batch.Count, elapsed);
+        batch.Clear();
+        _afterStep?.Invoke(size, elapsed);
     }
 
     /// <summary>Writes a chunk; true when it ended the sequence (which is then completed and freed).</summary>

@@ -26,15 +26,20 @@ public sealed class IncrementalDecoder(ITokenizer tokenizer)
 
     private string Convert(ReadOnlySpan<byte> bytes, bool flush)
     {
+        // The usual case, a piece that fits the buffer at once, builds only its string.
+        _utf8.Convert(bytes, _chars, flush, out var used, out var produced, out _);
+        if (used == bytes.Length && produced < _chars.Length)
+            return produced == 0 ? "" : new string(_chars, 0, produced);
         var sb = new StringBuilder();
-        int produced;
-        do
+        sb.Append(_chars, 0, produced);
+        bytes = bytes[used..];
+        while (bytes.Length > 0 || produced == _chars.Length)
         {
             // A full output buffer may hide more pending chars, so go round until it is not full.
-            _utf8.Convert(bytes, _chars, flush, out var used, out produced, out _);
+            _utf8.Convert(bytes, _chars, flush, out used, out produced, out _);
             sb.Append(_chars, 0, produced);
             bytes = bytes[used..];
-        } while (bytes.Length > 0 || produced == _chars.Length);
+        }
         return sb.ToString();
     }
 }
