@@ -40,6 +40,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         _logger = logger;
         Admission = new KvAdmission((long)options.KvMemoryMb << 20, options.MaxQueue);
         Resident = new ResidentKv((long)options.ResidentKvMb << 20, TimeSpan.FromMinutes(10)); // idle longer, a conversation fetches from the cache manager
+        // Kept caches live inside the KV budget and make room whenever a request needs it.
+        Admission.Reclaim = bytes => Resident.Reclaim(bytes);
         _metrics = new DecodeMetrics(() => _batcher!.Running, KvUsage, 4 * host.Config.ParameterCount, Admission, Resident);
         _batcher = new ContinuousBatcher(host.Model!, Math.Min(options.MaxBatch, host.Model!.MaxChunk),
             afterStep: (size, elapsed) =>
@@ -150,8 +152,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         finally
         {
             seq.Dispose();
-            // A finished single output stays on this worker for its conversation's next turn.
-            if (!keep || !Resident.Keep(handle.SessionId, cache)) cache.Dispose();
+            reservation.Dispose(); // first: a request waiting for room goes before a kept cache
+            // A finished single output stays on this worker for its conversation's next turn, in the room
+            // left in the KV budget (given back as soon as a request needs it).
+            if (!keep || Admission.TryAcquire(ResidentKv.SizeOf(cache)) is not { } room || !Resident.Keep(handle.SessionId, cache, room)) cache.Dispose();
         }
     }
 

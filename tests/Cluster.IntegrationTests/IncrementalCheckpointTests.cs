@@ -58,7 +58,9 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
             if (!wrapped && fresh <= 32)
             {
                 Assert.True(r.MessageBytes <= bound, $"{r.TokenCount} tokens ({fresh} new): {r.MessageBytes} bytes on the wire, bound {bound}; {report}");
-                Assert.True(r.MessageBytes * 2 < r.WholeBytes, $"{r.TokenCount} tokens: {r.MessageBytes} bytes is not well under the whole cache's {r.WholeBytes}; {report}");
+                // Two checkpoints coalesce when the first is still in flight (32 new tokens in one delta):
+                // then half of a 64-token window is new, so "well under" is judged on 16-token deltas only.
+                if (fresh <= 16) Assert.True(r.MessageBytes * 2 < r.WholeBytes, $"{r.TokenCount} tokens: {r.MessageBytes} bytes is not well under the whole cache's {r.WholeBytes}; {report}");
                 small++;
             }
             else Assert.True(r.MessageBytes <= r.WholeBytes + bound, report);

@@ -86,6 +86,56 @@ public sealed class ResidentKvTests : IDisposable
         Assert.NotNull(store.TryTake("young", 2));
     }
 
+    [Fact]
+    public void Reclaim_drops_the_least_recently_kept_until_enough_is_freed_and_gives_their_room_back()
+    {
+        var admission = new Cluster.Engine.Scheduling.KvAdmission(budgetBytes: 64 * 40, maxQueue: 4);
+        using var store = new ResidentKv(budgetBytes: 1 << 20, TimeSpan.FromHours(1));
+        foreach (var (name, tokens) in new[] { ("a", 1), ("b", 2), ("c", 3) })
+        {
+            var cache = Cache(10, tokens);
+            Assert.True(store.Keep(name, cache, admission.TryAcquire(ResidentKv.SizeOf(cache))));
+        }
+        Assert.Equal(64 * 30, admission.UsedBytes);
+        Assert.Equal(64 * 20, store.Reclaim(64 * 11)); // a (10 slots) is not enough: b goes too
+        Assert.Equal(64 * 10, admission.UsedBytes);
+        Assert.Null(store.TryTake("a", 1));
+        Assert.Null(store.TryTake("b", 2));
+        Assert.NotNull(store.TryTake("c", 3));
+        Assert.Equal(0, admission.UsedBytes); // taking a cache gives its room back: the request has its own
+    }
+
+    /// <summary>Kept caches live inside the decode worker's KV budget: a request that does not fit takes
+    /// their room (oldest first) instead of waiting, and no cache is kept while a request waits.</summary>
+    [Fact]
+    public async Task A_request_takes_the_room_of_kept_caches_and_none_is_kept_while_one_waits()
+    {
+        var admission = new Cluster.Engine.Scheduling.KvAdmission(budgetBytes: 64 * 40, maxQueue: 4);
+        using var store = new ResidentKv(budgetBytes: 1 << 20, TimeSpan.FromHours(1));
+        admission.Reclaim = bytes => store.Reclaim(bytes);
+        var live = await admission.AcquireAsync(64 * 10);
+        foreach (var (name, tokens) in new[] { ("a", 1), ("b", 2), ("c", 3) })
+        {
+            var cache = Cache(10, tokens);
+            Assert.True(store.Keep(name, cache, admission.TryAcquire(ResidentKv.SizeOf(cache))));
+        }
+        Assert.Null(admission.TryAcquire(64)); // full: 10 live + 30 kept
+
+        using var second = await admission.AcquireAsync(64 * 15); // takes a's and b's room at once
+        Assert.Equal(1, store.Count);
+        Assert.Equal(64 * 35, admission.UsedBytes); // c keeps its room while it fits
+
+        var waiting = admission.AcquireAsync(64 * 30).AsTask(); // 10 + 15 live: c goes, and it still waits
+        Assert.False(waiting.IsCompleted);
+        Assert.Equal(0, store.Count);
+        var cache2 = Cache(5, 9);
+        Assert.Null(admission.TryAcquire(ResidentKv.SizeOf(cache2))); // nothing is kept while one waits
+        live.Dispose();
+        second.Dispose();
+        (await waiting).Dispose();
+        Assert.Equal(0, admission.UsedBytes);
+    }
+
     public void Dispose()
     {
         foreach (var c in _made) c.Dispose();

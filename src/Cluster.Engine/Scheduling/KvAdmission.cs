@@ -49,11 +49,19 @@ public sealed class KvAdmission
     public async ValueTask<Reservation> AcquireAsync(long bytes, CancellationToken cancel = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(bytes);
-        Waiter waiter;
+        long shortfall;
         lock (_lock)
         {
             if (bytes > BudgetBytes)
                 throw Refuse($"this sequence's KV ({Mib(bytes)}) exceeds the worker's whole KV budget ({Mib(BudgetBytes)}): lower max_tokens, shorten the prompt or use a bounded KV policy");
+            shortfall = _queue.Count == 0 ? _used + bytes - BudgetBytes : bytes;
+        }
+        // Room held by what can give it back at once (finished conversations' kept caches) goes first:
+        // outside the lock, since giving it back releases reservations here.
+        if (shortfall > 0) Reclaim?.Invoke(shortfall);
+        Waiter waiter;
+        lock (_lock)
+        {
             if (_queue.Count == 0 && _used + bytes <= BudgetBytes)
             {
                 Take(bytes);
@@ -67,6 +75,23 @@ public sealed class KvAdmission
         using (cancel.Register(() => Cancel(waiter, cancel)))
             await waiter.Admitted.Task.ConfigureAwait(false);
         return new Reservation(this, bytes);
+    }
+
+    /// <summary>Frees up to the given bytes of reclaimable reservations (e.g. caches kept for a next turn
+    /// that may be dropped at any time); called, outside the lock, before a request would wait.</summary>
+    public Action<long>? Reclaim { get; set; }
+
+    /// <summary>Reserves <paramref name="bytes"/> only if they fit now with nobody waiting (what waits
+    /// comes first); null otherwise. For optional holdings such as kept caches.</summary>
+    public Reservation? TryAcquire(long bytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(bytes);
+        lock (_lock)
+        {
+            if (_queue.Count > 0 || _used + bytes > BudgetBytes) return null;
+            Take(bytes);
+            return new Reservation(this, bytes);
+        }
     }
 
     private KvAdmissionRefusedException Refuse(string message)

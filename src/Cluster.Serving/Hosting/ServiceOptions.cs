@@ -82,7 +82,7 @@ public sealed class ServiceOptions
     [Option("--max-queue", "sequences that may wait for KV room; beyond it a request is refused with RESOURCE_EXHAUSTED", ServiceRole.Decode)]
     public int MaxQueue { get; set; } = 256;
 
-    [Option("--resident-kv", "MiB of finished conversations' KV a decode worker keeps, so that the next turn routed back to it needs no transfer (least recently kept evicted first; 0: keep none)", ServiceRole.Decode)]
+    [Option("--resident-kv", "most MiB of the KV budget (--kv-memory) that finished conversations' caches may keep while no request needs the room, so that the next turn routed back to this worker needs no transfer (least recently kept evicted first; 0: keep none)", ServiceRole.Decode)]
     public int ResidentKvMb { get; set; } = 256;
 
     [Option("--max-local-prefill", "a conversation's later turn with at most this many new tokens skips prefill: the decode worker that holds the conversation's KV runs them (0: every turn is prefilled on a prefill worker)", ServiceRole.Gateway)]

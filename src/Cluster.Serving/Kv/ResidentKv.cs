@@ -7,9 +7,11 @@ namespace Cluster.Serving.Kv;
 /// back to this worker, starts from them with no transfer at all (KV-aware routing, as NVIDIA Dynamo
 /// routes a request to the worker that holds its KV). The cache manager still has every final
 /// checkpoint: this is only a faster copy, so evicting one costs a fetch, never a result. Bounded by
-/// bytes, least recently kept first out, and by idle time. A cache is taken out when used (one turn of
-/// a conversation runs at a time) and is only handed out for the exact token count it holds.
-/// Thread-safe; it owns (and disposes) what it holds.
+/// bytes, least recently kept first out, and by idle time; each cache also holds its room in the
+/// worker's KV budget (a reservation) and gives it up whenever a request needs it (<see cref="Reclaim"/>),
+/// as vLLM's cached free blocks do. A cache is taken out when used (one turn of a conversation runs at a
+/// time) and is only handed out for the exact token count it holds. Thread-safe; it owns (and
+/// disposes) what it holds, reservations included.
 /// </summary>
 public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? clock = null) : IDisposable
 {
@@ -18,7 +20,7 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
     private readonly Dictionary<string, LinkedListNode<Entry>> _bySession = [];
     private long _bytes;
 
-    private sealed record Entry(string Session, SequenceKvCache Cache, long Bytes, DateTimeOffset Kept);
+    private sealed record Entry(string Session, SequenceKvCache Cache, long Bytes, DateTimeOffset Kept, IDisposable? Room);
 
     public long BudgetBytes { get; } = budgetBytes;
 
@@ -33,13 +35,14 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
 
     /// <summary>
     /// Keeps <paramref name="cache"/> as <paramref name="session"/>'s KV (replacing what it held), evicting
-    /// the least recently kept caches past the budget. False (and the cache disposed) when it alone is
-    /// larger than the budget.
+    /// the least recently kept caches past the budget. False (and the cache and its room disposed) when it
+    /// alone is larger than the budget.
     /// </summary>
-    public bool Keep(string session, SequenceKvCache cache)
+    /// <param name="room">Its reservation in the worker's KV budget, given back with the cache.</param>
+    public bool Keep(string session, SequenceKvCache cache, IDisposable? room = null)
     {
         long size = SizeOf(cache);
-        var evicted = new List<SequenceKvCache>();
+        var evicted = new List<IDisposable>();
         bool kept;
         lock (_lru)
         {
@@ -49,13 +52,35 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
             if (kept)
             {
                 while (_bytes + size > BudgetBytes) Drop(_lru.First!, evicted);
-                _bySession[session] = _lru.AddLast(new Entry(session, cache, size, _clock.GetUtcNow()));
+                _bySession[session] = _lru.AddLast(new Entry(session, cache, size, _clock.GetUtcNow(), room));
                 _bytes += size;
             }
         }
         foreach (var c in evicted) c.Dispose();
-        if (!kept) cache.Dispose();
+        if (!kept)
+        {
+            cache.Dispose();
+            room?.Dispose();
+        }
         return kept;
+    }
+
+    /// <summary>Drops the least recently kept caches until <paramref name="bytes"/> are freed (or none is
+    /// left), giving their room back; the bytes freed.</summary>
+    public long Reclaim(long bytes)
+    {
+        var evicted = new List<IDisposable>();
+        long freed = 0;
+        lock (_lru)
+        {
+            while (freed < bytes && _lru.First is { } first)
+            {
+                freed += first.Value.Bytes;
+                Drop(first, evicted);
+            }
+        }
+        foreach (var c in evicted) c.Dispose();
+        return freed;
     }
 
     /// <summary>
@@ -64,7 +89,7 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
     /// </summary>
     public SequenceKvCache? TryTake(string session, int tokensSeen)
     {
-        var evicted = new List<SequenceKvCache>();
+        var evicted = new List<IDisposable>();
         SequenceKvCache? taken = null;
         lock (_lru)
         {
@@ -73,6 +98,7 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
             {
                 _lru.Remove(node);
                 _bytes -= node.Value.Bytes;
+                if (node.Value.Room is { } room) evicted.Add(room); // the request that takes it has its own
                 if (node.Value.Cache.TokensSeen == tokensSeen) taken = node.Value.Cache;
                 else evicted.Add(node.Value.Cache);
             }
@@ -81,25 +107,30 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
         return taken;
     }
 
-    private void DropIdle(List<SequenceKvCache> evicted)
+    private void DropIdle(List<IDisposable> evicted)
     {
         var now = _clock.GetUtcNow();
         while (_lru.First is { } first && now - first.Value.Kept > idle) Drop(first, evicted);
     }
 
-    private void Drop(LinkedListNode<Entry> node, List<SequenceKvCache> evicted)
+    private void Drop(LinkedListNode<Entry> node, List<IDisposable> evicted)
     {
         if (node.List is not null) _lru.Remove(node);
         _bySession.Remove(node.Value.Session);
         _bytes -= node.Value.Bytes;
         evicted.Add(node.Value.Cache);
+        if (node.Value.Room is { } room) evicted.Add(room);
     }
 
     public void Dispose()
     {
         lock (_lru)
         {
-            foreach (var e in _lru) e.Cache.Dispose();
+            foreach (var e in _lru)
+            {
+                e.Cache.Dispose();
+                e.Room?.Dispose();
+            }
             _lru.Clear();
             _bySession.Clear();
             _bytes = 0;
