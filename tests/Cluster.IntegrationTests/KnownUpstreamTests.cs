@@ -35,4 +35,23 @@ public sealed class KnownUpstreamTests
         Assert.False(KnownUpstream.SendsHpackIndexZero([.. Preface, .. settings, .. Header(100, Headers, EndHeaders, 1), 0x80]));
         Assert.False(KnownUpstream.SendsHpackIndexZero([.. Frame(Headers, EndHeaders, 1, [0x80])])); // no preface
     }
+
+    [Fact]
+    public void Padding_that_leaves_no_room_for_the_priority_fields_is_recognized_and_nothing_else()
+    {
+        byte[] Conn(byte flags, byte[] payload) => [.. Preface, .. SettingsFrame(), .. Frame(Headers, flags, 1, payload)];
+        // Request 29,106 of seed 1: 24 bytes, pad length 22, PADDED | PRIORITY: 1 + 5 + 22 > 24.
+        byte[] found = [0x16, 0x4c, 0x72, 0x75, 0x8a, 0xdf, 0x3a, 0x80, 0xf8, 0x6b, 0x93, 0x14, 0xe6, 0x01, 0x52, 0x5a, 0x46, 0x58, 0xdc, 0xa9, 0xac, 0x28, 0xde, 0x9e];
+        Assert.True(KnownUpstream.SendsPaddingOverPriority(Conn(EndHeaders | Padded | PriorityFlag, found)));
+        Assert.Equal(KnownUpstream.PaddingOverPriorityNote, KnownUpstream.ExplainInternalError(Conn(EndHeaders | Padded | PriorityFlag, found)));
+        // Padding that fits beside the priority fields, padding only, or a pad length over the payload (Kestrel: PROTOCOL_ERROR) are not it.
+        byte[] fits = [.. found[..6], .. new byte[18]];
+        fits[0] = 18;
+        Assert.False(KnownUpstream.SendsPaddingOverPriority(Conn(EndHeaders | Padded | PriorityFlag, fits)));
+        Assert.False(KnownUpstream.SendsPaddingOverPriority(Conn(EndHeaders | Padded, found)));
+        byte[] over = [.. found];
+        over[0] = 24;
+        Assert.False(KnownUpstream.SendsPaddingOverPriority(Conn(EndHeaders | Padded | PriorityFlag, over)));
+        Assert.Null(KnownUpstream.ExplainInternalError(Conn(EndHeaders, [0x82, 0x86, 0x84])));
+    }
 }

@@ -341,8 +341,8 @@ public sealed class FrontDoorFuzzer : IDisposable
                     uint code = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(4));
                     answers.Add($"goaway:{ErrorName(code)}");
                     // INTERNAL_ERROR is a finding, unless the input has what is known to trigger it upstream.
-                    if (code == 2) notable = KnownUpstream.SendsHpackIndexZero(input)
-                        ? ($"goaway:{ErrorName(code)}", KnownUpstream.HpackIndexZeroNote, false)
+                    if (code == 2) notable = KnownUpstream.ExplainInternalError(input) is { } known
+                        ? ($"goaway:{ErrorName(code)}", known, false)
                         : ($"goaway:{ErrorName(code)}", Encoding.UTF8.GetString(payload.AsSpan(8)), true);
                 }
                 else if (type == RstStream && length == 4)

@@ -21,23 +21,39 @@ public static class KnownUpstream
     public const string HpackIndexZeroNote = Prefix + "Kestrel answers an HPACK indexed field with index 0 with GOAWAY INTERNAL_ERROR instead of COMPRESSION_ERROR (that connection only)";
 
     /// <summary>
+    /// Kestrel (ASP.NET Core 10) ends a connection with GOAWAY INTERNAL_ERROR, not PROTOCOL_ERROR, for a
+    /// HEADERS frame with both PADDED and PRIORITY whose pad length is under the payload length but leaves
+    /// no room for the 5 priority bytes: Http2Connection.ProcessHeadersFrameAsync slices the payload with a
+    /// negative length (ArgumentOutOfRangeException, "Connection processing ended abnormally"). Found by the
+    /// 100,000-request run of 2026-12-04 (request 29,106 of seed 1); only that connection is closed.
+    /// </summary>
+    public const string PaddingOverPriorityNote = Prefix + "Kestrel answers a PADDED+PRIORITY HEADERS frame whose padding leaves no room for the priority fields with GOAWAY INTERNAL_ERROR instead of PROTOCOL_ERROR (that connection only)";
+
+    /// <summary>The note for a GOAWAY INTERNAL_ERROR on a raw HTTP/2 connection that sent <paramref name="input"/>
+    /// if a known upstream bug explains it, else null (a finding).</summary>
+    public static string? ExplainInternalError(ReadOnlySpan<byte> input) =>
+        SendsHpackIndexZero(input) ? HpackIndexZeroNote : SendsPaddingOverPriority(input) ? PaddingOverPriorityNote : null;
+
+    /// <summary>Whether the connection sends a HEADERS frame with PADDED and PRIORITY whose pad length is
+    /// below its payload length while pad length byte + priority fields + padding exceed it.</summary>
+    public static bool SendsPaddingOverPriority(ReadOnlySpan<byte> input)
+    {
+        foreach (var (flags, payload) in HeadersFrames(input))
+            if ((flags & Http2Frames.Padded) != 0 && (flags & Http2Frames.PriorityFlag) != 0 && payload.Length >= 1
+                && payload[0] < payload.Length && 1 + 5 + payload[0] > payload.Length)
+                return true;
+        return false;
+    }
+
+    /// <summary>
     /// Whether a raw HTTP/2 connection's bytes (preface first) send a HEADERS frame whose header block
     /// reaches an indexed field with index 0 before it ends or stops parsing; the HEADERS frames are
     /// found by walking the frames as declared (a frame declared longer than what was sent ends the walk).
     /// </summary>
     public static bool SendsHpackIndexZero(ReadOnlySpan<byte> input)
     {
-        int at = Http2Frames.Preface.Length;
-        if (input.Length < at || !input[..at].SequenceEqual(Http2Frames.Preface)) return false;
-        while (at + 9 <= input.Length)
+        foreach (var (flags, payload) in HeadersFrames(input))
         {
-            int length = input[at] << 16 | input[at + 1] << 8 | input[at + 2];
-            byte type = input[at + 3], flags = input[at + 4];
-            at += 9;
-            if (at + length > input.Length) return false;
-            var payload = input.Slice(at, length);
-            at += length;
-            if (type != Http2Frames.Headers) continue;
             int skip = 0, pad = 0;
             if ((flags & Http2Frames.Padded) != 0)
             {
@@ -47,9 +63,28 @@ public static class KnownUpstream
             }
             if ((flags & Http2Frames.PriorityFlag) != 0) skip += 5;
             if (skip + pad > payload.Length) continue;
-            if (BlockHasIndexZero(payload[skip..^pad])) return true;
+            if (BlockHasIndexZero(payload.AsSpan(skip, payload.Length - skip - pad))) return true;
         }
         return false;
+    }
+
+    /// <summary>The HEADERS frames (flags, payload) of a raw connection's bytes, preface first, walking the
+    /// frames as declared; a frame declared longer than what was sent ends the walk.</summary>
+    private static List<(byte Flags, byte[] Payload)> HeadersFrames(ReadOnlySpan<byte> input)
+    {
+        var frames = new List<(byte, byte[])>();
+        int at = Http2Frames.Preface.Length;
+        if (input.Length < at || !input[..at].SequenceEqual(Http2Frames.Preface)) return frames;
+        while (at + 9 <= input.Length)
+        {
+            int length = input[at] << 16 | input[at + 1] << 8 | input[at + 2];
+            byte type = input[at + 3], flags = input[at + 4];
+            at += 9;
+            if (at + length > input.Length) break;
+            if (type == Http2Frames.Headers) frames.Add((flags, input.Slice(at, length).ToArray()));
+            at += length;
+        }
+        return frames;
     }
 
     /// <summary>Walks an HPACK block's representations (RFC 7541 6) until an indexed field with index 0
