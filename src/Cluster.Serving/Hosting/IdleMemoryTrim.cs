@@ -12,7 +12,7 @@ namespace Cluster.Serving.Hosting;
 /// keeps freed native memory in its malloc arenas (+2 to +6 MiB), and an idle process runs no GC that
 /// would decommit them, so RSS stayed where the burst took it for as long as nothing happened. This
 /// runs an aggressive GC (which decommits the free regions) and glibc's malloc_trim (which returns
-/// free arena pages) once per quiet stretch.
+/// free arena pages) when a service goes quiet and once more a minute later.
 /// <para>
 /// "Quiet" is judged by allocation, not by requests: Prometheus scrapes, /healthz probes and the
 /// gateway's 2-second worker health checks never stop, but they allocate a few KiB each. A period in
@@ -21,6 +21,8 @@ namespace Cluster.Serving.Hosting;
 /// never paused for this and an idle one is trimmed once, not every period. What is released later
 /// without allocating (sessions swept when their TTL ends, Kestrel's memory pool evicting idle blocks)
 /// is given back by one more trim once the service has been quiet for <see cref="SettledPeriods"/>.
+/// An idle service's own trickle (an idle gateway allocates ~130 KiB per 10 s) adds up to
+/// <see cref="WorkBytes"/> every few minutes, so it is trimmed again that often: cheap on a small heap.
 /// </para>
 /// </summary>
 public sealed class IdleMemoryTrim : BackgroundService
