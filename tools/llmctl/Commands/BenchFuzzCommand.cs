@@ -14,12 +14,13 @@ namespace LlmCtl.Commands;
 /// service's RSS: warm baseline, peak, and after the run. With no --endpoint it starts its own
 /// cluster (as `llmctl up` does) and watches its processes.
 /// <para>
-/// "Memory returns to baseline" is measured in the same quiet state both times: the requests that
-/// happened to be valid started sessions, which the gateway and cache manager keep for --session-ttl
-/// (retention, not a leak), so the baseline and the final sample are each taken after waiting past that
-/// TTL (the stores sweep what expired), one real completion (which runs the sweeps), and a full GC
-/// induced in every service through its diagnostics port (an idle process does not collect, so its
-/// RSS would otherwise say when it last did, not what it holds).
+/// "Memory returns to baseline" is measured in the same quiet state both times, with nothing done to
+/// the services from outside: the requests that happened to be valid started sessions, which the
+/// gateway and cache manager keep for --session-ttl (retention, not a leak), so the baseline and the
+/// final sample are each taken after waiting past that TTL, one real completion (which runs the stores'
+/// sweeps), and then long enough idle for every service's own idle trim to run (IdleMemoryTrim: an
+/// aggressive GC and malloc_trim once a service goes quiet after work, which is what gives back the GC
+/// regions and malloc arenas a burst left committed).
 /// </para>
 /// </summary>
 internal static class BenchFuzzCommand
@@ -33,7 +34,7 @@ internal static class BenchFuzzCommand
         var warmup = new Option<int>("--warmup") { Description = "fuzz requests (another seed, not counted) before the memory baseline, so JIT and pools are warm", DefaultValueFactory = _ => 1000 };
         var settle = new Option<double?>("--settle-seconds") { Description = "idle time before the baseline and the final RSS sample (default: own cluster --session-ttl + 10, so the sessions have expired; with --endpoint 15)" };
         var sessionTtl = new Option<int>("--session-ttl") { Description = "own cluster: seconds the gateway and cache manager keep a session; the memory samples wait past it", DefaultValueFactory = _ => 30 };
-        var tolerance = new Option<double>("--rss-tolerance") { Description = "memory is back when each service's RSS after the settle is at most baseline x (1 + this) or baseline + 32 MiB", DefaultValueFactory = _ => 0.25 };
+        var tolerance = new Option<double>("--rss-tolerance") { Description = "memory is back when each service's RSS in the final quiet state is at most baseline x (1 + this) or baseline + 16 MiB (what JIT'd code may add: bench/fuzz/README.md)", DefaultValueFactory = _ => 0.10 };
         var timeout = new Option<double>("--timeout-seconds") { Description = "a request not answered within this is a hang (a finding)", DefaultValueFactory = _ => 15 };
         var endpoint = new Option<string?>("--endpoint") { Description = "fuzz a running gateway's gRPC port (e.g. http://127.0.0.1:50051) instead of starting a cluster; needs --http" };
         var http = new Option<string?>("--http") { Description = "the running gateway's HTTP port (e.g. http://127.0.0.1:8000)" };
@@ -122,14 +123,14 @@ internal static class BenchFuzzCommand
                     warm.RunAsync().GetAwaiter().GetResult();
                 }
                 var metricsUrls = cluster?.Services.ToDictionary(x => x.Role.Name(), x => x.Http);
-                var (baseline, collected0, heap0, parts0) = Quiesced(fuzzer, target, 0, quiet, metricsUrls);
-                Console.Error.WriteLine($"baseline RSS (after {quiet.TotalSeconds:F0} s idle and a full GC): {Rss(baseline)}; fuzzing {options.Requests} requests, seed {options.Seed}, {options.Concurrency} at once");
+                var (baseline, mem0) = Quiesced(fuzzer, target, 0, quiet, metricsUrls);
+                Console.Error.WriteLine($"baseline RSS (after {quiet.TotalSeconds:F0} s idle, a completion, {TrimWait.TotalSeconds:F0} s idle): {Rss(baseline)}; fuzzing {options.Requests} requests, seed {options.Seed}, {options.Concurrency} at once");
                 var progress = new ConsoleProgress("fuzz requests", options.Requests);
                 var report = fuzzer.RunAsync(d => { lock (progress) progress.Report(d); }, r.GetValue(from)).GetAwaiter().GetResult();
                 string load1 = LoadAverage();
                 int sessionsAtEnd = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
-                Console.Error.WriteLine($"done in {report.WallSeconds:F1} s; the gateway holds {sessionsAtEnd} sessions; waiting {quiet.TotalSeconds:F0} s, then a full GC");
-                var (after, collected1, heap1, parts1) = Quiesced(fuzzer, target, options.Requests, quiet, metricsUrls);
+                Console.Error.WriteLine($"done in {report.WallSeconds:F1} s; the gateway holds {sessionsAtEnd} sessions; waiting {quiet.TotalSeconds:F0} s, a completion, {TrimWait.TotalSeconds:F0} s");
+                var (after, mem1) = Quiesced(fuzzer, target, options.Requests, quiet, metricsUrls);
                 int sessionsAfter = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
                 report.Checks.Add(after);
 
@@ -137,10 +138,11 @@ internal static class BenchFuzzCommand
                 var memory = baseline.RssKiB.Keys.Select(name =>
                 {
                     long b = baseline.RssKiB[name], a = after.RssKiB.GetValueOrDefault(name, -1);
-                    bool back = a >= 0 && (a <= b * (1 + r.GetValue(tolerance)) || a <= b + 32 * 1024);
+                    bool back = a >= 0 && (a <= b * (1 + r.GetValue(tolerance)) || a <= b + 16 * 1024);
                     return (Name: name, Baseline: b, Peak: peak.GetValueOrDefault(name), After: a, Back: back);
                 }).ToList();
                 var exited = after.Exited.Concat(report.Checks.SelectMany(c => c.Exited)).Distinct().ToList();
+                // Answers due to a known upstream bug (KnownUpstream) are reported below but are not findings.
                 var findings = report.Findings.ToList();
                 bool ok = findings.Count == 0 && report.FailedChecks == 0 && exited.Count == 0 && memory.All(m => m.Back);
 
@@ -151,22 +153,17 @@ internal static class BenchFuzzCommand
                         load_before = load0, load_after = load1,
                         by_category = report.ByCategory, by_kind = report.ByKind, by_answer = report.ByAnswer, by_kind_answer = report.ByKindAnswer,
                         checks = report.Checks.Count, failed_checks = report.FailedChecks, exited, service_error_lines = errorLines,
-                        sessions_at_end = sessionsAtEnd, sessions_after_quiet = sessionsAfter, quiet_seconds = quiet.TotalSeconds,
-                        full_gc_induced = new { baseline = collected0, after = collected1, processes = target.Processes.Count },
-                        rss_split_kib = parts0.Keys.ToDictionary(k => k, k => new { anon_baseline = parts0[k].Anon, anon_after = parts1.GetValueOrDefault(k).Anon, file_baseline = parts0[k].File, file_after = parts1.GetValueOrDefault(k).File }),
-                        managed_heap_after_gc_bytes = heap0.Keys.ToDictionary(k => k, k => new { baseline = heap0[k], after = heap1.GetValueOrDefault(k, -1) }),
+                        sessions_at_end = sessionsAtEnd, sessions_after_quiet = sessionsAfter, quiet_seconds = quiet.TotalSeconds, trim_wait_seconds = TrimWait.TotalSeconds,
+                        service_memory = mem0.Keys.ToDictionary(k => k, k => new { baseline = mem0[k], after = mem1.GetValueOrDefault(k) }),
+                        known_upstream = report.KnownUpstreamAnswers,
                         memory_kib = memory.Select(m => new { service = m.Name, baseline = m.Baseline, peak = m.Peak, after = m.After, back = m.Back }),
                         examples = report.Examples.Values.OrderBy(e => e.Index), service_errors = serviceErrors, ok,
                     }, new JsonSerializerOptions { WriteIndented = true }));
                 else
                 {
                     Print(report, load0, load1, memory, exited, errorLines, serviceErrors, ok);
-                    Console.WriteLine($"sessions held by the gateway: {sessionsAtEnd} when the run ended, {sessionsAfter} after {quiet.TotalSeconds:F0} s idle (baseline and final RSS are both taken then, after a full GC)");
-                    Console.WriteLine($"full GC induced in {collected0} of {target.Processes.Count} processes for the baseline, {collected1} for the final sample");
-                    if (heap0.Count > 0)
-                        Console.WriteLine("managed heap after the full GC (MiB), baseline -> after: " + string.Join(", ", heap0.Select(kv => $"{kv.Key} {kv.Value / 1048576.0:F1} -> {heap1.GetValueOrDefault(kv.Key, -1) / 1048576.0:F1}")));
-                    Console.WriteLine("RSS after the full GC, anonymous / file-backed (MiB), baseline -> after: " + string.Join(", ", parts0.Select(kv =>
-                        $"{kv.Key} {kv.Value.Anon / 1024.0:F1} / {kv.Value.File / 1024.0:F1} -> {parts1.GetValueOrDefault(kv.Key).Anon / 1024.0:F1} / {parts1.GetValueOrDefault(kv.Key).File / 1024.0:F1}")));
+                    Console.WriteLine($"sessions held by the gateway: {sessionsAtEnd} when the run ended, {sessionsAfter} after {quiet.TotalSeconds:F0} s idle (baseline and final RSS are both taken in that quiet state)");
+                    PrintMemorySplit(mem0, mem1);
                 }
                 return ok ? 0 : 1;
             }
@@ -175,42 +172,47 @@ internal static class BenchFuzzCommand
         return cmd;
     }
 
+    /// <summary>How long the final quiet stretch lasts: long enough for IdleMemoryTrim's second trim (a
+    /// minute into a quiet stretch, after the sessions expired), even if the completion started the stretch
+    /// anew: one period more than that, and 5 s.</summary>
+    private static readonly TimeSpan TrimWait = (Cluster.Serving.Hosting.IdleMemoryTrim.SettledPeriods + 1) * Cluster.Serving.Hosting.IdleMemoryTrim.DefaultPeriod + TimeSpan.FromSeconds(5);
+
     /// <summary>
     /// The memory sample both ends of the comparison use: after <paramref name="quiet"/> idle, a check (a
-    /// real completion, whose store calls run the TTL sweeps, a health check), then a full GC induced in
-    /// every watched process, then each one's RSS.
+    /// real completion, whose store calls run the TTL sweeps, a health check), then <see cref="TrimWait"/>
+    /// idle, in which every service trims itself; then each one's RSS and, where <paramref name="metrics"/>
+    /// names its HTTP port, its GC figures.
     /// </summary>
-    /// <returns>The check with the RSS after the GC, how many processes collected, and each service's
-    /// managed heap after it (its llm_process_managed_heap_bytes; only where <paramref name="metrics"/> names its HTTP port).</returns>
-    private static (FuzzCheck Check, int Collected, Dictionary<string, long> HeapBytes, Dictionary<string, (long Anon, long File)> Parts) Quiesced(FrontDoorFuzzer fuzzer, FuzzTarget target, int after, TimeSpan quiet, IReadOnlyDictionary<string, string>? metrics)
+    private static (FuzzCheck Check, Dictionary<string, ServiceMemory> Memory) Quiesced(FrontDoorFuzzer fuzzer, FuzzTarget target, int after, TimeSpan quiet, IReadOnlyDictionary<string, string>? metrics)
     {
         Thread.Sleep(quiet);
         var check = fuzzer.CheckAsync(after).GetAwaiter().GetResult();
-        // Two collections a moment apart: the first finalizes what the second frees (sockets, pooled buffers).
-        int collected = 0;
-        for (int i = 0; i < 2; i++)
-            foreach (var (_, p) in target.Processes)
-                if (!p.HasExited && ProcessMemory.TryInduceFullGc(p.Id, TimeSpan.FromSeconds(1)) && i == 1) collected++;
-        Thread.Sleep(1000);
-        var rss = new Dictionary<string, long>();
-        var parts = new Dictionary<string, (long Anon, long File)>();
+        Thread.Sleep(TrimWait);
+        var memory = new Dictionary<string, ServiceMemory>();
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
         foreach (var (name, p) in target.Processes)
         {
-            if (!p.HasExited && ProcessMemory.RssKiB(p.Id) is long kib) rss[name] = kib;
-            if (!p.HasExited && ProcessMemory.RssPartsKiB(p.Id) is { } split) parts[name] = split;
-        }
-        var heap = new Dictionary<string, long>();
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
-        foreach (var (name, url) in metrics ?? new Dictionary<string, string>())
-        {
-            try
+            string? text = null;
+            if (metrics?.GetValueOrDefault(name) is { } url)
             {
-                var line = http.GetStringAsync($"{url}/metrics").GetAwaiter().GetResult().Split('\n').FirstOrDefault(l => l.StartsWith("llm_process_managed_heap_bytes", StringComparison.Ordinal));
-                if (line is not null) heap[name] = (long)double.Parse(line.Split(' ')[^1], System.Globalization.CultureInfo.InvariantCulture);
+                try { text = http.GetStringAsync($"{url}/metrics").GetAwaiter().GetResult(); }
+                catch (Exception e) when (e is HttpRequestException or TaskCanceledException) { }
             }
-            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or FormatException) { }
+            if (!p.HasExited && ServiceMemory.Read(p.Id, text) is { } m) memory[name] = m;
         }
-        return (check with { RssKiB = rss }, collected, heap, parts);
+        return (check with { RssKiB = memory.ToDictionary(kv => kv.Key, kv => kv.Value.RssKiB) }, memory);
+    }
+
+    private static void PrintMemorySplit(Dictionary<string, ServiceMemory> before, Dictionary<string, ServiceMemory> after)
+    {
+        static string Mib(long? bytes) => bytes is long b ? $"{b / 1048576.0:F1}" : "-";
+        Console.WriteLine("in the quiet state, baseline -> after (MiB): RSS = anonymous + file-backed + shared (the JIT's double-mapped code); GC heap / GC committed; idle trims so far");
+        foreach (var (name, b) in before)
+        {
+            var a = after.GetValueOrDefault(name);
+            Console.WriteLine($"  {name,-14} anon {b.AnonKiB / 1024.0:F1} -> {(a?.AnonKiB ?? 0) / 1024.0:F1}, file {b.FileKiB / 1024.0:F1} -> {(a?.FileKiB ?? 0) / 1024.0:F1}, shared {b.ShmemKiB / 1024.0:F1} -> {(a?.ShmemKiB ?? 0) / 1024.0:F1}; " +
+                $"heap {Mib(b.HeapBytes)} -> {Mib(a?.HeapBytes)}, committed {Mib(b.CommittedBytes)} -> {Mib(a?.CommittedBytes)}; trims {b.IdleTrims?.ToString() ?? "-"} -> {a?.IdleTrims?.ToString() ?? "-"}");
+        }
     }
 
     /// <summary>The gateway's workers are probed every 2 s; the first real completion waits for them.</summary>
@@ -247,7 +249,7 @@ internal static class BenchFuzzCommand
         foreach (var (k, v) in report.ByKindAnswer.OrderBy(kv => kv.Key)) Console.WriteLine($"  {k,-50} {v,8}");
         Console.WriteLine($"liveness: {report.Checks.Count} checks (completion over HTTP + gRPC health), {report.FailedChecks} failed; processes exited: {(exited.Count == 0 ? "none" : string.Join(", ", exited))}; service error/critical log lines: {errorLines}");
         foreach (var c in report.Checks.Where(c => c.Error is not null).Take(5)) Console.WriteLine($"  check after {c.AfterRequests}: {c.Error}");
-        Console.WriteLine("memory (VmRSS, MiB): service, baseline, peak during the run, after; baseline and after each idle past the session TTL and after a full GC");
+        Console.WriteLine("memory (VmRSS, MiB): service, baseline, peak during the run, after; baseline and after each in the same quiet state (idle past the session TTL, a completion, then idle while the services trim themselves)");
         foreach (var m in memory) Console.WriteLine($"  {m.Name,-14} {m.Baseline / 1024.0,8:F1} {m.Peak / 1024.0,8:F1} {m.After / 1024.0,8:F1}  {(m.Back ? "back" : "NOT back")}");
         // The trend tells a leak (growing to the end) from a heap that grew once and is not given back.
         var checks = report.Checks.Where(c => c.RssKiB.Count > 0).ToList();
@@ -255,9 +257,9 @@ internal static class BenchFuzzCommand
         Console.WriteLine("RSS (MiB) at the checks, after N requests: " + string.Join(' ', picks.Select(c => c.AfterRequests)));
         foreach (var m in memory) Console.WriteLine($"  {m.Name,-14} " + string.Join(' ', picks.Select(c => c.RssKiB.TryGetValue(m.Name, out var v) ? $"{v / 1024.0:F1}" : "-")));
         var examples = report.Examples.Values.OrderBy(e => e.Finding ? 0 : 1).ThenBy(e => e.Index).ToList();
-        Console.WriteLine($"findings (5xx, unexpected INTERNAL, hangs): {report.Findings.Count()} distinct");
+        Console.WriteLine($"findings (5xx, unexpected INTERNAL, hangs): {report.Findings.Count()} distinct; known upstream answers (reported, not findings): {report.KnownUpstreamAnswers.Sum(e => e.Count)}");
         foreach (var e in examples)
-            Console.WriteLine($"  {(e.Finding ? "FINDING" : "note   ")} {e.Category} {e.Answer} x{e.Count} \"{e.Message}\" first at request {e.Index} ({e.Kind}): {e.Input}");
+            Console.WriteLine($"  {(e.Finding ? "FINDING" : e.Known ? "KNOWN  " : "note   ")} {e.Category} {e.Answer} x{e.Count} \"{e.Message}\" first at request {e.Index} ({e.Kind}): {e.Input}");
         if (errorLines > 0)
         {
             Console.WriteLine("service error log lines, by kind:");

@@ -23,6 +23,9 @@ public sealed record FuzzExample(string Category, string Kind, string Answer, st
 
     /// <summary><see cref="Count"/> as a property, for JSON.</summary>
     public int Occurrences => Count;
+
+    /// <summary>Due to a known bug outside this repository (<see cref="KnownUpstream"/>).</summary>
+    public bool Known => Message.StartsWith(KnownUpstream.Prefix, StringComparison.Ordinal);
 }
 
 public sealed record FuzzCheck(int AfterRequests, bool HttpOk, bool GrpcOk, string? Error, IReadOnlyDictionary<string, long> RssKiB, IReadOnlyList<string> Exited);
@@ -41,6 +44,9 @@ public sealed class FuzzReport
     public double WallSeconds { get; set; }
 
     public IEnumerable<FuzzExample> Findings => Examples.Values.Where(e => e.Finding).OrderBy(e => e.Index);
+
+    /// <summary>Answers due to a known bug outside this repository (<see cref="KnownUpstream"/>): reported, not findings.</summary>
+    public IEnumerable<FuzzExample> KnownUpstreamAnswers => Examples.Values.Where(e => e.Known).OrderBy(e => e.Index);
     public int FailedChecks => Checks.Count(c => !c.HttpOk || !c.GrpcOk || c.Exited.Count > 0);
 }
 
@@ -334,7 +340,10 @@ public sealed class FrontDoorFuzzer : IDisposable
                 {
                     uint code = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(4));
                     answers.Add($"goaway:{ErrorName(code)}");
-                    if (code == 2) notable = ($"goaway:{ErrorName(code)}", Encoding.UTF8.GetString(payload.AsSpan(8)), true);
+                    // INTERNAL_ERROR is a finding, unless the input has what is known to trigger it upstream.
+                    if (code == 2) notable = KnownUpstream.ExplainInternalError(input) is { } known
+                        ? ($"goaway:{ErrorName(code)}", known, false)
+                        : ($"goaway:{ErrorName(code)}", Encoding.UTF8.GetString(payload.AsSpan(8)), true);
                 }
                 else if (type == RstStream && length == 4)
                 {
