@@ -1,5 +1,4 @@
 using System.Diagnostics.Metrics;
-using System.Runtime.InteropServices;
 using Cluster.Telemetry;
 using Microsoft.Extensions.Hosting;
 
@@ -103,21 +102,4 @@ public sealed class IdleMemoryTrim : BackgroundService
         }
         catch (OperationCanceledException) { }
     }
-}
-
-/// <summary>glibc's malloc_trim: returns the free pages of every malloc arena to the OS.</summary>
-internal static partial class NativeHeap
-{
-    private static bool _unavailable = !OperatingSystem.IsLinux();
-
-    /// <summary>Calls malloc_trim(0); nothing where the C library has none (musl, other systems).</summary>
-    public static void Trim()
-    {
-        if (_unavailable) return;
-        try { MallocTrim(0); }
-        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { _unavailable = true; }
-    }
-
-    [LibraryImport("libc", EntryPoint = "malloc_trim")]
-    private static partial int MallocTrim(nuint pad);
 }
