@@ -71,8 +71,8 @@ public sealed class FrontDoorFuzzer : IDisposable
     private readonly FuzzOptions _options;
     /// <summary>The fuzz gRPC calls' client: made by <see cref="RunAsync"/> and disposed (its pooled HTTP/2
     /// connections closed) when the run ends, as a client that went away has closed its sockets. Left open,
-    /// they idled into the bench's final quiet stretch (the pool closes them after a minute), and Kestrel's
-    /// state for them was still live heap when the gateway trimmed itself (bench/RESULTS.md, run 5).</summary>
+    /// they idled into the bench's final quiet stretch (the pool closes them after a minute), which the
+    /// baseline's quiet state did not have (bench/RESULTS.md, after run 5).</summary>
     private HttpClient? _grpcHttp;
     private readonly HttpClient _check;
     private readonly GrpcChannel _channel;
