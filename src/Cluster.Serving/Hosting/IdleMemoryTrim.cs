@@ -85,10 +85,17 @@ public sealed class IdleMemoryTrim : BackgroundService
 
     /// <summary>
     /// An aggressive, blocking, compacting full GC (the mode that decommits the GC's free memory rather
-    /// than keeping it for the next allocations), then malloc_trim(0) where glibc provides it.
+    /// than keeping it for the next allocations), the finalizers it queued, and a second such GC; then
+    /// malloc_trim(0) where glibc provides it. The second GC is for what dead objects with finalizers
+    /// (sockets, connections' handles and timers: a burst of connections leaves many) still referenced:
+    /// the first GC only queues them, so everything they reach survives it, and in an idle process no GC
+    /// would follow to free it (bench fuzz run 5: the gateway's heap 22.8 MiB after its last trim against
+    /// 12.0 at the baseline, while a heap dump in the same state found the reachable objects back).
     /// </summary>
     public static void TrimNow()
     {
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        GC.WaitForPendingFinalizers();
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         NativeHeap.Trim();
     }

@@ -69,7 +69,11 @@ public sealed class FrontDoorFuzzer : IDisposable
 
     private readonly FuzzTarget _target;
     private readonly FuzzOptions _options;
-    private readonly HttpClient _grpcHttp;
+    /// <summary>The fuzz gRPC calls' client: made by <see cref="RunAsync"/> and disposed (its pooled HTTP/2
+    /// connections closed) when the run ends, as a client that went away has closed its sockets. Left open,
+    /// they idled into the bench's final quiet stretch (the pool closes them after a minute), which the
+    /// baseline's quiet state did not have (bench/RESULTS.md, after run 5).</summary>
+    private HttpClient? _grpcHttp;
     private readonly HttpClient _check;
     private readonly GrpcChannel _channel;
     private readonly SemaphoreSlim _checking = new(1, 1);
@@ -78,7 +82,6 @@ public sealed class FrontDoorFuzzer : IDisposable
     {
         _target = target;
         _options = options;
-        _grpcHttp = new HttpClient(new SocketsHttpHandler { EnableMultipleHttp2Connections = true }) { Timeout = Timeout.InfiniteTimeSpan };
         _check = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
         _channel = GrpcChannel.ForAddress($"http://{target.Host}:{target.GrpcPort}");
     }
@@ -101,6 +104,7 @@ public sealed class FrontDoorFuzzer : IDisposable
     {
         var report = new FuzzReport { Options = _options };
         var clock = Stopwatch.StartNew();
+        using var fuzzHttp = _grpcHttp = new HttpClient(new SocketsHttpHandler { EnableMultipleHttp2Connections = true }) { Timeout = Timeout.InfiniteTimeSpan };
         report.Checks.Add(await CheckAsync(0));
         _modelJson = System.Text.Json.JsonSerializer.Serialize(await ModelIdAsync());
         int next = firstIndex - 1, done = 0;
@@ -120,6 +124,7 @@ public sealed class FrontDoorFuzzer : IDisposable
         }, ct)).ToArray();
         await Task.WhenAll(workers);
         report.WallSeconds = clock.Elapsed.TotalSeconds;
+        _grpcHttp = null; // fuzzHttp's connections close as it is disposed, before the caller's quiet stretch
         return report;
     }
 
@@ -440,7 +445,7 @@ public sealed class FrontDoorFuzzer : IDisposable
         using var cts = new CancellationTokenSource(RequestTimeout);
         try
         {
-            using var response = await _grpcHttp.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+            using var response = await _grpcHttp!.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
             await response.Content.CopyToAsync(Stream.Null, cts.Token);
             var status = response.Headers.TryGetValues("grpc-status", out var h) ? h.First()
                 : response.TrailingHeaders.TryGetValues("grpc-status", out var t) ? t.First() : null;
@@ -632,7 +637,6 @@ public sealed class FrontDoorFuzzer : IDisposable
 
     public void Dispose()
     {
-        _grpcHttp.Dispose();
         _check.Dispose();
         _channel.Dispose();
         _checking.Dispose();
