@@ -128,8 +128,11 @@ internal sealed class WorkerTeam : IDisposable
                 else Thread.SpinWait(20);
             }
             // Wake-ups for the calls served while polling are stale now. Dropping one that arrived just
-            // after the last poll is harmless: the caller runs every part no helper claims.
+            // after the last poll is harmless: the caller runs every part no helper claims. Dropping
+            // Dispose's is not: it is told by _stopping, checked after the drain (a check only after the
+            // next Wait blocked forever when the drain had eaten Dispose's wake-up, hanging Dispose's Join).
             while (_wake[index].Wait(0)) { }
+            if (_stopping) return;
         }
     }
 
