@@ -75,10 +75,19 @@ public sealed class ContinuousBatcherTests
         using var batcher = new ContinuousBatcher(model, maxBatch: 4, afterStep: (_, _) => Interlocked.Increment(ref steps));
         // The search is built before the stream joins, and joins right after it:
         // built in between, the 200-token stream ran a hundred steps alone first (it did in CI).
-        var steps0 = new BeamSearch(model, tok, beams).Steps(prompt, cache, CancellationToken.None);
+        // The batched steps are counted on the batch thread when the search's last step has run (read after
+        // the await, the count also held the steps run while the test's continuation was scheduled: the whole
+        // 200-token stream of this small model takes tens of milliseconds).
+        int stepsWhenSearchEnded = -1;
+        var steps0 = Recorded(new BeamSearch(model, tok, beams).Steps(prompt, cache, CancellationToken.None));
         var stream = Drain(batcher.Add(seq, [first.TokenId!.Value], CancellationToken.None));
         var search = await Drain(batcher.AddStepped(steps0)).WaitAsync(TimeSpan.FromMinutes(2));
-        int stepsWhenSearchEnded = Volatile.Read(ref steps);
+
+        IEnumerable<IReadOnlyList<GenerationChunk>> Recorded(IEnumerable<IReadOnlyList<GenerationChunk>> inner)
+        {
+            foreach (var step in inner) yield return step;
+            stepsWhenSearchEnded = Volatile.Read(ref steps);
+        }
 
         var got = GenerationOutput.Collect(search);
         Assert.Equal(expectedBeams.Select(o => o.Ids), got.Select(o => o.Ids));
