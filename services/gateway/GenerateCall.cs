@@ -67,20 +67,45 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     });
 
     /// <summary>Prefills this turn's prompt on a prefill worker (on top of the conversation's stored KV
-    /// when the turn has history) and returns its first token and KV handle.</summary>
+    /// when the turn has history) and returns its first token and KV handle.
+    /// A worker that refuses the connection (dead, restarting) never saw the request, so it goes to
+    /// another healthy prefill worker if there is one; other failures are the request's answer.</summary>
     internal async Task<PrefillResponse> PrefillAsync(int[] prompt, SamplingParams sampling, string policy, CallOptions options)
     {
-        using var lease = gateway.Prefill.Acquire();
-        await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
-        return await Call(lease, w => new LlmCluster.V1.Prefill.PrefillClient(w.Channel).PrefillAsync(new PrefillRequest
+        Uri? refused = null;
+        while (true)
         {
-            SessionId = _kvSession,
-            PromptTokenIds = { prompt },
-            Sampling = sampling,
-            KvPolicy = PolicyMapping.ToWire(policy),
-            CacheManager = gateway.Options.CacheManager,
-            Continuation = _history > 0 ? new PrefillContinuation { HistoryTokenCount = _history, History = _recipe } : null,
-        }, options).ResponseAsync);
+            using var lease = gateway.Prefill.Acquire(except: refused);
+            await gateway.Sessions.UpdateAsync(_sessionId, new SessionUpdate { PrefillWorker = lease.Worker.Address.Authority }, options.CancellationToken);
+            try
+            {
+                return await Call(lease, w => new LlmCluster.V1.Prefill.PrefillClient(w.Channel).PrefillAsync(new PrefillRequest
+                {
+                    SessionId = _kvSession,
+                    PromptTokenIds = { prompt },
+                    Sampling = sampling,
+                    KvPolicy = PolicyMapping.ToWire(policy),
+                    CacheManager = gateway.Options.CacheManager,
+                    Continuation = _history > 0 ? new PrefillContinuation { HistoryTokenCount = _history, History = _recipe } : null,
+                }, options).ResponseAsync);
+            }
+            catch (RpcException e) when (refused is null && NeverReached(e) && gateway.Prefill.HasHealthy(except: lease.Worker.Address))
+            {
+                refused = lease.Worker.Address;
+                gateway.Logger.LogPrefillRetry(_sessionId, refused.Authority, e.Status.Detail);
+            }
+        }
+    }
+
+    /// <summary>The call failed before its request reached the worker: the connection was refused or
+    /// could not be made (so sending it elsewhere cannot run it twice).</summary>
+    internal static bool NeverReached(RpcException e)
+    {
+        if (e.StatusCode != StatusCode.Unavailable) return false;
+        for (var x = e.Status.DebugException; x is not null; x = x.InnerException)
+            if (x is System.Net.Sockets.SocketException s && s.SocketErrorCode is System.Net.Sockets.SocketError.ConnectionRefused or System.Net.Sockets.SocketError.HostUnreachable or System.Net.Sockets.SocketError.NetworkUnreachable)
+                return true;
+        return false;
     }
 
     /// <summary>
@@ -407,7 +432,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         {
             WorkerPool.ReportFailure(lease.Worker, e);
             throw e.StatusCode == StatusCode.Unavailable
-                ? new RpcException(new Status(StatusCode.Unavailable, $"{lease.Worker.Address.Authority} unavailable: {e.Message}"))
+                ? new RpcException(new Status(StatusCode.Unavailable, $"{lease.Worker.Address.Authority} unavailable: {e.Message}", e.Status.DebugException))
                 : e;
         }
     }

@@ -122,3 +122,32 @@ public sealed class DeadServiceTests
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
     }
 }
+
+/// <summary>A prefill worker that refuses the connection never saw the request: the gateway sends it to
+/// another one instead of failing it (what a request right after a worker died, or before it listened, met).</summary>
+public sealed class RefusedPrefillTests
+{
+    [SharedDataFact]
+    public async Task A_prefill_refused_by_a_dead_worker_goes_to_another_one()
+    {
+        var model = SharedData.Path_("models", "stories260K", "stories260K.bin");
+        await using var cluster = await TestCluster.StartAsync(model);
+        // A second gateway whose first prefill worker is an address nothing listens on. Ties go round-robin
+        // from the second worker, so the first request goes to the live one and the second to the dead one,
+        // long before the health checks (every 2 s, two failures) take it out of rotation.
+        var dead = $"http://127.0.0.1:{FreePorts.Next()}";
+        await using var gateway = await Cluster.Serving.Hosting.ServiceHost.StartAsync(TestCluster.Options(Cluster.Serving.Hosting.ServiceRole.Gateway,
+            "--model", model, "--cache-manager", cluster.CacheManager.GrpcAddress.ToString(),
+            "--prefill", $"{dead},{cluster.Prefill.GrpcAddress}", "--decode", cluster.Decode.GrpcAddress.ToString(), "--policy", "dense"),
+            Cluster.Gateway.GatewayService.CreateAsync);
+        using var channel = Cluster.Serving.Routing.GrpcChannels.Create(gateway.GrpcAddress);
+        var client = new LlmCluster.V1.Gateway.GatewayClient(channel);
+        var request = new GenerateRequest { Text = "Once upon a time", Sampling = new SamplingParams { Temperature = 0, MaxTokens = 16 } };
+        var expected = (await cluster.GenerateAsync(request)).Ids;
+        for (int i = 0; i < 3; i++)
+        {
+            var got = await TestCluster.ReadAsync(client.Generate(request, deadline: DateTime.UtcNow.AddSeconds(60)), default, null);
+            Assert.Equal(expected, got.Ids);
+        }
+    }
+}

@@ -7,12 +7,22 @@ namespace Cluster.Serving.Routing;
 /// The one way this system opens a gRPC channel, with the client settings long streams and many
 /// concurrent calls need (NOTES.md): several HTTP/2 connections, keepalive pings only while calls are
 /// active and no more often than every 60 s (grpc-core servers answer faster pings with GOAWAY
-/// too_many_pings), no overall timeout (deadlines are per call), connections kept while idle.
+/// too_many_pings), no overall timeout (deadlines are per call), connections kept while idle, and
+/// reconnect attempts at most a second apart.
 /// </summary>
 public static class GrpcChannels
 {
     /// <summary>Largest message accepted either way: KV chunks are at most 1 MiB, so 16 MiB is headroom.</summary>
     public const int MaxMessageBytes = 16 * 1024 * 1024;
+
+    /// <summary>
+    /// Longest wait between two connection attempts to an address that refused. A channel whose
+    /// connection failed fails calls at once (UNAVAILABLE) until its next attempt, and the library's
+    /// default backoff grows to 120 s: a worker that came up (or was restarted by its supervisor) a
+    /// moment after the gateway first tried it stayed unreachable for that long. Inside a cluster an
+    /// attempt is cheap, so one a second at most.
+    /// </summary>
+    public static readonly TimeSpan MaxReconnectBackoff = TimeSpan.FromSeconds(1);
 
     public static GrpcChannel Create(Uri address, TimeSpan? connectTimeout = null) =>
         GrpcChannel.ForAddress(address, new GrpcChannelOptions
@@ -34,6 +44,8 @@ public static class GrpcChannels
             DisposeHttpClient = true,
             MaxReceiveMessageSize = MaxMessageBytes,
             MaxSendMessageSize = MaxMessageBytes,
+            InitialReconnectBackoff = TimeSpan.FromMilliseconds(200),
+            MaxReconnectBackoff = MaxReconnectBackoff,
         });
 
     /// <summary>A channel for "host:port" or "http(s)://host:port".</summary>

@@ -110,6 +110,9 @@ public sealed class WorkerPool : IDisposable
         return new WorkerLease(best);
     }
 
+    /// <summary>Whether a healthy worker other than <paramref name="except"/> is known.</summary>
+    public bool HasHealthy(Uri except) => _workers.Any(w => w.Healthy && w.Address != except);
+
     /// <summary>Marks a worker down after a transport failure so the next request goes elsewhere.</summary>
     public static void ReportFailure(Worker worker, RpcException e)
     {

@@ -63,6 +63,43 @@ public sealed class ChannelTests : IAsyncLifetime
         Assert.Empty(_probe.ClientPorts);
     }
 
+    /// <summary>
+    /// A server that comes up after a client has been failing to reach it for a while (a worker the
+    /// gateway tried before it listened, or one restarted by `llmctl up`'s supervisor) is reached within
+    /// about a second. With the library's default backoff (1 s growing by 1.6x to 120 s, +-20 %), 20 s of
+    /// refusals put the next connection attempt about 7 s away (3-10 s), and every call until then failed at once with UNAVAILABLE
+    /// ("Error connecting to subchannel"): a fresh-clone CI run's first request after `up` said ready.
+    /// </summary>
+    [SkippableFact(Timeout = 60_000)]
+    public async Task A_server_that_comes_up_late_is_reached_within_the_reconnect_backoff()
+    {
+        int port = Cluster.Tests.FreePorts.Next();
+        using var channel = GrpcChannels.Create(new Uri($"http://127.0.0.1:{port}"));
+        var health = new global::Grpc.Health.V1.Health.HealthClient(channel);
+        async Task<bool> Reached()
+        {
+            try
+            {
+                await health.CheckAsync(new global::Grpc.Health.V1.HealthCheckRequest(), deadline: DateTime.UtcNow.AddSeconds(5));
+                return true;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+            {
+                return false;
+            }
+        }
+        for (var refusing = DateTime.UtcNow.AddSeconds(20); DateTime.UtcNow < refusing; await Task.Delay(100))
+            Assert.False(await Reached(), "nothing listens yet");
+
+        await using var host = await GrpcTestHost.StartAsync(_ => { }, _ => { }, new GrpcTestHostOptions { GrpcPort = port });
+        var up = System.Diagnostics.Stopwatch.StartNew();
+        while (!await Reached())
+        {
+            Assert.True(up.Elapsed < TimeSpan.FromSeconds(3), $"the server listened for {up.Elapsed.TotalSeconds:F1} s and calls still failed");
+            await Task.Delay(50);
+        }
+    }
+
     private sealed class Probe : ChannelProbe.ChannelProbeBase
     {
         public ConcurrentDictionary<int, bool> ClientPorts { get; } = new();

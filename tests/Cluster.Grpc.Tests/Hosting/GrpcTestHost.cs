@@ -59,7 +59,7 @@ public sealed class GrpcTestHost : IAsyncDisposable
 
         ListenOptions grpc = null!, http = null!;
         builder.WebHost.ConfigureKestrel(kestrel =>
-            GrpcStack.ConfigureKestrel(kestrel, IPAddress.Loopback, 0, 0, options.MaxStreamsPerConnection, l => grpc = l, l => http = l));
+            GrpcStack.ConfigureKestrel(kestrel, IPAddress.Loopback, options.GrpcPort, 0, options.MaxStreamsPerConnection, l => grpc = l, l => http = l));
         builder.Services.AddSingleton(Source);
         builder.Services.AddGrpcStack(new Readiness(() => true));
         services(builder.Services);
@@ -83,6 +83,9 @@ public sealed record GrpcTestHostOptions
 {
     /// <summary>ServiceHost's value; channel tests lower it to see connections multiply.</summary>
     public int MaxStreamsPerConnection { get; init; } = 1000;
+
+    /// <summary>The gRPC port; 0 lets the OS pick one.</summary>
+    public int GrpcPort { get; init; }
 
     public LogLevel MinimumLogLevel { get; init; } = LogLevel.Warning;
 

@@ -81,6 +81,10 @@ internal static class UpCommand
             };
             if (r.GetValue(chatTemplate) is { } ct) gatewayArgs.AddRange(["--chat-template", ct]);
             if (r.GetValue(redis) is { } rd) gatewayArgs.AddRange(["--redis", rd == "start" ? cluster.StartRedis() : rd]);
+            // The gateway starts once its workers answer, so that its first connections to them succeed
+            // and "ready" means a request is served (a connection refused at start left the gateway's
+            // channel failing calls until its next reconnect attempt).
+            cluster.WaitHealthy(TimeSpan.FromMinutes(2), stop.Token);
             var gateway = cluster.Start(ServiceRole.Gateway, [.. gatewayArgs], ports.For(ServiceRole.Gateway, 0));
             cluster.WaitHealthy(TimeSpan.FromMinutes(2), stop.Token);
 
@@ -163,6 +167,7 @@ internal sealed class LocalCluster(string bind) : IDisposable
     }
 
     public List<Service> Services { get; } = [];
+    private readonly HashSet<Service> _ready = new(ReferenceEqualityComparer.Instance);
     private Process? _redis;
 
     /// <summary>The redis-server <see cref="StartRedis"/> launched, if any (benchmarks watch its memory).</summary>
@@ -238,13 +243,15 @@ internal sealed class LocalCluster(string bind) : IDisposable
         return process;
     }
 
-    /// <summary>Polls every service's /healthz until all answer 200, printing one line as each is ready.</summary>
+    /// <summary>Polls the /healthz of every service not yet seen ready until all answer 200, printing one
+    /// line as each is ready (so it can be called again after starting more).</summary>
     public void WaitHealthy(TimeSpan timeout, CancellationToken ct)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
         var deadline = DateTime.UtcNow + timeout;
         foreach (var s in Services)
         {
+            if (_ready.Contains(s)) continue;
             while (true)
             {
                 ct.ThrowIfCancellationRequested();
@@ -254,6 +261,7 @@ internal sealed class LocalCluster(string bind) : IDisposable
                     if (http.GetAsync($"{s.Http}/healthz", ct).GetAwaiter().GetResult().IsSuccessStatusCode)
                     {
                         Console.WriteLine($"  {s.Role.Name(),-12} ready  {s.Grpc}  (pid {s.Process.Id})");
+                        _ready.Add(s);
                         break;
                     }
                 }
