@@ -76,10 +76,14 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
                 // value must be in the same or an adjacent bucket (wide buckets, where the client's
                 // earlier TTFT start weighs) or within the bucket widened by the delivery jitter
                 // allowed (narrow buckets); a real disagreement fails both.
+                // At q0.99 the sample of that rank is one of the ~5 longest of ~550 gaps: one scheduling
+                // stall on a loaded 2-core machine, seen by one side's clock and not the other's (the gateway
+                // times a gap when its write completes, the client when the chunk is read), moves it by
+                // ~10 ms; CI saw 21 ms against 9.9 ms once in some ten runs. So there two buckets apart pass.
                 const double jitter = 0.005;
                 double lo = serverBucket == 0 ? 0 : Buckets.LatencySeconds[serverBucket - 1];
                 double hi = serverBucket < Buckets.LatencySeconds.Length ? Buckets.LatencySeconds[serverBucket] : double.PositiveInfinity;
-                bool adjacent = Math.Abs(serverBucket - clientBucket) <= 1;
+                bool adjacent = Math.Abs(serverBucket - clientBucket) <= (q == 0.99 ? 2 : 1);
                 bool withinJitter = measured >= lo - jitter && measured <= hi + jitter;
                 Assert.True(adjacent || withinJitter,
                     $"{metric} q{q}: PromQL {server} s is in bucket ({lo}, {hi}] (index {serverBucket}); the client's {measured} s is in bucket {clientBucket}, neither adjacent nor within {jitter} s of it");
