@@ -4,15 +4,17 @@ using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 using Cluster.Engine.Sampling;
 using Cluster.Engine.Tokenizers;
+using Cluster.Engine.Scheduling;
+using System.Threading.Channels;
 
 namespace Cluster.Engine.Generation;
 
 /// <summary>
-/// The generation loop for one request on one model: prefill the prompt once, then for each of the
-/// n outputs sample a token, stream it, and run it through the model, until each output ends (eos,
-/// stop, length) or the request is cancelled (abort). The n outputs continue copies of the prompt's
-/// KV cache rather than recomputing it. Beam search (num_beams &gt; 1) goes to <see cref="BeamSearch"/>.
-/// Not thread-safe, like the model.
+/// One request on one model in this process: prefill the prompt once, then decode the n outputs
+/// through a <see cref="ContinuousBatcher"/> (the decode workers' loop) until each ends (eos, stop,
+/// length) or the request is cancelled (abort). The n outputs continue copies of the prompt's KV cache
+/// rather than recomputing it. Beam search (num_beams &gt; 1) goes to <see cref="BeamSearch"/>.
+/// Not thread-safe, like the model: nothing else may run it while a generation is being read.
 /// </summary>
 public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null)
 {
@@ -57,6 +59,7 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
         var c = model.Config;
         var generated = resume?.Generated ?? [];
         var outputs = new List<SequenceGeneration>();
+        ContinuousBatcher? batcher = null;
         try
         {
             // Prefill: the prompt (and, when resuming, what the cache lacks of the output so far).
@@ -73,36 +76,43 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
                 policy.Compress(model, cache);
             }
             foreach (var id in generated) first.Replay(id); // already streamed: replay only the state
-            var elapsed = new TimeSpan[Math.Max(p.N, first.Index + 1)];
-            elapsed[first.Index] = sw.Elapsed;
-            for (int j = 1; j < p.N; j++)
-            {
-                outputs.Add(first.Fork(j, tokenizer, prompt));
-                elapsed[j] = elapsed[first.Index];
-            }
+            for (int j = 1; j < p.N; j++) outputs.Add(first.Fork(j, tokenizer, prompt));
+            var prefill = sw.Elapsed;
 
-            while (outputs.Any(o => !o.Done))
-            {
-                foreach (var o in outputs)
+            // Decode: the outputs run as one continuous batch, the loop a decode worker runs, so a local
+            // run and the cluster step the same way. The batch owns (and frees) the outputs from here.
+            batcher = new ContinuousBatcher(model, Math.Min(outputs.Count, model.MaxChunk));
+            var streams = new List<ChannelReader<GenerationChunk>>(outputs.Count);
+            foreach (var o in outputs) streams.Add(batcher.Add(o, [], cancel));
+            outputs.Clear();
+            // Every output yields one chunk per step until its last, so taking them in turn keeps each
+            // step's chunks in index order.
+            for (bool firstStep = true; streams.Count > 0; firstStep = false)
+                for (int i = 0; i < streams.Count;)
                 {
-                    if (o.Done) continue;
-                    if (cancel.IsCancellationRequested)
-                    {
-                        yield return o.Abort();
-                        continue;
-                    }
-                    sw.Restart();
-                    yield return o.Step(elapsed[o.Index] + sw.Elapsed);
-                    if (o.Pending is not int next) continue;
-                    sw.Restart();
-                    model.Forward([next], o.Cache, o.Logits);
-                    elapsed[o.Index] = sw.Elapsed;
+                    var chunk = ReadNext(streams[i]);
+                    yield return firstStep ? chunk with { Elapsed = prefill + chunk.Elapsed } : chunk;
+                    if (chunk.Finish is not null) streams.RemoveAt(i);
+                    else i++;
                 }
-            }
         }
         finally
         {
+            batcher?.Dispose(); // aborts and frees what a consumer that stopped early left running
             foreach (var o in outputs) o.Dispose();
         }
+    }
+
+    /// <summary>The stream's next chunk, waiting for the batch; rethrows what ended the stream.</summary>
+    private static GenerationChunk ReadNext(ChannelReader<GenerationChunk> stream)
+    {
+        GenerationChunk? chunk;
+        while (!stream.TryRead(out chunk))
+            if (!stream.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+            {
+                stream.Completion.GetAwaiter().GetResult();
+                throw new InvalidOperationException("an output ended without its last chunk");
+            }
+        return chunk;
     }
 }
