@@ -7,9 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 requests=${2:-5}
-dotnet build tools/llmctl -c Release -v q -nologo >/dev/null
-llmctl="dotnet tools/llmctl/bin/Release/net10.0/llmctl.dll"
-[ -f "$model/config.json" ] || $llmctl synth --preset smollm2-135m --out "$model" --dtype bf16 >/dev/null
+source bench/cluster/common.sh
 prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * 3)")
 args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 
@@ -18,12 +16,12 @@ $llmctl bench --model "$model" --prompt-tokens 236 --decode-tokens 64 --batch 1 
 r=json.load(sys.stdin)
 print("prompt tokens %d; TTFT %.1f ms; TPOT median %.2f ms" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["decode_median_step_ms"]))'
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 log=$(mktemp)
 $llmctl up --model "$model" --port "$port" >"$log" 2>&1 &
 up=$!
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log"' EXIT
-for _ in $(seq 120); do grep -q "cluster up" "$log" && break; sleep 1; done
+wait_up "$log"
 echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up"
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
 for i in $(seq "$requests"); do $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}"; done \

@@ -8,9 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 rounds=${2:-2}
-dotnet build tools/llmctl -c Release -v q -nologo >/dev/null
-llmctl="dotnet tools/llmctl/bin/Release/net10.0/llmctl.dll"
-[ -f "$model/config.json" ] || $llmctl synth --preset smollm2-135m --out "$model" --dtype bf16 >/dev/null
+source bench/cluster/common.sh
 turns=$(mktemp)
 # A long first turn (the history every later turn continues), then eight short ones.
 python3 - >"$turns" <<'EOF'
@@ -22,11 +20,11 @@ EOF
 
 run() { # $1: label, $2: --max-local-prefill
   local port log up
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   log=$(mktemp)
   LLM_MAX_LOCAL_PREFILL=$2 $llmctl up --model "$model" --port "$port" --port-offset 700 >"$log" 2>&1 &
   up=$!
-  for _ in $(seq 120); do grep -q "cluster up" "$log" && break; sleep 1; done
+  wait_up "$log"
   $llmctl chat --endpoint "http://127.0.0.1:$port" --policy "sink_window(4,508)" --max-tokens 32 --temperature 0 --ignore-eos <"$turns" 2>&1 >/dev/null \
     | grep -o 'turn [0-9]*:.*TTFT [0-9.]* ms, TPOT [0-9.]* ms' | sed "s/^/$1 /"
   kill $up; wait $up 2>/dev/null || true
