@@ -91,13 +91,18 @@ internal static class BenchKvTransferCommand
         // CPU time of this process (client and cache manager both) per transfer: on a machine shared with
         // other work it moves less than wall time does, so it is the figure to compare changes by.
         var cpu = System.Diagnostics.Process.GetCurrentProcess();
+        // Bytes allocated per transfer (all threads; moves with every copy into a new array, not with load)
+        // and chunks the codec read straight into their block.
         var cpu0 = cpu.TotalProcessorTime;
+        long alloc0 = GC.GetTotalAllocatedBytes(), direct0 = KvWireCodec.DirectChunks;
         for (int i = 0; i < reps; i++) puts.Add(await Put(i));
         cpu.Refresh();
         var cpu1 = cpu.TotalProcessorTime;
+        long alloc1 = GC.GetTotalAllocatedBytes(), direct1 = KvWireCodec.DirectChunks;
         for (int i = 0; i < reps; i++) gets.Add(await Get(i));
         cpu.Refresh();
         var cpu2 = cpu.TotalProcessorTime;
+        long alloc2 = GC.GetTotalAllocatedBytes(), direct2 = KvWireCodec.DirectChunks;
         double encodeMs = Convert(true), decodeMs = Convert(false); // after the transfers: code tiered up as in a running worker
         double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);
         var result = new Dictionary<string, object>
@@ -115,13 +120,17 @@ internal static class BenchKvTransferCommand
             ["decode_ms"] = decodeMs,
             ["put_cpu_ms"] = (cpu1 - cpu0).TotalMilliseconds / reps,
             ["get_cpu_ms"] = (cpu2 - cpu1).TotalMilliseconds / reps,
+            ["put_alloc_mb"] = (alloc1 - alloc0) / 1e6 / reps,
+            ["get_alloc_mb"] = (alloc2 - alloc1) / 1e6 / reps,
+            ["put_direct_chunks"] = (direct1 - direct0) / reps,
+            ["get_direct_chunks"] = (direct2 - direct1) / reps,
         };
         if (json) Console.WriteLine(JsonSerializer.Serialize(result));
         else
         {
-            Console.WriteLine($"put  median {result["put_median_ms"]:F1} ms  = {result["put_mb_per_s"]:F0} MB/s  ({result["put_cpu_ms"]:F1} ms CPU per transfer, client + server)");
+            Console.WriteLine($"put  median {result["put_median_ms"]:F1} ms  = {result["put_mb_per_s"]:F0} MB/s  ({result["put_cpu_ms"]:F1} ms CPU, {result["put_alloc_mb"]:F1} MB allocated per transfer, client + server; {result["put_direct_chunks"]} chunks read straight into blocks)");
             Console.WriteLine($"conversion of the whole KV, one thread, best of 5: fp32 to {precision.Name()} {encodeMs:F2} ms, back {decodeMs:F2} ms");
-            Console.WriteLine($"get  median {result["get_median_ms"]:F1} ms  = {result["get_mb_per_s"]:F0} MB/s  ({result["get_cpu_ms"]:F1} ms CPU per transfer, client + server)");
+            Console.WriteLine($"get  median {result["get_median_ms"]:F1} ms  = {result["get_mb_per_s"]:F0} MB/s  ({result["get_cpu_ms"]:F1} ms CPU, {result["get_alloc_mb"]:F1} MB allocated per transfer, client + server; {result["get_direct_chunks"]} chunks read straight into blocks)");
         }
         return 0;
     }
