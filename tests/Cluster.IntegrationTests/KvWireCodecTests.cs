@@ -322,6 +322,38 @@ public sealed class KvWireCodecTests
         }
     }
 
+    /// <summary>Concurrent gets started from one flow each read into their own blocks (each call's sink is its own).</summary>
+    [Fact]
+    public async Task Concurrent_gets_from_one_flow_each_get_their_own_bytes()
+    {
+        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
+        using var channel = GrpcChannels.Create(cm.GrpcAddress);
+        const int layers = 4, heads = 2, headDim = 8, tokens = 1000;
+        var layout = KvLayoutMapping.For(layers, heads, headDim, new RopeTable(headDim, 10000, RopeLayout.Halves), KvPrecision.Fp32);
+        var positions = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, tokens).ToArray()).ToArray();
+        var sessions = Enumerable.Range(0, 4).Select(s =>
+        {
+            var rng = new Random(s);
+            float[] Data() => Enumerable.Range(0, heads * tokens * headDim).Select(_ => (float)rng.NextDouble() + s).ToArray();
+            return (Id: $"concurrent-{s}", Blocks: Enumerable.Range(0, layers).Select(l => new KvLayerBlock(l, positions, Data(), Data())).ToList());
+        }).ToList();
+        foreach (var (id, blocks) in sessions)
+            await KvTransfer.PutAsync(channel, new PutHeader { SessionId = id, Layout = layout, Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens }, blocks, CancellationToken.None);
+        long before = KvWireCodec.DirectChunks;
+        for (int round = 0; round < 3; round++)
+        {
+            var got = await Task.WhenAll(sessions.Select(s => KvTransfer.GetAsync(channel, s.Id, 0, CancellationToken.None)));
+            for (int s = 0; s < sessions.Count; s++)
+                for (int l = 0; l < layers; l++)
+                {
+                    Assert.Equal(sessions[s].Blocks[l].Keys, got[s].Blocks[l].Keys);
+                    Assert.Equal(sessions[s].Blocks[l].Values, got[s].Blocks[l].Values);
+                }
+        }
+        Assert.True(KvWireCodec.DirectChunks - before >= 3 * sessions.Count * layers * 2);
+    }
+
     private static KvBlockHeader RawHeader(int tokens) =>
         new() { Layer = 0, DataBytes = tokens * 8L, Heads = { new HeadTokens { Positions = { Enumerable.Range(0, tokens) } } } };
 
