@@ -16,9 +16,19 @@ namespace Cluster.CacheManager;
 /// Stores each session's KV blocks, compressed by the session's policy on the way in
 /// (<see cref="KvSessionStore"/>), and serves them to decode workers. It needs no model: the layout
 /// that comes with the blocks describes their shape and RoPE frequencies.
+/// PutBlocks and GetBlocks use <see cref="KvWireCodec"/> (the same protobuf bytes, fewer copies).
 /// </summary>
+[BindServiceMethod(typeof(CacheManagerService), nameof(BindWithKvCodec))]
 public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManagerBase, IClusterService
 {
+    /// <summary>
+    /// The generated binding, with <see cref="KvWireCodec"/>'s methods for PutBlocks and GetBlocks.
+    /// Grpc.AspNetCore finds it through the attribute; its second parameter must be the generated base
+    /// type, which Grpc.AspNetCore takes as the type that declares the handlers.
+    /// </summary>
+    public static void BindWithKvCodec(ServiceBinderBase binder, LlmCluster.V1.CacheManager.CacheManagerBase? service) =>
+        LlmCluster.V1.CacheManager.BindService(new KvWireCodec.CacheManagerBinder(binder), service!);
+
     public const string MeterName = "LlmCluster.CacheManager";
     private readonly KvSessionStore _store;
     private readonly PendingPuts _pending = new();
@@ -85,31 +95,41 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         KvWire.BlockAssembler? current = null;
         var blocks = new List<WireKvBlock>();
         var removed = new List<int[][]>(); // per block: a delta block's removed positions per head
-        await foreach (var item in requests.ReadAllAsync(context.CancellationToken))
+        // KvWireCodec: each chunk's bytes go from the received payload straight into the block's stored arrays.
+        var sink = new KvChunkSink();
+        KvWireCodec.BeginReceive(sink);
+        try
         {
-            switch (item.ItemCase)
+            await foreach (var item in requests.ReadAllAsync(context.CancellationToken))
             {
-                case PutBlocksRequest.ItemOneofCase.Header when header is null:
-                    header = item.Header;
-                    headerRead(header);
-                    if (header.Layout is null || header.Layout.HeadDim <= 0 || header.Layout.RopeInverseFrequencies.Count * 2 != header.Layout.HeadDim)
-                        throw new RpcException(new Status(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies"));
-                    precision = KvLayoutMapping.Precision(header.Layout);
-                    break;
-                case PutBlocksRequest.ItemOneofCase.Block when header is not null:
-                    if (current is not null) blocks.Add(current.BuildWire());
-                    // Stored and served in the writer's dtype, as the bytes came.
-                    current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim, precision, widen: false);
-                    if (header.BaseVersion == 0 && item.Block.Removed.Count > 0)
-                        throw new RpcException(new Status(StatusCode.InvalidArgument, "KvBlockHeader.removed is for delta puts (PutHeader.base_version set)"));
-                    removed.Add(item.Block.Removed.Select(h => h.Positions.ToArray()).ToArray());
-                    break;
-                case PutBlocksRequest.ItemOneofCase.Chunk when current is not null:
-                    current.Add(item.Chunk);
-                    break;
-                default:
-                    throw new RpcException(new Status(StatusCode.InvalidArgument, $"PutBlocks: unexpected {item.ItemCase} (a stream is one header, then per block a block header and its chunks)"));
+                switch (item.ItemCase)
+                {
+                    case PutBlocksRequest.ItemOneofCase.Header when header is null:
+                        header = item.Header;
+                        headerRead(header);
+                        if (header.Layout is null || header.Layout.HeadDim <= 0 || header.Layout.RopeInverseFrequencies.Count * 2 != header.Layout.HeadDim)
+                            throw new RpcException(new Status(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies"));
+                        precision = KvLayoutMapping.Precision(header.Layout);
+                        break;
+                    case PutBlocksRequest.ItemOneofCase.Block when header is not null:
+                        if (current is not null) blocks.Add(current.BuildWire());
+                        // Stored and served in the writer's dtype, as the bytes came.
+                        sink.Block = current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim, precision, widen: false);
+                        if (header.BaseVersion == 0 && item.Block.Removed.Count > 0)
+                            throw new RpcException(new Status(StatusCode.InvalidArgument, "KvBlockHeader.removed is for delta puts (PutHeader.base_version set)"));
+                        removed.Add(item.Block.Removed.Select(h => h.Positions.ToArray()).ToArray());
+                        break;
+                    case PutBlocksRequest.ItemOneofCase.Chunk when current is not null:
+                        if (!KvWireCodec.IsDelivered(item.Chunk)) current.Add(item.Chunk);
+                        break;
+                    default:
+                        throw new RpcException(new Status(StatusCode.InvalidArgument, $"PutBlocks: unexpected {item.ItemCase} (a stream is one header, then per block a block header and its chunks)"));
+                }
             }
+        }
+        finally
+        {
+            KvWireCodec.EndReceive();
         }
         if (header is null) throw new RpcException(new Status(StatusCode.InvalidArgument, "PutBlocks: no header"));
         if (current is not null) blocks.Add(current.BuildWire());

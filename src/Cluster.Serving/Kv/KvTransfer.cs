@@ -32,7 +32,8 @@ public static class KvTransfer
     {
         var precision = KvLayoutMapping.Precision(header.Layout);
         var sw = Stopwatch.StartNew();
-        using var call = new CacheManager.CacheManagerClient(cacheManager).PutBlocks(cancellationToken: ct);
+        // KvWireCodec: chunk messages are written straight into gRPC's buffer (the same protobuf bytes).
+        using var call = cacheManager.CreateCallInvoker().AsyncClientStreamingCall(KvWireCodec.PutBlocks, null, new CallOptions(cancellationToken: ct));
         long bytes = 0, messages = 0;
         async Task Write(PutBlocksRequest r)
         {
@@ -62,33 +63,51 @@ public static class KvTransfer
     public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0)
     {
         var sw = Stopwatch.StartNew();
-        using var call = new CacheManager.CacheManagerClient(cacheManager).GetBlocks(new GetBlocksRequest { SessionId = sessionId, Version = version, MaxTokenCount = maxTokens }, cancellationToken: ct);
+        // KvWireCodec: each chunk's bytes go from gRPC's received payload straight into the block being
+        // assembled (widened to fp32 on the way for a 16-bit dtype); the same protobuf bytes on the wire.
+        using var call = cacheManager.CreateCallInvoker().AsyncServerStreamingCall(KvWireCodec.GetBlocks, null, new CallOptions(cancellationToken: ct),
+            new GetBlocksRequest { SessionId = sessionId, Version = version, MaxTokenCount = maxTokens });
         KvHandle? handle = null;
         var precision = KvPrecision.Fp32;
         var blocks = new List<KvLayerBlock>();
         KvWire.BlockAssembler? current = null;
         long bytes = 0;
-        await foreach (var item in call.ResponseStream.ReadAllAsync(ct))
+        var sink = new KvChunkSink();
+        KvWireCodec.BeginReceive(sink);
+        try
         {
-            switch (item.ItemCase)
+            await foreach (var item in call.ResponseStream.ReadAllAsync(ct))
             {
-                case GetBlocksResponse.ItemOneofCase.Kv:
-                    handle = item.Kv;
-                    precision = KvLayoutMapping.Precision(handle.Layout);
-                    break;
-                case GetBlocksResponse.ItemOneofCase.Block:
-                    if (handle is null) throw new RpcException(new Status(StatusCode.Internal, "cache manager sent a block before the KV handle"));
-                    if (current is { IsComplete: false }) throw new RpcException(new Status(StatusCode.Internal, "cache manager started a block before finishing the last"));
-                    if (current is not null) blocks.Add(current.Build());
-                    current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim, precision);
-                    break;
-                case GetBlocksResponse.ItemOneofCase.Chunk:
-                    (current ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent data before a block header"))).Add(item.Chunk);
-                    bytes += item.Chunk.Data.Length;
-                    break;
+                switch (item.ItemCase)
+                {
+                    case GetBlocksResponse.ItemOneofCase.Kv:
+                        handle = item.Kv;
+                        precision = KvLayoutMapping.Precision(handle.Layout);
+                        break;
+                    case GetBlocksResponse.ItemOneofCase.Block:
+                        if (handle is null) throw new RpcException(new Status(StatusCode.Internal, "cache manager sent a block before the KV handle"));
+                        if (current is { IsComplete: false }) throw new RpcException(new Status(StatusCode.Internal, "cache manager started a block before finishing the last"));
+                        if (current is not null) blocks.Add(Built(current));
+                        sink.Block = current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim, precision);
+                        break;
+                    case GetBlocksResponse.ItemOneofCase.Chunk:
+                        var block = current ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent data before a block header"));
+                        if (!KvWireCodec.IsDelivered(item.Chunk)) block.Add(item.Chunk);
+                        break;
+                }
             }
         }
-        if (current is not null) blocks.Add(current.Build());
+        finally
+        {
+            KvWireCodec.EndReceive();
+        }
+        if (current is not null) blocks.Add(Built(current));
+        KvLayerBlock Built(KvWire.BlockAssembler assembler)
+        {
+            var built = assembler.Build(); // throws unless every byte arrived
+            bytes += assembler.DataBytes;
+            return built;
+        }
         KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed);
         return (handle ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent no KV handle")), blocks, bytes);
     }

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.InteropServices;
 using Cluster.Engine.Kernels;
 using Cluster.Engine.KvCache;
@@ -100,11 +101,24 @@ public static class KvWire
 
         public bool IsComplete => _filled == _length;
 
-        public void Add(KvChunk chunk)
+        /// <summary>The block's data bytes (header.data_bytes, checked against its positions).</summary>
+        public long DataBytes => _length;
+
+        /// <summary>True when <paramref name="bytes"/> more fit in the block (no overrun).</summary>
+        public bool Fits(long bytes) => bytes >= 0 && _filled + bytes <= _length;
+
+        public void Add(KvChunk chunk) => Add(chunk.Data.Span);
+
+        /// <summary>The next bytes of the block, segment after segment, straight from a received payload (<see cref="KvWireCodec"/>).</summary>
+        public void Add(in ReadOnlySequence<byte> data)
         {
-            var data = chunk.Data.Span;
-            if (_filled + data.Length > _length)
-                throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: chunks exceed its data_bytes ({_length})"));
+            if (!Fits(data.Length)) ThrowOverrun(); // before anything is written
+            foreach (var segment in data) Add(segment.Span);
+        }
+
+        public void Add(ReadOnlySpan<byte> data)
+        {
+            if (!Fits(data.Length)) ThrowOverrun();
             long half = _length / 2;
             while (!data.IsEmpty)
             {
@@ -138,6 +152,9 @@ public static class KvWire
             KvConvert.Decode(data[..(whole * 2)], target.AsSpan(at / 2, whole), _precision);
             if (data.Length % 2 == 1) _carry = data[^1];
         }
+
+        private void ThrowOverrun() =>
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"KV block for layer {_header.Layer}: chunks exceed its data_bytes ({_length})"));
 
         private float Widen1(ushort bits) => _precision == KvPrecision.Bf16 ? Fp16.FromBf16(bits) : (float)BitConverter.UInt16BitsToHalf(bits);
 
