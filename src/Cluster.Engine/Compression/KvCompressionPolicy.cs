@@ -41,7 +41,7 @@ public abstract class KvCompressionPolicy
     public bool FastEviction { get; init; } = true;
 
     /// <summary>The fast path of a policy that can evict without scoring; false to run the general path.</summary>
-    private protected virtual bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep) => false;
+    private protected virtual bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, EvictionScope scope) => false;
 
     /// <summary>Whether <see cref="Score"/> reads the keys (they are then copied to the host).</summary>
     protected virtual bool ScoresKeys => false;
@@ -66,7 +66,7 @@ public abstract class KvCompressionPolicy
         if (Budget is not int budget) return;
         if (incoming > budget)
             throw new ArgumentException($"{Name}: a chunk of {incoming} tokens exceeds the budget of {budget}; prefill without a policy and call Compress, or feed fewer tokens per forward");
-        Evict(model.Backend, model.Rope, cache, budget - incoming, incoming);
+        Evict(model.Backend, model.Rope, cache, budget - incoming, incoming, EvictionScope.Whole(cache));
     }
 
     /// <summary>
@@ -80,7 +80,7 @@ public abstract class KvCompressionPolicy
     {
         if (Budget is not int budget) return;
         int keep = Math.Max(budget - space, Math.Min(MinKept, budget));
-        Evict(model.Backend, model.Rope, cache, keep, incoming: budget - keep);
+        Evict(model.Backend, model.Rope, cache, keep, incoming: budget - keep, EvictionScope.Whole(cache));
     }
 
     /// <summary>Slots that <see cref="MakeRoom"/> always keeps (the sinks of sink_window).</summary>
@@ -94,14 +94,28 @@ public abstract class KvCompressionPolicy
     /// <inheritdoc cref="Compress(LlamaModel, SequenceKvCache)"/>
     public void Compress(IComputeBackend backend, RopeTable rope, SequenceKvCache cache)
     {
-        if (Budget is int budget) Evict(backend, rope, cache, budget, incoming: 0);
+        if (Budget is int budget) Evict(backend, rope, cache, budget, incoming: 0, EvictionScope.Whole(cache));
     }
 
-    private void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int incoming)
+    /// <summary>
+    /// <see cref="Compress(IComputeBackend, RopeTable, SequenceKvCache)"/> for one layer, while the pass that fills
+    /// the cache is still running: <paramref name="tokensSeen"/> is the count the cache will hold when it
+    /// ends. A layer's eviction depends only on its own slots and that count, so compressing every layer
+    /// this way leaves the cache exactly as one compression after the pass would; a prefill worker can
+    /// then send each layer as soon as the model is done with it (layer-wise streaming, issue 17).
+    /// </summary>
+    public void CompressLayer(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int layer, int tokensSeen)
     {
-        if (FastEviction && EvictDirectly(backend, rope, cache, keep)) return;
+        ArgumentOutOfRangeException.ThrowIfNegative(layer);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layer, cache.Layers.Length);
+        if (Budget is int budget) Evict(backend, rope, cache, budget, incoming: 0, new EvictionScope(layer, layer + 1, tokensSeen));
+    }
+
+    private void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int incoming, EvictionScope scope)
+    {
+        if (FastEviction && EvictDirectly(backend, rope, cache, keep, scope)) return;
         var scratch = _scratch ??= new Scratch();
-        for (int l = 0; l < cache.Layers.Length; l++)
+        for (int l = scope.FromLayer; l < scope.ToLayer; l++)
         {
             var layer = cache.Layers[l];
             for (int h = 0; h < layer.KvHeads; h++)
@@ -111,7 +125,7 @@ public abstract class KvCompressionPolicy
                 scratch.Ensure(n, ScoresKeys ? n * layer.HeadDim : 0);
                 var keys = ScoresKeys ? scratch.Keys.AsSpan(0, n * layer.HeadDim) : default;
                 if (ScoresKeys) backend.CopyToHost(layer.K, layer.Offset(h, 0), keys);
-                var view = new SlotView(l, h, n, incoming, cache.TokensSeen, layer.Positions.AsSpan(h * layer.Capacity, n), keys, layer.HeadDim);
+                var view = new SlotView(l, h, n, incoming, scope.TokensSeen, layer.Positions.AsSpan(h * layer.Capacity, n), keys, layer.HeadDim);
                 var scores = scratch.Scores.AsSpan(0, n);
                 Score(view, scores);
                 var keepSlots = TopSlots(scores, keep, scratch.Order, scratch.Kept);
@@ -180,4 +194,11 @@ public readonly ref struct SlotView(int layer, int head, int slots, int incoming
 
     /// <summary>Whether a slot is among the last <paramref name="window"/> tokens once the incoming ones are appended.</summary>
     public bool InRecentWindow(int slot, int window) => slot >= Slots - (window - Incoming);
+}
+
+/// <summary>The layers an eviction covers and the token count it works with (the cache's, or the count a
+/// running pass will leave).</summary>
+internal readonly record struct EvictionScope(int FromLayer, int ToLayer, int TokensSeen)
+{
+    public static EvictionScope Whole(SequenceKvCache cache) => new(0, cache.Layers.Length, cache.TokensSeen);
 }

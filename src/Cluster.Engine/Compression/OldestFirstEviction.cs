@@ -41,27 +41,31 @@ internal static class OldestFirstEviction
     /// if a chunk leaves room for fewer than the sinks, the newest sinks).</summary>
     /// <param name="sinks">S: tokens at original positions below it are kept first.</param>
     /// <param name="period">P of the rotation frame for cache positions; 0 for original positions (no rotation).</param>
-    public static void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int sinks, int period)
+    /// <param name="scope">The layers to evict in and the token count (<see cref="EvictionScope.Whole"/>: all, the cache's).</param>
+    public static void Evict(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, int sinks, int period, EvictionScope scope)
     {
         var scratch = _scratch ??= new Scratch();
-        foreach (var layer in cache.Layers)
+        for (int l = scope.FromLayer; l < scope.ToLayer; l++)
+        {
+            var layer = cache.Layers[l];
             for (int h = 0; h < layer.KvHeads; h++)
             {
                 int n = layer.Lengths[h];
                 if (n <= keep) continue;
                 var positions = layer.Positions.AsSpan(h * layer.Capacity, n);
                 int sinkCount = LeadingSinks(positions, sinks);
-                long evictedBefore = (long)cache.TokensSeen - n;
+                long evictedBefore = (long)scope.TokensSeen - n;
                 scratch.Ensure(n);
                 if (keep > sinkCount)
                 {
-                    if (n - keep == 1) EvictOne(backend, layer, h, cache.TokensSeen, sinkCount);
+                    if (n - keep == 1) EvictOne(backend, layer, h, scope.TokensSeen, sinkCount);
                     else EvictMany(backend, layer, h, keep, sinkCount, scratch);
                 }
                 // else: every window token and the newest sinks go; the slots to keep are the leading ones.
                 layer.Lengths[h] = keep;
                 if (period > 0) Rerotate(backend, rope, layer, h, keep, Math.Min(sinkCount, keep), evictedBefore, n - keep, period, scratch);
             }
+        }
     }
 
     /// <summary>Sinks in the leading slots (a dense prefill, a restore and this class all leave them there).</summary>

@@ -44,9 +44,9 @@ public sealed class SinkWindowPolicy : KvCompressionPolicy
 
     /// <summary>Evicts the oldest window tokens (one row moved each) and turns only the sinks (and, once
     /// every budget evictions, the whole cache back by the budget): no pass over the window per step.</summary>
-    private protected override bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep)
+    private protected override bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, EvictionScope scope)
     {
-        OldestFirstEviction.Evict(backend, rope, cache, keep, Sinks, period: Budget!.Value);
+        OldestFirstEviction.Evict(backend, rope, cache, keep, Sinks, period: Budget!.Value, scope);
         return true;
     }
 

@@ -24,9 +24,9 @@ public sealed class WindowPolicy : KvCompressionPolicy
     public override string Name => $"window({Window})";
 
     /// <summary>The window is the newest tokens: evict the oldest, one row moved each, no rotation.</summary>
-    private protected override bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep)
+    private protected override bool EvictDirectly(IComputeBackend backend, RopeTable rope, SequenceKvCache cache, int keep, EvictionScope scope)
     {
-        OldestFirstEviction.Evict(backend, rope, cache, keep, sinks: 0, period: 0);
+        OldestFirstEviction.Evict(backend, rope, cache, keep, sinks: 0, period: 0, scope);
         return true;
     }
 

@@ -39,6 +39,11 @@ public sealed class LlamaModel : IDisposable
     /// original positions (Q-Filters calibration samples them); null for none.</summary>
     public QueryTap? QueryTap { get; set; }
 
+    /// <summary>Called in every layer once its attention has run, with the layer's index: the pass no
+    /// longer reads that layer's cache, so after the last chunk of a prefill its KV is final (a prefill
+    /// worker compresses and sends it while the later layers run); null for none.</summary>
+    public Action<int>? LayerDone { get; set; }
+
     /// <summary>A KV cache for one sequence, with room for <paramref name="capacity"/> tokens (it grows if
     /// needed), managed by <paramref name="policy"/> when given (a bounded policy never grows it past its budget).</summary>
     public SequenceKvCache CreateCache(int capacity = 256, KvCompressionPolicy? policy = null) =>
@@ -168,6 +173,7 @@ public sealed class LlamaModel : IDisposable
                 segments[i] = new AttentionSegment(caches[i].Layers[l], rowOffsets[i], lengths[i]);
             }
             b.Attention(s.Q, s.Att, segments, c.Heads, c.HeadDim);                  // att [T, heads*hd]
+            LayerDone?.Invoke(l);
             b.MatMul(s.Att, w.Wo, s.Xb, T, c.QueryDim, c.Dim);                      // [T, dim]
             b.Add(s.X, s.Xb, (long)T * c.Dim);
             // Feed-forward block: x += W2 · (silu(W1·n) * W3·n), n = RMSNorm(x).
