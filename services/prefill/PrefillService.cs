@@ -1,8 +1,10 @@
 using System.Diagnostics;
+using System.Threading.Channels;
 using System.Diagnostics.Metrics;
 using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
 using Grpc.Core;
 using Cluster.Serving.Hosting;
 using Cluster.Serving.Kv;
@@ -101,8 +103,20 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         }
         var queue = queued.Elapsed;
         var firsts = new List<GenerationChunk>(outputs);
-        List<KvLayerBlock> blocks;
-        int tokensSeen;
+        // What the cache manager will hold: the history (if any) and this turn's prompt.
+        var header = new PutHeader
+        {
+            SessionId = request.SessionId,
+            Layout = KvLayoutMapping.For(model, _options.KvPrecision),
+            Policy = request.KvPolicy ?? PolicyMapping.ToWire(policy),
+            TokenCount = (cont?.HistoryTokenCount ?? 0) + prompt.Length,
+        };
+        // The first token goes out once the put is announced, not once it has landed: the cache manager
+        // holds readers of the session until it lands (ReservePut), so the decode worker still gets this
+        // version, and TTFT no longer includes the transfer. The handle names no version: decode asks for
+        // the newest one that lacks the first token, which is this one.
+        var kv = new KvHandle { SessionId = request.SessionId, Layout = header.Layout, Policy = header.Policy, TokenCount = header.TokenCount, Version = 0 };
+        List<KvLayerBlock>? blocks = null;
         var sw = Stopwatch.StartNew();
         try
         {
@@ -111,17 +125,28 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
             if (history is null)
             {
                 // Dense prefill (the first token's logits see the whole prompt), then the policy, so
-                // that only the kept tokens travel; the cache manager stores them as they come.
-                model.Forward(prompt, seq.Cache, seq.Logits);
+                // that only the kept tokens travel; the cache manager stores them as they come. With
+                // layer streaming each layer is compressed and sent as soon as the pass is done with it.
+                var send = SendPolicy(policy);
+                var stream = _options.LayerStreaming ? await StartLayerPutAsync(cacheManager, header, context.CancellationToken) : null;
+                if (stream is null)
+                {
+                    model.Forward(prompt, seq.Cache, seq.Logits);
+                    PromptKvCompression.Apply(model, send, seq.Cache);
+                }
+                else
+                {
+                    ForwardStreamingLayers(model, prompt, seq, send, stream);
+                }
                 firsts.AddRange(FirstTokens(seq, p, prompt, outputs, sw.Elapsed));
-                PromptKvCompression.Apply(model, SendPolicy(policy), seq.Cache);
+                if (stream is null) blocks = Capture(model, seq.Cache);
             }
             else
             {
                 firsts.Add(ConversationTurn.Start(model, seq, prompt, p.MaxTokens, sw.Elapsed));
+                blocks = Capture(model, seq.Cache);
             }
-            tokensSeen = seq.Cache.TokensSeen;
-            blocks = Enumerable.Range(0, c.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
+            if (blocks is not null) header.TokenCount = kv.TokenCount = seq.Cache.TokensSeen; // (a streamed put's count was known before: the prompt's)
         }
         finally
         {
@@ -131,32 +156,10 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         _prefillSeconds.Record(prefill.TotalSeconds);
         _tokens.Add(prompt.Length);
 
-        var header = new PutHeader
+        if (blocks is not null && await TryReservePutAsync(cacheManager, request.SessionId, context.CancellationToken))
         {
-            SessionId = request.SessionId,
-            Layout = KvLayoutMapping.For(model, _options.KvPrecision),
-            Policy = request.KvPolicy ?? PolicyMapping.ToWire(policy),
-            TokenCount = tokensSeen,
-        };
-        // The first token goes out once the put is announced, not once it has landed: the cache manager
-        // holds readers of the session until it lands (ReservePut), so the decode worker still gets this
-        // version, and TTFT no longer includes the transfer. The handle names no version: decode asks for
-        // the newest one that lacks the first token, which is this one.
-        var kv = new KvHandle { SessionId = request.SessionId, Layout = header.Layout, Policy = header.Policy, TokenCount = tokensSeen, Version = 0 };
-        try
-        {
-            await new LlmCluster.V1.CacheManager.CacheManagerClient(cacheManager).ReservePutAsync(new ReservePutRequest { SessionId = request.SessionId }, cancellationToken: context.CancellationToken);
             header.Reserved = true;
             _ = PutInBackgroundAsync(cacheManager, header, blocks);
-        }
-        catch (Exception e) when (!context.CancellationToken.IsCancellationRequested
-            && (e is RpcException { StatusCode: StatusCode.Unavailable } || StatusMapping.IsUnreachable(e)))
-        {
-            // The cache manager is a cache: without it the first token still goes out, and the decode
-            // worker rebuilds this KV from the prompt (and a later turn's history recipe) when it cannot
-            // fetch it (KvRebuild), so a dead cache manager costs recomputation, not the request (nor
-            // this worker's place in rotation).
-            _logger.LogWarning("cache manager unreachable; session {Session}'s KV was not stored (decode rebuilds it): {Reason}", request.SessionId, e.Message);
         }
 
         var response = new PrefillResponse
@@ -199,13 +202,83 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         }
     }
 
-    /// <summary>The announced put, after the response: a failure costs the decode worker a rebuild
-    /// (KvRebuild), never the request, which has its first token already.</summary>
-    private async Task PutInBackgroundAsync(GrpcChannel cacheManager, PutHeader header, List<KvLayerBlock> blocks)
+    private static List<KvLayerBlock> Capture(LlamaModel model, SequenceKvCache cache) =>
+        Enumerable.Range(0, model.Config.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, cache, l)).ToList();
+
+    /// <summary>Announces the put (readers of the session wait for it); false when the cache manager is
+    /// unreachable.</summary>
+    private async Task<bool> TryReservePutAsync(GrpcChannel cacheManager, string sessionId, CancellationToken ct)
     {
         try
         {
-            var (_, bytes) = await KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None);
+            await new LlmCluster.V1.CacheManager.CacheManagerClient(cacheManager).ReservePutAsync(new ReservePutRequest { SessionId = sessionId }, cancellationToken: ct);
+            return true;
+        }
+        catch (Exception e) when (!ct.IsCancellationRequested && (e is RpcException { StatusCode: StatusCode.Unavailable } || StatusMapping.IsUnreachable(e)))
+        {
+            // The cache manager is a cache: without it the first token still goes out, and the decode
+            // worker rebuilds this KV from the prompt (and a later turn's history recipe) when it cannot
+            // fetch it (KvRebuild), so a dead cache manager costs recomputation, not the request (nor
+            // this worker's place in rotation).
+            _logger.LogWarning("cache manager unreachable; session {Session}'s KV was not stored (decode rebuilds it): {Reason}", sessionId, e.Message);
+            return false;
+        }
+    }
+
+    /// <summary>Announces the put and opens it, to be fed layer by layer; null when the cache manager is unreachable.</summary>
+    private async Task<Channel<KvLayerBlock>?> StartLayerPutAsync(GrpcChannel cacheManager, PutHeader header, CancellationToken ct)
+    {
+        if (!await TryReservePutAsync(cacheManager, header.SessionId, ct)) return null;
+        header.Reserved = true;
+        var layers = Channel.CreateUnbounded<KvLayerBlock>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        _ = PutInBackgroundAsync(header, () => KvTransfer.PutAsync(cacheManager, header, layers.Reader, CancellationToken.None));
+        return layers;
+    }
+
+    /// <summary>
+    /// The prompt's pass with layer-wise streaming (issue 17): in its last chunk, each layer is compressed
+    /// by <paramref name="send"/> and written to the put as soon as its attention has run, so the transfer
+    /// of the early layers overlaps the later ones (vLLM's save_kv_layer). The cache and the logits are
+    /// those of a dense pass compressed after it (<see cref="KvCompressionPolicy.CompressLayer"/>).
+    /// </summary>
+    private static void ForwardStreamingLayers(LlamaModel model, int[] prompt, SequenceGeneration seq, KvCompressionPolicy? send, Channel<KvLayerBlock> layers)
+    {
+        var cache = seq.Cache;
+        var rope = KvLayoutMapping.Rope(KvLayoutMapping.For(model)); // as PromptKvCompression: the layout's table
+        // The chunks before the last run as Forward would run them; a layer's KV is final only in the last.
+        int last = (prompt.Length - 1) / model.MaxChunk * model.MaxChunk;
+        try
+        {
+            if (last > 0) model.Forward(prompt.AsSpan(0, last), cache, seq.Logits);
+            model.LayerDone = l =>
+            {
+                send?.CompressLayer(model.Backend, rope, cache, l, prompt.Length);
+                layers.Writer.TryWrite(KvCacheSnapshot.Capture(model.Backend, cache, l));
+            };
+            model.Forward(prompt.AsSpan(last), cache, seq.Logits);
+            layers.Writer.TryComplete();
+        }
+        catch (Exception e)
+        {
+            layers.Writer.TryComplete(e); // the put fails; readers of the session rebuild
+            throw;
+        }
+        finally
+        {
+            model.LayerDone = null;
+        }
+    }
+
+    /// <summary>The announced put, after the response: a failure costs the decode worker a rebuild
+    /// (KvRebuild), never the request, which has its first token already.</summary>
+    private Task PutInBackgroundAsync(GrpcChannel cacheManager, PutHeader header, List<KvLayerBlock> blocks) =>
+        PutInBackgroundAsync(header, () => KvTransfer.PutAsync(cacheManager, header, blocks, CancellationToken.None));
+
+    private async Task PutInBackgroundAsync(PutHeader header, Func<Task<(PutBlocksResponse Response, long Bytes)>> put)
+    {
+        try
+        {
+            var (_, bytes) = await put();
             Interlocked.Add(ref _kvBytesPut, bytes);
         }
         catch (Exception e) when (e is not OutOfMemoryException)

@@ -45,3 +45,54 @@ public sealed class PrefillCompressionTests(ClusterFixture f) : IClassFixture<Cl
         Assert.InRange(sent, 1, 64L * BytesPerToken); // the budget's 64 tokens, not the prompt's 400 (512,000 bytes dense)
     }
 }
+
+/// <summary>Issue 17, layer-wise streaming: a prompt's KV put layer by layer while the prefill runs (each
+/// layer compressed as soon as the pass is done with it) is stored bit for bit as the put after the pass,
+/// for prompts of one and of two chunks, dense and bounded, and the first token is the same.</summary>
+public sealed class LayerStreamingTests
+{
+    [SharedDataTheory]
+    [InlineData("dense", 120)]
+    [InlineData("sink_window(4,60)", 120)]
+    [InlineData("sink_window(4,60)", 400)]
+    [InlineData("window(64)", 400)]
+    [InlineData("knorm(64,16)", 300)]
+    public async Task The_streamed_put_stores_what_the_put_after_the_pass_stores(string policy, int tokens)
+    {
+        var model = SharedData.Path_("models", "stories260K", "stories260K.bin");
+        await using var cm = await Cluster.Serving.Hosting.ServiceHost.StartAsync(TestCluster.Options(Cluster.Serving.Hosting.ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        var cmAddress = cm.GrpcAddress.ToString();
+        async Task<(PrefillResponse, List<Cluster.Engine.KvCache.KvLayerBlock>)> Prefill(string streaming, string session)
+        {
+            await using var prefill = await Cluster.Serving.Hosting.ServiceHost.StartAsync(TestCluster.Options(Cluster.Serving.Hosting.ServiceRole.Prefill,
+                "--model", model, "--cache-manager", cmAddress, "--layer-streaming", streaming), Cluster.Prefill.PrefillService.CreateAsync);
+            using var channel = Cluster.Serving.Routing.GrpcChannels.Create(prefill.GrpcAddress);
+            var ids = Enumerable.Range(0, tokens).Select(i => 1 + (i * 37 + 11) % 500).ToArray();
+            var response = await new LlmCluster.V1.Prefill.PrefillClient(channel).PrefillAsync(new PrefillRequest
+            {
+                SessionId = session,
+                PromptTokenIds = { ids },
+                Sampling = new SamplingParams { Temperature = 0.8f, Seed = 3, MaxTokens = 8 },
+                KvPolicy = PolicyMapping.ToWire(policy),
+            });
+            using var cmChannel = Cluster.Serving.Routing.GrpcChannels.Create(cm.GrpcAddress);
+            var (_, blocks, _) = await Cluster.Serving.Kv.KvTransfer.GetAsync(cmChannel, session, 0, CancellationToken.None); // waits for the announced put
+            return (response, blocks);
+        }
+
+        var (afterResponse, after) = await Prefill("false", "after-the-pass");
+        var (streamedResponse, streamed) = await Prefill("true", "streamed");
+
+        Assert.Equal(afterResponse.Outputs.Single().TokenId, streamedResponse.Outputs.Single().TokenId);
+        Assert.Equal(afterResponse.Kv.TokenCount, streamedResponse.Kv.TokenCount);
+        Assert.Equal(after.Count, streamed.Count);
+        for (int l = 0; l < after.Count; l++)
+        {
+            Assert.Equal(after[l].Layer, streamed[l].Layer);
+            Assert.Equal(after[l].Positions, streamed[l].Positions);
+            Assert.Equal(after[l].Keys, streamed[l].Keys);
+            Assert.Equal(after[l].Values, streamed[l].Values);
+        }
+        if (policy != "dense") Assert.All(after, b => Assert.All(b.Positions, p => Assert.Equal(64, p.Length)));
+    }
+}

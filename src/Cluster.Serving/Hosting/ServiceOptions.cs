@@ -91,6 +91,9 @@ public sealed class ServiceOptions
     [Option("--checkpoint-every", "tokens between KV checkpoints to the cache manager", ServiceRole.Decode)]
     public int CheckpointEvery { get; set; } = 64;
 
+    [Option("--layer-streaming", "send a new prompt's KV layer by layer while the prefill runs (the transfer overlaps the later layers); false: send it after the pass", ServiceRole.Prefill)]
+    public bool LayerStreaming { get; set; } = true;
+
     [Option("--kv-dtype", "KV precision this worker writes to the cache manager: fp32 (tokens as a local run), bf16 or fp16 (half the bytes, rounded to nearest even); reads take the dtype the KV was stored in", ServiceRole.Prefill, ServiceRole.Decode)]
     public string KvDtype { get; set; } = "fp32";
 
@@ -162,6 +165,15 @@ public sealed class ServiceOptions
             if (!int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) || n < 0)
                 throw new ArgumentException($"{source} must be a non-negative integer, got '{value}'");
             parsed = n;
+        }
+        else if (type == typeof(bool))
+        {
+            parsed = value.ToLowerInvariant() switch
+            {
+                "true" or "1" or "on" => true,
+                "false" or "0" or "off" => false,
+                _ => throw new ArgumentException($"{source} must be true or false, got '{value}'"),
+            };
         }
         else parsed = value;
         property.SetValue(options, parsed);

@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
 using Cluster.Engine.KvCache;
 using Cluster.Serving.Mapping;
 using Grpc.Core;
@@ -27,11 +29,37 @@ public static class KvTransfer
     /// Returns the response, the K/V bytes sent and every byte of the stream's messages (headers and
     /// positions included: what a test of "bytes on the wire" counts).
     /// </summary>
-    public static async Task<(PutBlocksResponse Response, long Bytes, long MessageBytes)> PutCountedAsync(GrpcChannel cacheManager, PutHeader header,
-        IReadOnlyList<(KvLayerBlock Block, int[][]? Removed)> blocks, CancellationToken ct)
+    public static Task<(PutBlocksResponse Response, long Bytes, long MessageBytes)> PutCountedAsync(GrpcChannel cacheManager, PutHeader header,
+        IReadOnlyList<(KvLayerBlock Block, int[][]? Removed)> blocks, CancellationToken ct) =>
+        PutFromAsync(cacheManager, header, Each(blocks), ct);
+
+    /// <summary>
+    /// A whole cache whose blocks are still being made (layer-wise streaming: a prefill worker's layers,
+    /// written as the model finishes each one, so the transfer overlaps the rest of the pass). The
+    /// stream ends when <paramref name="blocks"/> completes; the time recorded runs from the first block.
+    /// </summary>
+    public static async Task<(PutBlocksResponse Response, long Bytes)> PutAsync(GrpcChannel cacheManager, PutHeader header, ChannelReader<KvLayerBlock> blocks, CancellationToken ct)
+    {
+        var (response, bytes, _) = await PutFromAsync(cacheManager, header, Whole(blocks, ct), ct);
+        return (response, bytes);
+
+        static async IAsyncEnumerable<(KvLayerBlock, int[][]?)> Whole(ChannelReader<KvLayerBlock> blocks, [EnumeratorCancellation] CancellationToken ct)
+        {
+            await foreach (var block in blocks.ReadAllAsync(ct)) yield return (block, null);
+        }
+    }
+
+    private static async IAsyncEnumerable<(KvLayerBlock, int[][]?)> Each(IReadOnlyList<(KvLayerBlock Block, int[][]? Removed)> blocks)
+    {
+        foreach (var b in blocks) yield return b;
+        await Task.CompletedTask;
+    }
+
+    private static async Task<(PutBlocksResponse Response, long Bytes, long MessageBytes)> PutFromAsync(GrpcChannel cacheManager, PutHeader header,
+        IAsyncEnumerable<(KvLayerBlock Block, int[][]? Removed)> blocks, CancellationToken ct)
     {
         var precision = KvLayoutMapping.Precision(header.Layout);
-        var sw = Stopwatch.StartNew();
+        Stopwatch? sw = null;
         // KvWireCodec: chunk messages are written straight into gRPC's buffer (the same protobuf bytes).
         using var call = cacheManager.CreateCallInvoker().AsyncClientStreamingCall(KvWireCodec.PutBlocks, null, new CallOptions(cancellationToken: ct));
         long bytes = 0, messages = 0;
@@ -41,8 +69,9 @@ public static class KvTransfer
             await call.RequestStream.WriteAsync(r);
         }
         await Write(new PutBlocksRequest { Header = header });
-        foreach (var (block, removed) in blocks)
+        await foreach (var (block, removed) in blocks)
         {
+            sw ??= Stopwatch.StartNew();
             var blockHeader = KvWire.Header(block, precision);
             if (removed is not null) foreach (var r in removed) blockHeader.Removed.Add(new HeadTokens { Positions = { r } });
             await Write(new PutBlocksRequest { Block = blockHeader });
@@ -54,7 +83,7 @@ public static class KvTransfer
         }
         await call.RequestStream.CompleteAsync();
         var response = await call.ResponseAsync;
-        KvTransferMetrics.Record("put", precision, bytes, sw.Elapsed);
+        KvTransferMetrics.Record("put", precision, bytes, sw?.Elapsed ?? TimeSpan.Zero);
         return (response, bytes, messages);
     }
 
