@@ -29,7 +29,7 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         var decode = cluster.DecodeService;
         var text = string.Concat(Enumerable.Repeat("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. ", 10));
         var prompt = f.Tokenizer.Encode(text, addBos: true)[..150];
-        var p = new SamplingParameters { Temperature = 0.8f, Seed = 21, MaxTokens = 100, IgnoreEos = true };
+        var p = new SamplingParameters { Temperature = 0.8f, Seed = 21, MaxTokens = 160, IgnoreEos = true };
         var local = policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
         var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: local)).Single();
 
@@ -66,7 +66,9 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
             else Assert.True(r.MessageBytes <= r.WholeBytes + bound, report);
             before = r.TokenCount;
         }
-        Assert.True(small >= 2, $"too few 16-token checkpoints to judge: {report}");
+        // Under load checkpoints coalesce (one in flight, newer captures replace the waiting one): a CI run
+        // at load 15 saw 166 then 249 tokens. One 16-token delta is enough to judge; 160 tokens give ten chances.
+        Assert.True(small >= 1, $"no checkpoint of at most 32 new tokens to judge: {report}");
         // The whole cache would have been: dense grows to prompt + output, sink_window stays at its budget.
         Assert.Equal((long)(budget > 0 ? budget : records[^1].TokenCount) * BytesPerToken, records[^1].WholeBytes);
     }
