@@ -100,7 +100,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
                 case WeightType.Q8_0:
                     int blocks = (inDim + 31) / 32;
                     _activations.Quantize(xp, rows, inDim, out var xq, out var xd);
-                    Q8MatMul.Run(q.Pointer, xq, xd, yp, rows, blocks, outDim, _threads);
+                    Q8Parts(q.Pointer, xq, xd, yp, rows, blocks, outDim);
                     return;
                 case WeightType.BF16 or WeightType.F16:
                     if (_useBlas && rows >= HalfGemmRows) DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
@@ -135,6 +135,53 @@ public sealed unsafe class CpuBackend : IComputeBackend
         // Small products are not worth a fork/join: about 64K multiply-adds.
         int parts = (long)rows * k * n < 1 << 16 || _blasOwnThreads ? 1 : _threads;
         SplitProduct(ProductKind.Blas, x, w, y, rows, k, n, parts, 16);
+    }
+
+    /// <summary>Q8_0 int8 products (<see cref="Q8MatMul"/>) on the team: one part per thread for a single
+    /// row (decode), more for several so that a thread slowed by other work is helped by the rest.</summary>
+    private void Q8Parts(byte* w, sbyte* xq, float* xd, float* y, int rows, int blocks, int n)
+    {
+        const int align = 16; // whole groups of 4 weight rows; no two threads writing one cache line of y
+        int parts = (long)rows * blocks * 32 * n < 1 << 16 ? 1 : _threads * (rows == 1 ? 1 : 4);
+        parts = Math.Max(1, Math.Min(parts, (n + align - 1) / align));
+        if (parts == 1)
+        {
+            Q8MatMul.Range(w, xq, xd, y, rows, blocks, n, 0, n);
+            return;
+        }
+        if (!_team.TryAcquire())
+        {
+            Q8MatMul.Run(w, xq, xd, y, rows, blocks, n, _threads);
+            return;
+        }
+        try
+        {
+            var work = _q8;
+            (work.W, work.Xq, work.Xd, work.Y) = ((nint)w, (nint)xq, (nint)xd, (nint)y);
+            (work.Rows, work.Blocks, work.N, work.Parts, work.Align) = (rows, blocks, n, parts, align);
+            _team.Run(work, parts);
+        }
+        finally
+        {
+            _team.Release();
+        }
+    }
+
+    private readonly Q8Work _q8 = new();
+
+    /// <summary>The arguments of one split Q8_0 product, reused by every call (see <see cref="WorkerTeam"/>).</summary>
+    private sealed class Q8Work : IPartedWork
+    {
+        public nint W, Xq, Xd, Y;
+        public int Rows, Blocks, N, Parts, Align;
+
+        public void Run(int part)
+        {
+            int units = (N + Align - 1) / Align;
+            int u0 = (int)((long)units * part / Parts), u1 = (int)((long)units * (part + 1) / Parts);
+            int first = u0 * Align, end = Math.Min(N, u1 * Align);
+            if (first < end) Q8MatMul.Range((byte*)W, (sbyte*)Xq, (float*)Xd, (float*)Y, Rows, Blocks, N, first, end);
+        }
     }
 
     private enum ProductKind { Fp32Dots, Blas }
