@@ -154,6 +154,30 @@ public sealed unsafe class WeightFormatKernelTests
         Assert.Equal(qs, qv);
     }
 
+    [Theory]
+    [InlineData(WeightType.Q8_0, 1)]
+    [InlineData(WeightType.Q8_0, 16)]
+    [InlineData(WeightType.BF16, 1)]
+    public void Split_decode_products_allocate_nothing_in_steady_state(WeightType type, int rows)
+    {
+        const int k = 576, n = 256;
+        using var backend = new CpuBackend(threads: 2);
+        using var store = new WeightStore();
+        var w = Random(n * k, 7);
+        fixed (float* wp = w)
+        {
+            var wt = backend.LoadWeights(store.Convert(WeightData.FromFloats(wp, w.Length, k), type));
+            using var x = backend.Allocate((long)rows * k);
+            using var y = backend.Allocate((long)rows * n);
+            backend.CopyFromHost(Random(rows * k, 8), x);
+            for (int i = 0; i < 5; i++) backend.MatMul(x, wt, y, rows, k, n);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 50; i++) backend.MatMul(x, wt, y, rows, k, n);
+            // Parallel.For with a closure allocated on every call (the products split on the backend's team now).
+            Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        }
+    }
+
     [Fact]
     public void Bf16_rounds_to_nearest_even()
     {
