@@ -43,6 +43,7 @@ internal static unsafe class Q8Avx2
     public static void Range(byte* w, long rowBytes, sbyte* xq, float* xd, float* y, int rows, int blocks, int outDim, int j0, int j1)
     {
         long xStride = (long)blocks * 32;
+        float* xdT = xd + (long)rows * blocks;
         int j = j0;
         for (; j + 4 <= j1; j += 4)
         {
@@ -50,8 +51,8 @@ internal static unsafe class Q8Avx2
             int r = 0;
             for (; r + 4 <= rows; r += 4)
             {
-                Tile4x2(wj, rowBytes, xq + r * xStride, xd + (long)r * blocks, y + (long)r * outDim + j, blocks, outDim);
-                Tile4x2(wj + 2 * rowBytes, rowBytes, xq + r * xStride, xd + (long)r * blocks, y + (long)r * outDim + j + 2, blocks, outDim);
+                Tile4x2(wj, rowBytes, xq + r * xStride, xdT + (long)r * blocks, y + (long)r * outDim + j, blocks, outDim);
+                Tile4x2(wj + 2 * rowBytes, rowBytes, xq + r * xStride, xdT + (long)r * blocks, y + (long)r * outDim + j + 2, blocks, outDim);
             }
             for (; r < rows; r++) Row1x4(wj, rowBytes, xq + r * xStride, xd + (long)r * blocks, y + (long)r * outDim + j, blocks);
         }
@@ -98,35 +99,39 @@ internal static unsafe class Q8Avx2
     }
 
     /// <summary>4 activation rows against 2 weight rows: 8 accumulators, each weight block's |w| and
-    /// scale shared by the 4 rows, each activation block by the 2 weight rows; y[r·outDim + 0..1].</summary>
+    /// scale shared by the 4 rows, each activation block by the 2 weight rows; y[r·outDim + 0..1].
+    /// <paramref name="dT"/> holds the 4 rows' scales per block ([block][4]): the 8 products dw·dx of a
+    /// block are two 4-wide multiplies, then broadcast from the stack by the load ports.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile4x2(byte* w, long rowBytes, sbyte* xq, float* xd, float* y, int blocks, int outDim)
+    private static void Tile4x2(byte* w, long rowBytes, sbyte* xq, float* dT, float* y, int blocks, int outDim)
     {
         byte* w0 = w, w1 = w + rowBytes;
         sbyte* x0 = xq, x1 = x0 + blocks * 32, x2 = x1 + blocks * 32, x3 = x2 + blocks * 32;
-        float* d0 = xd, d1 = d0 + blocks, d2 = d1 + blocks, d3 = d2 + blocks;
         float* table = Fp16.TablePointer;
+        float* sd = stackalloc float[8];
         Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default;
         Vector256<float> a20 = default, a21 = default, a30 = default, a31 = default;
         for (int b = 0; b < blocks; b++)
         {
             long o = b * 34L;
             int xo = b * 32;
+            var dx = Vector128.Load(dT + 4 * b);
+            (Vector128.Create(table[*(ushort*)(w0 + o)]) * dx).Store(sd);
+            (Vector128.Create(table[*(ushort*)(w1 + o)]) * dx).Store(sd + 4);
             var q0 = Vector256.Load((sbyte*)(w0 + o + 2)); var q1 = Vector256.Load((sbyte*)(w1 + o + 2));
             var m0 = Avx2.Abs(q0); var m1 = Avx2.Abs(q1);
-            var s0 = Vector256.Create(table[*(ushort*)(w0 + o)]); var s1 = Vector256.Create(table[*(ushort*)(w1 + o)]);
-            var xv = Vector256.Load(x0 + xo); var dx = Vector256.Create(d0[b]);
-            a00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), s0 * dx, a00);
-            a01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), s1 * dx, a01);
-            xv = Vector256.Load(x1 + xo); dx = Vector256.Create(d1[b]);
-            a10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), s0 * dx, a10);
-            a11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), s1 * dx, a11);
-            xv = Vector256.Load(x2 + xo); dx = Vector256.Create(d2[b]);
-            a20 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), s0 * dx, a20);
-            a21 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), s1 * dx, a21);
-            xv = Vector256.Load(x3 + xo); dx = Vector256.Create(d3[b]);
-            a30 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), s0 * dx, a30);
-            a31 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), s1 * dx, a31);
+            var xv = Vector256.Load(x0 + xo);
+            a00 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), Avx.BroadcastScalarToVector256(sd), a00);
+            a01 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), Avx.BroadcastScalarToVector256(sd + 4), a01);
+            xv = Vector256.Load(x1 + xo);
+            a10 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), Avx.BroadcastScalarToVector256(sd + 1), a10);
+            a11 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), Avx.BroadcastScalarToVector256(sd + 5), a11);
+            xv = Vector256.Load(x2 + xo);
+            a20 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), Avx.BroadcastScalarToVector256(sd + 2), a20);
+            a21 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), Avx.BroadcastScalarToVector256(sd + 6), a21);
+            xv = Vector256.Load(x3 + xo);
+            a30 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m0, q0, xv)), Avx.BroadcastScalarToVector256(sd + 3), a30);
+            a31 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Lanes(m1, q1, xv)), Avx.BroadcastScalarToVector256(sd + 7), a31);
         }
         y[0] = Q8MatMul.Sum8(a00); y[1] = Q8MatMul.Sum8(a01); y += outDim;
         y[0] = Q8MatMul.Sum8(a10); y[1] = Q8MatMul.Sum8(a11); y += outDim;
