@@ -6,7 +6,8 @@ using Cluster.Engine.Loaders;
 // CPU time, not wall time: a single-threaded process's CPU time moves much less than its wall time when
 // other work shares the machine. LLMCLUSTER_FP32_DOTS=0 sends fp32 decode rows to OpenBLAS instead.
 //   matmul ROWS K N REPS [f32|q8|bf16]   one product y[ROWS,N] = x[ROWS,K] · w[N,K]^T, one thread
-//   step MODEL THREADS BATCH              one ForwardBatch of BATCH sequences after 64-token prompts
+//   step MODEL THREADS BATCH [WEIGHTS]    one ForwardBatch of BATCH sequences after 64-token prompts, the
+//                                         weights converted at load (q8_0, bf16, fp16, fp32; default as stored)
 var p = Process.GetCurrentProcess();
 double CpuMs() { p.Refresh(); return p.TotalProcessorTime.TotalMilliseconds; }
 string dots = Environment.GetEnvironmentVariable("LLMCLUSTER_FP32_DOTS") == "0" ? "OpenBLAS" : "Fp32Dots";
@@ -35,10 +36,11 @@ if (args is ["matmul", var rowsArg, var kArg, var nArg, var repsArg, ..])
     Console.WriteLine($"{format} {(format == "f32" ? dots : "")} {rows} x {k} · {n}: median {times[2]:F3} ms CPU, {2.0 * rows * k * n / times[2] / 1e6:F1} GFLOP/s");
     return 0;
 }
-if (args is ["step", var model, var threadsArg, var batchArg])
+if (args is ["step", var model, var threadsArg, var batchArg, ..])
 {
     int threads = int.Parse(threadsArg), batch = int.Parse(batchArg);
-    using var m = ModelLoader.Load(model, new CpuBackend(threads));
+    string? weights = args.Length > 4 ? args[4] : null;
+    using var m = ModelLoader.Load(model, new CpuBackend(threads), weights: WeightLayout.ParseOption(weights));
     int vocab = m.Config.VocabSize;
     var rnd = new Random(1);
     var prompt = Enumerable.Range(0, 64).Select(_ => rnd.Next(3, vocab)).ToArray();
@@ -52,10 +54,10 @@ if (args is ["step", var model, var threadsArg, var batchArg])
     double cpu0 = CpuMs();
     var sw = Stopwatch.StartNew();
     for (int i = 0; i < steps; i++) m.ForwardBatch(tokens, caches, logits);
-    Console.WriteLine($"{dots}, {threads} threads, batch {batch}: {sw.Elapsed.TotalMilliseconds / steps:F1} ms/step wall, {(CpuMs() - cpu0) / steps:F1} ms/step CPU");
+    Console.WriteLine($"{weights ?? "as stored"} ({dots}), {threads} threads, batch {batch}: {sw.Elapsed.TotalMilliseconds / steps:F1} ms/step wall, {(CpuMs() - cpu0) / steps:F1} ms/step CPU");
     return 0;
 }
-Console.Error.WriteLine("usage: matmul ROWS K N REPS [f32|q8|bf16] | step MODEL THREADS BATCH");
+Console.Error.WriteLine("usage: matmul ROWS K N REPS [f32|q8|bf16] | step MODEL THREADS BATCH [WEIGHTS]");
 return 2;
 
 static unsafe Tensor Weight(CpuBackend b, string format, float[] ws, int k, int n)

@@ -100,11 +100,11 @@ public sealed unsafe class CpuBackend : IComputeBackend
                 case WeightType.Q8_0:
                     int blocks = (inDim + 31) / 32;
                     _activations.Quantize(xp, rows, inDim, out var xq, out var xd);
-                    Q8MatMul.Run(q.Pointer, xq, xd, yp, rows, blocks, outDim, _threads);
+                    Q8Parts(q.Pointer, xq, xd, yp, rows, blocks, outDim);
                     return;
                 case WeightType.BF16 or WeightType.F16:
                     if (_useBlas && rows >= HalfGemmRows) DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
-                    else HalfMatMul.Dots(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
+                    else HalfParts(q.Format, q.Pointer, xp, yp, rows, inDim, outDim);
                     return;
                 default:
                     throw new NotSupportedException($"no matrix product for {WeightLayout.Name(q.Format)} weights");
@@ -135,6 +135,84 @@ public sealed unsafe class CpuBackend : IComputeBackend
         // Small products are not worth a fork/join: about 64K multiply-adds.
         int parts = (long)rows * k * n < 1 << 16 || _blasOwnThreads ? 1 : _threads;
         SplitProduct(ProductKind.Blas, x, w, y, rows, k, n, parts, 16);
+    }
+
+    /// <summary>Q8_0 int8 products (<see cref="Q8MatMul"/>) on the team; through .NET's pool when
+    /// another thread holds it.</summary>
+    private void Q8Parts(byte* w, sbyte* xq, float* xd, float* y, int rows, int blocks, int n)
+    {
+        int parts = FormatPartCount(rows, (long)blocks * 32, n);
+        if (parts == 1) Q8MatMul.Range(w, xq, xd, y, rows, blocks, n, 0, n);
+        else if (!_team.TryAcquire()) Q8MatMul.Run(w, xq, xd, y, rows, blocks, n, _threads);
+        else
+            try
+            {
+                var work = _formatWork;
+                (work.Kind, work.W, work.Xq, work.Xd, work.Y) = (FormatKind.Q8, (nint)w, (nint)xq, (nint)xd, (nint)y);
+                (work.Rows, work.Blocks, work.N, work.Parts) = (rows, blocks, n, parts);
+                _team.Run(work, parts);
+            }
+            finally
+            {
+                _team.Release();
+            }
+    }
+
+    /// <summary>bf16/fp16 dot products (<see cref="HalfMatMul"/>) on the team, as <see cref="Q8Parts"/>.</summary>
+    private void HalfParts(WeightType type, byte* w, float* x, float* y, int rows, int k, int n)
+    {
+        int parts = FormatPartCount(rows, k, n);
+        if (parts == 1) HalfMatMul.Range(type, w, x, y, rows, k, n, 0, n);
+        else if (!_team.TryAcquire()) HalfMatMul.Dots(type, w, x, y, rows, k, n, _threads);
+        else
+            try
+            {
+                var work = _formatWork;
+                (work.Kind, work.Type, work.W, work.X, work.Y) = (FormatKind.Half, type, (nint)w, (nint)x, (nint)y);
+                (work.Rows, work.K, work.N, work.Parts) = (rows, k, n, parts);
+                _team.Run(work, parts);
+            }
+            finally
+            {
+                _team.Release();
+            }
+    }
+
+    /// <summary>Weight rows per part are a multiple of this: whole groups of 4 for the Q8_0 kernels,
+    /// and no two threads writing one cache line of y.</summary>
+    private const int FormatAlign = 16;
+
+    /// <summary>One part for a small product (about 64K multiply-adds), one per thread for a single row
+    /// (decode), more for several rows, so that a thread slowed by other work is helped by the rest
+    /// (the team hands out parts as threads come for them).</summary>
+    private int FormatPartCount(int rows, long k, int n)
+    {
+        int parts = rows * k * n < 1 << 16 ? 1 : _threads * (rows == 1 ? 1 : 4);
+        return Math.Max(1, Math.Min(parts, (n + FormatAlign - 1) / FormatAlign));
+    }
+
+    private readonly FormatWork _formatWork = new();
+
+    private enum FormatKind { Q8, Half }
+
+    /// <summary>The arguments of one split product of stored-format weights, reused by every call (see
+    /// <see cref="WorkerTeam"/>).</summary>
+    private sealed class FormatWork : IPartedWork
+    {
+        public FormatKind Kind;
+        public WeightType Type;
+        public nint W, X, Xq, Xd, Y;
+        public int Rows, K, Blocks, N, Parts;
+
+        public void Run(int part)
+        {
+            int units = (N + FormatAlign - 1) / FormatAlign;
+            int u0 = (int)((long)units * part / Parts), u1 = (int)((long)units * (part + 1) / Parts);
+            int first = u0 * FormatAlign, end = Math.Min(N, u1 * FormatAlign);
+            if (first >= end) return;
+            if (Kind == FormatKind.Q8) Q8MatMul.Range((byte*)W, (sbyte*)Xq, (float*)Xd, (float*)Y, Rows, Blocks, N, first, end);
+            else HalfMatMul.Range(Type, (byte*)W, (float*)X, (float*)Y, Rows, K, N, first, end);
+        }
     }
 
     private enum ProductKind { Fp32Dots, Blas }

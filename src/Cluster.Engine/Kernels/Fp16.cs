@@ -22,6 +22,10 @@ public static unsafe class Fp16
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float ToFloat(ushort bits) => Table[bits];
 
+    /// <summary>The table itself, for kernels that keep it in a register across their loop (a static
+    /// field is reloaded after every store the JIT cannot prove unrelated).</summary>
+    internal static float* TablePointer => Table;
+
     /// <summary>fp32 to fp16, round to nearest even (ggml's GGML_FP32_TO_FP16 and numpy agree).</summary>
     public static ushort FromFloat(float x) => BitConverter.HalfToUInt16Bits((Half)x);
 

@@ -12,33 +12,35 @@ namespace Cluster.Engine.Kernels;
 /// </summary>
 internal static unsafe class HalfMatMul
 {
-    /// <summary>y[r, j] = x[r] · w[j] for every row pair.</summary>
+    /// <summary>y[r, j] = x[r] · w[j] for every row pair, split over <paramref name="threads"/> through
+    /// .NET's pool (the backend runs <see cref="Range"/> on its <see cref="WorkerTeam"/> instead).</summary>
     public static void Dots(WeightType type, byte* w, float* x, float* y, int rows, int k, int outDim, int threads)
     {
-        int items = threads == 1 ? 1 : Math.Min(outDim, threads * (rows == 1 ? 1 : 4));
+        nint wp = (nint)w, xp = (nint)x, yp = (nint)y;
+        RowSplit.For(outDim, threads == 1 ? 1 : threads * (rows == 1 ? 1 : 4), 16, threads,
+            (j0, j1) => Range(type, (byte*)wp, (float*)xp, (float*)yp, rows, k, outDim, j0, j1));
+    }
+
+    /// <summary>Outputs [<paramref name="j0"/>, <paramref name="j1"/>) of every row.</summary>
+    public static void Range(WeightType type, byte* w, float* x, float* y, int rows, int k, int outDim, int j0, int j1)
+    {
         long rowBytes = 2L * k;
-        void Item(int i)
+        var scratch = type == WeightType.F16 ? KernelScratch.Floats(k) : null;
+        for (int j = j0; j < j1; j++)
         {
-            int j0 = (int)((long)outDim * i / items), j1 = (int)((long)outDim * (i + 1) / items);
-            var scratch = type == WeightType.F16 ? KernelScratch.Floats(k) : null;
-            for (int j = j0; j < j1; j++)
+            var wr = w + j * rowBytes;
+            if (type == WeightType.F16)
             {
-                var wr = w + j * rowBytes;
-                if (type == WeightType.F16)
-                {
-                    // No scalar or vector F16C in .NET: TensorPrimitives' vectorized conversion, then a dot.
-                    TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(wr, k), scratch.AsSpan(0, k));
-                    var ws = new ReadOnlySpan<float>(scratch, 0, k);
-                    for (int r = 0; r < rows; r++) y[(long)r * outDim + j] = TensorPrimitives.Dot(ws, new ReadOnlySpan<float>(x + (long)r * k, k));
-                }
-                else
-                {
-                    for (int r = 0; r < rows; r++) y[(long)r * outDim + j] = Bf16Dot((ushort*)wr, x + (long)r * k, k);
-                }
+                // No scalar or vector F16C in .NET: TensorPrimitives' vectorized conversion, then a dot.
+                TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(wr, k), scratch.AsSpan(0, k));
+                var ws = new ReadOnlySpan<float>(scratch, 0, k);
+                for (int r = 0; r < rows; r++) y[(long)r * outDim + j] = TensorPrimitives.Dot(ws, new ReadOnlySpan<float>(x + (long)r * k, k));
+            }
+            else
+            {
+                for (int r = 0; r < rows; r++) y[(long)r * outDim + j] = Bf16Dot((ushort*)wr, x + (long)r * k, k);
             }
         }
-        if (items == 1) Item(0);
-        else Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = threads }, Item);
     }
 
     /// <summary>

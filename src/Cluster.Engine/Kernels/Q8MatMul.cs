@@ -29,39 +29,41 @@ internal static unsafe class Q8MatMul
     /// <summary>False forces the managed path.</summary>
     public static bool UseAvx2 { get; set; } = Avx2.IsSupported && Fma.IsSupported;
 
+    /// <summary>All outputs, split over <paramref name="threads"/> through .NET's pool (the backend
+    /// runs <see cref="Range"/> on its <see cref="WorkerTeam"/> instead, which allocates nothing).</summary>
     /// <param name="w">outDim rows of <paramref name="blocks"/> Q8_0 blocks.</param>
     /// <param name="xq">rows × blocks × 32 int8.</param>
     /// <param name="xd">rows × blocks scales.</param>
     /// <param name="y">rows × outDim results.</param>
     public static void Run(byte* w, sbyte* xq, float* xd, float* y, int rows, int blocks, int outDim, int threads)
     {
+        nint wp = (nint)w, xqp = (nint)xq, xdp = (nint)xd, yp = (nint)y;
+        RowSplit.For(outDim, threads == 1 ? 1 : threads * (rows == 1 ? 1 : 4), 16, threads,
+            (j0, j1) => Range((byte*)wp, (sbyte*)xqp, (float*)xdp, (float*)yp, rows, blocks, outDim, j0, j1));
+    }
+
+    /// <summary>Outputs [<paramref name="j0"/>, <paramref name="j1"/>) of every activation row, arguments
+    /// as <see cref="Run"/>. A weight row is read from memory once and reused from L1 by every activation row.</summary>
+    public static void Range(byte* w, sbyte* xq, float* xd, float* y, int rows, int blocks, int outDim, int j0, int j1)
+    {
         long rowBytes = (long)blocks * 34;
-        // Work items are groups of 4 weight rows; each item runs all activation rows, so a weight row
-        // is read from memory once and reused from L1 by every activation row.
-        int groups = (outDim + 3) / 4;
-        // One part per thread for a single row (decode: ~200 products a token, so fork/join overhead
-        // counts); more parts for several rows, to balance the longer work.
-        int items = threads == 1 ? 1 : Math.Min(groups, threads * (rows == 1 ? 1 : 4));
-        void Item(int i)
+        if (UseAvx2 && !UseVnni)
         {
-            int g0 = (int)((long)groups * i / items), g1 = (int)((long)groups * (i + 1) / items);
-            for (int g = g0; g < g1; g++)
-            {
-                int j = g * 4, n = Math.Min(4, outDim - j);
-                if (UseVnni && n == 4) Vnni4(w + j * rowBytes, rowBytes, xq, xd, y + j, rows, blocks, outDim);
-                else if (UseAvx2 && n == 4) Q8Avx2.Tile4(w + j * rowBytes, rowBytes, xq, xd, y + j, rows, blocks, outDim);
-                else
-                    for (int c = 0; c < n; c++)
-                        for (int r = 0; r < rows; r++)
-                            y[(long)r * outDim + j + c] = UseVnni
-                                ? VnniDot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks)
-                                : UseAvx2
-                                    ? Q8Avx2.Dot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks)
-                                    : ManagedDot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks);
-            }
+            Q8Avx2.Range(w, rowBytes, xq, xd, y, rows, blocks, outDim, j0, j1);
+            return;
         }
-        if (items == 1) Item(0);
-        else Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = threads }, Item);
+        // Groups of 4 weight rows, each against all activation rows.
+        for (int j = j0; j < j1; j += 4)
+        {
+            int n = Math.Min(4, j1 - j);
+            if (UseVnni && n == 4) Vnni4(w + j * rowBytes, rowBytes, xq, xd, y + j, rows, blocks, outDim);
+            else
+                for (int c = 0; c < n; c++)
+                    for (int r = 0; r < rows; r++)
+                        y[(long)r * outDim + j + c] = UseVnni
+                            ? VnniDot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks)
+                            : ManagedDot(w + (j + c) * rowBytes, xq + (long)r * blocks * 32, xd + (long)r * blocks, blocks);
+        }
     }
 
     /// <summary>The reference arithmetic: 8 exact int lanes per block, fp32 fma per lane, fixed-order sum.</summary>

@@ -2,9 +2,9 @@ namespace Cluster.Engine.Kernels;
 
 /// <summary>
 /// Splits the output rows of a matrix product (the weight rows) across the backend's threads, through
-/// .NET's pool (the fp32 products and attention of a decode step go through the backend's
+/// .NET's pool (the decode-sized products of every format and attention go through the backend's
 /// <see cref="WorkerTeam"/> instead, which allocates nothing per call; this is their fall-back and the
-/// path of the other formats). OpenBLAS runs single-threaded inside each part: two thread pools on the same cores (OpenBLAS's pthreads spin-wait after each
+/// path of prefill-sized products of stored formats). OpenBLAS runs single-threaded inside each part: two thread pools on the same cores (OpenBLAS's pthreads spin-wait after each
 /// call) were what held fp32 prefill well below sgemm's rate, the attention and elementwise steps
 /// between products competing with spinning BLAS threads.
 /// </summary>

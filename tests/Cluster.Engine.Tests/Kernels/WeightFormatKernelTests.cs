@@ -81,6 +81,9 @@ public sealed unsafe class WeightFormatKernelTests
     [InlineData(16, 576, 40)]
     [InlineData(7, 172, 66)]
     [InlineData(130, 64, 9)]
+    [InlineData(4, 96, 8)]
+    [InlineData(5, 64, 20)]
+    [InlineData(32, 576, 52)]
     public void Q8_0_int8_paths_are_bit_identical_and_rows_do_not_depend_on_the_batch(int rows, int k, int n)
     {
         var w = Random(n * k, 3);
@@ -111,6 +114,67 @@ public sealed unsafe class WeightFormatKernelTests
         {
             Q8MatMul.UseVnni = vnni;
             Q8MatMul.UseAvx2 = avx2;
+        }
+    }
+
+    [Theory]
+    [InlineData(32)]
+    [InlineData(172)]
+    [InlineData(576)]
+    [InlineData(1536)]
+    public void Q8_0_activation_quantization_in_vectors_equals_the_scalar_loop(int k)
+    {
+        var x = Random(k, 6, 3f);
+        for (int i = 0; i < Math.Min(k, 32); i++) x[i] = i % 8 - 3.5f;  // amax 3.5: 1/d = 127/3.5, ties after scaling are rare
+        if (k >= 64)
+        {
+            for (int i = 32; i < 64; i++) x[i] = (i % 5 - 2) * 63.5f / 127f * (i % 2 == 0 ? 1 : -1); // exact halves: round to even
+            x[40] = 1f;                                                                     // amax 1: 1/d = 127
+        }
+        if (k >= 96) Array.Clear(x, 64, 32);                                                // an all-zero block: d = 0
+        if (k >= 128) x[100] = -1e30f;                                                      // one spike
+        int blocks = (k + 31) / 32;
+        var (qv, dv) = (new sbyte[blocks * 32], new float[blocks]);
+        var (qs, ds) = (new sbyte[blocks * 32], new float[blocks]);
+        fixed (sbyte* q1 = qv, q2 = qs)
+        fixed (float* d1 = dv, d2 = ds)
+        {
+            Quantize.ActivationRow(x, q1, d1);
+            Quantize.UseVectorActivations = false;
+            try
+            {
+                Quantize.ActivationRow(x, q2, d2);
+            }
+            finally
+            {
+                Quantize.UseVectorActivations = true;
+            }
+        }
+        Assert.Equal(ds, dv);
+        Assert.Equal(qs, qv);
+    }
+
+    [Theory]
+    [InlineData(WeightType.Q8_0, 1)]
+    [InlineData(WeightType.Q8_0, 16)]
+    [InlineData(WeightType.BF16, 1)]
+    public void Split_decode_products_allocate_nothing_in_steady_state(WeightType type, int rows)
+    {
+        const int k = 576, n = 256;
+        using var backend = new CpuBackend(threads: 2);
+        using var store = new WeightStore();
+        var w = Random(n * k, 7);
+        fixed (float* wp = w)
+        {
+            var wt = backend.LoadWeights(store.Convert(WeightData.FromFloats(wp, w.Length, k), type));
+            using var x = backend.Allocate((long)rows * k);
+            using var y = backend.Allocate((long)rows * n);
+            backend.CopyFromHost(Random(rows * k, 8), x);
+            for (int i = 0; i < 5; i++) backend.MatMul(x, wt, y, rows, k, n);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 50; i++) backend.MatMul(x, wt, y, rows, k, n);
+            // Parallel.For with a closure allocated on every call (the products split on the backend's team now).
+            Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
         }
     }
 
