@@ -27,7 +27,7 @@ $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
 for i in $(seq "$requests"); do $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}"; done \
   | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
-print("TTFT median %.1f ms; TPOT median %.2f ms" % (st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3))'
+print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3, st.median([r["second_token_seconds"] for r in rows])*1e3))'
 # Every service's /metrics from up's endpoint table; only the workers move KV (prefill puts, decode gets
 # and checkpoints), so only their lines print.
 for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do

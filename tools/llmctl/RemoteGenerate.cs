@@ -102,6 +102,9 @@ internal static class RemoteGenerate
         var text = new System.Text.StringBuilder();
         string session = "", finish = "";
         Timings? timings = null;
+        // The client's own time to the second token: prefill, the KV's way to the decode worker, one step.
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        double? second = null;
         try
         {
             foreach (var r in call.ResponseStream.ReadAllAsync(cancel.Token).ToBlockingEnumerable())
@@ -114,6 +117,7 @@ internal static class RemoteGenerate
                         break;
                     case GenerateResponse.ResponseOneofCase.Chunk:
                         ids.AddRange(r.Chunk.TokenIds);
+                        if (second is null && ids.Count >= 2) second = clock.Elapsed.TotalSeconds;
                         text.Append(r.Chunk.Text);
                         if (!json) Console.Write(r.Chunk.Text);
                         break;
@@ -138,6 +142,7 @@ internal static class RemoteGenerate
                 finish_reason = finish,
                 ttft_seconds = timings?.TtftSeconds,
                 tpot_seconds = timings?.TpotSeconds,
+                second_token_seconds = second,
                 e2e_seconds = timings?.E2ESeconds,
             }));
         else
