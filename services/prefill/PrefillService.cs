@@ -1,6 +1,6 @@
 using System.Diagnostics;
-using System.Threading.Channels;
 using System.Diagnostics.Metrics;
+using System.Threading.Channels;
 using Cluster.Engine.Compression;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
@@ -128,7 +128,9 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
                 // that only the kept tokens travel; the cache manager stores them as they come. With
                 // layer streaming each layer is compressed and sent as soon as the pass is done with it.
                 var send = SendPolicy(policy);
+                // (The put is announced under the model lock: one short call, so that its first layer can go.)
                 var stream = _options.LayerStreaming ? await StartLayerPutAsync(cacheManager, header, context.CancellationToken) : null;
+                bool unreachable = _options.LayerStreaming && stream is null; // logged; the KV is not stored
                 if (stream is null)
                 {
                     model.Forward(prompt, seq.Cache, seq.Logits);
@@ -139,7 +141,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
                     ForwardStreamingLayers(model, prompt, seq, send, stream);
                 }
                 firsts.AddRange(FirstTokens(seq, p, prompt, outputs, sw.Elapsed));
-                if (stream is null) blocks = Capture(model, seq.Cache);
+                if (stream is null && !unreachable) blocks = Capture(model, seq.Cache);
             }
             else
             {

@@ -36,7 +36,7 @@ public static class KvTransfer
     /// <summary>
     /// A whole cache whose blocks are still being made (layer-wise streaming: a prefill worker's layers,
     /// written as the model finishes each one, so the transfer overlaps the rest of the pass). The
-    /// stream ends when <paramref name="blocks"/> completes; the time recorded runs from the first block.
+    /// stream ends when <paramref name="blocks"/> completes; the time recorded leaves out the waits for blocks.
     /// </summary>
     public static async Task<(PutBlocksResponse Response, long Bytes)> PutAsync(GrpcChannel cacheManager, PutHeader header, ChannelReader<KvLayerBlock> blocks, CancellationToken ct)
     {
@@ -59,7 +59,8 @@ public static class KvTransfer
         IAsyncEnumerable<(KvLayerBlock Block, int[][]? Removed)> blocks, CancellationToken ct)
     {
         var precision = KvLayoutMapping.Precision(header.Layout);
-        Stopwatch? sw = null;
+        var sw = Stopwatch.StartNew();
+        var waiting = TimeSpan.Zero; // for blocks still being made (a streamed put): not transfer time
         // KvWireCodec: chunk messages are written straight into gRPC's buffer (the same protobuf bytes).
         using var call = cacheManager.CreateCallInvoker().AsyncClientStreamingCall(KvWireCodec.PutBlocks, null, new CallOptions(cancellationToken: ct));
         long bytes = 0, messages = 0;
@@ -69,9 +70,14 @@ public static class KvTransfer
             await call.RequestStream.WriteAsync(r);
         }
         await Write(new PutBlocksRequest { Header = header });
-        await foreach (var (block, removed) in blocks)
+        await using var next = blocks.GetAsyncEnumerator(ct);
+        while (true)
         {
-            sw ??= Stopwatch.StartNew();
+            long waited = Stopwatch.GetTimestamp();
+            bool more = await next.MoveNextAsync();
+            waiting += Stopwatch.GetElapsedTime(waited);
+            if (!more) break;
+            var (block, removed) = next.Current;
             var blockHeader = KvWire.Header(block, precision);
             if (removed is not null) foreach (var r in removed) blockHeader.Removed.Add(new HeadTokens { Positions = { r } });
             await Write(new PutBlocksRequest { Block = blockHeader });
@@ -83,7 +89,7 @@ public static class KvTransfer
         }
         await call.RequestStream.CompleteAsync();
         var response = await call.ResponseAsync;
-        KvTransferMetrics.Record("put", precision, bytes, sw?.Elapsed ?? TimeSpan.Zero);
+        KvTransferMetrics.Record("put", precision, bytes, sw.Elapsed - waiting);
         return (response, bytes, messages);
     }
 
