@@ -59,7 +59,8 @@ public sealed class GrpcTestHost : IAsyncDisposable
 
         ListenOptions grpc = null!, http = null!;
         builder.WebHost.ConfigureKestrel(kestrel =>
-            GrpcStack.ConfigureKestrel(kestrel, IPAddress.Loopback, 0, 0, options.MaxStreamsPerConnection, l => grpc = l, l => http = l));
+            GrpcStack.ConfigureKestrel(kestrel, IPAddress.Loopback, 0, 0, options.MaxStreamsPerConnection, l => grpc = l, l => http = l,
+                options.KeepAlivePingDelay, options.KeepAlivePingTimeout));
         builder.Services.AddSingleton(Source);
         builder.Services.AddGrpcStack(new Readiness(() => true));
         services(builder.Services);
@@ -83,6 +84,11 @@ public sealed record GrpcTestHostOptions
 {
     /// <summary>ServiceHost's value; channel tests lower it to see connections multiply.</summary>
     public int MaxStreamsPerConnection { get; init; } = 1000;
+
+    /// <summary>The server's HTTP/2 keep-alive PING delay and timeout; null: ServiceHost's (GrpcStack).</summary>
+    public TimeSpan? KeepAlivePingDelay { get; init; }
+
+    public TimeSpan? KeepAlivePingTimeout { get; init; }
 
     public LogLevel MinimumLogLevel { get; init; } = LogLevel.Warning;
 
