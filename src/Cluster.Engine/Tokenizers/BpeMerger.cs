@@ -31,6 +31,28 @@ internal sealed class BpeMerger
 
     private readonly PriorityQueue<Candidate, long> _heap = new();
 
+    /// <summary>
+    /// The most symbols whose buffers (this heap's, the tokenizers' per-thread symbol arrays) are kept for
+    /// the next word. A longer word's buffers are let go when it is done: the buffers live as long as the
+    /// thread (thread-static scratch), and one fuzzed request with a 79,000-character word had left
+    /// 1.6 MiB of symbols (and the heap's array beside them) on a gateway thread-pool thread for good
+    /// (a heap dump after bench fuzz, bench/RESULTS.md, issue 21). Natural words are far shorter; a text
+    /// merged whole (SentencePiece without splitting at spaces) allocates per call past this.
+    /// </summary>
+    public const int KeptSymbols = 4096;
+
+    /// <summary>What the heap can hold without growing (tests).</summary>
+    internal int HeapCapacity => _heap.EnsureCapacity(0);
+
+    /// <summary>A symbol buffer of at least <paramref name="count"/>: <paramref name="kept"/> (grown, up to
+    /// <see cref="KeptSymbols"/>) or, for a longer word, a new array that is not kept.</summary>
+    public static BpeSymbol[] Symbols(ref BpeSymbol[] kept, int count)
+    {
+        if (count > KeptSymbols) return new BpeSymbol[count];
+        if (kept.Length < count) kept = new BpeSymbol[Math.Min(KeptSymbols, Math.Max(count, kept.Length * 2))];
+        return kept;
+    }
+
     /// <summary>The heap order as one ascending long: higher priority first, then the pair that starts first
     /// (the leftmost). The float's bits are made to sort as integers (flip all bits of negatives, the sign
     /// bit of the rest), then inverted so that a higher priority gives a smaller key; the final xor makes
@@ -63,6 +85,7 @@ internal sealed class BpeMerger
             if (left.Prev >= 0) Push(text, symbols, left.Prev, ref rule);
             Push(text, symbols, c.Left, ref rule);
         }
+        if (HeapCapacity > KeptSymbols) _heap.TrimExcess(); // empty now: lets a long word's array go
     }
 
     private void Push<TRule>(ReadOnlySpan<char> text, Span<BpeSymbol> symbols, int leftIndex, ref TRule rule) where TRule : struct, IMergeRule

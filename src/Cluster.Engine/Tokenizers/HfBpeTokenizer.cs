@@ -281,10 +281,6 @@ public sealed class HfBpeTokenizer : ITokenizer
         public readonly BpeMerger Merger = new();
         public readonly List<(int Start, int Length)> Words = [];
 
-        public Span<BpeSymbol> Symbols(int count)
-        {
-            if (_symbols.Length < count) _symbols = new BpeSymbol[Math.Max(count, _symbols.Length * 2)];
-            return _symbols;
-        }
+        public Span<BpeSymbol> Symbols(int count) => BpeMerger.Symbols(ref _symbols, count);
     }
 }

@@ -131,6 +131,12 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             else if (splits is { } unusedSplits && _vocab.Kinds[s.Id] == PieceKind.Unused) Resegment(word.Slice(s.Start, s.Length), unusedSplits, ids);
             else ids.Add(s.Id);
         }
+        // As with the symbols (BpeMerger.KeptSymbols): a long word's splits are not kept for the thread's life.
+        if (_hasUnused && scratch.UnusedSplits.Dictionary.Count > BpeMerger.KeptSymbols)
+        {
+            scratch.UnusedSplits.Dictionary.Clear();
+            scratch.UnusedSplits.Dictionary.TrimExcess();
+        }
     }
 
     /// <summary>SentencePiece bpe_model.cc: an UNUSED piece may be merged through but never emitted; it is split
@@ -211,10 +217,6 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
         public readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> UnusedSplits =
             new Dictionary<string, int>(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
 
-        public Span<BpeSymbol> Symbols(int count)
-        {
-            if (_symbols.Length < count) _symbols = new BpeSymbol[Math.Max(count, _symbols.Length * 2)];
-            return _symbols;
-        }
+        public Span<BpeSymbol> Symbols(int count) => BpeMerger.Symbols(ref _symbols, count);
     }
 }

@@ -15,17 +15,36 @@ namespace Cluster.Serving.Hosting;
 public static class GrpcStack
 {
     /// <summary>
+    /// An HTTP/2 connection on which nothing arrived for this long gets a PING from the server (Kestrel's
+    /// default is never). Together with <see cref="KeepAlivePingTimeout"/> this is how a connection whose
+    /// client vanished without closing it (a crashed host, a dropped network) is found and closed: with no
+    /// minimum data rates (below) and no pings, such a connection and every stream on it was held until TCP
+    /// gave up, which for a stream with nothing to send is never. A client that is there answers a PING
+    /// from its HTTP/2 stack whatever its streams are doing, so a long stream that is idle (a request
+    /// waiting in a queue, a slow generation) is not cut. grpc-go servers offer the same (keepalive Time
+    /// and Timeout); one minute is what the cluster's own clients use for their pings (GrpcChannels).
+    /// </summary>
+    public static readonly TimeSpan KeepAlivePingDelay = TimeSpan.FromSeconds(60);
+
+    /// <summary>How long the server waits for the answer to its PING before it closes the connection.</summary>
+    public static readonly TimeSpan KeepAlivePingTimeout = TimeSpan.FromSeconds(20);
+
+    /// <summary>
     /// gRPC on an HTTP/2-only port (Kestrel cannot serve cleartext HTTP/1.1 and HTTP/2 on one port:
     /// without TLS it falls back to HTTP/1.1) and /healthz, /metrics (and the gateway's HTTP API) on an
     /// HTTP/1.1 port. No body cap or minimum data rates server-wide (each gRPC message is bounded by
-    /// <see cref="GrpcChannels.MaxMessageBytes"/> instead) and more than the default 100 streams.
+    /// <see cref="GrpcChannels.MaxMessageBytes"/> instead), more than the default 100 streams, and
+    /// keep-alive pings on HTTP/2 (<see cref="KeepAlivePingDelay"/>; tests pass shorter ones).
     /// </summary>
     public static void ConfigureKestrel(KestrelServerOptions kestrel, IPAddress address, int grpcPort, int httpPort,
-        int maxStreamsPerConnection = 1000, Action<ListenOptions>? grpcBound = null, Action<ListenOptions>? httpBound = null)
+        int maxStreamsPerConnection = 1000, Action<ListenOptions>? grpcBound = null, Action<ListenOptions>? httpBound = null,
+        TimeSpan? keepAlivePingDelay = null, TimeSpan? keepAlivePingTimeout = null)
     {
         kestrel.Limits.MaxRequestBodySize = null;
         kestrel.Limits.MinRequestBodyDataRate = null;
         kestrel.Limits.MinResponseDataRate = null;
+        kestrel.Limits.Http2.KeepAlivePingDelay = keepAlivePingDelay ?? KeepAlivePingDelay;
+        kestrel.Limits.Http2.KeepAlivePingTimeout = keepAlivePingTimeout ?? KeepAlivePingTimeout;
         kestrel.Limits.Http2.MaxStreamsPerConnection = maxStreamsPerConnection;
         kestrel.Limits.Http2.InitialStreamWindowSize = 8 << 20;
         kestrel.Limits.Http2.InitialConnectionWindowSize = 16 << 20;

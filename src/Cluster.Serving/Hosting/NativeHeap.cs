@@ -8,9 +8,9 @@ namespace Cluster.Serving.Hosting;
 /// </summary>
 public static partial class NativeHeap
 {
-    private const int M_MMAP_THRESHOLD = -3, M_ARENA_MAX = -8;
+    private const int M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3, M_ARENA_MAX = -8;
     private static bool _unavailable = !OperatingSystem.IsLinux();
-    private static int _configured;
+    private static int _configured, _configuredForServices;
 
     /// <summary>
     /// Settings for a process that allocates and frees large native blocks from many threads (a decode
@@ -26,6 +26,36 @@ public static partial class NativeHeap
         if (_unavailable || Interlocked.Exchange(ref _configured, 1) != 0) return;
         try
         {
+            MallOpt(M_MMAP_THRESHOLD, 128 << 10);
+            MallOpt(M_ARENA_MAX, 2);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            _unavailable = true;
+        }
+    }
+
+    /// <summary>
+    /// Settings every service runs with (ServiceHost), so that what its threads free goes back to the OS
+    /// once IdleMemoryTrim runs. Measured on the gateway under the front-door fuzz (bench/RESULTS.md,
+    /// issue 21, run 7's investigation): something freed an 804 KiB mmapped block, so glibc's dynamic
+    /// thresholds had risen to an 804 KiB mmap threshold and a 1.6 MiB trim threshold; the top chunks of
+    /// the 16 per-thread arenas (8 per core) then held up to 1.6 MiB of freed memory each (7.5 MiB in all),
+    /// which malloc_trim does not touch (it trims only the main arena's top; a thread arena's top shrinks
+    /// only inside free(), and only past the trim threshold). Fixed thresholds (setting them turns the
+    /// dynamic ones off) shrink a thread arena's top to about 128 KiB whenever a free merges 64 KiB or
+    /// more into it (smaller frees do not trim, so a top can still hold more until one does), keep blocks
+    /// of 128 KiB and more out of the arenas (they are unmapped when freed), and two arenas bound how
+    /// many tops and fragmented arenas there can be (threads created later share them; the few the
+    /// runtime created before this ran stay). The cost: a syscall per native allocation of 128 KiB or
+    /// more, which services make rarely (decode's KV caches already ran this way).
+    /// </summary>
+    public static void ConfigureForServices()
+    {
+        if (_unavailable || Interlocked.Exchange(ref _configuredForServices, 1) != 0) return;
+        try
+        {
+            MallOpt(M_TRIM_THRESHOLD, 128 << 10);
             MallOpt(M_MMAP_THRESHOLD, 128 << 10);
             MallOpt(M_ARENA_MAX, 2);
         }

@@ -55,6 +55,9 @@ public static class ServiceHost
     /// <param name="tracing">Extra tracer configuration (tests add an in-memory exporter).</param>
     public static async Task<RunningService> StartAsync(ServiceOptions options, Factory create, LogLevel logLevel = LogLevel.Warning, Action<TracerProviderBuilder>? tracing = null)
     {
+        // Before the service and Kestrel start their threads: glibc settings whose arenas give memory back
+        // (NativeHeap.ConfigureForServices says why).
+        NativeHeap.ConfigureForServices();
         // Lives as long as the service: the service and the trace-id logger write through it after start.
         var logging = LoggerFactory.Create(b => ServiceLogging.Configure(b.AddSimpleConsole(o => o.SingleLine = true), logLevel));
         var traces = new ServiceTracing(options.Role.Name(), options.OtlpEndpoint, logging.CreateLogger("Cluster.Tracing"));

@@ -59,7 +59,8 @@ public sealed class GrpcTestHost : IAsyncDisposable
 
         ListenOptions grpc = null!, http = null!;
         builder.WebHost.ConfigureKestrel(kestrel =>
-            GrpcStack.ConfigureKestrel(kestrel, IPAddress.Loopback, options.GrpcPort, 0, options.MaxStreamsPerConnection, l => grpc = l, l => http = l));
+            GrpcStack.ConfigureKestrel(kestrel, IPAddress.Loopback, options.GrpcPort, 0, options.MaxStreamsPerConnection, l => grpc = l, l => http = l,
+                options.KeepAlivePingDelay, options.KeepAlivePingTimeout));
         builder.Services.AddSingleton(Source);
         builder.Services.AddGrpcStack(new Readiness(() => true));
         services(builder.Services);
@@ -86,6 +87,11 @@ public sealed record GrpcTestHostOptions
 
     /// <summary>The gRPC port; 0 lets the OS pick one.</summary>
     public int GrpcPort { get; init; }
+
+    /// <summary>The server's HTTP/2 keep-alive PING delay and timeout; null: ServiceHost's (GrpcStack).</summary>
+    public TimeSpan? KeepAlivePingDelay { get; init; }
+
+    public TimeSpan? KeepAlivePingTimeout { get; init; }
 
     public LogLevel MinimumLogLevel { get; init; } = LogLevel.Warning;
 

@@ -42,9 +42,10 @@ internal static class BenchFuzzCommand
         var portOffset = new Option<int>("--port-offset") { Description = "own cluster: added to every default port (docs/SERVICES.md)", DefaultValueFactory = _ => 4400 };
         var model = new Option<string?>("--model") { Description = "own cluster: model (default: the generated stories260K-size one)" };
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
+        var smapsDir = new Option<string?>("--smaps-dir") { Description = "save each service's /proc/PID/smaps at the baseline and the final sample into this folder (NAME.baseline.smaps, NAME.after.smaps; split them with bench/fuzz/smaps_split.py)" };
         var from = new Option<int>("--from") { Description = "index of the first request (to replay a finding: --from I --requests 1)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("fuzz", "send the gateway's gRPC and HTTP front doors seeded malformed requests; report crashes, 5xx/INTERNAL, liveness and memory")
-            { requests, seed, concurrency, checkEvery, warmup, settle, sessionTtl, tolerance, timeout, endpoint, http, pids, portOffset, model, json, from };
+            { requests, seed, concurrency, checkEvery, warmup, settle, sessionTtl, tolerance, timeout, endpoint, http, pids, portOffset, model, json, from, smapsDir };
         cmd.SetAction(r => CommandErrors.Run(() =>
         {
             var serviceErrors = new ConcurrentDictionary<string, int>();
@@ -123,14 +124,14 @@ internal static class BenchFuzzCommand
                     warm.RunAsync().GetAwaiter().GetResult();
                 }
                 var metricsUrls = cluster?.Services.ToDictionary(x => x.Role.Name(), x => x.Http);
-                var (baseline, mem0) = Quiesced(fuzzer, target, 0, quiet, metricsUrls);
+                var (baseline, mem0) = Quiesced(fuzzer, target, 0, quiet, metricsUrls, r.GetValue(smapsDir), "baseline");
                 Console.Error.WriteLine($"baseline RSS (after {quiet.TotalSeconds:F0} s idle, a completion, {TrimWait.TotalSeconds:F0} s idle): {Rss(baseline)}; fuzzing {options.Requests} requests, seed {options.Seed}, {options.Concurrency} at once");
                 var progress = new ConsoleProgress("fuzz requests", options.Requests);
                 var report = fuzzer.RunAsync(d => { lock (progress) progress.Report(d); }, r.GetValue(from)).GetAwaiter().GetResult();
                 string load1 = LoadAverage();
                 int sessionsAtEnd = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
                 Console.Error.WriteLine($"done in {report.WallSeconds:F1} s; the gateway holds {sessionsAtEnd} sessions; waiting {quiet.TotalSeconds:F0} s, a completion, {TrimWait.TotalSeconds:F0} s");
-                var (after, mem1) = Quiesced(fuzzer, target, options.Requests, quiet, metricsUrls);
+                var (after, mem1) = Quiesced(fuzzer, target, options.Requests, quiet, metricsUrls, r.GetValue(smapsDir), "after");
                 int sessionsAfter = fuzzer.SessionCountAsync().GetAwaiter().GetResult();
                 report.Checks.Add(after);
 
@@ -183,7 +184,7 @@ internal static class BenchFuzzCommand
     /// idle, in which every service trims itself; then each one's RSS and, where <paramref name="metrics"/>
     /// names its HTTP port, its GC figures.
     /// </summary>
-    private static (FuzzCheck Check, Dictionary<string, ServiceMemory> Memory) Quiesced(FrontDoorFuzzer fuzzer, FuzzTarget target, int after, TimeSpan quiet, IReadOnlyDictionary<string, string>? metrics)
+    private static (FuzzCheck Check, Dictionary<string, ServiceMemory> Memory) Quiesced(FrontDoorFuzzer fuzzer, FuzzTarget target, int after, TimeSpan quiet, IReadOnlyDictionary<string, string>? metrics, string? smapsDir, string label)
     {
         Thread.Sleep(quiet);
         var check = fuzzer.CheckAsync(after).GetAwaiter().GetResult();
@@ -199,6 +200,16 @@ internal static class BenchFuzzCommand
                 catch (Exception e) when (e is HttpRequestException or TaskCanceledException) { }
             }
             if (!p.HasExited && ServiceMemory.Read(p.Id, text) is { } m) memory[name] = m;
+            // Reading smaps only reads: it changes nothing in the service's memory.
+            if (smapsDir is not null && !p.HasExited)
+            {
+                try
+                {
+                    Directory.CreateDirectory(smapsDir);
+                    File.WriteAllText(Path.Combine(smapsDir, $"{name}.{label}.smaps"), File.ReadAllText($"/proc/{p.Id}/smaps"));
+                }
+                catch (IOException) { }
+            }
         }
         return (check with { RssKiB = memory.ToDictionary(kv => kv.Key, kv => kv.Value.RssKiB) }, memory);
     }

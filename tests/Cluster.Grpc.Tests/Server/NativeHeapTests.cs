@@ -1,0 +1,108 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Cluster.Serving.Hosting;
+using Microsoft.AspNetCore.Routing;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Cluster.Grpc.Tests.Server;
+
+/// <summary>
+/// The glibc settings every service runs with (NativeHeap.ConfigureForServices, from ServiceHost): the
+/// fuzzed gateway's thread arenas kept 7.5 MiB of freed memory in their top chunks, which malloc_trim
+/// does not return, because a freed 804 KiB block had raised glibc's dynamic thresholds (bench/RESULTS.md,
+/// issue 21, run 7). These tests make the same happen (free a large block) in a process where a service
+/// started, and check that freed memory still goes back. glibc on Linux only.
+/// </summary>
+public sealed class NativeHeapTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task In_a_service_process_a_freed_large_block_does_not_pull_later_blocks_into_the_arenas()
+    {
+        if (!IsGlibc()) return;
+        await StartServiceAsync();
+        // glibc raises its mmap threshold to the size of a freed mmapped block (here 16 MiB) unless it is fixed.
+        Marshal.FreeHGlobal(Marshal.AllocHGlobal(16 << 20)); // malloc and free
+
+        var p = Marshal.AllocHGlobal(512 << 10);
+        bool mmapped = (Marshal.ReadInt64(p, -8) & 2) != 0; // the chunk header's IS_MMAPPED bit
+        Marshal.FreeHGlobal(p);
+        Assert.True(mmapped, "a 512 KiB block came from a malloc arena: the dynamic mmap threshold rose past it");
+    }
+
+    /// <summary>
+    /// 8 MiB of 8 KiB blocks, allocated and freed on one thread (so they end in that thread's arena and
+    /// merge into its top chunk, as a burst's buffers do), after a 16 MiB block was freed (what raised the
+    /// gateway's thresholds): after a trim the arena's resident memory must be back. With glibc's dynamic
+    /// thresholds the top kept all 8 MiB resident (trim threshold 32 MiB, and malloc_trim skips the tops
+    /// of thread arenas).
+    /// </summary>
+    [Fact]
+    public async Task In_a_service_process_what_a_thread_freed_goes_back_after_a_trim()
+    {
+        if (!IsGlibc()) return;
+        await StartServiceAsync();
+        Marshal.FreeHGlobal(Marshal.AllocHGlobal(16 << 20)); // malloc and free
+
+        long before = 0, after = 0;
+        nuint mapping = 0;
+        var thread = new Thread(() =>
+        {
+            var blocks = new nint[1024];
+            for (int i = 0; i < blocks.Length; i++)
+            {
+                blocks[i] = Marshal.AllocHGlobal(8 << 10);
+                for (int o = 0; o < 8 << 10; o += 1024) Marshal.WriteByte(blocks[i], o, 1); // resident
+            }
+            mapping = (nuint)(nint)blocks[^1];
+            before = MappingRssKiB(mapping);
+            for (int i = blocks.Length - 1; i >= 0; i--) Marshal.FreeHGlobal(blocks[i]);
+            NativeHeap.Trim();
+            after = MappingRssKiB(mapping);
+        });
+        thread.Start();
+        thread.Join();
+        output.WriteLine($"the arena mapping holding the blocks: {before} KiB resident with 8 MiB allocated, {after} KiB after freeing them and a trim");
+        Assert.True(before >= 6 << 10, $"only {before} KiB resident with the blocks allocated: not measuring the right mapping");
+        Assert.True(after <= before - (6 << 10), $"{before} KiB before, {after} KiB after freeing 8 MiB and a trim: the arena kept it");
+    }
+
+    private static async Task StartServiceAsync()
+    {
+        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        await using var running = await ServiceHost.StartAsync(options, (_, _) => Task.FromResult<IClusterService>(new NoService()));
+    }
+
+    private static bool IsGlibc()
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        try { return NativeLibrary.TryGetExport(NativeLibrary.Load("libc.so.6"), "malloc_trim", out _); }
+        catch (DllNotFoundException) { return false; }
+    }
+
+    /// <summary>Rss of the /proc/self/smaps mapping that holds <paramref name="address"/>; 0 when none does
+    /// (the main arena's heap shrank below it).</summary>
+    private static long MappingRssKiB(nuint address)
+    {
+        bool inside = false;
+        foreach (var line in File.ReadLines("/proc/self/smaps"))
+        {
+            int dash = line.IndexOf('-');
+            int space = line.IndexOf(' ');
+            if (dash > 0 && space > dash && ulong.TryParse(line.AsSpan(0, dash), NumberStyles.HexNumber, null, out ulong start)
+                && ulong.TryParse(line.AsSpan(dash + 1, space - dash - 1), NumberStyles.HexNumber, null, out ulong end))
+                inside = start <= address && address < end;
+            else if (inside && line.StartsWith("Rss:", StringComparison.Ordinal))
+                return long.Parse(line.AsSpan(4, line.Length - 4 - 3).Trim(), CultureInfo.InvariantCulture);
+        }
+        return 0;
+    }
+
+    private sealed class NoService : IClusterService
+    {
+        public void MapGrpcServices(IEndpointRouteBuilder endpoints) { }
+        public bool IsReady => true;
+        public IReadOnlyList<string> MeterNames => [];
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
