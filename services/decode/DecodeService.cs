@@ -56,7 +56,6 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
     {
         var logger = logging.CreateLogger("decode");
-        NativeHeap.ConfigureForLargeBlocks();
         return Task.FromResult<IClusterService>(new DecodeService(ModelHost.Load(options, logger, weights: true), options, logger));
     }
 

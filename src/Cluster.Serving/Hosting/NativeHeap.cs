@@ -10,30 +10,7 @@ public static partial class NativeHeap
 {
     private const int M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3, M_ARENA_MAX = -8;
     private static bool _unavailable = !OperatingSystem.IsLinux();
-    private static int _configured, _configuredForServices;
-
-    /// <summary>
-    /// Settings for a process that allocates and frees large native blocks from many threads (a decode
-    /// worker's KV caches: NativeMemory, 100 KiB to a few MiB a layer, restored on thread-pool threads).
-    /// By default glibc raises its mmap threshold to the size of the largest block freed (so later caches
-    /// come from heap arenas instead of their own mappings) and keeps up to 8 arenas per core; the arenas
-    /// then hold on to freed caches, and the worker's resident memory grew far past its KV budget under
-    /// load (DecodeAdmissionTests, 64 streams). A fixed threshold returns every freed cache to the system
-    /// at once, and two arenas bound what the remaining small allocations can strand.
-    /// </summary>
-    public static void ConfigureForLargeBlocks()
-    {
-        if (_unavailable || Interlocked.Exchange(ref _configured, 1) != 0) return;
-        try
-        {
-            MallOpt(M_MMAP_THRESHOLD, 128 << 10);
-            MallOpt(M_ARENA_MAX, 2);
-        }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-        {
-            _unavailable = true;
-        }
-    }
+    private static int _configuredForServices;
 
     /// <summary>
     /// Settings every service runs with (ServiceHost), so that what its threads free goes back to the OS
@@ -48,7 +25,10 @@ public static partial class NativeHeap
     /// of 128 KiB and more out of the arenas (they are unmapped when freed), and two arenas bound how
     /// many tops and fragmented arenas there can be (threads created later share them; the few the
     /// runtime created before this ran stay). The cost: a syscall per native allocation of 128 KiB or
-    /// more, which services make rarely (decode's KV caches already ran this way).
+    /// more, which services make rarely. For a decode worker these are also what keeps its KV caches
+    /// (NativeMemory, 100 KiB to a few MiB a layer, freed on thread-pool threads) from staying in the
+    /// arenas after they are freed: with glibc's defaults its resident memory grew far past its KV
+    /// budget under load (DecodeAdmissionTests, 64 streams).
     /// </summary>
     public static void ConfigureForServices()
     {
