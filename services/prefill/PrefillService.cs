@@ -317,11 +317,15 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         return HistoryKv.Rebuild(_host.Model!, cont.History, policy, cont.HistoryTokenCount, maxTokens);
     }
 
-    public ValueTask DisposeAsync()
+    public async ValueTask DisposeAsync()
     {
+        // A pass may still be running: the host's graceful stop gives requests 5 s, then disposes the
+        // service with them in flight, and a pass cannot be cancelled. Freeing the model under it would let
+        // it write into freed native memory (a CI test host died with "free(): corrupted unsorted chunks"
+        // at a cluster's teardown); the model lock is held for every pass, so taking it waits for the last.
+        await _model.WaitAsync();
         _channels.Dispose();
         _meter.Dispose();
         _host.Dispose();
-        return ValueTask.CompletedTask;
     }
 }
