@@ -294,11 +294,13 @@ public sealed class RedisSessionStoreTests(RedisFixture fixture) : SessionStoreC
         fixture.Require();
         var r = fixture.Redis.GetDatabase();
         string p = RedisFixture.Prefix();
-        var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMilliseconds(300), p);
+        // A TTL long enough that the two creations fall inside it on a loaded CI machine (at 300 ms a CI run
+        // saw the second creation drop the first, already expired: 1 member where 2 were expected).
+        var store = new RedisSessionStore(fixture.Redis, TimeSpan.FromMilliseconds(1500), p);
         await store.TryCreateAsync(new SessionInfo { Id = "old1", Model = "m" });
         await store.TryCreateAsync(new SessionInfo { Id = "old2", Model = "m" });
         Assert.Equal(2, await r.SortedSetLengthAsync(p + "sessions"));
-        await Task.Delay(600);                                  // both expired: their hashes are gone, their members not
+        await Task.Delay(2500);                                 // both expired: their hashes are gone, their members not
         Assert.False(await r.KeyExistsAsync(p + "session:old1"));
         Assert.Equal(2, await r.SortedSetLengthAsync(p + "sessions"));
         await store.TryCreateAsync(new SessionInfo { Id = "new", Model = "m" });
