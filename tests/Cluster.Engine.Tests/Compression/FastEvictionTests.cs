@@ -144,16 +144,7 @@ public sealed class FastEvictionTests : IDisposable
         var other => throw new ArgumentException($"no fast path for {other.Name}"),
     };
 
-    private LlamaModel Synthetic()
-    {
-        var folder = _dir.File("tiny");
-        if (!Directory.Exists(folder)) TestModels.WriteSynthetic(folder);
-        return TestModels.Load(folder);
-    }
+    private LlamaModel Synthetic() => PolicyFixtures.Synthetic(_dir);
 
-    private static int[] RandomIds(int count)
-    {
-        var rng = new Random(16);
-        return Enumerable.Range(0, count).Select(_ => rng.Next(3, 259)).ToArray();
-    }
+    private static int[] RandomIds(int count) => PolicyFixtures.RandomIds(count, seed: 16);
 }

@@ -88,16 +88,7 @@ public sealed class LayerwiseCompressionTests : IDisposable
         var other => other,
     };
 
-    private LlamaModel Synthetic()
-    {
-        var folder = _dir.File("tiny");
-        if (!Directory.Exists(folder)) TestModels.WriteSynthetic(folder);
-        return TestModels.Load(folder);
-    }
+    private LlamaModel Synthetic() => PolicyFixtures.Synthetic(_dir);
 
-    private static int[] RandomIds(int count)
-    {
-        var rng = new Random(count);
-        return Enumerable.Range(0, count).Select(_ => rng.Next(3, 259)).ToArray();
-    }
+    private static int[] RandomIds(int count) => PolicyFixtures.RandomIds(count, seed: count);
 }

@@ -2,6 +2,7 @@ using Cluster.Engine.Compression;
 using Cluster.Engine.Compression.Calibration;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
+using Cluster.Engine.Tests.Model;
 
 namespace Cluster.Engine.Tests.Compression;
 
@@ -20,6 +21,21 @@ internal static class PolicyFixtures
             "rerotate" => $"rerotate(knorm({budget},{budget / 4}))",
             _ => throw new InvalidOperationException($"add policy '{name}' to PolicyFixtures.EverySpec"),
         });
+
+    /// <summary>The synthetic GQA model (TestModels.WriteSynthetic), written once into <paramref name="dir"/>.</summary>
+    public static LlamaModel Synthetic(TempDir dir)
+    {
+        var folder = dir.File("tiny");
+        if (!Directory.Exists(folder)) TestModels.WriteSynthetic(folder);
+        return TestModels.Load(folder);
+    }
+
+    /// <summary><paramref name="count"/> token ids in the synthetic model's vocabulary, from <paramref name="seed"/>.</summary>
+    public static int[] RandomIds(int count, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ => rng.Next(3, 259)).ToArray();
+    }
 
     /// <summary>Random unit filters (the tests only need some direction per head).</summary>
     public static QFilters RandomFilters(LlamaConfig c, int seed = 11)
