@@ -162,6 +162,42 @@ public sealed class KvDeltaStoreTests
     }
 
     [Fact]
+    public async Task A_delta_racing_a_release_is_refused_or_released_never_stored_as_a_new_session()
+    {
+        // The delta reads its base, then stores base + delta: a release between the two must refuse it
+        // (the writer then sends the whole cache), not store it as version 1 of a new session.
+        using var store = new KvSessionStore(1 << 26, TimeSpan.FromHours(1));
+        var cache = new FakeCache();
+        cache.Append(200, 0);
+        var before = cache.Capture();
+        var baseBlocks = Wire(before, KvPrecision.Fp32);
+        cache.Append(16, 1);
+        var delta = WireDelta(KvDelta.Diff(before, cache.Capture(), Shape.HeadDim), KvPrecision.Fp32);
+        int resurrected = 0;
+        for (int i = 0; i < 300; i++)
+        {
+            var v1 = store.Put("s", Shape, "dense", 200, baseBlocks, false, 0).Kv;
+            using var go = new Barrier(2);
+            var put = Task.Run(() =>
+            {
+                go.SignalAndWait();
+                try { store.PutDelta("s", Shape, "dense", 216, v1.Version, v1.TokensSeen, delta, true, 1); }
+                catch (KvBaseMissingException) { }
+            });
+            var release = Task.Run(() =>
+            {
+                go.SignalAndWait();
+                Thread.SpinWait(Random.Shared.Next(20_000));
+                store.Release("s");
+            });
+            await Task.WhenAll(put, release);
+            if (store.Get("s") is not null) resurrected++;
+            store.Release("s");
+        }
+        Assert.Equal(0, resurrected);
+    }
+
+    [Fact]
     public void Folding_deltas_in_keeps_memory_at_the_whole_versions_kept()
     {
         using var store = new KvSessionStore(1 << 26, TimeSpan.FromHours(1));

@@ -113,6 +113,12 @@ public sealed class KvSessionStore : IDisposable
     /// <exception cref="InvalidRequestException">The blocks do not form one whole cache of the model, or the policy is unknown.</exception>
     /// <exception cref="KvStoreFullException">The budget cannot hold them even after evicting every candidate session.</exception>
     public (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<WireKvBlock> blocks, bool checkpoint, int outputIndex)
+        => Put(sessionId, shape, policy, tokensSeen, blocks, checkpoint, outputIndex, requiredBase: null);
+
+    /// <param name="requiredBase">For a delta: the version it was applied to, which must still be stored when the
+    /// result is (a release or eviction between the two refuses the delta instead of storing it as a new session).</param>
+    private (StoredKv Kv, TimeSpan CompressionTime) Put(string sessionId, KvShape shape, string policy, int tokensSeen, IReadOnlyList<WireKvBlock> blocks, bool checkpoint, int outputIndex,
+        StoredKv? requiredBase)
     {
         if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
         if (shape.Rope.HeadDim != shape.HeadDim) throw new InvalidRequestException($"the layout's RoPE table covers head_dim {shape.Rope.HeadDim}, not {shape.HeadDim}");
@@ -133,6 +139,8 @@ public sealed class KvSessionStore : IDisposable
             // A spilled session continues where it left off: its versions (the first one included) come back with it.
             bool inMemory = _sessions.TryGetValue(sessionId, out var old);
             var versions = inMemory ? old.Versions : _spill?.TryRead(sessionId) ?? [];
+            if (requiredBase is { } rb && !versions.Any(v => v.Version == rb.Version && v.TokensSeen == rb.TokensSeen))
+                throw new KvBaseMissingException($"session '{sessionId}' lost version {rb.Version} while the delta on it was applied");
             long loaded = inMemory ? 0 : versions.Sum(v => v.Bytes);
             var kv = new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, versions.Count > 0 ? versions[^1].Version + 1 : 1, checkpoint, outputIndex, received);
             // Drop the oldest checkpoint beyond the limit, never the first version (index 0).
@@ -167,7 +175,7 @@ public sealed class KvSessionStore : IDisposable
         if ((b.Shape.Layers, b.Shape.KvHeads, b.Shape.HeadDim, b.Shape.Precision) != (shape.Layers, shape.KvHeads, shape.HeadDim, shape.Precision))
             throw new KvBaseMissingException($"session '{sessionId}' version {baseVersion} is stored as [{b.Shape.Layers}, {b.Shape.KvHeads}, {b.Shape.HeadDim}] {b.Shape.Precision.Name()}, the delta is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}] {shape.Precision.Name()}");
         var whole = KvDelta.Apply(b.Layers, deltas, shape.HeadDim);
-        return Put(sessionId, shape, policy, tokensSeen, whole, checkpoint, outputIndex);
+        return Put(sessionId, shape, policy, tokensSeen, whole, checkpoint, outputIndex, requiredBase: b);
     }
 
     /// <summary>
