@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Threading.Channels;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Scheduling;
@@ -183,10 +184,14 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             call.SetBase(loaded, handle.Version, handle.TokenCount);
         _calls[call] = 0;
         var finished = Engine.Sampling.FinishReason.Abort;
+        // Leaving early (a write to a client that is gone throws) must not free the cache while a batched
+        // step still runs on it: the sequence is cancelled and the batch's release of it awaited first.
+        using var leave = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
+        ChannelReader<GenerationChunk>? reader = null;
         try
         {
             // The tokens the cache lacks (at least the newest one) run when the sequence joins the batch.
-            var reader = _batcher.Add(seq, generated[cached..], context.CancellationToken, call);
+            reader = _batcher.Add(seq, generated[cached..], leave.Token, call);
             var started = Stopwatch.StartNew();
             int produced = 0;
             var lastToken = TimeSpan.Zero;
@@ -231,9 +236,29 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         }
         finally
         {
+            if (reader is not null)
+            {
+                leave.Cancel();
+                await ReleasedAsync(reader);
+            }
             _calls.TryRemove(call, out _);
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
             if (policy is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
+        }
+    }
+
+    /// <summary>Waits until the batch has let go of a sequence: it completes the sequence's channel once
+    /// the sequence has left the batch (finished, failed or cancelled), never in the middle of a step.</summary>
+    private static async Task ReleasedAsync(ChannelReader<GenerationChunk> reader)
+    {
+        try
+        {
+            while (await reader.WaitToReadAsync(CancellationToken.None))
+                while (reader.TryRead(out _)) { }
+        }
+        catch (Exception)
+        {
+            // The sequence ended with an error: it has left the batch all the same.
         }
     }
 

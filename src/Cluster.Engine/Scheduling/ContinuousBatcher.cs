@@ -54,7 +54,8 @@ public sealed class ContinuousBatcher : IDisposable
     /// Adds a sequence. The batch runs <paramref name="feed"/> (tokens its cache lacks, e.g. the token
     /// prefill sampled; empty when its logits are set) one token a step to get its next logits, then
     /// samples it step by step. The channel completes after the chunk with a finish reason, or with
-    /// the exception that ended it.
+    /// the exception that ended it. Until it completes the batch may be running a step on the sequence's
+    /// cache: a caller that stops reading early cancels and waits for the completion before freeing it.
     /// </summary>
     /// <param name="state">Passed back to the afterToken hook (e.g. the request it belongs to).</param>
     public ChannelReader<GenerationChunk> Add(SequenceGeneration sequence, IReadOnlyList<int> feed, CancellationToken cancel, object? state = null)
