@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
@@ -136,7 +137,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             ? await HistoryAsync(request, cacheManager, history, p.MaxTokens, context.CancellationToken)
             : await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
         var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex, ownsCache: false);
-        bool keep = false;
+        var keep = new StrongBox<bool>();
         try
         {
             if (history > 0 && handle.TokenCount == history)
@@ -147,23 +148,24 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 handle = new KvHandle(handle) { TokenCount = history + prompt.Length };
                 loaded = null; // the cache moved past the loaded version: the first checkpoint is whole
             }
-            keep = await StreamAsync(request, p, seq, handle, policy, spec, loaded, cacheManager, prompt, generated, history, responses, context);
+            await StreamAsync(request, p, seq, handle, policy, spec, loaded, cacheManager, prompt, generated, history, responses, context, keep);
         }
         finally
         {
             seq.Dispose();
             reservation.Dispose(); // first: a request waiting for room goes before a kept cache
-            // A finished single output stays on this worker for its conversation's next turn, in the room
-            // left in the KV budget (given back as soon as a request needs it).
-            if (!keep || Admission.TryAcquire(ResidentKv.SizeOf(cache)) is not { } room || !Resident.Keep(handle.SessionId, cache, room)) cache.Dispose();
+            // A single output stays on this worker for its conversation's next turn (finished) or its resume
+            // (its client went away), in the room left in the KV budget (given back as soon as a request needs it).
+            if (!keep.Value || Admission.TryAcquire(ResidentKv.SizeOf(cache)) is not { } room || !Resident.Keep(handle.SessionId, cache, room)) cache.Dispose();
         }
     }
 
-    /// <summary>Streams one sequence through the continuous batch; true when it finished (not aborted,
-    /// not failed) as a single output whose cache may stay for the next turn.</summary>
-    private async Task<bool> StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
+    /// <summary>Streams one sequence through the continuous batch. Sets <paramref name="keep"/> when it
+    /// ended as a single output whose cache is whole (finished, or stopped between two steps because its
+    /// client went away; not failed), so that it may stay for the next turn or the stream's resume.</summary>
+    private async Task StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
         Engine.Compression.KvCompressionPolicy? policy, string spec, List<KvLayerBlock>? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
-        IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
+        IServerStreamWriter<DecodeResponse> responses, ServerCallContext context, StrongBox<bool> keep)
     {
         var cache = seq.Cache;
         int cached = handle.TokenCount - history - prompt.Length;
@@ -232,14 +234,13 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 }
             }
             context.CancellationToken.ThrowIfCancellationRequested();
-            return finished != Engine.Sampling.FinishReason.Abort && checkpointSession == handle.SessionId;
         }
         finally
         {
             if (reader is not null)
             {
                 leave.Cancel();
-                await ReleasedAsync(reader);
+                keep.Value = await ReleasedAsync(reader) && checkpointSession == handle.SessionId;
             }
             _calls.TryRemove(call, out _);
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
@@ -248,17 +249,19 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     }
 
     /// <summary>Waits until the batch has let go of a sequence: it completes the sequence's channel once
-    /// the sequence has left the batch (finished, failed or cancelled), never in the middle of a step.</summary>
-    private static async Task ReleasedAsync(ChannelReader<GenerationChunk> reader)
+    /// the sequence has left the batch (finished, failed or cancelled), never in the middle of a step.
+    /// False when it ended with an error (its cache may be half-written).</summary>
+    private static async Task<bool> ReleasedAsync(ChannelReader<GenerationChunk> reader)
     {
         try
         {
             while (await reader.WaitToReadAsync(CancellationToken.None))
                 while (reader.TryRead(out _)) { }
+            return true;
         }
         catch (Exception)
         {
-            // The sequence ended with an error: it has left the batch all the same.
+            return false;
         }
     }
 
@@ -312,6 +315,16 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     {
         var model = _host.Model!;
         var c = model.Config;
+        // A stream that stopped here (its client or gateway went away) and is resumed here: its cache,
+        // cut back to what the client has seen, with no transfer (KV-aware routing of a resume).
+        if (request.Kv.Version == 0 && maxTokens > 0 && Resident.TryTake(request.Kv.SessionId, history + prompt.Length, maxTokens) is { } kept)
+        {
+            Interlocked.Increment(ref _residentHits);
+            _metrics.ResidentHits.Add(1);
+            var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
+            var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = kept.TokensSeen };
+            return (handle, kept, kept.Policy, spec, null);
+        }
         try
         {
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);

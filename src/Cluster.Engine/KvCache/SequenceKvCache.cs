@@ -32,6 +32,10 @@ public sealed class SequenceKvCache : IDisposable
 
     public int Capacity => Layers[0].Capacity;
 
+    /// <summary>True when every head of every layer holds every token seen (slot i is position i): nothing
+    /// was evicted, so the cache can be cut back with <see cref="Truncate"/>.</summary>
+    public bool EvictedNone => Layers.All(l => l.Lengths.All(n => n == TokensSeen));
+
     /// <summary>Makes an empty cache start at original position <paramref name="position"/>, e.g. to run a
     /// window of a longer text at the positions it has there.</summary>
     public void StartAt(int position)
