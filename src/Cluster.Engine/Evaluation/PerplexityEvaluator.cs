@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
 namespace Cluster.Engine.Evaluation;
@@ -31,7 +32,7 @@ public static class PerplexityEvaluator
         {
             int end = Math.Min(begin + w, ids.Length);
             using (var cache = model.CreateCache(end - begin))
-                model.Forward(ids[begin..end], cache, logits, allLogits: true);
+                KvRoom.Forward(model, ids[begin..end], cache, logits, allLogits: true);
             for (int t = Math.Max(prevEnd, begin + 1); t < end; t++)
             {
                 nll -= LogSoftmaxAt(logits.AsSpan((t - 1 - begin) * vocab, vocab), ids[t]);
