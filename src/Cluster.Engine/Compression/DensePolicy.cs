@@ -13,6 +13,10 @@ public sealed class DensePolicy(bool allowExtrapolation = false) : KvCompression
     /// <summary>The policy of a cache created without one. Policies are stateless, so one object serves all.</summary>
     public static DensePolicy Default { get; } = new();
 
+    /// <summary>Dense past the context, for measurements whose lengths the caller chose (perplexity
+    /// windows, calibration sequences, benchmarks): they extrapolate as asked instead of failing.</summary>
+    public static DensePolicy Extrapolating { get; } = new(allowExtrapolation: true);
+
     public bool AllowExtrapolation { get; } = allowExtrapolation;
 
     public override int? Budget => null;

@@ -1,4 +1,5 @@
 using Cluster.Engine.Compression;
+using Cluster.Engine.Evaluation;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
@@ -67,6 +68,16 @@ public sealed class ContextLimitTests : IDisposable
         KvRoom.Make(_model, cache, 8); // up to the last position: fine
         Assert.Throws<ContextExceededException>(() => KvRoom.Make(_model, cache, 9));
         Assert.Equal(Context - 8, cache.TokensSeen);
+    }
+
+    [Fact]
+    public void A_perplexity_window_past_the_context_extrapolates_as_the_caller_asked()
+    {
+        // The window is the caller's choice (llmctl perplexity --window): it is measured, not refused.
+        var ids = PolicyFixtures.RandomIds(Context + 6, seed: 5);
+        var result = PerplexityEvaluator.Evaluate(_model, ids, window: Context + 6);
+        Assert.Equal(Context + 5, result.TokensScored);
+        Assert.True(double.IsFinite(result.Perplexity));
     }
 
     [Theory]

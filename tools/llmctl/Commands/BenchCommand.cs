@@ -13,6 +13,9 @@ namespace LlmCtl.Commands;
 /// </summary>
 internal static class BenchCommand
 {
+    /// <summary>Bench lengths are the caller's choice and may pass a small model's context: they only time.</summary>
+    private static readonly Cluster.Engine.Compression.DensePolicy Bench = Cluster.Engine.Compression.DensePolicy.Extrapolating;
+
     public static Command Create()
     {
         var model = new Option<string?>("--model") { Description = "model to measure (e.g. a folder from `llmctl synth --preset smollm2-135m`)" };
@@ -72,16 +75,16 @@ internal static class BenchCommand
         var logits = new float[m.Config.VocabSize];
         var format = Cluster.Engine.Kernels.WeightLayout.Name(m.Weights.MatrixFormat);
         Console.Error.WriteLine($"[{format}] prefill {p} tokens, decode {d} tokens on {m.Backend.Name} ...");
-        using (var warm = m.CreateCache(p + 8)) KvRoom.Forward(m, prompt, warm, logits); // page in weights, JIT
+        using (var warm = m.CreateCache(p + 8, Bench)) KvRoom.Forward(m, prompt, warm, logits); // page in weights, JIT
         double prefillSeconds = double.MaxValue;
         for (int rep = 0; rep < 3; rep++)
         {
-            using var cache = m.CreateCache(p + d);
+            using var cache = m.CreateCache(p + d, Bench);
             var sw = Stopwatch.StartNew();
             KvRoom.Forward(m, prompt, cache, logits);
             prefillSeconds = Math.Min(prefillSeconds, sw.Elapsed.TotalSeconds);
         }
-        using var decodeCache = m.CreateCache(p + d);
+        using var decodeCache = m.CreateCache(p + d, Bench);
         KvRoom.Forward(m, prompt, decodeCache, logits);
         int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
         var steps = new double[d];
@@ -155,7 +158,7 @@ internal static class BenchCommand
     private static double BatchedDecodeTokensPerSecond(LlamaModel m, int[] prompt, int batch, int steps)
     {
         Console.Error.WriteLine($"batched decode: {batch} sequences x {steps} steps ...");
-        var caches = Enumerable.Range(0, batch).Select(_ => m.CreateCache(prompt.Length + steps + 1)).ToList();
+        var caches = Enumerable.Range(0, batch).Select(_ => m.CreateCache(prompt.Length + steps + 1, Bench)).ToList();
         var logits = new float[(long)batch * m.Config.VocabSize];
         try
         {

@@ -104,7 +104,8 @@ public static class QFilterCalibration
             };
             for (int s = 0; s < sequences.Count; s++)
             {
-                using var cache = model.CreateCache(sequences[s].Length);
+                // Sequences past the context are the caller's choice (llmctl calibrate warns): their queries extrapolate.
+                using var cache = model.CreateCache(sequences[s].Length, DensePolicy.Extrapolating);
                 KvRoom.Forward(model, sequences[s], cache, logits);
                 offset += sequences[s].Length;
                 progress?.Invoke(s + 1);
