@@ -244,7 +244,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             }
             _calls.TryRemove(call, out _);
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
-            if (policy is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
+            if (policy?.Budget is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
         }
     }
 
@@ -275,7 +275,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     {
         var model = _host.Model!;
         var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
-        var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+        var policy = PolicyMapping.Parse(spec, _host.Policies);
         var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = history };
         if (Resident.TryTake(request.Kv.SessionId, history) is { } kept)
         {
@@ -299,7 +299,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     {
         var c = _host.Config;
         var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
-        int? budget = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies).Budget;
+        int? budget = PolicyMapping.Parse(spec, _host.Policies).Budget;
         long tokens = Math.Min((long)tokensSoFar + maxTokens + 1, (budget ?? c.MaxPositions) + 1L);
         return tokens * c.Layers * c.KvHeads * c.HeadDim * 2 * sizeof(float);
     }
@@ -329,14 +329,14 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         {
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
-            var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+            var policy = PolicyMapping.Parse(spec, _host.Policies);
             return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec, blocks);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)
         {
             var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
-            var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+            var policy = PolicyMapping.Parse(spec, _host.Policies);
             _logger.LogWarning("KV of session {Session} not in the cache manager ({Code}); rebuilding it from the prompt", request.Kv.SessionId, e.StatusCode);
             Interlocked.Increment(ref _kvRebuilds);
             _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable"));

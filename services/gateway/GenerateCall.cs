@@ -145,7 +145,10 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         int[] fed = [.. tail.Entries.Select(e => e.TokenId), .. prompt];
         int history = previous.History + previous.Prompt.Length + covered;
         var c = gateway.Host.Config;
-        if (previous.Policy == "dense" && Engine.Generation.ConversationTurn.ContextExhausted(history, fed.Length, p.MaxTokens, c.MaxPositions, policy: null) is { } why)
+        // The engine's one context check, as the worker's ConversationTurn.Feed will make it: refused here
+        // before any worker runs.
+        var policy = PolicyMapping.Parse(previous.Policy, gateway.Host.Policies);
+        if (Engine.Compression.ContextLimit.Refusal(policy, history, fed.Length + p.MaxTokens, c.MaxPositions) is { } why)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, why));
         RequestChecks.Prompt(fed, c);
 

@@ -16,7 +16,7 @@ public sealed class ResidentKvTests : IDisposable
     /// (2 * 2 * 1 * capacity * 4 * 4 bytes = 64 * capacity) that has seen <paramref name="tokens"/> tokens.</summary>
     private SequenceKvCache Cache(int capacity, int tokens = 0)
     {
-        var c = new SequenceKvCache(_backend, layers: 2, kvHeads: 1, headDim: 4, initialCapacity: capacity);
+        var c = new SequenceKvCache(_backend, layers: 2, kvHeads: 1, headDim: 4, initialCapacity: capacity, Cluster.Engine.Compression.DensePolicy.Default);
         c.StartAt(tokens);
         _made.Add(c);
         return c;

@@ -1,28 +1,39 @@
+using Cluster.Engine.Compression;
 using Cluster.Engine.Kernels;
 
 namespace Cluster.Engine.KvCache;
 
 /// <summary>
 /// The KV cache of one sequence: one <see cref="KvCacheLayer"/> per transformer layer, plus the
-/// number of tokens the sequence has seen (the next token's original position). Grows by doubling
-/// when a forward pass needs more room than allocated.
+/// number of tokens the sequence has seen (the next token's original position), managed by one
+/// compression policy (dense when nothing else is asked for). <see cref="KvRoom"/> makes room before
+/// tokens run (the policy evicts, the cache grows by doubling); the model only checks
+/// <see cref="HasRoom"/>.
 /// </summary>
 public sealed class SequenceKvCache : IDisposable
 {
     private readonly IComputeBackend _backend;
 
-    public SequenceKvCache(IComputeBackend backend, int layers, int kvHeads, int headDim, int initialCapacity)
+    public SequenceKvCache(IComputeBackend backend, int layers, int kvHeads, int headDim, int initialCapacity, KvCompressionPolicy policy)
     {
         _backend = backend;
+        _policy = policy ?? throw new ArgumentNullException(nameof(policy));
         Layers = new KvCacheLayer[layers];
         for (int l = 0; l < layers; l++) Layers[l] = new KvCacheLayer(backend, kvHeads, headDim, Math.Max(1, initialCapacity));
     }
 
     public KvCacheLayer[] Layers { get; }
 
-    /// <summary>The compression policy the model applies before each forward chunk; null keeps everything
-    /// with no context check (as before policies existed).</summary>
-    public Compression.KvCompressionPolicy? Policy { get; set; }
+    private KvCompressionPolicy _policy;
+
+    /// <summary>The compression policy <see cref="KvRoom"/> applies before tokens run. Settable because a
+    /// prompt is often prefilled densely and then handed to a bounded policy (compressed at once, as the
+    /// cache manager does on ingest).</summary>
+    public KvCompressionPolicy Policy
+    {
+        get => _policy;
+        set => _policy = value ?? throw new ArgumentNullException(nameof(value));
+    }
 
     /// <summary>Tokens seen so far: the original position of the next token.</summary>
     public int TokensSeen { get; internal set; }
@@ -56,15 +67,28 @@ public sealed class SequenceKvCache : IDisposable
         }
     }
 
+    /// <summary>Whether <paramref name="incoming"/> tokens can be appended as they are: every head has the
+    /// slots, and a bounded policy's budget allows them (what <see cref="KvRoom.Make"/> ensures). Reads
+    /// lengths only, so the model can ask before every pass.</summary>
+    public bool HasRoom(int incoming)
+    {
+        int limit = _policy.Budget ?? int.MaxValue;
+        foreach (var layer in Layers)
+        {
+            int after = layer.Lengths.Max() + incoming;
+            if (after > layer.Capacity || after > limit) return false;
+        }
+        return true;
+    }
+
     /// <summary>An independent copy, e.g. so that n samples or beams continue one prompt's KV
     /// without recomputing it.</summary>
     public SequenceKvCache Clone(int extraCapacity = 0)
     {
         var layer0 = Layers[0];
-        var copy = new SequenceKvCache(_backend, Layers.Length, layer0.KvHeads, layer0.HeadDim, Capacity + extraCapacity)
+        var copy = new SequenceKvCache(_backend, Layers.Length, layer0.KvHeads, layer0.HeadDim, Capacity + extraCapacity, _policy)
         {
             TokensSeen = TokensSeen,
-            Policy = Policy,
         };
         for (int l = 0; l < Layers.Length; l++) Layers[l].CopyTo(_backend, copy.Layers[l]);
         return copy;

@@ -207,7 +207,7 @@ public sealed class ContinuousBatcher : IDisposable
             var e = batch[i];
             try
             {
-                _model.PrepareForTokens(e.Sequence.Cache, 1);
+                Cluster.Engine.KvCache.KvRoom.Make(_model, e.Sequence.Cache, 1);
             }
             catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
             {
@@ -228,7 +228,7 @@ public sealed class ContinuousBatcher : IDisposable
         long started = Stopwatch.GetTimestamp();
         try
         {
-            _model.ForwardBatch(_tokens.AsSpan(0, batch.Count), _caches, _logits, prepared: true);
+            _model.ForwardBatch(_tokens.AsSpan(0, batch.Count), _caches, _logits);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
         {
