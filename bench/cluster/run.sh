@@ -17,7 +17,7 @@ args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 echo "== in-process engine, warm (llmctl bench: best of 3 prefills, median decode step)"
 $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null | python3 -c 'import json,sys
 r=json.load(sys.stdin)
-print("prompt tokens %d; TTFT %.1f ms; TPOT median %.2f ms" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["decode_median_step_ms"]))'
+print("prompt tokens %d; TTFT %.1f ms; TPOT median %.2f ms (mean step %.2f ms)" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["decode_median_step_ms"], 1e3/r["decode_tokens_per_s"]))'
 
 port=$(free_port)
 log=$(mktemp)
@@ -27,10 +27,17 @@ trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log"' EXIT
 wait_up "$log"
 echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up"
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
+# The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone) over the
+# measured requests: the cluster's TPOT is that plus the per-token path plus the wait for the KV before the
+# first decode step (between the first and second token), spread over the 63 intervals.
+steps() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url"; done | awk '/^llm_decode_step_seconds_sum/ {s+=$2} /^llm_decode_step_seconds_count/ {c+=$2} END {print s, c}'; }
+steps_before=$(steps)
 for i in $(seq "$requests"); do $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}"; done \
   | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
 print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3, st.median([r["second_token_seconds"] for r in rows])*1e3))'
+read s0 c0 <<<"$steps_before"; read s1 c1 <<<"$(steps)"
+python3 -c "print('decode worker step (forward pass alone): %d steps, mean %.2f ms' % ($c1 - $c0, ($s1 - $s0) / max(1, $c1 - $c0) * 1e3))"
 # Every service's /metrics from up's endpoint table; only the workers move KV (prefill puts, decode gets
 # and checkpoints), so only their lines print.
 for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using Cluster.Serving.Hosting;
 using Cluster.Tests;
 using Grpc.Core;
 using Xunit;
@@ -167,6 +168,13 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
             Assert.Contains(startup, l => l.Contains($"http://127.0.0.1:{8000 + offset}/v1"));
             Assert.Contains(startup, l => l.Contains($"http://127.0.0.1:{50051 + offset}"));
 
+            // Issue 17: every service runs without tiered compilation (ServiceJit), so the first requests do
+            // not share the decode step's cores with background recompilation; the workers have the GC setting too.
+            var services = ChildEnvironments(up.Id);
+            Assert.Equal(4, services.Count);
+            Assert.All(services, e => Assert.Equal("0", e.GetValueOrDefault(ServiceJit.TieredCompilationVariable)));
+            Assert.Equal(2, services.Count(e => e.ContainsKey("DOTNET_GCLOHThreshold")));
+
             using var http = new HttpClient();
             Assert.Contains("stories260K", await http.GetStringAsync($"http://127.0.0.1:{8000 + offset}/v1/models"));
             await Task.Delay(TimeSpan.FromSeconds(7)); // several of the gateway's 2 s health rounds and a request
@@ -303,6 +311,13 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         up.BeginErrorReadLine();
         return up;
     }
+
+    /// <summary>The environment of each child process of <paramref name="pid"/> (Linux /proc).</summary>
+    private static List<Dictionary<string, string>> ChildEnvironments(int pid) =>
+        Directory.GetDirectories($"/proc/{pid}/task").SelectMany(task => File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Select(child => File.ReadAllText($"/proc/{child}/environ").Split('\0', StringSplitOptions.RemoveEmptyEntries)
+                .Select(kv => kv.Split('=', 2)).Where(kv => kv.Length == 2).GroupBy(kv => kv[0]).ToDictionary(g => g.Key, g => g.Last()[1]))
+            .ToList();
 
     /// <summary>SIGTERM: up stops its services (SIGKILL would orphan them).</summary>
     private static void StopUp(Process up)

@@ -209,7 +209,7 @@ internal sealed class LocalCluster(string bind) : IDisposable
         var psi = SelfInvocation(["serve", role.Name(), .. args, "--grpc-port", grpc.ToString(), "--http-port", http.ToString()]);
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;
-        foreach (var (name, value) in WorkerGc.Environment(role)) psi.Environment[name] = value;
+        foreach (var (name, value) in ServiceRuntime.Environment(role)) psi.Environment[name] = value;
         var service = new Service(role, Launch(role, psi), $"http://{_reach}:{grpc}", $"http://{_reach}:{http}") { StartInfo = psi };
         Services.Add(service);
         return service;
