@@ -45,11 +45,20 @@ public sealed class KvCacheLayer : IDisposable
     /// <summary>Grows the per-head capacity to at least <paramref name="capacity"/>, keeping contents.</summary>
     internal void Grow(IComputeBackend backend, int capacity)
     {
-        if (capacity <= Capacity) return;
+        if (capacity > Capacity) Resize(backend, capacity);
+    }
+
+    /// <summary>Sets the per-head capacity to exactly <paramref name="capacity"/> (at least every head's
+    /// length), keeping contents: a paged sequence's cache is exactly the blocks the pool granted it.</summary>
+    internal void Resize(IComputeBackend backend, int capacity)
+    {
+        if (capacity == Capacity) return;
+        if (capacity < Lengths.Max()) throw new ArgumentOutOfRangeException(nameof(capacity), $"{capacity} slots cannot hold the {Lengths.Max()} a head holds");
         var k = backend.Allocate((long)KvHeads * capacity * HeadDim);
         var v = backend.Allocate((long)KvHeads * capacity * HeadDim);
         var positions = new int[KvHeads * capacity];
-        var row = new float[Capacity * HeadDim];
+        int keep = Math.Min(Capacity, capacity);
+        var row = new float[keep * HeadDim];
         for (int h = 0; h < KvHeads; h++)
         {
             backend.CopyToHost(K, Offset(h, 0), row);
