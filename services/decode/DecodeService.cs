@@ -38,7 +38,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         _host = host;
         _options = options;
         _logger = logger;
-        Admission = KvAdmission.ForBudget((long)options.KvMemoryMb << 20, host.Config, options.MaxQueue);
+        Admission = KvAdmission.ForBudget((long)options.KvMemoryMb << 20, host.Config, options.MaxQueue, maxSequences: Math.Min(options.MaxBatch, host.Model!.MaxChunk), headroom: 1);
         Resident = new ResidentKv((long)options.ResidentKvMb << 20, TimeSpan.FromMinutes(10)); // idle longer, a conversation fetches from the cache manager
         // Kept caches live inside the KV budget and make room whenever a request needs it.
         Admission.Reclaim = bytes => Resident.Reclaim(bytes);
@@ -50,12 +50,14 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 _metrics.StepSeconds.Record(elapsed.TotalSeconds);
                 _metrics.Tokens.Add(size);
             },
-            afterToken: (seq, chunk, state) => ((DecodeCall)state!).AfterToken(seq, chunk));
+            afterToken: (seq, chunk, state) => ((DecodeCall)state!).AfterToken(seq, chunk),
+            preempted: state => ((DecodeCall)state!).Preempted());
     }
 
     public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
     {
         var logger = logging.CreateLogger("decode");
+        NativeHeap.MapFromOnePage(); // paged KV caches are reallocated block by block (NativeHeap says why)
         return Task.FromResult<IClusterService>(new DecodeService(ModelHost.Load(options, logger, weights: true), options, logger));
     }
 
@@ -366,6 +368,15 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         private sealed record Capture(PutHeader Header, List<KvLayerBlock> Blocks, int Covered, bool Final);
 
         private sealed record Base(IReadOnlyList<KvLayerBlock> Blocks, long Version, int TokenCount);
+
+        /// <summary>
+        /// Batch thread: the sequence was preempted (its blocks and cache dropped, to be recomputed). The
+        /// delta base is a whole copy of its KV: kept, every preempted stream would hold its KV outside the
+        /// pool (64 streams against a pool of 8 grew the worker's GC heap past its bound). Its next
+        /// checkpoint goes whole. The pump may be writing meanwhile: at worst it sets a newer base, which
+        /// is as valid.
+        /// </summary>
+        public void Preempted() => _base = null;
 
         /// <summary>The whole cache the cache manager holds as <paramref name="version"/> (what this call loaded).</summary>
         public void SetBase(IReadOnlyList<KvLayerBlock> blocks, long version, int tokenCount) => _base = new Base(blocks, version, tokenCount);

@@ -58,7 +58,9 @@ public sealed class KvCacheLayer : IDisposable
         var v = backend.Allocate((long)KvHeads * capacity * HeadDim);
         var positions = new int[KvHeads * capacity];
         int keep = Math.Min(Capacity, capacity);
-        var row = new float[keep * HeadDim];
+        // Pooled: a paged cache is resized every block's worth of tokens, and these would be garbage.
+        var rented = System.Buffers.ArrayPool<float>.Shared.Rent(keep * HeadDim);
+        var row = rented.AsSpan(0, keep * HeadDim);
         for (int h = 0; h < KvHeads; h++)
         {
             backend.CopyToHost(K, Offset(h, 0), row);
@@ -67,6 +69,7 @@ public sealed class KvCacheLayer : IDisposable
             backend.CopyFromHost(row, v, (long)h * capacity * HeadDim);
             Array.Copy(Positions, h * Capacity, positions, h * capacity, Lengths[h]);
         }
+        System.Buffers.ArrayPool<float>.Shared.Return(rented);
         K.Dispose();
         V.Dispose();
         (K, V, Positions, Capacity) = (k, v, positions, capacity);

@@ -17,6 +17,7 @@ public sealed partial class ContinuousBatcher
 {
     // Preempted sequences, oldest first: the oldest resumes first.
     private readonly List<Entry> _preempted = [];
+    private readonly Action<object?>? _preemptedHook;
     private long _admitted;
 
     /// <summary>Sequences preempted and waiting to resume (tests).</summary>
@@ -89,6 +90,7 @@ public sealed partial class ContinuousBatcher
         e.SlotsAtPreempt = cache.MaxLength();
         e.Lease!.Preempt();
         cache.Dispose(); // the memory goes with the blocks
+        _preemptedHook?.Invoke(e.State);
         int at = _preempted.FindIndex(p => p.Order > e.Order);
         _preempted.Insert(at < 0 ? _preempted.Count : at, e);
         Interlocked.Increment(ref _preemptedCount);

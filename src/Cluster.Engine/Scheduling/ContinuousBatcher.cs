@@ -38,8 +38,12 @@ public sealed partial class ContinuousBatcher : IDisposable
     /// <param name="afterToken">Called on the batch thread after each sampled chunk is written, the last
     /// one included, and before that token runs or the sequence is freed: the cache then holds every
     /// token but the newest (the moment a checkpoint is consistent).</param>
-    public ContinuousBatcher(LlamaModel model, int maxBatch, Action<int, TimeSpan>? afterStep = null, Action<SequenceGeneration, GenerationChunk, object?>? afterToken = null)
+    /// <param name="preempted">Called on the batch thread when a paged sequence is preempted, with its
+    /// state: whatever the caller holds of its KV outside the pool may go too (it is recomputed).</param>
+    public ContinuousBatcher(LlamaModel model, int maxBatch, Action<int, TimeSpan>? afterStep = null, Action<SequenceGeneration, GenerationChunk, object?>? afterToken = null,
+        Action<object?>? preempted = null)
     {
+        _preemptedHook = preempted;
         if (maxBatch < 1 || maxBatch > model.MaxChunk) throw new ArgumentOutOfRangeException(nameof(maxBatch), $"max batch must be 1..{model.MaxChunk}, got {maxBatch}");
         _model = model;
         _maxBatch = maxBatch;

@@ -19,14 +19,25 @@ public sealed class KvAdmission
     private readonly KvCacheManager _blocks;
     private readonly LinkedList<Waiter> _queue = new();
     private long _nextId, _refused, _preemptions;
-    private int _peakBlocks, _suspended;
+    private int _peakBlocks, _suspended, _sequences;
 
     /// <param name="numBlocks">Blocks in the pool.</param>
     /// <param name="blockSize">Token slots per block.</param>
     /// <param name="blockBytes">Bytes of one block (K and V of every layer and KV head), for the gauges.</param>
     /// <param name="maxQueue">Sequences that may wait for room; one more is refused.</param>
-    public KvAdmission(int numBlocks, int blockSize, long blockBytes, int maxQueue)
+    /// <param name="maxSequences">Sequences admitted at once, running or preempted (vLLM's max_num_seqs):
+    /// past the batch size more would only take turns, each holding blocks and a stream.</param>
+    /// <param name="headroom">Free blocks a new sequence must leave for each running one (0: none). With
+    /// one, a sequence is admitted only while every running sequence can still take its next block, so
+    /// admitting it does not force a preemption at the next block boundary (vLLM's watermark serves the
+    /// same end): without it, 64 streams against a pool that holds 8 all start, and most are preempted
+    /// with their streams and checkpoints open.</param>
+    public KvAdmission(int numBlocks, int blockSize, long blockBytes, int maxQueue, int maxSequences = int.MaxValue, int headroom = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(headroom);
+        Headroom = headroom;
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
+        MaxSequences = maxSequences;
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numBlocks);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(maxQueue);
@@ -36,14 +47,16 @@ public sealed class KvAdmission
     }
 
     /// <summary>The blocks of <paramref name="budgetBytes"/> for a model's KV shape (fp32 K and V).</summary>
-    public static KvAdmission ForBudget(long budgetBytes, Model.LlamaConfig c, int maxQueue, int blockSize = 16) =>
+    public static KvAdmission ForBudget(long budgetBytes, Model.LlamaConfig c, int maxQueue, int maxSequences = int.MaxValue, int headroom = 0, int blockSize = 16) =>
         new(KvBlockPool.BlocksForBudget(budgetBytes, blockSize, c.Layers, c.KvHeads, c.HeadDim), blockSize,
-            KvBlockPool.BlockBytes(blockSize, c.Layers, c.KvHeads, c.HeadDim), maxQueue);
+            KvBlockPool.BlockBytes(blockSize, c.Layers, c.KvHeads, c.HeadDim), maxQueue, maxSequences, headroom);
 
     public int NumBlocks => _blocks.Pool.NumBlocks;
     public int BlockSize => _blocks.Pool.BlockSize;
     public long BlockBytes { get; }
     public int MaxQueue { get; }
+    public int MaxSequences { get; }
+    public int Headroom { get; }
 
     /// <summary>The whole pool in bytes (the <c>--kv-memory</c> budget rounded down to whole blocks).</summary>
     public long BudgetBytes => NumBlocks * BlockBytes;
@@ -92,7 +105,7 @@ public sealed class KvAdmission
         {
             if (blocks > NumBlocks)
                 throw Refuse($"this sequence's KV ({Mib(blocks * BlockBytes)}) exceeds the worker's whole KV budget ({Mib(BudgetBytes)}): shorten the prompt or use a bounded KV policy");
-            shortfall = MayAdmitNow() ? blocks - _blocks.Pool.FreeBlocks : blocks;
+            shortfall = _sequences >= MaxSequences ? 0 : MayAdmitNow() ? blocks - _blocks.Pool.FreeBlocks : blocks;
         }
         // Room held by what can give it back at once (finished conversations' kept caches) goes first:
         // outside the lock, since giving it back frees leases here.
@@ -100,7 +113,7 @@ public sealed class KvAdmission
         Waiter waiter;
         lock (_lock)
         {
-            if (MayAdmitNow() && TryTake(tokens) is { } lease) return lease;
+            if (MayAdmitNow() && _sequences < MaxSequences && TryTake(tokens, sequence: true) is { } lease) return lease;
             if (_queue.Count >= MaxQueue)
                 throw Refuse($"decode worker busy: its KV budget ({Mib(BudgetBytes)}) is in use and {_queue.Count} requests already wait (the queue's bound); retry later");
             waiter = new Waiter(tokens);
@@ -115,17 +128,19 @@ public sealed class KvAdmission
     public KvLease? TryAcquire(int tokens)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(tokens);
-        lock (_lock) return MayAdmitNow() ? TryTake(tokens) : null;
+        lock (_lock) return MayAdmitNow() ? TryTake(tokens, sequence: false) : null;
     }
 
     private bool MayAdmitNow() => _queue.Count == 0 && _suspended == 0;
 
-    private KvLease? TryTake(int tokens)
+    private KvLease? TryTake(int tokens, bool sequence)
     {
         long id = ++_nextId;
+        if (sequence && _blocks.BlocksNeeded(id, tokens) + Headroom * (_sequences - _suspended) > _blocks.Pool.FreeBlocks) return null;
         if (!_blocks.TryAllocate(id, tokens)) return null;
         NotePeak();
-        return new KvLease(this, id);
+        if (sequence) _sequences++;
+        return new KvLease(this, id, sequence);
     }
 
     private void NotePeak() => _peakBlocks = Math.Max(_peakBlocks, NumBlocks - _blocks.Pool.FreeBlocks);
@@ -152,17 +167,18 @@ public sealed class KvAdmission
     /// sequence waits to resume (it was admitted earlier). Under the lock.</summary>
     private void AdmitFromQueue()
     {
-        while (_suspended == 0 && _queue.First is { } head && TryTake(head.Value.Tokens) is { } lease)
+        while (_suspended == 0 && _sequences < MaxSequences && _queue.First is { } head && TryTake(head.Value.Tokens, sequence: true) is { } lease)
         {
             _queue.RemoveFirst();
-            if (!head.Value.Admitted.TrySetResult(lease)) Release(lease.Id, suspended: false);
+            if (!head.Value.Admitted.TrySetResult(lease)) lease.Dispose();
         }
     }
 
-    private void Release(long id, bool suspended)
+    private void Release(long id, bool suspended, bool sequence)
     {
         _blocks.Free(id);
         if (suspended) _suspended--;
+        if (sequence) _sequences--;
         AdmitFromQueue();
     }
 
@@ -182,12 +198,14 @@ public sealed class KvAdmission
     public sealed class KvLease : IDisposable
     {
         private readonly KvAdmission _owner;
+        private readonly bool _sequence; // counts against MaxSequences (a kept cache does not)
         private bool _released, _preempted;
 
-        internal KvLease(KvAdmission owner, long id)
+        internal KvLease(KvAdmission owner, long id, bool sequence)
         {
             _owner = owner;
             Id = id;
+            _sequence = sequence;
         }
 
         /// <summary>The sequence's id in the pool's block tables.</summary>
@@ -258,7 +276,12 @@ public sealed class KvAdmission
             lock (_owner._lock)
             {
                 if (_released || !_preempted) throw new InvalidOperationException("the lease is not preempted");
-                if (!_owner._blocks.TryAllocate(Id, slots)) return false;
+                // The same headroom as a new sequence: resumed into a pool the running ones are about to
+                // fill, it would be preempted again at once.
+                var m = _owner._blocks;
+                int running = _owner._sequences - _owner._suspended;
+                if (m.BlocksNeeded(Id, slots) + _owner.Headroom * running > m.Pool.FreeBlocks) return false;
+                if (!m.TryAllocate(Id, slots)) return false;
                 _preempted = false;
                 _owner._suspended--;
                 _owner.NotePeak();
@@ -274,7 +297,7 @@ public sealed class KvAdmission
             {
                 if (_released) return;
                 _released = true;
-                _owner.Release(Id, _preempted);
+                _owner.Release(Id, _preempted, _sequence);
             }
         }
     }
