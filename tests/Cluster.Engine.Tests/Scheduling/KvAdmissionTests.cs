@@ -181,6 +181,32 @@ public class KvAdmissionTests
         live.Dispose();
     }
 
+    /// <summary>Sequences admitted at once are bounded (a kept cache is not a sequence), and a new one
+    /// must leave a free block for each running one: admitted into a pool they are about to fill, it would
+    /// only force a preemption at the next block boundary.</summary>
+    [Fact]
+    public async Task Admission_stops_at_max_sequences_and_leaves_headroom_for_the_running_ones()
+    {
+        var gate = new KvAdmission(numBlocks: 6, blockSize: 4, blockBytes: 1, maxQueue: 4, maxSequences: 2, headroom: 1);
+        var a = await gate.AcquireAsync(8); // 0 1
+        var b = gate.AcquireAsync(8).AsTask(); // 2 blocks + 1 for a: fits in 4
+        Assert.Equal([2, 3], (await b).Blocks);
+        var c = gate.AcquireAsync(1).AsTask(); // two sequences already
+        await Task.Delay(50);
+        Assert.False(c.IsCompleted);
+        a.Dispose(); // free queue 4 5 1 0; c needs 1 + 1 for b
+        Assert.Equal([4], (await c).Blocks);
+        var d = gate.AcquireAsync(4).AsTask(); // a third sequence waits for b or c
+        var kept = gate.TryAcquire(0); // nothing waits for blocks, but d waits: nothing is kept
+        Assert.Null(kept);
+        (await b).Dispose();
+        var rd = await d; // 1 block + 1 for c: free are 5 1 0 3 2
+        Assert.Equal([5], rd.Blocks);
+        rd.Dispose();
+        (await c).Dispose();
+        Assert.Equal(0, gate.UsedBytes);
+    }
+
     private static void InterlockedMax(ref long target, long value)
     {
         long current;
