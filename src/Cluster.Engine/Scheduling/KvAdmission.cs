@@ -270,8 +270,15 @@ public sealed class KvAdmission
         }
 
         /// <summary>Takes blocks for <paramref name="slots"/> slots again after a preemption; false, taking
-        /// none, while they do not fit.</summary>
+        /// none, while they do not fit. Kept caches are reclaimed before answering false.</summary>
         public bool TryResume(int slots)
+        {
+            if (TryResumeLocked(slots, out int shortfall)) return true;
+            if (shortfall > 0) _owner.Reclaim?.Invoke(shortfall * _owner.BlockBytes);
+            return TryResumeLocked(slots, out _);
+        }
+
+        private bool TryResumeLocked(int slots, out int shortfall)
         {
             lock (_owner._lock)
             {
@@ -280,8 +287,8 @@ public sealed class KvAdmission
                 // fill, it would be preempted again at once.
                 var m = _owner._blocks;
                 int running = _owner._sequences - _owner._suspended;
-                if (m.BlocksNeeded(Id, slots) + _owner.Headroom * running > m.Pool.FreeBlocks) return false;
-                if (!m.TryAllocate(Id, slots)) return false;
+                shortfall = m.BlocksNeeded(Id, slots) + _owner.Headroom * running - m.Pool.FreeBlocks;
+                if (shortfall > 0 || !m.TryAllocate(Id, slots)) return false;
                 _preempted = false;
                 _owner._suspended--;
                 _owner.NotePeak();

@@ -181,6 +181,19 @@ public class KvAdmissionTests
         live.Dispose();
     }
 
+    [Fact]
+    public async Task A_preempted_lease_reclaims_kept_caches_to_resume()
+    {
+        var gate = new KvAdmission(numBlocks: 3, blockSize: 2, blockBytes: 10, maxQueue: 4);
+        var seq = await gate.AcquireAsync(4); // 0 1
+        var kept = gate.TryAcquire(2)!;        // 2
+        seq.Preempt();
+        gate.Reclaim = _ => kept.Dispose();
+        Assert.True(seq.TryResume(6)); // three blocks: the kept cache's too
+        Assert.Equal(3, seq.Blocks.Count);
+        seq.Dispose();
+    }
+
     /// <summary>Sequences admitted at once are bounded (a kept cache is not a sequence), and a new one
     /// must leave a free block for each running one: admitted into a pool they are about to fill, it would
     /// only force a preemption at the next block boundary.</summary>
