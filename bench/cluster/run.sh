@@ -2,17 +2,20 @@
 # Issue 7 benchmark: TTFT and TPOT through the cluster (`llmctl up`, four processes on loopback)
 # against the in-process engine (`llmctl generate --local`) on the same checkpoint and prompt, and the
 # KV transfer time and bytes per request from the workers' own metrics.
-# Usage: bash bench/cluster/run.sh [MODEL_DIR] [REQUESTS]   (default: a synthetic smollm2-135m)
+# Usage: bash bench/cluster/run.sh [MODEL_DIR] [REQUESTS] [REPEATS]   (default: a synthetic smollm2-135m;
+# the prompt is one sentence REPEATS times: 3 gives the issue's 236 tokens, 23 about 1,800)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 requests=${2:-5}
+repeats=${3:-3}
 source bench/cluster/common.sh
-prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * 3)")
+prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $repeats)")
+prompt_tokens=$((repeats * 236 / 3))
 args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 
 echo "== in-process engine, warm (llmctl bench: best of 3 prefills, median decode step)"
-$llmctl bench --model "$model" --prompt-tokens 236 --decode-tokens 64 --batch 1 --json 2>/dev/null | python3 -c 'import json,sys
+$llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null | python3 -c 'import json,sys
 r=json.load(sys.stdin)
 print("prompt tokens %d; TTFT %.1f ms; TPOT median %.2f ms" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["decode_median_step_ms"]))'
 

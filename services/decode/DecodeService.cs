@@ -1,5 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
 using Cluster.Engine.Generation;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Scheduling;
@@ -132,7 +134,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         Func<SequenceKvCache>? recompute = history == 0 || request.History is not null
             ? () => KvRebuild.ForTurn(model, request.History, history, prompt, policy, p.MaxTokens)
             : null;
-        bool keep = false;
+        var keep = new StrongBox<bool>();
         try
         {
             if (history > 0 && handle.TokenCount == history)
@@ -143,24 +145,25 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 handle = new KvHandle(handle) { TokenCount = history + prompt.Length };
                 loaded = null; // the cache moved past the loaded version: the first checkpoint is whole
             }
-            keep = await StreamAsync(request, p, seq, handle, policy, spec, loaded, cacheManager, prompt, generated, history, lease, recompute, responses, context);
+            await StreamAsync(request, p, seq, handle, policy, spec, loaded, cacheManager, prompt, generated, history, lease, recompute, responses, context, keep);
         }
         finally
         {
             var final = seq.Cache; // a preemption replaced the cache it started with (and freed that one)
             seq.Dispose();
             lease.Dispose(); // first: a request waiting for room goes before a kept cache
-            // A finished single output stays on this worker for its conversation's next turn, in the room
-            // left in the KV pool (given back as soon as a request needs it).
-            if (!keep || Admission.TryAcquire(final.Capacity) is not { } room || !Resident.Keep(handle.SessionId, final, room)) final.Dispose();
+            // A single output stays on this worker for its conversation's next turn (finished) or its resume
+            // (its client went away), in the room left in the KV pool (given back as soon as a request needs it).
+            if (!keep.Value || Admission.TryAcquire(final.Capacity) is not { } room || !Resident.Keep(handle.SessionId, final, room)) final.Dispose();
         }
     }
 
-    /// <summary>Streams one sequence through the continuous batch; true when it finished (not aborted,
-    /// not failed) as a single output whose cache may stay for the next turn.</summary>
-    private async Task<bool> StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
+    /// <summary>Streams one sequence through the continuous batch. Sets <paramref name="keep"/> when it
+    /// ended as a single output whose cache is whole (finished, or stopped between two steps because its
+    /// client went away; not failed), so that it may stay for the next turn or the stream's resume.</summary>
+    private async Task StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
         Engine.Compression.KvCompressionPolicy? policy, string spec, List<KvLayerBlock>? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
-        KvAdmission.KvLease lease, Func<SequenceKvCache>? recompute, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
+        KvAdmission.KvLease lease, Func<SequenceKvCache>? recompute, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context, StrongBox<bool> keep)
     {
         var cache = seq.Cache;
         int cached = handle.TokenCount - history - prompt.Length;
@@ -181,10 +184,14 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             call.SetBase(loaded, handle.Version, handle.TokenCount);
         _calls[call] = 0;
         var finished = Engine.Sampling.FinishReason.Abort;
+        // Leaving early (a write to a client that is gone throws) must not free the cache while a batched
+        // step still runs on it: the sequence is cancelled and the batch's release of it awaited first.
+        using var leave = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
+        ChannelReader<GenerationChunk>? reader = null;
         try
         {
             // The tokens the cache lacks (at least the newest one) run when the sequence joins the batch.
-            var reader = _batcher.Add(seq, generated[cached..], context.CancellationToken, call, lease, recompute);
+            reader = _batcher.Add(seq, generated[cached..], leave.Token, call, lease, recompute);
             var started = Stopwatch.StartNew();
             int produced = 0;
             var lastToken = TimeSpan.Zero;
@@ -225,13 +232,37 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 }
             }
             context.CancellationToken.ThrowIfCancellationRequested();
-            return finished != Engine.Sampling.FinishReason.Abort && checkpointSession == handle.SessionId;
         }
         finally
         {
+            if (reader is not null)
+            {
+                leave.Cancel();
+                // A preempted sequence's cache is gone, and one caught mid-recomputation lacks tokens: only a
+                // cache that holds every token but the newest may stay.
+                keep.Value = await ReleasedAsync(reader) && checkpointSession == handle.SessionId
+                    && !seq.Cache.IsDisposed && seq.Cache.TokensSeen == history + prompt.Length + seq.Generated.Count - 1;
+            }
             _calls.TryRemove(call, out _);
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
-            if (policy is not null) _metrics.Evictions.Add(seq.Cache.TokensSeen - seq.Cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
+            if (policy?.Budget is not null) _metrics.Evictions.Add(seq.Cache.TokensSeen - seq.Cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
+        }
+    }
+
+    /// <summary>Waits until the batch has let go of a sequence: it completes the sequence's channel once
+    /// the sequence has left the batch (finished, failed or cancelled), never in the middle of a step.
+    /// False when it ended with an error (its cache may be half-written).</summary>
+    private static async Task<bool> ReleasedAsync(ChannelReader<GenerationChunk> reader)
+    {
+        try
+        {
+            while (await reader.WaitToReadAsync(CancellationToken.None))
+                while (reader.TryRead(out _)) { }
+            return true;
+        }
+        catch (Exception)
+        {
+            return false;
         }
     }
 
@@ -245,7 +276,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     {
         var model = _host.Model!;
         var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
-        var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+        var policy = PolicyMapping.Parse(spec, _host.Policies);
         var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = history };
         if (Resident.TryTake(request.Kv.SessionId, history) is { } kept)
         {
@@ -274,7 +305,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     private int? PolicyBudget(DecodeRequest request)
     {
         var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
-        return spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies).Budget;
+        return PolicyMapping.Parse(spec, _host.Policies).Budget;
     }
 
     /// <summary>
@@ -288,11 +319,21 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     {
         var model = _host.Model!;
         var c = model.Config;
+        // A stream that stopped here (its client or gateway went away) and is resumed here: its cache,
+        // cut back to what the client has seen, with no transfer (KV-aware routing of a resume).
+        if (request.Kv.Version == 0 && maxTokens > 0 && Resident.TryTake(request.Kv.SessionId, history + prompt.Length, maxTokens) is { } kept)
+        {
+            Interlocked.Increment(ref _residentHits);
+            _metrics.ResidentHits.Add(1);
+            var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
+            var handle = new KvHandle { SessionId = request.Kv.SessionId, Layout = KvLayoutMapping.For(model), Policy = request.Kv.Policy, TokenCount = kept.TokensSeen };
+            return (handle, kept, kept.Policy, spec, null);
+        }
         try
         {
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
-            var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+            var policy = PolicyMapping.Parse(spec, _host.Policies);
             // Room for one more token only: the batch sizes a paged cache to its blocks as it grows.
             return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: 1), policy, spec, blocks);
         }
@@ -300,7 +341,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)
         {
             var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
-            var policy = spec == "dense" ? null : PolicyMapping.Parse(spec, _host.Policies);
+            var policy = PolicyMapping.Parse(spec, _host.Policies);
             _logger.LogWarning("KV of session {Session} not in the cache manager ({Code}); rebuilding it from the prompt", request.Kv.SessionId, e.StatusCode);
             Interlocked.Increment(ref _kvRebuilds);
             _metrics.Rebuilds.Add(1, new KeyValuePair<string, object?>("reason", e.StatusCode == StatusCode.NotFound ? "not_found" : "unavailable"));

@@ -145,7 +145,10 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         int[] fed = [.. tail.Entries.Select(e => e.TokenId), .. prompt];
         int history = previous.History + previous.Prompt.Length + covered;
         var c = gateway.Host.Config;
-        if (previous.Policy == "dense" && Engine.Generation.ConversationTurn.ContextExhausted(history, fed.Length, p.MaxTokens, c.MaxPositions, policy: null) is { } why)
+        // The engine's one context check, as the worker's ConversationTurn.Feed will make it: refused here
+        // before any worker runs.
+        var policy = PolicyMapping.Parse(previous.Policy, gateway.Host.Policies);
+        if (Engine.Compression.ContextLimit.Refusal(policy, history, fed.Length + p.MaxTokens, c.MaxPositions) is { } why)
             throw new RpcException(new Status(StatusCode.FailedPrecondition, why));
         RequestChecks.Prompt(fed, c);
 
@@ -215,9 +218,11 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     /// <summary>
     /// Continues a session whose stream stopped without finishing (its client went away, or its
     /// gateway died): decode restarts from the latest checkpoint with every logged token, and the new
-    /// tokens go to the log and to this client.
+    /// tokens go to the log and to this client. The decode worker that ran it last goes first: when the
+    /// stream stopped because its client or gateway went away, that worker kept the cache (no fetch).
     /// </summary>
-    public Task ContinueAsync(SessionRecord session, List<int> logged) => StreamAsync(async (options, cts) =>
+    /// <param name="holder">"host:port" of the decode worker that ran the stream last, if known.</param>
+    public Task ContinueAsync(SessionRecord session, List<int> logged, string? holder) => StreamAsync(async (options, cts) =>
     {
         _sessionId = session.Id;
         _outputs = [new RelayedOutput(0, _sessionId) { Generated = logged.Count }];
@@ -246,7 +251,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
             if (first.Finished) return first.FinishReason;
             return await DecodeAsync(_outputs[0], response.Kv, session.Prompt, logged, session.Sampling, options);
         }
-        return await DecodeAsync(_outputs[0], LatestKv(_kvSession), session.Prompt, logged, session.Sampling, options);
+        return await DecodeAsync(_outputs[0], LatestKv(_kvSession), session.Prompt, logged, session.Sampling, options, holder: holder);
     });
 
     private void Started()

@@ -46,7 +46,7 @@ internal sealed class ResumeCall(GatewayService gateway, ResumeRequest request, 
             return;
         }
         var record = SessionRecord.From(session) ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, $"session '{session.Id}' did not finish and lacks what continuing it needs"));
-        await new GenerateCall(gateway, responses, context).ContinueAsync(record, logged);
+        await new GenerateCall(gateway, responses, context).ContinueAsync(record, logged, session.DecodeWorker);
     }
 
     /// <summary>Sends the log after after_index and collects every logged token id (the continuation replays them).</summary>

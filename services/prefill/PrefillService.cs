@@ -88,9 +88,9 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
         // A later turn of a conversation starts from the session's stored KV, fetched before the model is taken.
         var cont = request.Continuation;
-        var kvPolicy = cont is null || policy == "dense" ? null : PolicyMapping.Parse(policy, _host.Policies);
+        var kvPolicy = cont is null ? null : PolicyMapping.Parse(policy, _host.Policies); // the history's policy
         var fetched = cont is null ? default
-            : await HistoryKv.FetchAsync(model, cacheManager, request.SessionId, cont.HistoryTokenCount, cont.KvVersion, cont.History, kvPolicy, p.MaxTokens, context.CancellationToken);
+            : await HistoryKv.FetchAsync(model, cacheManager, request.SessionId, cont.HistoryTokenCount, cont.KvVersion, cont.History, kvPolicy!, p.MaxTokens, context.CancellationToken);
         var queued = Stopwatch.StartNew();
         try
         {
@@ -120,7 +120,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         var sw = Stopwatch.StartNew();
         try
         {
-            var history = fetched.RebuildReason is { } reason ? Rebuild(request.SessionId, cont!, kvPolicy, reason, p.MaxTokens) : fetched.Cache;
+            var history = fetched.RebuildReason is { } reason ? Rebuild(request.SessionId, cont!, kvPolicy!, reason, p.MaxTokens) : fetched.Cache;
             using var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, history ?? model.CreateCache(prompt.Length));
             if (history is null)
             {
@@ -133,7 +133,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
                 bool unreachable = _options.LayerStreaming && stream is null; // logged; the KV is not stored
                 if (stream is null)
                 {
-                    model.Forward(prompt, seq.Cache, seq.Logits);
+                    KvRoom.Forward(model, prompt, seq.Cache, seq.Logits);
                     PromptKvCompression.Apply(model, send, seq.Cache);
                 }
                 else
@@ -243,7 +243,7 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
     /// of the early layers overlaps the later ones (vLLM's save_kv_layer). The cache and the logits are
     /// those of a dense pass compressed after it (<see cref="KvCompressionPolicy.CompressLayer"/>).
     /// </summary>
-    private static void ForwardStreamingLayers(LlamaModel model, int[] prompt, SequenceGeneration seq, KvCompressionPolicy? send, Channel<KvLayerBlock> layers)
+    private static void ForwardStreamingLayers(LlamaModel model, int[] prompt, SequenceGeneration seq, KvCompressionPolicy send, Channel<KvLayerBlock> layers)
     {
         var cache = seq.Cache;
         var rope = KvLayoutMapping.Rope(KvLayoutMapping.For(model)); // as PromptKvCompression: the layout's table
@@ -251,13 +251,13 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         int last = (prompt.Length - 1) / model.MaxChunk * model.MaxChunk;
         try
         {
-            if (last > 0) model.Forward(prompt.AsSpan(0, last), cache, seq.Logits);
+            if (last > 0) KvRoom.Forward(model, prompt.AsSpan(0, last), cache, seq.Logits);
             model.LayerDone = l =>
             {
-                send?.CompressLayer(model.Backend, rope, cache, l, prompt.Length);
+                send.CompressLayer(model.Backend, rope, cache, l, prompt.Length);
                 layers.Writer.TryWrite(KvCacheSnapshot.Capture(model.Backend, cache, l));
             };
-            model.Forward(prompt.AsSpan(last), cache, seq.Logits);
+            KvRoom.Forward(model, prompt.AsSpan(last), cache, seq.Logits);
             layers.Writer.TryComplete();
         }
         catch (Exception e)
@@ -291,10 +291,10 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         }
     }
 
-    /// <summary>The policy to compress with before sending, or null to send the dense KV and let the
+    /// <summary>The policy to compress with before sending, or dense to send the whole KV and let the
     /// cache manager compress it: a worker started without the Q-Filters file cannot build
     /// `qfilters(...)` (the gateway and cache manager, which have it, validated the spec).</summary>
-    private KvCompressionPolicy? SendPolicy(string spec)
+    private KvCompressionPolicy SendPolicy(string spec)
     {
         try
         {
@@ -303,13 +303,13 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
         catch (InvalidRequestException e)
         {
             _logger.LogWarning("sending dense KV for policy {Policy}, which this prefill worker cannot build: {Reason}", spec, e.Message);
-            return null;
+            return Cluster.Engine.Compression.DensePolicy.Default;
         }
     }
 
     /// <summary>The history made again from the session store's recipe (the cache manager lost it, is down
     /// or holds an older version): forward passes, so only while this worker's model is held.</summary>
-    private SequenceKvCache Rebuild(string sessionId, PrefillContinuation cont, KvCompressionPolicy? policy, string reason, int maxTokens)
+    private SequenceKvCache Rebuild(string sessionId, PrefillContinuation cont, KvCompressionPolicy policy, string reason, int maxTokens)
     {
         _logger.LogWarning("KV of session {Session} not in the cache manager ({Reason}); rebuilding its {Turns} earlier turns", sessionId, reason, cont.History!.Turns.Count);
         Interlocked.Increment(ref _kvRebuilds);

@@ -34,7 +34,7 @@ public sealed class ClusterEquivalenceTests(ClusterFixture f) : IClassFixture<Cl
         var p = new SamplingParameters { Temperature = temperature, TopP = 0.95f, Seed = 1234, MaxTokens = 48 };
         var prompt = f.Tokenizer.Encode(LongPrompt, addBos: true);
         Assert.True(prompt.Length > 24, $"the prompt must exceed the budget ({prompt.Length} tokens)");
-        var localPolicy = policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
+        var localPolicy = KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
         var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: localPolicy)).Single();
 
         var got = await f.Cluster.GenerateAsync(new GenerateRequest

@@ -85,7 +85,13 @@ public sealed class ClusterObservabilityTests(ITestOutputHelper output)
                 double hi = serverBucket < Buckets.LatencySeconds.Length ? Buckets.LatencySeconds[serverBucket] : double.PositiveInfinity;
                 bool adjacent = Math.Abs(serverBucket - clientBucket) <= (q == 0.99 ? 2 : 1);
                 bool withinJitter = measured >= lo - jitter && measured <= hi + jitter;
-                Assert.True(adjacent || withinJitter,
+                // TTFT at q0.99 is the single slowest of the ~24 requests. A stall on the client's side
+                // (its call waiting for a thread before it reaches the gateway: 122 ms against the
+                // server's 14 ms in one CI run at load 26) lengthens only the client's time, while no
+                // request's server-side TTFT can exceed what its client saw. So there the server's value
+                // may be any amount below the client's, never above it (q0.5 still holds the two together).
+                bool clientStalled = q == 0.99 && metric == "llm_time_to_first_token_seconds" && server <= measured + jitter;
+                Assert.True(adjacent || withinJitter || clientStalled,
                     $"{metric} q{q}: PromQL {server} s is in bucket ({lo}, {hi}] (index {serverBucket}); the client's {measured} s is in bucket {clientBucket}, neither adjacent nor within {jitter} s of it");
             }
 

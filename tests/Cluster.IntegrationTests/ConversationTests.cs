@@ -37,7 +37,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
         KvPolicy = PolicyMapping.ToWire(policy),
     };
 
-    private KvCompressionPolicy? LocalPolicy(string policy) => policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
+    private KvCompressionPolicy LocalPolicy(string policy) => KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
 
     [SharedDataTheory]
     [InlineData("sink_window(4,252)", 30)]
@@ -252,7 +252,7 @@ public sealed class ConversationTests(ClusterFixture f) : IClassFixture<ClusterF
     [SharedDataFact]
     public async Task Dense_refuses_the_turn_that_would_pass_the_context_with_a_clear_error()
     {
-        using var local = new Conversation(f.Local, null, f.Tokenizer);
+        using var local = new Conversation(f.Local, new Cluster.Engine.Compression.DensePolicy(), f.Tokenizer);
         string session = "";
         for (int t = 0; ; t++)
         {

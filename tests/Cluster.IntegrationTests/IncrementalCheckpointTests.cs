@@ -30,7 +30,7 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         var text = string.Concat(Enumerable.Repeat("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. ", 10));
         var prompt = f.Tokenizer.Encode(text, addBos: true)[..150];
         var p = new SamplingParameters { Temperature = 0.8f, Seed = 21, MaxTokens = 160, IgnoreEos = true };
-        var local = policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
+        var local = KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
         var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: local)).Single();
 
         var got = await cluster.GenerateAsync(new GenerateRequest

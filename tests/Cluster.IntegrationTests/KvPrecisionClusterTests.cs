@@ -34,7 +34,7 @@ public sealed class KvPrecisionClusterTests
         using (var cache = model.CreateCache(prompt.Length + maxTokens))
         {
             var logits = new float[model.Config.VocabSize];
-            model.Forward(prompt, cache, logits);
+            KvRoom.Forward(model, prompt, cache, logits);
             for (int l = 0; l < model.Config.Layers; l++)
             {
                 var b = KvCacheSnapshot.Capture(model.Backend, cache, l);
@@ -46,7 +46,7 @@ public sealed class KvPrecisionClusterTests
             {
                 int next = ArgMax(logits);
                 expected.Add(next);
-                model.Forward([next], cache, logits);
+                KvRoom.Forward(model, [next], cache, logits);
             }
         }
 

@@ -90,7 +90,7 @@ public sealed class KvRebuildTests(ClusterFixture f) : IClassFixture<ClusterFixt
     {
         var p = new SamplingParameters { Temperature = temperature, Seed = seed, MaxTokens = maxTokens, IgnoreEos = repeat > 1 }.WithResolvedSeed();
         var prompt = f.Tokenizer.Encode(string.Join(" ", Enumerable.Repeat(Prompt, repeat)), addBos: true);
-        var localPolicy = policy == "dense" ? null : KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
+        var localPolicy = KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
         var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: localPolicy)).Single().Ids;
         Assert.True(expected.Count > 10);
         return (prompt, p, [.. expected]);

@@ -16,7 +16,7 @@ public sealed class ResidentKvTests : IDisposable
     /// (2 * 2 * 1 * capacity * 4 * 4 bytes = 64 * capacity) that has seen <paramref name="tokens"/> tokens.</summary>
     private SequenceKvCache Cache(int capacity, int tokens = 0)
     {
-        var c = new SequenceKvCache(_backend, layers: 2, kvHeads: 1, headDim: 4, initialCapacity: capacity);
+        var c = new SequenceKvCache(_backend, layers: 2, kvHeads: 1, headDim: 4, initialCapacity: capacity, Cluster.Engine.Compression.DensePolicy.Default);
         c.StartAt(tokens);
         _made.Add(c);
         return c;
@@ -70,6 +70,42 @@ public sealed class ResidentKvTests : IDisposable
         store.Keep("t", Cache(10, 4));
         Assert.NotNull(store.TryTake("t", 4));
         Assert.Null(store.TryTake("t", 4)); // taken: the next turn keeps it again when it ends
+    }
+
+    /// <summary>A cache that holds positions 0..tokens-1 in every head (nothing evicted), or, with
+    /// <paramref name="evicted"/>, lacks position 1 (a policy dropped it).</summary>
+    private SequenceKvCache Filled(int capacity, int tokens, bool evicted = false)
+    {
+        var c = Cache(capacity);
+        int[] kept = [.. Enumerable.Range(0, tokens).Where(t => !evicted || t != 1)];
+        for (int l = 0; l < 2; l++)
+            KvCacheSnapshot.Restore(_backend, c, new KvLayerBlock(l, [kept], new float[kept.Length * 4], new float[kept.Length * 4]));
+        KvCacheSnapshot.SetTokensSeen(c, tokens);
+        return c;
+    }
+
+    [Fact]
+    public void A_resumed_stream_takes_a_cache_within_its_range_and_a_dense_one_is_cut_back_to_it()
+    {
+        using var store = new ResidentKv(budgetBytes: 1 << 20, TimeSpan.FromHours(1));
+        var within = Filled(16, 9);
+        store.Keep("s", within);
+        Assert.Same(within, store.TryTake("s", 5, 10));
+        Assert.Equal(9, within.TokensSeen);
+
+        // The worker ran tokens its client never saw: a dense cache is cut back to what the client has.
+        var ahead = Filled(16, 12);
+        store.Keep("s", ahead);
+        Assert.Same(ahead, store.TryTake("s", 5, 10));
+        Assert.Equal(10, ahead.TokensSeen);
+        Assert.All(ahead.Layers, l => Assert.Equal(10, l.Lengths[0]));
+
+        // A compressed cache cannot be rolled back, and one lacking the prompt is not this request's.
+        store.Keep("s", Filled(16, 12, evicted: true));
+        Assert.Null(store.TryTake("s", 5, 10));
+        store.Keep("s", Filled(16, 4));
+        Assert.Null(store.TryTake("s", 5, 10));
+        Assert.Equal(0, store.Count);
     }
 
     [Fact]

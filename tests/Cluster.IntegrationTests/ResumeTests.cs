@@ -188,6 +188,44 @@ public sealed class ResumeTests
     }
 
     [SharedDataFact]
+    public async Task A_resume_continues_on_the_decode_worker_that_kept_the_stopped_streams_cache()
+    {
+        // KV-aware routing of a resume: the client went away, its decode worker kept the cache (cut back
+        // to what the client saw: the worker may have run a token or two more), and the resume runs
+        // there from it, with no fetch from the cache manager.
+        const int tokens = 300;
+        var p = Params(tokens);
+        using var model = ModelLoader.Load(ModelPath);
+        var tok = ModelLoader.LoadTokenizer(ModelPath, model.Config);
+        var expected = GenerationOutput.Collect(new TextGenerator(model, tok).Generate(tok.Encode(Prompt, true), p)).Single();
+        await using var cluster = await TestCluster.StartAsync(ModelPath, checkpointEvery: 16, decodeWorkers: 2);
+        var request = new GenerateRequest { Text = Prompt, Sampling = SamplingWire.FromEngine(p), KvPolicy = PolicyMapping.ToWire("dense") };
+        for (int round = 0; round < 3; round++)
+        {
+            using var cts = new CancellationTokenSource();
+            var first = new Streamed();
+            try
+            {
+                await cluster.GenerateAsync(request, new CallOptions(cancellationToken: cts.Token), s =>
+                {
+                    first = s;
+                    if (s.Ids.Count >= 40 + 30 * round) cts.Cancel(); // the client goes away
+                    return Task.CompletedTask;
+                });
+            }
+            catch (Exception e) when (e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled })
+            {
+            }
+            long hits = cluster.Decodes.Sum(d => ((Cluster.Decode.DecodeService)d.Service).ResidentHits);
+            // The worker lets go of the stream (and keeps its cache) once it sees the cancellation.
+            for (int i = 0; i < 500 && !cluster.Decodes.Any(d => ((Cluster.Decode.DecodeService)d.Service).Resident.Holds(first.SessionId)); i++) await Task.Delay(10);
+            var rest = await cluster.ResumeAsync(first.SessionId, first.Ids.Count - 1);
+            Assert.Equal(expected.Ids, first.Ids.Concat(rest.Ids).ToList());
+            Assert.Equal(hits + 1, cluster.Decodes.Sum(d => ((Cluster.Decode.DecodeService)d.Service).ResidentHits));
+        }
+    }
+
+    [SharedDataFact]
     public async Task Redis_restarted_mid_run_loses_no_session_and_nothing_hangs()
     {
         await using var redis = await AppendOnlyRedis();

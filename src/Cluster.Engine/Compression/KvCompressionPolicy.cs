@@ -57,15 +57,16 @@ public abstract class KvCompressionPolicy
 
     internal bool ReadsKeys => ScoresKeys;
 
-    /// <summary>Called by the model before it appends <paramref name="incoming"/> tokens: evicts so that
-    /// the cache holds at most the budget afterwards (one token in, at most one out once full).</summary>
+    /// <summary>Called by <see cref="KvRoom.Make"/> before <paramref name="incoming"/> tokens run (never by the
+    /// model's forward pass): evicts so that the cache holds at most the budget afterwards (one token in,
+    /// at most one out once full).</summary>
     /// <exception cref="ArgumentException">The chunk alone exceeds the budget: prefill densely and
     /// call <see cref="Compress"/>, or feed fewer tokens at a time.</exception>
     public virtual void BeforeAppend(LlamaModel model, SequenceKvCache cache, int incoming)
     {
         if (Budget is not int budget) return;
         if (incoming > budget)
-            throw new ArgumentException($"{Name}: a chunk of {incoming} tokens exceeds the budget of {budget}; prefill without a policy and call Compress, or feed fewer tokens per forward");
+            throw new ArgumentException($"{Name}: a chunk of {incoming} tokens exceeds the budget of {budget}; prefill densely and call Compress, or feed fewer tokens per forward");
         Evict(model.Backend, model.Rope, cache, budget - incoming, incoming, EvictionScope.Whole(cache));
     }
 
@@ -74,7 +75,8 @@ public abstract class KvCompressionPolicy
     /// turn of a conversation: its prompt and its output), as StreamingLLM's chat demo does with
     /// evict_for_space before each round (Xiao et al. 2023). Never evicts below <see cref="MinKept"/>
     /// slots, so a turn longer than the budget still keeps e.g. the sinks; the per-chunk
-    /// <see cref="BeforeAppend"/> then evicts the rest as the tokens arrive.
+    /// <see cref="BeforeAppend"/> then evicts the rest as the tokens arrive. Callers go through
+    /// <see cref="KvRoom.MakeForTurn"/>.
     /// </summary>
     public void MakeRoom(LlamaModel model, SequenceKvCache cache, int space)
     {

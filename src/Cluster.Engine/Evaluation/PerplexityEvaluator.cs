@@ -1,3 +1,5 @@
+using Cluster.Engine.Compression;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
 namespace Cluster.Engine.Evaluation;
@@ -30,8 +32,9 @@ public static class PerplexityEvaluator
         for (int begin = 0; begin < ids.Length; begin += s)
         {
             int end = Math.Min(begin + w, ids.Length);
-            using (var cache = model.CreateCache(end - begin))
-                model.Forward(ids[begin..end], cache, logits, allLogits: true);
+            // A window past the model's context is the caller's choice: it measures extrapolation.
+            using (var cache = model.CreateCache(end - begin, DensePolicy.Extrapolating))
+                KvRoom.Forward(model, ids[begin..end], cache, logits, allLogits: true);
             for (int t = Math.Max(prevEnd, begin + 1); t < end; t++)
             {
                 nll -= LogSoftmaxAt(logits.AsSpan((t - 1 - begin) * vocab, vocab), ids[t]);

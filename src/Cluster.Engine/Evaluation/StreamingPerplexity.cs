@@ -47,7 +47,7 @@ public static class StreamingPerplexity
             using var cache = model.CreateCache(Math.Min(ids.Length, 1024), policy);
             for (int t = 0; t + 1 < ids.Length; t++)
             {
-                model.Forward([ids[t]], cache, logits);
+                KvRoom.Forward(model, [ids[t]], cache, logits);
                 KvCacheRounding.RoundToken(model.Backend, cache, t, kvPrecision);
                 int b = 0;
                 while (b + 1 < nll.Length && t + 1 >= edges[b + 1]) b++;

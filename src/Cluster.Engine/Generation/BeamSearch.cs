@@ -63,7 +63,7 @@ public sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampling
         {
             // The root's logits: run what the cache lacks of the prompt (at least its last token).
             if (cache.TokensSeen == prompt.Count) cache.Truncate(prompt.Count - 1);
-            model.Forward(prompt.Skip(cache.TokensSeen).ToArray(), cache, root.Logits);
+            KvRoom.Forward(model, prompt.Skip(cache.TokensSeen).ToArray(), cache, root.Logits);
             stepTimes.Add(sw.Elapsed);
         }
         catch
@@ -158,7 +158,7 @@ public sealed class BeamSearch(LlamaModel model, ITokenizer? tokenizer, Sampling
             if (!taken[b]) live[b].Cache.Dispose();
         live.Clear();
         live.AddRange(beams); // so the caller's finally frees these if a forward throws
-        foreach (var beam in beams) model.Forward([beam.State.Generated[^1]], beam.Cache, beam.Logits);
+        foreach (var beam in beams) KvRoom.Forward(model, [beam.State.Generated[^1]], beam.Cache, beam.Logits);
         return beams;
     }
 

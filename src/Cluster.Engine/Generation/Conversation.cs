@@ -16,7 +16,7 @@ namespace Cluster.Engine.Generation;
 /// the last generated token, which the next turn feeds first (as the cluster's final checkpoint).
 /// Not thread-safe, like the model.
 /// </summary>
-public sealed class Conversation(LlamaModel model, KvCompressionPolicy? policy, ITokenizer? tokenizer = null) : IDisposable
+public sealed class Conversation(LlamaModel model, KvCompressionPolicy policy, ITokenizer? tokenizer = null) : IDisposable
 {
     private SequenceKvCache? _cache;
     private int _last = -1;
@@ -43,8 +43,7 @@ public sealed class Conversation(LlamaModel model, KvCompressionPolicy? policy, 
             seq = new SequenceGeneration(c, p, tokenizer, prompt, cache, ownsCache: false);
             Exclusive(() =>
             {
-                model.Forward(prompt.ToArray(), cache, seq.Logits);
-                if (policy is null) return;
+                KvRoom.Forward(model, prompt.ToArray(), cache, seq.Logits);
                 cache.Policy = policy;
                 policy.Compress(model, cache);
             });

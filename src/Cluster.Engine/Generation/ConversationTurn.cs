@@ -15,20 +15,8 @@ namespace Cluster.Engine.Generation;
 public static class ConversationTurn
 {
     /// <summary>
-    /// Null when a turn fits, else why not: only a cache without a budget (dense) can run out, when the
-    /// history, the fed tokens and the turn's max_tokens would pass the model's context.
-    /// </summary>
-    /// <param name="history">Tokens already in the KV (original positions, the evicted ones included).</param>
-    public static string? ContextExhausted(int history, int fed, int maxTokens, int context, KvCompressionPolicy? policy)
-    {
-        if (policy?.Budget is not null || history + fed + maxTokens <= context) return null;
-        return $"context exhausted: the conversation holds {history} tokens, this turn adds {fed} and up to {maxTokens} more, " +
-               $"past the model's context of {context} with the dense policy; start a new session or use a bounded policy such as sink_window(4,252)";
-    }
-
-    /// <summary>
-    /// Runs the turn's tokens on <paramref name="seq"/>'s cache (which holds the history, policy set,
-    /// or none for dense) and samples the first token of the turn.
+    /// Runs the turn's tokens on <paramref name="seq"/>'s cache (which holds the history under
+    /// the conversation's policy) and samples the first token of the turn.
     /// </summary>
     /// <param name="fed">The previous turn's tokens that the cache lacks (after a finished turn its last
     /// generated token, sampled but never run) followed by the new prompt's tokens.</param>
@@ -48,13 +36,13 @@ public static class ConversationTurn
     public static void Feed(LlamaModel model, SequenceKvCache cache, ReadOnlySpan<int> fed, int maxTokens, Span<float> logits)
     {
         if (fed.IsEmpty) throw new ArgumentException("a turn feeds at least one token", nameof(fed));
-        var policy = cache.Policy;
-        if (ContextExhausted(cache.TokensSeen, fed.Length, maxTokens, model.Config.MaxPositions, policy) is { } why)
+        // The whole turn is admitted or refused up front (a dense conversation cannot grow past the context).
+        if (ContextLimit.Refusal(cache.Policy, cache.TokensSeen, fed.Length + maxTokens, model.Config.MaxPositions) is { } why)
             throw new ContextExceededException(why);
-        policy?.MakeRoom(model, cache, fed.Length + maxTokens);
+        KvRoom.MakeForTurn(model, cache, fed.Length + maxTokens);
         // Chunks never exceed the budget (BeforeAppend refuses a chunk larger than it).
-        int chunk = policy?.Budget is int budget ? Math.Max(1, Math.Min(model.MaxChunk, budget / 2)) : fed.Length;
+        int chunk = cache.Policy.Budget is int budget ? Math.Max(1, Math.Min(model.MaxChunk, budget / 2)) : fed.Length;
         for (int start = 0; start < fed.Length; start += chunk)
-            model.Forward(fed.Slice(start, Math.Min(chunk, fed.Length - start)), cache, logits);
+            KvRoom.Forward(model, fed.Slice(start, Math.Min(chunk, fed.Length - start)), cache, logits);
     }
 }

@@ -1,3 +1,4 @@
+using Cluster.Engine.Compression;
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 using Cluster.Engine.Sampling;
@@ -102,7 +103,8 @@ public sealed class SequenceGeneration : IDisposable
         if (mayEnd && _p.StopTokenIds.Contains(id)) return (Text.Flush(), FinishReason.Stop);
         var text = Text.Push(id, mayEnd, out bool stopped);
         if (stopped) return (text, FinishReason.Stop);
-        if (State.Step >= _p.MaxTokens || _promptLength + State.Step >= _config.MaxPositions && Cache.Policy?.Budget is null)
+        // The sampled token is pending (seen, not yet run): can the sequence take the next one?
+        if (State.Step >= _p.MaxTokens || !ContextLimit.Fits(Cache.Policy, _promptLength + State.Step, 1, _config.MaxPositions))
             return (text + Text.Flush(), FinishReason.Length);
         return (text, null);
     }

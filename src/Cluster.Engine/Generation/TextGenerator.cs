@@ -24,14 +24,16 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
     /// </summary>
     /// <param name="resume">Continue a stream from a cache and the tokens it already produced; with
     /// the same seed the rest is the same as in the uninterrupted run.</param>
-    /// <param name="policy">KV compression for sampled outputs: the prompt is prefilled densely, compressed to
-    /// the budget at once, and each step then evicts as the cache grows (what the cluster does on ingest).</param>
+    /// <param name="policy">KV compression for sampled outputs (dense when not given): the prompt is prefilled
+    /// densely, compressed to the budget at once, and each step then evicts as the cache grows (what the
+    /// cluster does on ingest). A resumed cache keeps the policy it has.</param>
     public IEnumerable<GenerationChunk> Generate(IReadOnlyList<int> prompt, SamplingParameters p, CancellationToken cancel = default, GenerationResume? resume = null, KvCompressionPolicy? policy = null)
     {
         Validate(prompt, p, resume);
-        if (policy is not null && p.IsBeamSearch) throw new ArgumentException("KV compression policies are not supported with beam search");
+        // Beams are copies of one dense cache, compared every step.
+        if (policy is not null and not DensePolicy && p.IsBeamSearch) throw new ArgumentException("KV compression policies are not supported with beam search");
         p = p.WithResolvedSeed();
-        return p.IsBeamSearch ? new BeamSearch(model, tokenizer, p).Run(prompt, cancel) : Sample(prompt, p, cancel, resume, policy);
+        return p.IsBeamSearch ? new BeamSearch(model, tokenizer, p).Run(prompt, cancel) : Sample(prompt, p, cancel, resume, policy ?? DensePolicy.Default);
     }
 
     private void Validate(IReadOnlyList<int> prompt, SamplingParameters p, GenerationResume? resume)
@@ -54,7 +56,7 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
             throw new ArgumentException($"the resume cache holds {resume.Cache.TokensSeen} tokens; expected between the prompt's {prompt.Count} and {total}");
     }
 
-    private IEnumerable<GenerationChunk> Sample(IReadOnlyList<int> prompt, SamplingParameters p, CancellationToken cancel, GenerationResume? resume, KvCompressionPolicy? policy)
+    private IEnumerable<GenerationChunk> Sample(IReadOnlyList<int> prompt, SamplingParameters p, CancellationToken cancel, GenerationResume? resume, KvCompressionPolicy policy)
     {
         var c = model.Config;
         var generated = resume?.Generated ?? [];
@@ -69,8 +71,8 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
             outputs.Add(first);
             int[] all = [.. prompt, .. generated];
             if (cache.TokensSeen == all.Length) cache.Truncate(all.Length - 1); // re-run the last token for its logits
-            model.Forward(all.AsSpan(cache.TokensSeen), cache, first.Logits);
-            if (policy is not null && cache.Policy is null)
+            KvRoom.Forward(model, all.AsSpan(cache.TokensSeen), cache, first.Logits);
+            if (resume is null)
             {
                 cache.Policy = policy;
                 policy.Compress(model, cache);

@@ -45,38 +45,43 @@ public sealed class LlamaModel : IDisposable
     public Action<int>? LayerDone { get; set; }
 
     /// <summary>A KV cache for one sequence, with room for <paramref name="capacity"/> tokens (it grows if
-    /// needed), managed by <paramref name="policy"/> when given (a bounded policy never grows it past its budget).</summary>
-    public SequenceKvCache CreateCache(int capacity = 256, KvCompressionPolicy? policy = null) =>
-        new(Backend, Config.Layers, Config.KvHeads, Config.HeadDim, policy?.Budget is int b ? Math.Min(capacity, b) : capacity) { Policy = policy };
+    /// needed), managed by <paramref name="policy"/>, dense when none is given (a bounded policy never
+    /// grows it past its budget).</summary>
+    public SequenceKvCache CreateCache(int capacity = 256, KvCompressionPolicy? policy = null)
+    {
+        policy ??= DensePolicy.Default;
+        return new(Backend, Config.Layers, Config.KvHeads, Config.HeadDim, policy.Budget is int b ? Math.Min(capacity, b) : capacity, policy);
+    }
 
     /// <summary>
-    /// Runs <paramref name="tokens"/> at positions cache.TokensSeen.. and appends their K/V to the cache.
-    /// A cache with a compression policy is compressed before each chunk so that it holds at most the
-    /// budget with the chunk (see <see cref="KvCompressionPolicy.BeforeAppend"/>). Writes the logits of
-    /// the last token ([vocab]) or, with <paramref name="allLogits"/>, of every token ([T, vocab]) to
-    /// <paramref name="logits"/>.
+    /// Runs <paramref name="tokens"/> at positions cache.TokensSeen.. and appends their K/V to the cache,
+    /// in chunks of at most <see cref="MaxChunk"/>. The cache must have room for all of them
+    /// (<see cref="KvRoom"/> makes it; <see cref="KvRoom.Forward"/> makes it and runs). Writes the logits
+    /// of the last token ([vocab]) or, with <paramref name="allLogits"/>, of every token ([T, vocab]) to
+    /// <paramref name="logits"/>; an empty <paramref name="logits"/> skips the classifier (a chunk whose
+    /// logits nobody reads).
     /// </summary>
+    /// <exception cref="InvalidOperationException">The cache has no room for the tokens.</exception>
     public void Forward(ReadOnlySpan<int> tokens, SequenceKvCache cache, Span<float> logits, bool allLogits = false)
     {
         if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
         var vocab = Config.VocabSize;
-        var needed = allLogits ? (long)tokens.Length * vocab : vocab;
+        var needed = allLogits ? (long)tokens.Length * vocab : logits.IsEmpty ? 0 : vocab;
         if (logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {needed}", nameof(logits));
-        if (cache.Policy is null) cache.Reserve(tokens.Length);
+        CheckRoom(cache, tokens.Length);
         var caches = _state.OneCache;
         var lengths = _state.OneLength;
         caches[0] = cache;
         try
         {
-        for (int start = 0; start < tokens.Length; start += MaxChunk)
-        {
-            var chunk = tokens.Slice(start, Math.Min(MaxChunk, tokens.Length - start));
-            MakeRoom(cache, chunk.Length);
-            bool last = start + chunk.Length == tokens.Length;
-            lengths[0] = chunk.Length;
-            if (allLogits) RunSegments(chunk, caches, lengths, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
-            else RunSegments(chunk, caches, lengths, last ? logits[..vocab] : [], allRows: false);
-        }
+            for (int start = 0; start < tokens.Length; start += MaxChunk)
+            {
+                var chunk = tokens.Slice(start, Math.Min(MaxChunk, tokens.Length - start));
+                bool last = start + chunk.Length == tokens.Length;
+                lengths[0] = chunk.Length;
+                if (allLogits) RunSegments(chunk, caches, lengths, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
+                else RunSegments(chunk, caches, lengths, last ? logits[..(int)needed] : [], allRows: false);
+            }
         }
         finally
         {
@@ -89,9 +94,10 @@ public sealed class LlamaModel : IDisposable
     /// and its logits go to row i of <paramref name="logits"/> [B, vocab]. The matrix products run once
     /// for the whole batch, so weights are read from memory once per step instead of once per
     /// sequence; attention runs per sequence over its own cache (continuous batching, Yu et al. 2022).
+    /// Every cache must have room for its token (<see cref="KvRoom.Make"/>).
     /// </summary>
-    /// <param name="prepared">The caller has run <see cref="PrepareForTokens"/> on every cache for this step.</param>
-    public void ForwardBatch(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceKvCache> caches, Span<float> logits, bool prepared = false)
+    /// <exception cref="InvalidOperationException">A cache has no room for its token.</exception>
+    public void ForwardBatch(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceKvCache> caches, Span<float> logits)
     {
         int batch = tokens.Length;
         if (batch == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
@@ -101,29 +107,20 @@ public sealed class LlamaModel : IDisposable
         for (int i = 1; i < batch; i++)
             for (int j = 0; j < i; j++)
                 if (ReferenceEquals(caches[i], caches[j])) throw new ArgumentException("a sequence appears twice in one batch", nameof(caches));
-        if (!prepared)
-            for (int i = 0; i < batch; i++) PrepareForTokens(caches[i], 1);
+        for (int i = 0; i < batch; i++) CheckRoom(caches[i], 1);
         RunSegments(tokens, caches, _state.Ones, logits[..(batch * Config.VocabSize)], allRows: true);
     }
 
-    /// <summary>
-    /// Makes room in <paramref name="cache"/> for <paramref name="incoming"/> tokens (the policy evicts,
-    /// the cache grows): the per-sequence part of a forward pass, which can fail for one sequence alone
-    /// (a policy or cache that cannot take the tokens). Idempotent until the tokens run, so a batch can
-    /// prepare each sequence first, drop the ones that fail, and run the rest.
-    /// </summary>
-    public void PrepareForTokens(SequenceKvCache cache, int incoming)
+    /// <summary>The model never makes room itself (that is the KV layer's call, with the policy): a
+    /// caller that forgot would write past the cache's slots, its budget or, dense, the context.</summary>
+    private void CheckRoom(SequenceKvCache cache, int incoming)
     {
-        if (cache.Policy is null) cache.Reserve(incoming);
-        MakeRoom(cache, incoming);
-    }
-
-    /// <summary>A policy evicts before new tokens arrive so that the cache stays within its budget.</summary>
-    private void MakeRoom(SequenceKvCache cache, int incoming)
-    {
-        if (cache.Policy is null) return;
-        cache.Policy.BeforeAppend(this, cache, incoming);
-        cache.Reserve(incoming, cache.Policy.Budget);
+        if (!cache.HasRoom(incoming))
+            throw new InvalidOperationException(
+                $"the KV cache has no room for {incoming} more tokens ({cache.Length} of {cache.Capacity} slots, policy {cache.Policy.Name}); " +
+                "make room with KvRoom.Make (or run through KvRoom.Forward) before the model");
+        if (ContextLimit.Refusal(cache.Policy, cache.TokensSeen, incoming, Config.MaxPositions) is { } why)
+            throw new ContextExceededException(why);
     }
 
     /// <summary>
@@ -146,7 +143,7 @@ public sealed class LlamaModel : IDisposable
         {
             var cache = caches[i];
             rowOffsets[i] = row;
-            int ropeStart = cache.Policy?.QueryPosition(cache) ?? cache.TokensSeen;
+            int ropeStart = cache.Policy.QueryPosition(cache);
             for (int t = 0; t < lengths[i]; t++)
             {
                 positions[row + t] = cache.TokensSeen + t;

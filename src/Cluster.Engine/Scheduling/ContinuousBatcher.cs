@@ -64,7 +64,8 @@ public sealed partial class ContinuousBatcher : IDisposable
     /// Adds a sequence. The batch runs <paramref name="feed"/> (tokens its cache lacks, e.g. the token
     /// prefill sampled; empty when its logits are set) one token a step to get its next logits, then
     /// samples it step by step. The channel completes after the chunk with a finish reason, or with
-    /// the exception that ended it.
+    /// the exception that ended it. Until it completes the batch may be running a step on the sequence's
+    /// cache: a caller that stops reading early cancels and waits for the completion before freeing it.
     /// </summary>
     /// <param name="state">Passed back to the afterToken hook (e.g. the request it belongs to).</param>
     /// <param name="lease">The sequence's KV blocks (covering what its cache holds now); null runs it
@@ -238,7 +239,7 @@ public sealed partial class ContinuousBatcher : IDisposable
             var e = batch[i];
             try
             {
-                _model.PrepareForTokens(e.Sequence.Cache, 1);
+                Cluster.Engine.KvCache.KvRoom.Make(_model, e.Sequence.Cache, 1);
             }
             catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
             {
@@ -259,7 +260,7 @@ public sealed partial class ContinuousBatcher : IDisposable
         long started = Stopwatch.GetTimestamp();
         try
         {
-            _model.ForwardBatch(_tokens.AsSpan(0, batch.Count), _caches, _logits, prepared: true);
+            _model.ForwardBatch(_tokens.AsSpan(0, batch.Count), _caches, _logits);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
         {

@@ -23,7 +23,7 @@ public static class HistoryKv
     /// most this many is taken (a specific <paramref name="version"/> when not 0).</param>
     /// <param name="recipe">How the history was made; without it a missing history is an error, not a rebuild.</param>
     public static async Task<Fetched> FetchAsync(LlamaModel model, GrpcChannel cacheManager, string sessionId, int historyTokens, long version,
-        KvRecipe? recipe, KvCompressionPolicy? policy, int maxTokens, CancellationToken ct)
+        KvRecipe? recipe, KvCompressionPolicy policy, int maxTokens, CancellationToken ct)
     {
         KvHandle handle;
         List<KvLayerBlock> blocks;
@@ -42,6 +42,6 @@ public static class HistoryKv
     }
 
     /// <summary>The history made again from its recipe (forward passes: call it where the model is yours).</summary>
-    public static SequenceKvCache Rebuild(LlamaModel model, KvRecipe recipe, KvCompressionPolicy? policy, int historyTokens, int maxTokens) =>
-        KvRebuild.FromRecipe(model, recipe, policy, historyTokens, Math.Min(historyTokens + maxTokens, policy?.Budget ?? model.Config.MaxPositions));
+    public static SequenceKvCache Rebuild(LlamaModel model, KvRecipe recipe, KvCompressionPolicy policy, int historyTokens, int maxTokens) =>
+        KvRebuild.FromRecipe(model, recipe, policy, historyTokens, Math.Min(historyTokens + maxTokens, policy.Budget ?? model.Config.MaxPositions));
 }

@@ -20,11 +20,11 @@ public static class KvRebuild
 {
     /// <summary>The prompt's KV as the cache manager held it after prefill (version 1).</summary>
     /// <param name="capacity">Slots per head to allocate (at least the prompt's length).</param>
-    public static SequenceKvCache FromPrompt(LlamaModel model, ReadOnlySpan<int> prompt, KvCompressionPolicy? policy, int capacity)
+    public static SequenceKvCache FromPrompt(LlamaModel model, ReadOnlySpan<int> prompt, KvCompressionPolicy policy, int capacity)
     {
         var cache = model.CreateCache(Math.Max(capacity, prompt.Length));
         var logits = new float[model.Config.VocabSize];
-        model.Forward(prompt, cache, logits);
+        KvRoom.Forward(model, prompt, cache, logits);
         PromptKvCompression.Apply(model, policy, cache);
         return cache;
     }
@@ -32,11 +32,11 @@ public static class KvRebuild
     /// <summary>
     /// A conversation's KV as its earlier turns left it: turn 0 as <see cref="FromPrompt"/>, every later
     /// turn's fed tokens through <see cref="ConversationTurn.Feed"/>, and each turn's decoded tokens one
-    /// step each, all under <paramref name="policy"/> (null: dense). The result has the policy set.
+    /// step each, all under <paramref name="policy"/>. The result has the policy set.
     /// </summary>
     /// <param name="expectedTokens">The history's token count the caller was told; a recipe that adds up
     /// to another count describes another KV and is refused.</param>
-    public static SequenceKvCache FromRecipe(LlamaModel model, KvRecipe recipe, KvCompressionPolicy? policy, int expectedTokens, int capacity)
+    public static SequenceKvCache FromRecipe(LlamaModel model, KvRecipe recipe, KvCompressionPolicy policy, int expectedTokens, int capacity)
     {
         long total = recipe.Turns.Sum(t => (long)t.FedTokenIds.Count + t.DecodedTokenIds.Count);
         if (recipe.Turns.Count == 0 || total != expectedTokens)
@@ -49,7 +49,7 @@ public static class KvRebuild
         {
             var turn = recipe.Turns[t];
             if (t > 0) ConversationTurn.Feed(model, cache, turn.FedTokenIds.ToArray(), turn.MaxTokens, logits);
-            foreach (var id in turn.DecodedTokenIds) model.Forward([id], cache, logits);
+            foreach (var id in turn.DecodedTokenIds) KvRoom.Forward(model, [id], cache, logits);
         }
         return cache;
     }
@@ -60,9 +60,9 @@ public static class KvRebuild
     /// has the policy set and room for the turn's output.
     /// </summary>
     /// <param name="prompt">Turn 0: the prompt; a later turn: its fed tokens.</param>
-    public static SequenceKvCache ForTurn(LlamaModel model, KvRecipe? recipe, int history, int[] prompt, KvCompressionPolicy? policy, int maxNewTokens)
+    public static SequenceKvCache ForTurn(LlamaModel model, KvRecipe? recipe, int history, int[] prompt, KvCompressionPolicy policy, int maxNewTokens)
     {
-        int capacity = Math.Min(history + prompt.Length + maxNewTokens, policy?.Budget ?? model.Config.MaxPositions);
+        int capacity = Math.Min(history + prompt.Length + maxNewTokens, policy.Budget ?? model.Config.MaxPositions);
         if (history == 0)
         {
             var cache = FromPrompt(model, prompt, policy, capacity);

@@ -295,7 +295,7 @@ public sealed class KvSessionStore : IDisposable
     private WireKvBlock[] Compress(KvShape shape, KvCompressionPolicy policy, int tokensSeen, WireKvBlock[] layers)
     {
         int most = layers.Max(l => l.MostTokens);
-        using var cache = new SequenceKvCache(_backend, shape.Layers, shape.KvHeads, shape.HeadDim, most);
+        using var cache = new SequenceKvCache(_backend, shape.Layers, shape.KvHeads, shape.HeadDim, most, policy);
         lock (_backend)
         {
             foreach (var b in layers) KvCacheSnapshot.Restore(_backend, cache, b.ToFloats());

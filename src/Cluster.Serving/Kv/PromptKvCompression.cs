@@ -14,6 +14,6 @@ namespace Cluster.Serving.Kv;
 /// </summary>
 public static class PromptKvCompression
 {
-    public static void Apply(LlamaModel model, KvCompressionPolicy? policy, SequenceKvCache cache) =>
-        policy?.Compress(model.Backend, KvLayoutMapping.Rope(KvLayoutMapping.For(model)), cache);
+    public static void Apply(LlamaModel model, KvCompressionPolicy policy, SequenceKvCache cache) =>
+        policy.Compress(model.Backend, KvLayoutMapping.Rope(KvLayoutMapping.For(model)), cache);
 }

@@ -9,8 +9,9 @@ namespace Cluster.Serving.Kv;
 /// checkpoint: this is only a faster copy, so evicting one costs a fetch, never a result. Bounded by
 /// bytes, least recently kept first out, and by idle time; each cache also holds its room in the
 /// worker's KV budget (a reservation) and gives it up whenever a request needs it (<see cref="Reclaim"/>),
-/// as vLLM's cached free blocks do. A cache is taken out when used (one turn of a conversation runs at a
-/// time) and is only handed out for the exact token count it holds. Thread-safe; it owns (and
+/// as vLLM's cached free blocks do. A stream whose client went away is kept the same way, so that its
+/// resume continues here without a fetch. A cache is taken out when used (one turn of a conversation
+/// runs at a time) and is only handed out for the token counts the request can continue from. Thread-safe; it owns (and
 /// disposes) what it holds, reservations included.
 /// </summary>
 public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? clock = null) : IDisposable
@@ -28,6 +29,9 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
     public long Bytes { get { lock (_lru) return _bytes; } }
 
     public int Count { get { lock (_lru) return _lru.Count; } }
+
+    /// <summary>Whether a cache of <paramref name="session"/> is kept here now.</summary>
+    public bool Holds(string session) { lock (_lru) return _bySession.ContainsKey(session); }
 
     /// <summary>Allocated K and V bytes of a cache, as this store counts it.</summary>
     public static long SizeOf(SequenceKvCache cache) =>
@@ -84,10 +88,18 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
     }
 
     /// <summary>
-    /// Takes <paramref name="session"/>'s cache when it holds exactly <paramref name="tokensSeen"/> tokens;
-    /// null otherwise (a cache of another count is stale for this request and is dropped).
+    /// Takes <paramref name="session"/>'s cache when it holds exactly <paramref name="tokensSeen"/> tokens
+    /// (a conversation's next turn); null otherwise (a cache of another count is stale for this request and is dropped).
     /// </summary>
-    public SequenceKvCache? TryTake(string session, int tokensSeen)
+    public SequenceKvCache? TryTake(string session, int tokensSeen) => TryTake(session, tokensSeen, tokensSeen);
+
+    /// <summary>
+    /// Takes <paramref name="session"/>'s cache when it holds between <paramref name="fewest"/> and
+    /// <paramref name="most"/> tokens (a resumed stream: at least its prompt, at most what its client has
+    /// seen but the newest token). A cache holding more is cut back to <paramref name="most"/> when nothing
+    /// was evicted from it (a compressed cache cannot be rolled back). Null otherwise, and the cache is dropped.
+    /// </summary>
+    public SequenceKvCache? TryTake(string session, int fewest, int most)
     {
         var evicted = new List<IDisposable>();
         SequenceKvCache? taken = null;
@@ -99,8 +111,10 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
                 _lru.Remove(node);
                 _bytes -= node.Value.Bytes;
                 if (node.Value.Room is { } room) evicted.Add(room); // the request that takes it has its own
-                if (node.Value.Cache.TokensSeen == tokensSeen) taken = node.Value.Cache;
-                else evicted.Add(node.Value.Cache);
+                var cache = node.Value.Cache;
+                if (cache.TokensSeen > most && most >= fewest && cache.EvictedNone) cache.Truncate(most);
+                if (cache.TokensSeen >= fewest && cache.TokensSeen <= most) taken = cache;
+                else evicted.Add(cache);
             }
         }
         foreach (var c in evicted) c.Dispose();

@@ -81,7 +81,7 @@ public sealed class CalibrationTests
         var filters = QFilterCalibration.FromQueries([[q]], Rows, 1, HeadDim);
         double s = positiveShare > 0.5 ? 1 : -1;
         using var backend = new CpuBackend(1);
-        using var cache = new Cluster.Engine.KvCache.SequenceKvCache(backend, 1, 1, HeadDim, 40);
+        using var cache = new Cluster.Engine.KvCache.SequenceKvCache(backend, 1, 1, HeadDim, 40, DensePolicy.Default);
         var layer = cache.Layers[0];
         // Eight old keys point along s·d (the direction queries favour), the others mostly not.
         var rng = new Random(5);

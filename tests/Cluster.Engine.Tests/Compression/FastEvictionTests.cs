@@ -53,13 +53,13 @@ public sealed class FastEvictionTests : IDisposable
             var logits = new List<float>();
             var step = new float[7 * vocab];
             using var cache = model.CreateCache(100);
-            model.Forward(ids[..100], cache, step.AsSpan(0, vocab));
+            KvRoom.Forward(model, ids[..100], cache, step.AsSpan(0, vocab));
             policy.Compress(model, cache);
             cache.Policy = policy;
             for (int t = 100; t < 200; t += 7)
             {
                 var chunk = ids[t..Math.Min(t + 7, 200)];
-                model.Forward(chunk, cache, step, allLogits: true);
+                KvRoom.Forward(model, chunk, cache, step, allLogits: true);
                 logits.AddRange(step.AsSpan(0, chunk.Length * vocab).ToArray());
             }
             policy.MakeRoom(model, cache, 30);
@@ -99,7 +99,7 @@ public sealed class FastEvictionTests : IDisposable
         var logits = new float[model.Config.VocabSize];
         foreach (var id in RandomIds(200))
         {
-            model.Forward([id], cache, logits);
+            KvRoom.Forward(model, [id], cache, logits);
             Assert.InRange(policy.QueryPosition(cache), cache.Length, cache.Length + policy.Budget!.Value - 1);
         }
     }

@@ -42,7 +42,7 @@ public sealed class LayerwiseCompressionTests : IDisposable
 
         using var after = model.CreateCache(ids.Length);
         var afterLogits = new float[c.VocabSize];
-        model.Forward(ids, after, afterLogits);
+        KvRoom.Forward(model, ids, after, afterLogits);
         policy.Compress(model, after);
 
         using var during = model.CreateCache(ids.Length);
@@ -55,7 +55,7 @@ public sealed class LayerwiseCompressionTests : IDisposable
         };
         try
         {
-            model.Forward(ids, during, duringLogits);
+            KvRoom.Forward(model, ids, during, duringLogits);
         }
         finally
         {

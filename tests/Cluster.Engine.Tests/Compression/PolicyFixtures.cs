@@ -54,7 +54,7 @@ internal static class PolicyFixtures
     {
         int vocab = model.Config.VocabSize;
         var all = new float[ids.Length * vocab];
-        for (int t = 0; t < ids.Length; t++) model.Forward([ids[t]], cache, all.AsSpan(t * vocab, vocab));
+        for (int t = 0; t < ids.Length; t++) KvRoom.Forward(model, [ids[t]], cache, all.AsSpan(t * vocab, vocab));
         return all;
     }
 

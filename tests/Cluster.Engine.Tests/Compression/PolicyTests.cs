@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Compression;
 using Cluster.Engine.Tests.Model;
 using Cluster.Tests;
@@ -72,12 +73,12 @@ public sealed class PolicyTests : IDisposable
         var policy = PolicyFixtures.Parse(spec, _model.Config);
         using var cache = _model.CreateCache(_ids.Length);
         var logits = new float[_model.Config.VocabSize];
-        _model.Forward(_ids, cache, logits);                    // a long prompt, prefilled densely
+        KvRoom.Forward(_model, _ids, cache, logits);                    // a long prompt, prefilled densely
         policy.Compress(_model, cache);
         cache.Policy = policy;
         Assert.Equal(policy.Budget ?? _ids.Length, cache.Length);
-        _model.Forward([5], cache, logits);
-        _model.Forward([6], cache, logits);
+        KvRoom.Forward(_model, [5], cache, logits);
+        KvRoom.Forward(_model, [6], cache, logits);
         Assert.Equal(policy.Budget ?? _ids.Length + 2, cache.Length);
         Assert.All(logits, v => Assert.True(float.IsFinite(v)));
     }
@@ -107,7 +108,7 @@ public sealed class PolicyTests : IDisposable
         var policy = new SinkWindowPolicy(4, 20);
         using var cache = _model.CreateCache(_ids.Length);
         var logits = new float[_model.Config.VocabSize];
-        _model.Forward(_ids[..60], cache, logits);
+        KvRoom.Forward(_model, _ids[..60], cache, logits);
         policy.Compress(_model, cache);                                  // bulk: slots 0..3 and 40..59
         cache.Policy = policy;
         PolicyFixtures.Stream(_model, _ids[60..70], cache);              // per step: 10 more evictions
@@ -116,7 +117,7 @@ public sealed class PolicyTests : IDisposable
         int origin = policy.QueryPosition(cache) - cache.Length;
         using var reference = _model.CreateCache(kept.Length);
         reference.StartAt(origin);
-        _model.Forward(kept.Select(i => _ids[i]).ToArray(), reference, logits);
+        KvRoom.Forward(_model, kept.Select(i => _ids[i]).ToArray(), reference, logits);
         for (int h = 0; h < _model.Config.KvHeads; h++)
         {
             Assert.Equal(kept, PolicyFixtures.HeadPositions(cache.Layers[0], h));
@@ -142,12 +143,12 @@ public sealed class PolicyTests : IDisposable
         var logits = new float[_model.Config.VocabSize];
         var prompt = Enumerable.Repeat(5, context).ToArray();
         using var cache = _model.CreateCache(context, new DensePolicy());
-        _model.Forward(prompt, cache, logits);                           // exactly the context: fine
-        var e = Assert.Throws<ContextExceededException>(() => _model.Forward([5], cache, logits));
+        KvRoom.Forward(_model, prompt, cache, logits);                           // exactly the context: fine
+        var e = Assert.Throws<ContextExceededException>(() => KvRoom.Forward(_model, [5], cache, logits));
         Assert.Contains("past the model's context", e.Message);
         using var extrapolating = _model.CreateCache(context, new DensePolicy(allowExtrapolation: true));
-        _model.Forward(prompt, extrapolating, logits);
-        _model.Forward([5], extrapolating, logits);
+        KvRoom.Forward(_model, prompt, extrapolating, logits);
+        KvRoom.Forward(_model, [5], extrapolating, logits);
         Assert.Equal(context + 1, extrapolating.TokensSeen);
     }
 
@@ -155,7 +156,7 @@ public sealed class PolicyTests : IDisposable
     public void A_chunk_larger_than_the_budget_is_a_clear_error()
     {
         using var cache = _model.CreateCache(8, new WindowPolicy(16));
-        var e = Assert.Throws<ArgumentException>(() => _model.Forward(_ids[..17], cache, new float[_model.Config.VocabSize]));
+        var e = Assert.Throws<ArgumentException>(() => KvRoom.Forward(_model, _ids[..17], cache, new float[_model.Config.VocabSize]));
         Assert.Contains("exceeds the budget", e.Message);
     }
 
@@ -167,7 +168,7 @@ public sealed class PolicyTests : IDisposable
         var policy = PolicyFixtures.Parse(spec, _model.Config);
         using var cache = _model.CreateCache(_ids.Length);
         var logits = new float[_model.Config.VocabSize];
-        _model.Forward(_ids, cache, logits);
+        KvRoom.Forward(_model, _ids, cache, logits);
         var filters = ((PolicyFixtures.Parse("qfilters(24,6)", _model.Config) as QFiltersPolicy)!).Filters;
         var before = cache.Clone();
         policy.Compress(_model, cache);

@@ -12,7 +12,7 @@ public sealed class AttentionStabilityTests
         // Scores of 200 and 190 (exp overflows float past ~88): softmax must still give weights 1/(1+e^-10).
         const int hd = 4;
         using var backend = new CpuBackend(1);
-        using var cache = new SequenceKvCache(backend, 1, 1, hd, 2);
+        using var cache = new SequenceKvCache(backend, 1, 1, hd, 2, Cluster.Engine.Compression.DensePolicy.Default);
         var layer = cache.Layers[0];
         backend.CopyFromHost([200f, 0, 0, 0, 190f, 0, 0, 0], layer.K);
         backend.CopyFromHost([1f, 0, 0, 0, 0, 1f, 0, 0], layer.V);

@@ -24,8 +24,8 @@ public sealed class KvCacheRoundingTests
         using var rounded = model.CreateCache(ids.Length);
         for (int t = 0; t < ids.Length; t++)
         {
-            model.Forward([ids[t]], plain, logits);
-            model.Forward([ids[t]], rounded, logits);
+            KvRoom.Forward(model, [ids[t]], plain, logits);
+            KvRoom.Forward(model, [ids[t]], rounded, logits);
             KvCacheRounding.RoundToken(model.Backend, rounded, t, p);
         }
         bool changed = false;

@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Compression;
 using Xunit;
 
@@ -23,23 +24,24 @@ public sealed class BatchForwardTests
         var prompts = new[] { 3, 17, 40, 1 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(3, vocab)).ToArray()).ToArray();
         var next = prompts.Select(_ => rng.Next(3, vocab)).ToArray();
 
-        KvCompressionPolicy? Policy() => spec == "dense" ? null : KvPolicyRegistry.Parse(spec);
+        KvCompressionPolicy Policy() => KvPolicyRegistry.Parse(spec);
         var alone = new float[prompts.Length][];
         var batchCaches = new List<Cluster.Engine.KvCache.SequenceKvCache>();
         var scratch = new float[vocab];
         for (int i = 0; i < prompts.Length; i++)
         {
             using var cache = model.CreateCache(8, Policy());
-            foreach (var t in prompts[i]) model.Forward([t], cache, scratch); // one at a time: policies allow it
+            foreach (var t in prompts[i]) KvRoom.Forward(model, [t], cache, scratch); // one at a time: policies allow it
             var b = model.CreateCache(8, Policy());
-            foreach (var t in prompts[i]) model.Forward([t], b, scratch);
+            foreach (var t in prompts[i]) KvRoom.Forward(model, [t], b, scratch);
             batchCaches.Add(b);
             alone[i] = new float[vocab];
-            model.Forward([next[i]], cache, alone[i]);
+            KvRoom.Forward(model, [next[i]], cache, alone[i]);
         }
 
         // Three steps in a batch: each must match the sequence's own step; then continue alone-vs-batch once more.
         var batched = new float[prompts.Length * vocab];
+        foreach (var c in batchCaches) KvRoom.Make(model, c, 1);
         model.ForwardBatch(next, batchCaches, batched);
         for (int i = 0; i < prompts.Length; i++)
             Assert.InRange(TestModels.MaxAbsDiff(alone[i], batched.AsSpan(i * vocab, vocab)), 0, 1e-5);
@@ -55,7 +57,7 @@ public sealed class BatchForwardTests
         TestModels.WriteSynthetic(folder);
         using var model = TestModels.Load(folder);
         using var cache = model.CreateCache();
-        model.Forward([5], cache, new float[model.Config.VocabSize]);
+        KvRoom.Forward(model, [5], cache, new float[model.Config.VocabSize]);
         var e = Assert.Throws<ArgumentException>(() => model.ForwardBatch([1, 2], [cache, cache], new float[2 * model.Config.VocabSize]));
         Assert.Contains("twice", e.Message);
     }

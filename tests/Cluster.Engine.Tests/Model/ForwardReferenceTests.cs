@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Kernels;
 using Cluster.Tests;
@@ -99,7 +100,7 @@ public sealed class ForwardReferenceTests
         var step = new float[vocab];
         for (int t = 0; t < ids.Length; t++)
         {
-            model.Forward([ids[t]], cache, step);
+            KvRoom.Forward(model, [ids[t]], cache, step);
             Assert.InRange(TestModels.MaxAbsDiff(step, prefill.AsSpan(t * vocab, vocab)), 0, 1e-4);
         }
     }

@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Kernels;
 using Cluster.Engine.Loaders;
 using Cluster.Engine.Model;
@@ -34,7 +35,7 @@ internal static class TestModels
     {
         var logits = new float[ids.Length * model.Config.VocabSize];
         using var cache = model.CreateCache(ids.Length);
-        model.Forward(ids, cache, logits, allLogits: true);
+        KvRoom.Forward(model, ids, cache, logits, allLogits: true);
         return logits;
     }
 

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Evaluation;
 using Cluster.Engine.Kernels;
 using Cluster.Engine.Loaders;
@@ -72,15 +73,16 @@ public sealed class WeightFormatAccuracyTests(ITestOutputHelper output)
         foreach (var p in prompts)
         {
             using var c = m.CreateCache(64);
-            m.Forward(p[..^1], c, scratch);
+            KvRoom.Forward(m, p[..^1], c, scratch);
             var l = new float[vocab];
-            m.Forward(p[^1..], c, l);
+            KvRoom.Forward(m, p[^1..], c, l);
             alone.Add(l);
             var b = m.CreateCache(64);
-            m.Forward(p[..^1], b, scratch);
+            KvRoom.Forward(m, p[..^1], b, scratch);
             caches.Add(b);
         }
         var batched = new float[prompts.Length * vocab];
+        foreach (var c in caches) KvRoom.Make(m, c, 1);
         m.ForwardBatch(prompts.Select(p => p[^1]).ToArray(), caches, batched);
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(alone[i], batched[(i * vocab)..((i + 1) * vocab)]);
         foreach (var c in caches) c.Dispose();

@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
 namespace Cluster.Engine.Tests.Sampling;
@@ -37,7 +38,7 @@ internal static class BeamEnumeration
         int vocab = model.Config.VocabSize;
         int[] ids = [.. prompt, .. output];
         var logits = new float[ids.Length * vocab];
-        using (var cache = model.CreateCache()) model.Forward(ids, cache, logits, allLogits: true);
+        using (var cache = model.CreateCache()) KvRoom.Forward(model, ids, cache, logits, allLogits: true);
         double sum = 0;
         for (int i = 0; i < output.Count; i++)
             sum += LogSoftmax(logits.AsSpan((prompt.Count - 1 + i) * vocab, vocab).ToArray())[output[i]];
@@ -48,7 +49,7 @@ internal static class BeamEnumeration
     private static double[] NextLogprobs(LlamaModel model, int[] ids)
     {
         var logits = new float[model.Config.VocabSize];
-        using (var cache = model.CreateCache()) model.Forward(ids, cache, logits);
+        using (var cache = model.CreateCache()) KvRoom.Forward(model, ids, cache, logits);
         return LogSoftmax(logits);
     }
 

@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Sampling;
 using Xunit;
@@ -50,9 +51,9 @@ public sealed class ReproducibilityTests
             // The KV exactly as the uninterrupted run built it: the prompt in one pass, then one token per step.
             using var cache = model.CreateCache();
             var logits = new float[model.Config.VocabSize];
-            model.Forward(Prompt, cache, logits);
+            KvRoom.Forward(model, Prompt, cache, logits);
             int run = lastRun ? i : i - 1;
-            for (int s = 0; s < run; s++) model.Forward([full[s].TokenId!.Value], cache, logits);
+            for (int s = 0; s < run; s++) KvRoom.Forward(model, [full[s].TokenId!.Value], cache, logits);
 
             var generated = full.Take(i).Select(c => c.TokenId!.Value).ToList();
             var resumed = g.Generate(Prompt, p, resume: new GenerationResume(cache, generated)).ToList();
@@ -75,7 +76,7 @@ public sealed class ReproducibilityTests
         {
             // Stream j on its own: resume output j from the bare prompt cache.
             using var cache = model.CreateCache();
-            model.Forward(Prompt, cache, new float[model.Config.VocabSize]);
+            KvRoom.Forward(model, Prompt, cache, new float[model.Config.VocabSize]);
             Assert.Equal(three[j].Ids, Ids(g.Generate(Prompt, Sampled, resume: new GenerationResume(cache, [], Index: j))));
         }
     }
@@ -128,7 +129,7 @@ public sealed class ReproducibilityTests
         using var model = SamplingModels.Tiny();
         var chunk = new TextGenerator(model).Generate(Prompt, Sampled with { Logprobs = 3, MaxTokens = 1 }).Single();
         var logits = new float[model.Config.VocabSize];
-        using (var cache = model.CreateCache()) model.Forward(Prompt, cache, logits);
+        using (var cache = model.CreateCache()) KvRoom.Forward(model, Prompt, cache, logits);
         var logZ = Math.Log(logits.Sum(l => Math.Exp(l)));
         var lp = chunk.Logprobs!;
         Assert.Equal(chunk.TokenId, lp.Id);

@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Model;
 using Cluster.Engine.Sampling;
@@ -27,7 +28,7 @@ public sealed class ContinuousBatcherTests
     {
         var cache = model.CreateCache(prompt.Length + p.MaxTokens);
         var seq = new SequenceGeneration(model.Config, p, tok, prompt, cache);
-        model.Forward(prompt, cache, seq.Logits);
+        KvRoom.Forward(model, prompt, cache, seq.Logits);
         return (seq, seq.Step(TimeSpan.Zero));
     }
 
@@ -70,7 +71,7 @@ public sealed class ContinuousBatcherTests
 
         var (seq, first) = Prefill(model, tok, prompt, sampled);
         var cache = model.CreateCache(prompt.Length + beams.MaxTokens);
-        model.Forward(prompt, cache, new float[model.Config.VocabSize]); // the prompt's KV, as prefill stores it
+        KvRoom.Forward(model, prompt, cache, new float[model.Config.VocabSize]); // the prompt's KV, as prefill stores it
         int steps = 0;
         using var batcher = new ContinuousBatcher(model, maxBatch: 4, afterStep: (_, _) => Interlocked.Increment(ref steps));
         // The search is built before the stream joins, and joins right after it:
@@ -162,12 +163,12 @@ public sealed class ContinuousBatcherTests
 
         var aPrompt = tok.Encode("The dog", true);
         var a = new SequenceGeneration(model.Config, running, tok, aPrompt, model.CreateCache(64, new Cluster.Engine.Compression.WindowPolicy(64)));
-        model.Forward(aPrompt, a.Cache, a.Logits);
+        KvRoom.Forward(model, aPrompt, a.Cache, a.Logits);
         var aFirst = a.Step(TimeSpan.Zero);
         using var stopA = new CancellationTokenSource();
         // The joining sequence's cache holds the first 5 prompt tokens; the rest is its feed.
         var b = new SequenceGeneration(model.Config, joining, tok, prompt, model.CreateCache(prompt.Length + joining.MaxTokens));
-        model.Forward(prompt[..5], b.Cache, b.Logits);
+        KvRoom.Forward(model, prompt[..5], b.Cache, b.Logits);
         var sizes = new List<int>();
         using var batcher = new ContinuousBatcher(model, maxBatch: 4, afterStep: (size, _) => { lock (sizes) sizes.Add(size); });
         var aStream = Drain(batcher.Add(a, [aFirst.TokenId!.Value], stopA.Token));

@@ -1,3 +1,4 @@
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Kernels;
 using Cluster.Engine.Loaders;
@@ -35,7 +36,7 @@ public sealed class DecodeAllocationTests(ITestOutputHelper output)
             var prompt = text[..(100 + 9 * i)];
             var cache = model.CreateCache(prompt.Length + p.MaxTokens);
             var seq = new SequenceGeneration(model.Config, p, tok, prompt, cache);
-            model.Forward(prompt, cache, seq.Logits);
+            KvRoom.Forward(model, prompt, cache, seq.Logits);
             prefilled.Add((seq, seq.Step(TimeSpan.Zero).TokenId!.Value));
         }
 

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
 namespace LlmCtl.Commands;
@@ -12,6 +13,9 @@ namespace LlmCtl.Commands;
 /// </summary>
 internal static class BenchCommand
 {
+    /// <summary>Bench lengths are the caller's choice and may pass a small model's context: they only time.</summary>
+    private static readonly Cluster.Engine.Compression.DensePolicy Bench = Cluster.Engine.Compression.DensePolicy.Extrapolating;
+
     public static Command Create()
     {
         var model = new Option<string?>("--model") { Description = "model to measure (e.g. a folder from `llmctl synth --preset smollm2-135m`)" };
@@ -71,23 +75,23 @@ internal static class BenchCommand
         var logits = new float[m.Config.VocabSize];
         var format = Cluster.Engine.Kernels.WeightLayout.Name(m.Weights.MatrixFormat);
         Console.Error.WriteLine($"[{format}] prefill {p} tokens, decode {d} tokens on {m.Backend.Name} ...");
-        using (var warm = m.CreateCache(p + 8)) m.Forward(prompt, warm, logits); // page in weights, JIT
+        using (var warm = m.CreateCache(p + 8, Bench)) KvRoom.Forward(m, prompt, warm, logits); // page in weights, JIT
         double prefillSeconds = double.MaxValue;
         for (int rep = 0; rep < 3; rep++)
         {
-            using var cache = m.CreateCache(p + d);
+            using var cache = m.CreateCache(p + d, Bench);
             var sw = Stopwatch.StartNew();
-            m.Forward(prompt, cache, logits);
+            KvRoom.Forward(m, prompt, cache, logits);
             prefillSeconds = Math.Min(prefillSeconds, sw.Elapsed.TotalSeconds);
         }
-        using var decodeCache = m.CreateCache(p + d);
-        m.Forward(prompt, decodeCache, logits);
+        using var decodeCache = m.CreateCache(p + d, Bench);
+        KvRoom.Forward(m, prompt, decodeCache, logits);
         int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
         var steps = new double[d];
         for (int i = 0; i < d; i++)
         {
             var sw = Stopwatch.StartNew();
-            m.Forward([next], decodeCache, logits);
+            KvRoom.Forward(m, [next], decodeCache, logits);
             steps[i] = sw.Elapsed.TotalSeconds;
             next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
         }
@@ -154,15 +158,16 @@ internal static class BenchCommand
     private static double BatchedDecodeTokensPerSecond(LlamaModel m, int[] prompt, int batch, int steps)
     {
         Console.Error.WriteLine($"batched decode: {batch} sequences x {steps} steps ...");
-        var caches = Enumerable.Range(0, batch).Select(_ => m.CreateCache(prompt.Length + steps + 1)).ToList();
+        var caches = Enumerable.Range(0, batch).Select(_ => m.CreateCache(prompt.Length + steps + 1, Bench)).ToList();
         var logits = new float[(long)batch * m.Config.VocabSize];
         try
         {
-            foreach (var c in caches) m.Forward(prompt, c, logits.AsSpan(0, m.Config.VocabSize));
+            foreach (var c in caches) KvRoom.Forward(m, prompt, c, logits.AsSpan(0, m.Config.VocabSize));
             var tokens = new int[batch];
             var sw = Stopwatch.StartNew();
             for (int i = 0; i < steps; i++)
             {
+                foreach (var c in caches) KvRoom.Make(m, c, 1); // lengths only: the capacity is there
                 m.ForwardBatch(tokens, caches, logits);
                 for (int j = 0; j < batch; j++) tokens[j] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(j * m.Config.VocabSize, m.Config.VocabSize));
             }

@@ -68,7 +68,7 @@ internal static class BenchEvictionCommand
     private static Timing Measure(IComputeBackend backend, RopeTable rope, LlamaConfig c, KvCompressionPolicy policy, int steps)
     {
         int budget = policy.Budget!.Value, kvDim = c.KvHeads * c.HeadDim;
-        using var cache = new SequenceKvCache(backend, c.Layers, c.KvHeads, c.HeadDim, budget + 1) { Policy = policy };
+        using var cache = new SequenceKvCache(backend, c.Layers, c.KvHeads, c.HeadDim, budget + 1, policy);
         using var k = backend.Allocate(kvDim);
         using var v = backend.Allocate(kvDim);
         var rng = new Random(budget);

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Numerics.Tensors;
 using System.Text.Json;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Compression;
 using Cluster.Engine.Model;
 
@@ -75,27 +76,27 @@ internal static class BenchStreamingCommand
 
         // sink_window: fill the cache, then each step evicts one token and re-rotates the window's keys.
         using var cache = m.CreateCache(size, new SinkWindowPolicy(sinks, size - sinks));
-        m.Forward(history.AsSpan(0, size), cache, logits);
+        KvRoom.Forward(m, history.AsSpan(0, size), cache, logits);
         // Decode steps are cheap, so they are repeated over the same tokens (after a warm-up long enough
         // for tiered JIT to reach its final code) to make the median robust to other load on the machine.
         var warm = Stopwatch.StartNew();
-        for (int i = 0; i < 200 || warm.ElapsedMilliseconds < 500; i++) m.Forward(history.AsSpan(size + i % steps, 1), cache, logits);
+        for (int i = 0; i < 200 || warm.ElapsedMilliseconds < 500; i++) KvRoom.Forward(m, history.AsSpan(size + i % steps, 1), cache, logits);
         var sink = new double[steps * 8];
         for (int i = 0; i < sink.Length; i++)
         {
             var sw = Stopwatch.StartNew();
-            m.Forward(history.AsSpan(size + i % steps, 1), cache, logits);
+            KvRoom.Forward(m, history.AsSpan(size + i % steps, 1), cache, logits);
             sink[i] = sw.Elapsed.TotalMilliseconds;
         }
 
         // Re-computation: every step runs the last `size` tokens from an empty cache of the same size.
-        using var scratch = m.CreateCache(size);
+        using var scratch = m.CreateCache(size, DensePolicy.Extrapolating); // sizes may pass a small model's context: timing only
         var recompute = new double[steps];
         for (int i = -1; i < steps; i++)
         {
             scratch.Truncate(0);
             var sw = Stopwatch.StartNew();
-            m.Forward(history.AsSpan(i + 1, size), scratch, logits);
+            KvRoom.Forward(m, history.AsSpan(i + 1, size), scratch, logits);
             if (i >= 0) recompute[i] = sw.Elapsed.TotalMilliseconds;
         }
         double a = Median(sink), b = Median(recompute);
@@ -114,7 +115,7 @@ internal static class BenchStreamingCommand
         var sw = Stopwatch.StartNew();
         for (int t = 1; t <= tokens; t++)
         {
-            m.Forward([next], cache, logits);
+            KvRoom.Forward(m, [next], cache, logits);
             next = TensorPrimitives.IndexOfMax(logits);
             if (t % Math.Max(1, tokens / 10) == 0 || t == tokens)
             {

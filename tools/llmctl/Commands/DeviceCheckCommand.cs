@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Kernels;
 using Cluster.Engine.Loaders;
@@ -79,7 +80,7 @@ internal static class DeviceCheckCommand
     {
         var logits = new float[(long)ids.Length * m.Config.VocabSize];
         using var cache = m.CreateCache(ids.Length);
-        m.Forward(ids, cache, logits, allLogits: true);
+        KvRoom.Forward(m, ids, cache, logits, allLogits: true);
         return logits;
     }
 

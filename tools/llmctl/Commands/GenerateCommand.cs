@@ -55,7 +55,7 @@ internal static class GenerateCommand
             Console.CancelKeyPress += onCancel;
             var chunks = new List<GenerationChunk>();
             if (stream) Console.Write(promptText);
-            var kvPolicy = r.GetValue(policy) is { } spec && spec != "dense"
+            var kvPolicy = r.GetValue(policy) is { } spec
                 ? Cluster.Engine.Compression.KvPolicyRegistry.Parse(spec, new Cluster.Engine.Compression.PolicyOptions(
                     r.GetValue(qfilters) is { } f ? Cluster.Engine.Compression.Calibration.QFilters.Load(f) : null))
                 : null;

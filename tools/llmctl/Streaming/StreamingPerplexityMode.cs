@@ -41,8 +41,8 @@ internal sealed class StreamingPerplexityMode
         var options = new PolicyOptions(filtersPath is null ? null : QFilters.Load(filtersPath, c.Layers, c.KvHeads, c.HeadDim), r.GetValue(_extrapolate));
         var policies = (r.GetValue(_policy) is { Length: > 0 } given ? given : ["dense"]).Select(p => KvPolicyRegistry.Parse(p, options)).ToList();
         var precisions = (r.GetValue(_kvDtype) is { Length: > 0 } dtypes ? dtypes : ["fp32"]).Select(Cluster.Engine.KvCache.KvPrecisions.Parse).ToList();
-        foreach (var p in policies.OfType<DensePolicy>())
-            if (!p.AllowExtrapolation && length > c.MaxPositions)
+        foreach (var p in policies)
+            if (!ContextLimit.Fits(p, 0, length, c.MaxPositions))
                 throw new ArgumentException($"dense cannot stream {length} tokens past the model's context of {c.MaxPositions}; pass --extrapolate to measure it anyway");
         var tok = ModelLoader.LoadTokenizer(path, c, tokenizerOption);
         var sequences = TextSequences.Take(tok, File.ReadAllText(textPath), r.GetValue(_offset), r.GetValue(_sequences), length);

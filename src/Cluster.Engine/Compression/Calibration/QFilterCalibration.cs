@@ -1,4 +1,5 @@
 using Cluster.Engine.Kernels;
+using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 
 namespace Cluster.Engine.Compression.Calibration;
@@ -103,8 +104,9 @@ public static class QFilterCalibration
             };
             for (int s = 0; s < sequences.Count; s++)
             {
-                using var cache = model.CreateCache(sequences[s].Length);
-                model.Forward(sequences[s], cache, logits);
+                // Sequences past the context are the caller's choice (llmctl calibrate warns): their queries extrapolate.
+                using var cache = model.CreateCache(sequences[s].Length, DensePolicy.Extrapolating);
+                KvRoom.Forward(model, sequences[s], cache, logits);
                 offset += sequences[s].Length;
                 progress?.Invoke(s + 1);
             }

@@ -33,14 +33,14 @@ public sealed class IlgpuForwardTests
         using var cc = cpu.CreateCache(ids.Length + 4);
         using var gc = gpu.CreateCache(ids.Length + 4);
         var (lc, lg) = (new float[vocab], new float[vocab]);
-        cpu.Forward(ids, cc, lc);
-        gpu.Forward(ids, gc, lg);
+        KvRoom.Forward(cpu, ids, cc, lc);
+        KvRoom.Forward(gpu, ids, gc, lg);
         for (int step = 0; step < 4; step++)
         {
             Assert.InRange(TestModels.MaxAbsDiff(lc, lg), 0, Tolerance);
             int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(lc);
-            cpu.Forward([next], cc, lc);
-            gpu.Forward([next], gc, lg);
+            KvRoom.Forward(cpu, [next], cc, lc);
+            KvRoom.Forward(gpu, [next], gc, lg);
         }
     }
 
@@ -83,7 +83,7 @@ public sealed class IlgpuForwardTests
         TestModels.WriteSynthetic(folder);
         using var cpu = ModelLoader.Load(folder, new CpuBackend(threads: 1));
         using var gpu = LoadIlgpu(folder);
-        KvCompressionPolicy? Policy() => policy == "dense" ? null : KvPolicyRegistry.Parse(policy);
+        KvCompressionPolicy Policy() => KvPolicyRegistry.Parse(policy);
         var rng = new Random(5);
         var prompts = new[] { 3, 20, 9 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(3, 259)).ToArray()).ToArray();
         int vocab = cpu.Config.VocabSize, batch = prompts.Length;
@@ -95,13 +95,15 @@ public sealed class IlgpuForwardTests
             for (int i = 0; i < batch; i++)
                 foreach (var t in prompts[i])
                 {
-                    cpu.Forward([t], cc[i], scratch);
-                    gpu.Forward([t], gc[i], scratch);
+                    KvRoom.Forward(cpu, [t], cc[i], scratch);
+                    KvRoom.Forward(gpu, [t], gc[i], scratch);
                 }
             var tokens = new[] { 7, 8, 9 };
             var (lc, lg) = (new float[batch * vocab], new float[batch * vocab]);
             for (int step = 0; step < 3; step++)
             {
+                foreach (var c in cc) KvRoom.Make(cpu, c, 1);
+                foreach (var c in gc) KvRoom.Make(gpu, c, 1);
                 cpu.ForwardBatch(tokens, cc, lc);
                 gpu.ForwardBatch(tokens, gc, lg);
                 Assert.InRange(TestModels.MaxAbsDiff(lc, lg), 0, Tolerance);
@@ -130,19 +132,19 @@ public sealed class IlgpuForwardTests
             for (int i = 0; i < tokens.Length; i++)
             {
                 tokens[i] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
-                m.Forward([tokens[i]], cache, logits);
+                KvRoom.Forward(m, [tokens[i]], cache, logits);
             }
             return tokens;
         }
 
         using var local = cpu.CreateCache(ids.Length + 8);
         var localLogits = new float[vocab];
-        cpu.Forward(ids, local, localLogits);
+        KvRoom.Forward(cpu, ids, local, localLogits);
         var expected = Decode(cpu, local, localLogits);
 
         using var prefill = gpu.CreateCache(ids.Length);
         var logits = new float[vocab];
-        gpu.Forward(ids, prefill, logits);
+        KvRoom.Forward(gpu, ids, prefill, logits);
         var blocks = Enumerable.Range(0, gpu.Config.Layers).Select(l => KvCacheSnapshot.Capture(gpu.Backend, prefill, l)).ToArray();
         using var decode = cpu.CreateCache(ids.Length + 8);
         foreach (var block in blocks) KvCacheSnapshot.Restore(cpu.Backend, decode, block);
@@ -154,8 +156,8 @@ public sealed class IlgpuForwardTests
         foreach (var l in Enumerable.Range(0, cpu.Config.Layers)) KvCacheSnapshot.Restore(gpu.Backend, back, KvCacheSnapshot.Capture(cpu.Backend, local, l));
         KvCacheSnapshot.SetTokensSeen(back, local.TokensSeen);
         var (a, b) = (new float[vocab], new float[vocab]);
-        cpu.Forward([3], local, a);
-        gpu.Forward([3], back, b);
+        KvRoom.Forward(cpu, [3], local, a);
+        KvRoom.Forward(gpu, [3], back, b);
         Assert.InRange(TestModels.MaxAbsDiff(a, b), 0, Tolerance);
     }
 }
