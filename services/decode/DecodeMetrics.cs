@@ -8,7 +8,7 @@ internal sealed class DecodeMetrics : IDisposable
 {
     private readonly Meter _meter = new(DecodeService.MeterName);
 
-    public DecodeMetrics(Func<int> running, Func<(long Used, long Allocated)> kv, long weightBytes, Engine.Scheduling.KvAdmission admission, Serving.Kv.ResidentKv resident)
+    public DecodeMetrics(Func<int> running, long weightBytes, Engine.Scheduling.KvAdmission admission, Serving.Kv.ResidentKv resident)
     {
         BatchSize = _meter.CreateHistogram("llm_decode_batch_size", "{sequence}", "Sequences in each decode step", tags: null,
             new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128] });
@@ -19,11 +19,14 @@ internal sealed class DecodeMetrics : IDisposable
         ResidentHits = _meter.CreateCounter<long>("llm_kv_resident_hits", description: "Conversation turns started from the KV this worker kept when the previous turn ended here (no transfer)");
         _meter.CreateObservableGauge("llm_kv_resident_bytes", () => resident.Bytes, "By", "KV of finished conversations kept for their next turn (at most --resident-kv)");
         _meter.CreateObservableGauge("llm_decode_sequences_running", running, "{sequence}", "Sequences in the batch");
-        _meter.CreateObservableGauge("llm_kv_cache_usage_ratio", () => kv() is var (used, all) && all > 0 ? (double)used / all : 0, "1", "KV slots in use / slots allocated");
-        _meter.CreateObservableGauge("llm_kv_cache_bytes", () => new Measurement<long>(kv().Allocated, new KeyValuePair<string, object?>("device", "cpu")), "By", "KV memory allocated");
-        _meter.CreateObservableGauge("llm_kv_reserved_bytes", () => admission.UsedBytes, "By", "KV reserved by admitted sequences (at most llm_kv_budget_bytes)");
-        _meter.CreateObservableGauge("llm_kv_budget_bytes", () => admission.BudgetBytes, "By", "The decode worker's KV budget (--kv-memory)");
-        _meter.CreateObservableGauge("llm_decode_queue_length", () => admission.Waiting, "{sequence}", "Sequences waiting for KV room");
+        // From the block pool: a paged cache holds exactly its blocks, so the pool's use is the KV memory.
+        _meter.CreateObservableGauge("llm_kv_cache_usage_ratio", () => admission.Usage, "1", "KV blocks in use / blocks in the pool");
+        _meter.CreateObservableGauge("llm_kv_cache_bytes", () => new Measurement<long>(admission.UsedBytes, new KeyValuePair<string, object?>("device", "cpu")), "By", "KV memory held (the pool's blocks in use)");
+        _meter.CreateObservableGauge("llm_kv_reserved_bytes", () => admission.UsedBytes, "By", "KV blocks held by running sequences and kept caches (at most llm_kv_budget_bytes)");
+        _meter.CreateObservableGauge("llm_kv_budget_bytes", () => admission.BudgetBytes, "By", "The decode worker's KV block pool (--kv-memory, whole blocks)");
+        _meter.CreateObservableGauge("llm_decode_queue_length", () => admission.Waiting, "{sequence}", "New sequences waiting for KV blocks");
+        _meter.CreateObservableGauge("llm_decode_sequences_preempted", () => admission.Suspended, "{sequence}", "Preempted sequences waiting to resume by recomputation");
+        _meter.CreateObservableCounter("llm_decode_preemptions", () => admission.Preemptions, "{sequence}", "Sequences preempted (blocks dropped, recomputed later) because the KV pool was full");
         _meter.CreateObservableCounter("llm_decode_refused", () => admission.Refused, "{request}", "Requests refused with RESOURCE_EXHAUSTED (queue full, or larger than the budget)");
         _meter.CreateObservableGauge("llm_model_weights_bytes", () => new Measurement<long>(weightBytes, new KeyValuePair<string, object?>("device", "cpu")), "By", "Weights resident");
     }

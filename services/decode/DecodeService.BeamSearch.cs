@@ -27,8 +27,9 @@ public sealed partial class DecodeService
 
         var ct = context.CancellationToken;
         var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
-        // Room for every beam's cache, as the search may keep num_beams of them at once.
-        using var reservation = await Admission.AcquireAsync(ReservedBytes(request, prompt.Length, p.MaxTokens) * p.NumBeams, ct);
+        // Blocks for every beam's whole cache up front, as the search may keep num_beams of them at once (a
+        // stepped job runs its own passes: its caches are not paged, and it is never preempted).
+        using var reservation = await Admission.AcquireAsync(WorstCaseTokens(request, prompt.Length, p.MaxTokens) * p.NumBeams, ct);
         var (handle, cache, _, _, _) = await LoadOrRebuildAsync(request, cacheManager, prompt, history: 0, maxTokens: 0, p.MaxTokens, ct);
         if (handle.TokenCount != prompt.Length)
         {

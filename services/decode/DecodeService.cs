@@ -40,11 +40,11 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         _host = host;
         _options = options;
         _logger = logger;
-        Admission = new KvAdmission((long)options.KvMemoryMb << 20, options.MaxQueue);
+        Admission = KvAdmission.ForBudget((long)options.KvMemoryMb << 20, host.Config, options.MaxQueue, maxSequences: Math.Min(options.MaxBatch, host.Model!.MaxChunk), headroom: 1);
         Resident = new ResidentKv((long)options.ResidentKvMb << 20, TimeSpan.FromMinutes(10)); // idle longer, a conversation fetches from the cache manager
         // Kept caches live inside the KV budget and make room whenever a request needs it.
         Admission.Reclaim = bytes => Resident.Reclaim(bytes);
-        _metrics = new DecodeMetrics(() => _batcher!.Running, KvUsage, 4 * host.Config.ParameterCount, Admission, Resident);
+        _metrics = new DecodeMetrics(() => _batcher!.Running, 4 * host.Config.ParameterCount, Admission, Resident);
         _batcher = new ContinuousBatcher(host.Model!, Math.Min(options.MaxBatch, host.Model!.MaxChunk),
             afterStep: (size, elapsed) =>
             {
@@ -52,12 +52,14 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 _metrics.StepSeconds.Record(elapsed.TotalSeconds);
                 _metrics.Tokens.Add(size);
             },
-            afterToken: (seq, chunk, state) => ((DecodeCall)state!).AfterToken(seq, chunk));
+            afterToken: (seq, chunk, state) => ((DecodeCall)state!).AfterToken(seq, chunk),
+            preempted: state => ((DecodeCall)state!).Preempted());
     }
 
     public static Task<IClusterService> CreateAsync(ServiceOptions options, ILoggerFactory logging)
     {
         var logger = logging.CreateLogger("decode");
+        NativeHeap.MapFromOnePage(); // paged KV caches are reallocated block by block (NativeHeap says why)
         return Task.FromResult<IClusterService>(new DecodeService(ModelHost.Load(options, logger, weights: true), options, logger));
     }
 
@@ -71,7 +73,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
 
     private long _kvRebuilds;
 
-    /// <summary>The KV budget and its queue (tests read its peak).</summary>
+    /// <summary>The KV block pool, its queue and its preemptions (tests read its peak).</summary>
     public KvAdmission Admission { get; }
 
     /// <summary>Finished conversations' caches kept for their next turn (KV-aware routing).</summary>
@@ -86,19 +88,6 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     public int Running => _batcher.Running;
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<DecodeService>();
-
-    private (long Used, long Allocated) KvUsage()
-    {
-        long used = 0, allocated = 0;
-        foreach (var call in _calls.Keys)
-        {
-            var cache = call.Cache;
-            if (cache is null) continue;
-            used += cache.Layers.Sum(l => (long)l.Lengths.Sum() * l.HeadDim * 8);
-            allocated += cache.Layers.Sum(l => (long)l.KvHeads * l.Capacity * l.HeadDim * 8);
-        }
-        return (used, allocated);
-    }
 
     public override async Task Decode(DecodeRequest request, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
     {
@@ -129,14 +118,22 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         }
 
         var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
-        // Room for the whole cache before any of it is loaded; waits in line (or is refused) when full.
-        using var reservation = await Admission.AcquireAsync(ReservedBytes(request, history + prompt.Length + generated.Length, p.MaxTokens), context.CancellationToken);
+        // Blocks for the tokens the cache will hold (not for max_tokens: the batch takes more as the
+        // sequence grows, preempting when the pool is full), before any of it is loaded; waits in line (or
+        // is refused) when full.
+        using var lease = await Admission.AcquireAsync(HeldTokens(request, history + prompt.Length + generated.Length), context.CancellationToken);
         // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + Math.Max(0, generated.Length - 1) : 0;
         var (handle, cache, policy, spec, loaded) = request.StartTurn
-            ? await HistoryAsync(request, cacheManager, history, p.MaxTokens, context.CancellationToken)
+            ? await HistoryAsync(request, cacheManager, history, maxNewTokens: 1, context.CancellationToken) // room for the turn comes from the pool
             : await LoadOrRebuildAsync(request, cacheManager, prompt, history, maxTokens, p.MaxTokens, context.CancellationToken);
         var seq = new SequenceGeneration(c, p, _host.Tokenizer, prompt, cache, request.OutputIndex, ownsCache: false);
+        // After a preemption the batch rebuilds the cache as it was before the first generated token (the
+        // prompt's KV as prefill stored it, or the conversation's from its recipe) and feeds the generated
+        // tokens again. Without a recipe for the history it cannot, and the sequence is never preempted.
+        Func<SequenceKvCache>? recompute = history == 0 || request.History is not null
+            ? () => KvRebuild.ForTurn(model, request.History, history, prompt, policy, p.MaxTokens)
+            : null;
         var keep = new StrongBox<bool>();
         try
         {
@@ -148,15 +145,16 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 handle = new KvHandle(handle) { TokenCount = history + prompt.Length };
                 loaded = null; // the cache moved past the loaded version: the first checkpoint is whole
             }
-            await StreamAsync(request, p, seq, handle, policy, spec, loaded, cacheManager, prompt, generated, history, responses, context, keep);
+            await StreamAsync(request, p, seq, handle, policy, spec, loaded, cacheManager, prompt, generated, history, lease, recompute, responses, context, keep);
         }
         finally
         {
+            var final = seq.Cache; // a preemption replaced the cache it started with (and freed that one)
             seq.Dispose();
-            reservation.Dispose(); // first: a request waiting for room goes before a kept cache
+            lease.Dispose(); // first: a request waiting for room goes before a kept cache
             // A single output stays on this worker for its conversation's next turn (finished) or its resume
-            // (its client went away), in the room left in the KV budget (given back as soon as a request needs it).
-            if (!keep.Value || Admission.TryAcquire(ResidentKv.SizeOf(cache)) is not { } room || !Resident.Keep(handle.SessionId, cache, room)) cache.Dispose();
+            // (its client went away), in the room left in the KV pool (given back as soon as a request needs it).
+            if (!keep.Value || Admission.TryAcquire(final.Capacity) is not { } room || !Resident.Keep(handle.SessionId, final, room)) final.Dispose();
         }
     }
 
@@ -165,7 +163,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// client went away; not failed), so that it may stay for the next turn or the stream's resume.</summary>
     private async Task StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
         Engine.Compression.KvCompressionPolicy? policy, string spec, List<KvLayerBlock>? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
-        IServerStreamWriter<DecodeResponse> responses, ServerCallContext context, StrongBox<bool> keep)
+        KvAdmission.KvLease lease, Func<SequenceKvCache>? recompute, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context, StrongBox<bool> keep)
     {
         var cache = seq.Cache;
         int cached = handle.TokenCount - history - prompt.Length;
@@ -179,7 +177,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         int every = request.CheckpointEvery > 0 ? request.CheckpointEvery : _options.CheckpointEvery;
         // Outputs of one request (n > 1) continue the same prompt KV but checkpoint apart.
         var checkpointSession = string.IsNullOrEmpty(request.CheckpointSessionId) ? handle.SessionId : request.CheckpointSessionId;
-        var call = new DecodeCall(this, cacheManager, handle, checkpointSession, every, generated.Length, context.CancellationToken) { Cache = cache };
+        var call = new DecodeCall(this, cacheManager, handle, checkpointSession, every, generated.Length, context.CancellationToken);
         // The version it loaded is the first delta's base when its checkpoints go to the same session in
         // the same dtype (n > 1 outputs checkpoint to sessions of their own: their first is whole).
         if (loaded is not null && handle.Version > 0 && checkpointSession == handle.SessionId && KvLayoutMapping.Precision(handle.Layout) == _options.KvPrecision)
@@ -193,7 +191,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         try
         {
             // The tokens the cache lacks (at least the newest one) run when the sequence joins the batch.
-            reader = _batcher.Add(seq, generated[cached..], leave.Token, call);
+            reader = _batcher.Add(seq, generated[cached..], leave.Token, call, lease, recompute);
             var started = Stopwatch.StartNew();
             int produced = 0;
             var lastToken = TimeSpan.Zero;
@@ -240,11 +238,14 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             if (reader is not null)
             {
                 leave.Cancel();
-                keep.Value = await ReleasedAsync(reader) && checkpointSession == handle.SessionId;
+                // A preempted sequence's cache is gone, and one caught mid-recomputation lacks tokens: only a
+                // cache that holds every token but the newest may stay.
+                keep.Value = await ReleasedAsync(reader) && checkpointSession == handle.SessionId
+                    && !seq.Cache.IsDisposed && seq.Cache.TokensSeen == history + prompt.Length + seq.Generated.Count - 1;
             }
             _calls.TryRemove(call, out _);
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
-            if (policy?.Budget is not null) _metrics.Evictions.Add(cache.TokensSeen - cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
+            if (policy?.Budget is not null) _metrics.Evictions.Add(seq.Cache.TokensSeen - seq.Cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
         }
     }
 
@@ -292,16 +293,19 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         return (handle, await _batcher.RunExclusiveAsync(() => HistoryKv.Rebuild(model, request.History, policy, history, maxNewTokens), ct), policy, spec, null);
     }
 
-    /// <summary>The most KV the sequence's cache can hold: the tokens it has (earlier turns, the prompt,
-    /// the output so far) plus max_tokens, or its policy's budget, whichever is smaller: at least the
-    /// capacity <see cref="KvRestore.ToCache"/> and <see cref="KvRebuild"/> give it.</summary>
-    private long ReservedBytes(DecodeRequest request, int tokensSoFar, int maxTokens)
+    /// <summary>Slots the sequence's cache takes when it joins the batch: the tokens it has (earlier turns,
+    /// the prompt, the output so far, the newest included), or its policy's budget if smaller.</summary>
+    private int HeldTokens(DecodeRequest request, int tokensSoFar) => Math.Min(tokensSoFar, PolicyBudget(request) ?? int.MaxValue);
+
+    /// <summary>The most slots a beam's cache can take: the prompt plus max_tokens, or the policy's budget
+    /// or the context, whichever is smaller.</summary>
+    private int WorstCaseTokens(DecodeRequest request, int tokensSoFar, int maxTokens) =>
+        (int)Math.Min((long)tokensSoFar + maxTokens + 1, (PolicyBudget(request) ?? _host.Config.MaxPositions) + 1L);
+
+    private int? PolicyBudget(DecodeRequest request)
     {
-        var c = _host.Config;
         var spec = PolicyMapping.ToSpec(request.Kv.Policy) ?? "dense";
-        int? budget = PolicyMapping.Parse(spec, _host.Policies).Budget;
-        long tokens = Math.Min((long)tokensSoFar + maxTokens + 1, (budget ?? c.MaxPositions) + 1L);
-        return tokens * c.Layers * c.KvHeads * c.HeadDim * 2 * sizeof(float);
+        return PolicyMapping.Parse(spec, _host.Policies).Budget;
     }
 
     /// <summary>
@@ -330,7 +334,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
             var policy = PolicyMapping.Parse(spec, _host.Policies);
-            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens), policy, spec, blocks);
+            // Room for one more token only: the batch sizes a paged cache to its blocks as it grows.
+            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: 1), policy, spec, blocks);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)
@@ -405,6 +410,15 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
 
         private sealed record Base(IReadOnlyList<KvLayerBlock> Blocks, long Version, int TokenCount);
 
+        /// <summary>
+        /// Batch thread: the sequence was preempted (its blocks and cache dropped, to be recomputed). The
+        /// delta base is a whole copy of its KV: kept, every preempted stream would hold its KV outside the
+        /// pool (64 streams against a pool of 8 grew the worker's GC heap past its bound). Its next
+        /// checkpoint goes whole. The pump may be writing meanwhile: at worst it sets a newer base, which
+        /// is as valid.
+        /// </summary>
+        public void Preempted() => _base = null;
+
         /// <summary>The whole cache the cache manager holds as <paramref name="version"/> (what this call loaded).</summary>
         public void SetBase(IReadOnlyList<KvLayerBlock> blocks, long version, int tokenCount) => _base = new Base(blocks, version, tokenCount);
 
@@ -437,8 +451,6 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 Interlocked.Decrement(ref _waiting);
             }
         }
-
-        public SequenceKvCache? Cache { get; init; }
 
         /// <summary>Batch thread: after each token; captures a checkpoint every N tokens and at the end.</summary>
         public void AfterToken(SequenceGeneration seq, GenerationChunk chunk)

@@ -10,8 +10,9 @@ using Xunit;
 
 namespace Cluster.IntegrationTests;
 
-/// <summary>A decode worker's KV budget (--kv-memory) and queue (--max-queue) under more concurrent
-/// streams than the budget holds: nobody fails or changes tokens while the queue has room, memory stays
+/// <summary>A decode worker's KV block pool (--kv-memory) and queue (--max-queue) under more concurrent
+/// streams than the pool holds: sequences take blocks as they grow and the newest are preempted and
+/// recomputed when it is full, yet nobody fails or changes tokens while the queue has room, memory stays
 /// within the budget, and beyond the queue's bound requests are refused with RESOURCE_EXHAUSTED while
 /// the rest go on.</summary>
 public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<ClusterFixture>
@@ -19,7 +20,8 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
     private const string Prompt = "Once upon a time, there was a little girl named Lily.";
 
     // stories260K: 5 layers x 4 KV heads x head_dim 8 x K and V x 4 bytes = 1,280 bytes a token, so a
-    // sequence of ~15 prompt tokens + 300 output reserves ~400 KiB and a 1 MiB budget holds two.
+    // sequence of ~15 prompt tokens + 300 output grows to ~400 KiB and a 1 MiB pool (51 blocks of 16
+    // tokens) holds two of them whole.
     private const int MaxTokens = 300;
 
     private List<(int[] Prompt, SamplingParameters P)> Requests(int count) =>
@@ -45,6 +47,7 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         Assert.True(admission.PeakBytes >= 2 * perSequence, $"the budget holds two sequences at once; peak was {admission.PeakBytes}");
         Assert.True(admission.BudgetBytes < 3 * perSequence, "the test needs a budget smaller than three sequences");
         Assert.Equal(0, admission.Refused);
+        Assert.True(admission.Preemptions > 0, "twelve sequences share a pool that holds two whole: the newest must be preempted");
         // Every sequence gave its room back; what is held is the finished caches kept for a next turn.
         Assert.Equal(cluster.DecodeService.Resident.Bytes, admission.UsedBytes);
     }
@@ -52,9 +55,9 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
     /// <summary>
     /// The load: 64 concurrent long streams against a decode worker (its own process) whose KV
     /// budget fits 8. A model with large KV per token (8 layers x 2 KV heads x 64 dims: 8 KiB a token,
-    /// 2 MiB a sequence): without admission the 64 caches would take 130 MiB, with it at most 17. Every
-    /// stream finishes with its local tokens and the reserved bytes (sampled from the worker's gauge)
-    /// reach the budget's eight sequences and never pass it. The worker's resident memory is split at
+    /// 2 MiB a sequence): without admission the 64 caches would take 130 MiB, with the block pool at most
+    /// 17. Every stream finishes with its local tokens, some were preempted and recomputed, and the pool's
+    /// bytes in use (sampled from the worker's gauge) reach the budget's eight sequences and never pass it. The worker's resident memory is split at
     /// its highest sample into the GC's committed memory and the rest (native: KV, model, arenas); the
     /// native growth is asserted against the budget, the GC's (checkpoint copies) only reported.
     /// </summary>
@@ -92,8 +95,12 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         await using var cm = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
         string cmAddress = cm.GrpcAddress.ToString();
         await using var prefill = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Prefill, "--model", folder, "--cache-manager", cmAddress), Cluster.Prefill.PrefillService.CreateAsync);
+        // At most 16 sequences admitted at once (--max-batch, vLLM's max_num_seqs), twice what the pool
+        // holds whole: they grow into it lazily and the newest are preempted and recomputed (56 measured),
+        // the other 48 wait in the queue. With the default 32 the peak growth was 100-116 MiB (each admitted
+        // stream adds its open stream and checkpoint copies), at the bound below; with 16, 101-102.
         using var decode = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", folder, "--cache-manager", cmAddress,
-            "--kv-memory", budgetMiB.ToString(), "--max-queue", "64", "--threads", "1");
+            "--kv-memory", budgetMiB.ToString(), "--max-queue", "64", "--threads", "1", "--max-batch", "16");
         await using var gateway = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Gateway, "--model", folder, "--cache-manager", cmAddress,
             "--prefill", prefill.GrpcAddress.ToString(), "--decode", decode.GrpcAddress), Cluster.Gateway.GatewayService.CreateAsync);
         using var client = GrpcChannels.Create(gateway.GrpcAddress);
@@ -123,9 +130,11 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         await sampler;
 
         for (int i = 0; i < streams; i++) Assert.True(expected[i].SequenceEqual(results[i].Ids), $"stream {i} differs from its local run");
+        double preemptions = await decode.GaugeAsync("llm_decode_preemptions_total");
         Assert.InRange(peakReserved, 6 * perSequence, budgetMiB << 20); // the budget was used, never passed
+        Assert.True(preemptions > 0, "sixteen sequences grow into a pool that holds eight: the newest must be preempted");
         var (_, peak) = decode.Memory();
-        Console.WriteLine($"decode worker: peak resident memory {(peak - baseline) >> 20} MiB over its {baseline >> 20} MiB baseline (KV budget {budgetMiB} MiB); "
+        Console.WriteLine($"decode worker: {preemptions} preemptions; peak resident memory {(peak - baseline) >> 20} MiB over its {baseline >> 20} MiB baseline (KV budget {budgetMiB} MiB); "
             + $"at the highest sample ({(atPeak.Rss - baseline) >> 20} MiB over) the GC had {(atPeak.GcCommitted - gcBaseline) >> 20} MiB more committed than at the baseline "
             + $"({atPeak.GcCommitted >> 20} MiB, managed heap {atPeak.Heap >> 20} MiB), native and the rest {(atPeak.Rss - baseline - (atPeak.GcCommitted - gcBaseline)) >> 20} MiB");
         Assert.Equal(await decode.GaugeAsync("llm_kv_resident_bytes"), await decode.GaugeAsync("llm_kv_reserved_bytes")); // only kept caches hold room
@@ -145,7 +154,8 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
     [SharedDataFact]
     public async Task Beyond_the_queue_bound_requests_are_refused_with_resource_exhausted_and_the_rest_finish()
     {
-        await using var cluster = await TestCluster.StartAsync(f.ModelPath, decodeOptions: ["--kv-memory", "1", "--max-queue", "1"]);
+        // Two sequences at once (the batch size bounds the sequences admitted), one waiting, the rest refused.
+        await using var cluster = await TestCluster.StartAsync(f.ModelPath, decodeOptions: ["--kv-memory", "1", "--max-queue", "1", "--max-batch", "2"]);
         var requests = Requests(8);
         var expected = requests.Select(r => GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(r.Prompt, r.P)).Single()).ToList();
 
@@ -156,7 +166,7 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         }));
 
         var refused = outcomes.Where(o => o.Item2 is not null).Select(o => o.Item2!).ToList();
-        Assert.NotEmpty(refused); // eight at once against room for two and a queue of one
+        Assert.NotEmpty(refused); // eight at once against two sequences and a queue of one
         Assert.All(refused, e =>
         {
             Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);

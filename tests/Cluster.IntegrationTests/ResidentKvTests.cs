@@ -125,12 +125,12 @@ public sealed class ResidentKvTests : IDisposable
     [Fact]
     public void Reclaim_drops_the_least_recently_kept_until_enough_is_freed_and_gives_their_room_back()
     {
-        var admission = new Cluster.Engine.Scheduling.KvAdmission(budgetBytes: 64 * 40, maxQueue: 4);
+        var admission = new Cluster.Engine.Scheduling.KvAdmission(numBlocks: 40, blockSize: 1, blockBytes: 64, maxQueue: 4); // a slot of this cache shape: 64 bytes
         using var store = new ResidentKv(budgetBytes: 1 << 20, TimeSpan.FromHours(1));
         foreach (var (name, tokens) in new[] { ("a", 1), ("b", 2), ("c", 3) })
         {
             var cache = Cache(10, tokens);
-            Assert.True(store.Keep(name, cache, admission.TryAcquire(ResidentKv.SizeOf(cache))));
+            Assert.True(store.Keep(name, cache, admission.TryAcquire(cache.Capacity)));
         }
         Assert.Equal(64 * 30, admission.UsedBytes);
         Assert.Equal(64 * 20, store.Reclaim(64 * 11)); // a (10 slots) is not enough: b goes too
@@ -146,26 +146,26 @@ public sealed class ResidentKvTests : IDisposable
     [Fact]
     public async Task A_request_takes_the_room_of_kept_caches_and_none_is_kept_while_one_waits()
     {
-        var admission = new Cluster.Engine.Scheduling.KvAdmission(budgetBytes: 64 * 40, maxQueue: 4);
+        var admission = new Cluster.Engine.Scheduling.KvAdmission(numBlocks: 40, blockSize: 1, blockBytes: 64, maxQueue: 4); // a slot of this cache shape: 64 bytes
         using var store = new ResidentKv(budgetBytes: 1 << 20, TimeSpan.FromHours(1));
         admission.Reclaim = bytes => store.Reclaim(bytes);
-        var live = await admission.AcquireAsync(64 * 10);
+        var live = await admission.AcquireAsync(10);
         foreach (var (name, tokens) in new[] { ("a", 1), ("b", 2), ("c", 3) })
         {
             var cache = Cache(10, tokens);
-            Assert.True(store.Keep(name, cache, admission.TryAcquire(ResidentKv.SizeOf(cache))));
+            Assert.True(store.Keep(name, cache, admission.TryAcquire(cache.Capacity)));
         }
-        Assert.Null(admission.TryAcquire(64)); // full: 10 live + 30 kept
+        Assert.Null(admission.TryAcquire(1)); // full: 10 live + 30 kept
 
-        using var second = await admission.AcquireAsync(64 * 15); // takes a's and b's room at once
+        using var second = await admission.AcquireAsync(15); // takes a's and b's room at once
         Assert.Equal(1, store.Count);
         Assert.Equal(64 * 35, admission.UsedBytes); // c keeps its room while it fits
 
-        var waiting = admission.AcquireAsync(64 * 30).AsTask(); // 10 + 15 live: c goes, and it still waits
+        var waiting = admission.AcquireAsync(30).AsTask(); // 10 + 15 live: c goes, and it still waits
         Assert.False(waiting.IsCompleted);
         Assert.Equal(0, store.Count);
         var cache2 = Cache(5, 9);
-        Assert.Null(admission.TryAcquire(ResidentKv.SizeOf(cache2))); // nothing is kept while one waits
+        Assert.Null(admission.TryAcquire(cache2.Capacity)); // nothing is kept while one waits
         live.Dispose();
         second.Dispose();
         (await waiting).Dispose();

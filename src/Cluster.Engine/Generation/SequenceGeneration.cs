@@ -40,7 +40,14 @@ public sealed class SequenceGeneration : IDisposable
     }
 
     public int Index { get; }
-    public SequenceKvCache Cache { get; }
+
+    /// <summary>The output's KV. A continuous batch that preempts the sequence frees it and later gives it
+    /// a recomputed one (<see cref="ReplaceCache"/>): read it after the stream, do not keep the first.</summary>
+    public SequenceKvCache Cache { get; private set; }
+
+    /// <summary>Swaps in a recomputed cache after a preemption; the batch has freed the old one. The
+    /// sampling state (random stream, penalties, stop state) is untouched, so the tokens do not change.</summary>
+    internal void ReplaceCache(SequenceKvCache cache) => Cache = cache;
 
     /// <summary>Logits of the next token; whoever runs the model writes them before <see cref="Step"/>.</summary>
     public float[] Logits { get; }

@@ -45,11 +45,22 @@ public sealed class KvCacheLayer : IDisposable
     /// <summary>Grows the per-head capacity to at least <paramref name="capacity"/>, keeping contents.</summary>
     internal void Grow(IComputeBackend backend, int capacity)
     {
-        if (capacity <= Capacity) return;
+        if (capacity > Capacity) Resize(backend, capacity);
+    }
+
+    /// <summary>Sets the per-head capacity to exactly <paramref name="capacity"/> (at least every head's
+    /// length), keeping contents: a paged sequence's cache is exactly the blocks the pool granted it.</summary>
+    internal void Resize(IComputeBackend backend, int capacity)
+    {
+        if (capacity == Capacity) return;
+        if (capacity < Lengths.Max()) throw new ArgumentOutOfRangeException(nameof(capacity), $"{capacity} slots cannot hold the {Lengths.Max()} a head holds");
         var k = backend.Allocate((long)KvHeads * capacity * HeadDim);
         var v = backend.Allocate((long)KvHeads * capacity * HeadDim);
         var positions = new int[KvHeads * capacity];
-        var row = new float[Capacity * HeadDim];
+        int keep = Math.Min(Capacity, capacity);
+        // Pooled: a paged cache is resized every block's worth of tokens, and these would be garbage.
+        var rented = System.Buffers.ArrayPool<float>.Shared.Rent(keep * HeadDim);
+        var row = rented.AsSpan(0, keep * HeadDim);
         for (int h = 0; h < KvHeads; h++)
         {
             backend.CopyToHost(K, Offset(h, 0), row);
@@ -58,6 +69,7 @@ public sealed class KvCacheLayer : IDisposable
             backend.CopyFromHost(row, v, (long)h * capacity * HeadDim);
             Array.Copy(Positions, h * Capacity, positions, h * capacity, Lengths[h]);
         }
+        System.Buffers.ArrayPool<float>.Shared.Return(rented);
         K.Dispose();
         V.Dispose();
         (K, V, Positions, Capacity) = (k, v, positions, capacity);

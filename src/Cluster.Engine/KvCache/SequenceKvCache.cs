@@ -7,7 +7,8 @@ namespace Cluster.Engine.KvCache;
 /// The KV cache of one sequence: one <see cref="KvCacheLayer"/> per transformer layer, plus the
 /// number of tokens the sequence has seen (the next token's original position), managed by one
 /// compression policy (dense when nothing else is asked for). <see cref="KvRoom"/> makes room before
-/// tokens run (the policy evicts, the cache grows by doubling); the model only checks
+/// tokens run (the policy evicts, the cache grows by doubling, unless its owner sizes it with
+/// <see cref="Resize"/>: a paged sequence holds exactly its pool blocks); the model only checks
 /// <see cref="HasRoom"/>.
 /// </summary>
 public sealed class SequenceKvCache : IDisposable
@@ -81,6 +82,23 @@ public sealed class SequenceKvCache : IDisposable
         return true;
     }
 
+    /// <summary>Sets every layer's capacity to exactly <paramref name="capacity"/> slots per head (at least
+    /// the slots in use): a paged sequence's cache holds exactly its blocks, so the worker's KV memory
+    /// follows the block pool instead of growing by doubling past it.</summary>
+    public void Resize(int capacity)
+    {
+        foreach (var layer in Layers) layer.Resize(_backend, capacity);
+    }
+
+    /// <summary>The most slots any head of any layer uses.</summary>
+    public int MaxLength()
+    {
+        int most = 0;
+        foreach (var layer in Layers)
+            foreach (var n in layer.Lengths) most = Math.Max(most, n);
+        return most;
+    }
+
     /// <summary>An independent copy, e.g. so that n samples or beams continue one prompt's KV
     /// without recomputing it.</summary>
     public SequenceKvCache Clone(int extraCapacity = 0)
@@ -108,8 +126,17 @@ public sealed class SequenceKvCache : IDisposable
         TokensSeen = tokens;
     }
 
+    private bool _disposed;
+
+    /// <summary>Freed (a preempted sequence's cache is freed by the batch while its owner holds it).</summary>
+    public bool IsDisposed => _disposed;
+
+    /// <summary>Frees the layers; a second call does nothing (a preempted sequence's cache is freed by the
+    /// batch while its owner still holds it).</summary>
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         foreach (var layer in Layers) layer.Dispose();
     }
 }

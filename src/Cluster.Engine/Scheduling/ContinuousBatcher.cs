@@ -14,8 +14,14 @@ namespace Cluster.Engine.Scheduling;
 /// whose caller cancels is aborted and freed before the next step. Work that must own the model for
 /// its own passes (a beam search: its beams interact every step) joins as a stepped job
 /// (<see cref="AddStepped"/>): one of its steps runs between two batched steps.
+/// <para>
+/// A sequence added with a lease of KV blocks (<see cref="KvAdmission.KvLease"/>) is paged, as vLLM v1's
+/// scheduler pages its requests: before each step it takes the blocks its next token needs, its cache
+/// holds exactly those blocks, and when the pool has none left the newest running sequence is preempted
+/// and later recomputed (ContinuousBatcher.Preemption.cs).
+/// </para>
 /// </summary>
-public sealed class ContinuousBatcher : IDisposable
+public sealed partial class ContinuousBatcher : IDisposable
 {
     private readonly LlamaModel _model;
     private readonly int _maxBatch;
@@ -32,8 +38,12 @@ public sealed class ContinuousBatcher : IDisposable
     /// <param name="afterToken">Called on the batch thread after each sampled chunk is written, the last
     /// one included, and before that token runs or the sequence is freed: the cache then holds every
     /// token but the newest (the moment a checkpoint is consistent).</param>
-    public ContinuousBatcher(LlamaModel model, int maxBatch, Action<int, TimeSpan>? afterStep = null, Action<SequenceGeneration, GenerationChunk, object?>? afterToken = null)
+    /// <param name="preempted">Called on the batch thread when a paged sequence is preempted, with its
+    /// state: whatever the caller holds of its KV outside the pool may go too (it is recomputed).</param>
+    public ContinuousBatcher(LlamaModel model, int maxBatch, Action<int, TimeSpan>? afterStep = null, Action<SequenceGeneration, GenerationChunk, object?>? afterToken = null,
+        Action<object?>? preempted = null)
     {
+        _preemptedHook = preempted;
         if (maxBatch < 1 || maxBatch > model.MaxChunk) throw new ArgumentOutOfRangeException(nameof(maxBatch), $"max batch must be 1..{model.MaxChunk}, got {maxBatch}");
         _model = model;
         _maxBatch = maxBatch;
@@ -58,10 +68,16 @@ public sealed class ContinuousBatcher : IDisposable
     /// cache: a caller that stops reading early cancels and waits for the completion before freeing it.
     /// </summary>
     /// <param name="state">Passed back to the afterToken hook (e.g. the request it belongs to).</param>
-    public ChannelReader<GenerationChunk> Add(SequenceGeneration sequence, IReadOnlyList<int> feed, CancellationToken cancel, object? state = null)
+    /// <param name="lease">The sequence's KV blocks (covering what its cache holds now); null runs it
+    /// unpaged, its cache growing by doubling. The caller disposes the lease after the channel completes.</param>
+    /// <param name="recompute">With a lease: builds, on the batch thread, a fresh cache (policy set) holding
+    /// what the sequence's cache held before its first generated token, so that feeding it every generated
+    /// token one per step rebuilds the cache exactly; it makes the sequence preemptible. Null: never preempted.</param>
+    public ChannelReader<GenerationChunk> Add(SequenceGeneration sequence, IReadOnlyList<int> feed, CancellationToken cancel, object? state = null,
+        KvAdmission.KvLease? lease = null, Func<Cluster.Engine.KvCache.SequenceKvCache>? recompute = null)
     {
         var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true });
-        var entry = new Entry(sequence, feed.ToArray(), output, cancel, state);
+        var entry = new Entry(sequence, feed.ToArray(), output, cancel, state) { Lease = lease, Recompute = lease is null ? null : recompute };
         if (!_incoming.Writer.TryWrite(entry)) throw new ObjectDisposedException(nameof(ContinuousBatcher));
         return output.Reader;
     }
@@ -139,10 +155,14 @@ public sealed class ContinuousBatcher : IDisposable
                     if (entry is not null) Admit(entry);
                 while (_incomingJobs.Reader.TryRead(out var job)) _jobs.Add(job);
                 DropCancelled();
+                ResumePreempted();
                 if (_running.Count == 0 && _jobs.Count == 0)
                 {
-                    // Idle: sleep until a sequence or a job arrives.
-                    _incoming.Reader.WaitToReadAsync(ct).AsTask().Wait(ct);
+                    // Idle: sleep until a sequence or a job arrives; a preempted sequence waits for blocks
+                    // that a finished stream's handler gives back off this thread, so it polls.
+                    var arrival = _incoming.Reader.WaitToReadAsync(ct).AsTask();
+                    if (_preempted.Count == 0) arrival.Wait(ct);
+                    else arrival.Wait(5, ct);
                     continue;
                 }
                 StepJobs();
@@ -153,6 +173,7 @@ public sealed class ContinuousBatcher : IDisposable
         {
         }
         foreach (var e in _running) Finish(e, e.Sequence.Abort());
+        foreach (var e in _preempted) Finish(e, e.Sequence.Abort());
         while (_incoming.Reader.TryRead(out var e))
             if (e is not null) Finish(e, e.Sequence.Abort());
         foreach (var job in _jobs) { job.Steps?.Dispose(); job.Output.Writer.TryComplete(new ObjectDisposedException(nameof(ContinuousBatcher))); }
@@ -167,6 +188,8 @@ public sealed class ContinuousBatcher : IDisposable
     private void Admit(Entry e)
     {
         if (e.Cancel.IsCancellationRequested) { Finish(e, e.Sequence.Abort()); return; }
+        e.Order = ++_admitted;
+        if (e.Lease is not null) FitToLease(e);
         if (e.Feed.Length == 0 && Emit(e, e.Sequence.Step(TimeSpan.Zero))) return;
         _running.Add(e);
         Interlocked.Increment(ref _runningCount);
@@ -179,6 +202,13 @@ public sealed class ContinuousBatcher : IDisposable
             var e = _running[i];
             if (!e.Cancel.IsCancellationRequested) continue;
             Remove(i);
+            Finish(e, e.Sequence.Abort());
+        }
+        for (int i = _preempted.Count - 1; i >= 0; i--)
+        {
+            var e = _preempted[i];
+            if (!e.Cancel.IsCancellationRequested) continue;
+            _preempted.RemoveAt(i);
             Finish(e, e.Sequence.Abort());
         }
     }
@@ -200,6 +230,8 @@ public sealed class ContinuousBatcher : IDisposable
             _running.RemoveRange(0, n);
             _running.AddRange(batch);
         }
+        ReserveBlocks(batch);
+        if (batch.Count == 0) return;
         // The per-sequence part first: one sequence that cannot take its token (its policy or cache
         // refuses) ends alone, with its reason, and the others run.
         for (int i = batch.Count - 1; i >= 0; i--)
@@ -314,9 +346,31 @@ public sealed class ContinuousBatcher : IDisposable
         public IEnumerator<IReadOnlyList<GenerationChunk>>? Steps { get; set; }
     }
 
-    private sealed record Entry(SequenceGeneration Sequence, int[] Feed, Channel<GenerationChunk> Output, CancellationToken Cancel, object? State)
+    private sealed class Entry(SequenceGeneration sequence, int[] feed, Channel<GenerationChunk> output, CancellationToken cancel, object? state)
     {
+        public SequenceGeneration Sequence { get; } = sequence;
+
+        /// <summary>Tokens its cache lacks, run one per step before it samples (after a preemption: every
+        /// generated token, on the recomputed prefix).</summary>
+        public int[] Feed { get; set; } = feed;
+
+        public Channel<GenerationChunk> Output { get; } = output;
+        public CancellationToken Cancel { get; } = cancel;
+        public object? State { get; } = state;
+
         /// <summary>Tokens of <see cref="Feed"/> that have run.</summary>
         public int Fed { get; set; }
+
+        /// <summary>Its KV blocks (paged), or null.</summary>
+        public KvAdmission.KvLease? Lease { get; init; }
+
+        /// <summary>Rebuilds its cache's prefix after a preemption; null: not preemptible.</summary>
+        public Func<Cluster.Engine.KvCache.SequenceKvCache>? Recompute { get; init; }
+
+        /// <summary>When it first joined (1, 2, ...): the newest running sequence is preempted first.</summary>
+        public long Order { get; set; }
+
+        /// <summary>Slots its cache used when preempted: the blocks it takes back to resume.</summary>
+        public int SlotsAtPreempt { get; set; }
     }
 }

@@ -1,98 +1,149 @@
+using Cluster.Engine.KvCache;
+
 namespace Cluster.Engine.Scheduling;
 
 /// <summary>
-/// Admission of sequences into a decode worker's KV memory: each sequence reserves the KV it can grow
-/// to (its cache's capacity: the tokens it holds plus every token it may still add, or its policy's
-/// budget) before its cache is loaded, and gives it back when it ends. What does not fit waits in a
-/// bounded first-in-first-out queue (TGI's max-batch-total-tokens rule): the head of the queue is
-/// admitted before anything behind it, so no request starves, and memory never exceeds the budget.
-/// A full queue is an answer, not a failure: <see cref="KvAdmissionRefusedException"/> (RESOURCE_EXHAUSTED).
-/// Thread-safe.
+/// A decode worker's KV memory as a block pool (<see cref="KvBlockPool"/>, per-sequence tables in a
+/// <see cref="KvCacheManager"/>), shared by the request handlers and the batch thread. A new sequence
+/// takes blocks for the tokens it holds now, not for everything it may generate (vLLM's lazy
+/// allocation): the batch grows its blocks step by step (<see cref="KvLease.TryGrow"/>) and, when the
+/// pool is full, preempts the newest running sequence (<see cref="KvLease.Preempt"/>), which resumes by
+/// recomputation when blocks are free again. What does not fit waits in a bounded first-in-first-out
+/// queue (the head is admitted before anything behind it, and no new sequence is admitted while a
+/// preempted one waits to resume, so nothing starves); beyond the bound the answer is
+/// <see cref="KvAdmissionRefusedException"/> (RESOURCE_EXHAUSTED). Thread-safe.
 /// </summary>
 public sealed class KvAdmission
 {
     private readonly object _lock = new();
+    private readonly KvCacheManager _blocks;
     private readonly LinkedList<Waiter> _queue = new();
-    private long _used, _peak;
-    private long _refused;
+    private long _nextId, _refused, _preemptions;
+    private int _peakBlocks, _suspended, _sequences;
 
-    /// <param name="budgetBytes">KV bytes that admitted sequences may hold together.</param>
+    /// <param name="numBlocks">Blocks in the pool.</param>
+    /// <param name="blockSize">Token slots per block.</param>
+    /// <param name="blockBytes">Bytes of one block (K and V of every layer and KV head), for the gauges.</param>
     /// <param name="maxQueue">Sequences that may wait for room; one more is refused.</param>
-    public KvAdmission(long budgetBytes, int maxQueue)
+    /// <param name="maxSequences">Sequences admitted at once, running or preempted (vLLM's max_num_seqs):
+    /// past the batch size more would only take turns, each holding blocks and a stream.</param>
+    /// <param name="headroom">Free blocks a new sequence must leave for each running one (0: none). With
+    /// one, a sequence is admitted only while every running sequence can still take its next block, so
+    /// admitting it does not force a preemption at the next block boundary (vLLM's watermark serves the
+    /// same end): without it, 64 streams against a pool that holds 8 all start, and most are preempted
+    /// with their streams and checkpoints open.</param>
+    public KvAdmission(int numBlocks, int blockSize, long blockBytes, int maxQueue, int maxSequences = int.MaxValue, int headroom = 0)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(budgetBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(headroom);
+        Headroom = headroom;
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSequences);
+        MaxSequences = maxSequences;
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numBlocks);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(maxQueue);
-        BudgetBytes = budgetBytes;
+        _blocks = new KvCacheManager(new KvBlockPool(numBlocks, blockSize));
+        BlockBytes = blockBytes;
         MaxQueue = maxQueue;
     }
 
-    public long BudgetBytes { get; }
+    /// <summary>The blocks of <paramref name="budgetBytes"/> for a model's KV shape (fp32 K and V).</summary>
+    public static KvAdmission ForBudget(long budgetBytes, Model.LlamaConfig c, int maxQueue, int maxSequences = int.MaxValue, int headroom = 0, int blockSize = 16) =>
+        new(KvBlockPool.BlocksForBudget(budgetBytes, blockSize, c.Layers, c.KvHeads, c.HeadDim), blockSize,
+            KvBlockPool.BlockBytes(blockSize, c.Layers, c.KvHeads, c.HeadDim), maxQueue, maxSequences, headroom);
+
+    public int NumBlocks => _blocks.Pool.NumBlocks;
+    public int BlockSize => _blocks.Pool.BlockSize;
+    public long BlockBytes { get; }
     public int MaxQueue { get; }
+    public int MaxSequences { get; }
+    public int Headroom { get; }
 
-    /// <summary>Bytes reserved by admitted sequences now.</summary>
-    public long UsedBytes { get { lock (_lock) return _used; } }
+    /// <summary>The whole pool in bytes (the <c>--kv-memory</c> budget rounded down to whole blocks).</summary>
+    public long BudgetBytes => NumBlocks * BlockBytes;
 
-    /// <summary>The most bytes ever reserved at once (never above the budget).</summary>
-    public long PeakBytes { get { lock (_lock) return _peak; } }
+    /// <summary>Bytes of the blocks held now (running sequences and kept caches).</summary>
+    public long UsedBytes { get { lock (_lock) return (NumBlocks - _blocks.Pool.FreeBlocks) * BlockBytes; } }
 
-    /// <summary>Sequences waiting for room now.</summary>
+    /// <summary>The most bytes ever held at once (never above the budget).</summary>
+    public long PeakBytes { get { lock (_lock) return _peakBlocks * BlockBytes; } }
+
+    /// <summary>Fraction of the pool's blocks in use (<c>llm_kv_cache_usage_ratio</c>).</summary>
+    public double Usage { get { lock (_lock) return _blocks.Pool.Usage; } }
+
+    /// <summary>New sequences waiting for room now.</summary>
     public int Waiting { get { lock (_lock) return _queue.Count; } }
+
+    /// <summary>Preempted sequences waiting to resume now.</summary>
+    public int Suspended { get { lock (_lock) return _suspended; } }
 
     /// <summary>Requests refused because the queue was full or they could never fit.</summary>
     public long Refused => Interlocked.Read(ref _refused);
 
+    /// <summary>Sequences preempted so far (their blocks taken to let older ones grow).</summary>
+    public long Preemptions => Interlocked.Read(ref _preemptions);
+
+    /// <summary>Frees up to the given bytes of reclaimable holdings (caches kept for a next turn, which
+    /// may be dropped at any time); called outside the lock before a request waits or a sequence is
+    /// preempted.</summary>
+    public Action<long>? Reclaim { get; set; }
+
+    /// <summary>Blocks that <paramref name="tokens"/> slots take.</summary>
+    public int BlocksFor(int tokens) => (tokens + BlockSize - 1) / BlockSize;
+
     /// <summary>
-    /// Reserves <paramref name="bytes"/>, waiting in line while they do not fit. Dispose the result to
-    /// give them back. Cancelling the wait leaves the queue as if the request had never come.
+    /// Takes blocks for <paramref name="tokens"/> slots (what the sequence's cache holds when it joins),
+    /// waiting in line while they do not fit. Dispose the lease to give them back. Cancelling the wait
+    /// leaves the queue as if the request had never come.
     /// </summary>
-    /// <exception cref="KvAdmissionRefusedException">More than the whole budget, or the queue is full.</exception>
-    public async ValueTask<Reservation> AcquireAsync(long bytes, CancellationToken cancel = default)
+    /// <exception cref="KvAdmissionRefusedException">More than the whole pool, or the queue is full.</exception>
+    public async ValueTask<KvLease> AcquireAsync(int tokens, CancellationToken cancel = default)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(bytes);
-        long shortfall;
+        ArgumentOutOfRangeException.ThrowIfNegative(tokens);
+        int blocks = BlocksFor(tokens);
+        int shortfall;
         lock (_lock)
         {
-            if (bytes > BudgetBytes)
-                throw Refuse($"this sequence's KV ({Mib(bytes)}) exceeds the worker's whole KV budget ({Mib(BudgetBytes)}): lower max_tokens, shorten the prompt or use a bounded KV policy");
-            shortfall = _queue.Count == 0 ? _used + bytes - BudgetBytes : bytes;
+            if (blocks > NumBlocks)
+                throw Refuse($"this sequence's KV ({Mib(blocks * BlockBytes)}) exceeds the worker's whole KV budget ({Mib(BudgetBytes)}): shorten the prompt or use a bounded KV policy");
+            shortfall = _sequences >= MaxSequences ? 0 : MayAdmitNow() ? blocks - _blocks.Pool.FreeBlocks : blocks;
         }
         // Room held by what can give it back at once (finished conversations' kept caches) goes first:
-        // outside the lock, since giving it back releases reservations here.
-        if (shortfall > 0) Reclaim?.Invoke(shortfall);
+        // outside the lock, since giving it back frees leases here.
+        if (shortfall > 0) Reclaim?.Invoke(shortfall * BlockBytes);
         Waiter waiter;
         lock (_lock)
         {
-            if (_queue.Count == 0 && _used + bytes <= BudgetBytes)
-            {
-                Take(bytes);
-                return new Reservation(this, bytes);
-            }
+            if (MayAdmitNow() && _sequences < MaxSequences && TryTake(tokens, sequence: true) is { } lease) return lease;
             if (_queue.Count >= MaxQueue)
                 throw Refuse($"decode worker busy: its KV budget ({Mib(BudgetBytes)}) is in use and {_queue.Count} requests already wait (the queue's bound); retry later");
-            waiter = new Waiter(bytes);
+            waiter = new Waiter(tokens);
             waiter.Node = _queue.AddLast(waiter);
         }
         using (cancel.Register(() => Cancel(waiter, cancel)))
-            await waiter.Admitted.Task.ConfigureAwait(false);
-        return new Reservation(this, bytes);
+            return await waiter.Admitted.Task.ConfigureAwait(false);
     }
 
-    /// <summary>Frees up to the given bytes of reclaimable reservations (e.g. caches kept for a next turn
-    /// that may be dropped at any time); called, outside the lock, before a request would wait.</summary>
-    public Action<long>? Reclaim { get; set; }
-
-    /// <summary>Reserves <paramref name="bytes"/> only if they fit now with nobody waiting (what waits
-    /// comes first); null otherwise. For optional holdings such as kept caches.</summary>
-    public Reservation? TryAcquire(long bytes)
+    /// <summary>Takes blocks for <paramref name="tokens"/> slots only if they fit now with nobody waiting
+    /// (what waits comes first); null otherwise. For optional holdings such as kept caches.</summary>
+    public KvLease? TryAcquire(int tokens)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(bytes);
-        lock (_lock)
-        {
-            if (_queue.Count > 0 || _used + bytes > BudgetBytes) return null;
-            Take(bytes);
-            return new Reservation(this, bytes);
-        }
+        ArgumentOutOfRangeException.ThrowIfNegative(tokens);
+        lock (_lock) return MayAdmitNow() ? TryTake(tokens, sequence: false) : null;
     }
+
+    private bool MayAdmitNow() => _queue.Count == 0 && _suspended == 0;
+
+    private KvLease? TryTake(int tokens, bool sequence)
+    {
+        long id = ++_nextId;
+        if (sequence && _blocks.BlocksNeeded(id, tokens) + Headroom * (_sequences - _suspended) > _blocks.Pool.FreeBlocks) return null;
+        if (!_blocks.TryAllocate(id, tokens)) return null;
+        NotePeak();
+        if (sequence) _sequences++;
+        return new KvLease(this, id, sequence);
+    }
+
+    private void NotePeak() => _peakBlocks = Math.Max(_peakBlocks, NumBlocks - _blocks.Pool.FreeBlocks);
 
     private KvAdmissionRefusedException Refuse(string message)
     {
@@ -100,63 +151,161 @@ public sealed class KvAdmission
         return new KvAdmissionRefusedException(message);
     }
 
-    private void Take(long bytes)
-    {
-        _used += bytes;
-        _peak = Math.Max(_peak, _used);
-    }
-
     private void Cancel(Waiter waiter, CancellationToken cancel)
     {
         lock (_lock)
         {
-            if (waiter.Node?.List is null) return; // admitted meanwhile: the reservation is returned by the caller
+            if (waiter.Node?.List is null) return; // admitted meanwhile: the lease is returned by the caller
             _queue.Remove(waiter.Node);
             AdmitFromQueue(); // the head may have been this one, blocking others that fit
         }
         waiter.Admitted.TrySetCanceled(cancel);
     }
 
-    private void Release(long bytes)
+    /// <summary>Admits waiters from the head while the head fits (strict order: a small request behind a
+    /// large one waits, which is what keeps the large one from starving), and none while a preempted
+    /// sequence waits to resume (it was admitted earlier). Under the lock.</summary>
+    private void AdmitFromQueue()
     {
-        lock (_lock)
+        while (_suspended == 0 && _sequences < MaxSequences && _queue.First is { } head && TryTake(head.Value.Tokens, sequence: true) is { } lease)
         {
-            _used -= bytes;
-            AdmitFromQueue();
+            _queue.RemoveFirst();
+            if (!head.Value.Admitted.TrySetResult(lease)) lease.Dispose();
         }
     }
 
-    /// <summary>Admits waiters from the head while the head fits (strict order: a small request behind a
-    /// large one waits, which is what keeps the large one from starving).</summary>
-    private void AdmitFromQueue()
+    private void Release(long id, bool suspended, bool sequence)
     {
-        while (_queue.First is { } head && _used + head.Value.Bytes <= BudgetBytes)
-        {
-            _queue.RemoveFirst();
-            Take(head.Value.Bytes);
-            head.Value.Admitted.TrySetResult();
-        }
+        _blocks.Free(id);
+        if (suspended) _suspended--;
+        if (sequence) _sequences--;
+        AdmitFromQueue();
     }
 
     private static string Mib(long bytes) => $"{bytes / 1048576.0:F1} MiB";
 
-    private sealed class Waiter(long bytes)
+    private sealed class Waiter(int tokens)
     {
-        public long Bytes { get; } = bytes;
+        public int Tokens { get; } = tokens;
         public LinkedListNode<Waiter>? Node { get; set; }
-        public TaskCompletionSource Admitted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource<KvLease> Admitted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
-    /// <summary>Bytes held by one admitted sequence; disposing returns them (once).</summary>
-    public sealed class Reservation(KvAdmission owner, long bytes) : IDisposable
+    /// <summary>
+    /// One sequence's blocks. The request handler that acquired it disposes it when the sequence ends;
+    /// in between the batch thread grows it, preempts it and resumes it.
+    /// </summary>
+    public sealed class KvLease : IDisposable
     {
-        private int _released;
+        private readonly KvAdmission _owner;
+        private readonly bool _sequence; // counts against MaxSequences (a kept cache does not)
+        private bool _released, _preempted;
 
-        public long Bytes { get; } = bytes;
+        internal KvLease(KvAdmission owner, long id, bool sequence)
+        {
+            _owner = owner;
+            Id = id;
+            _sequence = sequence;
+        }
 
+        /// <summary>The sequence's id in the pool's block tables.</summary>
+        public long Id { get; }
+
+        /// <summary>Token slots its blocks hold (0 while preempted): the capacity its cache may have.</summary>
+        public int Slots { get { lock (_owner._lock) return _owner._blocks.BlockTable(Id).Count * _owner.BlockSize; } }
+
+        /// <summary>The block ids it holds, in order (tests).</summary>
+        public IReadOnlyList<int> Blocks { get { lock (_owner._lock) return [.. _owner._blocks.BlockTable(Id)]; } }
+
+        public bool IsPreempted { get { lock (_owner._lock) return _preempted; } }
+
+        /// <summary>Blocks in the whole pool: a sequence that needs more can never run.</summary>
+        public int PoolBlocks => _owner.NumBlocks;
+
+        public int BlockSize => _owner.BlockSize;
+
+        /// <summary>Blocks that <paramref name="slots"/> slots take.</summary>
+        public int BlocksFor(int slots) => _owner.BlocksFor(slots);
+
+        /// <summary>Makes its blocks cover <paramref name="slots"/> slots; false, taking none, when the pool
+        /// cannot (the caller preempts someone). Kept caches are reclaimed before answering false.</summary>
+        public bool TryGrow(int slots)
+        {
+            if (TryGrowLocked(slots, out int shortfall)) return true;
+            _owner.Reclaim?.Invoke(shortfall * _owner.BlockBytes);
+            return TryGrowLocked(slots, out _);
+        }
+
+        private bool TryGrowLocked(int slots, out int shortfall)
+        {
+            lock (_owner._lock)
+            {
+                if (_released || _preempted) throw new InvalidOperationException("the lease holds no blocks");
+                var m = _owner._blocks;
+                int more = slots - m.Tokens(Id);
+                shortfall = 0;
+                if (more <= 0) return true;
+                if (m.TryAllocate(Id, more))
+                {
+                    _owner.NotePeak();
+                    return true;
+                }
+                shortfall = m.BlocksNeeded(Id, more) - m.Pool.FreeBlocks;
+                return false;
+            }
+        }
+
+        /// <summary>Gives all its blocks back to make room for older sequences; until
+        /// <see cref="TryResume"/>, no new sequence is admitted (the preempted one goes first).</summary>
+        public void Preempt()
+        {
+            lock (_owner._lock)
+            {
+                if (_released || _preempted) throw new InvalidOperationException("the lease holds no blocks");
+                _preempted = true;
+                _owner._suspended++;
+                _owner._blocks.Preempt(Id);
+            }
+            Interlocked.Increment(ref _owner._preemptions);
+        }
+
+        /// <summary>Takes blocks for <paramref name="slots"/> slots again after a preemption; false, taking
+        /// none, while they do not fit. Kept caches are reclaimed before answering false.</summary>
+        public bool TryResume(int slots)
+        {
+            if (TryResumeLocked(slots, out int shortfall)) return true;
+            if (shortfall > 0) _owner.Reclaim?.Invoke(shortfall * _owner.BlockBytes);
+            return TryResumeLocked(slots, out _);
+        }
+
+        private bool TryResumeLocked(int slots, out int shortfall)
+        {
+            lock (_owner._lock)
+            {
+                if (_released || !_preempted) throw new InvalidOperationException("the lease is not preempted");
+                // The same headroom as a new sequence: resumed into a pool the running ones are about to
+                // fill, it would be preempted again at once.
+                var m = _owner._blocks;
+                int running = _owner._sequences - _owner._suspended;
+                shortfall = m.BlocksNeeded(Id, slots) + _owner.Headroom * running - m.Pool.FreeBlocks;
+                if (shortfall > 0 || !m.TryAllocate(Id, slots)) return false;
+                _preempted = false;
+                _owner._suspended--;
+                _owner.NotePeak();
+                _owner.AdmitFromQueue(); // the last one back lets new sequences in again
+                return true;
+            }
+        }
+
+        /// <summary>Gives the blocks back (once) and admits what waits.</summary>
         public void Dispose()
         {
-            if (Interlocked.Exchange(ref _released, 1) == 0) owner.Release(Bytes);
+            lock (_owner._lock)
+            {
+                if (_released) return;
+                _released = true;
+                _owner.Release(Id, _preempted, _sequence);
+            }
         }
     }
 }

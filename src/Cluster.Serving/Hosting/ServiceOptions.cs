@@ -73,7 +73,7 @@ public sealed class ServiceOptions
     [Option("--redis", "host:port of the Redis session store (default: in-process store)", ServiceRole.Gateway)]
     public string? Redis { get; set; }
 
-    [Option("--max-batch", "most sequences in one decode step", ServiceRole.Decode)]
+    [Option("--max-batch", "most sequences in one decode step, and admitted at once (running or preempted)", ServiceRole.Decode)]
     public int MaxBatch { get; set; } = 32;
 
     [Option("--kv-memory", "KV memory budget in MiB for the sequences decoding together; a sequence reserves its cache's full size (tokens so far + max_tokens, or its policy's budget) before it joins", ServiceRole.Decode)]

@@ -114,6 +114,26 @@ public sealed class KvCacheManagerTests
     }
 
     [Fact]
+    public void Preempting_a_fork_returns_only_its_own_blocks_and_recomputation_takes_fresh_ones_from_the_head()
+    {
+        var m = Manager(6);
+        m.TryAllocate(1, 6); // 0 1
+        m.Fork(1, 2);        // shares 0 1
+        var copies = new List<KvCacheManager.BlockCopy>();
+        Assert.True(m.TryAllocate(2, 3, copies)); // writes into the shared, partly filled block 1: copied to 2
+        Assert.Equal([new KvCacheManager.BlockCopy(1, 2)], copies);
+        Assert.Equal([0, 2, 3], m.BlockTable(2));
+        Assert.Equal([4, 5], m.Pool.FreeQueue);
+        m.Preempt(2); // its own blocks go back tail first; the shared block 0 stays with the parent
+        Assert.Equal([4, 5, 3, 2], m.Pool.FreeQueue);
+        Assert.Equal(1, m.Pool.RefCount(0));
+        Assert.Equal([0, 1], m.BlockTable(1));
+        Assert.True(m.TryAllocate(2, 9)); // resumed by recomputation: a private table, nothing shared
+        Assert.Equal([4, 5, 3], m.BlockTable(2));
+        Assert.Equal([2], m.Pool.FreeQueue);
+    }
+
+    [Fact]
     public void Truncate_returns_blocks_past_the_kept_tokens()
     {
         var m = Manager(5);
