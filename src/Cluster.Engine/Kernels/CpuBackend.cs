@@ -39,6 +39,19 @@ public sealed unsafe class CpuBackend : IComputeBackend
             Console.Error.WriteLine($"note: {OpenBlas.LoadError}; using the managed SIMD matrix product (slower)");
     }
 
+    /// <inheritdoc/>
+    /// <remarks>fp32 rows up to <see cref="Fp32Dots.MaxRows"/> and Q8_0 rows below the dequantizing sgemm's
+    /// threshold go through one fixed-order multiply-add chain per output whatever the row count (checked by
+    /// tests); sgemm packs and orders its sums by the shape, so beyond those, or with bf16/fp16 in sgemm
+    /// (from 4 rows), a row's bits depend on the others. Without OpenBLAS the managed kernels are per row.</remarks>
+    public int RowExactRows(WeightType format) => format switch
+    {
+        WeightType.F32 when UseFp32Dots => Fp32Dots.MaxRows,
+        WeightType.Q8_0 => _useBlas ? DequantGemmRows - 1 : int.MaxValue,
+        WeightType.BF16 or WeightType.F16 => _useBlas ? HalfGemmRows - 1 : int.MaxValue,
+        _ => _useBlas ? 1 : int.MaxValue,
+    };
+
     public string Name => _useBlas ? $"cpu (OpenBLAS, {_threads} threads)" : $"cpu (managed SIMD, {_threads} threads)";
 
     public bool UsesOpenBlas => _useBlas;

@@ -13,6 +13,12 @@ public interface IComputeBackend : IDisposable
     /// <summary>Short description for logs, e.g. "cpu (OpenBLAS, 2 threads)".</summary>
     string Name { get; }
 
+    /// <summary>The most rows a matrix product of <paramref name="format"/> weights computes so that each
+    /// row's result is bit for bit what that row alone gives (the same kernel and summation order for every
+    /// row count up to it). A sequence may then run several of its tokens in one pass exactly as it would
+    /// run them one at a time. 1 where the backend does not promise it.</summary>
+    int RowExactRows(WeightType format) => 1;
+
     /// <summary>Allocates <paramref name="length"/> floats, zero-filled.</summary>
     Tensor Allocate(long length);
 

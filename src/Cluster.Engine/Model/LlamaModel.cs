@@ -25,7 +25,14 @@ public sealed class LlamaModel : IDisposable
         Rope = new RopeTable(config.HeadDim, config.RopeTheta, config.RopeLayout, config.RopeScaling);
         MaxChunk = maxChunk;
         _state = new RunState(config, backend, maxChunk);
+        ExactRows = Math.Min(maxChunk, weights.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Append(weights.Classifier)
+            .Select(w => w.Format).Distinct().Min(backend.RowExactRows));
     }
+
+    /// <summary>Rows a pass may hold while every row's logits stay bit for bit what the row gives alone
+    /// (<see cref="IComputeBackend.RowExactRows"/> over this model's weight formats): a batch this size or
+    /// smaller may run several tokens of one sequence in a segment instead of one per pass, exactly.</summary>
+    public int ExactRows { get; }
 
     public LlamaConfig Config { get; }
     public LlamaWeights Weights { get; }
@@ -103,12 +110,38 @@ public sealed class LlamaModel : IDisposable
         if (batch == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
         if (caches.Count != batch) throw new ArgumentException($"{batch} tokens but {caches.Count} caches", nameof(caches));
         if (batch > MaxChunk) throw new ArgumentException($"a batch of {batch} exceeds the model's {MaxChunk} rows per pass", nameof(tokens));
-        if (logits.Length < (long)batch * Config.VocabSize) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {(long)batch * Config.VocabSize}", nameof(logits));
-        for (int i = 1; i < batch; i++)
+        ForwardSegments(tokens, caches, _state.Ones.AsSpan(0, batch), logits);
+    }
+
+    /// <summary>
+    /// One pass over consecutive segments of <paramref name="tokens"/>: segment i is the next
+    /// <paramref name="lengths"/>[i] tokens of the sequence of <paramref name="caches"/>[i] (one for a
+    /// decoding sequence, several for one catching up), and row r of <paramref name="logits"/> [T, vocab]
+    /// gets token r's logits. vLLM's step has no prefill or decode phase, only tokens being computed; so
+    /// does this one. Every cache must have room for its segment (<see cref="KvRoom.Make"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A cache has no room for its segment.</exception>
+    public void ForwardSegments(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceKvCache> caches, ReadOnlySpan<int> lengths, Span<float> logits)
+    {
+        int rows = tokens.Length;
+        if (rows == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (caches.Count != lengths.Length) throw new ArgumentException($"{lengths.Length} segment lengths but {caches.Count} caches", nameof(caches));
+        if (rows > MaxChunk) throw new ArgumentException($"a pass of {rows} tokens exceeds the model's {MaxChunk} rows per pass", nameof(tokens));
+        int sum = 0;
+        foreach (int n in lengths)
+        {
+            if (n < 1) throw new ArgumentException($"a segment has {n} tokens", nameof(lengths));
+            sum += n;
+        }
+        if (sum != rows) throw new ArgumentException($"segments of {sum} tokens in all but {rows} tokens", nameof(lengths));
+        if (logits.Length < (long)rows * Config.VocabSize) throw new ArgumentException($"logits buffer holds {logits.Length} floats, needs {(long)rows * Config.VocabSize}", nameof(logits));
+        for (int i = 1; i < caches.Count; i++)
             for (int j = 0; j < i; j++)
                 if (ReferenceEquals(caches[i], caches[j])) throw new ArgumentException("a sequence appears twice in one batch", nameof(caches));
-        for (int i = 0; i < batch; i++) CheckRoom(caches[i], 1);
-        RunSegments(tokens, caches, _state.Ones, logits[..(batch * Config.VocabSize)], allRows: true);
+        for (int i = 0; i < caches.Count; i++) CheckRoom(caches[i], lengths[i]);
+        var segmentLengths = _state.Lengths;
+        lengths.CopyTo(segmentLengths);
+        RunSegments(tokens, caches, segmentLengths, logits[..(rows * Config.VocabSize)], allRows: true);
     }
 
     /// <summary>The model never makes room itself (that is the KV layer's call, with the policy): a
@@ -216,11 +249,15 @@ public sealed class LlamaModel : IDisposable
             Logits = b.Allocate((long)maxTokens * c.VocabSize);
             Ones = new int[maxTokens];
             Array.Fill(Ones, 1);
+            Lengths = new int[maxTokens];
             Segments = new AttentionSegment[maxTokens];
         }
 
         /// <summary>Segment lengths of a decode batch: one token per sequence.</summary>
         public int[] Ones { get; }
+
+        /// <summary>Segment lengths of a pass with several tokens of some sequence.</summary>
+        public int[] Lengths { get; }
 
         /// <summary>Attention segments of one pass (one per sequence).</summary>
         public AttentionSegment[] Segments { get; }

@@ -25,7 +25,7 @@ public sealed partial class ContinuousBatcher
 
     private int _preemptedCount;
 
-    /// <summary>Gives every paged sequence in <paramref name="batch"/> the blocks for its next token,
+    /// <summary>Gives every paged sequence in <paramref name="batch"/> the blocks for its next tokens,
     /// preempting the newest running sequences while the pool cannot; preempted and failed sequences
     /// leave the batch.</summary>
     private void ReserveBlocks(List<Entry> batch)
@@ -36,7 +36,7 @@ public sealed partial class ContinuousBatcher
             if (e.Lease is null) continue;
             var cache = e.Sequence.Cache;
             // A bounded policy evicts to its budget before the token lands: its cache stops growing there.
-            int slots = Math.Min(cache.MaxLength() + 1, cache.Policy?.Budget ?? int.MaxValue);
+            int slots = Math.Min(cache.MaxLength() + e.Take, cache.Policy.Budget ?? int.MaxValue);
             if (e.Lease.BlocksFor(slots) > e.Lease.PoolBlocks)
             {
                 batch.RemoveAt(i--);

@@ -181,10 +181,11 @@ public sealed partial class ContinuousBatcher : IDisposable
     }
 
     /// <summary>A joining sequence enters the batch at once. Its feed (several tokens when restarting
-    /// from a checkpoint) then runs inside the batched steps, one token per step as the original decode
-    /// ran them, so that a policy evicts exactly as it did then (the restarted stream is the same token
-    /// for token) while the running streams go on instead of waiting for the catch-up. With nothing to
-    /// feed, its logits are already there and it samples at once.</summary>
+    /// from a checkpoint) then runs inside the batched steps, in segments where that is exact and else one
+    /// token per step as the original decode ran them (<see cref="PlanRows"/>), so that a policy evicts
+    /// exactly as it did then (the restarted stream is the same token for token) while the running streams
+    /// go on instead of waiting for the catch-up. With nothing to feed, its logits are already there and
+    /// it samples at once.</summary>
     private void Admit(Entry e)
     {
         if (e.Cancel.IsCancellationRequested) { Finish(e, e.Sequence.Abort()); return; }
@@ -215,6 +216,31 @@ public sealed partial class ContinuousBatcher : IDisposable
 
     // Reused by every step, so that a steady-state step allocates nothing but the chunks it streams.
     private readonly List<Entry> _batch = [];
+    private int[] _lengths = [];
+
+    /// <summary>
+    /// How many tokens each sequence of the step runs: one each, and the rows left in the pass go to
+    /// sequences catching up (a restarted or preempted stream re-running its tokens), several of their fed
+    /// tokens in one segment, as vLLM's scheduler lets computed tokens catch up under a token budget. Only
+    /// where that is exact, i.e. the tokens come out bit for bit as one per step: the pass stays within the
+    /// model's row-exact size (<see cref="LlamaModel.ExactRows"/>), and a bounded policy's cache keeps the
+    /// whole segment under its budget (one token at a time it would evict in between, all at once not).
+    /// </summary>
+    private void PlanRows(List<Entry> batch)
+    {
+        int spare = Math.Min(_maxBatch, _model.ExactRows) - batch.Count;
+        foreach (var e in batch)
+        {
+            e.Take = 1;
+            if (spare <= 0 || e.Fed >= e.Feed.Length) continue;
+            var cache = e.Sequence.Cache;
+            int underBudget = cache.Policy.Budget is int budget ? budget - cache.MaxLength() : int.MaxValue;
+            int more = Math.Min(Math.Min(e.Feed.Length - e.Fed, underBudget) - 1, spare);
+            if (more <= 0) continue;
+            e.Take += more;
+            spare -= more;
+        }
+    }
     private readonly List<Cluster.Engine.KvCache.SequenceKvCache> _caches = [];
     private int[] _tokens = [];
 
@@ -230,6 +256,7 @@ public sealed partial class ContinuousBatcher : IDisposable
             _running.RemoveRange(0, n);
             _running.AddRange(batch);
         }
+        PlanRows(batch);
         ReserveBlocks(batch);
         if (batch.Count == 0) return;
         // The per-sequence part first: one sequence that cannot take its token (its policy or cache
@@ -239,7 +266,7 @@ public sealed partial class ContinuousBatcher : IDisposable
             var e = batch[i];
             try
             {
-                Cluster.Engine.KvCache.KvRoom.Make(_model, e.Sequence.Cache, 1);
+                Cluster.Engine.KvCache.KvRoom.Make(_model, e.Sequence.Cache, e.Take);
             }
             catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
             {
@@ -248,19 +275,24 @@ public sealed partial class ContinuousBatcher : IDisposable
             }
         }
         if (batch.Count == 0) return;
-        // A sequence catching up runs its next fed token; the others their last sampled one.
-        if (_tokens.Length < batch.Count) _tokens = new int[_maxBatch];
+        // A sequence catching up runs its next fed tokens; the others their last sampled one.
+        if (_tokens.Length < _maxBatch) _tokens = new int[_maxBatch];
+        if (_lengths.Length < _maxBatch) _lengths = new int[_maxBatch];
         _caches.Clear();
+        int rows = 0;
         for (int i = 0; i < batch.Count; i++)
         {
             var e = batch[i];
-            _tokens[i] = e.Fed < e.Feed.Length ? e.Feed[e.Fed] : e.Sequence.Pending!.Value;
+            if (e.Fed < e.Feed.Length) e.Feed.AsSpan(e.Fed, e.Take).CopyTo(_tokens.AsSpan(rows));
+            else _tokens[rows] = e.Sequence.Pending!.Value;
+            _lengths[i] = e.Take;
+            rows += e.Take;
             _caches.Add(e.Sequence.Cache);
         }
         long started = Stopwatch.GetTimestamp();
         try
         {
-            _model.ForwardBatch(_tokens.AsSpan(0, batch.Count), _caches, _logits);
+            _model.ForwardSegments(_tokens.AsSpan(0, rows), _caches, _lengths.AsSpan(0, batch.Count), _logits);
         }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException)
         {
@@ -276,12 +308,12 @@ public sealed partial class ContinuousBatcher : IDisposable
         var elapsed = Stopwatch.GetElapsedTime(started);
         int vocab = _model.Config.VocabSize;
         int size = batch.Count;
-        for (int i = 0; i < size; i++)
+        for (int i = 0, row = 0; i < size; row += batch[i].Take, i++)
         {
             var e = batch[i];
             // Mid catch-up the logits are not wanted: only the last fed token's predict the next one.
-            if (e.Fed < e.Feed.Length && ++e.Fed < e.Feed.Length) continue;
-            _logits.AsSpan(i * vocab, vocab).CopyTo(e.Sequence.Logits);
+            if (e.Fed < e.Feed.Length && (e.Fed += e.Take) < e.Feed.Length) continue;
+            _logits.AsSpan((row + e.Take - 1) * vocab, vocab).CopyTo(e.Sequence.Logits);
             if (Emit(e, e.Sequence.Step(elapsed)))
             {
                 _running.Remove(e);
@@ -360,6 +392,9 @@ public sealed partial class ContinuousBatcher : IDisposable
 
         /// <summary>Tokens of <see cref="Feed"/> that have run.</summary>
         public int Fed { get; set; }
+
+        /// <summary>Tokens it runs in the current step (several only while catching up).</summary>
+        public int Take { get; set; } = 1;
 
         /// <summary>Its KV blocks (paged), or null.</summary>
         public KvAdmission.KvLease? Lease { get; init; }

@@ -178,10 +178,46 @@ public sealed class ContinuousBatcherTests
         Assert.Equal(FinishReason.Abort, (await aStream.WaitAsync(TimeSpan.FromSeconds(30)))[^1].Finish);
 
         Assert.Equal(expected.Ids, got.Ids);
-        // Every fed token shared a step with the running stream (before: the feed ran alone, a waited).
-        int shared;
+        // The feed shared every step with the running stream (before: it ran alone while a waited), and
+        // caught up in segments of the rows the pass had left (4 - 2 = 2 more: 3 fed tokens a step) instead
+        // of one token a step; then b sampled its other 4 tokens one a step. Exact on stories260K's fp32
+        // weights (ExactRows 32), as the tokens above show.
+        int feed = prompt.Length - 5, shared;
+        Assert.True(model.ExactRows >= 4);
         lock (sizes) shared = sizes.Count(n => n == 2);
-        Assert.True(shared >= prompt.Length - 5 + joining.MaxTokens - 1, $"{shared} steps of two sequences for a feed of {prompt.Length - 5}");
+        Assert.Equal((feed + 2) / 3 + joining.MaxTokens - 1, shared);
+    }
+
+    [SharedDataTheory]
+    [InlineData(Cluster.Engine.Kernels.WeightType.F32, "dense")]
+    [InlineData(Cluster.Engine.Kernels.WeightType.F32, "sink_window(4,48)")]
+    [InlineData(Cluster.Engine.Kernels.WeightType.Q8_0, "sink_window(4,48)")]
+    [InlineData(Cluster.Engine.Kernels.WeightType.BF16, "window(40)")]
+    public async Task A_restart_catching_up_in_segments_continues_with_the_local_tokens(Cluster.Engine.Kernels.WeightType weights, string policy)
+    {
+        // A stream restarted from its prompt's KV re-runs its 50 streamed tokens before sampling the 51st:
+        // in segments while the pass has rows to spare and the policy would not evict inside one (the
+        // budget is crossed mid-feed: from there one token a step), in passes no larger than the weights'
+        // kernels keep row-exact (bf16 goes through sgemm from 4 rows: 3 a pass). Either way, the local tokens.
+        using var model = Cluster.Engine.Loaders.ModelLoader.Load(TestModels.Stories260K, new Cluster.Engine.Kernels.CpuBackend(), weights: weights);
+        var tok = TestModels.Stories260KTokenizer();
+        var p = new SamplingParameters { Temperature = 0.9f, TopK = 40, Seed = 17, MaxTokens = 80, IgnoreEos = true };
+        var prompt = tok.Encode("Once upon a time, there was a little girl named Lily.", true);
+        var expected = GenerationOutput.Collect(new TextGenerator(model, tok).Generate(prompt, p, policy: Cluster.Engine.Compression.KvPolicyRegistry.Parse(policy))).Single();
+
+        var seq = new SequenceGeneration(model.Config, p, tok, prompt, model.CreateCache(prompt.Length + p.MaxTokens, Cluster.Engine.Compression.KvPolicyRegistry.Parse(policy)));
+        KvRoom.Forward(model, prompt, seq.Cache, seq.Logits);
+        int[] streamed = [.. expected.Ids.Take(50)];
+        foreach (var id in streamed) seq.Replay(id);
+        int steps = 0;
+        using var batcher = new ContinuousBatcher(model, maxBatch: 8, afterStep: (_, _) => Interlocked.Increment(ref steps));
+        var rest = GenerationOutput.Collect(await Drain(batcher.Add(seq, streamed, CancellationToken.None)).WaitAsync(TimeSpan.FromMinutes(1))).Single();
+
+        Assert.Equal(expected.Ids.Skip(50), rest.Ids);
+        // 30 sampling steps after the feed; the feed took fewer steps than tokens exactly when segments ran.
+        int feedSteps = Volatile.Read(ref steps) - 29;
+        if (model.ExactRows > 1) Assert.InRange(feedSteps, 1, streamed.Length - 1);
+        else Assert.Equal(streamed.Length, feedSteps);
     }
 
     /// <summary>A dense "policy" that throws on its n-th BeforeAppend: a sequence that cannot take its token.</summary>
