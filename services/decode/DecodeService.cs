@@ -173,7 +173,19 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"the KV holds {handle.TokenCount} tokens; expected the history's {history} and the prompt's {prompt.Length} plus fewer than the {generated.Length} generated"));
         int evictedBefore = cache.TokensSeen - cache.Length; // by the cache manager's policy, before this worker
 
-        foreach (var id in generated) seq.Replay(id);
+        Engine.Sampling.FinishReason? ended = null;
+        for (int i = 0; i < generated.Length; i++)
+        {
+            if (ended is not null) throw new InvalidRequestException($"generated_token_ids go on past index {i - 1}, where the output ended ({ended})");
+            ended = seq.Replay(generated[i]);
+        }
+        if (ended is { } done)
+        {
+            // Every token was streamed before the previous worker could say so (it died between its last
+            // token and its completion): the output is complete, and sampling one more would add a token.
+            await responses.WriteAsync(new DecodeResponse { Complete = new DecodeComplete { FinishReason = SamplingMapping.ToWire(done) } });
+            return;
+        }
         int every = request.CheckpointEvery > 0 ? request.CheckpointEvery : _options.CheckpointEvery;
         // Outputs of one request (n > 1) continue the same prompt KV but checkpoint apart.
         var checkpointSession = string.IsNullOrEmpty(request.CheckpointSessionId) ? handle.SessionId : request.CheckpointSessionId;

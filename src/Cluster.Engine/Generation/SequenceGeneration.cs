@@ -64,11 +64,17 @@ public sealed class SequenceGeneration : IDisposable
 
     public bool Done { get; private set; }
 
-    /// <summary>Replays a token that an earlier run already streamed: state and text only, nothing emitted.</summary>
-    public void Replay(int id)
+    /// <summary>Replays a token that an earlier run already streamed: state and text only, nothing emitted.
+    /// Returns why the output ended with it, if it did (its max_tokens reached, EOS, a stop): an earlier run
+    /// cut off after its last token but before saying so must not sample one more.</summary>
+    public FinishReason? Replay(int id)
     {
-        Text.Push(id, canStop: State.Step >= _p.MinTokens, out _);
+        if (Done) throw new InvalidOperationException($"output {Index} has finished");
+        int step = State.Step;
         State.Accept(id);
+        var (_, finish) = Settle(id, step);
+        Done = finish is not null;
+        return finish;
     }
 
     /// <summary>Samples the next token from <see cref="Logits"/> and settles it: its text, and whether it

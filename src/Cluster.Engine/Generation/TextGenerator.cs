@@ -77,7 +77,8 @@ public sealed class TextGenerator(LlamaModel model, ITokenizer? tokenizer = null
                 cache.Policy = policy;
                 policy.Compress(model, cache);
             }
-            foreach (var id in generated) first.Replay(id); // already streamed: replay only the state
+            foreach (var id in generated) // already streamed: replay only the state
+                if (first.Replay(id) is { } ended) throw new ArgumentException($"nothing to resume: the output ended ({ended}) with the tokens already generated");
             for (int j = 1; j < p.N; j++) outputs.Add(first.Fork(j, tokenizer, prompt));
             var prefill = sw.Elapsed;
 

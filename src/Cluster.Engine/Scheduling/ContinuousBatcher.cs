@@ -191,7 +191,18 @@ public sealed partial class ContinuousBatcher : IDisposable
         if (e.Cancel.IsCancellationRequested) { Finish(e, e.Sequence.Abort()); return; }
         e.Order = ++_admitted;
         if (e.Lease is not null) FitToLease(e);
-        if (e.Feed.Length == 0 && Emit(e, e.Sequence.Step(TimeSpan.Zero))) return;
+        if (e.Feed.Length == 0)
+        {
+            try
+            {
+                if (Emit(e, e.Sequence.Step(TimeSpan.Zero))) return;
+            }
+            catch (Exception ex)
+            {
+                Fail(e, ex); // sampling or its hook failed: this sequence ends, the batch thread goes on
+                return;
+            }
+        }
         _running.Add(e);
         Interlocked.Increment(ref _runningCount);
     }
@@ -314,11 +325,19 @@ public sealed partial class ContinuousBatcher : IDisposable
             // Mid catch-up the logits are not wanted: only the last fed token's predict the next one.
             if (e.Fed < e.Feed.Length && (e.Fed += e.Take) < e.Feed.Length) continue;
             _logits.AsSpan((row + e.Take - 1) * vocab, vocab).CopyTo(e.Sequence.Logits);
-            if (Emit(e, e.Sequence.Step(elapsed)))
+            try
             {
-                _running.Remove(e);
-                Interlocked.Decrement(ref _runningCount);
+                if (!Emit(e, e.Sequence.Step(elapsed))) continue;
             }
+            catch (Exception ex)
+            {
+                // Sampling or its hook failed for this sequence alone: it ends with the reason, the batch
+                // thread and the other sequences go on.
+                Drop(e, ex);
+                continue;
+            }
+            _running.Remove(e);
+            Interlocked.Decrement(ref _runningCount);
         }
         batch.Clear();
         _afterStep?.Invoke(size, elapsed);

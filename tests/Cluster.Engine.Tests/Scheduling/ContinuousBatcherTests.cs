@@ -188,6 +188,27 @@ public sealed class ContinuousBatcherTests
         Assert.Equal((feed + 2) / 3 + joining.MaxTokens - 1, shared);
     }
 
+    [SharedDataFact]
+    public async Task A_sequence_whose_sampling_throws_ends_alone_and_the_batch_thread_goes_on()
+    {
+        using var model = TestModels.Load(TestModels.Stories260K);
+        var tok = TestModels.Stories260KTokenizer();
+        var p = new SamplingParameters { Temperature = 0.7f, Seed = 2, MaxTokens = 40, IgnoreEos = true };
+        var prompt = tok.Encode("Once upon a time", true);
+        var expected = GenerationOutput.Collect(new TextGenerator(model, tok).Generate(prompt, p)).Single();
+        // An output that already ended (its last token replayed): sampling it again throws on the batch thread.
+        var ended = new SequenceGeneration(model.Config, p with { MaxTokens = 2 }, tok, prompt, model.CreateCache(64));
+        KvRoom.Forward(model, prompt, ended.Cache, ended.Logits);
+        var endedIds = expected.Ids.Take(2).ToArray();
+        foreach (var id in endedIds) ended.Replay(id);
+        var (good, first) = Prefill(model, tok, prompt, p);
+        using var batcher = new ContinuousBatcher(model, maxBatch: 4);
+        var failing = Drain(batcher.Add(ended, [endedIds[1]], CancellationToken.None));
+        var goodStream = Drain(batcher.Add(good, [first.TokenId!.Value], CancellationToken.None));
+        await Assert.ThrowsAsync<InvalidOperationException>(() => failing.WaitAsync(TimeSpan.FromMinutes(1)));
+        Assert.Equal(expected.Ids, (await Whole(first, goodStream)).Ids);
+    }
+
     [SharedDataTheory]
     [InlineData(Cluster.Engine.Kernels.WeightType.F32, "dense")]
     [InlineData(Cluster.Engine.Kernels.WeightType.F32, "sink_window(4,48)")]
