@@ -162,7 +162,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// ended as a single output whose cache is whole (finished, or stopped between two steps because its
     /// client went away; not failed), so that it may stay for the next turn or the stream's resume.</summary>
     private async Task StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
-        Engine.Compression.KvCompressionPolicy? policy, string spec, List<KvLayerBlock>? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
+        Engine.Compression.KvCompressionPolicy policy, string spec, List<KvLayerBlock>? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
         KvAdmission.KvLease lease, Func<SequenceKvCache>? recompute, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context, StrongBox<bool> keep)
     {
         var cache = seq.Cache;
@@ -257,7 +257,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             }
             _calls.TryRemove(call, out _);
             // llm_kv_evictions_total: the tokens this worker's policy dropped from the sequence's cache.
-            if (policy?.Budget is not null) _metrics.Evictions.Add(seq.Cache.TokensSeen - seq.Cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
+            if (policy.Budget is not null) _metrics.Evictions.Add(seq.Cache.TokensSeen - seq.Cache.Length - evictedBefore, new KeyValuePair<string, object?>("policy", spec.Split('(')[0]));
         }
     }
 
@@ -283,7 +283,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// the previous turn ended here (no transfer), else the cache manager's copy, else rebuilt from the
     /// recipe on the batch thread (<see cref="HistoryKv"/>, as a prefill worker would).
     /// </summary>
-    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec, List<KvLayerBlock>? Loaded)> HistoryAsync(
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec, List<KvLayerBlock>? Loaded)> HistoryAsync(
         DecodeRequest request, GrpcChannel cacheManager, int history, int maxNewTokens, CancellationToken ct)
     {
         var model = _host.Model!;
@@ -326,7 +326,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// a restart of the cache manager costs recomputation, never the stream. A conversation's later turn
     /// (history &gt; 0) is rebuilt from the request's recipe of the earlier turns, then this turn's fed tokens.
     /// </summary>
-    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy? Policy, string Spec, List<KvLayerBlock>? Blocks)> LoadOrRebuildAsync(
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec, List<KvLayerBlock>? Blocks)> LoadOrRebuildAsync(
         DecodeRequest request, GrpcChannel cacheManager, int[] prompt, int history, int maxTokens, int maxNewTokens, CancellationToken ct)
     {
         var model = _host.Model!;
