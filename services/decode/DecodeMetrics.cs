@@ -13,6 +13,8 @@ internal sealed class DecodeMetrics : IDisposable
         BatchSize = _meter.CreateHistogram("llm_decode_batch_size", "{sequence}", "Sequences in each decode step", tags: null,
             new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128] });
         StepSeconds = _meter.CreateLatencyHistogram("llm_decode_step_seconds", "One batched decode step");
+        // vLLM's request_queue_time: the wait a full pool imposes, where starvation would show.
+        QueueWaitSeconds = _meter.CreateLatencyHistogram("llm_decode_queue_wait_seconds", "Arrival at the decode worker to admission into its KV pool (0 when there was room)");
         Tokens = _meter.CreateCounter<long>("llm_generation_tokens", description: "Tokens generated");
         Evictions = _meter.CreateCounter<long>("llm_kv_evictions", description: "Tokens evicted by the compression policy");
         Rebuilds = _meter.CreateCounter<long>("llm_kv_rebuilds", description: "Sequences whose KV the cache manager lacked, rebuilt from the prompt");
@@ -33,6 +35,7 @@ internal sealed class DecodeMetrics : IDisposable
 
     public Histogram<double> BatchSize { get; }
     public Histogram<double> StepSeconds { get; }
+    public Histogram<double> QueueWaitSeconds { get; }
     public Counter<long> Tokens { get; }
     public Counter<long> Evictions { get; }
     public Counter<long> Rebuilds { get; }

@@ -121,7 +121,9 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         // Blocks for the tokens the cache will hold (not for max_tokens: the batch takes more as the
         // sequence grows, preempting when the pool is full), before any of it is loaded; waits in line (or
         // is refused) when full.
+        long queued = Stopwatch.GetTimestamp();
         using var lease = await Admission.AcquireAsync(HeldTokens(request, history + prompt.Length + generated.Length), context.CancellationToken);
+        _metrics.QueueWaitSeconds.Record(Stopwatch.GetElapsedTime(queued).TotalSeconds);
         // Without a version (a restart), the newest KV that lacks at least the newest streamed token.
         int maxTokens = request.Kv.Version == 0 ? history + prompt.Length + Math.Max(0, generated.Length - 1) : 0;
         var (handle, cache, policy, spec, loaded) = request.StartTurn

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Cluster.Engine.Generation;
 using Cluster.Engine.Sampling;
 using Cluster.Serving.Hosting;
@@ -77,7 +78,7 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
 
     private static async Task RunAsync(string folder)
     {
-        const int streams = 64, outputTokens = 240, budgetMiB = 17;
+        const int streams = 64, outputTokens = 240, budgetMiB = 17, maxBatch = 16;
         var config = new Cluster.Engine.Model.LlamaConfig
         {
             Dim = 128, HiddenDim = 256, Layers = 8, Heads = 2, KvHeads = 2, VocabSize = 259, MaxPositions = 1024,
@@ -100,14 +101,25 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         // the other 48 wait in the queue. With the default 32 the peak growth was 100-116 MiB (each admitted
         // stream adds its open stream and checkpoint copies), at the bound below; with 16, 101-102.
         using var decode = await ServiceProcess.StartAsync("Cluster.Decode.dll", "--model", folder, "--cache-manager", cmAddress,
-            "--kv-memory", budgetMiB.ToString(), "--max-queue", "64", "--threads", "1", "--max-batch", "16");
+            "--kv-memory", budgetMiB.ToString(), "--max-queue", "64", "--threads", "1", "--max-batch", maxBatch.ToString());
         await using var gateway = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.Gateway, "--model", folder, "--cache-manager", cmAddress,
             "--prefill", prefill.GrpcAddress.ToString(), "--decode", decode.GrpcAddress), Cluster.Gateway.GatewayService.CreateAsync);
         using var client = GrpcChannels.Create(gateway.GrpcAddress);
-        Task<Streamed> Generate(SamplingParameters p) => TestCluster.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(client).Generate(
-            new GenerateRequest { TokenIds = new TokenIds { Ids = { prompt } }, Sampling = SamplingWire.FromEngine(p) }, deadline: DateTime.UtcNow.AddMinutes(10)), default, null);
+        // When each stream got its first token (from prefill), its second (the decode worker's first, after
+        // its wait for KV room) and its last, in seconds from the start.
+        var clock = Stopwatch.StartNew();
+        var times = new (double First, double Second, double Last)[streams];
+        Task<Streamed> Generate(SamplingParameters p, int i) => TestCluster.ReadAsync(new LlmCluster.V1.Gateway.GatewayClient(client).Generate(
+            new GenerateRequest { TokenIds = new TokenIds { Ids = { prompt } }, Sampling = SamplingWire.FromEngine(p) }, deadline: DateTime.UtcNow.AddMinutes(10)), default, s =>
+            {
+                double now = clock.Elapsed.TotalSeconds;
+                if (s.Ids.Count == 1) times[i].First = now;
+                else if (s.Ids.Count == 2) times[i].Second = now;
+                times[i].Last = now;
+                return Task.CompletedTask;
+            });
 
-        Assert.Equal(expected[0], (await Generate(requests[0])).Ids); // warm-up: the worker's baseline memory
+        Assert.Equal(expected[0], (await Generate(requests[0], 0)).Ids); // warm-up: the worker's baseline memory
         long baseline = decode.Memory().Rss;
         double peakReserved = 0;
         long gcBaseline = (long)await decode.GaugeAsync("llm_process_gc_committed_bytes");
@@ -126,10 +138,13 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
             }
         });
         var results = await Task.WhenAll(requests.Select(Generate));
+        double queued = await decode.GaugeAsync("llm_decode_queue_wait_seconds_count");
         done.Cancel();
         await sampler;
 
         for (int i = 0; i < streams; i++) Assert.True(expected[i].SequenceEqual(results[i].Ids), $"stream {i} differs from its local run");
+        AssertNoneStarved(times, maxBatch);
+        Assert.Equal(streams + 1, queued); // every decode call's wait is recorded (the warm-up's too)
         double preemptions = await decode.GaugeAsync("llm_decode_preemptions_total");
         Assert.InRange(peakReserved, 6 * perSequence, budgetMiB << 20); // the budget was used, never passed
         Assert.True(preemptions > 0, "sixteen sequences grow into a pool that holds eight: the newest must be preempted");
@@ -181,5 +196,23 @@ public sealed class DecodeAdmissionTests(ClusterFixture f) : IClassFixture<Clust
         var again = await Generate(cluster, requests[0]);
         Assert.Equal(expected[0].Ids, again.Ids);
         Assert.Equal(cluster.DecodeService.Resident.Bytes, cluster.DecodeService.Admission.UsedBytes);
+    }
+
+    /// <summary>
+    /// No stream starves in the queue: admission is first come first served with at most
+    /// <paramref name="maxBatch"/> sequences at once, so the 64 streams run in at most four waves and
+    /// none waits for room (its first to second token) longer than three waves of the longest decode
+    /// (second to last token) take, plus a second per wave for loading KV and preemption slack. A
+    /// waiter passed over (a lost wake-up, a head that never fits, the batch running below its bound)
+    /// waits longer.
+    /// </summary>
+    private static void AssertNoneStarved((double First, double Second, double Last)[] times, int maxBatch)
+    {
+        int waves = (times.Length + maxBatch - 1) / maxBatch;
+        double longestRun = times.Max(t => t.Last - t.Second);
+        double bound = (waves - 1) * (longestRun + 1);
+        var waits = times.Select(t => t.Second - t.First).ToArray();
+        Console.WriteLine($"queue wait (first to second token): median {waits.Order().ElementAt(waits.Length / 2):F2} s, longest {waits.Max():F2} s; longest decode {longestRun:F2} s; bound {bound:F2} s");
+        Assert.All(waits, w => Assert.True(w <= bound, $"a stream waited {w:F2} s for its second token: more than {waves - 1} waves of the longest decode ({longestRun:F2} s each)"));
     }
 }
