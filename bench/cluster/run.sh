@@ -21,7 +21,9 @@ print("prompt tokens %d; TTFT %.1f ms; TPOT median %.2f ms (mean step %.2f ms)" 
 
 port=$(free_port)
 log=$(mktemp)
-$llmctl up --model "$model" --port "$port" >"$log" 2>&1 &
+# The other services' ports too, off the defaults: another cluster (a test run, a second bench) may hold them.
+offset=${LLMCLUSTER_PORT_OFFSET:-$((2000 + RANDOM % 40 * 100))}
+$llmctl up --model "$model" --port "$port" --port-offset "$offset" >"$log" 2>&1 &
 up=$!
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log"' EXIT
 wait_up "$log"
@@ -47,6 +49,8 @@ import re, sys
 from collections import defaultdict
 v = defaultdict(float)  # summed over the other labels (dtype)
 for l in sys.stdin:
+    w = re.match(r'(llm_kv_get_wait_seconds_(?:sum|count))\\{?\\}? (\\S+)', l)
+    if w: v[(w.group(1), '')] += float(w.group(2))
     m = re.match(r'(llm_kv_transfer_[a-z_]+)\\{([^}]*)\\} (\\S+)', l)
     if m:
         d = re.search(r'direction=\\\"(\\w+)\\\"', m.group(2))
@@ -57,6 +61,8 @@ for d in ('put', 'get'):
         secs = v[('llm_kv_transfer_seconds_sum', d)] / n
         mb = v[('llm_kv_transfer_bytes_total', d)] / n / 1e6
         print('$role KV %s: %d transfers, mean %.1f ms, mean %.2f MB' % (d, n, secs * 1e3, mb))
+    if d == 'get' and v[('llm_kv_get_wait_seconds_count', '')]:
+        print('$role KV get wait before the first message (put landing, lookup): mean %.1f ms' % (v[('llm_kv_get_wait_seconds_sum', '')] / v[('llm_kv_get_wait_seconds_count', '')] * 1e3))
 "
 done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

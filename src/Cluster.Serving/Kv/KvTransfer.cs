@@ -116,6 +116,9 @@ public static class KvTransfer
                 switch (item.ItemCase)
                 {
                     case GetBlocksResponse.ItemOneofCase.Kv:
+                        // The transfer starts here (first message to last, as a put's); before it, the wait.
+                        KvTransferMetrics.RecordGetWait(sw.Elapsed);
+                        sw.Restart();
                         handle = item.Kv;
                         precision = KvLayoutMapping.Precision(handle.Layout);
                         break;

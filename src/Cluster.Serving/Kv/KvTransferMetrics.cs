@@ -18,6 +18,10 @@ public static class KvTransferMetrics
     private static readonly Meter Meter = new(MeterName);
     private static readonly Histogram<double> Seconds = Meter.CreateLatencyHistogram("llm_kv_transfer_seconds", "One KV transfer to/from the cache manager, first message to last");
     private static readonly Counter<long> Bytes = Meter.CreateCounter<long>("llm_kv_transfer_bytes", "By", "KV block bytes sent/received");
+    // Kept out of the transfer's seconds: a get waits while a put announced for its session lands, and
+    // counting that wait as transfer time would report the network slower than it is.
+    private static readonly Histogram<double> GetWaitSeconds = Meter.CreateLatencyHistogram("llm_kv_get_wait_seconds",
+        "A KV get from its call to the first message: the cache manager waiting for a put announced for the session, and its lookup");
 
     internal static void Record(string direction, KvPrecision precision, long bytes, TimeSpan elapsed)
     {
@@ -25,4 +29,6 @@ public static class KvTransferMetrics
         Seconds.Record(elapsed.TotalSeconds, tags);
         Bytes.Add(bytes, tags);
     }
+
+    internal static void RecordGetWait(TimeSpan elapsed) => GetWaitSeconds.Record(elapsed.TotalSeconds);
 }
