@@ -32,6 +32,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     public const string MeterName = "LlmCluster.CacheManager";
     private readonly KvSessionStore _store;
     private readonly PendingPuts _pending = new();
+    private readonly LivePuts _live = new();
     private readonly CacheManagerMetrics _metrics;
 
     private CacheManagerService(KvSessionStore store)
@@ -90,7 +91,21 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
 
     private async Task<PutBlocksResponse> StoreAsync(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context, Action<PutHeader> headerRead)
     {
+        LivePut? live = null; // a whole put that readers wait for: they follow its blocks as they land
+        try
+        {
+            return await StoreAsync(requests, context, headerRead, started => live = started);
+        }
+        finally
+        {
+            live?.Fail("its put ended without storing it"); // (nothing once it has completed)
+        }
+    }
+
+    private async Task<PutBlocksResponse> StoreAsync(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context, Action<PutHeader> headerRead, Action<LivePut> followable)
+    {
         PutHeader? header = null;
+        LivePut? live = null;
         var precision = KvPrecision.Fp32;
         KvWire.BlockAssembler? current = null;
         var blocks = new List<WireKvBlock>();
@@ -110,9 +125,10 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
                         if (header.Layout is null || header.Layout.HeadDim <= 0 || header.Layout.RopeInverseFrequencies.Count * 2 != header.Layout.HeadDim)
                             throw new RpcException(new Status(StatusCode.InvalidArgument, "PutHeader.layout must give head_dim and head_dim/2 rope_inverse_frequencies"));
                         precision = KvLayoutMapping.Precision(header.Layout);
+                        if (header is { Reserved: true, BaseVersion: 0 }) followable(live = _live.Start(header.SessionId, header.Layout, header.Policy, header.TokenCount));
                         break;
                     case PutBlocksRequest.ItemOneofCase.Block when header is not null:
-                        if (current is not null) blocks.Add(current.BuildWire());
+                        if (current is not null) Landed(current.BuildWire());
                         // Stored and served in the writer's dtype, as the bytes came.
                         sink.Block = current = new KvWire.BlockAssembler(item.Block, header.Layout.HeadDim, precision, widen: false);
                         if (header.BaseVersion == 0 && item.Block.Removed.Count > 0)
@@ -121,6 +137,13 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
                         break;
                     case PutBlocksRequest.ItemOneofCase.Chunk when current is not null:
                         if (!KvWireCodec.IsDelivered(item.Chunk)) current.Add(item.Chunk);
+                        if (current.IsComplete)
+                        {
+                            // Landed now, not when the next block starts: a follower can have it (the last
+                            // layer of a streamed prompt would otherwise wait for the end of the stream).
+                            Landed(current.BuildWire());
+                            sink.Block = current = null;
+                        }
                         break;
                     default:
                         throw new RpcException(new Status(StatusCode.InvalidArgument, $"PutBlocks: unexpected {item.ItemCase} (a stream is one header, then per block a block header and its chunks)"));
@@ -132,14 +155,23 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
             KvWireCodec.EndReceive();
         }
         if (header is null) throw new RpcException(new Status(StatusCode.InvalidArgument, "PutBlocks: no header"));
-        if (current is not null) blocks.Add(current.BuildWire());
+        if (current is not null) Landed(current.BuildWire());
+        void Landed(WireKvBlock block)
+        {
+            blocks.Add(block);
+            live?.Add(block);
+        }
 
         var layout = header.Layout;
         var shape = new KvShape(layout.NumLayers, layout.NumKvHeads, layout.HeadDim, KvLayoutMapping.Rope(layout), precision);
         var policy = PolicyMapping.ToSpec(header.Policy) ?? "dense";
         StoredKv kv;
         TimeSpan elapsed;
-        if (header.BaseVersion == 0) (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
+        if (header.BaseVersion == 0)
+        {
+            (kv, elapsed) = _store.Put(header.SessionId, shape, policy, header.TokenCount, blocks, header.Checkpoint, header.OutputIndex);
+            live?.Complete(kv);
+        }
         else
         {
             // An empty removed list means none gone in every head.
@@ -163,7 +195,24 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
 
     public override async Task GetBlocks(GetBlocksRequest request, IServerStreamWriter<GetBlocksResponse> responses, ServerCallContext context)
     {
-        await _pending.WaitAsync(request.SessionId, context.CancellationToken); // a put announced for it lands first
+        // A put announced for the session lands first; the newest version, while it streams in, is
+        // followed instead (also when its first message comes in while this waits).
+        while (true)
+        {
+            var started = _live.NextStart;
+            if (request is { Version: 0, Layers.Count: 0 } && _live.Find(request.SessionId) is { } live
+                && (request.MaxTokenCount == 0 || live.TokenCount <= request.MaxTokenCount))
+            {
+                await FollowAsync(live, responses, context.CancellationToken);
+                return;
+            }
+            var landed = _pending.WaitAsync(request.SessionId, context.CancellationToken);
+            if (await Task.WhenAny(landed, started) == landed)
+            {
+                await landed;
+                break;
+            }
+        }
         var kv = _store.Get(request.SessionId, request.Version, request.MaxTokenCount);
         if (kv is null)
         {
@@ -178,6 +227,28 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         {
             await responses.WriteAsync(new GetBlocksResponse { Block = KvWire.Header(block) });
             foreach (var chunk in KvWire.Chunks(block)) await responses.WriteAsync(new GetBlocksResponse { Chunk = chunk });
+        }
+    }
+
+    /// <summary>
+    /// Serves a put as it lands: a provisional handle (version 0: not stored yet) so the reader can
+    /// assemble blocks, each block as soon as it is whole, and the stored version's handle last (a
+    /// reader keeps the last handle it reads).
+    /// </summary>
+    private async Task FollowAsync(LivePut live, IServerStreamWriter<GetBlocksResponse> responses, CancellationToken ct)
+    {
+        await responses.WriteAsync(new GetBlocksResponse { Kv = new KvHandle { SessionId = live.SessionId, Layout = live.Layout, TokenCount = live.TokenCount, Policy = live.Policy } }, ct);
+        for (int i = 0; ; i++)
+        {
+            var (block, stored) = await live.NextAsync(i, ct);
+            if (stored is not null)
+            {
+                _metrics.Hits.Add(1);
+                await responses.WriteAsync(new GetBlocksResponse { Kv = Handle(stored, LayoutOf(stored), PolicyMapping.ToWire(stored.Policy)) }, ct);
+                return;
+            }
+            await responses.WriteAsync(new GetBlocksResponse { Block = KvWire.Header(block!) }, ct);
+            foreach (var chunk in KvWire.Chunks(block!)) await responses.WriteAsync(new GetBlocksResponse { Chunk = chunk }, ct);
         }
     }
 

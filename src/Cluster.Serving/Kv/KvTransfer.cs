@@ -93,8 +93,8 @@ public static class KvTransfer
         return (response, bytes, messages);
     }
 
-    /// <summary>Fetches a session's blocks (version 0: the latest), widened to fp32 as they arrive.
-    /// NOT_FOUND when the cache manager has none.</summary>
+    /// <summary>Fetches a session's blocks (version 0: the latest, followed as it lands when its put is
+    /// still streaming in), widened to fp32 as they arrive. NOT_FOUND when the cache manager has none.</summary>
     public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0)
     {
         var sw = Stopwatch.StartNew();
@@ -116,9 +116,14 @@ public static class KvTransfer
                 switch (item.ItemCase)
                 {
                     case GetBlocksResponse.ItemOneofCase.Kv:
-                        // The transfer starts here (first message to last, as a put's); before it, the wait.
-                        KvTransferMetrics.RecordGetWait(sw.Elapsed);
-                        sw.Restart();
+                        if (handle is null)
+                        {
+                            // The transfer starts here (first message to last, as a put's); before it, the wait.
+                            KvTransferMetrics.RecordGetWait(sw.Elapsed);
+                            sw.Restart();
+                        }
+                        // A put followed while it lands sends a provisional handle first and the stored
+                        // version's last: the last one read is the one that holds.
                         handle = item.Kv;
                         precision = KvLayoutMapping.Precision(handle.Layout);
                         break;

@@ -1,0 +1,68 @@
+using System.Diagnostics.Metrics;
+using Cluster.Engine.KvCache;
+using Cluster.Engine.Model;
+using Cluster.Serving.Hosting;
+using Cluster.Serving.Kv;
+using Cluster.Serving.Mapping;
+using Cluster.Serving.Routing;
+using LlmCluster.V1;
+using Xunit;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>KvTransferMetrics are process-wide: this class runs alone so that no other test's transfer
+/// lands in what it measures.</summary>
+[Collection(nameof(KvGetWaitTests))]
+public sealed class KvGetWaitTests
+{
+    /// <summary>A get of a session whose put is announced but not yet sent waits at the cache manager; that
+    /// wait is recorded on its own (llm_kv_get_wait_seconds), not as transfer time, which runs from the
+    /// first message to the last as a put's does.</summary>
+    [Fact]
+    public async Task A_get_waiting_for_an_announced_put_records_the_wait_apart_from_the_transfer()
+    {
+        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
+        using var channel = GrpcChannels.Create(cm.GrpcAddress);
+        const int layers = 2, heads = 2, headDim = 8, tokens = 40;
+        var positions = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, tokens).ToArray()).ToArray();
+        var blocks = Enumerable.Range(0, layers).Select(l => new KvLayerBlock(l, positions, new float[heads * tokens * headDim], new float[heads * tokens * headDim])).ToList();
+        const string session = "transfer-wait";
+
+        var recorded = new List<(string Instrument, double Seconds)>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (i, l) => { if (i.Meter.Name == KvTransferMetrics.MeterName && i.Name is "llm_kv_transfer_seconds" or "llm_kv_get_wait_seconds") l.EnableMeasurementEvents(i); };
+        listener.SetMeasurementEventCallback<double>((i, value, tags, _) =>
+        {
+            bool get = i.Name == "llm_kv_get_wait_seconds" || tags.ToArray().Any(t => t is { Key: "direction", Value: "get" });
+            if (get) lock (recorded) recorded.Add((i.Name, value));
+        });
+        listener.Start();
+
+        await new LlmCluster.V1.CacheManager.CacheManagerClient(channel).ReservePutAsync(new ReservePutRequest { SessionId = session });
+        var get = KvTransfer.GetAsync(channel, session, 0, CancellationToken.None);
+        const double held = 0.5;
+        await Task.Delay(TimeSpan.FromSeconds(held));
+        Assert.False(get.IsCompleted, "the get must wait for the announced put");
+        var header = new PutHeader
+        {
+            SessionId = session, Layout = KvLayoutMapping.For(layers, heads, headDim, new RopeTable(headDim, 10000, RopeLayout.Halves), KvPrecision.Fp32),
+            Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens, Reserved = true,
+        };
+        await KvTransfer.PutAsync(channel, header, blocks, CancellationToken.None);
+        var (handle, got, _) = await get;
+        Assert.Equal(tokens, handle.TokenCount);
+        Assert.Equal(layers, got.Count);
+
+        lock (recorded)
+        {
+            var wait = Assert.Single(recorded, r => r.Instrument == "llm_kv_get_wait_seconds").Seconds;
+            var transfer = Assert.Single(recorded, r => r.Instrument == "llm_kv_transfer_seconds").Seconds;
+            Assert.True(wait >= held, $"the wait ({wait:F3} s) covers the {held} s the put was held back");
+            Assert.True(transfer < held, $"the transfer ({transfer:F3} s for 10 KB) does not include the wait");
+        }
+    }
+}
+
+[CollectionDefinition(nameof(KvGetWaitTests), DisableParallelization = true)]
+public sealed class KvGetWaitCollection;
