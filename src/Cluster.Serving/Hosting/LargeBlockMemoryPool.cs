@@ -7,8 +7,8 @@ namespace Cluster.Serving.Hosting;
 /// <summary>
 /// A memory pool of large pinned blocks for Kestrel, for a service that receives bulk data (the cache
 /// manager's PutBlocks: 10.9 MB per prompt). Kestrel's own pool hands out 4 KiB blocks, and its socket
-/// transport receives into one block per call: a 10.9 MB put cost ~2,700 recv calls plus as many
-/// zero-byte "wait for data" calls, ~5,600 syscalls and as many pipe hand-offs per transfer
+/// transport receives into one block per call: a 10.9 MB put cost ~2,700 recv calls and about as many
+/// again (the transport's zero-byte "wait for data" reads): ~5,600 syscalls and pipe hand-offs per transfer
 /// (counted with `perf stat -e syscalls:sys_enter_recvfrom`), where the client's HttpClient reading a
 /// get of the same bytes made ~1,400. Larger blocks mean larger reads, and fewer segments in every pipe
 /// behind the socket (Kestrel's HTTP/2 input copy, each stream's request body).
