@@ -7,6 +7,8 @@ using Cluster.Serving.Kv;
 using Cluster.Serving.Mapping;
 using LlmCluster.V1;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
 
@@ -54,6 +56,11 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     }
 
     public bool IsReady => true;
+
+    /// <summary>Kestrel's pools with 64 KiB blocks instead of 4 KiB: a put's bytes are received in 16x fewer
+    /// socket reads (<see cref="LargeBlockMemoryPool"/>; the cache manager has few connections).</summary>
+    public void ConfigureServices(IServiceCollection services) =>
+        services.AddSingleton<IMemoryPoolFactory<byte>>(new LargeBlockMemoryPool.Factory());
 
     public IReadOnlyList<string> MeterNames => [MeterName];
 

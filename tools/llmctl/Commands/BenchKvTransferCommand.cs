@@ -27,15 +27,17 @@ internal static class BenchKvTransferCommand
         var warmup = new Option<int>("--warmup") { Description = "untimed transfers each way first: JIT tiering, connections, buffers", DefaultValueFactory = _ => 3 };
         var dtype = new Option<string>("--kv-dtype") { Description = "wire precision: fp32, bf16, fp16", DefaultValueFactory = _ => "fp32" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
-        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, warmup, dtype, json };
+        var only = new Option<string>("--only") { Description = "time only put or only get (the other's transfers still run, untimed, where needed): for profiling one direction", DefaultValueFactory = _ => "both" };
+        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, warmup, dtype, json, only };
         cmd.SetAction(r => CommandErrors.Run(() => Run(ModelPresets.Get(r.GetValue(preset)!), r.GetValue(preset)!, r.GetValue(tokens), r.GetValue(reps), r.GetValue(warmup),
-            KvPrecisions.Parse(r.GetValue(dtype)), r.GetValue(json)).GetAwaiter().GetResult()));
+            KvPrecisions.Parse(r.GetValue(dtype)), r.GetValue(json), r.GetValue(only)!).GetAwaiter().GetResult()));
         return cmd;
     }
 
-    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, int warmup, KvPrecision precision, bool json)
+    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, int warmup, KvPrecision precision, bool json, string only)
     {
         if (tokens < 1 || reps < 1) throw new ArgumentException("--tokens and --reps must be at least 1");
+        if (only is not ("both" or "put" or "get")) throw new ArgumentException("--only is both, put or get");
         var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--memory-mb", "4096"], new Dictionary<string, string?>());
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
@@ -99,18 +101,20 @@ internal static class BenchKvTransferCommand
         var cpu0 = cpu.TotalProcessorTime;
         double jit0 = TieringJitCpuMs();
         long alloc0 = GC.GetTotalAllocatedBytes(), direct0 = KvWireCodec.DirectChunks;
-        for (int i = 0; i < reps; i++) puts.Add(await Put(i));
+        // --only get: the sessions to read are stored first (before the counters start, so they count nothing).
+        if (only == "get") { for (int i = 0; i < reps; i++) await Put(i); cpu.Refresh(); cpu0 = cpu.TotalProcessorTime; jit0 = TieringJitCpuMs(); alloc0 = GC.GetTotalAllocatedBytes(); direct0 = KvWireCodec.DirectChunks; }
+        for (int i = 0; i < reps; i++) if (only != "get") puts.Add(await Put(i));
         cpu.Refresh();
         var cpu1 = cpu.TotalProcessorTime;
         double jit1 = TieringJitCpuMs();
         long alloc1 = GC.GetTotalAllocatedBytes(), direct1 = KvWireCodec.DirectChunks;
-        for (int i = 0; i < reps; i++) gets.Add(await Get(i));
+        for (int i = 0; i < reps; i++) if (only != "put") gets.Add(await Get(i));
         cpu.Refresh();
         var cpu2 = cpu.TotalProcessorTime;
         double jit2 = TieringJitCpuMs();
         long alloc2 = GC.GetTotalAllocatedBytes(), direct2 = KvWireCodec.DirectChunks;
         double encodeMs = Convert(true), decodeMs = Convert(false); // after the transfers: code tiered up as in a running worker
-        double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);
+        double Median(List<double> xs) => xs.Count == 0 ? double.NaN : xs.Order().ElementAt(xs.Count / 2);
         var result = new Dictionary<string, object>
         {
             ["preset"] = presetName,
@@ -133,7 +137,7 @@ internal static class BenchKvTransferCommand
             ["put_direct_chunks"] = (direct1 - direct0) / reps,
             ["get_direct_chunks"] = (direct2 - direct1) / reps,
         };
-        if (json) Console.WriteLine(JsonSerializer.Serialize(result));
+        if (json) Console.WriteLine(JsonSerializer.Serialize(result, new JsonSerializerOptions { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
         else
         {
             Console.WriteLine($"put  median {result["put_median_ms"]:F1} ms  = {result["put_mb_per_s"]:F0} MB/s  ({result["put_cpu_ms"]:F1} ms CPU of which {result["put_jit_cpu_ms"]:F1} the tiering JIT, {result["put_alloc_mb"]:F1} MB allocated per transfer, client + server; {result["put_direct_chunks"]} chunks read straight into blocks)");
