@@ -29,40 +29,50 @@ trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log"' EXIT
 wait_up "$log"
 echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up"
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
-# The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone) over the
-# measured requests: the cluster's TPOT is that plus the per-token path plus the wait for the KV before the
-# first decode step (between the first and second token), spread over the 63 intervals.
-steps() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url"; done | awk '/^llm_decode_step_seconds_sum/ {s+=$2} /^llm_decode_step_seconds_count/ {c+=$2} END {print s, c}'; }
-steps_before=$(steps)
+# Every service's /metrics, scraped before and after the measured requests: what they report is the
+# difference, so the warm-up (a cold connection and first calls: its KV get took 0.5 s) is not in it.
+scrape() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url" | sed "s|^|$url |"; done; }
+before=$(mktemp); after=$(mktemp)
+scrape >"$before"
 for i in $(seq "$requests"); do $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}"; done \
   | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
 print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3, st.median([r["second_token_seconds"] for r in rows])*1e3))'
-read s0 c0 <<<"$steps_before"; read s1 c1 <<<"$(steps)"
-python3 -c "print('decode worker step (forward pass alone): %d steps, mean %.2f ms' % ($c1 - $c0, ($s1 - $s0) / max(1, $c1 - $c0) * 1e3))"
-# Every service's /metrics from up's endpoint table; only the workers move KV (prefill puts, decode gets
-# and checkpoints), so only their lines print.
-for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do
-  role=$url
-  curl -s "$url" | python3 -c "
+scrape >"$after"
+# The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone): the
+# cluster's TPOT is that plus the per-token path plus the wait for the KV before the first decode step
+# (between the first and second token), spread over the 63 intervals. Only the workers move KV (prefill
+# puts, decode gets and checkpoints), so only their KV lines print.
+python3 - "$before" "$after" <<'PY'
 import re, sys
 from collections import defaultdict
-v = defaultdict(float)  # summed over the other labels (dtype)
-for l in sys.stdin:
-    w = re.match(r'(llm_kv_get_wait_seconds_(?:sum|count))\\{?\\}? (\\S+)', l)
-    if w: v[(w.group(1), '')] += float(w.group(2))
-    m = re.match(r'(llm_kv_transfer_[a-z_]+)\\{([^}]*)\\} (\\S+)', l)
-    if m:
-        d = re.search(r'direction=\\\"(\\w+)\\\"', m.group(2))
-        if d: v[(m.group(1), d.group(1))] += float(m.group(3))
-for d in ('put', 'get'):
-    n = v[('llm_kv_transfer_seconds_count', d)]
+def read(path):
+    v = defaultdict(float)  # (url, series, direction or served) -> value, summed over other labels
+    for l in open(path):
+        m = re.match(r'(\S+) (llm_[a-z_]+)(?:\{([^}]*)\})? (\S+)$', l.strip())
+        if not m: continue
+        url, name, labels, value = m.groups()
+        key = re.search(r'(?:direction|served)="(\w+)"', labels or '')
+        v[(url, name, key.group(1) if key else '')] += float(value)
+    return v
+b, a = read(sys.argv[1]), read(sys.argv[2])
+d = defaultdict(float, {k: a[k] - b.get(k, 0) for k in a})
+urls = sorted({k[0] for k in d})
+steps = sum(d[(u, 'llm_decode_step_seconds_count', '')] for u in urls)
+secs = sum(d[(u, 'llm_decode_step_seconds_sum', '')] for u in urls)
+print('decode worker step (forward pass alone): %d steps, mean %.2f ms' % (steps, secs / max(1, steps) * 1e3))
+for u in urls:
+    for direction in ('put', 'get'):
+        n = d[(u, 'llm_kv_transfer_seconds_count', direction)]
+        if n:
+            print('%s KV %s: %d transfers, mean %.1f ms, mean %.2f MB' % (u, direction, n,
+                d[(u, 'llm_kv_transfer_seconds_sum', direction)] / n * 1e3, d[(u, 'llm_kv_transfer_bytes_total', direction)] / n / 1e6))
+    n = d[(u, 'llm_kv_get_wait_seconds_count', '')]
     if n:
-        secs = v[('llm_kv_transfer_seconds_sum', d)] / n
-        mb = v[('llm_kv_transfer_bytes_total', d)] / n / 1e6
-        print('$role KV %s: %d transfers, mean %.1f ms, mean %.2f MB' % (d, n, secs * 1e3, mb))
-    if d == 'get' and v[('llm_kv_get_wait_seconds_count', '')]:
-        print('$role KV get wait before the first message (put landing, lookup): mean %.1f ms' % (v[('llm_kv_get_wait_seconds_sum', '')] / v[('llm_kv_get_wait_seconds_count', '')] * 1e3))
-"
-done
+        print('%s KV get wait before the first message (put landing, lookup): mean %.1f ms' % (u, d[(u, 'llm_kv_get_wait_seconds_sum', '')] / n * 1e3))
+    for served in ('stored', 'streaming'):
+        if d[(u, 'llm_kv_cache_hits_total', served)]:
+            print('%s gets served from %s KV: %d' % (u, served, d[(u, 'llm_kv_cache_hits_total', served)]))
+PY
+rm -f "$before" "$after"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

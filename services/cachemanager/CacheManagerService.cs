@@ -228,7 +228,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
                 (request.Version != 0 ? $" at version {request.Version}" : request.MaxTokenCount > 0 ? $" holding at most {request.MaxTokenCount} tokens" : "") +
                 " (never stored, released, superseded, or evicted for room and not spilled)"));
         }
-        _metrics.Hits.Add(1);
+        _metrics.Hits.Add(1, new KeyValuePair<string, object?>("served", "stored"));
         await responses.WriteAsync(new GetBlocksResponse { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)) });
         foreach (var block in kv.Layers.Where(b => request.Layers.Count == 0 || request.Layers.Contains(b.Layer)))
         {
@@ -250,7 +250,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
             var (block, stored) = await live.NextAsync(i, ct);
             if (stored is not null)
             {
-                _metrics.Hits.Add(1);
+                _metrics.Hits.Add(1, new KeyValuePair<string, object?>("served", "streaming"));
                 await responses.WriteAsync(new GetBlocksResponse { Kv = Handle(stored, LayoutOf(stored), PolicyMapping.ToWire(stored.Policy)) }, ct);
                 return;
             }
