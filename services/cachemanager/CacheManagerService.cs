@@ -101,7 +101,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         LivePut? live = null; // a whole put that readers wait for: they follow its blocks as they land
         try
         {
-            return await StoreAsync(requests, context, headerRead, started => live = started);
+            return await ReceiveAndStoreAsync(requests, context, headerRead, started => live = started);
         }
         finally
         {
@@ -109,7 +109,9 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
         }
     }
 
-    private async Task<PutBlocksResponse> StoreAsync(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context, Action<PutHeader> headerRead, Action<LivePut> followable)
+    /// <summary>Reads a put's stream into blocks and stores them; a whole put that readers were told to
+    /// wait for is <paramref name="followable"/>: its blocks are served as they land.</summary>
+    private async Task<PutBlocksResponse> ReceiveAndStoreAsync(IAsyncStreamReader<PutBlocksRequest> requests, ServerCallContext context, Action<PutHeader> headerRead, Action<LivePut> followable)
     {
         PutHeader? header = null;
         LivePut? live = null;
