@@ -173,6 +173,9 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
             var services = ChildEnvironments(up.Id);
             Assert.Equal(4, services.Count);
             Assert.All(services, e => Assert.Equal("0", e.GetValueOrDefault(ServiceJit.TieredCompilationVariable)));
+            // and without the thread pool's spin-before-block (ServiceThreadPool): a sched_yield loop after every
+            // per-token burst put pool threads on the decode step's cores about 100 times a token.
+            Assert.All(services, e => Assert.Equal("0", e.GetValueOrDefault(ServiceThreadPool.SpinLimitVariable)));
             Assert.Equal(2, services.Count(e => e.ContainsKey("DOTNET_GCLOHThreshold")));
 
             using var http = new HttpClient();
