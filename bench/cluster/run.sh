@@ -27,18 +27,26 @@ $llmctl up --model "$model" --port "$port" --port-offset "$offset" >"$log" 2>&1 
 up=$!
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log"' EXIT
 wait_up "$log"
-echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up"
+echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up (and the client's own first request)"
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
 # Every service's /metrics, scraped before and after the measured requests: what they report is the
 # difference, so the warm-up (a cold connection and first calls: its KV get took 0.5 s) is not in it.
 scrape() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url" | sed "s|^|$url |"; done; }
 before=$(mktemp); after=$(mktemp)
+# The measured requests come from one client process (--repeat), its first request unmeasured: a new
+# process per request spent 4.8-7.9 ms of CPU per token compiling its per-token code, on the cores the
+# decode step runs on (bench/RESULTS.md, issue 17). The metrics are scraped once that first one is done.
+out=$(mktemp)
+$llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat $((requests + 1)) >"$out" &
+client=$!
+until [ "$(wc -l <"$out")" -ge 1 ] || ! kill -0 "$client" 2>/dev/null; do sleep 0.02; done
 scrape >"$before"
-for i in $(seq "$requests"); do $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}"; done \
-  | python3 -c 'import json,sys,statistics as st
+wait "$client"
+scrape >"$after"
+tail -n +2 "$out" | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
 print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3, st.median([r["second_token_seconds"] for r in rows])*1e3))'
-scrape >"$after"
+rm -f "$out"
 # The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone): the
 # cluster's TPOT is that plus the per-token path plus the wait for the KV before the first decode step
 # (between the first and second token), spread over the 63 intervals. Only the workers move KV (prefill

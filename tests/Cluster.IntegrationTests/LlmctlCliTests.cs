@@ -75,6 +75,26 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
         Assert.Equal(Texts(l), Texts(r));
     }
 
+    /// <summary>`generate --endpoint --repeat 3` sends the request three times from one process (the cluster
+    /// bench's client, issue 17): three JSON lines, three sessions, the same greedy tokens.</summary>
+    [SharedDataFact]
+    public void Repeat_sends_the_request_that_many_times_from_one_client()
+    {
+        var (code, stdout, stderr) = Run("", "generate", "--endpoint", Endpoint, "--prompt", "Once upon a time", "--max-tokens", "6", "--temperature", "0", "--json", "--repeat", "3");
+        Assert.True(code == 0, $"exit {code}: {stderr}");
+        var lines = stdout.TrimEnd().Split('\n');
+        Assert.Equal(3, lines.Length);
+        var docs = lines.Select(l => System.Text.Json.JsonDocument.Parse(l)).ToArray();
+        Assert.Equal(3, docs.Select(d => d.RootElement.GetProperty("session_id").GetString()).Distinct().Count());
+        var ids = docs.Select(d => string.Join(",", d.RootElement.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()))).ToArray();
+        Assert.Equal(6, docs[0].RootElement.GetProperty("ids").GetArrayLength());
+        Assert.All(ids, i => Assert.Equal(ids[0], i));
+
+        var (localCode, _, localErr) = Run("", "generate", "--local", "--model", f.ModelPath, "--prompt", "Hi", "--repeat", "2");
+        Assert.Equal(2, localCode);
+        Assert.Contains("--repeat needs --endpoint", localErr);
+    }
+
     [SharedDataFact]
     public void Model_with_endpoint_is_an_error_not_silently_ignored()
     {
@@ -173,6 +193,9 @@ public class LlmctlCliTests(OpenAiFixture f) : IClassFixture<OpenAiFixture>
             var services = ChildEnvironments(up.Id);
             Assert.Equal(4, services.Count);
             Assert.All(services, e => Assert.Equal("0", e.GetValueOrDefault(ServiceJit.TieredCompilationVariable)));
+            // and without the thread pool's spin-before-block (ServiceThreadPool): a sched_yield loop after every
+            // per-token burst put pool threads on the decode step's cores about 100 times a token.
+            Assert.All(services, e => Assert.Equal("0", e.GetValueOrDefault(ServiceThreadPool.SpinLimitVariable)));
             Assert.Equal(2, services.Count(e => e.ContainsKey("DOTNET_GCLOHThreshold")));
 
             using var http = new HttpClient();

@@ -10,7 +10,10 @@ namespace LlmCtl;
 /// <summary>`llmctl generate --endpoint URL`: streams a generation through a cluster's gateway.</summary>
 internal static class RemoteGenerate
 {
-    public static int Run(string endpoint, string prompt, Func<int, SamplingParameters> sampling, string? policy, bool json)
+    /// <param name="repeat">How many times to send the request, one after another, on one channel (a
+    /// benchmark's client: a new process per request spent 4.8-7.9 ms of CPU per token compiling its per-token
+    /// code on the cores the decode step runs on, bench/RESULTS.md issue 17). Each prints as one request.</param>
+    public static int Run(string endpoint, string prompt, Func<int, SamplingParameters> sampling, string? policy, bool json, int repeat = 1)
     {
         using var channel = GrpcChannels.Create(endpoint);
         var client = new Gateway.GatewayClient(channel);
@@ -21,14 +24,22 @@ internal static class RemoteGenerate
             ? wire
             : throw new ArgumentException($"--policy '{policy}' has no wire form (dense, window(W), sink_window(S,W), qfilters(B,W), knorm(B,W))");
 
-        using var cancel = new CancellationTokenSource();
-        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
-        Console.CancelKeyPress += onCancel;
-        if (p.Outputs > 1 || p.IsBeamSearch) return PrintOutputs(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, prompt);
-        int code = Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, echo: prompt, out int generated, out string finish);
-        // The context, not --max-tokens, ended it: say so rather than look cut short for no reason.
-        if (finish == "length" && generated < p.MaxTokens)
-            Console.Error.WriteLine($"warning: stopped after {generated} of --max-tokens {p.MaxTokens} tokens: the prompt and output reached the model's context ({info.ContextLength} tokens); a bounded --policy such as sink_window(4,252) goes on");
+        int code = 0;
+        for (int i = 0; i < repeat && code == 0; i++)
+        {
+            using var cancel = new CancellationTokenSource();
+            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
+            Console.CancelKeyPress += onCancel;
+            if (p.Outputs > 1 || p.IsBeamSearch)
+            {
+                code = PrintOutputs(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, prompt);
+                continue;
+            }
+            code = Print(client.Generate(request, cancellationToken: cancel.Token), cancel, onCancel, json, p.Seed, echo: prompt, out int generated, out string finish);
+            // The context, not --max-tokens, ended it: say so rather than look cut short for no reason.
+            if (finish == "length" && generated < p.MaxTokens)
+                Console.Error.WriteLine($"warning: stopped after {generated} of --max-tokens {p.MaxTokens} tokens: the prompt and output reached the model's context ({info.ContextLength} tokens); a bounded --policy such as sink_window(4,252) goes on");
+        }
         return code;
     }
 

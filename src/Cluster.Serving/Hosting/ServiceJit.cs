@@ -28,9 +28,9 @@ public static class ServiceJit
 }
 
 /// <summary>Everything a service process needs set in its environment when `llmctl up` (or a bench) starts
-/// it as a child: the workers' GC settings (<see cref="WorkerGc"/>) and every service's JIT settings
-/// (<see cref="ServiceJit"/>).</summary>
+/// it as a child: the workers' GC settings (<see cref="WorkerGc"/>), every service's JIT settings
+/// (<see cref="ServiceJit"/>) and thread-pool settings (<see cref="ServiceThreadPool"/>).</summary>
 public static class ServiceRuntime
 {
-    public static IEnumerable<KeyValuePair<string, string>> Environment(ServiceRole role) => WorkerGc.Environment(role).Concat(ServiceJit.Environment());
+    public static IEnumerable<KeyValuePair<string, string>> Environment(ServiceRole role) => WorkerGc.Environment(role).Concat(ServiceJit.Environment()).Concat(ServiceThreadPool.Environment());
 }

@@ -25,9 +25,10 @@ internal static class GenerateCommand
         var qfilters = new Option<string?>("--qfilters") { Description = "q_filters safetensors file for the qfilters policy (local)" };
         var resume = new Option<string?>("--resume") { Description = "with --endpoint: resume this session (replays its tokens, then goes on live)" };
         var after = new Option<long>("--after") { Description = "with --resume: the last token index already received (-1: from the start)", DefaultValueFactory = _ => -1 };
+        var repeat = new Option<int>("--repeat") { Description = "with --endpoint: send the request this many times, one after another, from this one process (a benchmark's client whose JIT has warmed up after the first)", DefaultValueFactory = _ => 1 };
         var weights = ModelSource.WeightsOption();
         var sampling = new SamplingOptions();
-        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters, resume, after, weights };
+        var cmd = new Command("generate", "generate text from a prompt (greedy unless --temperature is set)") { model, tokenizer, prompt, json, threads, endpoint, local, policy, qfilters, resume, after, repeat, weights };
         device.AddTo(cmd);
         sampling.AddTo(cmd);
         cmd.SetAction(r => CommandErrors.Run(() =>
@@ -38,9 +39,11 @@ internal static class GenerateCommand
                 if (r.GetValue(model) is not null || r.GetValue(tokenizer) is not null)
                     throw new ArgumentException("--model and --tokenizer do not apply with --endpoint: the cluster serves the model it was started with (llmctl up --model ...)");
                 if (r.GetValue(resume) is { } session) return RemoteGenerate.Resume(url, session, r.GetValue(after), r.GetValue(json));
-                return RemoteGenerate.Run(url, r.GetValue(prompt) ?? "", vocab => sampling.Read(r, vocab).WithResolvedSeed(), r.GetValue(policy), r.GetValue(json));
+                if (r.GetValue(repeat) < 1) throw new ArgumentException($"--repeat {r.GetValue(repeat)}: at least 1");
+                return RemoteGenerate.Run(url, r.GetValue(prompt) ?? "", vocab => sampling.Read(r, vocab).WithResolvedSeed(), r.GetValue(policy), r.GetValue(json), r.GetValue(repeat));
             }
             if (r.GetValue(resume) is not null) throw new ArgumentException("--resume needs --endpoint (sessions live in a cluster)");
+            if (r.GetValue(repeat) != 1) throw new ArgumentException("--repeat needs --endpoint");
             var path = ModelSource.ResolvePath(r.GetValue(model));
             using var m = ModelSource.Load(path, () => device.Create(r, r.GetValue(threads)), weights: r.GetValue(weights));
             var p = sampling.Read(r, m.Config.VocabSize).WithResolvedSeed();
