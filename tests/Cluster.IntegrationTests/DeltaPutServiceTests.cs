@@ -43,7 +43,7 @@ public sealed class DeltaPutServiceTests
     [Fact]
     public async Task A_refused_delta_stores_nothing_and_keeps_its_reservation_for_the_whole_put()
     {
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         var client = new LlmCluster.V1.CacheManager.CacheManagerClient(channel);

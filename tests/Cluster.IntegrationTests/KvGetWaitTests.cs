@@ -21,7 +21,7 @@ public sealed class KvGetWaitTests
     [Fact]
     public async Task A_get_waiting_for_an_announced_put_records_the_wait_apart_from_the_transfer()
     {
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         const int layers = 2, heads = 2, headDim = 8, tokens = 40;

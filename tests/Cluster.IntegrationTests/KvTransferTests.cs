@@ -25,7 +25,7 @@ public sealed class KvTransferTests
     public async Task Put_and_get_move_the_dtype_s_bytes_and_record_them(string dtype)
     {
         var p = KvPrecisions.Parse(dtype);
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         const int layers = 3, heads = 2, headDim = 8, tokens = 300;

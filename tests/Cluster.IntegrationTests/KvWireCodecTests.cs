@@ -267,7 +267,7 @@ public sealed class KvWireCodecTests
     public async Task Plain_protobuf_clients_and_KvTransfer_read_each_other_s_blocks(string dtype)
     {
         var p = KvPrecisions.Parse(dtype);
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         var client = new LlmCluster.V1.CacheManager.CacheManagerClient(channel);
@@ -326,7 +326,7 @@ public sealed class KvWireCodecTests
     [Fact]
     public async Task Concurrent_gets_from_one_flow_each_get_their_own_bytes()
     {
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         const int layers = 4, heads = 2, headDim = 8, tokens = 1000;

@@ -19,7 +19,7 @@ public sealed class LargeBlockMemoryPoolTests
     [Fact]
     public async Task The_cache_manager_s_Kestrel_receives_a_put_into_large_blocks()
     {
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         long before = LargeBlockMemoryPool.BlocksAllocated;

@@ -45,7 +45,7 @@ public sealed class LivePutTests
     [Fact]
     public async Task A_get_follows_a_streaming_put_block_by_block_and_ends_with_the_stored_version()
     {
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         var client = new LlmCluster.V1.CacheManager.CacheManagerClient(channel);
@@ -116,7 +116,7 @@ public sealed class LivePutTests
     [Fact]
     public async Task A_put_that_fails_midway_fails_its_followers_with_not_found()
     {
-        var options = ServiceOptions.Parse(ServiceRole.CacheManager, ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"], new Dictionary<string, string?>());
+        var options = TestCluster.Options(ServiceRole.CacheManager);
         await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
         using var channel = GrpcChannels.Create(cm.GrpcAddress);
         const string session = "live-put-fails";
