@@ -348,8 +348,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
             var policy = PolicyMapping.Parse(spec, _host.Policies);
-            // Room for one more token only: the batch sizes a paged cache to its blocks as it grows.
-            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: 1), policy, spec, blocks);
+            // Room up to the end of its last block (what its lease holds): the batch sizes a paged cache to its
+            // blocks as it grows, and one already that size is not copied again before its first step.
+            int toBlockEnd = (handle.TokenCount / Admission.BlockSize + 1) * Admission.BlockSize - handle.TokenCount;
+            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: toBlockEnd), policy, spec, blocks);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)

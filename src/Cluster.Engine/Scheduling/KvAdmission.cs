@@ -255,6 +255,26 @@ public sealed class KvAdmission
             }
         }
 
+        /// <summary>Makes its blocks cover <paramref name="slots"/> slots only from blocks nobody needs: the
+        /// pool's free blocks beyond the headroom every running sequence keeps, and none while a new or a
+        /// preempted sequence waits for blocks (they come first). Never reclaims or preempts; false leaves
+        /// the lease as it was.</summary>
+        public bool TryGrowFromSpare(int slots)
+        {
+            lock (_owner._lock)
+            {
+                if (_released || _preempted) throw new InvalidOperationException("the lease holds no blocks");
+                var m = _owner._blocks;
+                int more = slots - m.Tokens(Id);
+                if (more <= 0) return true;
+                if (_owner._queue.Count > 0 || _owner._suspended > 0) return false;
+                int running = _owner._sequences - _owner._suspended;
+                if (m.BlocksNeeded(Id, more) + _owner.Headroom * running > m.Pool.FreeBlocks || !m.TryAllocate(Id, more)) return false;
+                _owner.NotePeak();
+                return true;
+            }
+        }
+
         /// <summary>Gives all its blocks back to make room for older sequences; until
         /// <see cref="TryResume"/>, no new sequence is admitted (the preempted one goes first).</summary>
         public void Preempt()

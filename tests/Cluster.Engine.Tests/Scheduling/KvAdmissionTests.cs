@@ -220,6 +220,32 @@ public class KvAdmissionTests
         Assert.Equal(0, gate.UsedBytes);
     }
 
+    /// <summary>Growing ahead takes only blocks nobody needs: the free ones beyond each running sequence's
+    /// headroom block, and none while a preempted (or new) sequence waits; a refusal changes nothing.</summary>
+    [Fact]
+    public async Task Growing_from_spare_blocks_leaves_the_running_sequences_headroom()
+    {
+        var gate = new KvAdmission(numBlocks: 8, blockSize: 4, blockBytes: 1, maxQueue: 4, maxSequences: 2, headroom: 1);
+        var a = await gate.AcquireAsync(4); // block 0
+        var b = await gate.AcquireAsync(4); // block 1; free: 2 3 4 5 6 7
+        Assert.True(a.TryGrowFromSpare(16)); // 3 more, leaving 3 free: 1 headroom each for a and b, 1 spare
+        Assert.Equal([0, 2, 3, 4], a.Blocks);
+        Assert.False(a.TryGrowFromSpare(24)); // 2 more would leave 1 free: below the two headroom blocks
+        Assert.Equal([0, 2, 3, 4], a.Blocks);
+        Assert.True(a.TryGrowFromSpare(20)); // 1 more leaves the 2 headroom blocks
+        Assert.Equal([0, 2, 3, 4, 5], a.Blocks);
+        Assert.True(b.TryGrow(12)); // the exact growth still takes the headroom when it must
+        Assert.Equal([1, 6, 7], b.Blocks);
+        b.Preempt(); // free: 1 6 7; a preempted sequence waits to resume: nothing is spare
+        Assert.False(a.TryGrowFromSpare(24));
+        Assert.Equal(5, a.Blocks.Count);
+        b.Dispose(); // nobody waits now, and b's three blocks are free: one more for a leaves two
+        Assert.True(a.TryGrowFromSpare(24));
+        Assert.Equal(6, a.Blocks.Count);
+        a.Dispose();
+        Assert.Equal(0, gate.UsedBytes);
+    }
+
     private static void InterlockedMax(ref long target, long value)
     {
         long current;
