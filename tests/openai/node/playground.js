@@ -17,7 +17,14 @@ async function main() {
     await page.waitForFunction(() => document.getElementById('model').textContent.includes('context'));
 
     // Records the reply's length at every change: more than a couple of distinct lengths = it streamed.
+    // The download is throttled (24 KB/s) while a reply streams: the test model writes a whole reply in
+    // about 100 ms, and when the browser reads it all in one go the page rightly renders it once, which
+    // says nothing about streaming (seen once in CI: lengths [0, 307]).
+    const cdp = await page.context().newCDPSession(page);
+    const throttle = bytesPerSecond => cdp.send('Network.emulateNetworkConditions',
+      { offline: false, latency: 0, downloadThroughput: bytesPerSecond, uploadThroughput: -1 });
     const send = async text => {
+      await throttle(24 * 1024);
       await page.evaluate(() => {
         window.lengths = [];
         new MutationObserver(() => {
@@ -29,6 +36,7 @@ async function main() {
       await page.fill('#input', text);
       await page.click('#send');
       await page.waitForFunction(n => document.querySelectorAll('.msg.assistant').length > n && !document.getElementById('send').disabled, before, { timeout: 60000 });
+      await throttle(-1);
       return page.evaluate(() => ({
         lengths: [...new Set(window.lengths)],
         ttft: document.getElementById('ttft').textContent,
