@@ -18,6 +18,7 @@ internal sealed class DecodeMetrics : IDisposable
         Tokens = _meter.CreateCounter<long>("llm_generation_tokens", description: "Tokens generated");
         Evictions = _meter.CreateCounter<long>("llm_kv_evictions", description: "Tokens evicted by the compression policy");
         Rebuilds = _meter.CreateCounter<long>("llm_kv_rebuilds", description: "Sequences whose KV the cache manager lacked, rebuilt from the prompt");
+        Prefetches = _meter.CreateCounter<long>("llm_kv_prefetches", description: "Prompts' KV fetched while prefill still ran (outcome started), and Decode calls that started from one (outcome used)");
         ResidentHits = _meter.CreateCounter<long>("llm_kv_resident_hits", description: "Conversation turns started from the KV this worker kept when the previous turn ended here (no transfer)");
         _meter.CreateObservableGauge("llm_kv_resident_bytes", () => resident.Bytes, "By", "KV of finished conversations kept for their next turn (at most --resident-kv)");
         _meter.CreateObservableGauge("llm_decode_sequences_running", running, "{sequence}", "Sequences in the batch");
@@ -40,6 +41,7 @@ internal sealed class DecodeMetrics : IDisposable
     public Counter<long> Evictions { get; }
     public Counter<long> Rebuilds { get; }
     public Counter<long> ResidentHits { get; }
+    public Counter<long> Prefetches { get; }
 
     public void Dispose() => _meter.Dispose();
 }

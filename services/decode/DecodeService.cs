@@ -44,6 +44,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         Resident = new ResidentKv((long)options.ResidentKvMb << 20, TimeSpan.FromMinutes(10)); // idle longer, a conversation fetches from the cache manager
         // Kept caches live inside the KV budget and make room whenever a request needs it.
         Admission.Reclaim = bytes => Resident.Reclaim(bytes);
+        Prefetches = new KvPrefetches(Resident, tokens => Admission.TryAcquire(tokens));
         _metrics = new DecodeMetrics(() => _batcher!.Running, 4 * host.Config.ParameterCount, Admission, Resident);
         _batcher = new ContinuousBatcher(host.Model!, Math.Min(options.MaxBatch, host.Model!.MaxChunk),
             afterStep: (size, elapsed) =>
@@ -84,10 +85,69 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
 
     private long _residentHits;
 
+    /// <summary>Prompts' KV fetched while prefill still ran (Decode.PrefetchKv).</summary>
+    public KvPrefetches Prefetches { get; }
+
+    /// <summary>Decode calls that started from a prefetched KV, with no transfer of their own (tests read it).</summary>
+    public long PrefetchHits => Interlocked.Read(ref _prefetchHits);
+
+    private long _prefetchHits;
+
     /// <summary>Sequences in the batch (tests read it to see that an abort freed its sequence).</summary>
     public int Running => _batcher.Running;
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<DecodeService>();
+
+    /// <summary>Starts fetching a prompt's KV while it is being prefilled (<see cref="KvPrefetches"/>).</summary>
+    public override Task<PrefetchKvResponse> PrefetchKv(PrefetchKvRequest request, ServerCallContext context)
+    {
+        if (string.IsNullOrEmpty(request.SessionId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "session_id is required"));
+        if (request.TokenCount < 1 || request.TokenCount > _host.Config.MaxPositions)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"token_count must be between 1 and the model's context ({_host.Config.MaxPositions}), got {request.TokenCount}"));
+        var cacheManager = _channels.Get(string.IsNullOrEmpty(request.CacheManager) ? _options.CacheManager : request.CacheManager);
+        bool started = Prefetches.Start(request.SessionId, (state, ct) => PrefetchAsync(cacheManager, request.SessionId, request.TokenCount, state, ct));
+        if (started) _metrics.Prefetches.Add(1, new KeyValuePair<string, object?>("outcome", "started"));
+        return Task.FromResult(new PrefetchKvResponse { Started = started });
+    }
+
+    /// <summary>
+    /// The prompt's KV as soon as the prefill worker's put is announced (a get then follows the put's
+    /// layers as they land), restored as <see cref="LoadOrRebuildAsync"/> restores it. Until the put is
+    /// announced the cache manager answers NOT_FOUND: asked again, a little later each time. Null when a
+    /// version of another size is stored, or the Decode call has come and nothing is announced.
+    /// </summary>
+    private async Task<PrefetchedKv?> PrefetchAsync(GrpcChannel cacheManager, string session, int tokens, KvPrefetches.State state, CancellationToken ct)
+    {
+        var delay = TimeSpan.FromMilliseconds(2);
+        long start = Stopwatch.GetTimestamp();
+        bool lastTry = false;
+        while (true)
+        {
+            try
+            {
+                var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, session, 0, ct, tokens);
+                return handle.TokenCount == tokens ? new PrefetchedKv(handle, blocks, Restored(handle, blocks).Cache) : null;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.NotFound && !lastTry && Stopwatch.GetElapsedTime(start) < PendingPuts.Expiry)
+            {
+            }
+            // Once the Decode call has come, prefill has announced its put if it will: one more try settles it.
+            lastTry = state.Claimed;
+            await state.BeforeAskingAgainAsync(delay, ct);
+            delay = TimeSpan.FromMilliseconds(Math.Min(delay.TotalMilliseconds * 2, 50));
+        }
+    }
+
+    /// <summary>A fetched KV as this worker's cache, managed by the policy it was stored under.</summary>
+    private (SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec) Restored(KvHandle handle, List<KvLayerBlock> blocks)
+    {
+        var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
+        var policy = PolicyMapping.Parse(spec, _host.Policies);
+        // Room up to the end of its last block (what its lease holds): the batch sizes a paged cache to its
+        // blocks as it grows, and one already that size is not copied again before its first step.
+        int toBlockEnd = (handle.TokenCount / Admission.BlockSize + 1) * Admission.BlockSize - handle.TokenCount;
+        return (KvRestore.ToCache(_host.Model!, handle, blocks, policy, maxNewTokens: toBlockEnd), policy, spec);
+    }
 
     public override async Task Decode(DecodeRequest request, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
     {
@@ -333,6 +393,18 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     {
         var model = _host.Model!;
         var c = model.Config;
+        // The prompt's KV this worker fetched while prefill ran (the gateway's PrefetchKv), if it did.
+        if (request.Kv.Version == 0 && await Prefetches.ClaimAsync(request.Kv.SessionId, ct) is { } pre)
+        {
+            if (pre.Handle.TokenCount == maxTokens)
+            {
+                Interlocked.Increment(ref _prefetchHits);
+                _metrics.Prefetches.Add(1, new KeyValuePair<string, object?>("outcome", "used"));
+                var preSpec = PolicyMapping.ToSpec(pre.Handle.Policy) ?? "dense";
+                return (pre.Handle, pre.Cache, PolicyMapping.Parse(preSpec, _host.Policies), preSpec, pre.Blocks);
+            }
+            pre.Cache.Dispose();
+        }
         // A stream that stopped here (its client or gateway went away) and is resumed here: its cache,
         // cut back to what the client has seen, with no transfer (KV-aware routing of a resume).
         if (request.Kv.Version == 0 && maxTokens > 0 && Resident.TryTake(request.Kv.SessionId, history + prompt.Length, maxTokens) is { } kept)
@@ -346,12 +418,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         try
         {
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
-            var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
-            var policy = PolicyMapping.Parse(spec, _host.Policies);
-            // Room up to the end of its last block (what its lease holds): the batch sizes a paged cache to its
-            // blocks as it grows, and one already that size is not copied again before its first step.
-            int toBlockEnd = (handle.TokenCount / Admission.BlockSize + 1) * Admission.BlockSize - handle.TokenCount;
-            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: toBlockEnd), policy, spec, blocks);
+            var (cache, policy, spec) = Restored(handle, blocks);
+            return (handle, cache, policy, spec, blocks);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)

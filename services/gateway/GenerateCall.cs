@@ -60,11 +60,44 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         Started();
 
         if (p.Outputs > 1 || p.IsBeamSearch) return await new OutputCalls(this, p, wireSampling).RunAsync(prompt, policy, options);
+        string? decodeWorker = StartKvPrefetch(prompt.Length, options);
         var response = await PrefillAsync(prompt, wireSampling, policy, options);
         var first = response.Outputs.Single();
         await EmitAsync(_outputs[0], [first.TokenId], first.Text, first.Logprob is { } lp ? [lp] : []);
-        return first.Finished ? first.FinishReason : await DecodeAsync(_outputs[0], response.Kv, prompt, [first.TokenId], wireSampling, options);
+        return first.Finished ? first.FinishReason : await DecodeAsync(_outputs[0], response.Kv, prompt, [first.TokenId], wireSampling, options, holder: decodeWorker);
     });
+
+    /// <summary>
+    /// Chooses the decode worker now, as prefill starts, and asks it to fetch the prompt's KV while prefill
+    /// runs (Decode.PrefetchKv: its get follows the prefill worker's put layer by layer), so that decode
+    /// starts with the KV in place instead of fetching it after the first token. "host:port" of that
+    /// worker, for <see cref="DecodeAsync"/> to prefer; null when prefetching is off or no decode worker is
+    /// healthy (decode then chooses, and fails, as before). Not awaited: a hint that fails costs nothing.
+    /// </summary>
+    private string? StartKvPrefetch(int promptTokens, CallOptions options)
+    {
+        if (!gateway.Options.KvPrefetch) return null;
+        WorkerLease lease;
+        try
+        {
+            lease = gateway.Decode.Acquire();
+        }
+        catch (RpcException)
+        {
+            return null;
+        }
+        using (lease)
+        {
+            var call = new LlmCluster.V1.Decode.DecodeClient(lease.Worker.Channel).PrefetchKvAsync(new PrefetchKvRequest
+            {
+                SessionId = _kvSession,
+                TokenCount = promptTokens,
+                CacheManager = gateway.Options.CacheManager,
+            }, cancellationToken: options.CancellationToken);
+            _ = call.ResponseAsync.ContinueWith(t => { _ = t.Exception; call.Dispose(); }, TaskScheduler.Default);
+            return lease.Worker.Address.Authority;
+        }
+    }
 
     /// <summary>Prefills this turn's prompt on a prefill worker (on top of the conversation's stored KV
     /// when the turn has history) and returns its first token and KV handle.

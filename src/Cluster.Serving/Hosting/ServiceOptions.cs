@@ -88,6 +88,9 @@ public sealed class ServiceOptions
     [Option("--max-local-prefill", "a conversation's later turn with at most this many new tokens skips prefill: the decode worker that holds the conversation's KV runs them (0: every turn is prefilled on a prefill worker)", ServiceRole.Gateway)]
     public int MaxLocalPrefill { get; set; } = 256;
 
+    [Option("--kv-prefetch", "a new request's decode worker is chosen when its prefill starts and fetches the prompt's KV while prefill runs (following the put layer by layer), so decode starts without a transfer; false: it fetches when decode starts", ServiceRole.Gateway)]
+    public bool KvPrefetch { get; set; } = true;
+
     [Option("--checkpoint-every", "tokens between KV checkpoints to the cache manager", ServiceRole.Decode)]
     public int CheckpointEvery { get; set; } = 64;
 

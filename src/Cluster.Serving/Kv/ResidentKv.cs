@@ -121,6 +121,14 @@ public sealed class ResidentKv(long budgetBytes, TimeSpan idle, TimeProvider? cl
         return taken;
     }
 
+    /// <summary>Drops <paramref name="session"/>'s cache if it is still <paramref name="cache"/>.</summary>
+    public void Remove(string session, SequenceKvCache cache)
+    {
+        var evicted = new List<IDisposable>();
+        lock (_lru) if (_bySession.TryGetValue(session, out var node) && node.Value.Cache == cache) Drop(node, evicted);
+        foreach (var c in evicted) c.Dispose();
+    }
+
     private void DropIdle(List<IDisposable> evicted)
     {
         var now = _clock.GetUtcNow();
