@@ -666,6 +666,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     public ValueTask DisposeAsync()
     {
         _batcher.Dispose();
+        Prefetches.Dispose(); // stops fetches still asking
         Resident.Dispose();
         _channels.Dispose();
         _metrics.Dispose();

@@ -3,6 +3,8 @@ using Cluster.Engine.Generation;
 using Cluster.Engine.Loaders;
 using Cluster.Engine.Sampling;
 using Cluster.Serving.Mapping;
+using Cluster.Serving.Routing;
+using Grpc.Core;
 using Cluster.Tests;
 using LlmCluster.V1;
 using Xunit;
@@ -53,5 +55,19 @@ public sealed class KvPrefetchTests
         var got = await cluster.GenerateAsync(new GenerateRequest { Text = Prompt, Sampling = SamplingWire.FromEngine(p), KvPolicy = PolicyMapping.ToWire("dense") });
         Assert.Equal(expected, got.Ids);
         Assert.Equal(0, Hits(cluster));
+    }
+
+    [SharedDataTheory]
+    [InlineData("", 10, "session_id is required")]
+    [InlineData("s", 0, "token_count must be between 1")]
+    [InlineData("s", 1_000_000, "token_count must be between 1")]
+    public async Task A_prefetch_with_bad_arguments_is_refused_with_a_reason(string session, int tokens, string reason)
+    {
+        await using var cluster = await TestCluster.StartAsync(ModelPath);
+        using var channel = GrpcChannels.Create(cluster.Decodes[0].GrpcAddress);
+        var e = await Assert.ThrowsAsync<RpcException>(async () =>
+            await new LlmCluster.V1.Decode.DecodeClient(channel).PrefetchKvAsync(new PrefetchKvRequest { SessionId = session, TokenCount = tokens }));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains(reason, e.Status.Detail);
     }
 }
