@@ -123,13 +123,22 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         bool lastTry = false;
         while (true)
         {
+            // Each layer goes into the cache as it lands, while prefill computes the next ones.
+            KvRestore.LayerByLayer? restore = null;
             try
             {
-                var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, session, 0, ct, tokens);
-                return handle.TokenCount == tokens ? new PrefetchedKv(handle, blocks, Restored(handle, blocks).Cache) : null;
+                var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, session, 0, ct, tokens, onBlock: (h, block) =>
+                {
+                    if (h.TokenCount == tokens) (restore ??= new KvRestore.LayerByLayer(_host.Model!, PolicyOf(h).Policy, RoomToBlockEnd(h.TokenCount))).Add(h, block);
+                });
+                return handle.TokenCount == tokens && restore is not null ? new PrefetchedKv(handle, blocks, restore.Finish(handle)) : null;
             }
             catch (RpcException e) when (e.StatusCode == StatusCode.NotFound && !lastTry && Stopwatch.GetElapsedTime(start) < PendingPuts.Expiry)
             {
+            }
+            finally
+            {
+                restore?.Dispose(); // a cache it did not hand out
             }
             // Once the Decode call has come, prefill has announced its put if it will: one more try settles it.
             lastTry = state.Claimed;
@@ -138,16 +147,16 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         }
     }
 
-    /// <summary>A fetched KV as this worker's cache, managed by the policy it was stored under.</summary>
-    private (SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec) Restored(KvHandle handle, List<KvLayerBlock> blocks)
+    /// <summary>The policy a fetched KV was stored under, which manages its cache here.</summary>
+    private (Engine.Compression.KvCompressionPolicy Policy, string Spec) PolicyOf(KvHandle handle)
     {
         var spec = PolicyMapping.ToSpec(handle.Policy) ?? "dense";
-        var policy = PolicyMapping.Parse(spec, _host.Policies);
-        // Room up to the end of its last block (what its lease holds): the batch sizes a paged cache to its
-        // blocks as it grows, and one already that size is not copied again before its first step.
-        int toBlockEnd = (handle.TokenCount / Admission.BlockSize + 1) * Admission.BlockSize - handle.TokenCount;
-        return (KvRestore.ToCache(_host.Model!, handle, blocks, policy, maxNewTokens: toBlockEnd), policy, spec);
+        return (PolicyMapping.Parse(spec, _host.Policies), spec);
     }
+
+    /// <summary>Room a restored cache gets up to the end of its last block (what its lease holds): the batch
+    /// sizes a paged cache to its blocks as it grows, and one already that size is not copied again before its first step.</summary>
+    private int RoomToBlockEnd(int tokens) => (tokens / Admission.BlockSize + 1) * Admission.BlockSize - tokens;
 
     public override async Task Decode(DecodeRequest request, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context)
     {
@@ -400,8 +409,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             {
                 Interlocked.Increment(ref _prefetchHits);
                 _metrics.Prefetches.Add(1, new KeyValuePair<string, object?>("outcome", "used"));
-                var preSpec = PolicyMapping.ToSpec(pre.Handle.Policy) ?? "dense";
-                return (pre.Handle, pre.Cache, PolicyMapping.Parse(preSpec, _host.Policies), preSpec, pre.Blocks);
+                var (prePolicy, preSpec) = PolicyOf(pre.Handle);
+                return (pre.Handle, pre.Cache, prePolicy, preSpec, pre.Blocks);
             }
             pre.Cache.Dispose();
         }
@@ -418,8 +427,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         try
         {
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
-            var (cache, policy, spec) = Restored(handle, blocks);
-            return (handle, cache, policy, spec, blocks);
+            var (policy, spec) = PolicyOf(handle);
+            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: RoomToBlockEnd(handle.TokenCount)), policy, spec, blocks);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)

@@ -95,7 +95,9 @@ public static class KvTransfer
 
     /// <summary>Fetches a session's blocks (version 0: the latest, followed as it lands when its put is
     /// still streaming in), widened to fp32 as they arrive. NOT_FOUND when the cache manager has none.</summary>
-    public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0)
+    /// <param name="onBlock">Called with each block as soon as it is whole (in the reading loop), with the handle read so far.</param>
+    public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0,
+        Action<KvHandle, KvLayerBlock>? onBlock = null)
     {
         var sw = Stopwatch.StartNew();
         // KvWireCodec: each chunk's bytes go from gRPC's received payload straight into the block being
@@ -149,6 +151,7 @@ public static class KvTransfer
         {
             var built = assembler.Build(); // throws unless every byte arrived
             bytes += assembler.DataBytes;
+            onBlock?.Invoke(handle!, built);
             return built;
         }
         KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed);
