@@ -49,7 +49,7 @@ print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.
 rm -f "$out"
 # The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone): the
 # cluster's TPOT is that plus the per-token path plus the wait for the KV before the first decode step
-# (between the first and second token), spread over the 63 intervals. Only the workers move KV (prefill
+# (between the first and second token; with the gateway's --kv-prefetch the get runs during prefill), spread over the 63 intervals. Only the workers move KV (prefill
 # puts, decode gets and checkpoints), so only their KV lines print.
 python3 - "$before" "$after" <<'PY'
 import re, sys
@@ -60,7 +60,7 @@ def read(path):
         m = re.match(r'(\S+) (llm_[a-z_]+)(?:\{([^}]*)\})? (\S+)$', l.strip())
         if not m: continue
         url, name, labels, value = m.groups()
-        key = re.search(r'(?:direction|served)="(\w+)"', labels or '')
+        key = re.search(r'(?:direction|served|outcome)="(\w+)"', labels or '')
         v[(url, name, key.group(1) if key else '')] += float(value)
     return v
 b, a = read(sys.argv[1]), read(sys.argv[2])
@@ -78,6 +78,9 @@ for u in urls:
     n = d[(u, 'llm_kv_get_wait_seconds_count', '')]
     if n:
         print('%s KV get wait before the first message (put landing, lookup): mean %.1f ms' % (u, d[(u, 'llm_kv_get_wait_seconds_sum', '')] / n * 1e3))
+    if d[(u, 'llm_kv_prefetches_total', 'started')]:
+        print('%s KV prefetched while prefill ran: %d, used by their Decode call: %d (the get above then spans prefill)' % (u,
+            d[(u, 'llm_kv_prefetches_total', 'started')], d[(u, 'llm_kv_prefetches_total', 'used')]))
     for served in ('stored', 'streaming'):
         if d[(u, 'llm_kv_cache_hits_total', served)]:
             print('%s gets served from %s KV: %d' % (u, served, d[(u, 'llm_kv_cache_hits_total', served)]))
