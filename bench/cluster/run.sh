@@ -15,9 +15,11 @@ prompt_tokens=$((repeats * 236 / 3))
 args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 
 echo "== in-process engine, warm (llmctl bench: best of 3 prefills, median decode step)"
-$llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null | python3 -c 'import json,sys
-r=json.load(sys.stdin)
-print("prompt tokens %d; TTFT %.1f ms; TPOT median %.2f ms (mean step %.2f ms)" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["decode_median_step_ms"], 1e3/r["decode_tokens_per_s"]))'
+local_json=$(mktemp)
+$llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$local_json"
+python3 -c 'import json,sys
+r=json.load(open(sys.argv[1]))
+print("prompt tokens %d; TTFT %.1f ms (median of 3: %.1f ms); TPOT median %.2f ms (mean step %.2f ms)" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["prefill_median_ms"], r["decode_median_step_ms"], 1e3/r["decode_tokens_per_s"]))' "$local_json"
 
 port=$(free_port)
 log=$(mktemp)
@@ -45,8 +47,13 @@ wait "$client"
 scrape >"$after"
 tail -n +2 "$out" | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
-print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3, st.median([r["second_token_seconds"] for r in rows])*1e3))'
-rm -f "$out"
+local=json.load(open(sys.argv[1]))
+ttft, tpot = st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3
+print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (ttft, tpot, st.median([r["second_token_seconds"] for r in rows])*1e3))
+best, median = local["prefill_tokens"]/local["prefill_tokens_per_s"]*1e3, local["prefill_median_ms"]
+step, mean = local["decode_median_step_ms"], 1e3/local["decode_tokens_per_s"]
+print("cluster / in-process: TTFT %.2fx the best prefill, %.2fx the median; TPOT %.2fx the median step, %.2fx the mean step" % (ttft/best, ttft/median, tpot/step, tpot/mean))' "$local_json"
+rm -f "$out" "$local_json"
 # The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone): the
 # cluster's TPOT is that plus the per-token path plus the wait for the KV before the first decode step
 # (between the first and second token; with the gateway's --kv-prefetch the get runs during prefill), spread over the 63 intervals. Only the workers move KV (prefill

@@ -76,14 +76,16 @@ internal static class BenchCommand
         var format = Cluster.Engine.Kernels.WeightLayout.Name(m.Weights.MatrixFormat);
         Console.Error.WriteLine($"[{format}] prefill {p} tokens, decode {d} tokens on {m.Backend.Name} ...");
         using (var warm = m.CreateCache(p + 8, Bench)) KvRoom.Forward(m, prompt, warm, logits); // page in weights, JIT
-        double prefillSeconds = double.MaxValue;
-        for (int rep = 0; rep < 3; rep++)
+        var prefills = new double[3];
+        for (int rep = 0; rep < prefills.Length; rep++)
         {
             using var cache = m.CreateCache(p + d, Bench);
             var sw = Stopwatch.StartNew();
             KvRoom.Forward(m, prompt, cache, logits);
-            prefillSeconds = Math.Min(prefillSeconds, sw.Elapsed.TotalSeconds);
+            prefills[rep] = sw.Elapsed.TotalSeconds;
         }
+        Array.Sort(prefills);
+        double prefillSeconds = prefills[0]; // the rate: best of 3
         using var decodeCache = m.CreateCache(p + d, Bench);
         KvRoom.Forward(m, prompt, decodeCache, logits);
         int next = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
@@ -119,6 +121,8 @@ internal static class BenchCommand
             ["batch_speedup"] = batchRate * mean,
             ["prefill_tokens"] = p,
             ["prefill_tokens_per_s"] = p / prefillSeconds,
+            // Next to a median of requests (the cluster benchmark's TTFT), the median is the like-for-like figure.
+            ["prefill_median_ms"] = prefills[prefills.Length / 2] * 1e3,
         };
     }
 
