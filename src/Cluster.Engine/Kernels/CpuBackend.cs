@@ -48,6 +48,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
     {
         WeightType.F32 when UseFp32Dots => Fp32Dots.MaxRows,
         WeightType.Q8_0 => _useBlas ? DequantGemmRows - 1 : int.MaxValue,
+        WeightType.BF16 when UseFp32Dots => _useBlas ? Fp32Dots.MaxRows : int.MaxValue,
         WeightType.BF16 or WeightType.F16 => _useBlas ? HalfGemmRows - 1 : int.MaxValue,
         _ => _useBlas ? 1 : int.MaxValue,
     };
@@ -115,6 +116,11 @@ public sealed unsafe class CpuBackend : IComputeBackend
                     _activations.Quantize(xp, rows, inDim, out var xq, out var xd);
                     Q8Parts(q.Pointer, xq, xd, yp, rows, blocks, outDim);
                     return;
+                case WeightType.BF16 when UseFp32Dots && (rows <= Fp32Dots.MaxRows || !_useBlas):
+                    // Register tiles widening bf16 in place (as fp32's decode rows): faster than widening a
+                    // tile to scratch for sgemm up to batched-decode sizes, and every row exact.
+                    SplitProduct(ProductKind.Bf16Dots, xp, (float*)q.Pointer, yp, rows, inDim, outDim, Fp32DotPartCount(rows, inDim, outDim), 48);
+                    return;
                 case WeightType.BF16 or WeightType.F16:
                     if (_useBlas && rows >= HalfGemmRows) DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
                     else HalfParts(q.Format, q.Pointer, xp, yp, rows, inDim, outDim);
@@ -137,10 +143,12 @@ public sealed unsafe class CpuBackend : IComputeBackend
     /// <summary>fp32 decode rows through <see cref="Fp32Dots"/> on <see cref="_threads"/> slices of the weight rows.</summary>
     private void Fp32DotParts(float* x, float* w, float* y, int rows, int k, int n)
     {
-        int parts = (long)rows * k * n < 1 << 16 ? 1 : _threads;
         // Slices of 48 weight rows: whole 3-row tiles, and no two threads writing one cache line of y.
-        SplitProduct(ProductKind.Fp32Dots, x, w, y, rows, k, n, parts, 48);
+        SplitProduct(ProductKind.Fp32Dots, x, w, y, rows, k, n, Fp32DotPartCount(rows, k, n), 48);
     }
+
+    /// <summary>One part for a small product (about 64K multiply-adds), else one per thread.</summary>
+    private int Fp32DotPartCount(int rows, int k, int n) => (long)rows * k * n < 1 << 16 ? 1 : _threads;
 
     /// <summary>fp32 through single-threaded OpenBLAS calls on <see cref="_threads"/> slices of the weight rows.</summary>
     private void BlasParts(float* x, float* w, float* y, int rows, int k, int n)
@@ -228,11 +236,18 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
-    private enum ProductKind { Fp32Dots, Blas }
+    /// <summary>fp32 weights through <see cref="Fp32Dots"/> or sgemm; bf16 weights through <see cref="Fp32Dots"/>
+    /// (the weight pointer then holds bf16 rows).</summary>
+    private enum ProductKind { Fp32Dots, Blas, Bf16Dots }
 
     /// <summary>Output columns [first, end) of one fp32 product.</summary>
     private static void ProductRange(ProductKind kind, float* x, float* w, float* y, int rows, int k, int n, int first, int end)
     {
+        if (kind == ProductKind.Bf16Dots)
+        {
+            Fp32Dots.Run<Bf16Rows>(x, (byte*)w, y, rows, k, first, end, n);
+            return;
+        }
         if (kind == ProductKind.Fp32Dots)
         {
             Fp32Dots.Run(x, w, y, rows, k, first, end, n);

@@ -77,6 +77,38 @@ public sealed unsafe class WeightFormatKernelTests
     }
 
     [Theory]
+    [InlineData(WeightType.F32, 1, 576, 52)]
+    [InlineData(WeightType.F32, 16, 172, 40)]
+    [InlineData(WeightType.BF16, 1, 576, 52)]
+    [InlineData(WeightType.BF16, 1, 172, 13)]
+    [InlineData(WeightType.BF16, 5, 200, 70)]
+    [InlineData(WeightType.BF16, 16, 576, 52)]
+    [InlineData(WeightType.BF16, 32, 172, 40)]
+    public void Decode_rows_equal_a_scalar_emulation_of_their_fixed_summation_order(WeightType type, int rows, int k, int n)
+    {
+        // fp32 and bf16 rows up to 32 go through register tiles whose every output is one 8-lane FMA chain,
+        // lanes summed (0+2)+(1+3) of (lower+upper), then the k % 8 tail: emulated here one scalar at a time,
+        // from the dequantized weights, so any other order or a wrong widening shows as different bits.
+        var w = Random(n * k, 5);
+        var x = Random(rows * k, 6, 3f);
+        using var backend = new CpuBackend(threads: 2);
+        using var store = new WeightStore();
+        var y = MatMul(backend, store, w, x, rows, k, n, type, out var dq);
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < n; j++)
+            {
+                var lanes = new float[8];
+                int kk = 0;
+                for (; kk + 8 <= k; kk += 8)
+                    for (int l = 0; l < 8; l++) lanes[l] = MathF.FusedMultiplyAdd(x[r * k + kk + l], dq[j * k + kk + l], lanes[l]);
+                float h0 = lanes[0] + lanes[4], h1 = lanes[1] + lanes[5], h2 = lanes[2] + lanes[6], h3 = lanes[3] + lanes[7];
+                float s = (h0 + h2) + (h1 + h3);
+                for (; kk < k; kk++) s = MathF.FusedMultiplyAdd(x[r * k + kk], dq[j * k + kk], s);
+                Assert.True(s == y[r * n + j], $"{type} row {r} output {j}: {y[r * n + j]} vs emulated {s}");
+            }
+    }
+
+    [Theory]
     [InlineData(1, 576, 64)]
     [InlineData(16, 576, 40)]
     [InlineData(7, 172, 66)]
@@ -158,6 +190,7 @@ public sealed unsafe class WeightFormatKernelTests
     [InlineData(WeightType.Q8_0, 1)]
     [InlineData(WeightType.Q8_0, 16)]
     [InlineData(WeightType.BF16, 1)]
+    [InlineData(WeightType.BF16, 16)]
     public void Split_decode_products_allocate_nothing_in_steady_state(WeightType type, int rows)
     {
         const int k = 576, n = 256;
