@@ -211,6 +211,35 @@ public sealed unsafe class WeightFormatKernelTests
         }
     }
 
+    [Theory]
+    [InlineData(WeightType.Q8_0, 576)]
+    [InlineData(WeightType.Q8_0, 172)]
+    [InlineData(WeightType.BF16, 576)]
+    [InlineData(WeightType.BF16, 173)]
+    public void Dequantized_rows_equal_the_format_definition(WeightType type, int k)
+    {
+        // Independent of the kernels: bf16 bits are an fp32's top half; a Q8_0 block is fp16 d and 32 int8
+        // q, x = d * q (ggml). Random bytes with finite scales, rows that end mid-block included.
+        var rng = new Random(11);
+        long rowBytes = WeightLayout.RowBytes(type, k);
+        var bytes = new byte[rowBytes];
+        rng.NextBytes(bytes);
+        var expected = new float[k];
+        if (type == WeightType.Q8_0)
+            for (int b = 0; b * 32 < k; b++)
+            {
+                var d = (Half)(float)(rng.NextDouble() * 2 - 1);
+                BitConverter.TryWriteBytes(bytes.AsSpan(b * 34, 2), BitConverter.HalfToUInt16Bits(d));
+                for (int j = 0; j < 32 && b * 32 + j < k; j++) expected[b * 32 + j] = (float)d * (sbyte)bytes[b * 34 + 2 + j];
+            }
+        else
+            for (int i = 0; i < k; i++)
+                expected[i] = BitConverter.UInt32BitsToSingle((uint)BitConverter.ToUInt16(bytes, 2 * i) << 16);
+        var got = new float[k];
+        fixed (byte* src = bytes) Dequantize.Row(type, src, got);
+        for (int i = 0; i < k; i++) Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(got[i]), $"{type} [{i}]: {got[i]} vs {expected[i]}");
+    }
+
     [Fact]
     public void Bf16_rounds_to_nearest_even()
     {
