@@ -11,7 +11,7 @@ namespace Cluster.Engine.Kernels;
 /// <see cref="HalfMatMul"/> and <see cref="Q8MatMul"/>, reading the weights as stored. The rest
 /// with System.Numerics.Tensors primitives.
 /// </summary>
-public sealed unsafe class CpuBackend : IComputeBackend
+public sealed unsafe partial class CpuBackend : IComputeBackend
 {
     private static int _fallbackNoticeShown;
     private readonly bool _useBlas;
@@ -83,19 +83,6 @@ public sealed unsafe class CpuBackend : IComputeBackend
             var row = Cpu(x).Span((long)i * dim, dim);
             if (table is CpuWeight q) q.Data.CopyRowToFloat32(tokens[i], row); // one row dequantized
             else Cpu(table).Span((long)tokens[i] * dim, dim).CopyTo(row);
-        }
-    }
-
-    public void RmsNorm(Tensor x, Tensor weight, Tensor y, int rows, int dim, float eps)
-    {
-        var w = Cpu(weight).Span(0, dim);
-        for (int r = 0; r < rows; r++)
-        {
-            var xs = Cpu(x).Span((long)r * dim, dim);
-            var ys = Cpu(y).Span((long)r * dim, dim);
-            var scale = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xs) / dim + eps);
-            TensorPrimitives.Multiply(xs, scale, ys);
-            TensorPrimitives.Multiply(ys, w, ys);
         }
     }
 
@@ -323,13 +310,53 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope)
     {
-        int hd = rope.HeadDim, half = hd / 2;
-        Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
-        for (int t = 0; t < positions.Length; t++)
+        fixed (int* pp = positions)
         {
-            rope.Angles(positions[t], cos, sin);
-            for (int h = 0; h < heads; h++) Rotate(Cpu(q).Pointer + ((long)t * heads + h) * hd, cos, sin, rope.Layout);
-            for (int h = 0; h < kvHeads; h++) Rotate(Cpu(k).Pointer + ((long)t * kvHeads + h) * hd, cos, sin, rope.Layout);
+            long values = (long)positions.Length * (heads + kvHeads) * rope.HeadDim;
+            if (values < SplitElements || _threads == 1 || !_team.TryAcquire())
+            {
+                RopeWork.Range(Cpu(q).Pointer, Cpu(k).Pointer, pp, heads, kvHeads, rope, 0, positions.Length);
+                return;
+            }
+            try
+            {
+                // A prefill's angles (double cos and sin per pair, token and layer) cost more than the rotations.
+                var work = _rope;
+                work.Q = Cpu(q).Pointer; work.K = Cpu(k).Pointer; work.Positions = pp;
+                (work.Heads, work.KvHeads, work.Table, work.Tokens, work.Parts) = (heads, kvHeads, rope, positions.Length, _threads);
+                _team.Run(work, _threads);
+            }
+            finally
+            {
+                _rope.Table = null;
+                _team.Release();
+            }
+        }
+    }
+
+    private readonly RopeWork _rope = new();
+
+    /// <summary>One RoPE call's arguments, reused; part p rotates tokens [Tokens·p/Parts, Tokens·(p+1)/Parts).</summary>
+    private sealed class RopeWork : IPartedWork
+    {
+        public float* Q, K;
+        public int* Positions;
+        public int Heads, KvHeads, Tokens, Parts;
+        public RopeTable? Table;
+
+        public void Run(int part) =>
+            Range(Q, K, Positions, Heads, KvHeads, Table!, Tokens * part / Parts, Tokens * (part + 1) / Parts);
+
+        public static void Range(float* q, float* k, int* positions, int heads, int kvHeads, RopeTable rope, int first, int end)
+        {
+            int hd = rope.HeadDim, half = hd / 2;
+            Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
+            for (int t = first; t < end; t++)
+            {
+                rope.Angles(positions[t], cos, sin);
+                for (int h = 0; h < heads; h++) Rotate(q + ((long)t * heads + h) * hd, cos, sin, rope.Layout);
+                for (int h = 0; h < kvHeads; h++) Rotate(k + ((long)t * kvHeads + h) * hd, cos, sin, rope.Layout);
+            }
         }
     }
 
@@ -344,7 +371,20 @@ public sealed unsafe class CpuBackend : IComputeBackend
         int half = cos.Length;
         if (layout == RopeLayout.Halves)
         {
-            for (int i = 0; i < half; i++)
+            int i = 0;
+            // 8 pairs at a time: the same two products and one difference (or sum) per value as below.
+            if (Vector256.IsHardwareAccelerated)
+                fixed (float* c = cos, s = sin)
+                    for (; i + 8 <= half; i += 8)
+                    {
+                        var x0 = Vector256.Load(v + i);
+                        var x1 = Vector256.Load(v + i + half);
+                        var ci = Vector256.Load(c + i);
+                        var si = Vector256.Load(s + i);
+                        (x0 * ci - x1 * si).Store(v + i);
+                        (x0 * si + x1 * ci).Store(v + i + half);
+                    }
+            for (; i < half; i++)
             {
                 float x0 = v[i], x1 = v[i + half];
                 v[i] = x0 * cos[i] - x1 * sin[i];
@@ -642,29 +682,6 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     private static float[] AttentionScratch(int length) =>
         _attentionScratch is { } s && s.Length >= length ? s : _attentionScratch = new float[Math.Max(length, 256) * 2];
-
-    public void SwiGlu(Tensor gate, Tensor up, long length)
-    {
-        // silu(g) * u = g * sigmoid(g) * u, in chunks so the sigmoid scratch stays on the stack.
-        Span<float> sig = stackalloc float[1024];
-        for (long i = 0; i < length; i += sig.Length)
-        {
-            int n = (int)Math.Min(sig.Length, length - i);
-            var g = Cpu(gate).Span(i, n);
-            TensorPrimitives.Sigmoid(g, sig[..n]);
-            TensorPrimitives.Multiply(g, sig[..n], g);
-            TensorPrimitives.Multiply(g, Cpu(up).Span(i, n), g);
-        }
-    }
-
-    public void Add(Tensor x, Tensor y, long length)
-    {
-        for (long i = 0; i < length; i += int.MaxValue / 2)
-        {
-            int n = (int)Math.Min(int.MaxValue / 2, length - i);
-            TensorPrimitives.Add(Cpu(x).Span(i, n), Cpu(y).Span(i, n), Cpu(x).Span(i, n));
-        }
-    }
 
     private static CpuTensor Cpu(Tensor t) => t as CpuTensor ?? throw new ArgumentException("tensor belongs to another backend");
 
