@@ -40,10 +40,10 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
     }
 
     /// <inheritdoc/>
-    /// <remarks>fp32 rows up to <see cref="Fp32Dots.MaxRows"/> and Q8_0 rows below the dequantizing sgemm's
-    /// threshold go through one fixed-order multiply-add chain per output whatever the row count (checked by
-    /// tests); sgemm packs and orders its sums by the shape, so beyond those, or with bf16/fp16 in sgemm
-    /// (from 4 rows), a row's bits depend on the others. Without OpenBLAS the managed kernels are per row.</remarks>
+    /// <remarks>fp32 and bf16 rows up to <see cref="Fp32Dots.MaxRows"/> and Q8_0 rows below the dequantizing
+    /// sgemm's threshold go through one fixed-order multiply-add chain per output whatever the row count
+    /// (checked by tests); sgemm packs and orders its sums by the shape, so beyond those, or with fp16 in
+    /// sgemm (from 4 rows), a row's bits depend on the others. Without OpenBLAS the managed kernels are per row.</remarks>
     public int RowExactRows(WeightType format) => format switch
     {
         WeightType.F32 when UseFp32Dots => Fp32Dots.MaxRows,
