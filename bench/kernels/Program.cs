@@ -8,6 +8,9 @@ using Cluster.Engine.Loaders;
 //   matmul ROWS K N REPS [f32|q8|bf16]   one product y[ROWS,N] = x[ROWS,K] · w[N,K]^T, one thread
 //   step MODEL THREADS BATCH [WEIGHTS]    one ForwardBatch of BATCH sequences after 64-token prompts, the
 //                                         weights converted at load (q8_0, bf16, fp16, fp32; default as stored)
+//   sgemm ROWS K N REPS THREADS           OpenBLAS's cblas_sgemm alone, its own THREADS threads, wall time
+//   gemm ROWS K N REPS THREADS [f32|q8|bf16]  the engine's product (CpuBackend with THREADS), wall time
+//   prefill MODEL THREADS TOKENS REPS [WEIGHTS]  one TOKENS-token Forward, wall time split by kernel
 var p = Process.GetCurrentProcess();
 double CpuMs() { p.Refresh(); return p.TotalProcessorTime.TotalMilliseconds; }
 string dots = Environment.GetEnvironmentVariable("LLMCLUSTER_FP32_DOTS") == "0" ? "OpenBLAS" : "Fp32Dots";
@@ -36,6 +39,74 @@ if (args is ["matmul", var rowsArg, var kArg, var nArg, var repsArg, ..])
     Console.WriteLine($"{format} {(format == "f32" ? dots : "")} {rows} x {k} · {n}: median {times[2]:F3} ms CPU, {2.0 * rows * k * n / times[2] / 1e6:F1} GFLOP/s");
     return 0;
 }
+if (args is ["sgemm", var mArg, var kArg2, var nArg2, var repsArg2, var thArg])
+{
+    int rows = int.Parse(mArg), k = int.Parse(kArg2), n = int.Parse(nArg2), reps = int.Parse(repsArg2), threads = int.Parse(thArg);
+    Sgemm.SetThreads(threads);
+    var rnd = new Random(1);
+    var xs = Enumerable.Range(0, rows * k).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
+    var ws = Enumerable.Range(0, k * n).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
+    var ys = new float[rows * n];
+    double ms = MedianWallMs(reps, () => { unsafe { fixed (float* x = xs, w = ws, y = ys) Sgemm.MatMulTransposed(x, w, y, rows, k, n); } });
+    Console.WriteLine($"sgemm ({threads} OpenBLAS threads) {rows} x {k} · {n}: median {ms:F3} ms wall, {2.0 * rows * k * n / ms / 1e6:F1} GFLOP/s");
+    return 0;
+}
+if (args is ["gemm", var mArg3, var kArg3, var nArg3, var repsArg3, var thArg3, ..])
+{
+    int rows = int.Parse(mArg3), k = int.Parse(kArg3), n = int.Parse(nArg3), reps = int.Parse(repsArg3), threads = int.Parse(thArg3);
+    string format = args.Length > 6 ? args[6] : "f32";
+    var b = new CpuBackend(threads);
+    var rnd = new Random(1);
+    var xs = Enumerable.Range(0, rows * k).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
+    var ws = Enumerable.Range(0, k * n).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
+    var x = b.Allocate((long)rows * k);
+    var y = b.Allocate((long)rows * n);
+    b.CopyFromHost(xs, x);
+    var w = Weight(b, format, ws, k, n);
+    double ms = MedianWallMs(reps, () => b.MatMul(x, w, y, rows, k, n));
+    Console.WriteLine($"engine {format} ({threads} threads) {rows} x {k} · {n}: median {ms:F3} ms wall, {2.0 * rows * k * n / ms / 1e6:F1} GFLOP/s");
+    return 0;
+}
+if (args is ["prefill", var pModel, var pThreads, var pTokens, var pReps, ..])
+{
+    int threads = int.Parse(pThreads), tokens = int.Parse(pTokens), reps = int.Parse(pReps);
+    string? weights = args.Length > 5 ? args[5] : null;
+    var timing = new TimingBackend(new CpuBackend(threads));
+    using var m = ModelLoader.Load(pModel, timing, weights: WeightLayout.ParseOption(weights));
+    var rnd = new Random(1);
+    var prompt = Enumerable.Range(0, tokens).Select(_ => rnd.Next(3, m.Config.VocabSize)).ToArray();
+    var logits = new float[m.Config.VocabSize];
+    for (int i = 0; i < 2; i++) m.Forward(prompt, m.CreateCache(tokens), logits); // warm up
+    timing.Times.Clear();
+    double total = 0, cpu = CpuMs();
+    for (int i = 0; i < reps; i++)
+    {
+        var cache = m.CreateCache(tokens);
+        var sw = Stopwatch.StartNew();
+        m.Forward(prompt, cache, logits);
+        total += sw.Elapsed.TotalMilliseconds;
+    }
+    cpu = CpuMs() - cpu;
+    double flops = 0;
+    Console.WriteLine($"{weights ?? "as stored"}, {threads} threads, {tokens} tokens: {total / reps:F1} ms wall per prefill ({tokens * reps * 1000.0 / total:F0} tokens/s), {cpu / reps:F1} ms CPU; load {File.ReadAllText("/proc/loadavg")[..14]}");
+    double accounted = 0;
+    foreach (var (key, (ms, calls)) in timing.Times.OrderByDescending(e => e.Value.Ms))
+    {
+        string rate = "";
+        if (key.StartsWith("matmul "))
+        {
+            var dims = key[7..].Split('x', '·').Select(int.Parse).ToArray();
+            double f = 2.0 * dims[0] * dims[1] * dims[2] * calls;
+            flops += f;
+            rate = $"  {f / (ms * 1e6):F1} GFLOP/s";
+        }
+        accounted += ms;
+        Console.WriteLine($"  {key,-24} {ms / reps,8:F2} ms {100 * ms / total,5:F1}%  {calls / reps,4} calls{rate}");
+    }
+    Console.WriteLine($"  {"between calls",-24} {(total - accounted) / reps,8:F2} ms {100 * (total - accounted) / total,5:F1}%");
+    Console.WriteLine($"  all products: {flops / reps / 1e9:F2} GFLOP, {flops / (total * 1e6):F1} GFLOP/s over the whole pass");
+    return 0;
+}
 if (args is ["step", var model, var threadsArg, var batchArg, ..])
 {
     int threads = int.Parse(threadsArg), batch = int.Parse(batchArg);
@@ -57,8 +128,23 @@ if (args is ["step", var model, var threadsArg, var batchArg, ..])
     Console.WriteLine($"{weights ?? "as stored"} ({dots}), {threads} threads, batch {batch}: {sw.Elapsed.TotalMilliseconds / steps:F1} ms/step wall, {(CpuMs() - cpu0) / steps:F1} ms/step CPU");
     return 0;
 }
-Console.Error.WriteLine("usage: matmul ROWS K N REPS [f32|q8|bf16] | step MODEL THREADS BATCH [WEIGHTS]");
+Console.Error.WriteLine("usage: matmul ROWS K N REPS [f32|q8|bf16] | step MODEL THREADS BATCH [WEIGHTS] | sgemm ROWS K N REPS THREADS | gemm ROWS K N REPS THREADS [FORMAT] | prefill MODEL THREADS TOKENS REPS [WEIGHTS]");
 return 2;
+
+/// <summary>Median over 7 rounds of the wall time of one call, after 3 warm-up calls; REPS calls per round.</summary>
+static double MedianWallMs(int reps, Action call)
+{
+    for (int i = 0; i < 3; i++) call();
+    var times = new List<double>();
+    for (int round = 0; round < 7; round++)
+    {
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < reps; i++) call();
+        times.Add(sw.Elapsed.TotalMilliseconds / reps);
+    }
+    times.Sort();
+    return times[3];
+}
 
 static unsafe Tensor Weight(CpuBackend b, string format, float[] ws, int k, int n)
 {

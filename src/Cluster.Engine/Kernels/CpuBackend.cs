@@ -11,7 +11,7 @@ namespace Cluster.Engine.Kernels;
 /// <see cref="HalfMatMul"/> and <see cref="Q8MatMul"/>, reading the weights as stored. The rest
 /// with System.Numerics.Tensors primitives.
 /// </summary>
-public sealed unsafe class CpuBackend : IComputeBackend
+public sealed unsafe partial class CpuBackend : IComputeBackend
 {
     private static int _fallbackNoticeShown;
     private readonly bool _useBlas;
@@ -40,14 +40,15 @@ public sealed unsafe class CpuBackend : IComputeBackend
     }
 
     /// <inheritdoc/>
-    /// <remarks>fp32 rows up to <see cref="Fp32Dots.MaxRows"/> and Q8_0 rows below the dequantizing sgemm's
-    /// threshold go through one fixed-order multiply-add chain per output whatever the row count (checked by
-    /// tests); sgemm packs and orders its sums by the shape, so beyond those, or with bf16/fp16 in sgemm
-    /// (from 4 rows), a row's bits depend on the others. Without OpenBLAS the managed kernels are per row.</remarks>
+    /// <remarks>fp32 and bf16 rows up to <see cref="Fp32Dots.MaxRows"/> and Q8_0 rows below the dequantizing
+    /// sgemm's threshold go through one fixed-order multiply-add chain per output whatever the row count
+    /// (checked by tests); sgemm packs and orders its sums by the shape, so beyond those, or with fp16 in
+    /// sgemm (from 4 rows), a row's bits depend on the others. Without OpenBLAS the managed kernels are per row.</remarks>
     public int RowExactRows(WeightType format) => format switch
     {
         WeightType.F32 when UseFp32Dots => Fp32Dots.MaxRows,
         WeightType.Q8_0 => _useBlas ? DequantGemmRows - 1 : int.MaxValue,
+        WeightType.BF16 when UseFp32Dots => _useBlas ? Fp32Dots.MaxRows : int.MaxValue,
         WeightType.BF16 or WeightType.F16 => _useBlas ? HalfGemmRows - 1 : int.MaxValue,
         _ => _useBlas ? 1 : int.MaxValue,
     };
@@ -85,19 +86,6 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
-    public void RmsNorm(Tensor x, Tensor weight, Tensor y, int rows, int dim, float eps)
-    {
-        var w = Cpu(weight).Span(0, dim);
-        for (int r = 0; r < rows; r++)
-        {
-            var xs = Cpu(x).Span((long)r * dim, dim);
-            var ys = Cpu(y).Span((long)r * dim, dim);
-            var scale = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xs) / dim + eps);
-            TensorPrimitives.Multiply(xs, scale, ys);
-            TensorPrimitives.Multiply(ys, w, ys);
-        }
-    }
-
     public void MatMul(Tensor x, Tensor w, Tensor y, int rows, int inDim, int outDim, int xRowOffset = 0)
     {
         var xp = Cpu(x).Pointer + (long)xRowOffset * inDim;
@@ -114,6 +102,11 @@ public sealed unsafe class CpuBackend : IComputeBackend
                     int blocks = (inDim + 31) / 32;
                     _activations.Quantize(xp, rows, inDim, out var xq, out var xd);
                     Q8Parts(q.Pointer, xq, xd, yp, rows, blocks, outDim);
+                    return;
+                case WeightType.BF16 when UseFp32Dots && (rows <= Fp32Dots.MaxRows || !_useBlas):
+                    // Register tiles widening bf16 in place (as fp32's decode rows): faster than widening a
+                    // tile to scratch for sgemm up to batched-decode sizes, and every row exact.
+                    SplitProduct(ProductKind.Bf16Dots, xp, (float*)q.Pointer, yp, rows, inDim, outDim, Fp32DotPartCount(rows, inDim, outDim), 48);
                     return;
                 case WeightType.BF16 or WeightType.F16:
                     if (_useBlas && rows >= HalfGemmRows) DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
@@ -137,10 +130,12 @@ public sealed unsafe class CpuBackend : IComputeBackend
     /// <summary>fp32 decode rows through <see cref="Fp32Dots"/> on <see cref="_threads"/> slices of the weight rows.</summary>
     private void Fp32DotParts(float* x, float* w, float* y, int rows, int k, int n)
     {
-        int parts = (long)rows * k * n < 1 << 16 ? 1 : _threads;
         // Slices of 48 weight rows: whole 3-row tiles, and no two threads writing one cache line of y.
-        SplitProduct(ProductKind.Fp32Dots, x, w, y, rows, k, n, parts, 48);
+        SplitProduct(ProductKind.Fp32Dots, x, w, y, rows, k, n, Fp32DotPartCount(rows, k, n), 48);
     }
+
+    /// <summary>One part for a small product (about 64K multiply-adds), else one per thread.</summary>
+    private int Fp32DotPartCount(int rows, int k, int n) => (long)rows * k * n < 1 << 16 ? 1 : _threads;
 
     /// <summary>fp32 through single-threaded OpenBLAS calls on <see cref="_threads"/> slices of the weight rows.</summary>
     private void BlasParts(float* x, float* w, float* y, int rows, int k, int n)
@@ -228,11 +223,18 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
-    private enum ProductKind { Fp32Dots, Blas }
+    /// <summary>fp32 weights through <see cref="Fp32Dots"/> or sgemm; bf16 weights through <see cref="Fp32Dots"/>
+    /// (the weight pointer then holds bf16 rows).</summary>
+    private enum ProductKind { Fp32Dots, Blas, Bf16Dots }
 
     /// <summary>Output columns [first, end) of one fp32 product.</summary>
     private static void ProductRange(ProductKind kind, float* x, float* w, float* y, int rows, int k, int n, int first, int end)
     {
+        if (kind == ProductKind.Bf16Dots)
+        {
+            Fp32Dots.Run<Bf16Rows>(x, (byte*)w, y, rows, k, first, end, n);
+            return;
+        }
         if (kind == ProductKind.Fp32Dots)
         {
             Fp32Dots.Run(x, w, y, rows, k, first, end, n);
@@ -308,13 +310,53 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public void Rope(Tensor q, Tensor k, ReadOnlySpan<int> positions, int heads, int kvHeads, RopeTable rope)
     {
-        int hd = rope.HeadDim, half = hd / 2;
-        Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
-        for (int t = 0; t < positions.Length; t++)
+        fixed (int* pp = positions)
         {
-            rope.Angles(positions[t], cos, sin);
-            for (int h = 0; h < heads; h++) Rotate(Cpu(q).Pointer + ((long)t * heads + h) * hd, cos, sin, rope.Layout);
-            for (int h = 0; h < kvHeads; h++) Rotate(Cpu(k).Pointer + ((long)t * kvHeads + h) * hd, cos, sin, rope.Layout);
+            long values = (long)positions.Length * (heads + kvHeads) * rope.HeadDim;
+            if (values < SplitElements || _threads == 1 || !_team.TryAcquire())
+            {
+                RopeWork.Range(Cpu(q).Pointer, Cpu(k).Pointer, pp, heads, kvHeads, rope, 0, positions.Length);
+                return;
+            }
+            try
+            {
+                // A prefill's angles (double cos and sin per pair, token and layer) cost more than the rotations.
+                var work = _rope;
+                work.Q = Cpu(q).Pointer; work.K = Cpu(k).Pointer; work.Positions = pp;
+                (work.Heads, work.KvHeads, work.Table, work.Tokens, work.Parts) = (heads, kvHeads, rope, positions.Length, _threads);
+                _team.Run(work, _threads);
+            }
+            finally
+            {
+                _rope.Table = null;
+                _team.Release();
+            }
+        }
+    }
+
+    private readonly RopeWork _rope = new();
+
+    /// <summary>One RoPE call's arguments, reused; part p rotates tokens [Tokens·p/Parts, Tokens·(p+1)/Parts).</summary>
+    private sealed class RopeWork : IPartedWork
+    {
+        public float* Q, K;
+        public int* Positions;
+        public int Heads, KvHeads, Tokens, Parts;
+        public RopeTable? Table;
+
+        public void Run(int part) =>
+            Range(Q, K, Positions, Heads, KvHeads, Table!, Tokens * part / Parts, Tokens * (part + 1) / Parts);
+
+        public static void Range(float* q, float* k, int* positions, int heads, int kvHeads, RopeTable rope, int first, int end)
+        {
+            int hd = rope.HeadDim, half = hd / 2;
+            Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
+            for (int t = first; t < end; t++)
+            {
+                rope.Angles(positions[t], cos, sin);
+                for (int h = 0; h < heads; h++) Rotate(q + ((long)t * heads + h) * hd, cos, sin, rope.Layout);
+                for (int h = 0; h < kvHeads; h++) Rotate(k + ((long)t * kvHeads + h) * hd, cos, sin, rope.Layout);
+            }
         }
     }
 
@@ -329,7 +371,20 @@ public sealed unsafe class CpuBackend : IComputeBackend
         int half = cos.Length;
         if (layout == RopeLayout.Halves)
         {
-            for (int i = 0; i < half; i++)
+            int i = 0;
+            // 8 pairs at a time: the same two products and one difference (or sum) per value as below.
+            if (Vector256.IsHardwareAccelerated)
+                fixed (float* c = cos, s = sin)
+                    for (; i + 8 <= half; i += 8)
+                    {
+                        var x0 = Vector256.Load(v + i);
+                        var x1 = Vector256.Load(v + i + half);
+                        var ci = Vector256.Load(c + i);
+                        var si = Vector256.Load(s + i);
+                        (x0 * ci - x1 * si).Store(v + i);
+                        (x0 * si + x1 * ci).Store(v + i + half);
+                    }
+            for (; i < half; i++)
             {
                 float x0 = v[i], x1 = v[i + half];
                 v[i] = x0 * cos[i] - x1 * sin[i];
@@ -627,29 +682,6 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     private static float[] AttentionScratch(int length) =>
         _attentionScratch is { } s && s.Length >= length ? s : _attentionScratch = new float[Math.Max(length, 256) * 2];
-
-    public void SwiGlu(Tensor gate, Tensor up, long length)
-    {
-        // silu(g) * u = g * sigmoid(g) * u, in chunks so the sigmoid scratch stays on the stack.
-        Span<float> sig = stackalloc float[1024];
-        for (long i = 0; i < length; i += sig.Length)
-        {
-            int n = (int)Math.Min(sig.Length, length - i);
-            var g = Cpu(gate).Span(i, n);
-            TensorPrimitives.Sigmoid(g, sig[..n]);
-            TensorPrimitives.Multiply(g, sig[..n], g);
-            TensorPrimitives.Multiply(g, Cpu(up).Span(i, n), g);
-        }
-    }
-
-    public void Add(Tensor x, Tensor y, long length)
-    {
-        for (long i = 0; i < length; i += int.MaxValue / 2)
-        {
-            int n = (int)Math.Min(int.MaxValue / 2, length - i);
-            TensorPrimitives.Add(Cpu(x).Span(i, n), Cpu(y).Span(i, n), Cpu(x).Span(i, n));
-        }
-    }
 
     private static CpuTensor Cpu(Tensor t) => t as CpuTensor ?? throw new ArgumentException("tensor belongs to another backend");
 

@@ -7,8 +7,9 @@ namespace Cluster.Engine.Kernels;
 
 /// <summary>
 /// Matrix products with 16-bit weights (bf16 or fp16) widened to fp32 as they are read: a dot
-/// product per (activation row, weight row), the weights streamed once. Used for decode, and for
-/// every row count without OpenBLAS; with it, several rows go through <see cref="DequantGemm"/>.
+/// product per (activation row, weight row), the weights streamed once. Used for fp16 decode, and for
+/// every row count without OpenBLAS; with it, several rows go through <see cref="DequantGemm"/>. bf16
+/// goes through <see cref="Fp32Dots"/>'s register tiles instead where 256-bit vectors are native.
 /// </summary>
 internal static unsafe class HalfMatMul
 {

@@ -77,6 +77,38 @@ public sealed unsafe class WeightFormatKernelTests
     }
 
     [Theory]
+    [InlineData(WeightType.F32, 1, 576, 52)]
+    [InlineData(WeightType.F32, 16, 172, 40)]
+    [InlineData(WeightType.BF16, 1, 576, 52)]
+    [InlineData(WeightType.BF16, 1, 172, 13)]
+    [InlineData(WeightType.BF16, 5, 200, 70)]
+    [InlineData(WeightType.BF16, 16, 576, 52)]
+    [InlineData(WeightType.BF16, 32, 172, 40)]
+    public void Decode_rows_equal_a_scalar_emulation_of_their_fixed_summation_order(WeightType type, int rows, int k, int n)
+    {
+        // fp32 and bf16 rows up to 32 go through register tiles whose every output is one 8-lane FMA chain,
+        // lanes summed (0+2)+(1+3) of (lower+upper), then the k % 8 tail: emulated here one scalar at a time,
+        // from the dequantized weights, so any other order or a wrong widening shows as different bits.
+        var w = Random(n * k, 5);
+        var x = Random(rows * k, 6, 3f);
+        using var backend = new CpuBackend(threads: 2);
+        using var store = new WeightStore();
+        var y = MatMul(backend, store, w, x, rows, k, n, type, out var dq);
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < n; j++)
+            {
+                var lanes = new float[8];
+                int kk = 0;
+                for (; kk + 8 <= k; kk += 8)
+                    for (int l = 0; l < 8; l++) lanes[l] = MathF.FusedMultiplyAdd(x[r * k + kk + l], dq[j * k + kk + l], lanes[l]);
+                float h0 = lanes[0] + lanes[4], h1 = lanes[1] + lanes[5], h2 = lanes[2] + lanes[6], h3 = lanes[3] + lanes[7];
+                float s = (h0 + h2) + (h1 + h3);
+                for (; kk < k; kk++) s = MathF.FusedMultiplyAdd(x[r * k + kk], dq[j * k + kk], s);
+                Assert.True(s == y[r * n + j], $"{type} row {r} output {j}: {y[r * n + j]} vs emulated {s}");
+            }
+    }
+
+    [Theory]
     [InlineData(1, 576, 64)]
     [InlineData(16, 576, 40)]
     [InlineData(7, 172, 66)]
@@ -158,6 +190,7 @@ public sealed unsafe class WeightFormatKernelTests
     [InlineData(WeightType.Q8_0, 1)]
     [InlineData(WeightType.Q8_0, 16)]
     [InlineData(WeightType.BF16, 1)]
+    [InlineData(WeightType.BF16, 16)]
     public void Split_decode_products_allocate_nothing_in_steady_state(WeightType type, int rows)
     {
         const int k = 576, n = 256;
@@ -176,6 +209,35 @@ public sealed unsafe class WeightFormatKernelTests
             // Parallel.For with a closure allocated on every call (the products split on the backend's team now).
             Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
         }
+    }
+
+    [Theory]
+    [InlineData(WeightType.Q8_0, 576)]
+    [InlineData(WeightType.Q8_0, 172)]
+    [InlineData(WeightType.BF16, 576)]
+    [InlineData(WeightType.BF16, 173)]
+    public void Dequantized_rows_equal_the_format_definition(WeightType type, int k)
+    {
+        // Independent of the kernels: bf16 bits are an fp32's top half; a Q8_0 block is fp16 d and 32 int8
+        // q, x = d * q (ggml). Random bytes with finite scales, rows that end mid-block included.
+        var rng = new Random(11);
+        long rowBytes = WeightLayout.RowBytes(type, k);
+        var bytes = new byte[rowBytes];
+        rng.NextBytes(bytes);
+        var expected = new float[k];
+        if (type == WeightType.Q8_0)
+            for (int b = 0; b * 32 < k; b++)
+            {
+                var d = (Half)(float)(rng.NextDouble() * 2 - 1);
+                BitConverter.TryWriteBytes(bytes.AsSpan(b * 34, 2), BitConverter.HalfToUInt16Bits(d));
+                for (int j = 0; j < 32 && b * 32 + j < k; j++) expected[b * 32 + j] = (float)d * (sbyte)bytes[b * 34 + 2 + j];
+            }
+        else
+            for (int i = 0; i < k; i++)
+                expected[i] = BitConverter.UInt32BitsToSingle((uint)BitConverter.ToUInt16(bytes, 2 * i) << 16);
+        var got = new float[k];
+        fixed (byte* src = bytes) Dequantize.Row(type, src, got);
+        for (int i = 0; i < k; i++) Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(got[i]), $"{type} [{i}]: {got[i]} vs {expected[i]}");
     }
 
     [Fact]
