@@ -219,7 +219,7 @@ public sealed class ContinuousBatcherTests
         // A stream restarted from its prompt's KV re-runs its 50 streamed tokens before sampling the 51st:
         // in segments while the pass has rows to spare and the policy would not evict inside one (the
         // budget is crossed mid-feed: from there one token a step), in passes no larger than the weights'
-        // kernels keep row-exact (bf16 goes through sgemm from 4 rows: 3 a pass). Either way, the local tokens.
+        // kernels keep row-exact (bf16 rows are exact up to 32 a pass: CpuBackend.RowExactRows). Either way, the local tokens.
         using var model = Cluster.Engine.Loaders.ModelLoader.Load(TestModels.Stories260K, new Cluster.Engine.Kernels.CpuBackend(), weights: weights);
         var tok = TestModels.Stories260KTokenizer();
         var p = new SamplingParameters { Temperature = 0.9f, TopK = 40, Seed = 17, MaxTokens = 80, IgnoreEos = true };
