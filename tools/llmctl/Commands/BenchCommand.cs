@@ -153,7 +153,7 @@ internal static class BenchCommand
         foreach (var x in results)
             Console.WriteLine($"| {x["weights"]} | {Get(x, "weight_bytes_per_token") / 1e6:F0} | {Get(x, "decode_bound_tokens_per_s"):F0} | " +
                               $"{Get(x, "decode_tokens_per_s"):F1} ({Get(x, "decode_tokens_per_s") / Get(b, "decode_tokens_per_s"):F2}x) | " +
-                              $"{Get(x, "batch_decode_tokens_per_s"):F0} ({Get(x, "batch_decode_tokens_per_s") / Math.Max(1e-9, Get(b, "batch_decode_tokens_per_s")):F2}x) | " +
+                              (Get(b, "batch_size") > 1 ? $"{Get(x, "batch_decode_tokens_per_s"):F0} ({Get(x, "batch_decode_tokens_per_s") / Math.Max(1e-9, Get(b, "batch_decode_tokens_per_s")):F2}x) | " : "- | ") + // --batch 1: not measured
                               $"{Get(x, "prefill_tokens_per_s"):F0} ({Get(x, "prefill_tokens_per_s") / Get(b, "prefill_tokens_per_s"):F2}x) |");
     }
 
