@@ -62,6 +62,51 @@ public sealed class KvGetWaitTests
             Assert.True(transfer < held - margin, $"the transfer ({transfer:F3} s for 10 KB) does not include the wait");
         }
     }
+
+    /// <summary>A get that follows a put still landing (as a decode worker's prefetch does) spans the rest of
+    /// the put: it is labelled served="streaming", a get of a stored version served="stored", so that a wire
+    /// rate can leave the followers out.</summary>
+    [Fact]
+    public async Task A_get_that_followed_a_landing_put_is_labelled_apart_from_one_of_a_stored_version()
+    {
+        var options = TestCluster.Options(ServiceRole.CacheManager);
+        await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
+        using var channel = GrpcChannels.Create(cm.GrpcAddress);
+        const int layers = 3, heads = 2, headDim = 8, tokens = 40;
+        var positions = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, tokens).ToArray()).ToArray();
+        var blocks = Enumerable.Range(0, layers).Select(l => new KvLayerBlock(l, positions, new float[heads * tokens * headDim], new float[heads * tokens * headDim])).ToList();
+        const string session = "transfer-follow";
+
+        var served = new List<string?>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (i, l) => { if (i.Meter.Name == KvTransferMetrics.MeterName && i.Name == "llm_kv_transfer_seconds") l.EnableMeasurementEvents(i); };
+        listener.SetMeasurementEventCallback<double>((i, value, tags, _) =>
+        {
+            var all = tags.ToArray();
+            if (all.Any(t => t is { Key: "direction", Value: "get" })) lock (served) served.Add(all.FirstOrDefault(t => t.Key == "served").Value as string);
+        });
+        listener.Start();
+
+        await new LlmCluster.V1.CacheManager.CacheManagerClient(channel).ReservePutAsync(new ReservePutRequest { SessionId = session });
+        var header = new PutHeader
+        {
+            SessionId = session, Layout = KvLayoutMapping.For(layers, heads, headDim, new RopeTable(headDim, 10000, RopeLayout.Halves), KvPrecision.Fp32),
+            Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens, Reserved = true,
+        };
+        var layerByLayer = System.Threading.Channels.Channel.CreateUnbounded<KvLayerBlock>();
+        var put = KvTransfer.PutAsync(channel, header, layerByLayer.Reader, CancellationToken.None);
+        layerByLayer.Writer.TryWrite(blocks[0]);
+        var follower = KvTransfer.GetAsync(channel, session, 0, CancellationToken.None);
+        await Task.Delay(200);
+        Assert.False(follower.IsCompleted);
+        layerByLayer.Writer.TryWrite(blocks[1]);
+        layerByLayer.Writer.TryWrite(blocks[2]);
+        layerByLayer.Writer.Complete();
+        await put;
+        await follower;
+        await KvTransfer.GetAsync(channel, session, 0, CancellationToken.None); // the stored version
+        lock (served) Assert.Equal(["streaming", "stored"], served);
+    }
 }
 
 [CollectionDefinition(nameof(KvGetWaitTests), DisableParallelization = true)]

@@ -106,6 +106,7 @@ public static class KvTransfer
             new GetBlocksRequest { SessionId = sessionId, Version = version, MaxTokenCount = maxTokens });
         KvHandle? handle = null;
         var precision = KvPrecision.Fp32;
+        bool followed = false;
         var blocks = new List<KvLayerBlock>();
         KvWire.BlockAssembler? current = null;
         long bytes = 0;
@@ -123,6 +124,7 @@ public static class KvTransfer
                             // The transfer starts here (first message to last, as a put's); before it, the wait.
                             KvTransferMetrics.RecordGetWait(sw.Elapsed);
                             sw.Restart();
+                            followed = item.Kv.Version == 0; // a put still landing: its provisional handle (stored versions start at 1)
                         }
                         // A put followed while it lands sends a provisional handle first and the stored
                         // version's last: the last one read is the one that holds.
@@ -154,7 +156,7 @@ public static class KvTransfer
             onBlock?.Invoke(handle!, built);
             return built;
         }
-        KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed);
+        KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed, followed);
         return (handle ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent no KV handle")), blocks, bytes);
     }
 }

@@ -23,9 +23,13 @@ public static class KvTransferMetrics
     private static readonly Histogram<double> GetWaitSeconds = Meter.CreateLatencyHistogram("llm_kv_get_wait_seconds",
         "A KV get from its call to the first message: the cache manager waiting for a put announced for the session, and its lookup");
 
-    internal static void Record(string direction, KvPrecision precision, long bytes, TimeSpan elapsed)
+    /// <param name="followed">A get that followed a put still landing (the decode worker's prefetch, issue 17):
+    /// its first message to its last spans the rest of the put's pass, so it is labelled served="streaming"
+    /// and kept out of a wire rate computed over served!="streaming".</param>
+    internal static void Record(string direction, KvPrecision precision, long bytes, TimeSpan elapsed, bool followed = false)
     {
         var tags = new TagList { { "direction", direction }, { "dtype", precision.Name() } };
+        if (direction == "get") tags.Add("served", followed ? "streaming" : "stored");
         Seconds.Record(elapsed.TotalSeconds, tags);
         Bytes.Add(bytes, tags);
     }
