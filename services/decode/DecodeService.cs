@@ -113,7 +113,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// <summary>
     /// The prompt's KV as soon as the prefill worker's put is announced (a get then follows the put's
     /// layers as they land), restored as <see cref="LoadOrRebuildAsync"/> restores it. Until the put is
-    /// announced the cache manager answers NOT_FOUND: asked again, a little later each time. Null when a
+    /// announced the cache manager answers NOT_FOUND: asked again, a little later each time (2 ms doubling to
+    /// 200 ms; the Decode call's arrival cuts a wait short). Null when a
     /// version of another size is stored, or the Decode call has come and nothing is announced.
     /// </summary>
     private async Task<PrefetchedKv?> PrefetchAsync(GrpcChannel cacheManager, string session, int tokens, KvPrefetches.State state, CancellationToken ct)
@@ -143,7 +144,9 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             // Once the Decode call has come, prefill has announced its put if it will: one more try settles it.
             lastTry = state.Claimed;
             await state.BeforeAskingAgainAsync(delay, ct);
-            delay = TimeSpan.FromMilliseconds(Math.Min(delay.TotalMilliseconds * 2, 50));
+            // At most 5 asks a second: a request queued at a busy prefill worker may wait long for its pass,
+            // and a put announced meanwhile is caught up on quickly (its landed layers wait at the cache manager).
+            delay = TimeSpan.FromMilliseconds(Math.Min(delay.TotalMilliseconds * 2, 200));
         }
     }
 
