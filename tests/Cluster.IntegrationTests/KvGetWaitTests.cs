@@ -5,6 +5,7 @@ using Cluster.Serving.Hosting;
 using Cluster.Serving.Kv;
 using Cluster.Serving.Mapping;
 using Cluster.Serving.Routing;
+using Grpc.Net.Client;
 using LlmCluster.V1;
 using Xunit;
 
@@ -15,18 +16,39 @@ namespace Cluster.IntegrationTests;
 [Collection(nameof(KvGetWaitTests))]
 public sealed class KvGetWaitTests
 {
+    private const int Heads = 2, HeadDim = 8, Tokens = 40;
+
+    private static async Task<(RunningService Cm, GrpcChannel Channel)> StartCacheManagerAsync()
+    {
+        var cm = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        return (cm, GrpcChannels.Create(cm.GrpcAddress));
+    }
+
+    /// <summary>Zero KV of <paramref name="layers"/> layers (Heads x Tokens x HeadDim each).</summary>
+    private static List<KvLayerBlock> Blocks(int layers)
+    {
+        var positions = Enumerable.Range(0, Heads).Select(_ => Enumerable.Range(0, Tokens).ToArray()).ToArray();
+        return Enumerable.Range(0, layers).Select(l => new KvLayerBlock(l, positions, new float[Heads * Tokens * HeadDim], new float[Heads * Tokens * HeadDim])).ToList();
+    }
+
+    /// <summary>An announced put's header (the test calls ReservePut first).</summary>
+    private static PutHeader Header(string session, int layers) => new()
+    {
+        SessionId = session, Layout = KvLayoutMapping.For(layers, Heads, HeadDim, new RopeTable(HeadDim, 10000, RopeLayout.Halves), KvPrecision.Fp32),
+        Policy = PolicyMapping.ToWire("dense"), TokenCount = Tokens, Reserved = true,
+    };
+
     /// <summary>A get of a session whose put is announced but not yet sent waits at the cache manager; that
     /// wait is recorded on its own (llm_kv_get_wait_seconds), not as transfer time, which runs from the
     /// first message to the last as a put's does.</summary>
     [Fact]
     public async Task A_get_waiting_for_an_announced_put_records_the_wait_apart_from_the_transfer()
     {
-        var options = TestCluster.Options(ServiceRole.CacheManager);
-        await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
-        using var channel = GrpcChannels.Create(cm.GrpcAddress);
-        const int layers = 2, heads = 2, headDim = 8, tokens = 40;
-        var positions = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, tokens).ToArray()).ToArray();
-        var blocks = Enumerable.Range(0, layers).Select(l => new KvLayerBlock(l, positions, new float[heads * tokens * headDim], new float[heads * tokens * headDim])).ToList();
+        var (cm, channel) = await StartCacheManagerAsync();
+        await using var _ = cm;
+        using var __ = channel;
+        const int layers = 2;
+        var blocks = Blocks(layers);
         const string session = "transfer-wait";
 
         var recorded = new List<(string Instrument, double Seconds)>();
@@ -44,14 +66,9 @@ public sealed class KvGetWaitTests
         const double held = 1.0, margin = 0.1; // timers may fire a little early; a 10 KB transfer takes ms
         await Task.Delay(TimeSpan.FromSeconds(held));
         Assert.False(get.IsCompleted, "the get must wait for the announced put");
-        var header = new PutHeader
-        {
-            SessionId = session, Layout = KvLayoutMapping.For(layers, heads, headDim, new RopeTable(headDim, 10000, RopeLayout.Halves), KvPrecision.Fp32),
-            Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens, Reserved = true,
-        };
-        await KvTransfer.PutAsync(channel, header, blocks, CancellationToken.None);
+        await KvTransfer.PutAsync(channel, Header(session, layers), blocks, CancellationToken.None);
         var (handle, got, _) = await get;
-        Assert.Equal(tokens, handle.TokenCount);
+        Assert.Equal(Tokens, handle.TokenCount);
         Assert.Equal(layers, got.Count);
 
         lock (recorded)
@@ -69,12 +86,11 @@ public sealed class KvGetWaitTests
     [Fact]
     public async Task A_get_that_followed_a_landing_put_is_labelled_apart_from_one_of_a_stored_version()
     {
-        var options = TestCluster.Options(ServiceRole.CacheManager);
-        await using var cm = await ServiceHost.StartAsync(options, Cluster.CacheManager.CacheManagerService.CreateAsync);
-        using var channel = GrpcChannels.Create(cm.GrpcAddress);
-        const int layers = 3, heads = 2, headDim = 8, tokens = 40;
-        var positions = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, tokens).ToArray()).ToArray();
-        var blocks = Enumerable.Range(0, layers).Select(l => new KvLayerBlock(l, positions, new float[heads * tokens * headDim], new float[heads * tokens * headDim])).ToList();
+        var (cm, channel) = await StartCacheManagerAsync();
+        await using var _ = cm;
+        using var __ = channel;
+        const int layers = 3;
+        var blocks = Blocks(layers);
         const string session = "transfer-follow";
 
         var served = new List<string?>();
@@ -88,13 +104,8 @@ public sealed class KvGetWaitTests
         listener.Start();
 
         await new LlmCluster.V1.CacheManager.CacheManagerClient(channel).ReservePutAsync(new ReservePutRequest { SessionId = session });
-        var header = new PutHeader
-        {
-            SessionId = session, Layout = KvLayoutMapping.For(layers, heads, headDim, new RopeTable(headDim, 10000, RopeLayout.Halves), KvPrecision.Fp32),
-            Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens, Reserved = true,
-        };
         var layerByLayer = System.Threading.Channels.Channel.CreateUnbounded<KvLayerBlock>();
-        var put = KvTransfer.PutAsync(channel, header, layerByLayer.Reader, CancellationToken.None);
+        var put = KvTransfer.PutAsync(channel, Header(session, layers), layerByLayer.Reader, CancellationToken.None);
         layerByLayer.Writer.TryWrite(blocks[0]);
         var follower = KvTransfer.GetAsync(channel, session, 0, CancellationToken.None);
         await Task.Delay(200);
