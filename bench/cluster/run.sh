@@ -45,15 +45,21 @@ until [ "$(wc -l <"$out")" -ge 1 ] || ! kill -0 "$client" 2>/dev/null; do sleep 
 scrape >"$before"
 wait "$client"
 scrape >"$after"
+# The in-process run again, the cluster idle: the machine's speed drifts (other work, clocks), and the
+# ratios below use the mean of the runs before and after the cluster's.
+local_json2=$(mktemp)
+$llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$local_json2"
 tail -n +2 "$out" | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
-local=json.load(open(sys.argv[1]))
+locals_=[json.load(open(f)) for f in sys.argv[1:]]
 ttft, tpot = st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3
 print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (ttft, tpot, st.median([r["second_token_seconds"] for r in rows])*1e3))
-best, median = local["prefill_tokens"]/local["prefill_tokens_per_s"]*1e3, local["prefill_median_ms"]
-step, mean = local["decode_median_step_ms"], 1e3/local["decode_tokens_per_s"]
-print("cluster / in-process: TTFT %.2fx the best prefill, %.2fx the median; TPOT %.2fx the median step, %.2fx the mean step" % (ttft/best, ttft/median, tpot/step, tpot/mean))' "$local_json"
-rm -f "$out" "$local_json"
+l2=locals_[1]
+print("in-process again, after: TTFT %.1f ms (median of 3: %.1f ms); TPOT median %.2f ms (mean step %.2f ms)" % (l2["prefill_tokens"]/l2["prefill_tokens_per_s"]*1e3, l2["prefill_median_ms"], l2["decode_median_step_ms"], 1e3/l2["decode_tokens_per_s"]))
+best = st.mean([l["prefill_tokens"]/l["prefill_tokens_per_s"]*1e3 for l in locals_]); median = st.mean([l["prefill_median_ms"] for l in locals_])
+step = st.mean([l["decode_median_step_ms"] for l in locals_]); mean = st.mean([1e3/l["decode_tokens_per_s"] for l in locals_])
+print("cluster / in-process (mean of the runs before and after): TTFT %.2fx the best prefill, %.2fx the median; TPOT %.2fx the median step, %.2fx the mean step" % (ttft/best, ttft/median, tpot/step, tpot/mean))' "$local_json" "$local_json2"
+rm -f "$out" "$local_json" "$local_json2"
 # The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone): the
 # cluster's TPOT is that plus the per-token path plus the wait for the KV before the first decode step
 # (between the first and second token; with the gateway's --kv-prefetch the get runs during prefill), spread over the 63 intervals. Only the workers move KV (prefill
