@@ -150,7 +150,8 @@ public sealed class KvPrefetches(ResidentKv resident, Func<int, IDisposable?> tr
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
-            entry.Claimer!.TrySetResult(null); // a result that comes later is dropped
+            // A result that comes later is dropped by the fetch; one that came as the wait was cancelled, here.
+            if (!entry.Claimer!.TrySetResult(null) && pending!.Result is { } late) late.Cache.Dispose();
             throw;
         }
     }
