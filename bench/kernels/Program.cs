@@ -20,13 +20,7 @@ if (args is ["matmul", var rowsArg, var kArg, var nArg, var repsArg, ..])
     int rows = int.Parse(rowsArg), k = int.Parse(kArg), n = int.Parse(nArg), reps = int.Parse(repsArg);
     string format = args.Length > 5 ? args[5] : "f32";
     var b = new CpuBackend(threads: 1);
-    var rnd = new Random(1);
-    var xs = Enumerable.Range(0, rows * k).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
-    var ws = Enumerable.Range(0, k * n).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
-    var x = b.Allocate((long)rows * k);
-    var y = b.Allocate((long)rows * n);
-    b.CopyFromHost(xs, x);
-    var w = Weight(b, format, ws, k, n);
+    var (x, w, y) = Product(b, format, rows, k, n);
     for (int i = 0; i < 3; i++) b.MatMul(x, w, y, rows, k, n);
     var times = new List<double>();
     for (int rep = 0; rep < 5; rep++)
@@ -43,9 +37,7 @@ if (args is ["sgemm", var mArg, var kArg2, var nArg2, var repsArg2, var thArg])
 {
     int rows = int.Parse(mArg), k = int.Parse(kArg2), n = int.Parse(nArg2), reps = int.Parse(repsArg2), threads = int.Parse(thArg);
     Sgemm.SetThreads(threads);
-    var rnd = new Random(1);
-    var xs = Enumerable.Range(0, rows * k).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
-    var ws = Enumerable.Range(0, k * n).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
+    var (xs, ws) = RandomOperands(rows, k, n);
     var ys = new float[rows * n];
     double ms = MedianWallMs(reps, () => { unsafe { fixed (float* x = xs, w = ws, y = ys) Sgemm.MatMulTransposed(x, w, y, rows, k, n); } });
     Console.WriteLine($"sgemm ({threads} OpenBLAS threads) {rows} x {k} · {n}: median {ms:F3} ms wall, {2.0 * rows * k * n / ms / 1e6:F1} GFLOP/s");
@@ -56,13 +48,7 @@ if (args is ["gemm", var mArg3, var kArg3, var nArg3, var repsArg3, var thArg3, 
     int rows = int.Parse(mArg3), k = int.Parse(kArg3), n = int.Parse(nArg3), reps = int.Parse(repsArg3), threads = int.Parse(thArg3);
     string format = args.Length > 6 ? args[6] : "f32";
     var b = new CpuBackend(threads);
-    var rnd = new Random(1);
-    var xs = Enumerable.Range(0, rows * k).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
-    var ws = Enumerable.Range(0, k * n).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
-    var x = b.Allocate((long)rows * k);
-    var y = b.Allocate((long)rows * n);
-    b.CopyFromHost(xs, x);
-    var w = Weight(b, format, ws, k, n);
+    var (x, w, y) = Product(b, format, rows, k, n);
     double ms = MedianWallMs(reps, () => b.MatMul(x, w, y, rows, k, n));
     Console.WriteLine($"engine {format} ({threads} threads) {rows} x {k} · {n}: median {ms:F3} ms wall, {2.0 * rows * k * n / ms / 1e6:F1} GFLOP/s");
     return 0;
@@ -144,6 +130,24 @@ static double MedianWallMs(int reps, Action call)
     }
     times.Sort();
     return times[3];
+}
+
+/// <summary>Random x[ROWS,K] and w[N,K] (the same values for every mode).</summary>
+static (float[] X, float[] W) RandomOperands(int rows, int k, int n)
+{
+    var rnd = new Random(1);
+    var xs = Enumerable.Range(0, rows * k).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
+    var ws = Enumerable.Range(0, k * n).Select(_ => (float)rnd.NextDouble() - 0.5f).ToArray();
+    return (xs, ws);
+}
+
+/// <summary>The operands of one product on <paramref name="b"/>, the weights in <paramref name="format"/>.</summary>
+static (Tensor X, Tensor W, Tensor Y) Product(CpuBackend b, string format, int rows, int k, int n)
+{
+    var (xs, ws) = RandomOperands(rows, k, n);
+    var x = b.Allocate((long)rows * k);
+    b.CopyFromHost(xs, x);
+    return (x, Weight(b, format, ws, k, n), b.Allocate((long)rows * n));
 }
 
 static unsafe Tensor Weight(CpuBackend b, string format, float[] ws, int k, int n)
