@@ -103,18 +103,7 @@ public sealed class KvGetWaitTests
         });
         listener.Start();
 
-        await new LlmCluster.V1.CacheManager.CacheManagerClient(channel).ReservePutAsync(new ReservePutRequest { SessionId = session });
-        var layerByLayer = System.Threading.Channels.Channel.CreateUnbounded<KvLayerBlock>();
-        var put = KvTransfer.PutAsync(channel, Header(session, layers), layerByLayer.Reader, CancellationToken.None);
-        layerByLayer.Writer.TryWrite(blocks[0]);
-        var follower = KvTransfer.GetAsync(channel, session, 0, CancellationToken.None);
-        await Task.Delay(200);
-        Assert.False(follower.IsCompleted);
-        layerByLayer.Writer.TryWrite(blocks[1]);
-        layerByLayer.Writer.TryWrite(blocks[2]);
-        layerByLayer.Writer.Complete();
-        await put;
-        await follower;
+        await KvTestData.PutFollowedAsync(channel, Header(session, layers), blocks);
         await KvTransfer.GetAsync(channel, session, 0, CancellationToken.None); // the stored version
         lock (served) Assert.Equal(["streaming", "stored"], served);
     }

@@ -1,6 +1,8 @@
 using Cluster.Engine.KvCache;
 using Cluster.Engine.Model;
 using Cluster.Serving.Kv;
+using Grpc.Net.Client;
+using LlmCluster.V1;
 
 namespace Cluster.IntegrationTests;
 
@@ -57,6 +59,27 @@ internal static class KvTestData
             Xunit.Assert.Equal(expected[b].Keys, actual[b].Keys);
             Xunit.Assert.Equal(expected[b].Values, actual[b].Values);
         }
+    }
+
+    /// <summary>
+    /// Announces a put of <paramref name="blocks"/> and streams it layer by layer, with a
+    /// <see cref="KvTransfer.GetAsync"/> of the session started once the first layer is in: the get must
+    /// still be waiting 200 ms later (it follows the put), and both are awaited once the rest is sent.
+    /// </summary>
+    public static async Task<(PutBlocksResponse Stored, (KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes) Followed)> PutFollowedAsync(
+        GrpcChannel channel, PutHeader header, IReadOnlyList<KvLayerBlock> blocks)
+    {
+        await new LlmCluster.V1.CacheManager.CacheManagerClient(channel).ReservePutAsync(new ReservePutRequest { SessionId = header.SessionId });
+        var layers = System.Threading.Channels.Channel.CreateUnbounded<KvLayerBlock>();
+        var put = KvTransfer.PutAsync(channel, header, layers.Reader, CancellationToken.None);
+        layers.Writer.TryWrite(blocks[0]);
+        var follower = KvTransfer.GetAsync(channel, header.SessionId, 0, CancellationToken.None);
+        await Task.Delay(200);
+        Xunit.Assert.False(follower.IsCompleted, "the get follows the put: it cannot end before the put's last layer");
+        foreach (var b in blocks.Skip(1)) layers.Writer.TryWrite(b);
+        layers.Writer.Complete();
+        var (stored, _) = await put;
+        return (stored, await follower);
     }
 
     /// <summary>A clock the test moves by hand.</summary>

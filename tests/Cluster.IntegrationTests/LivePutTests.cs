@@ -96,18 +96,7 @@ public sealed class LivePutTests
         }
 
         // KvTransfer's reader keeps the last handle: a follower's get returns the stored version.
-        await client.ReservePutAsync(new ReservePutRequest { SessionId = session });
-        var again = Channel.CreateUnbounded<KvLayerBlock>();
-        var put2 = KvTransfer.PutAsync(channel, Header(session), again.Reader, CancellationToken.None);
-        again.Writer.TryWrite(blocks[0]);
-        var follower = KvTransfer.GetAsync(channel, session, 0, CancellationToken.None);
-        await Task.Delay(200);
-        Assert.False(follower.IsCompleted);
-        again.Writer.TryWrite(blocks[1]);
-        again.Writer.TryWrite(blocks[2]);
-        again.Writer.Complete();
-        var (stored2, _) = await put2;
-        var (handle, read, _) = await follower;
+        var (stored2, (handle, read, _)) = await KvTestData.PutFollowedAsync(channel, Header(session), blocks);
         Assert.Equal(stored2.Kv.Version, handle.Version);
         Assert.Equal(blocks.Select(b => b.Keys), read.Select(b => b.Keys));
         Assert.Equal(blocks.Select(b => b.Values), read.Select(b => b.Values));
