@@ -15,11 +15,15 @@ prompt_tokens=$((repeats * 236 / 3))
 args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 
 echo "== in-process engine, warm (llmctl bench: best of 3 prefills, median decode step)"
-local_json=$(mktemp)
-$llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$local_json"
-python3 -c 'import json,sys
+# The in-process run into FILE, and its line.
+in_process() {
+  $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"
+  python3 -c 'import json,sys
 r=json.load(open(sys.argv[1]))
-print("prompt tokens %d; TTFT %.1f ms (median of 3: %.1f ms); TPOT median %.2f ms (mean step %.2f ms)" % (r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["prefill_median_ms"], r["decode_median_step_ms"], 1e3/r["decode_tokens_per_s"]))' "$local_json"
+print("%sprompt tokens %d; TTFT %.1f ms (median of 3: %.1f ms); TPOT median %.2f ms (mean step %.2f ms)" % (sys.argv[2], r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["prefill_median_ms"], r["decode_median_step_ms"], 1e3/r["decode_tokens_per_s"]))' "$1" "$2"
+}
+local_json=$(mktemp)
+in_process "$local_json" ""
 
 port=$(free_port)
 log=$(mktemp)
@@ -48,22 +52,21 @@ scrape >"$after"
 # The in-process run again, the cluster idle: the machine's speed drifts (other work, clocks), and the
 # ratios below use the mean of the runs before and after the cluster's.
 local_json2=$(mktemp)
-$llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$local_json2"
+in_process "$local_json2" "in-process again, after the cluster's requests: "
 tail -n +2 "$out" | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
 locals_=[json.load(open(f)) for f in sys.argv[1:]]
 ttft, tpot = st.median([r["ttft_seconds"] for r in rows])*1e3, st.median([r["tpot_seconds"] for r in rows])*1e3
 print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.1f ms" % (ttft, tpot, st.median([r["second_token_seconds"] for r in rows])*1e3))
-l2=locals_[1]
-print("in-process again, after: TTFT %.1f ms (median of 3: %.1f ms); TPOT median %.2f ms (mean step %.2f ms)" % (l2["prefill_tokens"]/l2["prefill_tokens_per_s"]*1e3, l2["prefill_median_ms"], l2["decode_median_step_ms"], 1e3/l2["decode_tokens_per_s"]))
 best = st.mean([l["prefill_tokens"]/l["prefill_tokens_per_s"]*1e3 for l in locals_]); median = st.mean([l["prefill_median_ms"] for l in locals_])
 step = st.mean([l["decode_median_step_ms"] for l in locals_]); mean = st.mean([1e3/l["decode_tokens_per_s"] for l in locals_])
 print("cluster / in-process (mean of the runs before and after): TTFT %.2fx the best prefill, %.2fx the median; TPOT %.2fx the median step, %.2fx the mean step" % (ttft/best, ttft/median, tpot/step, tpot/mean))' "$local_json" "$local_json2"
 rm -f "$out" "$local_json" "$local_json2"
 # The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone): the
 # cluster's TPOT is that plus the per-token path plus the wait for the KV before the first decode step
-# (between the first and second token; with the gateway's --kv-prefetch the get runs during prefill), spread over the 63 intervals. Only the workers move KV (prefill
-# puts, decode gets and checkpoints), so only their KV lines print.
+# (between the first and second token; with the gateway's --kv-prefetch the get runs during prefill),
+# spread over the 63 intervals. Only the workers move KV (prefill puts, decode gets and checkpoints), so
+# only their KV lines print.
 python3 - "$before" "$after" <<'PY'
 import re, sys
 from collections import defaultdict
