@@ -156,7 +156,7 @@ public static class KvTransfer
             onBlock?.Invoke(handle!, built);
             return built;
         }
-        KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed, followed);
+        KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed, followed ? "streaming" : "stored");
         return (handle ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent no KV handle")), blocks, bytes);
     }
 }

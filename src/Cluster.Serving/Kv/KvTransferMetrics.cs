@@ -23,13 +23,13 @@ public static class KvTransferMetrics
     private static readonly Histogram<double> GetWaitSeconds = Meter.CreateLatencyHistogram("llm_kv_get_wait_seconds",
         "A KV get from its call to the first message: the cache manager waiting for a put announced for the session, and its lookup");
 
-    /// <param name="followed">A get that followed a put still landing (the decode worker's prefetch, issue 17):
-    /// its first message to its last spans the rest of the put's pass, so it is labelled served="streaming"
-    /// and kept out of a wire rate computed over served!="streaming".</param>
-    internal static void Record(string direction, KvPrecision precision, long bytes, TimeSpan elapsed, bool followed = false)
+    /// <param name="served">A get's source: "stored", or "streaming" when it followed a put still landing (the
+    /// decode worker's prefetch, issue 17): its first message to its last then spans the rest of the put's
+    /// pass, and a wire rate computed over served!="streaming" leaves it out. Null for a put.</param>
+    internal static void Record(string direction, KvPrecision precision, long bytes, TimeSpan elapsed, string? served = null)
     {
         var tags = new TagList { { "direction", direction }, { "dtype", precision.Name() } };
-        if (direction == "get") tags.Add("served", followed ? "streaming" : "stored");
+        if (served is not null) tags.Add("served", served);
         Seconds.Record(elapsed.TotalSeconds, tags);
         Bytes.Add(bytes, tags);
     }
