@@ -128,11 +128,15 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             KvRestore.LayerByLayer? restore = null;
             try
             {
-                var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, session, 0, ct, tokens, onBlock: (h, block) =>
+                // Each block is restored and digested (the base of the first checkpoint) as it lands, then dropped.
+                var digests = new List<KvDigest.Layer>();
+                var (handle, _, _) = await KvTransfer.GetAsync(cacheManager, session, 0, ct, tokens, onBlock: (h, block) =>
                 {
-                    if (h.TokenCount == tokens) (restore ??= new KvRestore.LayerByLayer(_host.Model!, PolicyOf(h).Policy, RoomToBlockEnd(h.TokenCount))).Add(h, block);
+                    if (h.TokenCount != tokens) return;
+                    (restore ??= new KvRestore.LayerByLayer(_host.Model!, PolicyOf(h).Policy, RoomToBlockEnd(h.TokenCount))).Add(h, block);
+                    digests.Add(KvDigest.Of(block, h.Layout.HeadDim));
                 });
-                return handle.TokenCount == tokens && restore is not null ? new PrefetchedKv(handle, blocks, restore.Finish(handle)) : null;
+                return handle.TokenCount == tokens && restore is not null ? new PrefetchedKv(handle, KvDigest.Of(digests), restore.Finish(handle)) : null;
             }
             catch (RpcException e) when (e.StatusCode == StatusCode.NotFound && !lastTry && Stopwatch.GetElapsedTime(start) < PendingPuts.Expiry)
             {
@@ -236,7 +240,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// ended as a single output whose cache is whole (finished, or stopped between two steps because its
     /// client went away; not failed), so that it may stay for the next turn or the stream's resume.</summary>
     private async Task StreamAsync(DecodeRequest request, Engine.Sampling.SamplingParameters p, SequenceGeneration seq, KvHandle handle,
-        Engine.Compression.KvCompressionPolicy policy, string spec, List<KvLayerBlock>? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
+        Engine.Compression.KvCompressionPolicy policy, string spec, KvDigest? loaded, GrpcChannel cacheManager, int[] prompt, int[] generated, int history,
         KvAdmission.KvLease lease, Func<SequenceKvCache>? recompute, IServerStreamWriter<DecodeResponse> responses, ServerCallContext context, StrongBox<bool> keep)
     {
         var cache = seq.Cache;
@@ -357,7 +361,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// the previous turn ended here (no transfer), else the cache manager's copy, else rebuilt from the
     /// recipe on the batch thread (<see cref="HistoryKv"/>, as a prefill worker would).
     /// </summary>
-    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec, List<KvLayerBlock>? Loaded)> HistoryAsync(
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec, KvDigest? Loaded)> HistoryAsync(
         DecodeRequest request, GrpcChannel cacheManager, int history, int maxNewTokens, CancellationToken ct)
     {
         var model = _host.Model!;
@@ -400,7 +404,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// a restart of the cache manager costs recomputation, never the stream. A conversation's later turn
     /// (history &gt; 0) is rebuilt from the request's recipe of the earlier turns, then this turn's fed tokens.
     /// </summary>
-    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec, List<KvLayerBlock>? Blocks)> LoadOrRebuildAsync(
+    private async Task<(KvHandle Handle, SequenceKvCache Cache, Engine.Compression.KvCompressionPolicy Policy, string Spec, KvDigest? Loaded)> LoadOrRebuildAsync(
         DecodeRequest request, GrpcChannel cacheManager, int[] prompt, int history, int maxTokens, int maxNewTokens, CancellationToken ct)
     {
         var model = _host.Model!;
@@ -413,7 +417,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 Interlocked.Increment(ref _prefetchHits);
                 _metrics.Prefetches.Add(1, new KeyValuePair<string, object?>("outcome", "used"));
                 var (prePolicy, preSpec) = PolicyOf(pre.Handle);
-                return (pre.Handle, pre.Cache, prePolicy, preSpec, pre.Blocks);
+                return (pre.Handle, pre.Cache, prePolicy, preSpec, pre.Loaded);
             }
             pre.Cache.Dispose();
         }
@@ -431,7 +435,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         {
             var (handle, blocks, _) = await KvTransfer.GetAsync(cacheManager, request.Kv.SessionId, request.Kv.Version, ct, maxTokens);
             var (policy, spec) = PolicyOf(handle);
-            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: RoomToBlockEnd(handle.TokenCount)), policy, spec, blocks);
+            return (handle, KvRestore.ToCache(model, handle, blocks, policy, maxNewTokens: RoomToBlockEnd(handle.TokenCount)), policy, spec, KvDigest.Of(blocks, c.HeadDim));
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.Unavailable && (history == 0 || request.History is not null)
             && request.Kv.Policy is not null && !ct.IsCancellationRequested)
@@ -504,7 +508,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
 
         private sealed record Capture(PutHeader Header, List<KvLayerBlock> Blocks, int Covered, bool Final);
 
-        private sealed record Base(IReadOnlyList<KvLayerBlock> Blocks, long Version, int TokenCount);
+        private sealed record Base(KvDigest Digest, long Version, int TokenCount);
 
         /// <summary>
         /// Batch thread: the sequence was preempted (its blocks and cache dropped, to be recomputed). The
@@ -516,7 +520,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         public void Preempted() => _base = null;
 
         /// <summary>The whole cache the cache manager holds as <paramref name="version"/> (what this call loaded).</summary>
-        public void SetBase(IReadOnlyList<KvLayerBlock> blocks, long version, int tokenCount) => _base = new Base(blocks, version, tokenCount);
+        public void SetBase(KvDigest loaded, long version, int tokenCount) => _base = new Base(loaded, version, tokenCount);
 
         /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.
         /// Per token: a new completion source only while a checkpoint waits for delivery.</summary>
@@ -620,12 +624,13 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             PutBlocksResponse? response = null;
             long data = 0, messages = 0;
             bool delta = false;
+            KvDigest? digest = null; // the captured blocks', made by the diff
             if (_base is { } b)
             {
                 var header = c.Header.Clone();
                 header.BaseVersion = b.Version;
                 header.BaseTokenCount = b.TokenCount;
-                var deltas = KvDelta.Diff(b.Blocks, c.Blocks, service._host.Config.HeadDim);
+                var deltas = KvDelta.Diff(b.Digest, c.Blocks, service._host.Config.HeadDim, out digest);
                 (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, header, deltas.Select(d => (d.Sent, (int[][]?)d.Removed)).ToList(), CancellationToken.None);
                 delta = !response.BaseMissing;
                 if (response.BaseMissing)
@@ -643,7 +648,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             // The next delta's base: this version, if the cache manager kept it as sent (a put over the
             // policy's budget is compressed on arrival, and then it holds something else).
             _base = response.Kv is { Version: > 0 } kv && response.KeptTokens == c.Blocks[0].Positions.Max(p => p.Length)
-                ? new Base(c.Blocks, kv.Version, c.Header.TokenCount) : null;
+                ? new Base(digest ?? KvDigest.Of(c.Blocks, service._host.Config.HeadDim), kv.Version, c.Header.TokenCount) : null;
             service.Record(new CheckpointRecord(checkpointSession, c.Header.TokenCount, response.Kv?.Version ?? 0, delta, messages, data, whole, sw.Elapsed));
             _written.Enqueue(response.Kv!);
         }

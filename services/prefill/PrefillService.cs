@@ -68,6 +68,20 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
 
     private long _kvRebuilds;
 
+    /// <summary>New prompts whose KV this worker sent layer by layer during the pass (tests read it).</summary>
+    public long LayerStreamedPuts => Interlocked.Read(ref _layerStreamedPuts);
+
+    private long _layerStreamedPuts;
+
+    /// <summary>
+    /// Whether a new prompt's KV goes layer by layer during the pass (--layer-streaming, for prompts of at
+    /// least --layer-streaming-min-tokens) rather than after it. On cores shared with the cache manager and
+    /// the decode worker that follows the put (one machine), streaming a 236-token prompt's layers slowed
+    /// its pass by more than sending them after the pass delays the first decode step; a long prompt's
+    /// transfer after the pass is the larger cost (bench/RESULTS.md, issue 17).
+    /// </summary>
+    private bool StreamsLayers(int promptTokens) => _options.LayerStreaming && promptTokens >= _options.LayerStreamingMinTokens;
+
     public IReadOnlyList<string> MeterNames => [MeterName, KvTransferMetrics.MeterName];
 
     public void MapGrpcServices(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<PrefillService>();
@@ -128,20 +142,36 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
                 // that only the kept tokens travel; the cache manager stores them as they come. With
                 // layer streaming each layer is compressed and sent as soon as the pass is done with it.
                 var send = SendPolicy(policy);
-                // (The put is announced under the model lock: one short call, so that its first layer can go.)
-                var stream = _options.LayerStreaming ? await StartLayerPutAsync(cacheManager, header, context.CancellationToken) : null;
-                bool unreachable = _options.LayerStreaming && stream is null; // logged; the KV is not stored
-                if (stream is null)
+                // The put is announced and opened before the pass (under the model lock: one short call), so
+                // that a decode worker prefetching the KV waits for it at the cache manager and follows it as
+                // it lands. A long prompt's layers go as the pass finishes each one; a short prompt's after
+                // the pass (StreamsLayers).
+                var stream = await StartLayerPutAsync(cacheManager, header, context.CancellationToken); // null: unreachable, logged; the KV is not stored
+                bool streamed = stream is not null && StreamsLayers(prompt.Length);
+                try
                 {
-                    KvRoom.Forward(model, prompt, seq.Cache, seq.Logits);
-                    PromptKvCompression.Apply(model, send, seq.Cache);
+                    if (streamed)
+                    {
+                        Interlocked.Increment(ref _layerStreamedPuts);
+                        ForwardStreamingLayers(model, prompt, seq, send, stream!);
+                    }
+                    else
+                    {
+                        KvRoom.Forward(model, prompt, seq.Cache, seq.Logits);
+                        PromptKvCompression.Apply(model, send, seq.Cache);
+                    }
+                    firsts.AddRange(FirstTokens(seq, p, prompt, outputs, sw.Elapsed));
+                    if (stream is not null && !streamed)
+                    {
+                        for (int l = 0; l < c.Layers; l++) stream.Writer.TryWrite(KvCacheSnapshot.Capture(model.Backend, seq.Cache, l));
+                        stream.Writer.TryComplete();
+                    }
                 }
-                else
+                catch (Exception e)
                 {
-                    ForwardStreamingLayers(model, prompt, seq, send, stream);
+                    stream?.Writer.TryComplete(e); // the put fails; readers of the session rebuild
+                    throw;
                 }
-                firsts.AddRange(FirstTokens(seq, p, prompt, outputs, sw.Elapsed));
-                if (stream is null && !unreachable) blocks = Capture(model, seq.Cache);
             }
             else
             {

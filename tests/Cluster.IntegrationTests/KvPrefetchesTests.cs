@@ -36,7 +36,7 @@ public sealed class KvPrefetchesTests : IDisposable
         cache.StartAt(tokens);
         _made.Add(cache);
         var handle = new KvHandle { SessionId = session, TokenCount = tokens, Version = 7 };
-        return new PrefetchedKv(handle, [new KvLayerBlock(0, [[0]], [1f, 2f, 3f, 4f], [5f, 6f, 7f, 8f])], cache);
+        return new PrefetchedKv(handle, KvDigest.Of([new KvLayerBlock(0, [[0]], [1f, 2f, 3f, 4f], [5f, 6f, 7f, 8f])], headDim: 4), cache);
     }
 
     [Fact]
@@ -71,7 +71,7 @@ public sealed class KvPrefetchesTests : IDisposable
         Assert.Equal(1, _roomHeld);
         var got = await prefetches.ClaimAsync("s", CancellationToken.None);
         Assert.Same(made.Cache, got!.Cache);
-        Assert.Same(made.Blocks, got.Blocks); // the base of the call's incremental checkpoints
+        Assert.Same(made.Loaded, got.Loaded); // the base of the call's incremental checkpoints
         Assert.False(_resident.Holds("s"));
         Assert.Equal(0, _roomHeld); // the call holds its own lease
         Assert.Null(await prefetches.ClaimAsync("s", CancellationToken.None)); // taken once

@@ -47,8 +47,9 @@ public sealed class PrefillCompressionTests(ClusterFixture f) : IClassFixture<Cl
 }
 
 /// <summary>Issue 17, layer-wise streaming: a prompt's KV put layer by layer while the prefill runs (each
-/// layer compressed as soon as the pass is done with it) is stored bit for bit as the put after the pass,
-/// for prompts of one and of two chunks, dense and bounded, and the first token is the same.</summary>
+/// layer compressed as soon as the pass is done with it) is stored bit for bit as the put after the pass
+/// (--layer-streaming false, and by default a prompt shorter than --layer-streaming-min-tokens), for
+/// prompts of one and of two chunks, dense and bounded, and the first token is the same.</summary>
 public sealed class LayerStreamingTests
 {
     [SharedDataTheory]
@@ -62,10 +63,10 @@ public sealed class LayerStreamingTests
         var model = SharedData.Path_("models", "stories260K", "stories260K.bin");
         await using var cm = await Cluster.Serving.Hosting.ServiceHost.StartAsync(TestCluster.Options(Cluster.Serving.Hosting.ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
         var cmAddress = cm.GrpcAddress.ToString();
-        async Task<(PrefillResponse, List<Cluster.Engine.KvCache.KvLayerBlock>)> Prefill(string streaming, string session)
+        async Task<(PrefillResponse, List<Cluster.Engine.KvCache.KvLayerBlock>)> Prefill(string session, bool streams, params string[] options)
         {
             await using var prefill = await Cluster.Serving.Hosting.ServiceHost.StartAsync(TestCluster.Options(Cluster.Serving.Hosting.ServiceRole.Prefill,
-                "--model", model, "--cache-manager", cmAddress, "--layer-streaming", streaming), Cluster.Prefill.PrefillService.CreateAsync);
+                ["--model", model, "--cache-manager", cmAddress, .. options]), Cluster.Prefill.PrefillService.CreateAsync);
             using var channel = Cluster.Serving.Routing.GrpcChannels.Create(prefill.GrpcAddress);
             var ids = Enumerable.Range(0, tokens).Select(i => 1 + (i * 37 + 11) % 500).ToArray();
             var response = await new LlmCluster.V1.Prefill.PrefillClient(channel).PrefillAsync(new PrefillRequest
@@ -77,11 +78,17 @@ public sealed class LayerStreamingTests
             });
             using var cmChannel = Cluster.Serving.Routing.GrpcChannels.Create(cm.GrpcAddress);
             var (_, blocks, _) = await Cluster.Serving.Kv.KvTransfer.GetAsync(cmChannel, session, 0, CancellationToken.None); // waits for the announced put
+            Assert.Equal(streams ? 1 : 0, ((Cluster.Prefill.PrefillService)prefill.Service).LayerStreamedPuts);
             return (response, blocks);
         }
 
-        var (afterResponse, after) = await Prefill("false", "after-the-pass");
-        var (streamedResponse, streamed) = await Prefill("true", "streamed");
+        var (afterResponse, after) = await Prefill("after-the-pass", false, "--layer-streaming", "false");
+        var (streamedResponse, streamed) = await Prefill("streamed", true, "--layer-streaming-min-tokens", "0");
+        // By default a prompt this short (under 1,024 tokens) goes after the pass too.
+        var (shortResponse, byDefault) = await Prefill("short-by-default", false);
+        Assert.Equal(afterResponse.Outputs.Single().TokenId, shortResponse.Outputs.Single().TokenId);
+        Assert.Equal(after.Select(b => b.Keys), byDefault.Select(b => b.Keys));
+        Assert.Equal(after.Select(b => b.Values), byDefault.Select(b => b.Values));
 
         Assert.Equal(afterResponse.Outputs.Single().TokenId, streamedResponse.Outputs.Single().TokenId);
         Assert.Equal(afterResponse.Kv.TokenCount, streamedResponse.Kv.TokenCount);

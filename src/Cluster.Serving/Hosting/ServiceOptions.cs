@@ -97,6 +97,9 @@ public sealed class ServiceOptions
     [Option("--layer-streaming", "send a new prompt's KV layer by layer while the prefill runs (the transfer overlaps the later layers); false: send it after the pass", ServiceRole.Prefill)]
     public bool LayerStreaming { get; set; } = true;
 
+    [Option("--layer-streaming-min-tokens", "prompts shorter than this send their KV after the pass even with --layer-streaming (the put is opened before the pass either way, so a decode worker's prefetch waits for it and follows it): streaming costs the pass work for every layer on cores it may share with the cache manager and decode, which a short prompt's small transfer after the pass does not repay (0: stream every prompt)", ServiceRole.Prefill)]
+    public int LayerStreamingMinTokens { get; set; } = 1024;
+
     [Option("--kv-dtype", "KV precision this worker writes to the cache manager: fp32 (tokens as a local run), bf16 or fp16 (half the bytes, rounded to nearest even); reads take the dtype the KV was stored in", ServiceRole.Prefill, ServiceRole.Decode)]
     public string KvDtype { get; set; } = "fp32";
 

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Cluster.Engine.KvCache;
 using Cluster.Serving.Hosting;
 
@@ -23,13 +22,24 @@ public static class KvDelta
     /// block per layer, tokens of each head in ascending original position, as <see cref="KvCacheSnapshot.Capture"/>
     /// gives them). A token present in both is sent only if its K or V differs in any bit.
     /// </summary>
-    public static List<KvLayerDelta> Diff(IReadOnlyList<KvLayerBlock> previous, IReadOnlyList<KvLayerBlock> next, int headDim)
+    public static List<KvLayerDelta> Diff(IReadOnlyList<KvLayerBlock> previous, IReadOnlyList<KvLayerBlock> next, int headDim) =>
+        Diff(KvDigest.Of(previous, headDim), next, headDim, out _);
+
+    /// <summary>
+    /// What <paramref name="next"/> changed since the cache <paramref name="previous"/> digests: a token
+    /// present in both is sent when its K or V row hashes differently. <paramref name="nextDigest"/> is
+    /// <paramref name="next"/>'s own digest (the base of the checkpoint after it), made in the same pass.
+    /// </summary>
+    public static List<KvLayerDelta> Diff(KvDigest previous, IReadOnlyList<KvLayerBlock> next, int headDim, out KvDigest nextDigest)
     {
         var result = new List<KvLayerDelta>(next.Count);
+        var digests = new List<KvDigest.Layer>(next.Count);
         foreach (var n in next)
         {
-            var p = previous.FirstOrDefault(b => b.Layer == n.Layer) ?? throw new ArgumentException($"no previous block for layer {n.Layer}");
+            var p = previous.Layers.FirstOrDefault(b => b.Index == n.Layer) ?? throw new ArgumentException($"no previous block for layer {n.Layer}");
             if (p.Positions.Length != n.Positions.Length) throw new ArgumentException($"layer {n.Layer}: {p.Positions.Length} heads before, {n.Positions.Length} now");
+            var d = KvDigest.Of(n, headDim);
+            digests.Add(d);
             int heads = n.Positions.Length;
             var sentPositions = new int[heads][];
             var removed = new int[heads][];
@@ -48,7 +58,8 @@ public static class KvDelta
                     else if (i == pp.Length || np[j] < pp[i]) { sent.Add(np[j]); sentRows.Add((h, nOffset + j)); j++; }
                     else
                     {
-                        if (!SameRow(p, pOffset + i, n, nOffset + j, headDim)) { sent.Add(np[j]); sentRows.Add((h, nOffset + j)); }
+                        int a = pOffset + i, b = nOffset + j;
+                        if (p.Keys[a] != d.Keys[b] || p.Values[a] != d.Values[b]) { sent.Add(np[j]); sentRows.Add((h, b)); }
                         i++;
                         j++;
                     }
@@ -67,12 +78,9 @@ public static class KvDelta
             }
             result.Add(new KvLayerDelta(n.Layer, new KvLayerBlock(n.Layer, sentPositions, keys, values), removed));
         }
+        nextDigest = KvDigest.Of(digests);
         return result;
     }
-
-    private static bool SameRow(KvLayerBlock a, int rowA, KvLayerBlock b, int rowB, int hd) =>
-        MemoryMarshal.AsBytes(a.Keys.AsSpan(rowA * hd, hd)).SequenceEqual(MemoryMarshal.AsBytes(b.Keys.AsSpan(rowB * hd, hd)))
-        && MemoryMarshal.AsBytes(a.Values.AsSpan(rowA * hd, hd)).SequenceEqual(MemoryMarshal.AsBytes(b.Values.AsSpan(rowB * hd, hd)));
 
     /// <summary>
     /// The whole cache a delta describes: <paramref name="baseLayers"/> (a stored version, one block per

@@ -3,9 +3,9 @@ using LlmCluster.V1;
 
 namespace Cluster.Serving.Kv;
 
-/// <summary>A prompt's KV fetched ahead of its Decode call: the handle and blocks as they came (the base
-/// of the sequence's incremental checkpoints) and the cache restored from them.</summary>
-public sealed record PrefetchedKv(KvHandle Handle, List<KvLayerBlock> Blocks, SequenceKvCache Cache);
+/// <summary>A prompt's KV fetched ahead of its Decode call: the handle, the digest of the blocks as they
+/// came (the base of the sequence's incremental checkpoints) and the cache restored from them.</summary>
+public sealed record PrefetchedKv(KvHandle Handle, KvDigest Loaded, SequenceKvCache Cache);
 
 /// <summary>
 /// KV a decode worker fetches while the prompt is still being prefilled (Decode.PrefetchKv, issue 17):
@@ -18,7 +18,7 @@ public sealed record PrefetchedKv(KvHandle Handle, List<KvLayerBlock> Blocks, Se
 /// of where a new get would be; one still waiting for the put to be announced asks once more and, if
 /// it is not, gives up, and the call fetches itself). One that finished before its call came is parked: its cache in
 /// <see cref="ResidentKv"/> (holding room in the KV budget that any request may reclaim, as kept caches
-/// do) and its handle and blocks here until <see cref="Expiry"/>. Thread-safe.
+/// do) and its handle and digest here until <see cref="Expiry"/>. Thread-safe.
 /// </para>
 /// </summary>
 public sealed class KvPrefetches(ResidentKv resident, Func<int, IDisposable?> tryRoom, TimeProvider? clock = null) : IDisposable

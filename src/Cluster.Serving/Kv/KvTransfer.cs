@@ -95,7 +95,8 @@ public static class KvTransfer
 
     /// <summary>Fetches a session's blocks (version 0: the latest, followed as it lands when its put is
     /// still streaming in), widened to fp32 as they arrive. NOT_FOUND when the cache manager has none.</summary>
-    /// <param name="onBlock">Called with each block as soon as it is whole (in the reading loop), with the handle read so far.</param>
+    /// <param name="onBlock">Called with each block as soon as it is whole (in the reading loop), with the handle read so far;
+    /// the blocks are then the callback's alone (the list returned is empty), so that each can be dropped once used.</param>
     public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0,
         Action<KvHandle, KvLayerBlock>? onBlock = null)
     {
@@ -134,7 +135,7 @@ public static class KvTransfer
                     case GetBlocksResponse.ItemOneofCase.Block:
                         if (handle is null) throw new RpcException(new Status(StatusCode.Internal, "cache manager sent a block before the KV handle"));
                         if (current is { IsComplete: false }) throw new RpcException(new Status(StatusCode.Internal, "cache manager started a block before finishing the last"));
-                        if (current is not null) blocks.Add(Built(current));
+                        if (current is not null) Built(current);
                         sink.Block = current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim, precision);
                         break;
                     case GetBlocksResponse.ItemOneofCase.Chunk:
@@ -148,13 +149,13 @@ public static class KvTransfer
         {
             KvWireCodec.EndReceive();
         }
-        if (current is not null) blocks.Add(Built(current));
-        KvLayerBlock Built(KvWire.BlockAssembler assembler)
+        if (current is not null) Built(current);
+        void Built(KvWire.BlockAssembler assembler)
         {
             var built = assembler.Build(); // throws unless every byte arrived
             bytes += assembler.DataBytes;
-            onBlock?.Invoke(handle!, built);
-            return built;
+            if (onBlock is not null) onBlock(handle!, built);
+            else blocks.Add(built);
         }
         KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed, followed ? "streaming" : "stored");
         return (handle ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent no KV handle")), blocks, bytes);
