@@ -20,7 +20,8 @@ public static class KvDelta
     /// <summary>
     /// What <paramref name="next"/> changed since <paramref name="previous"/> (both whole caches, one
     /// block per layer, tokens of each head in ascending original position, as <see cref="KvCacheSnapshot.Capture"/>
-    /// gives them). A token present in both is sent only if its K or V differs in any bit.
+    /// gives them). A token present in both is sent only if its K or V differs in any bit (as their
+    /// hashes tell: <paramref name="previous"/> is digested first, as a decode worker holds it).
     /// </summary>
     public static List<KvLayerDelta> Diff(IReadOnlyList<KvLayerBlock> previous, IReadOnlyList<KvLayerBlock> next, int headDim) =>
         Diff(KvDigest.Of(previous, headDim), next, headDim, out _);
