@@ -22,25 +22,47 @@ public sealed class ServiceProcess : IDisposable
     public string GrpcAddress { get; }
     public string HttpAddress { get; }
 
+    /// <summary>
+    /// Starts <paramref name="assembly"/> on two free ports and waits until it is healthy. A port can be
+    /// taken between FreePorts choosing it and the service binding it (another test's outgoing
+    /// connection gets it as its local port): a service that exits saying a port is in use is started
+    /// again on new ports, up to three times; any other exit fails with what the service printed.
+    /// </summary>
     public static async Task<ServiceProcess> StartAsync(string assembly, params string[] args)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            var (service, stderr) = await TryStartAsync(assembly, args);
+            if (service is not null) return service;
+            if (attempt == 3 || !stderr.Contains("already in use", StringComparison.Ordinal))
+                throw new InvalidOperationException($"{assembly} exited: {stderr}");
+        }
+    }
+
+    private static async Task<(ServiceProcess? Service, string Stderr)> TryStartAsync(string assembly, string[] args)
     {
         int grpc = FreePorts.Next(), http = FreePorts.Next();
         var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, assembly), "--host", "127.0.0.1", "--grpc-port", grpc.ToString(), "--http-port", http.ToString() }.Concat(args))
             psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
+        var stderr = new System.Text.StringBuilder();
         process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         var service = new ServiceProcess(process, grpc, http);
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (true)
         {
-            if (process.HasExited) throw new InvalidOperationException($"{assembly} exited with {process.ExitCode}");
+            if (process.HasExited)
+            {
+                process.WaitForExit(); // the rest of its output
+                lock (stderr) return (null, $"code {process.ExitCode}: {stderr.ToString().Trim()}");
+            }
             try
             {
-                if ((await Http.GetAsync($"{service.HttpAddress}/healthz")).IsSuccessStatusCode) return service;
+                if ((await Http.GetAsync($"{service.HttpAddress}/healthz")).IsSuccessStatusCode) return (service, "");
             }
             catch (Exception e) when (e is HttpRequestException or TaskCanceledException) { }
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"{assembly} not healthy within 60 s");

@@ -19,7 +19,8 @@ public static class StatusMapping
     public static (Status Status, bool Unexpected) ToStatus(Exception e, ServerCallContext context) => e switch
     {
         RpcException rpc => (rpc.Status, false),
-        OperationCanceledException or IOException when context.CancellationToken.IsCancellationRequested =>
+        // A write after the client went away throws InvalidOperationException ("the request is complete").
+        OperationCanceledException or IOException or InvalidOperationException when context.CancellationToken.IsCancellationRequested =>
             (context.Deadline <= DateTime.UtcNow ? new Status(StatusCode.DeadlineExceeded, "Deadline Exceeded") : new Status(StatusCode.Cancelled, "Call cancelled"), false),
         InvalidRequestException bad => (new Status(StatusCode.InvalidArgument, bad.Message), false),
         KvStoreFullException full => (new Status(StatusCode.ResourceExhausted, full.Message), false),

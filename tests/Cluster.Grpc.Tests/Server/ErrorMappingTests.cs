@@ -128,6 +128,22 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         Assert.Equal(StatusCode.Unavailable, ex.StatusCode);
     }
 
+    /// <summary>A handler that writes to a stream its client has cancelled gets an InvalidOperationException
+    /// from gRPC; that is the cancellation, logged as one, not an unexpected failure at error level.</summary>
+    [SkippableFact(Timeout = 30_000)]
+    public async Task A_write_after_the_client_cancelled_is_logged_as_the_cancellation_not_as_an_error()
+    {
+        using var cts = new CancellationTokenSource();
+        using var call = _client.WritesAfterCancel(new Empty(), deadline: In(10), cancellationToken: cts.Token);
+        Assert.True(await call.ResponseStream.MoveNext(CancellationToken.None));
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<Exception>(() => call.ResponseStream.MoveNext(CancellationToken.None));
+        // Until the handler has ended (ASP.NET Core logs the request's end after the interceptor's entry).
+        for (int i = 0; i < 100 && !_logs.Entries.Any(e => e.Message.StartsWith("Request finished", StringComparison.Ordinal) && e.Message.Contains("WritesAfterCancel")); i++) await Task.Delay(50);
+        Assert.Contains(_logs.Entries, e => e.Message.Contains("WritesAfterCancel cancelled by the client"));
+        Assert.DoesNotContain(_logs.Entries, e => e.Level >= LogLevel.Error && e.Message.Contains("WritesAfterCancel"));
+    }
+
     [SkippableFact(Timeout = 30_000)]
     public async Task Server_reports_deadline_exceeded_even_if_handler_ignores_it()
     {
@@ -187,6 +203,14 @@ public sealed class ErrorMappingTests : IAsyncLifetime
         {
             await stream.WriteAsync(new Empty());
             throw new InvalidOperationException("boom");
+        }
+
+        public override async Task WritesAfterCancel(Empty request, IServerStreamWriter<Empty> stream, ServerCallContext context)
+        {
+            await stream.WriteAsync(new Empty());
+            await Task.Delay(Timeout.Infinite, context.CancellationToken).ContinueWith(_ => { }, TaskScheduler.Default);
+            await Task.Delay(100); // the request completes
+            await stream.WriteAsync(new Empty());
         }
 
         public override async Task<StreamingInputCallResponse> StopsEarly(IAsyncStreamReader<StreamingInputCallRequest> requests, ServerCallContext context)
