@@ -60,11 +60,16 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         Started();
 
         if (p.Outputs > 1 || p.IsBeamSearch) return await new OutputCalls(this, p, wireSampling).RunAsync(prompt, policy, options);
-        string? decodeWorker = StartKvPrefetch(prompt.Length, options);
+        var (decodeWorker, prefetchStarted) = StartKvPrefetch(prompt.Length, options);
         var response = await PrefillAsync(prompt, wireSampling, policy, options);
         var first = response.Outputs.Single();
         await EmitAsync(_outputs[0], [first.TokenId], first.Text, first.Logprob is { } lp ? [lp] : []);
-        return first.Finished ? first.FinishReason : await DecodeAsync(_outputs[0], response.Kv, prompt, [first.TokenId], wireSampling, options, holder: decodeWorker);
+        if (first.Finished) return first.FinishReason;
+        // The Decode call goes after the worker has taken the hint (an answer that is normally long in by
+        // now), so that it cannot overtake it and fetch for itself while a prefetch starts beside it; a
+        // worker that has not answered within a second (unreachable) is not waited for longer.
+        await Task.WhenAny(prefetchStarted, Task.Delay(TimeSpan.FromSeconds(1), context.CancellationToken));
+        return await DecodeAsync(_outputs[0], response.Kv, prompt, [first.TokenId], wireSampling, options, holder: decodeWorker);
     });
 
     /// <summary>
@@ -72,11 +77,12 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
     /// runs (Decode.PrefetchKv: its get follows the prefill worker's put layer by layer), so that decode
     /// starts with the KV in place instead of fetching it after the first token. "host:port" of that
     /// worker, for <see cref="DecodeAsync"/> to prefer; null when prefetching is off or no decode worker is
-    /// healthy (decode then chooses, and fails, as before). Not awaited: a hint that fails costs nothing.
+    /// healthy (decode then chooses, and fails, as before). Started completes when the worker has answered
+    /// the hint, however (a hint that fails costs nothing); prefill runs meanwhile.
     /// </summary>
-    private string? StartKvPrefetch(int promptTokens, CallOptions options)
+    private (string? Holder, Task Started) StartKvPrefetch(int promptTokens, CallOptions options)
     {
-        if (!gateway.Options.KvPrefetch) return null;
+        if (!gateway.Options.KvPrefetch) return (null, Task.CompletedTask);
         WorkerLease lease;
         try
         {
@@ -84,7 +90,7 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         }
         catch (RpcException)
         {
-            return null;
+            return (null, Task.CompletedTask);
         }
         using (lease)
         {
@@ -94,8 +100,8 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
                 TokenCount = promptTokens,
                 CacheManager = gateway.Options.CacheManager,
             }, cancellationToken: options.CancellationToken);
-            _ = call.ResponseAsync.ContinueWith(t => { _ = t.Exception; call.Dispose(); }, TaskScheduler.Default);
-            return lease.Worker.Address.Authority;
+            var started = call.ResponseAsync.ContinueWith(t => { _ = t.Exception; call.Dispose(); }, TaskScheduler.Default);
+            return (lease.Worker.Address.Authority, started);
         }
     }
 
