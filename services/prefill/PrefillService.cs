@@ -277,8 +277,9 @@ public sealed class PrefillService : LlmCluster.V1.Prefill.PrefillBase, ICluster
     {
         var cache = seq.Cache;
         var rope = KvLayoutMapping.Rope(KvLayoutMapping.For(model)); // as PromptKvCompression: the layout's table
-        // The chunks before the last run as Forward would run them; a layer's KV is final only in the last.
-        int last = (prompt.Length - 1) / model.MaxChunk * model.MaxChunk;
+        // The chunks before the last run as Forward would run them (its last chunk is a whole one, so the
+        // layers have a whole chunk's time to go); a layer's KV is final only in the last.
+        int last = Math.Max(0, prompt.Length - model.MaxChunk);
         try
         {
             if (last > 0) KvRoom.Forward(model, prompt.AsSpan(0, last), cache, seq.Logits);

@@ -62,7 +62,9 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.TokensSeen.. and appends their K/V to the cache,
-    /// in chunks of at most <see cref="MaxChunk"/>. The cache must have room for all of them
+    /// in chunks of at most <see cref="MaxChunk"/>, the shorter one first (<see cref="FirstChunk"/>), so
+    /// that the last chunk is a whole one: a prefill worker streams each layer's KV while the last chunk
+    /// runs, and a last chunk of a few tokens left it almost no time to. The cache must have room for all of them
     /// (<see cref="KvRoom"/> makes it; <see cref="KvRoom.Forward"/> makes it and runs). Writes the logits
     /// of the last token ([vocab]) or, with <paramref name="allLogits"/>, of every token ([T, vocab]) to
     /// <paramref name="logits"/>; an empty <paramref name="logits"/> skips the classifier (a chunk whose
@@ -81,9 +83,9 @@ public sealed class LlamaModel : IDisposable
         caches[0] = cache;
         try
         {
-            for (int start = 0; start < tokens.Length; start += MaxChunk)
+            for (int start = 0, length = FirstChunk(tokens.Length); start < tokens.Length; start += length, length = MaxChunk)
             {
-                var chunk = tokens.Slice(start, Math.Min(MaxChunk, tokens.Length - start));
+                var chunk = tokens.Slice(start, length);
                 bool last = start + chunk.Length == tokens.Length;
                 lengths[0] = chunk.Length;
                 if (allLogits) RunSegments(chunk, caches, lengths, logits.Slice(start * vocab, chunk.Length * vocab), allRows: true);
@@ -95,6 +97,10 @@ public sealed class LlamaModel : IDisposable
             caches[0] = null!; // the run state does not keep a sequence's cache alive
         }
     }
+
+    /// <summary>Tokens in the first chunk of a <see cref="Forward"/> of <paramref name="tokens"/>: the
+    /// remainder after whole chunks (or a whole chunk when there is none); every later chunk is whole.</summary>
+    public int FirstChunk(int tokens) => tokens % MaxChunk is var r && r > 0 ? r : Math.Min(tokens, MaxChunk);
 
     /// <summary>
     /// One decode step for a batch: token i continues the sequence of <paramref name="caches"/>[i],
