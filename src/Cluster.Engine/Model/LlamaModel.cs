@@ -100,7 +100,7 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>Tokens in the first chunk of a <see cref="Forward"/> of <paramref name="tokens"/>: the
     /// remainder after whole chunks (or a whole chunk when there is none); every later chunk is whole.</summary>
-    public int FirstChunk(int tokens) => tokens % MaxChunk is var r && r > 0 ? r : Math.Min(tokens, MaxChunk);
+    private int FirstChunk(int tokens) => tokens % MaxChunk is var r && r > 0 ? r : Math.Min(tokens, MaxChunk);
 
     /// <summary>
     /// One decode step for a batch: token i continues the sequence of <paramref name="caches"/>[i],
