@@ -68,7 +68,13 @@ internal sealed class GenerateCall(GatewayService gateway, IServerStreamWriter<G
         // The Decode call goes after the worker has taken the hint (an answer that is normally long in by
         // now), so that it cannot overtake it and fetch for itself while a prefetch starts beside it; a
         // worker that has not answered within a second (unreachable) is not waited for longer.
-        await Task.WhenAny(prefetchStarted, Task.Delay(TimeSpan.FromSeconds(1), context.CancellationToken));
+        try
+        {
+            await prefetchStarted.WaitAsync(TimeSpan.FromSeconds(1), context.CancellationToken);
+        }
+        catch (TimeoutException)
+        {
+        }
         return await DecodeAsync(_outputs[0], response.Kv, prompt, [first.TokenId], wireSampling, options, holder: decodeWorker);
     });
 
