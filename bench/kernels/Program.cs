@@ -33,6 +33,46 @@ if (args is ["matmul", var rowsArg, var kArg, var nArg, var repsArg, ..])
     Console.WriteLine($"{format} {(format == "f32" ? dots : "")} {rows} x {k} · {n}: median {times[2]:F3} ms CPU, {2.0 * rows * k * n / times[2] / 1e6:F1} GFLOP/s");
     return 0;
 }
+if (args is ["q8p", var qrArg, var qkArg, var qnArg, var qrepsArg])
+{
+    // The packed Q8_0 kernel alone, one thread, CPU time; checked against its managed path first.
+    int rows = int.Parse(qrArg), k = int.Parse(qkArg), n = int.Parse(qnArg), reps = int.Parse(qrepsArg);
+    var (xs, ws) = RandomOperands(rows, k, n);
+    int blocks = (k + 31) / 32;
+    if (Environment.GetEnvironmentVariable("LLMCLUSTER_Q8_VNNI") == "0") Q8Interleaved.UseVnni = false; // the AVX2 path on a VNNI machine
+    unsafe
+    {
+        var q8 = new byte[n * blocks * 34];
+        var packed = new byte[Q8Interleaved.Bytes(n, blocks)];
+        var xq = new sbyte[rows * blocks * 32];
+        var xd = new float[rows * blocks];
+        var xc = new int[rows * blocks];
+        var y = new float[rows * n];
+        var yRef = new float[rows * n];
+        fixed (byte* q = q8, pk = packed) fixed (sbyte* xqp = xq) fixed (float* xdp = xd, yp = y, yr = yRef) fixed (int* xcp = xc)
+        {
+            for (int j = 0; j < n; j++) Quantize.Row(WeightType.Q8_0, ws.AsSpan(j * k, k), q + (long)j * blocks * 34);
+            Q8Interleaved.Pack(q, n, blocks, pk);
+            for (int r = 0; r < rows; r++) Quantize.ActivationRow(xs.AsSpan(r * k, k), xqp + r * blocks * 32, xdp + r * blocks);
+            for (int i = 0; i < rows * blocks; i++) { int s = 0; for (int c = 0; c < 32; c++) s += xq[i * 32 + c]; xc[i] = -128 * s; }
+            Q8Interleaved.UseAvx2 = false;
+            Q8Interleaved.Range(pk, xqp, xdp, xcp, yr, rows, blocks, n, 0, n);
+            Q8Interleaved.UseAvx2 = true;
+            Q8Interleaved.Range(pk, xqp, xdp, xcp, yp, rows, blocks, n, 0, n);
+            if (!y.AsSpan().SequenceEqual(yRef)) { Console.WriteLine("MISMATCH vector vs managed"); return 1; }
+            var times = new List<double>();
+            for (int rep = 0; rep < 5; rep++)
+            {
+                double t0 = CpuMs();
+                for (int i = 0; i < reps; i++) Q8Interleaved.Range(pk, xqp, xdp, xcp, yp, rows, blocks, n, 0, n);
+                times.Add((CpuMs() - t0) / reps);
+            }
+            times.Sort();
+            Console.WriteLine($"q8 packed ({(Q8Interleaved.UseVnni ? "vnni" : "avx2")}) {rows} x {k} · {n}: median {times[2]:F3} ms CPU, {2.0 * rows * k * n / times[2] / 1e6:F1} GFLOP/s");
+        }
+    }
+    return 0;
+}
 if (args is ["sgemm", var mArg, var kArg2, var nArg2, var repsArg2, var thArg])
 {
     int rows = int.Parse(mArg), k = int.Parse(kArg2), n = int.Parse(nArg2), reps = int.Parse(repsArg2), threads = int.Parse(thArg);

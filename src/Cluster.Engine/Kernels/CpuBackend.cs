@@ -8,7 +8,8 @@ namespace Cluster.Engine.Kernels;
 /// <summary>
 /// Kernels on the host. Matrix products dispatch on the weight's format: fp32 through OpenBLAS
 /// (sgemv for one row, sgemm for several) or a managed SIMD fallback; bf16/fp16 and Q8_0 through
-/// <see cref="HalfMatMul"/> and <see cref="Q8MatMul"/>, reading the weights as stored. The rest
+/// <see cref="HalfMatMul"/> reading the weights as stored, and Q8_0 repacked at load for the int8
+/// kernels of <see cref="Q8Interleaved"/>. The rest
 /// with System.Numerics.Tensors primitives.
 /// </summary>
 public sealed unsafe partial class CpuBackend : IComputeBackend
@@ -40,14 +41,14 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
     }
 
     /// <inheritdoc/>
-    /// <remarks>fp32 and bf16 rows up to <see cref="Fp32Dots.MaxRows"/> and Q8_0 rows below the dequantizing
-    /// sgemm's threshold go through one fixed-order multiply-add chain per output whatever the row count
-    /// (checked by tests); sgemm packs and orders its sums by the shape, so beyond those, or with fp16 in
-    /// sgemm (from 4 rows), a row's bits depend on the others. Without OpenBLAS the managed kernels are per row.</remarks>
+    /// <remarks>fp32 and bf16 rows up to <see cref="Fp32Dots.MaxRows"/> and Q8_0 rows at any count go
+    /// through one fixed-order multiply-add chain per output whatever the row count (checked by tests);
+    /// sgemm packs and orders its sums by the shape, so beyond those, or with fp16 in sgemm (from 4
+    /// rows), a row's bits depend on the others. Without OpenBLAS the managed kernels are per row.</remarks>
     public int RowExactRows(WeightType format) => format switch
     {
         WeightType.F32 when UseFp32Dots => Fp32Dots.MaxRows,
-        WeightType.Q8_0 => _useBlas ? DequantGemmRows - 1 : int.MaxValue,
+        WeightType.Q8_0 => int.MaxValue,
         WeightType.BF16 when UseFp32Dots => _useBlas ? Fp32Dots.MaxRows : int.MaxValue,
         WeightType.BF16 or WeightType.F16 => _useBlas ? HalfGemmRows - 1 : int.MaxValue,
         _ => _useBlas ? 1 : int.MaxValue,
@@ -61,12 +62,15 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
 
     public Tensor LoadWeights(WeightData source)
     {
-        // Every format is used in place (zero copy from the memory map or the loader's buffer).
+        // Every format but Q8_0 is used in place (zero copy from the memory map or the loader's buffer).
+        if (source.Type == WeightType.Q8_0) return new Q8PackedWeight(source);
         if (source.Type == WeightType.F32) return CpuTensor.Borrow((float*)source.Pointer, source.Elements);
         if (!WeightLayout.HasKernels(source.Type))
             throw new NotSupportedException($"the CPU backend has no kernels for {WeightLayout.Name(source.Type)} weights (convert at load: q8_0, bf16, fp16, fp32)");
         return new CpuWeight(source);
     }
+
+    public bool ReadsSource(Tensor weights) => weights is not Q8PackedWeight;
 
     public void CopyFromHost(ReadOnlySpan<float> source, Tensor destination, long offset = 0) =>
         source.CopyTo(Cpu(destination).Span(offset, source.Length));
@@ -81,7 +85,8 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
         {
             if ((uint)tokens[i] >= vocab) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[i]} is outside the vocabulary (0..{vocab - 1})");
             var row = Cpu(x).Span((long)i * dim, dim);
-            if (table is CpuWeight q) q.Data.CopyRowToFloat32(tokens[i], row); // one row dequantized
+            if (table is Q8PackedWeight p) p.DequantizeRow(tokens[i], row);       // one row dequantized
+            else if (table is CpuWeight q) q.Data.CopyRowToFloat32(tokens[i], row);
             else Cpu(table).Span((long)tokens[i] * dim, dim).CopyTo(row);
         }
     }
@@ -91,18 +96,18 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
         var xp = Cpu(x).Pointer + (long)xRowOffset * inDim;
         var yp = Cpu(y).Pointer;
         if (w.Length != (long)inDim * outDim) throw new ArgumentException($"weight has {w.Length} elements, not {outDim}x{inDim}", nameof(w));
+        if (w is Q8PackedWeight p)
+        {
+            // Every row count, prefill included: int8 products of 8 outputs per instruction beat
+            // dequantizing for sgemm (bench/RESULTS.md), and every row stays exact.
+            _activations.Quantize(xp, rows, inDim, out var xq, out var xd, out var xc);
+            Q8Parts(p.Pointer, xq, xd, xc, yp, rows, p.Blocks, outDim);
+            return;
+        }
         if (w is CpuWeight q)
         {
             switch (q.Format)
             {
-                case WeightType.Q8_0 when _useBlas && rows >= DequantGemmRows:
-                    DequantGemm.Gemm(q.Format, q.Pointer, xp, yp, rows, inDim, outDim, _threads);
-                    return;
-                case WeightType.Q8_0:
-                    int blocks = (inDim + 31) / 32;
-                    _activations.Quantize(xp, rows, inDim, out var xq, out var xd);
-                    Q8Parts(q.Pointer, xq, xd, yp, rows, blocks, outDim);
-                    return;
                 case WeightType.BF16 when UseFp32Dots && (rows <= Fp32Dots.MaxRows || !_useBlas):
                     // Register tiles widening bf16 in place (as fp32's decode rows): faster than widening a
                     // tile to scratch for sgemm up to batched-decode sizes, and every row exact.
@@ -145,18 +150,18 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
         SplitProduct(ProductKind.Blas, x, w, y, rows, k, n, parts, 16);
     }
 
-    /// <summary>Q8_0 int8 products (<see cref="Q8MatMul"/>) on the team; through .NET's pool when
+    /// <summary>Q8_0 int8 products (<see cref="Q8Interleaved"/>) on the team; through .NET's pool when
     /// another thread holds it.</summary>
-    private void Q8Parts(byte* w, sbyte* xq, float* xd, float* y, int rows, int blocks, int n)
+    private void Q8Parts(byte* w, sbyte* xq, float* xd, int* xc, float* y, int rows, int blocks, int n)
     {
         int parts = FormatPartCount(rows, (long)blocks * 32, n);
-        if (parts == 1) Q8MatMul.Range(w, xq, xd, y, rows, blocks, n, 0, n);
-        else if (!_team.TryAcquire()) Q8MatMul.Run(w, xq, xd, y, rows, blocks, n, _threads);
+        if (parts == 1) Q8Interleaved.Range(w, xq, xd, xc, y, rows, blocks, n, 0, n);
+        else if (!_team.TryAcquire()) Q8Shared(w, xq, xd, xc, y, rows, blocks, n, parts);
         else
             try
             {
                 var work = _formatWork;
-                (work.Kind, work.W, work.Xq, work.Xd, work.Y) = (FormatKind.Q8, (nint)w, (nint)xq, (nint)xd, (nint)y);
+                (work.Kind, work.W, work.Xq, work.Xd, work.Xc, work.Y) = (FormatKind.Q8, (nint)w, (nint)xq, (nint)xd, (nint)xc, (nint)y);
                 (work.Rows, work.Blocks, work.N, work.Parts) = (rows, blocks, n, parts);
                 _team.Run(work, parts);
             }
@@ -164,6 +169,15 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
             {
                 _team.Release();
             }
+    }
+
+    /// <summary>Another thread holds the team: Parallel.For with a closure (in its own method, as
+    /// <see cref="SplitProductShared"/>).</summary>
+    private void Q8Shared(byte* w, sbyte* xq, float* xd, int* xc, float* y, int rows, int blocks, int n, int parts)
+    {
+        nint wp = (nint)w, xqp = (nint)xq, xdp = (nint)xd, xcp = (nint)xc, yp = (nint)y;
+        RowSplit.For(n, parts, FormatAlign, _threads,
+            (j0, j1) => Q8Interleaved.Range((byte*)wp, (sbyte*)xqp, (float*)xdp, (int*)xcp, (float*)yp, rows, blocks, n, j0, j1));
     }
 
     /// <summary>bf16/fp16 dot products (<see cref="HalfMatMul"/>) on the team, as <see cref="Q8Parts"/>.</summary>
@@ -186,7 +200,7 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
             }
     }
 
-    /// <summary>Weight rows per part are a multiple of this: whole groups of 4 for the Q8_0 kernels,
+    /// <summary>Weight rows per part are a multiple of this: whole pairs of 8-row groups for the Q8_0 kernels,
     /// and no two threads writing one cache line of y.</summary>
     private const int FormatAlign = 16;
 
@@ -209,7 +223,7 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
     {
         public FormatKind Kind;
         public WeightType Type;
-        public nint W, X, Xq, Xd, Y;
+        public nint W, X, Xq, Xd, Xc, Y;
         public int Rows, K, Blocks, N, Parts;
 
         public void Run(int part)
@@ -218,7 +232,7 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
             int u0 = (int)((long)units * part / Parts), u1 = (int)((long)units * (part + 1) / Parts);
             int first = u0 * FormatAlign, end = Math.Min(N, u1 * FormatAlign);
             if (first >= end) return;
-            if (Kind == FormatKind.Q8) Q8MatMul.Range((byte*)W, (sbyte*)Xq, (float*)Xd, (float*)Y, Rows, Blocks, N, first, end);
+            if (Kind == FormatKind.Q8) Q8Interleaved.Range((byte*)W, (sbyte*)Xq, (float*)Xd, (int*)Xc, (float*)Y, Rows, Blocks, N, first, end);
             else HalfMatMul.Range(Type, (byte*)W, (float*)X, (float*)Y, Rows, K, N, first, end);
         }
     }
@@ -300,11 +314,6 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
 
     /// <summary>From this many activation rows, widening a tile of 16-bit weights for sgemm beats a dot per pair.</summary>
     private const int HalfGemmRows = 4;
-
-    /// <summary>From this many rows (prefill), Q8_0 tiles are dequantized for sgemm; below (decode and
-    /// batched decode up to 32 sequences) the int8 kernels run, whose rows are bit-identical whatever
-    /// the batch. LLMCLUSTER_Q8_GEMM_ROWS overrides it (for measuring).</summary>
-    private static readonly int DequantGemmRows = int.TryParse(Environment.GetEnvironmentVariable("LLMCLUSTER_Q8_GEMM_ROWS"), out var r) ? r : 33;
 
     private readonly QuantizedActivations _activations = new();
 

@@ -5,11 +5,10 @@ namespace Cluster.Engine.Kernels;
 /// <summary>Prefill-sized products with weights in any stored format, through OpenBLAS.</summary>
 internal static unsafe class DequantGemm
 {
-    /// <summary>y[rows, outDim] = x[rows, k] · w^T for weights of any format: tiles of weight rows
-    /// are dequantized to fp32 and multiplied by single-threaded sgemm, the tiles spread over the
-    /// threads (see <see cref="RowSplit"/>). Dequantizing costs one pass over a tile, shared by all
-    /// rows of x: for prefill this beats per-pair int8 dot products, whose per-block scaling costs
-    /// as much as the products on AVX2.</summary>
+    /// <summary>y[rows, outDim] = x[rows, k] · w^T for bf16/fp16 weights (any row format
+    /// <see cref="Dequantize.Row"/> reads): tiles of weight rows are widened to fp32 and multiplied by
+    /// single-threaded sgemm, the tiles spread over the threads (see <see cref="RowSplit"/>). Widening
+    /// costs one pass over a tile, shared by all rows of x. (Q8_0 has its own int8 GEMM.)</summary>
     public static void Gemm(WeightType type, byte* w, float* x, float* y, int rows, int k, int outDim, int threads)
     {
         // Tiles of ~1 MB of fp32: fit L2 beside the activations, large enough for sgemm's blocking.

@@ -63,9 +63,17 @@ internal static unsafe class HalfMatMul
             a2 = Vector256.FusedMultiplyAdd((Vector256.WidenLower(r1) << 16).AsSingle(), Vector256.Load(x + i + 16), a2);
             a3 = Vector256.FusedMultiplyAdd((Vector256.WidenUpper(r1) << 16).AsSingle(), Vector256.Load(x + i + 24), a3);
         }
-        float sum = Q8MatMul.Sum8((a0 + a1) + (a2 + a3));
+        float sum = Sum8((a0 + a1) + (a2 + a3));
         for (; i < k; i++) sum = MathF.FusedMultiplyAdd(Fp16.FromBf16(w[i]), x[i], sum);
         return sum;
     }
 
+    /// <summary>((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)): a fixed order of summing 8 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Sum8(Vector256<float> v)
+    {
+        var t = v.GetLower() + v.GetUpper();                      // (a0+a4, a1+a5, a2+a6, a3+a7)
+        var u = t + Vector128.Shuffle(t, Vector128.Create(2, 3, 0, 1)); // (t0+t2, t1+t3, ..)
+        return u.ToScalar() + u.GetElement(1);
+    }
 }

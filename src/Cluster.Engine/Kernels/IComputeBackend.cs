@@ -26,11 +26,17 @@ public interface IComputeBackend : IDisposable
     /// Makes a weight tensor from host data, kept in its format (<see cref="WeightData.Type"/>:
     /// F32, F16, BF16 or Q8_0 rows; the result's <see cref="Tensor.Format"/> says which). The CPU
     /// backend keeps a reference to <paramref name="source"/> (memory-mapped or loader-owned)
-    /// instead of copying. A backend without kernels for a format throws
+    /// instead of copying, except Q8_0, which it repacks for its int8 kernels (<see cref="ReadsSource"/>).
+    /// A backend without kernels for a format throws
     /// <see cref="NotSupportedException"/> naming it (the loader can convert with --weights).
     /// Norm weights are always passed as F32.
     /// </summary>
     Tensor LoadWeights(WeightData source);
+
+    /// <summary>Whether <paramref name="weights"/> (from <see cref="LoadWeights"/>) still reads the host
+    /// memory it was made from; where not, the loader frees a buffer it converted into at once, so a
+    /// copy does not double resident memory.</summary>
+    bool ReadsSource(Tensor weights) => true;
 
     void CopyFromHost(ReadOnlySpan<float> source, Tensor destination, long offset = 0);
 

@@ -75,6 +75,19 @@ public static unsafe class Quantize
         }
     }
 
+    /// <summary>Σq of one block of 32 int8 (exact: at most 32·128 in magnitude).</summary>
+    internal static int BlockSum(sbyte* q)
+    {
+        if (!Vector256.IsHardwareAccelerated)
+        {
+            int s = 0;
+            for (int i = 0; i < 32; i++) s += q[i];
+            return s;
+        }
+        var (lo, hi) = Vector256.Widen(Vector256.Load(q));
+        return Vector256.Sum(lo + hi);
+    }
+
     /// <summary>False forces the scalar loop (tests compare the two).</summary>
     internal static bool UseVectorActivations { get; set; } = true;
 

@@ -8,11 +8,12 @@ internal sealed unsafe class QuantizedActivations : IDisposable
 {
     private sbyte* _q;
     private float* _d;
+    private int* _c;
     private long _capacityBlocks;
 
-    /// <summary>x [rows, k] as rows × ceil(k/32) blocks: int8 values and one fp32 scale per block
-    /// (rows × blocks scales, followed by the same scales of each group of 4 rows as [group][block][4]).</summary>
-    public void Quantize(float* x, int rows, int k, out sbyte* q, out float* d)
+    /// <summary>x [rows, k] as rows × ceil(k/32) blocks: int8 values, one fp32 scale per block, and per
+    /// block -128·Σq (<see cref="Q8Interleaved"/>'s bias correction).</summary>
+    public void Quantize(float* x, int rows, int k, out sbyte* q, out float* d, out int* c)
     {
         int blocks = (k + 31) / 32;
         long need = (long)rows * blocks;
@@ -20,27 +21,26 @@ internal sealed unsafe class QuantizedActivations : IDisposable
         {
             Free();
             _q = (sbyte*)NativeMemory.AlignedAlloc((nuint)(need * 32), 64);
-            _d = (float*)NativeMemory.AlignedAlloc((nuint)(2 * need * sizeof(float)), 64);
+            _d = (float*)NativeMemory.AlignedAlloc((nuint)(need * sizeof(float)), 64);
+            _c = (int*)NativeMemory.AlignedAlloc((nuint)(need * sizeof(int)), 64);
             _capacityBlocks = need;
         }
         for (int r = 0; r < rows; r++)
             Kernels.Quantize.ActivationRow(new ReadOnlySpan<float>(x + (long)r * k, k), _q + (long)r * blocks * 32, _d + (long)r * blocks);
-        // After the rows' scales, those of each whole group of 4 rows interleaved per block
-        // ([group][block][4]): the 4x2 tile reads a block's 4 row scales with one load.
-        float* t = _d + (long)rows * blocks;
-        for (int g = 0; g + 4 <= rows; g += 4)
-            for (int b = 0; b < blocks; b++, t += 4)
-                for (int i = 0; i < 4; i++) t[i] = _d[(long)(g + i) * blocks + b];
+        for (long i = 0; i < need; i++) _c[i] = -128 * Kernels.Quantize.BlockSum(_q + i * 32);
         q = _q;
         d = _d;
+        c = _c;
     }
 
     private void Free()
     {
         if (_q != null) NativeMemory.AlignedFree(_q);
         if (_d != null) NativeMemory.AlignedFree(_d);
+        if (_c != null) NativeMemory.AlignedFree(_c);
         _q = null;
         _d = null;
+        _c = null;
         _capacityBlocks = 0;
     }
 

@@ -32,6 +32,14 @@ public sealed unsafe class WeightStore : IDisposable
         return new WeightData(dst, source.Elements, target, source.Columns);
     }
 
+    /// <summary>Frees the buffer <paramref name="data"/> was converted into, if this store made it
+    /// (a tensor made from it no longer reads it); data it did not make is left alone.</summary>
+    public void Release(WeightData data)
+    {
+        lock (_buffers)
+            if (_buffers.Remove((nint)data.Pointer)) NativeMemory.AlignedFree(data.Pointer);
+    }
+
     public void Dispose()
     {
         lock (_buffers)

@@ -62,7 +62,9 @@ public sealed class LlamaWeights : IDisposable
             var target = format ?? (WeightLayout.HasKernels(stored.Type) ? stored.Type : WeightType.Q8_0);
             var data = store.Convert(stored, target);
             if (counted) bytes += data.ByteLength;
-            return backend.LoadWeights(data);
+            var tensor = backend.LoadWeights(data);
+            if (!backend.ReadsSource(tensor)) store.Release(data);
+            return tensor;
         }
         try
         {

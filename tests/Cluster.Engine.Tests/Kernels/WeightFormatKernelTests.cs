@@ -120,21 +120,21 @@ public sealed unsafe class WeightFormatKernelTests
     {
         var w = Random(n * k, 3);
         var x = Random(rows * k, 4, 5f);
-        // Without OpenBLAS every row count takes the int8 kernels (with it, prefill dequantizes for sgemm).
-        using var backend = new CpuBackend(threads: 2, useOpenBlas: false);
+        // Every row count takes the int8 kernels, prefill included.
+        using var backend = new CpuBackend(threads: 2);
         using var store = new WeightStore();
-        bool vnni = Q8MatMul.UseVnni, avx2 = Q8MatMul.UseAvx2;
+        bool vnni = Q8Interleaved.UseVnni, avx2 = Q8Interleaved.UseAvx2;
         try
         {
             var results = new List<(string Path, float[] Y)>();
             if (vnni) results.Add(("vnni", MatMul(backend, store, w, x, rows, k, n, WeightType.Q8_0, out _)));
-            Q8MatMul.UseVnni = false;
+            Q8Interleaved.UseVnni = false;
             if (avx2) results.Add(("avx2", MatMul(backend, store, w, x, rows, k, n, WeightType.Q8_0, out _)));
-            Q8MatMul.UseAvx2 = false;
+            Q8Interleaved.UseAvx2 = false;
             var managed = MatMul(backend, store, w, x, rows, k, n, WeightType.Q8_0, out _);
             foreach (var (path, y) in results) Assert.True(managed.AsSpan().SequenceEqual(y), $"{path} differs from the managed path");
-            Q8MatMul.UseVnni = vnni;
-            Q8MatMul.UseAvx2 = avx2;
+            Q8Interleaved.UseVnni = vnni;
+            Q8Interleaved.UseAvx2 = avx2;
             var fast = results.Count > 0 ? results[0].Y : managed;
             for (int r = 0; r < rows; r += Math.Max(1, rows / 5))
             {
@@ -144,8 +144,49 @@ public sealed unsafe class WeightFormatKernelTests
         }
         finally
         {
-            Q8MatMul.UseVnni = vnni;
-            Q8MatMul.UseAvx2 = avx2;
+            Q8Interleaved.UseVnni = vnni;
+            Q8Interleaved.UseAvx2 = avx2;
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 576, 64)]
+    [InlineData(5, 172, 40)]
+    [InlineData(33, 96, 20)]
+    public void Q8_0_outputs_equal_a_scalar_emulation_from_ggml_rows(int rows, int k, int n)
+    {
+        // Independent of the repacking: from the ggml Q8_0 rows the store wrote and the activations
+        // quantized per block of 32, each block's exact integer Σ w·x, then acc = fma(Σ, dw·dx, acc)
+        // block by block. A misplaced byte, a wrong scale or another order shows as different bits.
+        var w = Random(n * k, 11);
+        var x = Random(rows * k, 12, 4f);
+        using var backend = new CpuBackend(threads: 2);
+        using var store = new WeightStore();
+        var y = MatMul(backend, store, w, x, rows, k, n, WeightType.Q8_0, out _);
+        int blocks = (k + 31) / 32;
+        var xq = new sbyte[blocks * 32];
+        var xd = new float[blocks];
+        fixed (float* wp = w)
+        fixed (sbyte* qx = xq)
+        fixed (float* dx = xd)
+        {
+            var q8 = store.Convert(WeightData.FromFloats(wp, w.Length, k), WeightType.Q8_0);
+            for (int r = 0; r < rows; r++)
+            {
+                Quantize.ActivationRow(x.AsSpan(r * k, k), qx, dx);
+                for (int j = 0; j < n; j++)
+                {
+                    byte* row = q8.Pointer + j * q8.RowBytes;
+                    float acc = 0;
+                    for (int b = 0; b < blocks; b++)
+                    {
+                        int sum = 0;
+                        for (int c = 0; c < 32; c++) sum += ((sbyte*)(row + b * 34 + 2))[c] * xq[b * 32 + c];
+                        acc = MathF.FusedMultiplyAdd(sum, Fp16.ToFloat(*(ushort*)(row + b * 34)) * xd[b], acc);
+                    }
+                    Assert.True(acc == y[r * n + j], $"row {r} output {j}: {y[r * n + j]} vs emulated {acc}");
+                }
+            }
         }
     }
 
