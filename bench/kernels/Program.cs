@@ -8,6 +8,8 @@ using Cluster.Engine.Loaders;
 //   matmul ROWS K N REPS [f32|q8|bf16]   one product y[ROWS,N] = x[ROWS,K] · w[N,K]^T, one thread
 //   step MODEL THREADS BATCH [WEIGHTS]    one ForwardBatch of BATCH sequences after 64-token prompts, the
 //                                         weights converted at load (q8_0, bf16, fp16, fp32; default as stored)
+//   q8p ROWS K N REPS                     the packed Q8_0 int8 kernel alone, one thread, CPU time (checked
+//                                         against its managed path; LLMCLUSTER_Q8_VNNI=0 takes the AVX2 path)
 //   sgemm ROWS K N REPS THREADS           OpenBLAS's cblas_sgemm alone, its own THREADS threads, wall time
 //   gemm ROWS K N REPS THREADS [f32|q8|bf16]  the engine's product (CpuBackend with THREADS), wall time
 //   prefill MODEL THREADS TOKENS REPS [WEIGHTS]  one TOKENS-token Forward, wall time split by kernel
@@ -154,7 +156,7 @@ if (args is ["step", var model, var threadsArg, var batchArg, ..])
     Console.WriteLine($"{weights ?? "as stored"} ({dots}), {threads} threads, batch {batch}: {sw.Elapsed.TotalMilliseconds / steps:F1} ms/step wall, {(CpuMs() - cpu0) / steps:F1} ms/step CPU");
     return 0;
 }
-Console.Error.WriteLine("usage: matmul ROWS K N REPS [f32|q8|bf16] | step MODEL THREADS BATCH [WEIGHTS] | sgemm ROWS K N REPS THREADS | gemm ROWS K N REPS THREADS [FORMAT] | prefill MODEL THREADS TOKENS REPS [WEIGHTS]");
+Console.Error.WriteLine("usage: matmul ROWS K N REPS [f32|q8|bf16] | q8p ROWS K N REPS | step MODEL THREADS BATCH [WEIGHTS] | sgemm ROWS K N REPS THREADS | gemm ROWS K N REPS THREADS [FORMAT] | prefill MODEL THREADS TOKENS REPS [WEIGHTS]");
 return 2;
 
 /// <summary>Median over 7 rounds of the wall time of one call, after 3 warm-up calls; REPS calls per round.</summary>
