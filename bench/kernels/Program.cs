@@ -41,7 +41,6 @@ if (args is ["q8p", var qrArg, var qkArg, var qnArg, var qrepsArg])
     int rows = int.Parse(qrArg), k = int.Parse(qkArg), n = int.Parse(qnArg), reps = int.Parse(qrepsArg);
     var (xs, ws) = RandomOperands(rows, k, n);
     int blocks = (k + 31) / 32;
-    if (Environment.GetEnvironmentVariable("LLMCLUSTER_Q8_VNNI") == "0") Q8Interleaved.UseVnni = false; // the AVX2 path on a VNNI machine
     unsafe
     {
         var q8 = new byte[n * blocks * 34];

@@ -33,8 +33,10 @@ internal static unsafe class Q8Interleaved
     /// <summary>Bytes of one group's block: 8 fp32 scales and 8 × 32 biased int8.</summary>
     public const int BlockBytes = Group * sizeof(float) + Group * 32;
 
-    /// <summary>False sums with AVX2's pair instructions even where vpdpbusd exists (tests compare the paths).</summary>
-    public static bool UseVnni { get; set; } = AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported;
+    /// <summary>False sums with AVX2's pair instructions even where vpdpbusd exists (tests compare the
+    /// paths; LLMCLUSTER_Q8_VNNI=0 measures a CPU without VNNI).</summary>
+    public static bool UseVnni { get; set; } = AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported
+        && Environment.GetEnvironmentVariable("LLMCLUSTER_Q8_VNNI") != "0";
 
     /// <summary>False forces the managed path.</summary>
     public static bool UseAvx2 { get; set; } = Avx2.IsSupported && Fma.IsSupported;
