@@ -34,7 +34,29 @@ public sealed class ChannelTests : IAsyncLifetime
         // streams sent on a fresh connection before they arrive are refused (REFUSED_STREAM), which
         // Grpc.Net.Client reports as UNAVAILABLE.
         await client.SlowAsync(new Empty(), deadline: DateTime.UtcNow.AddSeconds(30));
-        var calls = Enumerable.Range(0, 5 * StreamLimit).Select(_ => client.SlowAsync(new Empty(), deadline: DateTime.UtcNow.AddSeconds(30)).ResponseAsync);
+        // Then the calls in waves of the stream limit, each sent once the last is in flight at the server
+        // (held there until all are): a new connection never gets more streams than the limit before its
+        // SETTINGS arrive. A burst of all 50 at once failed about one run in eight with REFUSED_STREAM on a
+        // freshly opened connection (the client's streams raced the server's SETTINGS): a race of that
+        // burst, not of the spreading this test is about.
+        var hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _probe.Hold = hold.Task;
+        var calls = new List<Task>();
+        try
+        {
+            for (int wave = 1; wave <= 5; wave++)
+            {
+                for (int i = 0; i < StreamLimit; i++) calls.Add(client.SlowAsync(new Empty(), deadline: DateTime.UtcNow.AddSeconds(30)).ResponseAsync);
+                var until = DateTime.UtcNow.AddSeconds(10);
+                while (_probe.InFlight < wave * StreamLimit && DateTime.UtcNow < until) await Task.Delay(5);
+                Assert.True(_probe.InFlight == wave * StreamLimit,
+                    $"{_probe.InFlight} of {wave * StreamLimit} calls in flight at the server: the rest wait at the client (one connection queues them)");
+            }
+        }
+        finally
+        {
+            hold.TrySetResult();
+        }
         await Task.WhenAll(calls);
         // 50 calls in flight against 10 streams per connection: one connection would queue them.
         Assert.True(_probe.ClientPorts.Count >= 2, $"{_probe.ClientPorts.Count} connection(s) used");
@@ -102,12 +124,28 @@ public sealed class ChannelTests : IAsyncLifetime
 
     private sealed class Probe : ChannelProbe.ChannelProbeBase
     {
+        private int _inFlight;
+
         public ConcurrentDictionary<int, bool> ClientPorts { get; } = new();
+
+        /// <summary>Slow calls in their handler now.</summary>
+        public int InFlight => Volatile.Read(ref _inFlight);
+
+        /// <summary>When set, Slow waits for it instead of 300 ms.</summary>
+        public Task? Hold { get; set; }
 
         public override async Task<Empty> Slow(Empty request, ServerCallContext context)
         {
             ClientPorts[context.GetHttpContext().Connection.RemotePort] = true;
-            await Task.Delay(300, context.CancellationToken);
+            Interlocked.Increment(ref _inFlight);
+            try
+            {
+                await (Hold ?? Task.Delay(300)).WaitAsync(context.CancellationToken);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _inFlight);
+            }
             return new Empty();
         }
 
