@@ -61,15 +61,15 @@ internal static unsafe class Q8Interleaved
                     long row = g * Group + r;
                     byte* blk = row < rows ? src + row * rowBytes + b * 34L : null;
                     ((float*)o)[r] = blk != null ? Fp16.ToFloat(*(ushort*)blk) : 0f;
+                    // 4 bytes at a time: quad q of this row goes to lane r of the q-th 32-byte vector.
                     for (int quad = 0; quad < 8; quad++)
-                        for (int t = 0; t < 4; t++)
-                            o[32 + quad * 32 + r * 4 + t] = (byte)((blk != null ? blk[2 + quad * 4 + t] : 0) ^ 0x80);
+                        *(uint*)(o + 32 + quad * 32 + r * 4) = (blk != null ? Unsafe.ReadUnaligned<uint>(blk + 2 + quad * 4) : 0u) ^ 0x80808080u;
                 }
             }
     }
 
-    /// <summary>Row <paramref name="row"/> of packed weights as fp32 (the embedding lookup, the tiles
-    /// prefill dequantizes for sgemm): w·d, as ggml dequantizes Q8_0.</summary>
+    /// <summary>Row <paramref name="row"/> of packed weights as fp32 (the embedding lookup): w·d, as ggml
+    /// dequantizes Q8_0.</summary>
     public static void DequantizeRow(byte* packed, int blocks, long row, Span<float> dst)
     {
         long g = row / Group;
