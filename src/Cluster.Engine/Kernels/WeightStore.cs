@@ -9,10 +9,10 @@ namespace Cluster.Engine.Kernels;
 /// </summary>
 public sealed unsafe class WeightStore : IDisposable
 {
-    private readonly List<nint> _buffers = [];
+    private readonly Dictionary<nint, long> _buffers = [];
 
-    /// <summary>Bytes allocated so far.</summary>
-    public long Bytes { get; private set; }
+    /// <summary>Bytes held now (converted buffers not yet released).</summary>
+    public long Bytes { get { lock (_buffers) return _buffers.Values.Sum(); } }
 
     /// <summary><paramref name="source"/> in <paramref name="target"/>, row by row through fp32;
     /// the source itself when it already is.</summary>
@@ -21,8 +21,7 @@ public sealed unsafe class WeightStore : IDisposable
         if (source.Type == target) return source;
         long rowBytes = WeightLayout.RowBytes(target, source.Columns);
         var dst = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1, rowBytes * source.Rows), 64);
-        lock (_buffers) _buffers.Add((nint)dst);
-        Bytes += rowBytes * source.Rows;
+        lock (_buffers) _buffers.Add((nint)dst, rowBytes * source.Rows);
         var row = new float[source.Columns];
         for (long r = 0; r < source.Rows; r++)
         {
@@ -44,7 +43,7 @@ public sealed unsafe class WeightStore : IDisposable
     {
         lock (_buffers)
         {
-            foreach (var p in _buffers) NativeMemory.AlignedFree((void*)p);
+            foreach (var p in _buffers.Keys) NativeMemory.AlignedFree((void*)p);
             _buffers.Clear();
         }
     }

@@ -36,6 +36,10 @@ public sealed class LlamaWeights : IDisposable
     /// the classifier in their kept formats (the embedding lookup reads one row, counted as nothing).</summary>
     public long DecodeBytesPerToken { get; private init; }
 
+    /// <summary>Host bytes still held by weights converted at load (matrices a backend reads in place;
+    /// none for Q8_0 on the CPU, which the backend repacks and the store then frees).</summary>
+    public long ConvertedBytes => _store.Bytes;
+
     public Tensor TokenEmbedding { get; }   // [vocab, dim]
     public LayerWeights[] Layers { get; }
     public Tensor FinalNorm { get; }        // [dim]

@@ -1,4 +1,5 @@
 using Cluster.Engine.Kernels;
+using Cluster.Tests;
 using Xunit;
 
 namespace Cluster.Engine.Tests.Kernels;
@@ -188,6 +189,20 @@ public sealed unsafe class WeightFormatKernelTests
                 }
             }
         }
+    }
+
+    [SharedDataTheory]
+    [InlineData(WeightType.Q8_0, false)]
+    [InlineData(WeightType.BF16, true)]
+    public void Weights_converted_at_load_are_held_only_where_the_backend_reads_them(WeightType format, bool held)
+    {
+        // stories260K is fp32: --weights bf16 converts into buffers the CPU backend reads in place (held);
+        // q8_0 converts, then the backend repacks and the converted buffers are freed (resident memory is
+        // the packed copy alone).
+        using var model = Cluster.Engine.Loaders.ModelLoader.Load(SharedData.Path_("models", "stories260K", "stories260K.bin"), new CpuBackend(threads: 1), weights: format);
+        Assert.Equal(format, model.Weights.MatrixFormat);
+        if (held) Assert.True(model.Weights.ConvertedBytes > 0);
+        else Assert.Equal(0, model.Weights.ConvertedBytes);
     }
 
     [Theory]
