@@ -71,6 +71,48 @@ public sealed class KvTransferTests
         }
     }
 
+    [Theory]
+    [InlineData("fp32")]
+    [InlineData("bf16")]
+    public async Task A_get_handing_blocks_over_reuses_one_layer_s_arrays_and_each_block_is_whole(string dtype)
+    {
+        // The decode worker's prefetch takes each block as it lands and drops it: the next block of the
+        // same size is written into the same arrays. Each block handed over must still be exactly its
+        // layer's data (checked inside the callback, before the arrays are reused), and a layer of
+        // another size (the last, shorter here) gets arrays of its own.
+        var p = KvPrecisions.Parse(dtype);
+        await using var cm = await ServiceHost.StartAsync(TestCluster.Options(ServiceRole.CacheManager), Cluster.CacheManager.CacheManagerService.CreateAsync);
+        using var channel = GrpcChannels.Create(cm.GrpcAddress);
+        const int layers = 4, heads = 2, headDim = 8, tokens = 200;
+        var rng = new Random(4);
+        var blocks = Enumerable.Range(0, layers).Select(l =>
+        {
+            int n = l == layers - 1 ? tokens / 2 : tokens; // a policy may keep fewer rows in one layer
+            var pos = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, n).ToArray()).ToArray();
+            float[] Data() => Enumerable.Range(0, heads * n * headDim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            return new KvLayerBlock(l, pos, Data(), Data());
+        }).ToList();
+        var header = new PutHeader { SessionId = "handed", Layout = KvLayoutMapping.For(layers, heads, headDim, new RopeTable(headDim, 10000, RopeLayout.Halves), p), Policy = PolicyMapping.ToWire("dense"), TokenCount = tokens };
+        await KvTransfer.PutAsync(channel, header, blocks, CancellationToken.None);
+
+        var arrays = new List<float[]>();
+        int handed = 0;
+        var (_, kept, _) = await KvTransfer.GetAsync(channel, "handed", 0, CancellationToken.None, onBlock: (_, b) =>
+        {
+            var sent = blocks[b.Layer];
+            Assert.Equal(sent.Positions, b.Positions);
+            Assert.Equal(sent.Keys.Select(x => KvWireTests.Reference(x, p)), b.Keys);
+            Assert.Equal(sent.Values.Select(x => KvWireTests.Reference(x, p)), b.Values);
+            arrays.Add(b.Keys);
+            handed++;
+        });
+        Assert.Empty(kept);
+        Assert.Equal(layers, handed);
+        Assert.Same(arrays[0], arrays[1]);      // same size: the arrays of the block before
+        Assert.Same(arrays[0], arrays[2]);
+        Assert.NotSame(arrays[2], arrays[3]);   // another size: fresh ones
+    }
+
     [Fact]
     public void An_unset_dtype_reads_as_fp32_and_an_unknown_one_is_refused()
     {

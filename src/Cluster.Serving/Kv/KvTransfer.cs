@@ -95,8 +95,10 @@ public static class KvTransfer
 
     /// <summary>Fetches a session's blocks (version 0: the latest, followed as it lands when its put is
     /// still streaming in), widened to fp32 as they arrive. NOT_FOUND when the cache manager has none.</summary>
-    /// <param name="onBlock">Called with each block as soon as it is whole (in the reading loop), with the handle read so far;
-    /// the blocks are then the callback's alone (the list returned is empty), so that each can be dropped once used.</param>
+    /// <param name="onBlock">Called with each block as soon as it is whole (in the reading loop), with the handle read so far
+    /// (the list returned is then empty). The callback must not keep the block's arrays: once it returns they
+    /// receive the next block of the same size (a prompt's layers all are), so a transfer takes fresh memory
+    /// for one layer instead of all of them.</param>
     public static async Task<(KvHandle Handle, List<KvLayerBlock> Blocks, long Bytes)> GetAsync(GrpcChannel cacheManager, string sessionId, long version, CancellationToken ct, int maxTokens = 0,
         Action<KvHandle, KvLayerBlock>? onBlock = null)
     {
@@ -110,6 +112,7 @@ public static class KvTransfer
         bool followed = false;
         var blocks = new List<KvLayerBlock>();
         KvWire.BlockAssembler? current = null;
+        KvLayerBlock? spare = null; // with onBlock: the last block, whose arrays the next one reuses
         long bytes = 0;
         var sink = new KvChunkSink();
         KvWireCodec.BeginReceive(sink);
@@ -136,7 +139,8 @@ public static class KvTransfer
                         if (handle is null) throw new RpcException(new Status(StatusCode.Internal, "cache manager sent a block before the KV handle"));
                         if (current is { IsComplete: false }) throw new RpcException(new Status(StatusCode.Internal, "cache manager started a block before finishing the last"));
                         if (current is not null) Built(current);
-                        sink.Block = current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim, precision);
+                        sink.Block = current = new KvWire.BlockAssembler(item.Block, handle.Layout.HeadDim, precision, reuse: spare);
+                        spare = null;
                         break;
                     case GetBlocksResponse.ItemOneofCase.Chunk:
                         var block = current ?? throw new RpcException(new Status(StatusCode.Internal, "cache manager sent data before a block header"));
@@ -154,7 +158,11 @@ public static class KvTransfer
         {
             var built = assembler.Build(); // throws unless every byte arrived
             bytes += assembler.DataBytes;
-            if (onBlock is not null) onBlock(handle!, built);
+            if (onBlock is not null)
+            {
+                onBlock(handle!, built);
+                spare = built;
+            }
             else blocks.Add(built);
         }
         KvTransferMetrics.Record("get", precision, bytes, sw.Elapsed, followed ? "streaming" : "stored");

@@ -85,7 +85,9 @@ public static class KvWire
         // A 16-bit element cut between two chunks: its first byte waits for the next chunk.
         private byte _carry;
 
-        public BlockAssembler(KvBlockHeader header, int headDim, KvPrecision precision = KvPrecision.Fp32, bool widen = true)
+        /// <param name="reuse">Widening: arrays of a block the caller is done with, written over when they are
+        /// exactly this block's size (every element is, or <see cref="Build"/> throws), else fresh ones are made.</param>
+        public BlockAssembler(KvBlockHeader header, int headDim, KvPrecision precision = KvPrecision.Fp32, bool widen = true, KvLayerBlock? reuse = null)
         {
             long tokens = header.Heads.Sum(h => (long)h.Positions.Count);
             long expected = tokens * headDim * precision.Bytes() * 2;
@@ -95,7 +97,8 @@ public static class KvWire
             _header = header;
             _precision = precision;
             _length = expected;
-            if (widen) (_keys, _values) = (new float[tokens * headDim], new float[tokens * headDim]);
+            if (widen && reuse is not null && reuse.Keys.Length == tokens * headDim && reuse.Values.Length == tokens * headDim) (_keys, _values) = (reuse.Keys, reuse.Values);
+            else if (widen) (_keys, _values) = (new float[tokens * headDim], new float[tokens * headDim]);
             else (_keyBytes, _valueBytes) = (new byte[expected / 2], new byte[expected / 2]);
         }
 

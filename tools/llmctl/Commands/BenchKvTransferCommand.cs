@@ -28,13 +28,14 @@ internal static class BenchKvTransferCommand
         var dtype = new Option<string>("--kv-dtype") { Description = "wire precision: fp32, bf16, fp16", DefaultValueFactory = _ => "fp32" };
         var json = new Option<bool>("--json") { Description = "print JSON" };
         var only = new Option<string>("--only") { Description = "time only put or only get (the other's transfers still run, untimed, where needed): for profiling one direction", DefaultValueFactory = _ => "both" };
-        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, warmup, dtype, json, only };
+        var onBlock = new Option<bool>("--on-block") { Description = "get as the decode worker's prefetch does: each block handed over as it lands and dropped (its arrays reused for the next)" };
+        var cmd = new Command("kv-transfer", "KV put/get throughput to an in-process cache manager on loopback") { preset, tokens, reps, warmup, dtype, json, only, onBlock };
         cmd.SetAction(r => CommandErrors.Run(() => Run(ModelPresets.Get(r.GetValue(preset)!), r.GetValue(preset)!, r.GetValue(tokens), r.GetValue(reps), r.GetValue(warmup),
-            KvPrecisions.Parse(r.GetValue(dtype)), r.GetValue(json), r.GetValue(only)!).GetAwaiter().GetResult()));
+            KvPrecisions.Parse(r.GetValue(dtype)), r.GetValue(json), r.GetValue(only)!, r.GetValue(onBlock)).GetAwaiter().GetResult()));
         return cmd;
     }
 
-    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, int warmup, KvPrecision precision, bool json, string only)
+    private static async Task<int> Run(Cluster.Engine.Model.LlamaConfig c, string presetName, int tokens, int reps, int warmup, KvPrecision precision, bool json, string only, bool onBlock)
     {
         if (tokens < 1 || reps < 1) throw new ArgumentException("--tokens and --reps must be at least 1");
         if (only is not ("both" or "put" or "get")) throw new ArgumentException("--only is both, put or get");
@@ -63,8 +64,10 @@ internal static class BenchKvTransferCommand
         async Task<double> Get(int i)
         {
             var sw = Stopwatch.StartNew();
-            var (_, got, received) = await KvTransfer.GetAsync(channel, $"bench-{i}", 0, CancellationToken.None);
-            if (received != bytes || got.Sum(b => b.DataBytes) != kvBytes) throw new InvalidOperationException("the cache manager returned a different amount of KV");
+            long handed = 0;
+            var (_, got, received) = await KvTransfer.GetAsync(channel, $"bench-{i}", 0, CancellationToken.None,
+                onBlock: onBlock ? (_, b) => handed += b.DataBytes : null);
+            if (received != bytes || got.Sum(b => b.DataBytes) + handed != kvBytes) throw new InvalidOperationException("the cache manager returned a different amount of KV");
             return sw.Elapsed.TotalSeconds;
         }
         // The conversion alone (best of 5, one thread): what a 16-bit dtype adds per transfer on each side.
