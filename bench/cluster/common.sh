@@ -1,5 +1,5 @@
 # Shared by the cluster benchmarks (sourced, from the repository root): builds llmctl, makes the
-# synthetic model when MODEL_DIR lacks one, and starts/awaits `llmctl up`.
+# synthetic model when MODEL_DIR lacks one; the prompt, the in-process run, and starting `llmctl up`.
 dotnet build tools/llmctl -c Release -v q -nologo >/dev/null
 llmctl="dotnet tools/llmctl/bin/Release/net10.0/llmctl.dll"
 [ -f "$model/config.json" ] || $llmctl synth --preset smollm2-135m --out "$model" --dtype bf16 >/dev/null
@@ -9,3 +9,24 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # Waits (up to 2 minutes) until the `llmctl up` writing to log $1 says it is up.
 wait_up() { for _ in $(seq 120); do grep -q "cluster up" "$1" && return 0; sleep 1; done; echo "no cluster up within 2 minutes: $(cat "$1")" >&2; return 1; }
+
+# The benchmarks' prompt: one sentence $1 times (3 gives the issue's 236 tokens, 23 about 1,800).
+bench_prompt() { python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $1)"; }
+
+# The in-process engine on $model into JSON file $1 (`llmctl bench`: best of 3 prefills of $prompt_tokens
+# tokens, 64 decode steps, one sequence).
+in_process_json() { $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"; }
+
+# Starts `llmctl up` on $model and waits until it is up; sets port, log and up. The other services' ports
+# are off the defaults too (another cluster, a test run or a second bench, may hold them). On exit the
+# cluster is stopped and $log and every path in $cleanup removed.
+cleanup=()
+start_cluster() {
+  port=$(free_port)
+  log=$(mktemp)
+  local offset=${LLMCLUSTER_PORT_OFFSET:-$((2000 + RANDOM % 40 * 100))}
+  $llmctl up --model "$model" --port "$port" --port-offset "$offset" >"$log" 2>&1 &
+  up=$!
+  trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$log" "${cleanup[@]}"' EXIT
+  wait_up "$log"
+}

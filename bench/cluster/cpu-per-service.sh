@@ -10,13 +10,9 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 repeats=${2:-3}
 n=${3:-6}
 source bench/cluster/common.sh
-prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $repeats)")
-port=$(free_port); log=$(mktemp); out=$(mktemp)
-offset=${LLMCLUSTER_PORT_OFFSET:-$((2000 + RANDOM % 40 * 100))}
-$llmctl up --model "$model" --port "$port" --port-offset "$offset" >"$log" 2>&1 &
-up=$!
-trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log" "$out"' EXIT
-wait_up "$log"
+prompt=$(bench_prompt "$repeats")
+out=$(mktemp); cleanup=("$out")
+start_cluster
 # "role cpu-ticks" for every service process `up` started.
 cpu() { for p in $(pgrep -P $up); do echo "$(tr '\0' ' ' </proc/$p/cmdline | grep -oE 'serve [a-z]+' | cut -c7-) $(awk '{print $14+$15}' /proc/$p/stat)"; done; }
 metrics() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url" | grep -E "^llm_(prefill|time_to_first_token)_seconds_(sum|count)"; done; }

@@ -12,26 +12,19 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 pairs=${2:-5}
 repeats=${3:-3}
 source bench/cluster/common.sh
-prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $repeats)")
+prompt=$(bench_prompt "$repeats")
 prompt_tokens=$((repeats * 236 / 3))
 
-port=$(free_port)
-log=$(mktemp)
-offset=${LLMCLUSTER_PORT_OFFSET:-$((2000 + RANDOM % 40 * 100))}
-$llmctl up --model "$model" --port "$port" --port-offset "$offset" >"$log" 2>&1 &
-up=$!
-work=$(mktemp -d)
-trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$log" "$work"' EXIT
-wait_up "$log"
+work=$(mktemp -d); cleanup=("$work")
+start_cluster
 args=(--endpoint "http://127.0.0.1:$port" --prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 $llmctl generate "${args[@]}" >/dev/null   # the cluster's own first request (connections, JIT)
 
-in_process() { $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"; }
-in_process "$work/local-0.json"
+in_process_json "$work/local-0.json"
 for i in $(seq 1 "$pairs"); do
   # Each client process's first request compiles its per-token code: only its second is kept.
   $llmctl generate "${args[@]}" --repeat 2 | tail -n 1 >"$work/cluster-$i.json"
-  in_process "$work/local-$i.json"
+  in_process_json "$work/local-$i.json"
 done
 echo "== $pairs cluster requests of $prompt_tokens prompt tokens and 64 greedy tokens, each against the mean of the in-process runs before and after it (load $(cut -d' ' -f1-3 /proc/loadavg))"
 python3 - "$work" "$pairs" <<'PY'

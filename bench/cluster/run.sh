@@ -10,39 +10,31 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 requests=${2:-5}
 repeats=${3:-3}
 source bench/cluster/common.sh
-prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $repeats)")
+prompt=$(bench_prompt "$repeats")
 prompt_tokens=$((repeats * 236 / 3))
 args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 
 echo "== in-process engine, warm (llmctl bench: best of 3 prefills, median decode step)"
 # The in-process run into FILE, and its line.
 in_process() {
-  $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"
+  in_process_json "$1"
   python3 -c 'import json,sys
 r=json.load(open(sys.argv[1]))
 print("%sprompt tokens %d; TTFT %.1f ms (median of 3: %.1f ms); TPOT median %.2f ms (mean step %.2f ms)" % (sys.argv[2], r["prefill_tokens"], r["prefill_tokens"]/r["prefill_tokens_per_s"]*1e3, r["prefill_median_ms"], r["decode_median_step_ms"], 1e3/r["decode_tokens_per_s"]))' "$1" "$2"
 }
-local_json=$(mktemp)
+local_json=$(mktemp); local_json2=$(mktemp); before=$(mktemp); after=$(mktemp); out=$(mktemp)
+cleanup=("$local_json" "$local_json2" "$before" "$after" "$out")
 in_process "$local_json" ""
 
-port=$(free_port)
-log=$(mktemp)
-# The other services' ports too, off the defaults: another cluster (a test run, a second bench) may hold them.
-offset=${LLMCLUSTER_PORT_OFFSET:-$((2000 + RANDOM % 40 * 100))}
-$llmctl up --model "$model" --port "$port" --port-offset "$offset" >"$log" 2>&1 &
-up=$!
-trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -f "$log"' EXIT
-wait_up "$log"
+start_cluster
 echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up (and the client's own first request)"
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
 # Every service's /metrics, scraped before and after the measured requests: what they report is the
 # difference, so the warm-up (a cold connection and first calls: its KV get took 0.5 s) is not in it.
 scrape() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url" | sed "s|^|$url |"; done; }
-before=$(mktemp); after=$(mktemp)
 # The measured requests come from one client process (--repeat), its first request unmeasured: a new
 # process per request spent 4.8-7.9 ms of CPU per token compiling its per-token code, on the cores the
 # decode step runs on (bench/RESULTS.md, issue 17). The metrics are scraped once that first one is done.
-out=$(mktemp)
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat $((requests + 1)) >"$out" &
 client=$!
 until [ "$(wc -l <"$out")" -ge 1 ] || ! kill -0 "$client" 2>/dev/null; do sleep 0.02; done
@@ -51,7 +43,6 @@ wait "$client"
 scrape >"$after"
 # The in-process run again, the cluster idle: the machine's speed drifts (other work, clocks), and the
 # ratios below use the mean of the runs before and after the cluster's.
-local_json2=$(mktemp)
 in_process "$local_json2" "in-process again, after the cluster's requests: "
 tail -n +2 "$out" | python3 -c 'import json,sys,statistics as st
 rows=[json.loads(l) for l in sys.stdin]
@@ -61,7 +52,6 @@ print("TTFT median %.1f ms; TPOT median %.2f ms; second token (client) median %.
 best = st.mean([l["prefill_tokens"]/l["prefill_tokens_per_s"]*1e3 for l in locals_]); median = st.mean([l["prefill_median_ms"] for l in locals_])
 step = st.mean([l["decode_median_step_ms"] for l in locals_]); mean = st.mean([1e3/l["decode_tokens_per_s"] for l in locals_])
 print("cluster / in-process (mean of the runs before and after): TTFT %.2fx the best prefill, %.2fx the median; TPOT %.2fx the median step, %.2fx the mean step" % (ttft/best, ttft/median, tpot/step, tpot/mean))' "$local_json" "$local_json2"
-rm -f "$out" "$local_json" "$local_json2"
 # The decode worker's own step time (llm_decode_step_seconds, the batched forward pass alone): the
 # cluster's TPOT is that plus the per-token path plus the wait for the KV before the first decode step
 # (between the first and second token; with the gateway's --kv-prefetch the get runs during prefill),
