@@ -55,7 +55,7 @@ if (args is ["q8p", var qrArg, var qkArg, var qnArg, var qrepsArg])
             for (int j = 0; j < n; j++) Quantize.Row(WeightType.Q8_0, ws.AsSpan(j * k, k), q + (long)j * blocks * 34);
             Q8Interleaved.Pack(q, n, blocks, pk);
             for (int r = 0; r < rows; r++) Quantize.ActivationRow(xs.AsSpan(r * k, k), xqp + r * blocks * 32, xdp + r * blocks);
-            for (int i = 0; i < rows * blocks; i++) { int s = 0; for (int c = 0; c < 32; c++) s += xq[i * 32 + c]; xc[i] = -128 * s; }
+            for (int i = 0; i < rows * blocks; i++) xc[i] = -128 * Quantize.BlockSum(xqp + i * 32);
             Q8Interleaved.UseAvx2 = false;
             Q8Interleaved.Range(pk, xqp, xdp, xcp, yr, rows, blocks, n, 0, n);
             Q8Interleaved.UseAvx2 = true;

@@ -2,7 +2,7 @@ using System.Numerics.Tensors;
 
 namespace Cluster.Engine.Kernels;
 
-/// <summary>Prefill-sized products with weights in any stored format, through OpenBLAS.</summary>
+/// <summary>Prefill-sized products of bf16/fp16 weights, through OpenBLAS.</summary>
 internal static unsafe class DequantGemm
 {
     /// <summary>y[rows, outDim] = x[rows, k] · w^T for bf16/fp16 weights (any row format
