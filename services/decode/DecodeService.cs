@@ -453,10 +453,12 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     }
 
     /// <summary>A checkpoint this worker wrote (tests and the bench read them).</summary>
-    /// <param name="Delta">Sent as the changes since the previous version, not the whole cache.</param>
+    /// <param name="Delta">Sent as the changes since an earlier version, not the whole cache.</param>
+    /// <param name="BaseTokenCount">A delta's base: the tokens of the version it changes (usually the previous
+    /// checkpoint; the one before when this was captured while that one's put was starting).</param>
     /// <param name="MessageBytes">Every byte of the put's messages (K/V data, positions, headers).</param>
     /// <param name="WholeBytes">K/V bytes of the whole cache at this checkpoint (what a whole put sends as data).</param>
-    public sealed record CheckpointRecord(string SessionId, int TokenCount, long Version, bool Delta, long MessageBytes, long DataBytes, long WholeBytes, TimeSpan Elapsed);
+    public sealed record CheckpointRecord(string SessionId, int TokenCount, long Version, bool Delta, int BaseTokenCount, long MessageBytes, long DataBytes, long WholeBytes, TimeSpan Elapsed);
 
     private readonly ConcurrentQueue<CheckpointRecord> _checkpoints = new();
     private long _checkpointsCoalesced, _deltasRefused;
@@ -477,8 +479,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     }
 
     /// <summary>
-    /// One Decode call's checkpoint bookkeeping. Checkpoints are captured on the batch thread (a copy,
-    /// so the sequence can go on) and written to the cache manager by one pump per call, off the token
+    /// One Decode call's checkpoint bookkeeping. Checkpoints are captured on the batch thread (what is
+    /// to be sent, copied, so the sequence can go on) and written to the cache manager by one pump per call, off the token
     /// path: at most one put of a sequence is in flight, and a capture made while one is (or while the
     /// pump waits for its tokens to be written) replaces any capture still waiting, so a slow cache
     /// manager costs checkpoint freshness, never memory or the stream. A newer version therefore never
@@ -487,10 +489,13 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
     /// a restart still asks the cache manager for a version not ahead of what the gateway received
     /// (GetBlocksRequest.max_token_count), since written is not yet received when a worker dies.
     /// <para>
-    /// Incremental (issue 17): the call keeps the last version it knows the cache manager holds as it
-    /// was sent (the one it loaded, or its own last put when the cache manager stored it uncompressed)
-    /// and sends only the tokens that changed or came since (<see cref="KvDelta"/>), with that base's
-    /// version; when the cache manager no longer holds the base it says so and the whole cache goes.
+    /// Incremental (issue 17): each capture is a delta (<see cref="KvDelta"/>) against the digest of the
+    /// capture the pump took last (or of the KV the call loaded), made from the live cache so that only
+    /// the rows sent are copied; it is written with the version the cache manager stored its base as,
+    /// which the base's own put tells. When that base was not stored as sent (its put failed, or the
+    /// cache manager compressed it on arrival, or no longer holds it and refuses the delta), the
+    /// captures made on it are dropped and the next capture is the whole cache: a lost checkpoint costs
+    /// only re-computation on a restart, as it always did.
     /// </para>
     /// </summary>
     private sealed class DecodeCall(DecodeService service, GrpcChannel cacheManager, KvHandle handle, string checkpointSession, int every, int delivered, CancellationToken callAborted)
@@ -499,28 +504,39 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
         private readonly Lock _lock = new();
         private Capture? _next;     // captured, not yet taken by the pump
         private bool _pumping;
-        private Base? _base;        // touched by the pump only (and SetBase before the first token)
+        private Base? _base;        // what the next capture diffs against (under _lock: set by the pump and SetBase, cleared by Preempted)
+        private int _epoch;         // raised (under _lock) when the captures made on _base cannot be written as deltas
+        private float[] _scratch = []; // the batch thread's host buffer for reading one head of the cache
         private int _sinceCheckpoint;
         private int _delivered = delivered;
         private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
         // Whether the final checkpoint's put was announced (CacheManager.ReservePut) before it streams.
         private readonly TaskCompletionSource<bool> _finalReserved = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        private sealed record Capture(PutHeader Header, List<KvLayerBlock> Blocks, int Covered, bool Final);
+        /// <summary>A checkpoint captured on the batch thread: the whole cache (<paramref name="Blocks"/>) or a
+        /// delta on <paramref name="On"/> (<paramref name="Layers"/>); <paramref name="Digest"/> is the captured cache's.</summary>
+        private sealed record Capture(PutHeader Header, List<KvLayerBlock>? Blocks, Base? On, List<KvLayerDelta>? Layers, KvDigest Digest,
+            long WholeBytes, int Covered, bool Final);
 
-        private sealed record Base(KvDigest Digest, long Version, int TokenCount);
+        /// <summary>A cache a delta can be made against: its digest, and the version the cache manager stored it
+        /// as (0 when it did not store it as it was sent), known once its put has ended.</summary>
+        private sealed record Base(KvDigest Digest, int TokenCount, Task<long> Version);
 
         /// <summary>
-        /// Batch thread: the sequence was preempted (its blocks and cache dropped, to be recomputed). The
-        /// delta base is a whole copy of its KV: kept, every preempted stream would hold its KV outside the
-        /// pool (64 streams against a pool of 8 grew the worker's GC heap past its bound). Its next
-        /// checkpoint goes whole. The pump may be writing meanwhile: at worst it sets a newer base, which
-        /// is as valid.
+        /// Batch thread: the sequence was preempted (its blocks and cache dropped, to be recomputed): its
+        /// next checkpoint goes whole. The pump may take a capture meanwhile: then the next diffs against
+        /// that one, which is as valid.
         /// </summary>
-        public void Preempted() => _base = null;
+        public void Preempted()
+        {
+            lock (_lock) _base = null;
+        }
 
         /// <summary>The whole cache the cache manager holds as <paramref name="version"/> (what this call loaded).</summary>
-        public void SetBase(KvDigest loaded, long version, int tokenCount) => _base = new Base(loaded, version, tokenCount);
+        public void SetBase(KvDigest loaded, long version, int tokenCount)
+        {
+            lock (_lock) _base = new Base(loaded, tokenCount, Task.FromResult(version));
+        }
 
         /// <summary>The handler wrote the output's first <paramref name="tokens"/> tokens to the gateway.
         /// Per token: a new completion source only while a checkpoint waits for delivery.</summary>
@@ -559,7 +575,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             if (++_sinceCheckpoint < every && chunk.Finish is null) return;
             _sinceCheckpoint = 0;
             var model = service._host.Model!;
-            var blocks = Enumerable.Range(0, model.Config.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l)).ToList();
+            long whole = seq.Cache.Layers.Sum(l => (long)l.Lengths.Sum() * l.HeadDim) * 2 * service._options.KvPrecision.Bytes();
             var header = new PutHeader
             {
                 SessionId = checkpointSession,
@@ -570,14 +586,33 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 OutputIndex = seq.Generated.Count,
             };
             int covered = seq.Generated.Count - 1; // every generated token but the newest is in the cache
-            lock (_lock)
+            while (true)
             {
-                if (_next is not null) Interlocked.Increment(ref service._checkpointsCoalesced);
-                _next = new Capture(header, blocks, covered, chunk.Finish is not null);
-                if (!_pumping)
+                Base? on;
+                int epoch;
+                lock (_lock) (on, epoch) = (_base, _epoch);
+                // Against a base, the delta is made here from the live cache, copying only the rows it sends;
+                // without one the whole cache is copied.
+                List<KvLayerDelta>? layers = null;
+                List<KvLayerBlock>? blocks = null;
+                KvDigest digest;
+                if (on is not null) layers = KvDelta.Diff(on.Digest, model.Backend, seq.Cache, ref _scratch, out digest);
+                else
                 {
-                    _pumping = true;
-                    _ = Task.Run(PumpAsync); // ends when no capture waits; it logs its own failures
+                    blocks = [.. Enumerable.Range(0, model.Config.Layers).Select(l => KvCacheSnapshot.Capture(model.Backend, seq.Cache, l))];
+                    digest = KvDigest.Of(blocks, model.Config.HeadDim);
+                }
+                lock (_lock)
+                {
+                    if (epoch != _epoch) continue; // the base went away meanwhile: capture again, whole
+                    if (_next is not null) Interlocked.Increment(ref service._checkpointsCoalesced);
+                    _next = new Capture(header, blocks, on, layers, digest, whole, covered, chunk.Finish is not null);
+                    if (!_pumping)
+                    {
+                        _pumping = true;
+                        _ = Task.Run(PumpAsync); // ends when no capture waits; it logs its own failures
+                    }
+                    return;
                 }
             }
         }
@@ -588,6 +623,7 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
             while (true)
             {
                 Capture c;
+                var stored = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
                 lock (_lock)
                 {
                     if (_next is null)
@@ -597,7 +633,10 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                     }
                     c = _next;
                     _next = null;
+                    // The captures from now on diff against this one: it is written next, before them.
+                    _base = new Base(c.Digest, c.Header.TokenCount, stored.Task);
                 }
+                long version = 0;
                 try
                 {
                     await WaitDelivered(c.Covered);
@@ -605,52 +644,57 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                     // cache manager ends the reservation when this put ends; it waits for that call
                     // (quick: the handler makes it as soon as it sees the last chunk).
                     if (c.Final) c.Header.Reserved = await _finalReserved.Task.WaitAsync(callAborted);
-                    await WriteAsync(c);
+                    version = await WriteAsync(c);
                 }
                 catch (Exception e)
                 {
                     // A lost checkpoint costs only re-computation on a restart; the stream goes on.
-                    _base = null; // what the cache manager holds is unknown now: the next goes whole
                     service._logger.LogWarning("checkpoint of session {Session} failed: {Message}", checkpointSession, e.Message);
+                }
+                finally
+                {
+                    stored.TrySetResult(version);
+                    // Not stored as sent: what the cache manager holds is unknown. A delta waiting or being
+                    // made could be refused too: the one waiting is dropped, the one being made is made
+                    // again, whole, and so is the next.
+                    if (version == 0)
+                        lock (_lock)
+                        {
+                            _epoch++;
+                            _base = null;
+                            if (_next?.On is not null) _next = null;
+                        }
                 }
             }
         }
 
-        private async Task WriteAsync(Capture c)
+        /// <summary>Puts the capture; the version the cache manager stored it as, or 0 when it did not store it as sent.</summary>
+        private async Task<long> WriteAsync(Capture c)
         {
             var sw = Stopwatch.StartNew();
-            var precision = service._options.KvPrecision;
-            long whole = c.Blocks.Sum(b => ((long)b.Keys.Length + b.Values.Length) * precision.Bytes());
-            PutBlocksResponse? response = null;
-            long data = 0, messages = 0;
-            bool delta = false;
-            KvDigest? digest = null; // the captured blocks', made by the diff
-            if (_base is { } b)
+            PutBlocksResponse response;
+            long data, messages;
+            if (c.On is { } on)
             {
+                long baseVersion = await on.Version;
+                if (baseVersion == 0) return 0; // made on a capture that was not stored: dropped
                 var header = c.Header.Clone();
-                header.BaseVersion = b.Version;
-                header.BaseTokenCount = b.TokenCount;
-                var deltas = KvDelta.Diff(b.Digest, c.Blocks, service._host.Config.HeadDim, out digest);
-                (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, header, deltas.Select(d => (d.Sent, (int[][]?)d.Removed)).ToList(), CancellationToken.None);
-                delta = !response.BaseMissing;
+                header.BaseVersion = baseVersion;
+                header.BaseTokenCount = on.TokenCount;
+                (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, header, c.Layers!.Select(x => (x.Sent, (int[][]?)x.Removed)).ToList(), CancellationToken.None);
                 if (response.BaseMissing)
                 {
+                    // Released, evicted or restarted without a spill: the base is gone.
                     Interlocked.Increment(ref service._deltasRefused);
-                    response = null;
+                    service._logger.LogInformation("the cache manager no longer holds version {Version} of session {Session}: the next checkpoint goes whole", baseVersion, checkpointSession);
+                    return 0;
                 }
             }
-            if (response is null)
-            {
-                long refused = messages;
-                (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, c.Header, c.Blocks.Select(x => (x, (int[][]?)null)).ToList(), CancellationToken.None);
-                messages += refused;
-            }
-            // The next delta's base: this version, if the cache manager kept it as sent (a put over the
-            // policy's budget is compressed on arrival, and then it holds something else).
-            _base = response.Kv is { Version: > 0 } kv && response.KeptTokens == c.Blocks[0].Positions.Max(p => p.Length)
-                ? new Base(digest ?? KvDigest.Of(c.Blocks, service._host.Config.HeadDim), kv.Version, c.Header.TokenCount) : null;
-            service.Record(new CheckpointRecord(checkpointSession, c.Header.TokenCount, response.Kv?.Version ?? 0, delta, messages, data, whole, sw.Elapsed));
+            else (response, data, messages) = await KvTransfer.PutCountedAsync(cacheManager, c.Header, c.Blocks!.Select(x => (x, (int[][]?)null)).ToList(), CancellationToken.None);
+            service.Record(new CheckpointRecord(checkpointSession, c.Header.TokenCount, response.Kv?.Version ?? 0, c.On is not null, c.On?.TokenCount ?? 0, messages, data, c.WholeBytes, sw.Elapsed));
             _written.Enqueue(response.Kv!);
+            // A put over the policy's budget is compressed on arrival: then the cache manager holds something else.
+            return response.Kv is { Version: > 0 } kv && response.KeptTokens == c.Digest.Layers[0].Positions.Max(p => p.Length) ? kv.Version : 0;
         }
 
         /// <summary>

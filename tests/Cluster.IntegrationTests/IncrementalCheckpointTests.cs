@@ -43,14 +43,15 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         Assert.Equal(expected.Ids, got.Ids);
         var records = await FinalCheckpointAsync(decode, prompt.Length + got.Ids.Count - 1);
         Assert.Equal(0, decode.DeltasRefused);
-        int before = prompt.Length; // the first delta's base: the prompt's KV that decode loaded
         int small = 0;
-        var report = string.Join("; ", records.Select(r => $"{r.TokenCount} tokens: {(r.Delta ? "delta" : "whole")} {r.MessageBytes} of {r.WholeBytes}"));
+        var report = string.Join("; ", records.Select(r => $"{r.TokenCount} tokens: {(r.Delta ? $"delta on {r.BaseTokenCount}" : "whole")} {r.MessageBytes} of {r.WholeBytes}"));
         output.WriteLine(report);
+        Assert.Equal(prompt.Length, records[0].BaseTokenCount); // the first delta's base: the prompt's KV that decode loaded
         foreach (var r in records)
         {
             Assert.True(r.Delta, report);
-            int fresh = r.TokenCount - before;
+            Assert.Contains(r.BaseTokenCount, records.Select(x => x.TokenCount).Where(t => t < r.TokenCount).Prepend(prompt.Length));
+            int before = r.BaseTokenCount, fresh = r.TokenCount - before;
             // A sink_window frame wrap (once every `budget` evictions) turns every key: that checkpoint is whole-sized.
             bool wrapped = budget > 0 && (r.TokenCount - budget) / budget != (before - budget) / budget;
             long bound = (long)(fresh + sinks) * BytesPerToken                 // the new tokens' K and V, the sinks re-rotated
@@ -64,7 +65,6 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
                 small++;
             }
             else Assert.True(r.MessageBytes <= r.WholeBytes + bound, report);
-            before = r.TokenCount;
         }
         // Under load checkpoints coalesce (one in flight, newer captures replace the waiting one): a CI run
         // at load 15 saw 166 then 249 tokens. One 16-token delta is enough to judge; 160 tokens give ten chances.
@@ -74,7 +74,7 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
     }
 
     /// <summary>The cache manager loses the base mid-stream (released here, as an eviction without a spill
-    /// would): the next delta is refused, decode sends the whole cache, then deltas again on top of it,
+    /// would): the next delta is refused, decode sends the whole cache at its next checkpoint, then deltas again on top of it,
     /// and the stream is still the local run's.</summary>
     [SharedDataFact]
     public async Task A_refused_delta_is_followed_by_a_whole_checkpoint_and_the_stream_goes_on()

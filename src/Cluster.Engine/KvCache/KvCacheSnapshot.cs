@@ -42,7 +42,7 @@ public static class KvCacheSnapshot
 
     /// <summary>A window policy's fast path leaves slots in ring order (attention does not care); a block
     /// lists tokens in original order, as every consumer of blocks expects. Already ordered: no work.</summary>
-    private static void InOriginalOrder(int[] positions, Span<float> keys, Span<float> values, int hd)
+    public static void InOriginalOrder(int[] positions, Span<float> keys, Span<float> values, int hd)
     {
         int n = positions.Length;
         bool ordered = true;

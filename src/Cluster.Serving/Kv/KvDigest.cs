@@ -36,12 +36,11 @@ public sealed class KvDigest
         var values = new ulong[rows];
         for (int r = 0; r < rows; r++)
         {
-            keys[r] = RowHash(block.Keys, r, headDim);
-            values[r] = RowHash(block.Values, r, headDim);
+            keys[r] = RowHash(block.Keys.AsSpan(r * headDim, headDim));
+            values[r] = RowHash(block.Values.AsSpan(r * headDim, headDim));
         }
         return new Layer(block.Layer, block.Positions, keys, values);
     }
 
-    internal static ulong RowHash(float[] data, int row, int headDim) =>
-        XxHash3.HashToUInt64(MemoryMarshal.AsBytes(data.AsSpan(row * headDim, headDim)));
+    internal static ulong RowHash(ReadOnlySpan<float> row) => XxHash3.HashToUInt64(MemoryMarshal.AsBytes(row));
 }
