@@ -107,14 +107,16 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         output.WriteLine(report);
         Assert.True(releasedAfter > 0 && releasedAfter < records.Count, $"released after {releasedAfter} checkpoints; {report}");
         Assert.Equal(1, decode.DeltasRefused);
-        // Before the release: deltas; the first after it: whole (a new version 1 of the session); then deltas on it again.
+        // Before the release: deltas; the first after it: whole (a new version 1 of the session); then deltas on it
+        // again. A capture made while the first whole one still waited for the pump has no base yet: whole too.
         Assert.All(records.Take(releasedAfter), r => Assert.True(r.Delta, report));
-        var whole = Assert.Single(records, r => !r.Delta);
-        Assert.Equal(1, whole.Version);
-        Assert.True(records.SkipWhile(r => r.Delta).Skip(1).All(r => r.Delta), report);
-        Assert.True(records.SkipWhile(r => r.Delta).Skip(1).Any(), report);
+        var wholes = records.SkipWhile(r => r.Delta).TakeWhile(r => !r.Delta).ToList();
+        Assert.InRange(wholes.Count, 1, 2);
+        Assert.Equal(1, wholes[0].Version);
+        Assert.True(records.SkipWhile(r => r.Delta).Skip(wholes.Count).All(r => r.Delta), report);
+        Assert.True(records.SkipWhile(r => r.Delta).Skip(wholes.Count).Any(), report);
         // The cache manager's newest version holds what the last checkpoint covered.
-        using var stored = new LlmCluster.V1.CacheManager.CacheManagerClient(cm).GetBlocks(new GetBlocksRequest { SessionId = whole.SessionId });
+        using var stored = new LlmCluster.V1.CacheManager.CacheManagerClient(cm).GetBlocks(new GetBlocksRequest { SessionId = wholes[0].SessionId });
         await foreach (var item in stored.ResponseStream.ReadAllAsync())
         {
             Assert.Equal(records[^1].TokenCount, item.Kv.TokenCount);

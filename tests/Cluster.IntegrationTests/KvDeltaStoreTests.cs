@@ -8,7 +8,8 @@ namespace Cluster.IntegrationTests;
 
 /// <summary>Issue 17, incremental checkpoints at the cache manager's store: a base plus deltas gives
 /// exactly what a whole put of the same cache gives, a delta only lands on the version it was computed
-/// from, and deltas are folded in on arrival so memory stays what whole versions take.</summary>
+/// from, and checkpoints are kept as their changes to the first version, so memory grows by what
+/// changed, never past what whole versions take.</summary>
 public sealed class KvDeltaStoreTests
 {
     private static readonly KvShape Shape = new(2, 3, 4, new RopeTable(4, 10000, RopeLayout.Halves));
@@ -198,7 +199,7 @@ public sealed class KvDeltaStoreTests
     }
 
     [Fact]
-    public void Folding_deltas_in_keeps_memory_at_the_whole_versions_kept()
+    public void Checkpoints_kept_as_changes_never_take_more_than_the_whole_versions_kept()
     {
         using var store = new KvSessionStore(1 << 26, TimeSpan.FromHours(1));
         var cache = new FakeCache();
@@ -216,13 +217,46 @@ public sealed class KvDeltaStoreTests
             var next = cache.Capture();
             v = store.PutDelta("s", Shape, "sink_window(4,60)", cache.TokensSeen, v.Version, v.TokensSeen, WireDelta(KvDelta.Diff(previous, next, Shape.HeadDim), KvPrecision.Fp32), true, step).Kv;
             previous = next;
-            Assert.Equal(BytesOf(Wire(next, KvPrecision.Fp32)), v.Bytes);
-            // The first version (the prompt's) and the last VersionsKept, each a whole cache: no chain of deltas grows.
+            // A sink_window's changes to the first version are at most its whole window: no chain of deltas grows.
+            Assert.InRange(v.Bytes, 1, BytesOf(Wire(next, KvPrecision.Fp32)));
             Assert.True(store.Bytes <= (KvSessionStore.VersionsKept + 1) * first, $"step {step}: {store.Bytes} bytes held");
         }
         Assert.Equal(201, v.Version);
         Assert.Equal(Shape.Layers * (KvSessionStore.VersionsKept + 1), store.Blocks);
         KvTestData.AssertSameBits(Wire(previous, KvPrecision.Fp32), store.Get("s")!.Layers);
+    }
+
+    [Fact]
+    public void A_dense_streams_checkpoints_take_the_tokens_it_added_not_a_cache_each()
+    {
+        using var store = new KvSessionStore(1 << 26, TimeSpan.FromHours(1));
+        var cache = new FakeCache();
+        cache.Append(400, 0); // the prompt
+        var previous = cache.Capture();
+        var v = store.Put("s", Shape, "dense", cache.TokensSeen, Wire(previous, KvPrecision.Fp32), false, 0).Kv;
+        long prompt = store.Bytes, perToken = prompt / 400;
+        var versions = new List<(long Version, List<KvLayerBlock> Blocks)> { (v.Version, previous) };
+        for (int step = 1; step <= 8; step++)
+        {
+            cache.Append(16, step);
+            var next = cache.Capture();
+            v = store.PutDelta("s", Shape, "dense", cache.TokensSeen, v.Version, v.TokensSeen, WireDelta(KvDelta.Diff(previous, next, Shape.HeadDim), KvPrecision.Fp32), true, step).Kv;
+            Assert.Equal(16 * step * perToken, v.Bytes); // the tokens generated so far
+            Assert.Equal(400 + 16 * step, v.KeptTokens);
+            versions.Add((v.Version, next));
+            previous = next;
+        }
+        // The prompt's version and the last VersionsKept checkpoints' generated tokens (96, 112 and 128 of them);
+        // materialized, those three would be caches of 496-528 tokens each.
+        Assert.Equal(3, KvSessionStore.VersionsKept);
+        Assert.Equal(prompt + (96 + 112 + 128) * perToken, store.Bytes);
+        // Each kept version reads back whole, bit for bit; the dropped ones are gone.
+        foreach (var (version, blocks) in versions)
+        {
+            var got = store.Get("s", version);
+            if (version is 1 or >= 7) KvTestData.AssertSameBits(Wire(blocks, KvPrecision.Fp32), got!.Layers);
+            else Assert.Null(got);
+        }
     }
 }
 

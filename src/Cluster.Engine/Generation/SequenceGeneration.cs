@@ -59,6 +59,9 @@ public sealed class SequenceGeneration : IDisposable
     /// <summary>Tokens generated so far.</summary>
     public IReadOnlyList<int> Generated => State.Generated;
 
+    /// <summary>Tokens the sequence may still generate (max_tokens less those it has).</summary>
+    public int TokensLeft => Math.Max(0, _p.MaxTokens - State.Step);
+
     /// <summary>The last sampled token, not yet run through the model (its KV is not in the cache).</summary>
     public int? Pending { get; private set; }
 

@@ -147,78 +147,124 @@ public static class KvDelta
     /// base's token at the same position. Throws <see cref="InvalidRequestException"/> for a delta that
     /// does not fit the base (a removed token it lacks, positions out of order, a layer missing or twice).
     /// </summary>
-    public static WireKvBlock[] Apply(IReadOnlyList<WireKvBlock> baseLayers, IReadOnlyList<(WireKvBlock Sent, int[][] Removed)> deltas, int headDim)
+    public static WireKvBlock[] Apply(IReadOnlyList<WireKvBlock> baseLayers, IReadOnlyList<(WireKvBlock Sent, int[][] Removed)> deltas, int headDim) =>
+        Merge(baseLayers, null, deltas, headDim, whole: true, out _).Select(x => x.Sent).ToArray();
+
+    /// <summary>
+    /// <paramref name="second"/> (a delta on the cache <paramref name="first"/> makes of <paramref name="baseLayers"/>)
+    /// and <paramref name="first"/> as one delta on <paramref name="baseLayers"/>: the tokens either sent (the
+    /// second's rows where both did) and the base's tokens gone. What the cache manager keeps of a checkpoint
+    /// instead of the whole cache it describes: its cost is the tokens that changed since the base, not the cache.
+    /// Validates <paramref name="second"/> as <see cref="Apply"/> does. With no <paramref name="first"/>, the
+    /// second alone, validated and copied. <paramref name="mostTokens"/>: per layer, the most tokens a head of the result keeps.
+    /// </summary>
+    public static (WireKvBlock Sent, int[][] Removed)[] Compose(IReadOnlyList<WireKvBlock> baseLayers, IReadOnlyList<(WireKvBlock Sent, int[][] Removed)>? first,
+        IReadOnlyList<(WireKvBlock Sent, int[][] Removed)> second, int headDim, out int[] mostTokens) =>
+        Merge(baseLayers, first, second, headDim, whole: false, out mostTokens);
+
+    /// <summary>Where a kept token's row comes from: the base, the first delta or the second.</summary>
+    private readonly record struct Row(int Position, byte Source, int Index);
+
+    private static (WireKvBlock Sent, int[][] Removed)[] Merge(IReadOnlyList<WireKvBlock> baseLayers, IReadOnlyList<(WireKvBlock Sent, int[][] Removed)>? first,
+        IReadOnlyList<(WireKvBlock Sent, int[][] Removed)> second, int headDim, bool whole, out int[] mostTokens)
     {
-        var result = new WireKvBlock[baseLayers.Count];
-        foreach (var (sent, removed) in deltas)
+        mostTokens = new int[baseLayers.Count];
+        var result = new (WireKvBlock Sent, int[][] Removed)[baseLayers.Count];
+        foreach (var (sent, removed) in second)
         {
-            if ((uint)sent.Layer >= result.Length || result[sent.Layer] is not null) throw new InvalidRequestException($"delta for layer {sent.Layer} is out of range or sent twice");
+            if ((uint)sent.Layer >= result.Length || result[sent.Layer].Sent is not null) throw new InvalidRequestException($"delta for layer {sent.Layer} is out of range or sent twice");
             var b = baseLayers.FirstOrDefault(x => x.Layer == sent.Layer) ?? throw new InvalidRequestException($"the base has no layer {sent.Layer}");
             if (sent.Precision != b.Precision) throw new InvalidRequestException($"layer {sent.Layer}: delta in {sent.Precision.Name()}, base in {b.Precision.Name()}");
             int heads = b.Positions.Length;
             if (sent.Positions.Length != heads || removed.Length != heads) throw new InvalidRequestException($"layer {sent.Layer}: delta for {sent.Positions.Length} heads ({removed.Length} removed lists), the base has {heads}");
-            int row = headDim * sent.Precision.Bytes();
+            var f = first?.First(x => x.Sent.Layer == sent.Layer);
+            WireKvBlock[] sources = f is { } ff ? [b, ff.Sent, sent] : [b, sent];
             var positions = new int[heads][];
-            // First the merge (which row of which source each kept token takes), then one exact copy.
-            var rows = new List<(bool FromSent, int Row)>(b.Positions.Sum(p => p.Length) + sent.Positions.Sum(p => p.Length));
-            int bRow = 0, sRow = 0;
+            var gone = new int[heads][];
+            var rows = new List<Row>(b.Positions.Sum(p => p.Length) + sent.Positions.Sum(p => p.Length));
+            int[] offsets = new int[sources.Length]; // first row of the head in each source
             for (int h = 0; h < heads; h++)
             {
                 var bp = b.Positions[h];
-                var sp = sent.Positions[h];
-                var rp = removed[h];
                 for (int k = 1; k < bp.Length; k++)
                     if (bp[k] <= bp[k - 1]) throw new KvBaseMissingException($"layer {sent.Layer} head {h}: the base's positions are not ascending");
-                Ascending(sp, sent.Layer, h, "sent");
-                Ascending(rp, sent.Layer, h, "removed");
-                var kept = new List<int>(bp.Length + sp.Length);
-                int i = 0, j = 0, r = 0;
-                while (i < bp.Length || j < sp.Length)
+                var kept = new List<Row>(bp.Length);
+                for (int i = 0; i < bp.Length; i++) kept.Add(new Row(bp[i], 0, offsets[0] + i));
+                if (f is { } fd) kept = Step(kept, fd.Sent.Positions[h], fd.Removed[h], 1, offsets[1], sent.Layer, h);
+                kept = Step(kept, sent.Positions[h], removed[h], (byte)(sources.Length - 1), offsets[^1], sent.Layer, h);
+                mostTokens[sent.Layer] = Math.Max(mostTokens[sent.Layer], kept.Count);
+                if (whole) rows.AddRange(kept);
+                else
                 {
-                    bool fromBase = j == sp.Length || (i < bp.Length && bp[i] < sp[j]);
-                    if (fromBase)
-                    {
-                        if (r < rp.Length && rp[r] == bp[i]) { r++; i++; continue; } // gone
-                        if (r < rp.Length && rp[r] < bp[i]) throw new InvalidRequestException($"layer {sent.Layer} head {h}: removed position {rp[r]} is not in the base");
-                        kept.Add(bp[i]);
-                        rows.Add((false, bRow + i));
-                        i++;
-                    }
-                    else
-                    {
-                        if (i < bp.Length && bp[i] == sp[j])
-                        {
-                            if (r < rp.Length && rp[r] == bp[i]) throw new InvalidRequestException($"layer {sent.Layer} head {h}: position {sp[j]} both removed and sent");
-                            i++; // replaced
-                        }
-                        kept.Add(sp[j]);
-                        rows.Add((true, sRow + j));
-                        j++;
-                    }
+                    rows.AddRange(kept.Where(r => r.Source != 0));
+                    gone[h] = Gone(bp, kept);
                 }
-                if (r != rp.Length) throw new InvalidRequestException($"layer {sent.Layer} head {h}: removed position {rp[r]} is not in the base");
-                positions[h] = [.. kept];
-                bRow += bp.Length;
-                sRow += sp.Length;
+                positions[h] = whole ? [.. kept.Select(r => r.Position)] : [.. kept.Where(r => r.Source != 0).Select(r => r.Position)];
+                for (int s = 0; s < sources.Length; s++) offsets[s] += sources[s].Positions[h].Length;
             }
+            int row = headDim * sent.Precision.Bytes();
             var keys = new byte[(long)rows.Count * row];
             var values = new byte[(long)rows.Count * row];
             for (int k = 0; k < rows.Count;)
             {
                 // A run of consecutive rows of one source is one copy (a dense delta is two runs per head).
-                var (fromSent, first) = rows[k];
+                var (_, source, firstRow) = rows[k];
                 int n = 1;
-                while (k + n < rows.Count && rows[k + n].FromSent == fromSent && rows[k + n].Row == first + n) n++;
-                var src = fromSent ? sent : b;
-                src.Keys.AsSpan(first * row, n * row).CopyTo(keys.AsSpan(k * row));
-                src.Values.AsSpan(first * row, n * row).CopyTo(values.AsSpan(k * row));
+                while (k + n < rows.Count && rows[k + n].Source == source && rows[k + n].Index == firstRow + n) n++;
+                sources[source].Keys.AsSpan(firstRow * row, n * row).CopyTo(keys.AsSpan(k * row));
+                sources[source].Values.AsSpan(firstRow * row, n * row).CopyTo(values.AsSpan(k * row));
                 k += n;
             }
-            result[sent.Layer] = new WireKvBlock(sent.Layer, positions, sent.Precision, keys, values);
+            result[sent.Layer] = (new WireKvBlock(sent.Layer, positions, sent.Precision, keys, values), whole ? [] : gone);
         }
         for (int l = 0; l < result.Length; l++)
-            if (result[l] is null) throw new InvalidRequestException($"the delta has no block for layer {l} (send an empty one for an unchanged layer)");
+            if (result[l].Sent is null) throw new InvalidRequestException($"the delta has no block for layer {l} (send an empty one for an unchanged layer)");
         return result;
+    }
+
+    /// <summary>One head's kept tokens after a delta: <paramref name="removed"/> dropped, <paramref name="sent"/>
+    /// added or replacing the token at the same position (rows from <paramref name="source"/>, from <paramref name="offset"/>).</summary>
+    private static List<Row> Step(List<Row> current, int[] sent, int[] removed, byte source, int offset, int layer, int h)
+    {
+        Ascending(sent, layer, h, "sent");
+        Ascending(removed, layer, h, "removed");
+        var next = new List<Row>(current.Count + sent.Length);
+        int i = 0, j = 0, r = 0;
+        while (i < current.Count || j < sent.Length)
+        {
+            if (j == sent.Length || (i < current.Count && current[i].Position < sent[j]))
+            {
+                int p = current[i].Position;
+                if (r < removed.Length && removed[r] == p) { r++; i++; continue; } // gone
+                if (r < removed.Length && removed[r] < p) throw new InvalidRequestException($"layer {layer} head {h}: removed position {removed[r]} is not in the base");
+                next.Add(current[i++]);
+            }
+            else
+            {
+                if (i < current.Count && current[i].Position == sent[j])
+                {
+                    if (r < removed.Length && removed[r] == sent[j]) throw new InvalidRequestException($"layer {layer} head {h}: position {sent[j]} both removed and sent");
+                    i++; // replaced
+                }
+                next.Add(new Row(sent[j], source, offset + j));
+                j++;
+            }
+        }
+        if (r != removed.Length) throw new InvalidRequestException($"layer {layer} head {h}: removed position {removed[r]} is not in the base");
+        return next;
+    }
+
+    /// <summary>The base's positions no longer kept (both ascending).</summary>
+    private static int[] Gone(int[] basePositions, List<Row> kept)
+    {
+        var gone = new List<int>();
+        int k = 0;
+        foreach (int p in basePositions)
+        {
+            while (k < kept.Count && kept[k].Position < p) k++;
+            if (k == kept.Count || kept[k].Position != p) gone.Add(p);
+        }
+        return [.. gone];
     }
 
     private static void Ascending(int[] p, int layer, int head, string what)

@@ -15,8 +15,31 @@ public sealed record StoredKv(
     string SessionId, KvShape Shape, WireKvBlock[] Layers, int TokensSeen, string Policy, long Version,
     bool Checkpoint, int OutputIndex, int TokensReceived)
 {
+    /// <summary>
+    /// Set on a checkpoint the store keeps as its changes (issue 17): the whole version they apply to (the
+    /// session's first). <see cref="Layers"/> then hold only the tokens sent since that version, and
+    /// <see cref="Removed"/> its tokens gone, per layer and head; <see cref="Whole"/> is the cache itself.
+    /// The store hands out whole versions only.
+    /// </summary>
+    public StoredKv? Over { get; init; }
+    public int[][][]? Removed { get; init; }
+    private readonly int _keptTokens = -1;
+
     public long Bytes => Layers.Sum(l => l.DataBytes);
-    public int KeptTokens => Layers.Length == 0 ? 0 : Layers[0].MostTokens;
+
+    /// <summary>Tokens kept by the head of the first layer that keeps the most.</summary>
+    public int KeptTokens
+    {
+        get => _keptTokens >= 0 ? _keptTokens : Layers.Length == 0 ? 0 : Layers[0].MostTokens;
+        init => _keptTokens = value;
+    }
+
+    /// <summary>The changes as a delta on <see cref="Over"/>.</summary>
+    public (WireKvBlock Sent, int[][] Removed)[] Changes => [.. Layers.Select(l => (l, Removed![l.Layer]))];
+
+    /// <summary>This version as a whole cache (for one kept as changes, made now: a copy of the cache).</summary>
+    public StoredKv Whole() => Over is null ? this
+        : this with { Layers = KvDelta.Apply(Over.Layers, Changes, Shape.HeadDim), Over = null, Removed = null, KeptTokens = -1 };
 }
 
 /// <summary>Why a put was refused.</summary>
@@ -132,6 +155,12 @@ public sealed class KvSessionStore : IDisposable
             layers = Compress(shape, parsed, tokensSeen, layers);
         var elapsed = sw.Elapsed;
 
+        return (Store(sessionId, new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, 0, checkpoint, outputIndex, received), requiredBase), elapsed);
+    }
+
+    /// <summary>Stores <paramref name="kv"/> as the session's next version (numbered here).</summary>
+    private StoredKv Store(string sessionId, StoredKv kv, StoredKv? requiredBase)
+    {
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -141,8 +170,10 @@ public sealed class KvSessionStore : IDisposable
             var versions = inMemory ? old.Versions : _spill?.TryRead(sessionId) ?? [];
             if (requiredBase is { } rb && !versions.Any(v => v.Version == rb.Version && v.TokensSeen == rb.TokensSeen))
                 throw new KvBaseMissingException($"session '{sessionId}' lost version {rb.Version} while the delta on it was applied");
+            // Kept as changes to a first version that is no longer the session's (spilled and read back, or replaced): whole.
+            if (kv.Over is { } over && (versions.Count == 0 || !ReferenceEquals(versions[0], over))) kv = kv.Whole();
             long loaded = inMemory ? 0 : versions.Sum(v => v.Bytes);
-            var kv = new StoredKv(sessionId, shape, layers, tokensSeen, parsed.Name, versions.Count > 0 ? versions[^1].Version + 1 : 1, checkpoint, outputIndex, received);
+            kv = kv with { Version = versions.Count > 0 ? versions[^1].Version + 1 : 1 };
             // Drop the oldest checkpoint beyond the limit, never the first version (index 0).
             bool drop = versions.Count > VersionsKept;
             long freed = drop ? versions[1].Bytes : 0;
@@ -152,16 +183,19 @@ public sealed class KvSessionStore : IDisposable
             _bytes += loaded + kv.Bytes - freed;
             _sessions[sessionId] = (versions, Now);
             if (!inMemory) _spill?.Delete(sessionId);   // memory holds the newest now; the file would be stale
-            return (kv, elapsed);
+            return kv;
         }
     }
 
     /// <summary>
     /// An incremental checkpoint (issue 17): <paramref name="deltas"/> applied onto the stored version
     /// <paramref name="baseVersion"/> (which must cover <paramref name="baseTokenCount"/> tokens and have
-    /// this shape), then stored exactly as <see cref="Put"/> stores a whole cache: the result is a new
-    /// version holding the whole cache (deltas are folded in on arrival, so memory holds whole versions
-    /// only, as many as before, and a get or the spill sees no difference).
+    /// this shape), stored as a new version as <see cref="Put"/> stores a whole cache. A delta on the
+    /// session's first version, or on a version kept as changes to it, is kept as the changes to the
+    /// first version (<see cref="StoredKv.Over"/>: composed with the base's, so its cost is the tokens
+    /// changed since the first version, not the cache); it is made whole when read (a get, the spill).
+    /// Materializing every checkpoint on arrival had been 77 % of the cache manager's CPU in a 400-token
+    /// stream, most of it the kernel clearing fresh pages for each new copy (bench/RESULTS.md).
     /// </summary>
     /// <exception cref="KvBaseMissingException">The base version is not here (the writer sends the whole cache instead).</exception>
     public (StoredKv Kv, TimeSpan CompressionTime) PutDelta(string sessionId, KvShape shape, string policy, int tokensSeen, long baseVersion, int baseTokenCount,
@@ -169,13 +203,25 @@ public sealed class KvSessionStore : IDisposable
     {
         if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
         if (baseVersion <= 0) throw new InvalidRequestException($"base_version must be > 0 for a delta, got {baseVersion}");
-        var b = Get(sessionId, baseVersion);
+        var (b, first) = Find(sessionId, baseVersion, 0);
         if (b is null || b.TokensSeen != baseTokenCount)
             throw new KvBaseMissingException($"session '{sessionId}' has no version {baseVersion}" + (b is null ? "" : $" with {baseTokenCount} tokens (it has {b.TokensSeen})"));
         if ((b.Shape.Layers, b.Shape.KvHeads, b.Shape.HeadDim, b.Shape.Precision) != (shape.Layers, shape.KvHeads, shape.HeadDim, shape.Precision))
             throw new KvBaseMissingException($"session '{sessionId}' version {baseVersion} is stored as [{b.Shape.Layers}, {b.Shape.KvHeads}, {b.Shape.HeadDim}] {b.Shape.Precision.Name()}, the delta is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}] {shape.Precision.Name()}");
-        var whole = KvDelta.Apply(b.Layers, deltas, shape.HeadDim);
-        return Put(sessionId, shape, policy, tokensSeen, whole, checkpoint, outputIndex, requiredBase: b);
+        var over = b.Over ?? (ReferenceEquals(b, first) ? b : null);
+        if (over is null)
+            return Put(sessionId, shape, policy, tokensSeen, KvDelta.Apply(b.Layers, deltas, shape.HeadDim), checkpoint, outputIndex, requiredBase: b);
+        var changes = KvDelta.Compose(over.Layers, b.Over is null ? null : b.Changes, deltas, shape.HeadDim, out int[] most);
+        var parsed = Mapping.PolicyMapping.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
+        if (parsed.Budget is int budget && most.Max() > budget) // compressed on arrival: that takes the whole cache
+            return Put(sessionId, shape, policy, tokensSeen, KvDelta.Apply(over.Layers, changes, shape.HeadDim), checkpoint, outputIndex, requiredBase: b);
+        var kv = new StoredKv(sessionId, shape, [.. changes.Select(c => c.Sent)], tokensSeen, parsed.Name, 0, checkpoint, outputIndex, deltas[0].Sent.MostTokens)
+        {
+            Over = over,
+            Removed = [.. changes.Select(c => c.Removed)],
+            KeptTokens = most[0],
+        };
+        return (Store(sessionId, kv, requiredBase: b), TimeSpan.Zero);
     }
 
     /// <summary>
@@ -184,7 +230,10 @@ public sealed class KvSessionStore : IDisposable
     /// session is read back into memory (evicting others if need be); if memory cannot take it, it is
     /// served from the spill and stays there.
     /// </summary>
-    public StoredKv? Get(string sessionId, long version = 0, int maxTokens = 0)
+    public StoredKv? Get(string sessionId, long version = 0, int maxTokens = 0) => Find(sessionId, version, maxTokens).Kv?.Whole();
+
+    /// <summary>As <see cref="Get"/>, the version as stored (possibly as changes), and the session's first version.</summary>
+    private (StoredKv? Kv, StoredKv? First) Find(string sessionId, long version, int maxTokens)
     {
         lock (_lock)
         {
@@ -197,13 +246,13 @@ public sealed class KvSessionStore : IDisposable
                 versions = spilled;
                 long bytes = versions.Sum(v => v.Bytes);
                 try { MakeRoom(bytes, sessionId); }
-                catch (KvStoreFullException) { return Select(versions, version, maxTokens); }
+                catch (KvStoreFullException) { return (Select(versions, version, maxTokens), versions.FirstOrDefault()); }
                 _bytes += bytes;
                 _spill.Delete(sessionId);
             }
-            else return null;
+            else return (null, null);
             _sessions[sessionId] = (versions, Now);
-            return Select(versions, version, maxTokens);
+            return (Select(versions, version, maxTokens), versions.FirstOrDefault());
         }
     }
 
@@ -270,7 +319,7 @@ public sealed class KvSessionStore : IDisposable
         _sessions.Remove(id, out var e);
         _bytes -= e.Versions.Sum(v => v.Bytes);
         _evictions[(int)reason]++;
-        if (_spill is not null) _evictions[(int)KvEvictionReason.SpillFull] += _spill.Write(id, e.Versions);
+        if (_spill is not null) _evictions[(int)KvEvictionReason.SpillFull] += _spill.Write(id, [.. e.Versions.Select(v => v.Whole())]);
     }
 
     private static WireKvBlock[] Validate(KvShape shape, IReadOnlyList<WireKvBlock> blocks)
@@ -317,7 +366,7 @@ public sealed class KvSessionStore : IDisposable
             _disposed = true;
             if (_spill is not null)
                 foreach (var (id, e) in _sessions.OrderBy(s => s.Value.LastUsed).ThenBy(s => s.Key, StringComparer.Ordinal).ToList())
-                    _evictions[(int)KvEvictionReason.SpillFull] += _spill.Write(id, e.Versions);
+                    _evictions[(int)KvEvictionReason.SpillFull] += _spill.Write(id, [.. e.Versions.Select(v => v.Whole())]);
             _sessions.Clear();
             _bytes = 0;
         }
