@@ -215,7 +215,7 @@ public sealed class KvSessionStore : IDisposable
         var parsed = Mapping.PolicyMapping.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
         if (parsed.Budget is int budget && most.Max() > budget) // compressed on arrival: that takes the whole cache
             return Put(sessionId, shape, policy, tokensSeen, KvDelta.Apply(over.Layers, changes, shape.HeadDim), checkpoint, outputIndex, requiredBase: b);
-        var kv = new StoredKv(sessionId, shape, [.. changes.Select(c => c.Sent)], tokensSeen, parsed.Name, 0, checkpoint, outputIndex, deltas[0].Sent.MostTokens)
+        var kv = new StoredKv(sessionId, shape, [.. changes.Select(c => c.Sent)], tokensSeen, parsed.Name, 0, checkpoint, outputIndex, most[0])
         {
             Over = over,
             Removed = [.. changes.Select(c => c.Removed)],
