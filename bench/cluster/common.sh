@@ -14,8 +14,10 @@ wait_up() { for _ in $(seq 120); do grep -q "cluster up" "$1" && return 0; sleep
 bench_prompt() { python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $1)"; }
 
 # The in-process engine on $model into JSON file $1 (`llmctl bench`: best of 3 prefills of $prompt_tokens
-# tokens, 64 decode steps, one sequence).
-in_process_json() { $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"; }
+# tokens, 64 decode steps, one sequence), with the JIT setting the services run with (ServiceJit: tiered
+# compilation off). With the runtime's default, this short-lived process ran its prefills in code not yet
+# recompiled at the top tier: 380-402 ms against 288-298 ms for 236 tokens (bench/RESULTS.md, issue 17).
+in_process_json() { DOTNET_TieredCompilation=0 $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"; }
 
 # Starts `llmctl up` on $model and waits until it is up; sets port, log and up. The other services' ports
 # are off the defaults too (another cluster, a test run or a second bench, may hold them). On exit the
