@@ -15,7 +15,7 @@ namespace Cluster.Serving.Kv;
 /// </summary>
 public sealed record KvLayerDelta(int Layer, KvLayerBlock Sent, int[][] Removed);
 
-/// <summary>Computes deltas between captured caches (decode) and applies them onto stored blocks (cache manager).</summary>
+/// <summary>Computes deltas between caches (decode), and applies them onto stored blocks or composes them with a stored delta (cache manager).</summary>
 public static class KvDelta
 {
     /// <summary>
