@@ -55,7 +55,7 @@ internal static class RemoteGenerate
         string session = "";
         try
         {
-            foreach (var r in call.ResponseStream.ReadAllAsync(cancel.Token).ToBlockingEnumerable())
+            StreamReading.ForEach(call.ResponseStream, r =>
             {
                 switch (r.ResponseCase)
                 {
@@ -71,7 +71,7 @@ internal static class RemoteGenerate
                         outputs[r.Complete.Index] = For(r.Complete.Index) with { Finish = r.Complete.FinishReason.ToString().ToLowerInvariant() };
                         break;
                 }
-            }
+            }, cancel.Token);
         }
         finally
         {
@@ -118,7 +118,7 @@ internal static class RemoteGenerate
         double? second = null;
         try
         {
-            foreach (var r in call.ResponseStream.ReadAllAsync(cancel.Token).ToBlockingEnumerable())
+            StreamReading.ForEach(call.ResponseStream, r =>
             {
                 switch (r.ResponseCase)
                 {
@@ -137,7 +137,7 @@ internal static class RemoteGenerate
                         timings = r.Complete.Timings;
                         break;
                 }
-            }
+            }, cancel.Token);
         }
         finally
         {

@@ -58,12 +58,12 @@ internal static class ChatCommand
                 try
                 {
                     using var call = client.Generate(request);
-                    foreach (var response in call.ResponseStream.ReadAllAsync().ToBlockingEnumerable())
+                    StreamReading.ForEach(call.ResponseStream, response =>
                     {
                         if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Started) id = response.Started.SessionId;
                         else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Chunk) { Console.Write(response.Chunk.Text); reply.Append(response.Chunk.Text); }
                         else if (response.ResponseCase == GenerateResponse.ResponseOneofCase.Complete) done = response.Complete;
-                    }
+                    });
                     Console.WriteLine();
                 }
                 catch (RpcException e) when (e.StatusCode is StatusCode.FailedPrecondition or StatusCode.InvalidArgument && reply.Length == 0)
