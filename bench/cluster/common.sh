@@ -2,6 +2,13 @@
 # synthetic model when MODEL_DIR lacks one; the prompt, the in-process run, and starting `llmctl up`.
 dotnet build tools/llmctl -c Release -v q -nologo >/dev/null
 llmctl="dotnet tools/llmctl/bin/Release/net10.0/llmctl.dll"
+# Every process a benchmark starts (the cluster's services, the in-process reference, the client) runs with
+# the JIT setting the services run with (ServiceJit: tiered compilation off, each method compiled once,
+# optimized, at its first call). With the runtime's default, the short-lived in-process reference ran its
+# prefills in code not yet at the top tier (236 tokens: 380-402 ms against 288-298 ms), and a client
+# recompiled its per-token code during its second request, the one the benchmarks keep (that request's
+# TTFT 328-360 ms against 282-314 ms for the first, third and fourth; bench/RESULTS.md, issue 17).
+export DOTNET_TieredCompilation=0
 [ -f "$model/config.json" ] || $llmctl synth --preset smollm2-135m --out "$model" --dtype bf16 >/dev/null
 
 # A loopback port nothing listens on now.
@@ -14,10 +21,8 @@ wait_up() { for _ in $(seq 120); do grep -q "cluster up" "$1" && return 0; sleep
 bench_prompt() { python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $1)"; }
 
 # The in-process engine on $model into JSON file $1 (`llmctl bench`: best of 3 prefills of $prompt_tokens
-# tokens, 64 decode steps, one sequence), with the JIT setting the services run with (ServiceJit: tiered
-# compilation off). With the runtime's default, this short-lived process ran its prefills in code not yet
-# recompiled at the top tier: 380-402 ms against 288-298 ms for 236 tokens (bench/RESULTS.md, issue 17).
-in_process_json() { DOTNET_TieredCompilation=0 $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"; }
+# tokens, 64 decode steps, one sequence).
+in_process_json() { $llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null >"$1"; }
 
 # Starts `llmctl up` on $model and waits until it is up; sets port, log and up. The other services' ports
 # are off the defaults too (another cluster, a test run or a second bench, may hold them). On exit the

@@ -22,7 +22,7 @@ $llmctl generate "${args[@]}" >/dev/null   # the cluster's own first request (co
 
 in_process_json "$work/local-0.json"
 for i in $(seq 1 "$pairs"); do
-  # Each client process's first request compiles its per-token code: only its second is kept.
+  # Each client process's first request compiles its per-token code (at full optimization: common.sh): only its second is kept.
   $llmctl generate "${args[@]}" --repeat 2 | tail -n 1 >"$work/cluster-$i.json"
   in_process_json "$work/local-$i.json"
 done
