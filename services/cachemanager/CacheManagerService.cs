@@ -264,7 +264,7 @@ public sealed class CacheManagerService : LlmCluster.V1.CacheManager.CacheManage
     public override async Task<Checkpoint> GetCheckpoint(GetCheckpointRequest request, ServerCallContext context)
     {
         await _pending.WaitAsync(request.SessionId, context.CancellationToken); // as GetBlocks: an announced put lands first
-        var kv = _store.Get(request.SessionId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"no KV for session '{request.SessionId}'"));
+        var kv = _store.Describe(request.SessionId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"no KV for session '{request.SessionId}'"));
         return new Checkpoint { Kv = Handle(kv, LayoutOf(kv), PolicyMapping.ToWire(kv.Policy)), OutputIndex = kv.OutputIndex };
     }
 

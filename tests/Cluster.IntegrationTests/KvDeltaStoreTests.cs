@@ -250,6 +250,10 @@ public sealed class KvDeltaStoreTests
         // materialized, those three would be caches of 496-528 tokens each.
         Assert.Equal(3, KvSessionStore.VersionsKept);
         Assert.Equal(prompt + (96 + 112 + 128) * perToken, store.Bytes);
+        // The newest version described without making it whole.
+        var described = store.Describe("s")!;
+        Assert.Equal((v.Version, v.TokensSeen, v.OutputIndex, 0), (described.Version, described.TokensSeen, described.OutputIndex, described.Layers.Length));
+        Assert.Equal(prompt + (96 + 112 + 128) * perToken, store.Bytes);
         // Each kept version reads back whole, bit for bit; the dropped ones are gone.
         foreach (var (version, blocks) in versions)
         {

@@ -193,13 +193,11 @@ public static class KvDelta
                 if (f is { } fd) kept = Step(kept, fd.Sent.Positions[h], fd.Removed[h], 1, offsets[1], sent.Layer, h);
                 kept = Step(kept, sent.Positions[h], removed[h], (byte)(sources.Length - 1), offsets[^1], sent.Layer, h);
                 mostTokens[sent.Layer] = Math.Max(mostTokens[sent.Layer], kept.Count);
-                if (whole) rows.AddRange(kept);
-                else
-                {
-                    rows.AddRange(kept.Where(r => r.Source != 0));
-                    gone[h] = Gone(bp, kept);
-                }
-                positions[h] = whole ? [.. kept.Select(r => r.Position)] : [.. kept.Where(r => r.Source != 0).Select(r => r.Position)];
+                // The whole cache holds every kept token; a composed delta the ones not taken from the base.
+                var taken = whole ? kept : kept.FindAll(r => r.Source != 0);
+                rows.AddRange(taken);
+                positions[h] = [.. taken.Select(r => r.Position)];
+                if (!whole) gone[h] = Gone(bp, kept);
                 for (int s = 0; s < sources.Length; s++) offsets[s] += sources[s].Positions[h].Length;
             }
             int row = headDim * sent.Precision.Bytes();

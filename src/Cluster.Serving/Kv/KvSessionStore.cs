@@ -145,7 +145,7 @@ public sealed class KvSessionStore : IDisposable
     {
         if (string.IsNullOrEmpty(sessionId)) throw new InvalidRequestException("session_id is empty");
         if (shape.Rope.HeadDim != shape.HeadDim) throw new InvalidRequestException($"the layout's RoPE table covers head_dim {shape.Rope.HeadDim}, not {shape.HeadDim}");
-        var parsed = Mapping.PolicyMapping.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
+        var parsed = ParsePolicy(policy);
         if (parsed is QFiltersPolicy { Filters: var f } && (f.Layers, f.KvHeads, f.HeadDim) != (shape.Layers, shape.KvHeads, shape.HeadDim))
             throw new InvalidRequestException($"the Q-Filters are [{f.Layers}, {f.KvHeads}, {f.HeadDim}] but this KV is [{shape.Layers}, {shape.KvHeads}, {shape.HeadDim}]: calibrate for this model");
         var layers = Validate(shape, blocks);
@@ -212,7 +212,7 @@ public sealed class KvSessionStore : IDisposable
         if (over is null)
             return Put(sessionId, shape, policy, tokensSeen, KvDelta.Apply(b.Layers, deltas, shape.HeadDim), checkpoint, outputIndex, requiredBase: b);
         var changes = KvDelta.Compose(over.Layers, b.Over is null ? null : b.Changes, deltas, shape.HeadDim, out int[] most);
-        var parsed = Mapping.PolicyMapping.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
+        var parsed = ParsePolicy(policy);
         if (parsed.Budget is int budget && most.Max() > budget) // compressed on arrival: that takes the whole cache
             return Put(sessionId, shape, policy, tokensSeen, KvDelta.Apply(over.Layers, changes, shape.HeadDim), checkpoint, outputIndex, requiredBase: b);
         var kv = new StoredKv(sessionId, shape, [.. changes.Select(c => c.Sent)], tokensSeen, parsed.Name, 0, checkpoint, outputIndex, most[0])
@@ -231,6 +231,13 @@ public sealed class KvSessionStore : IDisposable
     /// served from the spill and stays there.
     /// </summary>
     public StoredKv? Get(string sessionId, long version = 0, int maxTokens = 0) => Find(sessionId, version, maxTokens).Kv?.Whole();
+
+    /// <summary>The newest version's description (session, shape, policy, version, tokens, output index) without
+    /// its blocks (<see cref="StoredKv.Layers"/> empty): a version kept as changes is not made whole for it.
+    /// Counts as use, as <see cref="Get"/> does.</summary>
+    public StoredKv? Describe(string sessionId) => Find(sessionId, 0, 0).Kv is { } kv
+        ? kv with { Layers = [], Over = null, Removed = null, KeptTokens = kv.KeptTokens }
+        : null;
 
     /// <summary>As <see cref="Get"/>, the version as stored (possibly as changes), and the session's first version.</summary>
     private (StoredKv? Kv, StoredKv? First) Find(string sessionId, long version, int maxTokens)
@@ -273,6 +280,10 @@ public sealed class KvSessionStore : IDisposable
     }
 
     private DateTime Now => _time.GetUtcNow().UtcDateTime;
+
+    /// <summary>A put's policy (dense when empty); positions past the model's context are allowed, as a stream's are.</summary>
+    private KvCompressionPolicy ParsePolicy(string policy) =>
+        Mapping.PolicyMapping.Parse(string.IsNullOrEmpty(policy) ? "dense" : policy, _policyOptions with { AllowExtrapolation = true });
 
     /// <summary>
     /// Evicts sessions until <paramref name="extra"/> more bytes fit: idle past the TTL first, then
