@@ -6,6 +6,8 @@ writes a skipped test as a result with outcome NotExecuted but leaves the notExe
 A test run that did not complete (its test host crashed: the run is aborted and the results of the tests
 still running are lost) counts as one failure, with the reason printed, even when none of the results it
 wrote failed.
+Each failed test is listed with the first lines of its message just before the summary, so that the tail of
+a long log (all a CI report may keep) still names what failed.
 Exits 1 when a test failed or when no test ran at all (a run that executed nothing is not a pass)."""
 import glob
 import sys
@@ -14,6 +16,7 @@ import xml.etree.ElementTree as ET
 ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
 FAILED = {"Failed", "Error", "Timeout", "Aborted"}
 passed = failed = skipped = 0
+failures = []
 files = glob.glob(f"{sys.argv[1]}/**/*.trx", recursive=True)
 for path in files:
     root = ET.parse(path).getroot()
@@ -24,6 +27,9 @@ for path in files:
             passed += 1
         elif outcome in FAILED:
             failed_here += 1
+            message = result.find("t:Output/t:ErrorInfo/t:Message", ns)
+            text = (message.text or "").strip() if message is not None else ""
+            failures.append((result.get("testName", "?"), outcome, "\n    ".join(text.splitlines()[:6])))
         else:  # NotExecuted, Inconclusive, ...: did not run
             skipped += 1
     failed += failed_here
@@ -33,5 +39,7 @@ for path in files:
         reasons = [t.text.strip() for t in root.iterfind(".//t:RunInfos/t:RunInfo/t:Text", ns) if t.text and "abort" in t.text.lower()]
         print(f"test run {path} did not complete ({run_outcome}): {reasons[0] if reasons else 'no reason recorded'}")
         failed += 1
+for name, outcome, text in failures:
+    print(f"{outcome}: {name}\n    {text or 'no message recorded'}")
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 sys.exit(1 if failed or not files or passed == 0 else 0)
