@@ -29,7 +29,7 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
         var decode = cluster.DecodeService;
         var text = string.Concat(Enumerable.Repeat("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. ", 10));
         var prompt = f.Tokenizer.Encode(text, addBos: true)[..150];
-        var p = new SamplingParameters { Temperature = 0.8f, Seed = 21, MaxTokens = 160, IgnoreEos = true };
+        var p = new SamplingParameters { Temperature = 0.8f, Seed = 21, MaxTokens = 320, IgnoreEos = true };
         var local = KvPolicyRegistry.Parse(policy, new PolicyOptions(f.Filters));
         var expected = GenerationOutput.Collect(new TextGenerator(f.Local, f.Tokenizer).Generate(prompt, p, policy: local)).Single();
 
@@ -56,19 +56,20 @@ public sealed class IncrementalCheckpointTests(ClusterFixture f, ITestOutputHelp
             bool wrapped = budget > 0 && (r.TokenCount - budget) / budget != (before - budget) / budget;
             long bound = (long)(fresh + sinks) * BytesPerToken                 // the new tokens' K and V, the sinks re-rotated
                 + (long)Layers * KvHeads * (fresh + sinks + fresh) * 3 + 1_000; // their positions, the removed ones, headers
-            if (!wrapped && fresh <= 32)
+            // Under load checkpoints coalesce (one in flight, newer captures replace the waiting one: a CI
+            // run at load 15 saw 166 then 249 tokens, another 48 and 63 tokens apart), so a delta may carry
+            // more than 16 new tokens. It is still judged by its new tokens unless they fill a window.
+            if (!wrapped && (budget == 0 || fresh + sinks <= budget))
             {
                 Assert.True(r.MessageBytes <= bound, $"{r.TokenCount} tokens ({fresh} new): {r.MessageBytes} bytes on the wire, bound {bound}; {report}");
-                // Two checkpoints coalesce when the first is still in flight (32 new tokens in one delta):
-                // then half of a 64-token window is new, so "well under" is judged on 16-token deltas only.
+                // "Well under" the whole cache only where the new tokens are a small part of it.
                 if (fresh <= 16) Assert.True(r.MessageBytes * 2 < r.WholeBytes, $"{r.TokenCount} tokens: {r.MessageBytes} bytes is not well under the whole cache's {r.WholeBytes}; {report}");
                 small++;
             }
             else Assert.True(r.MessageBytes <= r.WholeBytes + bound, report);
         }
-        // Under load checkpoints coalesce (one in flight, newer captures replace the waiting one): a CI run
-        // at load 15 saw 166 then 249 tokens. One 16-token delta is enough to judge; 160 tokens give ten chances.
-        Assert.True(small >= 1, $"no checkpoint of at most 32 new tokens to judge: {report}");
+        // One judged delta is enough; 320 tokens give twenty chances at the pace of one every 16.
+        Assert.True(small >= 1, $"no delta whose new tokens fit the window to judge: {report}");
         // The whole cache would have been: dense grows to prompt + output, sink_window stays at its budget.
         Assert.Equal((long)(budget > 0 ? budget : records[^1].TokenCount) * BytesPerToken, records[^1].WholeBytes);
     }
