@@ -13,16 +13,31 @@ source bench/cluster/common.sh
 prompt=$(bench_prompt "$repeats")
 out=$(mktemp); cleanup=("$out")
 start_cluster
-# "role cpu-ticks" for every service process `up` started.
-cpu() { for p in $(pgrep -P $up); do echo "$(tr '\0' ' ' </proc/$p/cmdline | grep -oE 'serve [a-z]+' | cut -c7-) $(awk '{print $14+$15}' /proc/$p/stat)"; done; }
+# "role cpu-ticks voluntary involuntary" for every service process `up` started (context switches summed
+# over its threads: each is a thread put to sleep or taken off a core, on cores the decode step needs).
+cpu() {
+  for p in $(pgrep -P $up); do
+    local v=0 i=0
+    for t in /proc/$p/task/*/status; do
+      read -r a b < <(awk '/^voluntary_ctxt/{v=$2} /^nonvoluntary_ctxt/{i=$2} END{print v, i}' "$t" 2>/dev/null || echo "0 0")
+      v=$((v + a)); i=$((i + b))
+    done
+    echo "$(tr '\0' ' ' </proc/$p/cmdline | grep -oE 'serve [a-z]+' | cut -c7-) $(awk '{print $14+$15}' /proc/$p/stat) $v $i"
+  done
+}
 metrics() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url" | grep -E "^llm_(prefill|time_to_first_token)_seconds_(sum|count)"; done; }
 args=(--prompt "$prompt" --max-tokens "${MAX_TOKENS:-64}" --temperature 0 --json)
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat 2 >/dev/null
 cpu0=$(cpu); m0=$(metrics)
-$llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat "$n" >"$out"
+client=$(mktemp); cleanup+=("$client")
+/usr/bin/time -o "$client" -f "client %U %S %w %c" $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat "$n" >"$out"
 cpu1=$(cpu); m1=$(metrics)
 hz=$(getconf CLK_TCK)
-join <(echo "$cpu0" | sort) <(echo "$cpu1" | sort) | awk -v n="$n" -v hz="$hz" '{printf "%s %.1f ms CPU per request\n", $1, ($3-$2)*1000/hz/n}'
+tokens=$((n * ${MAX_TOKENS:-64}))
+join <(echo "$cpu0" | sort) <(echo "$cpu1" | sort) | awk -v n="$n" -v hz="$hz" -v t="$tokens" \
+  '{printf "%s %.1f ms CPU per request, %.1f context switches per token (%.1f involuntary)\n", $1, ($5-$2)*1000/hz/n, ($6+$7-$3-$4)/t, ($7-$4)/t}'
+# The client as a whole process (its start-up included: compare clients with each other, not with the services).
+awk -v n="$n" -v t="$tokens" '/^client/{printf "client %.1f ms CPU per request, %.1f context switches per token (%.1f involuntary)\n", ($2+$3)*1000/n, ($4+$5)/t, $5/t}' "$client"
 python3 - "$m0" "$m1" "$out" <<'PY'
 import json, sys
 def read(text):
