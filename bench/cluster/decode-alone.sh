@@ -34,7 +34,9 @@ echo "load $(cut -d' ' -f1-3 /proc/loadavg), prompt ${prompt_tokens} tokens"
 for round in $(seq "$rounds"); do
   $llmctl generate "${args[@]}" --max-tokens 400 --ignore-eos >/dev/null &
   client=$!
-  sleep 0.7   # past the prompt's prefill and KV hand-off: decoding has begun
+  # Until decoding has begun (the prompt's prefill and KV hand-off done): the step count moves.
+  before=$(steps | cut -d' ' -f2)
+  for _ in $(seq 300); do [ "$(steps | cut -d' ' -f2)" != "$before" ] && break; sleep 0.05; done
   stopped=("$client"); [ "${STOP:-both}" = client ] || stopped+=("$gateway")
   kill -STOP "${stopped[@]}"; a=$(steps); sleep 0.8; b=$(steps); kill -CONT "${stopped[@]}"
   sleep 0.3; c=$(steps); sleep 0.8; d=$(steps)
