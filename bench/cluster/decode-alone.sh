@@ -8,7 +8,8 @@
 # The stopped window covers the first ~90 tokens, the running one the next ~90 (about 100 positions later:
 # about 1.5 % more attention reads on the SmolLM2-135M shape).
 # Usage: [STOP=client] bash bench/cluster/decode-alone.sh [MODEL_DIR] [REPEATS] [ROUNDS]   (REPEATS 3: the 236-token
-# prompt; STOP=client stops the client only, so that the gateway's share and the client's come apart)
+# prompt; STOP=client stops the client only, so that the gateway's share and the client's come apart; STOP=none
+# stops nothing: the first window against the second, e.g. whether the first steps after the hand-off are slower)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${1:-/tmp/llmcluster-bench/smollm2-135m}
@@ -38,7 +39,9 @@ for round in $(seq "$rounds"); do
   before=$(steps | cut -d' ' -f2)
   for _ in $(seq 300); do [ "$(steps | cut -d' ' -f2)" != "$before" ] && break; sleep 0.05; done
   stopped=("$client"); [ "${STOP:-both}" = client ] || stopped+=("$gateway")
-  kill -STOP "${stopped[@]}"; a=$(steps); sleep 0.8; b=$(steps); kill -CONT "${stopped[@]}"
+  [ "${STOP:-both}" = none ] || kill -STOP "${stopped[@]}"
+  a=$(steps); sleep 0.8; b=$(steps)
+  [ "${STOP:-both}" = none ] || kill -CONT "${stopped[@]}"
   sleep 0.3; c=$(steps); sleep 0.8; d=$(steps)
   wait "$client"
   in_process=$($llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null |
