@@ -11,8 +11,7 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 rounds=${2:-4}
 requests=${3:-4}
 source bench/cluster/common.sh
-prompt=$(bench_prompt 3)
-prompt_tokens=236
+use_prompt 3
 start_cluster
 args=(--endpoint "http://127.0.0.1:$port" --prompt "$prompt" --temperature 0 --json --max-tokens 64)
 $llmctl generate "${args[@]}" --repeat 2 >/dev/null # the cluster's own first requests

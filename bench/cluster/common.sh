@@ -17,8 +17,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # Waits (up to 2 minutes) until the `llmctl up` writing to log $1 says it is up.
 wait_up() { for _ in $(seq 120); do grep -q "cluster up" "$1" && return 0; sleep 1; done; echo "no cluster up within 2 minutes: $(cat "$1")" >&2; return 1; }
 
-# The benchmarks' prompt: one sentence $1 times (3 gives the issue's 236 tokens, 23 about 1,800).
-bench_prompt() { python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $1)"; }
+# The benchmarks' prompt: one sentence $1 times (3 gives the issue's 236 tokens, 23 about 1,800); sets
+# prompt and prompt_tokens.
+use_prompt() {
+  prompt=$(python3 -c "print('The cluster splits each request between a prefill worker and a decode worker. ' * $1)")
+  prompt_tokens=$(($1 * 236 / 3))
+}
 
 # The in-process engine on $model into JSON file $1 (`llmctl bench`: best of 3 prefills of $prompt_tokens
 # tokens, 64 decode steps, one sequence).
@@ -37,3 +41,6 @@ start_cluster() {
   trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$log" "${cleanup[@]}"' EXIT
   wait_up "$log"
 }
+
+# The metrics URLs of every service of the cluster start_cluster started (from `llmctl up`'s banner).
+metrics_urls() { grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'; }

@@ -10,7 +10,7 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 repeats=${2:-3}
 n=${3:-6}
 source bench/cluster/common.sh
-prompt=$(bench_prompt "$repeats")
+use_prompt "$repeats"
 out=$(mktemp); cleanup=("$out")
 start_cluster
 # "role cpu-ticks voluntary involuntary" for every service process `up` started (context switches summed
@@ -25,7 +25,7 @@ cpu() {
     echo "$(tr '\0' ' ' </proc/$p/cmdline | grep -oE 'serve [a-z]+' | cut -c7-) $(awk '{print $14+$15}' /proc/$p/stat) $v $i"
   done
 }
-metrics() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url" | grep -E "^llm_(prefill|time_to_first_token)_seconds_(sum|count)"; done; }
+metrics() { for url in $(metrics_urls); do curl -s "$url" | grep -E "^llm_(prefill|time_to_first_token)_seconds_(sum|count)"; done; }
 args=(--prompt "$prompt" --max-tokens "${MAX_TOKENS:-64}" --temperature 0 --json)
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat 2 >/dev/null
 cpu0=$(cpu); m0=$(metrics)

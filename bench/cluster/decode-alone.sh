@@ -16,15 +16,15 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 repeats=${2:-3}
 rounds=${3:-3}
 source bench/cluster/common.sh
-prompt=$(bench_prompt "$repeats")
-prompt_tokens=$((repeats * 236 / 3))  # as run.sh and paired.sh
+use_prompt "$repeats"
+local_json=$(mktemp); cleanup=("$local_json")
 start_cluster
 gateway=$(grep -E "gateway +ready" "$log" | grep -oE "pid [0-9]+" | cut -d' ' -f2)
 args=(--endpoint "http://127.0.0.1:$port" --prompt "$prompt" --temperature 0 --json)
 $llmctl generate "${args[@]}" --max-tokens 100 --repeat 2 >/dev/null
 # The decode worker's metrics: the endpoint that has the step histogram (after the warm-up's steps).
 metrics=""
-for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do
+for url in $(metrics_urls); do
   case "$(curl -s "$url")" in *"llm_decode_step_seconds_count"*) metrics=$url ;; esac
 done
 [ -n "$metrics" ] || { echo "no llm_decode_step_seconds on any metrics endpoint" >&2; exit 1; }
@@ -44,7 +44,7 @@ for round in $(seq "$rounds"); do
   [ "${STOP:-both}" = none ] || kill -CONT "${stopped[@]}"
   sleep 0.3; c=$(steps); sleep 0.8; d=$(steps)
   wait "$client"
-  in_process=$($llmctl bench --model "$model" --prompt-tokens "$prompt_tokens" --decode-tokens 64 --batch 1 --json 2>/dev/null |
-    python3 -c "import sys, json; d = json.load(sys.stdin); d = d[0] if isinstance(d, list) else d; print('%.2f ms' % (1e3 / d['decode_tokens_per_s']))")
+  in_process_json "$local_json"
+  in_process=$(python3 -c "import sys, json; d = json.load(open(sys.argv[1])); print('%.2f ms' % (1e3 / d['decode_tokens_per_s']))" "$local_json")
   echo "round $round: decode step, ${STOP:-both} stopped $(mean "$a" "$b"); relay running $(mean "$c" "$d"); in-process mean step $in_process"
 done

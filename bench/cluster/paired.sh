@@ -12,8 +12,7 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 pairs=${2:-5}
 repeats=${3:-3}
 source bench/cluster/common.sh
-prompt=$(bench_prompt "$repeats")
-prompt_tokens=$((repeats * 236 / 3))
+use_prompt "$repeats"
 
 work=$(mktemp -d); cleanup=("$work")
 start_cluster

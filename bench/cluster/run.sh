@@ -10,8 +10,7 @@ model=${1:-/tmp/llmcluster-bench/smollm2-135m}
 requests=${2:-5}
 repeats=${3:-3}
 source bench/cluster/common.sh
-prompt=$(bench_prompt "$repeats")
-prompt_tokens=$((repeats * 236 / 3))
+use_prompt "$repeats"
 args=(--prompt "$prompt" --max-tokens 64 --temperature 0 --json)
 
 echo "== in-process engine, warm (llmctl bench: best of 3 prefills, median decode step)"
@@ -31,7 +30,7 @@ echo "== through the cluster (llmctl generate --endpoint), $requests runs after 
 $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
 # Every service's /metrics, scraped before and after the measured requests: what they report is the
 # difference, so the warm-up (a cold connection and first calls: its KV get took 0.5 s) is not in it.
-scrape() { for url in $(grep -E "^ +metrics " "$log" | sed 's/^ *metrics *//; s/,/ /g'); do curl -s "$url" | sed "s|^|$url |"; done; }
+scrape() { for url in $(metrics_urls); do curl -s "$url" | sed "s|^|$url |"; done; }
 # The measured requests come from one client process (--repeat), its first request unmeasured: a new
 # process per request spent 4.8-7.9 ms of CPU per token compiling its per-token code, on the cores the
 # decode step runs on (bench/RESULTS.md, issue 17). The metrics are scraped once that first one is done.

@@ -13,7 +13,7 @@ repeats=${2:-3}
 requests=${3:-5}
 max_tokens=${4:-64}
 source bench/cluster/common.sh
-prompt=$(bench_prompt "$repeats")
+use_prompt "$repeats"
 start_cluster
 args=(--endpoint "http://127.0.0.1:$port" --prompt "$prompt" --max-tokens "$max_tokens" --ignore-eos --temperature 0 --json)
 $llmctl generate "${args[@]}" --repeat 2 >/dev/null
