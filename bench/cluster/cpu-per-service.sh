@@ -2,7 +2,7 @@
 # CPU time each service of `llmctl up` spends per request (utime + stime from /proc/PID/stat, before and
 # after N requests, after 2 warm-up ones), and the mean llm_prefill_seconds / TTFT over those requests:
 # where a cluster request's time goes on a machine whose cores all services share (bench/RESULTS.md, issue 17).
-# Usage: [MAX_TOKENS=64] bash bench/cluster/cpu-per-service.sh [MODEL_DIR] [REPEATS] [REQUESTS]
+# Usage: [MAX_TOKENS=64] [CORES=dedicated] bash bench/cluster/cpu-per-service.sh [MODEL_DIR] [REPEATS] [REQUESTS]
 # (REPEATS as run.sh's: 3 gives a 236-token prompt; LLM_* variables reach the services, e.g. LLM_KV_PREFETCH=false)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,17 +27,17 @@ cpu() {
 }
 metrics() { for url in $(metrics_urls); do curl -s "$url" | grep -E "^llm_(prefill|time_to_first_token)_seconds_(sum|count)"; done; }
 args=(--prompt "$prompt" --max-tokens "${MAX_TOKENS:-64}" --temperature 0 --json)
-$llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat 2 >/dev/null
+$client generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat 2 >/dev/null
 cpu0=$(cpu); m0=$(metrics)
-client=$(mktemp); cleanup+=("$client")
-/usr/bin/time -o "$client" -f "client %U %S %w %c" $llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat "$n" >"$out"
+client_time=$(mktemp); cleanup+=("$client_time")
+/usr/bin/time -o "$client_time" -f "client %U %S %w %c" $client generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat "$n" >"$out"
 cpu1=$(cpu); m1=$(metrics)
 hz=$(getconf CLK_TCK)
 tokens=$((n * ${MAX_TOKENS:-64}))
 join <(echo "$cpu0" | sort) <(echo "$cpu1" | sort) | awk -v n="$n" -v hz="$hz" -v t="$tokens" \
   '{printf "%s %.1f ms CPU per request, %.1f context switches per token (%.1f involuntary)\n", $1, ($5-$2)*1000/hz/n, ($6+$7-$3-$4)/t, ($7-$4)/t}'
 # The client as a whole process (its start-up included: compare clients with each other, not with the services).
-awk -v n="$n" -v t="$tokens" '/^client/{printf "client %.1f ms CPU per request, %.1f context switches per token (%.1f involuntary)\n", ($2+$3)*1000/n, ($4+$5)/t, $5/t}' "$client"
+awk -v n="$n" -v t="$tokens" '/^client/{printf "client %.1f ms CPU per request, %.1f context switches per token (%.1f involuntary)\n", ($2+$3)*1000/n, ($4+$5)/t, $5/t}' "$client_time"
 python3 - "$m0" "$m1" "$out" <<'PY'
 import json, sys
 def read(text):

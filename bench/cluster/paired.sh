@@ -4,7 +4,7 @@
 # it. On a shared machine whose speed drifts by tens of percent within a minute, run.sh's single
 # before/after reference can sit in a different phase than the requests it is compared with; here each
 # comparison spans about ten seconds.
-# Usage: bash bench/cluster/paired.sh [MODEL_DIR] [PAIRS] [REPEATS]   (REPEATS as run.sh's: 3 gives 236
+# Usage: [CORES=dedicated] bash bench/cluster/paired.sh [MODEL_DIR] [PAIRS] [REPEATS]   (REPEATS as run.sh's: 3 gives 236
 # prompt tokens, 23 about 1,800)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,15 +17,15 @@ use_prompt "$repeats"
 work=$(mktemp -d); cleanup=("$work")
 start_cluster
 args=(--endpoint "http://127.0.0.1:$port" --prompt "$prompt" --max-tokens 64 --temperature 0 --json)
-$llmctl generate "${args[@]}" >/dev/null   # the cluster's own first request (connections, JIT)
+$client generate "${args[@]}" >/dev/null   # the cluster's own first request (connections, JIT)
 
 in_process_json "$work/local-0.json"
 for i in $(seq 1 "$pairs"); do
   # Each client process's first request compiles its per-token code (at full optimization: common.sh): only its second is kept.
-  $llmctl generate "${args[@]}" --repeat 2 | tail -n 1 >"$work/cluster-$i.json"
+  $client generate "${args[@]}" --repeat 2 | tail -n 1 >"$work/cluster-$i.json"
   in_process_json "$work/local-$i.json"
 done
-echo "== $pairs cluster requests of $prompt_tokens prompt tokens and 64 greedy tokens, each against the mean of the in-process runs before and after it (load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "== $pairs cluster requests of $prompt_tokens prompt tokens and 64 greedy tokens, each against the mean of the in-process runs before and after it, cores $CORES (load $(cut -d' ' -f1-3 /proc/loadavg))"
 python3 - "$work" "$pairs" <<'PY'
 import json, statistics as st, sys
 work, pairs = sys.argv[1], int(sys.argv[2])

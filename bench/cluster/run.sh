@@ -2,7 +2,7 @@
 # Issue 7 benchmark: TTFT and TPOT through the cluster (`llmctl up`, four processes on loopback)
 # against the in-process engine (`llmctl generate --local`) on the same checkpoint and prompt, and the
 # KV transfer time and bytes per request from the workers' own metrics.
-# Usage: bash bench/cluster/run.sh [MODEL_DIR] [REQUESTS] [REPEATS]   (default: a synthetic smollm2-135m;
+# Usage: [CORES=dedicated] bash bench/cluster/run.sh [MODEL_DIR] [REQUESTS] [REPEATS]   (default: a synthetic smollm2-135m;
 # the prompt is one sentence REPEATS times: 3 gives the issue's 236 tokens, 23 about 1,800)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,18 +27,18 @@ in_process "$local_json" ""
 
 start_cluster
 echo "== through the cluster (llmctl generate --endpoint), $requests runs after one warm-up (and the client's own first request)"
-$llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
+$client generate --endpoint "http://127.0.0.1:$port" "${args[@]}" >/dev/null
 # Every service's /metrics, scraped before and after the measured requests: what they report is the
 # difference, so the warm-up (a cold connection and first calls: its KV get took 0.5 s) is not in it.
 scrape() { for url in $(metrics_urls); do curl -s "$url" | sed "s|^|$url |"; done; }
 # The measured requests come from one client process (--repeat), its first request unmeasured: a new
 # process per request spent 4.8-7.9 ms of CPU per token compiling its per-token code, on the cores the
 # decode step runs on (bench/RESULTS.md, issue 17). The metrics are scraped once that first one is done.
-$llmctl generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat $((requests + 1)) >"$out" &
-client=$!
-until [ "$(wc -l <"$out")" -ge 1 ] || ! kill -0 "$client" 2>/dev/null; do sleep 0.02; done
+$client generate --endpoint "http://127.0.0.1:$port" "${args[@]}" --repeat $((requests + 1)) >"$out" &
+client_pid=$!
+until [ "$(wc -l <"$out")" -ge 1 ] || ! kill -0 "$client_pid" 2>/dev/null; do sleep 0.02; done
 scrape >"$before"
-wait "$client"
+wait "$client_pid"
 scrape >"$after"
 # The in-process run again, the cluster idle: the machine's speed drifts (other work, clocks), and the
 # ratios below use the mean of the runs before and after the cluster's.

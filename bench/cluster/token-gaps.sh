@@ -5,7 +5,7 @@
 # (bench/RESULTS.md, issue 17). From `llmctl generate --json`: ttft_seconds and e2e_seconds (the gateway's clock,
 # from the request's arrival), second_token_seconds (the client's, from the call's start; the two clocks start
 # within a millisecond or two of each other, which is a few hundredths of a millisecond per later gap).
-# Usage: bash bench/cluster/token-gaps.sh [MODEL_DIR] [REPEATS] [REQUESTS] [MAX_TOKENS]   (REPEATS 3: 236 tokens)
+# Usage: [CORES=dedicated] bash bench/cluster/token-gaps.sh [MODEL_DIR] [REPEATS] [REQUESTS] [MAX_TOKENS]   (REPEATS 3: 236 tokens)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${1:-/tmp/llmcluster-bench/smollm2-135m}
@@ -16,9 +16,9 @@ source bench/cluster/common.sh
 use_prompt "$repeats"
 start_cluster
 args=(--endpoint "http://127.0.0.1:$port" --prompt "$prompt" --max-tokens "$max_tokens" --ignore-eos --temperature 0 --json)
-$llmctl generate "${args[@]}" --repeat 2 >/dev/null
+$client generate "${args[@]}" --repeat 2 >/dev/null
 echo "load $(cut -d' ' -f1-3 /proc/loadavg); $requests requests of $max_tokens tokens, prompt of $repeats sentences"
-$llmctl generate "${args[@]}" --repeat "$requests" | python3 -c '
+$client generate "${args[@]}" --repeat "$requests" | python3 -c '
 import json, sys
 for line in sys.stdin:
     r = json.loads(line)
