@@ -133,8 +133,8 @@ public sealed partial class DecodeService : LlmCluster.V1.Decode.DecodeBase, ICl
                 var (handle, _, _) = await KvTransfer.GetAsync(cacheManager, session, 0, ct, tokens, onBlock: (h, block) =>
                 {
                     if (h.TokenCount != tokens) return;
-                    (restore ??= new KvRestore.LayerByLayer(_host.Model!, PolicyOf(h).Policy, RoomToBlockEnd(h.TokenCount))).Add(h, block);
-                    digests.Add(KvDigest.Of(block, h.Layout.HeadDim));
+                    var layer = (restore ??= new KvRestore.LayerByLayer(_host.Model!, PolicyOf(h).Policy, RoomToBlockEnd(h.TokenCount))).Add(h, block);
+                    digests.Add(KvDigest.Of(block, h.Layout.HeadDim, layer));
                 });
                 return handle.TokenCount == tokens && restore is not null ? new PrefetchedKv(handle, KvDigest.Of(digests), restore.Finish(handle)) : null;
             }

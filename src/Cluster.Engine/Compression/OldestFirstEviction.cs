@@ -63,6 +63,7 @@ internal static class OldestFirstEviction
                 }
                 // else: every window token and the newest sinks go; the slots to keep are the leading ones.
                 layer.Lengths[h] = keep;
+                layer.Rewritten();
                 if (period > 0) Rerotate(backend, rope, layer, h, keep, Math.Min(sinkCount, keep), evictedBefore, n - keep, period, scratch);
             }
         }

@@ -432,6 +432,7 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
 
     public void CompactKv(KvCacheLayer layer, int head, ReadOnlySpan<int> keep)
     {
+        layer.Rewritten();
         int hd = layer.HeadDim, n = layer.Lengths[head];
         float* k = Cpu(layer.K).Pointer + layer.Offset(head, 0), v = Cpu(layer.V).Pointer + layer.Offset(head, 0);
         var positions = layer.Positions.AsSpan(head * layer.Capacity, layer.Capacity);
@@ -453,6 +454,7 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
     {
         CheckMove(layer, head, from, to);
         if (from == to) return;
+        layer.Rewritten();
         int hd = layer.HeadDim;
         Cpu(layer.K).Span(layer.Offset(head, from), hd).CopyTo(Cpu(layer.K).Span(layer.Offset(head, to), hd));
         Cpu(layer.V).Span(layer.Offset(head, from), hd).CopyTo(Cpu(layer.V).Span(layer.Offset(head, to), hd));
@@ -469,6 +471,7 @@ public sealed unsafe partial class CpuBackend : IComputeBackend
 
     public void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope)
     {
+        layer.Rewritten();
         int hd = layer.HeadDim, half = hd / 2;
         float* k = Cpu(layer.K).Pointer + layer.Offset(head, 0);
         // Angles and products in double: a key in StreamingLLM's window is re-rotated once per step,

@@ -39,6 +39,15 @@ public sealed class KvCacheLayer : IDisposable
     /// copy or other policy that moves slots costs one scan, never a wrong eviction).</summary>
     internal int[] OldestSlotHint { get; }
 
+    /// <summary>Counts changes to rows already held: compaction, slot moves, re-rotation, restore, truncation,
+    /// rounding, a copy over this layer. Appending rows does not count, so a digest taken of the layer at one
+    /// revision still describes its first rows while the revision is the same: a checkpoint then reads and
+    /// hashes only the rows appended since (<c>KvDelta.Diff</c>), not the whole cache. Whatever rewrites a held
+    /// row must call <see cref="Rewritten"/>.</summary>
+    public long Revision { get; private set; }
+
+    internal void Rewritten() => Revision++;
+
     /// <summary>Offset (in floats) of slot <paramref name="slot"/> of head <paramref name="head"/> in K or V.</summary>
     public long Offset(int head, int slot) => ((long)head * Capacity + slot) * HeadDim;
 
@@ -79,6 +88,7 @@ public sealed class KvCacheLayer : IDisposable
     internal void CopyTo(IComputeBackend backend, KvCacheLayer target)
     {
         target.Grow(backend, Capacity);
+        target.Rewritten();
         var row = new float[Capacity * HeadDim];
         for (int h = 0; h < KvHeads; h++)
         {

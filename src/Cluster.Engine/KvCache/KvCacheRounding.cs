@@ -18,6 +18,7 @@ public static class KvCacheRounding
         if (precision == KvPrecision.Fp32) return;
         foreach (var l in cache.Layers)
         {
+            l.Rewritten();
             var row = new float[l.HeadDim];
             for (int h = 0; h < l.KvHeads; h++)
             {

@@ -73,6 +73,7 @@ public static class KvCacheSnapshot
             throw new ArgumentException($"layer {block.Layer}: {block.Tokens} tokens x head_dim {hd} need {expected} floats each for K and V, got {block.Keys.Length} and {block.Values.Length}");
         int most = block.Positions.Max(p => p.Length);
         if (most > l.Capacity) l.Grow(backend, most);
+        l.Rewritten();
         int offset = 0;
         for (int h = 0; h < l.KvHeads; h++)
         {

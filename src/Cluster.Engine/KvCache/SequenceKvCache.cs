@@ -118,11 +118,14 @@ public sealed class SequenceKvCache : IDisposable
     {
         if (tokens > TokensSeen) throw new ArgumentOutOfRangeException(nameof(tokens), $"cache holds {TokensSeen} tokens, cannot truncate to {tokens}");
         foreach (var layer in Layers)
+        {
             for (int h = 0; h < layer.KvHeads; h++)
             {
                 if (layer.Lengths[h] != TokensSeen) throw new InvalidOperationException("Truncate needs a dense cache (a policy has evicted tokens)");
                 layer.Lengths[h] = tokens;
             }
+            layer.Rewritten(); // the positions cut off are appended again, perhaps with other rows
+        }
         TokensSeen = tokens;
     }
 

@@ -46,7 +46,7 @@ public static class KvDelta
                 diff.Head(h, n.Positions[h], n.Keys.AsSpan(offset, rows), n.Values.AsSpan(offset, rows));
                 offset += rows;
             }
-            result.Add(diff.Finish(out var digest));
+            result.Add(diff.Finish(null, out var digest));
             digests.Add(digest);
         }
         nextDigest = KvDigest.Of(digests);
@@ -59,6 +59,10 @@ public static class KvDelta
     /// caller keeps, so that a checkpoint copies only the rows it sends. A decode worker makes it on
     /// the batch thread between steps; capturing there copied the whole cache into fresh memory every
     /// checkpoint (13.8 MB for 300 tokens of SmolLM2-135M), page faults and all, while the step waited.
+    /// Where <paramref name="previous"/> was read from this very layer at its current
+    /// <see cref="KvCacheLayer.Revision"/> (nothing rewritten since, only rows appended), a head's digested
+    /// rows are taken as they were and only the appended ones are read and hashed: reading and hashing every
+    /// row cost 0.8-1.2 ms a token at 1,800 tokens (83 MB every 16 tokens), 5-8 % of a one-thread step.
     /// </summary>
     public static List<KvLayerDelta> Diff(KvDigest previous, IComputeBackend backend, SequenceKvCache cache, ref float[] scratch, out KvDigest nextDigest)
     {
@@ -68,24 +72,47 @@ public static class KvDelta
         {
             var l = cache.Layers[layer];
             int hd = l.HeadDim;
-            var diff = new LayerDiff(PreviousLayer(previous, layer, l.KvHeads), hd);
+            var before = PreviousLayer(previous, layer, l.KvHeads);
+            bool unchanged = ReferenceEquals(before.Source, l) && before.Revision == l.Revision;
+            var diff = new LayerDiff(before, hd);
             for (int h = 0; h < l.KvHeads; h++)
             {
-                int n = l.Lengths[h], rows = n * hd;
+                int n = l.Lengths[h];
+                var positions = l.Positions.AsSpan(h * l.Capacity, n).ToArray();
+                // Rows from the first not digested on; all of them when the digest does not describe the held rows.
+                int from = unchanged && AppendedTo(before.Positions[h], positions) ? before.Positions[h].Length : 0;
+                int rows = (n - from) * hd;
                 if (scratch.Length < 2 * rows) scratch = new float[Math.Max(2 * rows, 2 * scratch.Length)];
                 var keys = scratch.AsSpan(0, rows);
                 var values = scratch.AsSpan(rows, rows);
-                backend.CopyToHost(l.K, l.Offset(h, 0), keys);
-                backend.CopyToHost(l.V, l.Offset(h, 0), values);
-                var positions = l.Positions.AsSpan(h * l.Capacity, n).ToArray();
-                KvCacheSnapshot.InOriginalOrder(positions, keys, values, hd);
-                diff.Head(h, positions, keys, values);
+                if (rows > 0)
+                {
+                    backend.CopyToHost(l.K, l.Offset(h, from), keys);
+                    backend.CopyToHost(l.V, l.Offset(h, from), values);
+                }
+                if (from > 0) diff.Appended(h, positions, from, keys, values);
+                else
+                {
+                    KvCacheSnapshot.InOriginalOrder(positions, keys, values, hd);
+                    diff.Head(h, positions, keys, values);
+                }
             }
-            result.Add(diff.Finish(out var digest));
+            result.Add(diff.Finish(l, out var digest));
             digests.Add(digest);
         }
         nextDigest = KvDigest.Of(digests);
         return result;
+    }
+
+    /// <summary>Whether a head's slots hold the digested positions first, in the same order, then only later
+    /// positions in increasing order: its rows in original order are then the digested rows followed by the
+    /// appended ones (when the layer's revision also says that no held row was rewritten).</summary>
+    private static bool AppendedTo(int[] digested, int[] held)
+    {
+        if (digested.Length == 0 || held.Length < digested.Length || !held.AsSpan(0, digested.Length).SequenceEqual(digested)) return false;
+        for (int i = digested.Length; i < held.Length; i++)
+            if (held[i] <= held[i - 1]) return false;
+        return true;
     }
 
     private static KvDigest.Layer PreviousLayer(KvDigest previous, int layer, int heads)
@@ -134,9 +161,30 @@ public static class KvDelta
             _previousOffset += pp.Length;
         }
 
-        public KvLayerDelta Finish(out KvDigest.Layer digest)
+        /// <summary>A head whose first <paramref name="from"/> slots hold the digested rows unchanged (see
+        /// <c>AppendedTo</c>): their hashes are carried over, and the rows after them, all new
+        /// (<paramref name="keys"/> and <paramref name="values"/>), are hashed and sent.</summary>
+        public void Appended(int h, int[] positions, int from, ReadOnlySpan<float> keys, ReadOnlySpan<float> values)
         {
-            digest = new KvDigest.Layer(previous.Index, _positions, [.. _keyHashes], [.. _valueHashes]);
+            _keyHashes.AddRange(previous.Keys.AsSpan(_previousOffset, from));
+            _valueHashes.AddRange(previous.Values.AsSpan(_previousOffset, from));
+            for (int r = 0; r < positions.Length - from; r++)
+            {
+                _keyHashes.Add(KvDigest.RowHash(keys.Slice(r * headDim, headDim)));
+                _valueHashes.Add(KvDigest.RowHash(values.Slice(r * headDim, headDim)));
+            }
+            _keys.AddRange(keys);
+            _values.AddRange(values);
+            _sent[h] = positions[from..];
+            _removed[h] = [];
+            _positions[h] = positions;
+            _previousOffset += from;
+        }
+
+        /// <param name="source">The live layer the rows were read from: the digest remembers it and its revision.</param>
+        public KvLayerDelta Finish(KvCacheLayer? source, out KvDigest.Layer digest)
+        {
+            digest = new KvDigest.Layer(previous.Index, _positions, [.. _keyHashes], [.. _valueHashes], source, source?.Revision ?? 0);
             return new KvLayerDelta(previous.Index, new KvLayerBlock(previous.Index, _sent, [.. _keys], [.. _values]), _removed);
         }
     }

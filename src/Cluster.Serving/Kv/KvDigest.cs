@@ -14,8 +14,10 @@ namespace Cluster.Serving.Kv;
 /// </summary>
 public sealed class KvDigest
 {
-    /// <summary>One layer: <see cref="Keys"/> and <see cref="Values"/> hold a hash per row, in the block's row order (head after head).</summary>
-    public sealed record Layer(int Index, int[][] Positions, ulong[] Keys, ulong[] Values);
+    /// <summary>One layer: <see cref="Keys"/> and <see cref="Values"/> hold a hash per row, in the block's row order (head after head).
+    /// <see cref="Source"/> and <see cref="Revision"/>: the live cache layer it was read from (<see cref="KvDelta.Diff(KvDigest, Cluster.Engine.Kernels.IComputeBackend, SequenceKvCache, ref float[], out KvDigest)"/>)
+    /// and that layer's <see cref="KvCacheLayer.Revision"/> then; null for a digest of blocks.</summary>
+    public sealed record Layer(int Index, int[][] Positions, ulong[] Keys, ulong[] Values, KvCacheLayer? Source = null, long Revision = 0);
 
     private KvDigest(Layer[] layers) => Layers = layers;
 
@@ -41,6 +43,11 @@ public sealed class KvDigest
         }
         return new Layer(block.Layer, block.Positions, keys, values);
     }
+
+    /// <summary>The digest of a block just restored into <paramref name="heldBy"/> (which then holds exactly its
+    /// rows, in its order), bound to that layer at its current revision: the first checkpoint after a restore
+    /// then reads only the rows appended since, as later ones do.</summary>
+    public static Layer Of(KvLayerBlock block, int headDim, KvCacheLayer heldBy) => Of(block, headDim) with { Source = heldBy, Revision = heldBy.Revision };
 
     internal static ulong RowHash(ReadOnlySpan<float> row) => XxHash3.HashToUInt64(MemoryMarshal.AsBytes(row));
 }

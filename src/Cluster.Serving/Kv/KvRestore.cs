@@ -30,7 +30,9 @@ public static class KvRestore
         private SequenceKvCache? _cache;
         private readonly HashSet<int> _layers = [];
 
-        public void Add(KvHandle handle, KvLayerBlock block)
+        /// <summary>Restores <paramref name="block"/>; returns the cache layer that now holds exactly its rows,
+        /// in its order (what a digest of the block may be bound to: <see cref="KvDigest.Of(KvLayerBlock, int, KvCacheLayer)"/>).</summary>
+        public KvCacheLayer Add(KvHandle handle, KvLayerBlock block)
         {
             var c = model.Config;
             if (_cache is null)
@@ -42,6 +44,7 @@ public static class KvRestore
             }
             if (!_layers.Add(block.Layer)) throw new RpcException(new Status(StatusCode.Internal, $"the cache manager sent layer {block.Layer} twice"));
             KvCacheSnapshot.Restore(model.Backend, _cache, block);
+            return _cache.Layers[block.Layer];
         }
 
         /// <summary>The restored cache (the caller owns it), once every layer has come.</summary>

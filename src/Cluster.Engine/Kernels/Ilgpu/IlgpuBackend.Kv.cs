@@ -87,6 +87,7 @@ public sealed partial class IlgpuBackend
 
     public void CompactKv(KvCacheLayer layer, int head, ReadOnlySpan<int> keep)
     {
+        layer.Rewritten();
         using var scope = Enter("compact kv");
         int hd = layer.HeadDim, n = layer.Lengths[head];
         bool moves = false;
@@ -115,6 +116,7 @@ public sealed partial class IlgpuBackend
         using var scope = Enter("move kv slot");
         CpuBackend.CheckMove(layer, head, from, to);
         if (from == to) return;
+        layer.Rewritten();
         int hd = layer.HeadDim;
         // Two device-to-device row copies: no kernel launch and nothing through the host.
         ArrayView<float> k = Dev(layer.K).F32, v = Dev(layer.V).F32;
@@ -125,6 +127,7 @@ public sealed partial class IlgpuBackend
 
     public void RotateKeys(KvCacheLayer layer, int head, ReadOnlySpan<int> deltas, RopeTable rope)
     {
+        layer.Rewritten();
         using var scope = Enter("rotate keys");
         int half = layer.HeadDim / 2, n = deltas.Length;
         bool any = false;
