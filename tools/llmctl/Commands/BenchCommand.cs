@@ -32,6 +32,7 @@ internal static class BenchCommand
         cmd.Subcommands.Add(BenchStreamingCommand.Create());
         cmd.Subcommands.Add(BenchLoadCommand.Create());
         cmd.Subcommands.Add(BenchEvictionCommand.Create());
+        cmd.Subcommands.Add(BenchCheckpointCommand.Create());
         cmd.Subcommands.Add(BenchKvTransferCommand.Create());
         cmd.Subcommands.Add(BenchChaosCommand.Create());
         cmd.Subcommands.Add(BenchFuzzCommand.Create());
