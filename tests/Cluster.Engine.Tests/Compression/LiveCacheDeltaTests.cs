@@ -37,18 +37,7 @@ public sealed class LiveCacheDeltaTests : IDisposable
         float[] scratch = new float[3]; // too small: the diff grows it
         var actual = KvDelta.Diff(before, model.Backend, cache, ref scratch, out var actualDigest);
 
-        Assert.Equal(expected.Count, actual.Count);
-        for (int l = 0; l < expected.Count; l++)
-        {
-            Assert.Equal(expected[l].Layer, actual[l].Layer);
-            Assert.Equal(expected[l].Sent.Positions, actual[l].Sent.Positions);
-            Assert.Equal(expected[l].Removed, actual[l].Removed);
-            Assert.Equal(expected[l].Sent.Keys, actual[l].Sent.Keys);
-            Assert.Equal(expected[l].Sent.Values, actual[l].Sent.Values);
-            Assert.Equal(expectedDigest.Layers[l].Positions, actualDigest.Layers[l].Positions);
-            Assert.Equal(expectedDigest.Layers[l].Keys, actualDigest.Layers[l].Keys);
-            Assert.Equal(expectedDigest.Layers[l].Values, actualDigest.Layers[l].Values);
-        }
+        AssertSame(expected, expectedDigest, actual, actualDigest);
         // Every token streamed since that a head still holds is sent; a bounded policy also evicted some.
         for (int l = 0; l < actual.Count; l++)
             for (int h = 0; h < actual[l].Sent.Positions.Length; h++)
