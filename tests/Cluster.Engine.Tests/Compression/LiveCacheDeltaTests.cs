@@ -61,11 +61,10 @@ public sealed class LiveCacheDeltaTests : IDisposable
         var ids = PolicyFixtures.RandomIds(70, seed: 5);
         using var cache = model.CreateCache(8, PolicyFixtures.Parse(spec, model.Config));
         PolicyFixtures.Stream(model, ids[..40], cache);
-        var blocks40 = Blocks(model, cache);
-        float[] scratch = [];
-        KvDelta.Diff(KvDigest.Of(blocks40, hd), model.Backend, cache, ref scratch, out var live40);
+        var (blocks40, live40) = LiveDigest(model, cache);
         PolicyFixtures.Stream(model, ids[40..], cache);
 
+        float[] scratch = [];
         AssertSame(KvDelta.Diff(KvDigest.Of(blocks40, hd), Blocks(model, cache), hd, out var expectedDigest), expectedDigest,
             KvDelta.Diff(live40, model.Backend, cache, ref scratch, out var actualDigest), actualDigest);
     }
@@ -104,12 +103,11 @@ public sealed class LiveCacheDeltaTests : IDisposable
         var ids = PolicyFixtures.RandomIds(60, seed: 3);
         using var cache = model.CreateCache(8, PolicyFixtures.Parse("dense", model.Config));
         PolicyFixtures.Stream(model, ids[..40], cache);
-        var blocks40 = Blocks(model, cache);
-        float[] scratch = [];
-        KvDelta.Diff(KvDigest.Of(blocks40, hd), model.Backend, cache, ref scratch, out var live40);
+        var (blocks40, live40) = LiveDigest(model, cache);
         cache.Truncate(30);
         PolicyFixtures.Stream(model, ids[40..], cache); // positions 30-49, other tokens than before at 30-39
 
+        float[] scratch = [];
         var actual = KvDelta.Diff(live40, model.Backend, cache, ref scratch, out var actualDigest);
         AssertSame(KvDelta.Diff(KvDigest.Of(blocks40, hd), Blocks(model, cache), hd, out var expectedDigest), expectedDigest, actual, actualDigest);
         Assert.All(actual, d => Assert.All(d.Sent.Positions, p => Assert.Equal(Enumerable.Range(30, 20), p)));
@@ -127,17 +125,27 @@ public sealed class LiveCacheDeltaTests : IDisposable
         var ids = PolicyFixtures.RandomIds(50, seed: 4);
         using var cache = model.CreateCache(8, PolicyFixtures.Parse("dense", model.Config));
         PolicyFixtures.Stream(model, ids[..40], cache);
-        float[] scratch = [];
-        KvDelta.Diff(KvDigest.Of(Blocks(model, cache), hd), model.Backend, cache, ref scratch, out var live40);
+        var (_, live40) = LiveDigest(model, cache);
         var layer = cache.Layers[0];
         model.Backend.CopyFromHost(Enumerable.Repeat(7f, hd).ToArray(), layer.K, layer.Offset(0, 5)); // not counted
         PolicyFixtures.Stream(model, ids[40..], cache);
 
+        float[] scratch = [];
         var delta = KvDelta.Diff(live40, model.Backend, cache, ref scratch, out _);
         Assert.Equal(Enumerable.Range(40, 10), delta[0].Sent.Positions[0]);
         // The whole read (a digest of blocks) does see the changed row.
         var whole = KvDelta.Diff(KvDigest.Of(live40.Layers.Select(l => l with { Source = null })), model.Backend, cache, ref scratch, out _);
         Assert.Contains(5, whole[0].Sent.Positions[0]);
+    }
+
+    /// <summary>The cache's blocks as the fixture reads them out, and the digest a live diff against them leaves
+    /// (bound to the cache's layers, as a decode worker's last checkpoint is).</summary>
+    private static (List<KvLayerBlock> Blocks, KvDigest Live) LiveDigest(LlamaModel model, SequenceKvCache cache)
+    {
+        var blocks = Blocks(model, cache);
+        float[] scratch = [];
+        KvDelta.Diff(KvDigest.Of(blocks, model.Config.HeadDim), model.Backend, cache, ref scratch, out var live);
+        return (blocks, live);
     }
 
     private static void AssertSame(List<KvLayerDelta> expected, KvDigest expectedDigest, List<KvLayerDelta> actual, KvDigest actualDigest)
